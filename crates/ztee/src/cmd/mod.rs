@@ -1,0 +1,54 @@
+//! One module per subcommand. Each exposes clap `Args` and a `run` that returns the process exit
+//! code; the work itself happens in the library crates.
+
+use clap::Subcommand;
+
+use crate::globals::GlobalArgs;
+
+mod audit;
+mod dlp;
+mod doctor;
+mod image;
+mod key;
+mod run;
+mod sandbox;
+mod vulndb;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run one command in a fresh microVM that is destroyed afterwards.
+    Run(run::Args),
+    /// Create, use and remove long-lived sandboxes.
+    #[command(subcommand)]
+    Sandbox(sandbox::Command),
+    /// Report which VMM and accelerator ztee will use, and whether guest assets are present.
+    Doctor(doctor::Args),
+    /// Find and redact card data, PII and secrets.
+    #[command(subcommand)]
+    Dlp(dlp::Command),
+    /// Build, inventory, scan, sign, verify, push and pull VM images.
+    #[command(subcommand)]
+    Image(image::Command),
+    /// Generate and inspect signing keys.
+    #[command(subcommand)]
+    Key(key::Command),
+    /// Load vulnerability data (OSV) for offline scanning.
+    #[command(subcommand)]
+    Vulndb(vulndb::Command),
+    /// Verify, read and search the tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(audit::Command),
+}
+
+pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
+    match command {
+        Command::Run(args) => run::run(args, globals),
+        Command::Sandbox(cmd) => sandbox::run(cmd, globals),
+        Command::Doctor(args) => doctor::run(args, globals),
+        Command::Dlp(cmd) => dlp::run(cmd, globals),
+        Command::Image(cmd) => image::run(cmd, globals),
+        Command::Key(cmd) => key::run(cmd, globals),
+        Command::Vulndb(cmd) => vulndb::run(cmd, globals),
+        Command::Audit(cmd) => audit::run(cmd, globals),
+    }
+}

@@ -1,0 +1,47 @@
+//! Options every subcommand shares: where state lives, how objects are printed, how loud logs are.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Directory holding ztee's state (sandboxes, images, keys, audit log).
+    #[arg(long, global = true, env = "ZTEE_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+
+    /// How commands that print objects print them.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Log filter (tracing syntax), e.g. `info` or `ztee_vm=debug`. Logs go to stderr.
+    #[arg(long, global = true, env = "ZTEE_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// `$XDG_DATA_HOME/ztee`, else `~/.local/share/ztee`, else `/var/lib/ztee` for a user without a home.
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("ztee");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/share/ztee");
+    }
+    PathBuf::from("/var/lib/ztee")
+}
+
+pub fn init_logging(globals: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&globals.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .init();
+}

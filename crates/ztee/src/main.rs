@@ -1,0 +1,43 @@
+//! `ztee`: the command-line front end. It parses arguments, sets up logging and hands each
+//! subcommand to the library crate that owns the work. No business logic lives here.
+
+mod cmd;
+mod globals;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::globals::GlobalArgs;
+
+/// Zero-trust execution environment for AI agents: run untrusted code in ephemeral microVMs
+/// behind an authenticating, DLP-scanning, policy-enforcing gateway.
+#[derive(Parser)]
+#[command(name = "ztee", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    globals: GlobalArgs,
+
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap renders help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+        }
+    };
+    globals::init_logging(&cli.globals);
+    match cmd::dispatch(cli.command, &cli.globals) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {}", output::one_line_error(&err));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the host packages ztee needs to build its guest and run its tests (Debian/Ubuntu).
+# Idempotent: packages already present are not reinstalled, and apt is only asked when one is missing.
+set -euo pipefail
+
+packages=(
+  # microVMs
+  qemu-system-x86
+  # guest kernel build
+  linux-source bc bison flex libelf-dev libssl-dev xz-utils cpio
+  # root filesystem build
+  debootstrap erofs-utils e2fsprogs
+  # supply chain: a real registry and a real client for interoperability tests
+  docker-registry skopeo
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
