@@ -5,13 +5,17 @@ use clap::Subcommand;
 
 use crate::globals::GlobalArgs;
 
+mod apikey;
 mod audit;
 mod dlp;
 mod doctor;
+mod guard;
 mod image;
 mod key;
+mod policy;
 mod run;
 mod sandbox;
+mod serve;
 mod vulndb;
 
 #[derive(Subcommand)]
@@ -38,6 +42,17 @@ pub enum Command {
     /// Verify, read and search the tamper-evident audit trail.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// Evaluate and test the Rego policy bundle.
+    #[command(subcommand)]
+    Policy(policy::Command),
+    /// Score text for prompt injection.
+    #[command(subcommand)]
+    Guard(guard::Command),
+    /// Run the gateway: the authenticated sandbox API, LLM proxy and MCP server.
+    Serve(serve::Args),
+    /// Create, list and revoke API keys for service accounts.
+    #[command(subcommand)]
+    Apikey(apikey::Command),
 }
 
 pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
@@ -50,5 +65,9 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Key(cmd) => key::run(cmd, globals),
         Command::Vulndb(cmd) => vulndb::run(cmd, globals),
         Command::Audit(cmd) => audit::run(cmd, globals),
+        Command::Policy(cmd) => policy::run(cmd, globals),
+        Command::Guard(cmd) => guard::run(cmd, globals),
+        Command::Serve(args) => serve::run(args, globals),
+        Command::Apikey(cmd) => apikey::run(cmd, globals),
     }
 }
