@@ -4,6 +4,7 @@
 mod cmd;
 mod globals;
 mod output;
+mod vm;
 
 use std::process::ExitCode;
 

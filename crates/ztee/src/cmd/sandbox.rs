@@ -1,12 +1,338 @@
-//! (being written)
+//! `ztee sandbox`: long-lived sandboxes held by a local supervisor process.
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command as Process, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
 use clap::Subcommand;
+use ztee_vm::local::{LocalClient, LocalRecord, Registry};
+use ztee_vm::ExecSpec;
 
-use crate::globals::GlobalArgs;
+use crate::cmd::run::{exit_code, parse_env, parse_seconds, stream};
+use crate::globals::{Format, GlobalArgs};
+use crate::output;
+use crate::vm;
 
+/// Examples:
+///   id=$(ztee sandbox create)
+///   ztee sandbox exec $id -- ls /home/user
+///   ztee sandbox cp ./data.csv $id:/home/user/data.csv
+///   ztee sandbox cp $id:/home/user/out.json ./out.json
+///   ztee sandbox ls
+///   ztee sandbox inspect $id
+///   ztee sandbox rm $id
 #[derive(Subcommand)]
-pub enum Command {}
+#[command(verbatim_doc_comment)]
+pub enum Command {
+    /// Boot a sandbox that stays up until removed or its lifetime passes; prints its id.
+    Create(CreateArgs),
+    /// Run a command in a sandbox; exits with the command's exit code.
+    Exec(ExecArgs),
+    /// Copy a file into or out of a sandbox: `cp LOCAL ID:PATH` or `cp ID:PATH LOCAL`.
+    Cp {
+        source: String,
+        destination: String,
+    },
+    /// List running sandboxes.
+    Ls,
+    /// Show one sandbox's details, including its VMM process.
+    Inspect { id: String },
+    /// Destroy sandboxes.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Internal: the supervisor process `create` starts.
+    #[command(hide = true)]
+    Supervise(CreateArgs),
+}
 
-pub fn run(command: Command, _globals: &GlobalArgs) -> anyhow::Result<u8> {
-    match command {}
+#[derive(clap::Args, Clone)]
+pub struct CreateArgs {
+    /// Destroy the sandbox after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "900", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub shape: vm::ShapeArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    pub id: String,
+
+    /// Stop the command after this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+
+    /// Set an environment variable: NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Working directory inside the sandbox (default: /home/user).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+
+    /// Forward stdin even when it is a terminal.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
+    let registry = Registry::new(&globals.data_dir);
+    match command {
+        Command::Create(args) => create(args, globals),
+        Command::Supervise(args) => supervise(args, globals, registry),
+        Command::Exec(args) => exec(args, registry),
+        Command::Cp {
+            source,
+            destination,
+        } => copy(&source, &destination, registry),
+        Command::Ls => {
+            let records = registry.list();
+            output::print_list(
+                globals.format,
+                &["ID", "CREATED", "EXPIRES", "MEMORY", "VCPUS", "ACCEL", "VMM PID"],
+                &records,
+                |r| {
+                    vec![
+                        r.id.clone(),
+                        ago(r.vm.created_at),
+                        until(r.expires_at),
+                        format!("{} MiB", r.vm.memory_mib),
+                        r.vm.vcpus.to_string(),
+                        r.vm.accelerator.clone(),
+                        r.vm.vmm_pid.to_string(),
+                    ]
+                },
+            )?;
+            Ok(0)
+        }
+        Command::Inspect { id } => {
+            let record = registry.get(&id)?;
+            inspect(globals.format, &record)?;
+            Ok(0)
+        }
+        Command::Rm { ids } => {
+            let mut failed = false;
+            for id in ids {
+                let result = LocalClient::open(registry.clone(), &id)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|client| vm::block_on(async { Ok(client.remove().await?) }));
+                match result {
+                    Ok(()) => println!("{id}"),
+                    Err(err) => {
+                        eprintln!("error: {}", output::one_line_error(&err));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(u8::from(failed))
+        }
+    }
+}
+
+/// Starts the supervisor detached (own session, so it outlives this terminal) and waits for
+/// its one-line report.
+fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
+    let exe = std::env::current_exe().context("cannot find the ztee executable")?;
+    let log_dir = globals.data_dir.join("run");
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("supervisor.log"))
+        .context("cannot open the supervisor log")?;
+    let mut process = Process::new(exe);
+    process
+        .arg("--data-dir")
+        .arg(&globals.data_dir)
+        .arg("--log")
+        .arg(&globals.log)
+        .args(["sandbox", "supervise", "--timeout"])
+        .arg(args.timeout.as_secs_f64().to_string())
+        .args(["--memory", &args.shape.memory.to_string()])
+        .args(["--vcpus", &args.shape.vcpus.to_string()])
+        .args(["--disk", &args.shape.disk.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory.
+    unsafe {
+        process.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = process.spawn().context("cannot start the sandbox supervisor")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("the supervisor has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("cannot read the supervisor's report")?;
+    let report: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+    if let Some(id) = report.get("id").and_then(|v| v.as_str()) {
+        match globals.format {
+            Format::Json => println!("{}", serde_json::json!({ "id": id })),
+            Format::Table => println!("{id}"),
+        }
+        return Ok(0);
+    }
+    let _ = child.wait();
+    match report.get("error").and_then(|v| v.as_str()) {
+        Some(error) => bail!("cannot create a sandbox: {error}"),
+        None => bail!(
+            "the sandbox supervisor exited without a report; see {}",
+            log_dir.join("supervisor.log").display()
+        ),
+    }
+}
+
+fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Result<u8> {
+    let report = |value: serde_json::Value| {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{value}");
+        let _ = out.flush();
+    };
+    vm::block_on(async {
+        let engine = match vm::engine(globals) {
+            Ok(engine) => engine,
+            Err(err) => {
+                report(serde_json::json!({ "error": output::one_line_error(&err) }));
+                return Err(err);
+            }
+        };
+        ztee_vm::local::supervisor::supervise(
+            engine,
+            args.shape.spec(),
+            args.timeout,
+            registry,
+            |result| match result {
+                Ok(record) => report(serde_json::json!({ "id": record.id })),
+                Err(err) => report(serde_json::json!({ "error": err.to_string() })),
+            },
+        )
+        .await?;
+        Ok(0)
+    })
+}
+
+fn exec(args: ExecArgs, registry: Registry) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
+    let client = LocalClient::open(registry, &args.id)?;
+    let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
+    let mut spec = ExecSpec::new(args.command);
+    spec.env = args.env;
+    spec.cwd = args.cwd;
+    spec.timeout = args.timeout;
+    spec.stdin = forward_stdin;
+    vm::block_on(async {
+        let execution = client.exec(spec).await?;
+        let status = stream(execution, forward_stdin).await?;
+        exit_code(status, args.timeout)
+    })
+}
+
+/// `ID:PATH` when `text` starts with a sandbox id and a colon.
+fn sandbox_path(text: &str) -> Option<(&str, &str)> {
+    let (id, path) = text.split_once(':')?;
+    ztee_vm::is_sandbox_id(id).then_some((id, path))
+}
+
+fn copy(source: &str, destination: &str, registry: Registry) -> anyhow::Result<u8> {
+    match (sandbox_path(source), sandbox_path(destination)) {
+        (None, Some((id, path))) => {
+            let data = std::fs::read(source).with_context(|| format!("cannot read {source}"))?;
+            let mode = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(source)
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .unwrap_or(0o644)
+            };
+            let client = LocalClient::open(registry, id)?;
+            vm::block_on(async { Ok(client.write_file(path, &data, mode).await?) })?;
+        }
+        (Some((id, path)), None) => {
+            let client = LocalClient::open(registry, id)?;
+            let data = vm::block_on(async { Ok(client.read_file(path).await?) })?;
+            write_atomically(destination, &data)?;
+        }
+        (Some(_), Some(_)) => bail!("copy between two sandboxes is not supported; copy through the host"),
+        (None, None) => bail!("one side of `cp` must be a sandbox path, written ID:PATH (e.g. sbx-0123456789abcdef:/home/user/out.json)"),
+    }
+    Ok(0)
+}
+
+/// Writes next to `path` and renames, so a failure never leaves a partial file behind.
+fn write_atomically(path: &str, data: &[u8]) -> anyhow::Result<()> {
+    let target = std::path::Path::new(path);
+    let target = if target.is_dir() {
+        bail!("{path} is a directory; give the destination file name")
+    } else {
+        target
+    };
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let temp = dir.join(format!(
+        ".{}.ztee-{}",
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&temp, data).with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::rename(&temp, target).with_context(|| format!("cannot write {path}"))?;
+    Ok(())
+}
+
+fn inspect(format: Format, record: &LocalRecord) -> anyhow::Result<()> {
+    output::print_object(
+        format,
+        record,
+        &[
+            ("id", record.id.clone()),
+            ("backend", record.vm.backend.clone()),
+            ("accelerator", record.vm.accelerator.clone()),
+            ("vmm pid", record.vm.vmm_pid.to_string()),
+            ("supervisor pid", record.supervisor_pid.to_string()),
+            ("memory", format!("{} MiB", record.vm.memory_mib)),
+            ("vcpus", record.vm.vcpus.to_string()),
+            ("scratch disk", format!("{} MiB", record.vm.scratch_mib)),
+            ("guest kernel", record.vm.guest_kernel.clone()),
+            ("agent", record.vm.agent_version.clone()),
+            ("created", ago(record.vm.created_at)),
+            ("expires", until(record.expires_at)),
+            ("boot", format!("{} ms", record.vm.boot_ms)),
+        ],
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn ago(at: u64) -> String {
+    format!("{}s ago", now().saturating_sub(at))
+}
+
+fn until(at: u64) -> String {
+    format!("in {}s", at.saturating_sub(now()))
 }

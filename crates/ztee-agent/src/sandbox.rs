@@ -1,0 +1,50 @@
+//! Who and where user code runs: an unprivileged user inside the overlay root.
+
+/// Root of the sandbox file system (the overlay of the image and the tmpfs scratch layer).
+pub const ROOT: &str = "/newroot";
+pub const UID: u32 = 1000;
+pub const GID: u32 = 1000;
+pub const HOME: &str = "/home/user";
+pub const USER: &str = "user";
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Resolves a path as the sandbox sees it: absolute paths stay, relative ones are taken from HOME.
+pub fn in_sandbox(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{HOME}/{path}")
+    }
+}
+
+/// Enters the sandbox in a freshly forked child: new session, chroot, unprivileged ids, no way
+/// back to privilege. Runs between fork and exec, so it makes only async-signal-safe system calls
+/// and allocates nothing; `root` and `cwd` are prepared by the parent.
+pub fn enter(root: &std::ffi::CStr, cwd: &std::ffi::CStr) -> std::io::Result<()> {
+    fn check(ret: libc::c_int) -> std::io::Result<()> {
+        if ret == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+    // SAFETY: each call below is a plain system call on valid, NUL-terminated strings owned by the
+    // parent's stack frame (still mapped in the child), with no allocation and no locks, which
+    // is what POSIX allows between fork and exec in a multithreaded process.
+    unsafe {
+        check(libc::setsid())?;
+        check(libc::chroot(root.as_ptr()))?;
+        check(libc::chdir(cwd.as_ptr()))?;
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(GID, GID, GID))?;
+        check(libc::setresuid(UID, UID, UID))?;
+        // setuid binaries in the image must not hand privilege back.
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+    }
+    Ok(())
+}

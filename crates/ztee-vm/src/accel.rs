@@ -1,0 +1,122 @@
+//! Choosing the accelerator. `/dev/kvm` existing is not enough: on some hosts (nested or
+//! paravirtualized) it opens but ordinary guest kernels do not boot under it. So `auto` boots a
+//! real VM under KVM once, with a short deadline, and falls back to TCG when that fails. The
+//! verdict is cached per (guest kernel, host kernel, QEMU version).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{qemu, Accelerator};
+use crate::{Engine, SandboxSpec};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Kvm),
+            "tcg" => Ok(Self::Tcg),
+            other => Err(format!("accelerator must be auto, kvm or tcg, got {other:?}")),
+        }
+    }
+}
+
+/// The accelerator in use and the reason, in words an operator can act on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccelDecision {
+    pub accelerator: Accelerator,
+    pub reason: String,
+}
+
+pub(crate) async fn decide(engine: &Engine) -> AccelDecision {
+    match engine.config().accelerator {
+        AccelChoice::Kvm => AccelDecision {
+            accelerator: Accelerator::Kvm,
+            reason: "forced by configuration (ZTEE_ACCEL=kvm)".into(),
+        },
+        AccelChoice::Tcg => AccelDecision {
+            accelerator: Accelerator::Tcg,
+            reason: "forced by configuration (ZTEE_ACCEL=tcg)".into(),
+        },
+        AccelChoice::Auto => probe(engine).await,
+    }
+}
+
+async fn probe(engine: &Engine) -> AccelDecision {
+    let tcg = |reason: String| AccelDecision {
+        accelerator: Accelerator::Tcg,
+        reason,
+    };
+    if let Err(err) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        return tcg(format!("/dev/kvm is not usable ({err}); TCG keeps isolation but runs guests several times slower"));
+    }
+    let cache = cache_path(engine);
+    if let Some(decision) = cache
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<AccelDecision>(&b).ok())
+    {
+        return decision;
+    }
+    let spec = SandboxSpec {
+        memory_mib: 128,
+        ..SandboxSpec::default()
+    };
+    let decision = match engine.boot(&spec, Accelerator::Kvm, PROBE_TIMEOUT).await {
+        Ok(sandbox) => {
+            let _ = sandbox.destroy().await;
+            AccelDecision {
+                accelerator: Accelerator::Kvm,
+                reason: "a probe guest booted under KVM".into(),
+            }
+        }
+        Err(err) => tcg(format!(
+            "/dev/kvm opens but a probe guest did not boot under it ({err}); using TCG, which keeps isolation but runs guests several times slower"
+        )),
+    };
+    if let Some(path) = cache {
+        if let Ok(json) = serde_json::to_vec(&decision) {
+            let temp = path.with_extension("tmp");
+            if std::fs::write(&temp, json).is_ok() {
+                let _ = std::fs::rename(&temp, &path);
+            }
+        }
+    }
+    decision
+}
+
+fn cache_path(engine: &Engine) -> Option<PathBuf> {
+    let config = engine.config();
+    let mut hasher = Sha256::new();
+    hasher.update(std::fs::read(&config.assets.kernel).ok()?);
+    hasher.update(nix_release().as_bytes());
+    hasher.update(qemu::version().unwrap_or_default().as_bytes());
+    let key: String = hasher
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::create_dir_all(&config.cache_dir).ok()?;
+    Some(config.cache_dir.join(format!("accel-probe-{key}.json")))
+}
+
+fn nix_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
+}

@@ -1,0 +1,42 @@
+//! VMM backends. A backend turns a [`LaunchPlan`] into a running VMM process whose guest agent
+//! listens on the plan's socket. Everything above this module is backend-independent.
+
+pub mod qemu;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How guest instructions execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// Hardware virtualization.
+    Kvm,
+    /// QEMU's software CPU: same isolation boundary, several times slower.
+    Tcg,
+}
+
+impl std::fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        })
+    }
+}
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub rootfs: PathBuf,
+    pub agent_socket: PathBuf,
+    pub console_log: PathBuf,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub scratch_mib: u32,
+    pub accelerator: Accelerator,
+}

@@ -1,0 +1,190 @@
+//! QEMU `microvm`: virtio-mmio devices only, no PCI, no ACPI, no firmware, no network device,
+//! QEMU's own seccomp sandbox on. The guest sees a kernel, an initramfs, one read-only disk, one
+//! virtio-serial port (the agent channel) and a virtio RNG.
+
+use std::ffi::OsString;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+use super::{Accelerator, LaunchPlan};
+use crate::VmError;
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// The program to run: `$ZTEE_QEMU` or `qemu-system-x86_64` from `PATH`.
+pub fn binary() -> OsString {
+    std::env::var_os("ZTEE_QEMU")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| QEMU_BINARY.into())
+}
+
+/// The kernel command line. `reboot=t` plus `-no-reboot` turns the agent's final reboot into a
+/// QEMU exit; `panic=-1` does the same for a guest kernel panic. `tsc_early_khz` skips the PIT
+/// calibration that can hang under TCG when the host is loaded.
+fn kernel_cmdline(plan: &LaunchPlan) -> String {
+    let mut cmdline = format!(
+        "console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init ztee.scratch_mib={}",
+        plan.scratch_mib
+    );
+    if let Some(khz) = host_tsc_khz() {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    cmdline
+}
+
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+    let accel = match plan.accelerator {
+        Accelerator::Kvm => "kvm",
+        Accelerator::Tcg => "tcg",
+    };
+    let cpu = match plan.accelerator {
+        Accelerator::Kvm => "host",
+        Accelerator::Tcg => "max",
+    };
+    push(&["-name", &plan.name]);
+    push(&[
+        "-machine",
+        &format!("microvm,accel={accel},x-option-roms=off,rtc=on,isa-serial=on"),
+    ]);
+    push(&["-cpu", cpu]);
+    push(&["-m", &format!("{}M", plan.memory_mib)]);
+    push(&["-smp", &plan.vcpus.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]);
+    // QEMU's seccomp filter: no obsolete syscalls, no privilege changes, no spawning, no
+    // scheduler or resource changes.
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    args.push("-kernel".into());
+    args.push(plan.kernel.clone().into_os_string());
+    args.push("-initrd".into());
+    args.push(plan.initramfs.clone().into_os_string());
+    args.push("-append".into());
+    args.push(kernel_cmdline(plan).into());
+    let mut drive = OsString::from("id=image,format=raw,if=none,read-only=on,file=");
+    drive.push(qemu_escape(&plan.rootfs));
+    args.push("-drive".into());
+    args.push(drive);
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+    push(&["-device", "virtio-blk-device,drive=image"]);
+    push(&["-object", "rng-random,id=rng,filename=/dev/urandom"]);
+    push(&["-device", "virtio-rng-device,rng=rng"]);
+    push(&["-device", "virtio-serial-device,max_ports=1"]);
+    let mut chardev = OsString::from("socket,id=agent,server=on,wait=off,path=");
+    chardev.push(qemu_escape(&plan.agent_socket));
+    args.push("-chardev".into());
+    args.push(chardev);
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=agent,name={}", ztee_wire::VIRTIO_PORT_NAME),
+    ]);
+    let mut serial = OsString::from("file:");
+    serial.push(plan.console_log.as_os_str());
+    args.push("-serial".into());
+    args.push(serial);
+    args
+}
+
+/// QEMU option values are comma-separated; a literal comma is written twice.
+fn qemu_escape(path: &std::path::Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &byte in path.as_os_str().as_bytes() {
+        out.push(byte);
+        if byte == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Starts QEMU for `plan`. The process is killed when its handle is dropped and when the thread
+/// that spawned it dies (`PR_SET_PDEATHSIG`), so a supervisor that is killed takes its VMs along.
+pub fn launch(plan: &LaunchPlan) -> Result<Child, VmError> {
+    let program = binary();
+    let mut command = Command::new(&program);
+    command
+        .args(arguments(plan))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|source| VmError::VmmSpawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })
+}
+
+/// `qemu-system-x86_64 --version`, first line.
+pub fn version() -> Option<String> {
+    let output = std::process::Command::new(binary())
+        .arg("--version")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn plan() -> LaunchPlan {
+        LaunchPlan {
+            name: "t".into(),
+            kernel: PathBuf::from("/k"),
+            initramfs: PathBuf::from("/i"),
+            rootfs: PathBuf::from("/a,b/rootfs.img"),
+            agent_socket: PathBuf::from("/s"),
+            console_log: PathBuf::from("/c"),
+            memory_mib: 128,
+            vcpus: 1,
+            scratch_mib: 64,
+            accelerator: Accelerator::Tcg,
+        }
+    }
+
+    #[test]
+    fn command_line_has_no_network_and_is_sandboxed() {
+        let args: Vec<String> = arguments(&plan())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-nodefaults"));
+        assert!(joined.contains("-sandbox on,obsolete=deny"));
+        assert!(joined.contains("microvm,accel=tcg"));
+        assert!(!joined.contains("netdev") && !joined.contains("-nic"));
+        assert!(joined.contains("read-only=on,file=/a,,b/rootfs.img"));
+    }
+}

@@ -1,0 +1,279 @@
+//! Host end of the agent channel: connect, authenticate, then route guest messages to the
+//! request that is waiting for them. The guest is untrusted: its frames are bounded and
+//! authenticated by `ztee-wire`, messages for unknown requests are dropped, and its text is
+//! sanitized before anyone sees it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use ztee_wire::auth::proofs_match;
+use ztee_wire::{
+    BootSecret, FrameDecoder, GuestMessage, HostMessage, Opener, RequestId, Sealer, SessionKeys,
+    PROTOCOL_VERSION,
+};
+
+use crate::VmError;
+
+/// Messages buffered per request before the reader waits for the consumer (backpressure).
+const ROUTE_DEPTH: usize = 64;
+
+type Routes = Arc<Mutex<HashMap<RequestId, mpsc::Sender<GuestMessage>>>>;
+
+pub struct Channel {
+    writer: tokio::sync::Mutex<(OwnedWriteHalf, Sealer)>,
+    routes: Routes,
+    next_id: AtomicU32,
+    closed: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+    pub agent_version: String,
+    pub kernel_release: String,
+}
+
+/// The authenticated session a handshake leaves behind.
+struct Session {
+    sealer: Sealer,
+    opener: Opener,
+    /// Holds any bytes that arrived after `Ready`.
+    decoder: FrameDecoder,
+}
+
+/// What the agent said when the session was authenticated.
+struct Ready {
+    agent_version: String,
+    kernel_release: String,
+}
+
+impl Channel {
+    /// Connects to the VMM's socket for the agent, retrying while the VMM creates it, and runs the
+    /// handshake. Fails after `deadline`.
+    pub async fn connect(
+        socket: &Path,
+        secret: &BootSecret,
+        deadline: Instant,
+    ) -> Result<Self, VmError> {
+        let stream = loop {
+            match UnixStream::connect(socket).await {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Err(err) => return Err(VmError::io("connect to agent socket", socket, err)),
+            }
+        };
+        let (mut read, mut write) = stream.into_split();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (session, ready) = tokio::time::timeout(
+            remaining,
+            handshake(&mut read, &mut write, secret),
+        )
+        .await
+        .map_err(|_| VmError::BootTimeout(remaining))??;
+        let routes: Routes = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_loop(
+            read,
+            session.decoder,
+            session.opener,
+            routes.clone(),
+            closed.clone(),
+        ));
+        Ok(Self {
+            writer: tokio::sync::Mutex::new((write, session.sealer)),
+            routes,
+            next_id: AtomicU32::new(1),
+            closed,
+            reader,
+            agent_version: ready.agent_version,
+            kernel_release: ready.kernel_release,
+        })
+    }
+
+    /// Reserves a request id and the queue its guest messages arrive on.
+    pub fn open_request(&self) -> Result<(RequestId, mpsc::Receiver<GuestMessage>), VmError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(VmError::ChannelClosed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel(ROUTE_DEPTH);
+        lock(&self.routes).insert(id, tx);
+        Ok((id, rx))
+    }
+
+    pub fn close_request(&self, id: RequestId) {
+        lock(&self.routes).remove(&id);
+    }
+
+    pub async fn send(&self, message: &HostMessage) -> Result<(), VmError> {
+        let mut writer = self.writer.lock().await;
+        let (stream, sealer) = &mut *writer;
+        let frame = sealer.seal(message)?;
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|_| VmError::ChannelClosed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn handshake(
+    read: &mut OwnedReadHalf,
+    write: &mut OwnedWriteHalf,
+    secret: &BootSecret,
+) -> Result<(Session, Ready), VmError> {
+    let mut host_nonce = [0u8; 32];
+    getrandom::getrandom(&mut host_nonce)
+        .map_err(|e| VmError::Guest(format!("no randomness for the handshake: {e}")))?;
+    let mut handshake_sealer = Sealer::unauthenticated();
+    let hello = handshake_sealer.seal(&HostMessage::Hello {
+        version: PROTOCOL_VERSION,
+        nonce: host_nonce,
+    })?;
+    write
+        .write_all(&hello)
+        .await
+        .map_err(|_| VmError::ChannelClosed)?;
+
+    let mut decoder = FrameDecoder::new();
+    let mut opener = Opener::unauthenticated();
+    let (guest_nonce, proof) = match next_message(read, &mut decoder, &mut opener).await? {
+        GuestMessage::HelloAck {
+            version,
+            nonce,
+            proof,
+        } => {
+            if version != PROTOCOL_VERSION {
+                return Err(ztee_wire::WireError::VersionMismatch {
+                    peer: version,
+                    ours: PROTOCOL_VERSION,
+                }
+                .into());
+            }
+            (nonce, proof)
+        }
+        other => return Err(unexpected("handshake", &other)),
+    };
+    if !proofs_match(&secret.agent_proof(&host_nonce, &guest_nonce), &proof) {
+        return Err(VmError::AgentAuthentication);
+    }
+    let confirm = handshake_sealer.seal(&HostMessage::Confirm {
+        proof: secret.host_proof(&host_nonce, &guest_nonce),
+    })?;
+    write
+        .write_all(&confirm)
+        .await
+        .map_err(|_| VmError::ChannelClosed)?;
+
+    let keys = SessionKeys::derive(secret, &host_nonce, &guest_nonce);
+    let mut opener = Opener::keyed(keys.guest_to_host);
+    let ready = match next_message(read, &mut decoder, &mut opener).await? {
+        GuestMessage::Ready {
+            agent_version,
+            kernel_release,
+        } => Ready {
+            agent_version: crate::error::sanitize_guest_text(&agent_version),
+            kernel_release: crate::error::sanitize_guest_text(&kernel_release),
+        },
+        other => return Err(unexpected("handshake", &other)),
+    };
+    let session = Session {
+        sealer: Sealer::keyed(keys.host_to_guest),
+        opener,
+        decoder,
+    };
+    Ok((session, ready))
+}
+
+fn unexpected(phase: &'static str, message: &GuestMessage) -> VmError {
+    ztee_wire::WireError::Unexpected {
+        phase,
+        got: message.name(),
+    }
+    .into()
+}
+
+async fn next_message(
+    read: &mut OwnedReadHalf,
+    decoder: &mut FrameDecoder,
+    opener: &mut Opener,
+) -> Result<GuestMessage, VmError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(frame) = decoder.next_frame()? {
+            return Ok(opener.open(&frame)?);
+        }
+        let n = read.read(&mut buf).await.map_err(|_| VmError::ChannelClosed)?;
+        if n == 0 {
+            return Err(VmError::ChannelClosed);
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
+async fn read_loop(
+    mut read: OwnedReadHalf,
+    mut decoder: FrameDecoder,
+    mut opener: Opener,
+    routes: Routes,
+    closed: Arc<AtomicBool>,
+) {
+    let result: Result<(), VmError> = async {
+        loop {
+            let message = next_message(&mut read, &mut decoder, &mut opener).await?;
+            let Some(id) = request_id(&message) else {
+                tracing::debug!(message = message.name(), "ignoring unsolicited guest message");
+                continue;
+            };
+            let route = lock(&routes).get(&id).cloned();
+            match route {
+                // A consumer that went away simply stops receiving.
+                Some(tx) => {
+                    let _ = tx.send(message).await;
+                }
+                None => tracing::debug!(id, "guest message for no open request"),
+            }
+        }
+    }
+    .await;
+    if let Err(err) = result {
+        if !matches!(err, VmError::ChannelClosed) {
+            tracing::warn!(%err, "closing the agent channel");
+        }
+    }
+    closed.store(true, Ordering::SeqCst);
+    // Dropping the senders wakes every waiting request with "channel closed".
+    lock(&routes).clear();
+}
+
+fn request_id(message: &GuestMessage) -> Option<RequestId> {
+    match message {
+        GuestMessage::Started { id, .. }
+        | GuestMessage::Stdout { id, .. }
+        | GuestMessage::Stderr { id, .. }
+        | GuestMessage::Exited { id, .. }
+        | GuestMessage::FileChunk { id, .. }
+        | GuestMessage::FileEnd { id }
+        | GuestMessage::Done { id }
+        | GuestMessage::Failed { id, .. } => Some(*id),
+        GuestMessage::HelloAck { .. } | GuestMessage::Ready { .. } => None,
+    }
+}

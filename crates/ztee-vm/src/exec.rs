@@ -1,0 +1,262 @@
+//! Commands in a sandbox: what to run, and the stream of what happens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use ztee_wire::message::FailureKind;
+use ztee_wire::{ExitKind, GuestMessage, HostMessage, RequestId, MAX_DATA_CHUNK};
+
+use crate::channel::Channel;
+use crate::error::sanitize_guest_text;
+use crate::VmError;
+
+/// Default cap on a command's combined stdout and stderr.
+pub const DEFAULT_MAX_OUTPUT: u64 = 64 * 1024 * 1024;
+
+/// A command to run as the sandbox user.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox; the user's home when `None`.
+    pub cwd: Option<String>,
+    /// Wall-clock limit, enforced inside the guest.
+    pub timeout: Option<Duration>,
+    pub max_output_bytes: u64,
+    /// Keep stdin open for [`Execution::write_stdin`]; otherwise the command reads EOF.
+    pub stdin: bool,
+}
+
+impl ExecSpec {
+    pub fn new(argv: Vec<String>) -> Self {
+        Self {
+            argv,
+            env: Vec::new(),
+            cwd: None,
+            timeout: None,
+            max_output_bytes: DEFAULT_MAX_OUTPUT,
+            stdin: false,
+        }
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+    TimedOut,
+    OutputLimit,
+}
+
+impl ExitStatus {
+    /// The exit code a shell would report: the code, 128+signal, 124 for a timeout (as
+    /// timeout(1) does) and 125 for an output flood.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Self::Code(code) => code,
+            Self::Signal(signal) => 128 + signal,
+            Self::TimedOut => 124,
+            Self::OutputLimit => 125,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExitStatus),
+}
+
+/// A running command. Events arrive in the order the guest produced them.
+pub struct Execution {
+    id: RequestId,
+    pid: u32,
+    events: mpsc::Receiver<GuestMessage>,
+    channel: Arc<Channel>,
+    finished: bool,
+}
+
+/// Everything a finished command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+}
+
+impl Execution {
+    pub(crate) async fn start(channel: Arc<Channel>, spec: ExecSpec) -> Result<Self, VmError> {
+        if spec.argv.is_empty() {
+            return Err(VmError::InvalidRequest("empty command".into()));
+        }
+        let (id, mut events) = channel.open_request()?;
+        let request = ztee_wire::message::ExecRequest {
+            id,
+            argv: spec.argv.clone(),
+            env: spec.env,
+            cwd: spec.cwd,
+            timeout_ms: spec.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
+            max_output_bytes: spec.max_output_bytes,
+            stdin: spec.stdin,
+        };
+        let started = async {
+            channel.send(&HostMessage::Exec(request)).await?;
+            match events.recv().await {
+                Some(GuestMessage::Started { pid, .. }) => Ok(pid),
+                Some(GuestMessage::Failed { kind, message, .. }) => {
+                    Err(failure(kind, &message, &spec.argv[0]))
+                }
+                Some(other) => Err(VmError::Guest(format!(
+                    "unexpected {} before the command started",
+                    other.name()
+                ))),
+                None => Err(VmError::ChannelClosed),
+            }
+        }
+        .await;
+        match started {
+            Ok(pid) => Ok(Self {
+                id,
+                pid,
+                events,
+                channel,
+                finished: false,
+            }),
+            Err(err) => {
+                channel.close_request(id);
+                Err(err)
+            }
+        }
+    }
+
+    /// The command's pid inside the guest.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next event, or `None` after [`ExecEvent::Exit`] has been returned.
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, VmError> {
+        if self.finished {
+            return Ok(None);
+        }
+        match self.events.recv().await {
+            Some(GuestMessage::Stdout { data, .. }) => Ok(Some(ExecEvent::Stdout(data))),
+            Some(GuestMessage::Stderr { data, .. }) => Ok(Some(ExecEvent::Stderr(data))),
+            Some(GuestMessage::Exited { status, .. }) => {
+                self.finished = true;
+                self.channel.close_request(self.id);
+                Ok(Some(ExecEvent::Exit(match status {
+                    ExitKind::Code(code) => ExitStatus::Code(code),
+                    ExitKind::Signal(signal) => ExitStatus::Signal(signal),
+                    ExitKind::TimedOut => ExitStatus::TimedOut,
+                    ExitKind::OutputLimit => ExitStatus::OutputLimit,
+                })))
+            }
+            Some(GuestMessage::Failed { message, .. }) => {
+                self.finished = true;
+                Err(VmError::Guest(sanitize_guest_text(&message)))
+            }
+            Some(other) => Err(VmError::Guest(format!(
+                "unexpected {} during a command",
+                other.name()
+            ))),
+            None => {
+                self.finished = true;
+                Err(VmError::ChannelClosed)
+            }
+        }
+    }
+
+    /// Runs to the end, collecting all output.
+    pub async fn output(mut self) -> Result<Output, VmError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match self.next_event().await? {
+                Some(ExecEvent::Stdout(data)) => stdout.extend_from_slice(&data),
+                Some(ExecEvent::Stderr(data)) => stderr.extend_from_slice(&data),
+                Some(ExecEvent::Exit(status)) => {
+                    return Ok(Output {
+                        stdout,
+                        stderr,
+                        status,
+                    })
+                }
+                None => return Err(VmError::ChannelClosed),
+            }
+        }
+    }
+
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), VmError> {
+        for chunk in data.chunks(MAX_DATA_CHUNK) {
+            self.channel
+                .send(&HostMessage::Stdin {
+                    id: self.id,
+                    data: chunk.to_vec(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self) -> Result<(), VmError> {
+        self.channel
+            .send(&HostMessage::CloseStdin { id: self.id })
+            .await
+    }
+
+    /// Sends `signal` to the command's process group.
+    pub async fn signal(&self, signal: i32) -> Result<(), VmError> {
+        self.channel
+            .send(&HostMessage::Signal {
+                id: self.id,
+                signal,
+            })
+            .await
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        self.channel.close_request(self.id);
+    }
+}
+
+pub(crate) fn failure(kind: FailureKind, message: &str, subject: &str) -> VmError {
+    let message = sanitize_guest_text(message);
+    match kind {
+        FailureKind::NotFound if message.starts_with("command not found") => {
+            VmError::CommandNotFound(sanitize_guest_text(subject))
+        }
+        FailureKind::NotFound => VmError::FileNotFound(message),
+        FailureKind::PermissionDenied => VmError::PermissionDenied(message),
+        FailureKind::InvalidRequest => VmError::InvalidRequest(message),
+        FailureKind::Io => VmError::Guest(message),
+    }
+}
+
+/// A running command, wherever it runs: in a sandbox this process owns ([`Execution`]) or in
+/// one held by a supervisor process ([`crate::local::client::LocalExecution`]).
+#[allow(async_fn_in_trait)] // used with concrete types only; no Send bound is needed
+pub trait CommandStream {
+    /// The next event, or `None` after [`ExecEvent::Exit`].
+    async fn next_event(&mut self) -> Result<Option<ExecEvent>, VmError>;
+    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), VmError>;
+    async fn close_stdin(&mut self) -> Result<(), VmError>;
+}
+
+impl CommandStream for Execution {
+    async fn next_event(&mut self) -> Result<Option<ExecEvent>, VmError> {
+        Execution::next_event(self).await
+    }
+    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), VmError> {
+        Execution::write_stdin(self, data).await
+    }
+    async fn close_stdin(&mut self) -> Result<(), VmError> {
+        Execution::close_stdin(self).await
+    }
+}

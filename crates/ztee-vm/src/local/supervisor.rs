@@ -1,0 +1,307 @@
+//! The process that owns one CLI-held sandbox and serves its control socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use ztee_wire::message::FailureKind;
+use ztee_wire::{FrameDecoder, GuestMessage, HostMessage, Opener, Sealer, MAX_DATA_CHUNK};
+
+use super::registry::{LocalRecord, Registry};
+use crate::runtime::process_start_time;
+use crate::{Engine, ExecEvent, ExecSpec, ExitStatus, Sandbox, SandboxSpec, VmError};
+
+/// Largest upload accepted through the control socket.
+const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
+
+/// Boots the sandbox, reports its id (or the failure) through `ready`, then serves requests
+/// until the sandbox is removed, its lifetime passes or its VM stops.
+pub async fn supervise(
+    engine: Engine,
+    spec: SandboxSpec,
+    lifetime: Duration,
+    registry: Registry,
+    ready: impl FnOnce(Result<&LocalRecord, &VmError>),
+) -> Result<(), VmError> {
+    let sandbox = match start(&engine, &spec, lifetime, &registry).await {
+        Ok(started) => started,
+        Err(err) => {
+            ready(Err(&err));
+            return Err(err);
+        }
+    };
+    let (sandbox, record, listener) = sandbox;
+    ready(Ok(&record));
+    let sandbox = Arc::new(sandbox);
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let expiry = tokio::time::sleep(lifetime);
+    tokio::pin!(expiry);
+    let mut liveness = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                if !same_user(&stream) {
+                    continue;
+                }
+                let sandbox = sandbox.clone();
+                let stop = stop_tx.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = serve_client(stream, &sandbox, stop).await {
+                        tracing::debug!(%err, "control client failed");
+                    }
+                });
+            }
+            _ = stop_rx.recv() => break,
+            _ = &mut expiry => {
+                tracing::info!(id = %record.id, "sandbox lifetime passed");
+                break;
+            }
+            _ = liveness.tick() => {
+                if !sandbox.is_alive() {
+                    tracing::warn!(id = %record.id, "the sandbox's VM stopped");
+                    break;
+                }
+            }
+        }
+    }
+    registry.remove(&record.id);
+    // Let in-flight replies (e.g. the acknowledgement of `rm`) reach their clients.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    match Arc::try_unwrap(sandbox) {
+        Ok(sandbox) => sandbox.destroy().await,
+        // Clients still hold it; dropping our reference and exiting kills the VMM anyway.
+        Err(_) => Ok(()),
+    }
+}
+
+async fn start(
+    engine: &Engine,
+    spec: &SandboxSpec,
+    lifetime: Duration,
+    registry: &Registry,
+) -> Result<(Sandbox, LocalRecord, UnixListener), VmError> {
+    let sandbox = engine.create(spec.clone()).await?;
+    let id = sandbox.id().to_string();
+    let dir = registry.create_dir(&id)?;
+    let socket = registry.control_socket(&id);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| VmError::io("bind control socket", &socket, e))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| VmError::io("chmod control socket", &socket, e))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let me = std::process::id();
+    let record = LocalRecord {
+        id: id.clone(),
+        supervisor_pid: me,
+        supervisor_start: process_start_time(me).unwrap_or(0),
+        expires_at: now + lifetime.as_secs(),
+        vm: sandbox.info().into(),
+    };
+    if let Err(err) = registry.write(&record) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(err);
+    }
+    Ok((sandbox, record, listener))
+}
+
+fn same_user(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    stream.peer_cred().map(|c| c.uid() == me).unwrap_or(false)
+}
+
+/// One framed connection carrying one request.
+pub(crate) struct Conn {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    opener: Opener,
+    sealer: Sealer,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::new(),
+            opener: Opener::unauthenticated(),
+            sealer: Sealer::unauthenticated(),
+            buf: vec![0u8; 64 * 1024],
+        }
+    }
+
+    pub(crate) async fn send<M: serde::Serialize>(&mut self, message: &M) -> Result<(), VmError> {
+        let frame = self.sealer.seal(message)?;
+        self.stream
+            .write_all(&frame)
+            .await
+            .map_err(|_| VmError::ChannelClosed)
+    }
+
+    /// The next message, or `None` at a clean end of stream.
+    pub(crate) async fn recv<M: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<M>, VmError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(self.opener.open(&frame)?));
+            }
+            let n = self
+                .stream
+                .read(&mut self.buf)
+                .await
+                .map_err(|_| VmError::ChannelClosed)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.decoder.push(&self.buf[..n]);
+        }
+    }
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    sandbox: &Sandbox,
+    stop: tokio::sync::mpsc::Sender<()>,
+) -> Result<(), VmError> {
+    let mut conn = Conn::new(stream);
+    let Some(request) = conn.recv::<HostMessage>().await? else {
+        return Ok(());
+    };
+    match request {
+        HostMessage::Exec(request) => serve_exec(&mut conn, sandbox, request).await,
+        HostMessage::WriteFile { id, path, mode } => {
+            let mut data = Vec::new();
+            loop {
+                match conn.recv::<HostMessage>().await? {
+                    Some(HostMessage::FileChunk { data: chunk, .. }) => {
+                        if data.len() + chunk.len() > MAX_UPLOAD {
+                            let err = VmError::FileTooLarge {
+                                size: (data.len() + chunk.len()) as u64,
+                                limit: MAX_UPLOAD as u64,
+                            };
+                            return conn.send(&failed(id, &err)).await;
+                        }
+                        data.extend_from_slice(&chunk);
+                    }
+                    Some(HostMessage::FileEnd { .. }) => break,
+                    // An upload that does not end explicitly is abandoned, never written.
+                    _ => return Ok(()),
+                }
+            }
+            let reply = match sandbox.write_file(&path, &data, mode).await {
+                Ok(()) => GuestMessage::Done { id },
+                Err(err) => failed(id, &err),
+            };
+            conn.send(&reply).await
+        }
+        HostMessage::ReadFile { id, path } => {
+            match sandbox.read_file(&path, crate::DEFAULT_READ_LIMIT).await {
+                Ok(data) => {
+                    for chunk in data.chunks(MAX_DATA_CHUNK) {
+                        conn.send(&GuestMessage::FileChunk {
+                            id,
+                            data: chunk.to_vec(),
+                        })
+                        .await?;
+                    }
+                    conn.send(&GuestMessage::FileEnd { id }).await
+                }
+                Err(err) => conn.send(&failed(id, &err)).await,
+            }
+        }
+        HostMessage::PowerOff => {
+            conn.send(&GuestMessage::Done { id: 0 }).await?;
+            let _ = stop.send(()).await;
+            Ok(())
+        }
+        other => {
+            let err = VmError::InvalidRequest(format!("{} is not a control request", other.name()));
+            conn.send(&failed(0, &err)).await
+        }
+    }
+}
+
+async fn serve_exec(
+    conn: &mut Conn,
+    sandbox: &Sandbox,
+    request: ztee_wire::message::ExecRequest,
+) -> Result<(), VmError> {
+    let id = request.id;
+    let spec = ExecSpec {
+        argv: request.argv,
+        env: request.env,
+        cwd: request.cwd,
+        timeout: request.timeout_ms.map(Duration::from_millis),
+        max_output_bytes: request.max_output_bytes,
+        stdin: request.stdin,
+    };
+    let mut execution = match sandbox.exec(spec).await {
+        Ok(execution) => execution,
+        Err(err) => return conn.send(&failed(id, &err)).await,
+    };
+    conn.send(&GuestMessage::Started {
+        id,
+        pid: execution.pid(),
+    })
+    .await?;
+    let mut client_open = true;
+    loop {
+        tokio::select! {
+            event = execution.next_event() => {
+                let message = match event {
+                    Ok(Some(ExecEvent::Stdout(data))) => GuestMessage::Stdout { id, data },
+                    Ok(Some(ExecEvent::Stderr(data))) => GuestMessage::Stderr { id, data },
+                    Ok(Some(ExecEvent::Exit(status))) => {
+                        let status = match status {
+                            ExitStatus::Code(c) => ztee_wire::ExitKind::Code(c),
+                            ExitStatus::Signal(s) => ztee_wire::ExitKind::Signal(s),
+                            ExitStatus::TimedOut => ztee_wire::ExitKind::TimedOut,
+                            ExitStatus::OutputLimit => ztee_wire::ExitKind::OutputLimit,
+                        };
+                        return conn.send(&GuestMessage::Exited { id, status }).await;
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(err) => return conn.send(&failed(id, &err)).await,
+                };
+                conn.send(&message).await?;
+            }
+            incoming = conn.recv::<HostMessage>(), if client_open => match incoming {
+                Ok(Some(HostMessage::Stdin { data, .. })) => execution.write_stdin(&data).await?,
+                Ok(Some(HostMessage::CloseStdin { .. })) => execution.close_stdin().await?,
+                Ok(Some(HostMessage::Signal { signal, .. })) => execution.signal(signal).await?,
+                Ok(Some(_)) => {}
+                // The client went away (e.g. Ctrl-C): stop the command it started.
+                Ok(None) | Err(_) => {
+                    client_open = false;
+                    execution.signal(libc::SIGKILL).await?;
+                }
+            },
+        }
+    }
+}
+
+/// A failure reply carrying the error's kind and its text.
+fn failed(id: u32, err: &VmError) -> GuestMessage {
+    let kind = match err {
+        VmError::CommandNotFound(_) | VmError::FileNotFound(_) => FailureKind::NotFound,
+        VmError::PermissionDenied(_) => FailureKind::PermissionDenied,
+        VmError::InvalidRequest(_) | VmError::FileTooLarge { .. } => FailureKind::InvalidRequest,
+        _ => FailureKind::Io,
+    };
+    // The client wraps the text in the same error variant again, so send the inner text.
+    let message = match err {
+        VmError::CommandNotFound(name) => format!("command not found: {name}"),
+        VmError::FileNotFound(text)
+        | VmError::PermissionDenied(text)
+        | VmError::InvalidRequest(text) => text.clone(),
+        other => other.to_string(),
+    };
+    GuestMessage::Failed { id, kind, message }
+}

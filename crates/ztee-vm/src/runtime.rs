@@ -1,0 +1,186 @@
+//! Per-VM runtime directories and crash safety.
+//!
+//! Every VM gets a private directory (mode 0700) under `<data dir>/run/vms/` holding its agent
+//! socket, its initramfs (with the VM secret) and its console log, plus an `owner` record naming
+//! the supervising process and the VMM process. The VMM dies with its supervisor through
+//! `PR_SET_PDEATHSIG`; should anything survive (a SIGKILL racing the spawn, a VMM that ignored
+//! it), the next engine start finds records whose owner is gone, kills their VMM if it is still
+//! the same process, and removes the directory.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::VmError;
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug)]
+pub struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    pub fn create(root: &Path, vm_id: &str) -> Result<Self, VmError> {
+        let vms = root.join("vms");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&vms)
+            .map_err(|e| VmError::io("create runtime dir", &vms, e))?;
+        let path = vms.join(vm_id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| VmError::io("create VM runtime dir", &path, e))?;
+        let dir = Self { path };
+        let socket = dir.agent_socket();
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(VmError::InvalidSpec(format!(
+                "the data directory path is too long for a unix socket ({}); use a shorter --data-dir",
+                socket.display()
+            )));
+        }
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn agent_socket(&self) -> PathBuf {
+        self.path.join("agent.sock")
+    }
+
+    pub fn initramfs(&self) -> PathBuf {
+        self.path.join("initrd.img")
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.path.join("console.log")
+    }
+
+    /// Records who owns the VM, so a later start can tell whether it was orphaned.
+    pub fn record_owner(&self, vmm_pid: u32) -> Result<(), VmError> {
+        let me = std::process::id();
+        let record = format!(
+            "{me} {} {vmm_pid} {}\n",
+            process_start_time(me).unwrap_or(0),
+            process_start_time(vmm_pid).unwrap_or(0)
+        );
+        let path = self.path.join("owner");
+        let temp = self.path.join("owner.tmp");
+        fs::write(&temp, record).map_err(|e| VmError::io("write owner record", &temp, e))?;
+        fs::rename(&temp, &path).map_err(|e| VmError::io("write owner record", &path, e))
+    }
+
+    /// The last part of the console log, for error messages about failed boots.
+    pub fn console_tail(&self) -> String {
+        let text = fs::read(self.console_log()).unwrap_or_default();
+        let start = text.len().saturating_sub(600);
+        crate::error::sanitize_guest_text(&String::from_utf8_lossy(&text[start..]))
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.path) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.path.display(), %err, "cannot remove VM runtime dir");
+            }
+        }
+    }
+}
+
+/// Kills VMMs left behind by supervisors that no longer exist and removes their directories.
+/// Returns how many VMs were reaped.
+pub fn reap_orphans(root: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(root.join("vms")) else {
+        return 0;
+    };
+    let mut reaped = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let record = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+        let fields: Vec<u64> = record
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let orphaned = match fields.as_slice() {
+            [owner, owner_start, vmm, vmm_start] => {
+                if alive(*owner as u32, *owner_start) {
+                    false
+                } else {
+                    if alive(*vmm as u32, *vmm_start) {
+                        // SAFETY: kill(2) on a pid whose start time matches the recorded VMM, so
+                        // it is that process and not a recycled pid; no memory involved.
+                        unsafe { libc::kill(*vmm as i32, libc::SIGKILL) };
+                    }
+                    true
+                }
+            }
+            // No record: a VM whose spawn never completed. Reap it only once it is stale, so a
+            // VM being created right now by another process is left alone.
+            _ => is_stale(&dir),
+        };
+        if orphaned && fs::remove_dir_all(&dir).is_ok() {
+            tracing::info!(dir = %dir.display(), "reaped an orphaned VM");
+            reaped += 1;
+        }
+    }
+    reaped
+}
+
+fn alive(pid: u32, start_time: u64) -> bool {
+    pid != 0 && process_start_time(pid) == Some(start_time)
+}
+
+fn is_stale(dir: &Path) -> bool {
+    fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() > 120)
+}
+
+/// Field 22 of /proc/PID/stat: start time in clock ticks since boot. Together with the pid it
+/// names one process, unlike the pid alone.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; fields resume after the
+    // last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Makes `path` private to this user.
+pub fn make_private(path: &Path) -> Result<(), VmError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .map_err(|e| VmError::io("chmod", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_is_stable() {
+        let me = std::process::id();
+        let a = process_start_time(me).unwrap();
+        assert_eq!(Some(a), process_start_time(me));
+    }
+
+    #[test]
+    fn reaps_dir_of_dead_owner_and_keeps_live_one() {
+        let root = tempfile::tempdir().unwrap();
+        let dead = RuntimeDir::create(root.path(), "dead").unwrap();
+        // A record naming a pid/start-time pair that cannot be alive.
+        fs::write(dead.path().join("owner"), "999999999 1 999999998 1\n").unwrap();
+        let live = RuntimeDir::create(root.path(), "live").unwrap();
+        live.record_owner(std::process::id()).unwrap();
+        assert_eq!(reap_orphans(root.path()), 1);
+        assert!(!dead.path().exists());
+        assert!(live.path().exists());
+    }
+}

@@ -1,0 +1,197 @@
+//! A sandbox: one booted, leased VM and the authenticated channel to its agent. A VM serves
+//! exactly one sandbox and is destroyed with it.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::process::Child;
+use ztee_wire::{GuestMessage, HostMessage, MAX_DATA_CHUNK};
+
+use crate::backend::Accelerator;
+use crate::channel::Channel;
+use crate::exec::{failure, ExecSpec, Execution};
+use crate::runtime::RuntimeDir;
+use crate::VmError;
+
+/// What an operator may want to know about a sandbox's VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub backend: &'static str,
+    pub accelerator: Accelerator,
+    /// Host pid of the VMM process.
+    pub vmm_pid: u32,
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub scratch_mib: u32,
+    pub guest_kernel: String,
+    pub agent_version: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Milliseconds from starting the VMM to an authenticated, leased agent.
+    pub boot_ms: u64,
+}
+
+pub struct Sandbox {
+    info: SandboxInfo,
+    channel: Arc<Channel>,
+    vmm: tokio::sync::Mutex<Child>,
+    // Dropped after the VMM is killed: it holds the VM's socket and secret-bearing initramfs.
+    _runtime: RuntimeDir,
+}
+
+/// Largest file `read_file` returns by default.
+pub const DEFAULT_READ_LIMIT: u64 = 256 * 1024 * 1024;
+
+impl Sandbox {
+    pub(crate) fn new(
+        info: SandboxInfo,
+        channel: Channel,
+        vmm: Child,
+        runtime: RuntimeDir,
+    ) -> Self {
+        Self {
+            info,
+            channel: Arc::new(channel),
+            vmm: tokio::sync::Mutex::new(vmm),
+            _runtime: runtime,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    pub fn info(&self) -> &SandboxInfo {
+        &self.info
+    }
+
+    /// False once the VM has stopped or its channel failed.
+    pub fn is_alive(&self) -> bool {
+        !self.channel.is_closed()
+    }
+
+    /// Starts a command. Several may run at once.
+    pub async fn exec(&self, spec: ExecSpec) -> Result<Execution, VmError> {
+        Execution::start(self.channel.clone(), spec).await
+    }
+
+    /// Writes `data` to `path` (relative paths are under the user's home) as the sandbox user.
+    /// The file appears complete or not at all.
+    pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), VmError> {
+        check_path(path)?;
+        let (id, mut replies) = self.channel.open_request()?;
+        let result = async {
+            self.channel
+                .send(&HostMessage::WriteFile {
+                    id,
+                    path: path.to_string(),
+                    mode,
+                })
+                .await?;
+            for chunk in data.chunks(MAX_DATA_CHUNK) {
+                // A failure (e.g. permission denied) may arrive before all data is sent.
+                if let Ok(GuestMessage::Failed { kind, message, .. }) = replies.try_recv() {
+                    return Err(failure(kind, &message, path));
+                }
+                self.channel
+                    .send(&HostMessage::FileChunk {
+                        id,
+                        data: chunk.to_vec(),
+                    })
+                    .await?;
+            }
+            self.channel.send(&HostMessage::FileEnd { id }).await?;
+            match replies.recv().await {
+                Some(GuestMessage::Done { .. }) => Ok(()),
+                Some(GuestMessage::Failed { kind, message, .. }) => {
+                    Err(failure(kind, &message, path))
+                }
+                Some(other) => Err(VmError::Guest(format!(
+                    "unexpected {} during a file write",
+                    other.name()
+                ))),
+                None => Err(VmError::ChannelClosed),
+            }
+        }
+        .await;
+        self.channel.close_request(id);
+        result
+    }
+
+    /// Reads a file as the sandbox user, refusing files larger than `limit` bytes.
+    pub async fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, VmError> {
+        check_path(path)?;
+        let (id, mut replies) = self.channel.open_request()?;
+        let result = async {
+            self.channel
+                .send(&HostMessage::ReadFile {
+                    id,
+                    path: path.to_string(),
+                })
+                .await?;
+            let mut data = Vec::new();
+            loop {
+                match replies.recv().await {
+                    Some(GuestMessage::FileChunk { data: chunk, .. }) => {
+                        let size = (data.len() + chunk.len()) as u64;
+                        if size > limit {
+                            return Err(VmError::FileTooLarge { size, limit });
+                        }
+                        data.extend_from_slice(&chunk);
+                    }
+                    Some(GuestMessage::FileEnd { .. }) => return Ok(data),
+                    Some(GuestMessage::Failed { kind, message, .. }) => {
+                        return Err(failure(kind, &message, path))
+                    }
+                    Some(other) => {
+                        return Err(VmError::Guest(format!(
+                            "unexpected {} during a file read",
+                            other.name()
+                        )))
+                    }
+                    None => return Err(VmError::ChannelClosed),
+                }
+            }
+        }
+        .await;
+        self.channel.close_request(id);
+        result
+    }
+
+    /// Round trip to the agent without starting a process.
+    pub async fn ping(&self) -> Result<(), VmError> {
+        let (id, mut replies) = self.channel.open_request()?;
+        let result = async {
+            self.channel.send(&HostMessage::Ping { id }).await?;
+            match replies.recv().await {
+                Some(GuestMessage::Done { .. }) => Ok(()),
+                Some(other) => Err(VmError::Guest(format!("unexpected {}", other.name()))),
+                None => Err(VmError::ChannelClosed),
+            }
+        }
+        .await;
+        self.channel.close_request(id);
+        result
+    }
+
+    /// Kills the VM and waits for the VMM to exit; the runtime directory goes with `self`.
+    pub async fn destroy(self) -> Result<(), VmError> {
+        let mut vmm = self.vmm.lock().await;
+        // The VM holds nothing worth a clean shutdown: every byte of it is discarded.
+        let _ = vmm.start_kill();
+        vmm.wait()
+            .await
+            .map_err(|e| VmError::io("wait for VMM", self._runtime.path(), e))?;
+        Ok(())
+    }
+}
+
+fn check_path(path: &str) -> Result<(), VmError> {
+    if path.is_empty() || path.contains('\0') || path.len() > 4096 {
+        return Err(VmError::InvalidRequest(format!(
+            "invalid sandbox path {path:?}: must be 1-4096 bytes without NUL"
+        )));
+    }
+    Ok(())
+}
