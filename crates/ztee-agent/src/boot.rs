@@ -23,7 +23,13 @@ const IMAGE_DEVICE: &str = "/dev/vda";
 const DEFAULT_SCRATCH_MIB: u64 = 256;
 
 pub fn boot() -> Result<BootSecret, String> {
-    mount_pseudo("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_pseudo(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
     mount_pseudo("proc", "/proc", "proc", hardened(), None)?;
     mount_pseudo("sysfs", "/sys", "sysfs", hardened(), None)?;
 
@@ -73,7 +79,13 @@ fn mount_image() -> Result<(), String> {
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
     let mut errors = Vec::new();
     for fstype in ["erofs", "ext4"] {
-        match mount(Some(IMAGE_DEVICE), "/mnt/image", Some(fstype), flags, None::<&str>) {
+        match mount(
+            Some(IMAGE_DEVICE),
+            "/mnt/image",
+            Some(fstype),
+            flags,
+            None::<&str>,
+        ) {
             Ok(()) => return Ok(()),
             Err(err) => errors.push(format!("{fstype}: {err}")),
         }
@@ -83,7 +95,13 @@ fn mount_image() -> Result<(), String> {
 
 fn mount_scratch(size_mib: u64) -> Result<(), String> {
     let opts = format!("size={size_mib}m,mode=0755");
-    mount_pseudo("scratch", "/mnt/scratch", "tmpfs", MsFlags::MS_NODEV, Some(&opts))?;
+    mount_pseudo(
+        "scratch",
+        "/mnt/scratch",
+        "tmpfs",
+        MsFlags::MS_NODEV,
+        Some(&opts),
+    )?;
     for dir in ["/mnt/scratch/upper", "/mnt/scratch/work"] {
         fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
     }
@@ -92,7 +110,13 @@ fn mount_scratch(size_mib: u64) -> Result<(), String> {
 
 fn mount_overlay() -> Result<(), String> {
     let opts = "lowerdir=/mnt/image,upperdir=/mnt/scratch/upper,workdir=/mnt/scratch/work";
-    mount_pseudo("overlay", sandbox::ROOT, "overlay", MsFlags::MS_NODEV, Some(opts))
+    mount_pseudo(
+        "overlay",
+        sandbox::ROOT,
+        "overlay",
+        MsFlags::MS_NODEV,
+        Some(opts),
+    )
 }
 
 /// Gives user code what a normal process expects, and nothing of the VM's own devices.
@@ -100,7 +124,13 @@ fn populate_root() -> Result<(), String> {
     let root = sandbox::ROOT;
     mount_pseudo("proc", &format!("{root}/proc"), "proc", hardened(), None)?;
     let dev = format!("{root}/dev");
-    mount_pseudo("dev", &dev, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k"))?;
+    mount_pseudo(
+        "dev",
+        &dev,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )?;
     let char_dev = SFlag::S_IFCHR;
     let rw_all = Mode::from_bits_truncate(0o666);
     for (name, major, minor) in [
@@ -125,7 +155,8 @@ fn populate_root() -> Result<(), String> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        symlink(target, format!("{dev}/{link}")).map_err(|e| format!("symlink {dev}/{link}: {e}"))?;
+        symlink(target, format!("{dev}/{link}"))
+            .map_err(|e| format!("symlink {dev}/{link}: {e}"))?;
     }
     mount_pseudo(
         "devpts",

@@ -42,7 +42,10 @@ pub fn start(request: ExecRequest, link: Arc<Link>, requests: Requests) {
             process_group: None,
         },
     ) {
-        return fail(FailureKind::InvalidRequest, format!("request id {id} is in use"));
+        return fail(
+            FailureKind::InvalidRequest,
+            format!("request id {id} is in use"),
+        );
     }
     let mut command = prepared.command(request.stdin);
     let (mut child, ended) = match reaper::spawn(&mut command) {
@@ -51,12 +54,14 @@ pub fn start(request: ExecRequest, link: Arc<Link>, requests: Requests) {
             requests.remove(id);
             let program = &request.argv[0];
             return match err.kind() {
-                std::io::ErrorKind::NotFound => {
-                    fail(FailureKind::NotFound, format!("command not found: {program}"))
-                }
-                std::io::ErrorKind::PermissionDenied => {
-                    fail(FailureKind::PermissionDenied, format!("permission denied: {program}"))
-                }
+                std::io::ErrorKind::NotFound => fail(
+                    FailureKind::NotFound,
+                    format!("command not found: {program}"),
+                ),
+                std::io::ErrorKind::PermissionDenied => fail(
+                    FailureKind::PermissionDenied,
+                    format!("permission denied: {program}"),
+                ),
                 _ => fail(FailureKind::Io, format!("cannot start {program}: {err}")),
             };
         }
@@ -94,7 +99,10 @@ pub fn start(request: ExecRequest, link: Arc<Link>, requests: Requests) {
             }
         });
     }
-    let timeout = request.timeout_ms.filter(|ms| *ms > 0).map(Duration::from_millis);
+    let timeout = request
+        .timeout_ms
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
     std::thread::spawn(move || {
         let (end, timed_out) = wait_for_end(&ended, timeout, pgid);
         // Whatever the command left running in its group goes with it.
@@ -225,8 +233,11 @@ impl Prepared {
             ("LANG".to_string(), "C.UTF-8".to_string()),
         ];
         for (name, value) in &request.env {
-            if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0') {
-                return Err(format!("invalid environment variable name or value: {name:?}"));
+            if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0')
+            {
+                return Err(format!(
+                    "invalid environment variable name or value: {name:?}"
+                ));
             }
             env.retain(|(existing, _)| existing != name);
             env.push((name.clone(), value.clone()));

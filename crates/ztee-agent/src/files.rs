@@ -38,7 +38,12 @@ pub fn start_write(id: RequestId, path: String, mode: u32, link: Arc<Link>, requ
             process_group: None,
         },
     ) {
-        return send_failure(&link, id, FailureKind::InvalidRequest, "request id in use".into());
+        return send_failure(
+            &link,
+            id,
+            FailureKind::InvalidRequest,
+            "request id in use".into(),
+        );
     }
     let mode = format!("{:o}", mode & 0o7777);
     let mut command = helper(&["write", &sandbox::in_sandbox(&path), &mode]);
@@ -94,7 +99,12 @@ pub fn start_read(id: RequestId, path: String, link: Arc<Link>, requests: Reques
             process_group: None,
         },
     ) {
-        return send_failure(&link, id, FailureKind::InvalidRequest, "request id in use".into());
+        return send_failure(
+            &link,
+            id,
+            FailureKind::InvalidRequest,
+            "request id in use".into(),
+        );
     }
     let mut command = helper(&["read", &sandbox::in_sandbox(&path)]);
     command.stdout(Stdio::piped());
@@ -174,7 +184,10 @@ pub fn helper_main(args: &[String]) -> ExitCode {
     let result = match args {
         [op, path] if op == "read" => enter().and_then(|()| read_file(path)),
         [op, path, mode] if op == "write" => enter().and_then(|()| write_file(path, mode)),
-        _ => Err((EXIT_INVALID, "usage: --file-helper read PATH | write PATH MODE".into())),
+        _ => Err((
+            EXIT_INVALID,
+            "usage: --file-helper read PATH | write PATH MODE".into(),
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,7 +237,11 @@ fn write_file(path: &str, mode: &str) -> HelperResult {
     if target.is_dir() {
         return Err((EXIT_INVALID, format!("{path}: is a directory")));
     }
-    let temp = dir.join(format!(".{}.ztee-upload-{}", name.to_string_lossy(), std::process::id()));
+    let temp = dir.join(format!(
+        ".{}.ztee-upload-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

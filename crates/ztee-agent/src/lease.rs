@@ -12,11 +12,16 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 pub fn apply(entropy: &[u8], hostname: &str, machine_id: &str) -> Result<(), String> {
     if entropy.len() < 32 || entropy.len() > 4096 {
-        return Err(format!("lease entropy must be 32..=4096 bytes, got {}", entropy.len()));
+        return Err(format!(
+            "lease entropy must be 32..=4096 bytes, got {}",
+            entropy.len()
+        ));
     }
     if hostname.is_empty()
         || hostname.len() > 63
-        || !hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        || !hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
         return Err("lease hostname must be 1-63 letters, digits or '-'".into());
     }
@@ -50,10 +55,16 @@ fn reseed(entropy: &[u8]) -> Result<(), String> {
     // that follow; the kernel only reads from it. RNDRESEEDCRNG takes no argument.
     unsafe {
         if libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, request.as_ptr()) != 0 {
-            return Err(format!("RNDADDENTROPY: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "RNDADDENTROPY: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         if libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) != 0 {
-            return Err(format!("RNDRESEEDCRNG: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "RNDRESEEDCRNG: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())

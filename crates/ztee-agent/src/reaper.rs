@@ -59,7 +59,9 @@ pub fn spawn(command: &mut Command) -> std::io::Result<(Child, Receiver<ProcessE
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere must not stop PID 1 from reaping.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn reap_forever(reaper: &Reaper) {

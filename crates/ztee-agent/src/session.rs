@@ -88,7 +88,10 @@ impl Requests {
 
 enum Phase {
     AwaitHello,
-    AwaitConfirm { host_nonce: Nonce, guest_nonce: Nonce },
+    AwaitConfirm {
+        host_nonce: Nonce,
+        guest_nonce: Nonce,
+    },
     Active,
 }
 
@@ -235,12 +238,20 @@ fn handle(message: HostMessage, link: &Arc<Link>, requests: &Requests, secret: &
         }
         HostMessage::FileChunk { id, data } => {
             if !requests.input(id, Input::Data(data)) {
-                fail(id, FailureKind::InvalidRequest, "no file upload with this id");
+                fail(
+                    id,
+                    FailureKind::InvalidRequest,
+                    "no file upload with this id",
+                );
             }
         }
         HostMessage::Signal { id, signal } => {
             if !(1..=64).contains(&signal) {
-                fail(id, FailureKind::InvalidRequest, "signal number out of range");
+                fail(
+                    id,
+                    FailureKind::InvalidRequest,
+                    "signal number out of range",
+                );
             } else {
                 requests.signal(id, signal);
             }

@@ -28,7 +28,9 @@ impl std::str::FromStr for AccelChoice {
             "auto" => Ok(Self::Auto),
             "kvm" => Ok(Self::Kvm),
             "tcg" => Ok(Self::Tcg),
-            other => Err(format!("accelerator must be auto, kvm or tcg, got {other:?}")),
+            other => Err(format!(
+                "accelerator must be auto, kvm or tcg, got {other:?}"
+            )),
         }
     }
 }

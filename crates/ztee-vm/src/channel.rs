@@ -69,12 +69,10 @@ impl Channel {
         };
         let (mut read, mut write) = stream.into_split();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let (session, ready) = tokio::time::timeout(
-            remaining,
-            handshake(&mut read, &mut write, secret),
-        )
-        .await
-        .map_err(|_| VmError::BootTimeout(remaining))??;
+        let (session, ready) =
+            tokio::time::timeout(remaining, handshake(&mut read, &mut write, secret))
+                .await
+                .map_err(|_| VmError::BootTimeout(remaining))??;
         let routes: Routes = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_loop(
@@ -221,7 +219,10 @@ async fn next_message(
         if let Some(frame) = decoder.next_frame()? {
             return Ok(opener.open(&frame)?);
         }
-        let n = read.read(&mut buf).await.map_err(|_| VmError::ChannelClosed)?;
+        let n = read
+            .read(&mut buf)
+            .await
+            .map_err(|_| VmError::ChannelClosed)?;
         if n == 0 {
             return Err(VmError::ChannelClosed);
         }
@@ -240,7 +241,10 @@ async fn read_loop(
         loop {
             let message = next_message(&mut read, &mut decoder, &mut opener).await?;
             let Some(id) = request_id(&message) else {
-                tracing::debug!(message = message.name(), "ignoring unsolicited guest message");
+                tracing::debug!(
+                    message = message.name(),
+                    "ignoring unsolicited guest message"
+                );
                 continue;
             };
             let route = lock(&routes).get(&id).cloned();
@@ -275,5 +279,131 @@ fn request_id(message: &GuestMessage) -> Option<RequestId> {
         | GuestMessage::Done { id }
         | GuestMessage::Failed { id, .. } => Some(*id),
         GuestMessage::HelloAck { .. } | GuestMessage::Ready { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A fake guest on a real Unix socket: the host must refuse it without panicking.
+
+    use super::*;
+    use tokio::net::UnixListener;
+
+    async fn fake_guest(
+        reply: impl FnOnce(Nonce) -> Vec<u8> + Send + 'static,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut decoder = FrameDecoder::new();
+            let mut buf = vec![0u8; 4096];
+            let hello = loop {
+                if let Some(frame) = decoder.next_frame().unwrap() {
+                    break frame;
+                }
+                let n = stream.read(&mut buf).await.unwrap();
+                decoder.push(&buf[..n]);
+            };
+            let nonce = match Opener::unauthenticated()
+                .open::<HostMessage>(&hello)
+                .unwrap()
+            {
+                HostMessage::Hello { nonce, .. } => nonce,
+                other => panic!("expected Hello, got {}", other.name()),
+            };
+            stream.write_all(&reply(nonce)).await.unwrap();
+            // Hold the connection open so the host sees the bytes, not an EOF.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        (dir, socket)
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    use ztee_wire::Nonce;
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused() {
+        let (_dir, socket) = fake_guest(|_| {
+            let mut bytes = u32::MAX.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&[0xAA; 64]);
+            bytes
+        })
+        .await;
+        let secret = BootSecret::from_bytes([1; 32]);
+        let err = Channel::connect(&socket, &secret, deadline())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                VmError::Protocol(ztee_wire::WireError::FrameTooLarge { .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_message_is_refused() {
+        let (_dir, socket) = fake_guest(|_| {
+            let mut out = Vec::new();
+            ztee_wire::RawFrame {
+                seq: 0,
+                payload: vec![0xff, 0xff, 0xff, 0xff, 0x0f],
+                tag: [0; 16],
+            }
+            .encode_into(&mut out)
+            .unwrap();
+            out
+        })
+        .await;
+        let secret = BootSecret::from_bytes([1; 32]);
+        let err = Channel::connect(&socket, &secret, deadline())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, VmError::Protocol(ztee_wire::WireError::Malformed(_))),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn guest_without_the_secret_fails_authentication() {
+        let (_dir, socket) = fake_guest(|host_nonce| {
+            let impostor = BootSecret::from_bytes([9; 32]);
+            let guest_nonce = [7; 32];
+            Sealer::unauthenticated()
+                .seal(&GuestMessage::HelloAck {
+                    version: PROTOCOL_VERSION,
+                    nonce: guest_nonce,
+                    proof: impostor.agent_proof(&host_nonce, &guest_nonce),
+                })
+                .unwrap()
+        })
+        .await;
+        let secret = BootSecret::from_bytes([1; 32]);
+        let err = Channel::connect(&socket, &secret, deadline())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, VmError::AgentAuthentication), "{err}");
+    }
+
+    #[tokio::test]
+    async fn silent_guest_times_out() {
+        let (_dir, socket) = fake_guest(|_| Vec::new()).await;
+        let secret = BootSecret::from_bytes([1; 32]);
+        let soon = Instant::now() + Duration::from_millis(300);
+        let err = Channel::connect(&socket, &secret, soon)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, VmError::BootTimeout(_)), "{err}");
     }
 }

@@ -100,7 +100,9 @@ impl Execution {
             argv: spec.argv.clone(),
             env: spec.env,
             cwd: spec.cwd,
-            timeout_ms: spec.timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
+            timeout_ms: spec
+                .timeout
+                .map(|t| t.as_millis().min(u64::MAX as u128) as u64),
             max_output_bytes: spec.max_output_bytes,
             stdin: spec.stdin,
         };

@@ -48,7 +48,8 @@ impl Cpio {
         self.next_ino += 1;
         self.out.extend_from_slice(b"070701");
         for field in fields {
-            self.out.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.out
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(0);
@@ -83,7 +84,12 @@ fn base_archive(agent: &[u8]) -> Vec<u8> {
 
 fn secret_archive(secret: &BootSecret) -> Vec<u8> {
     let mut cpio = Cpio::new();
-    cpio.entry("ztee/secret", S_IFREG | 0o400, (0, 0), secret.to_hex().as_bytes());
+    cpio.entry(
+        "ztee/secret",
+        S_IFREG | 0o400,
+        (0, 0),
+        secret.to_hex().as_bytes(),
+    );
     cpio.finish()
 }
 
@@ -98,7 +104,8 @@ pub fn base_for_agent(agent: &Path, cache_dir: &Path) -> Result<PathBuf, VmError
     }
     fs::create_dir_all(cache_dir).map_err(|e| VmError::io("create cache dir", cache_dir, e))?;
     let temp = cache_dir.join(format!(".initramfs-{key}.{}.tmp", std::process::id()));
-    fs::write(&temp, base_archive(&binary)).map_err(|e| VmError::io("write initramfs", &temp, e))?;
+    fs::write(&temp, base_archive(&binary))
+        .map_err(|e| VmError::io("write initramfs", &temp, e))?;
     fs::rename(&temp, &path).map_err(|e| VmError::io("install initramfs", &path, e))?;
     Ok(path)
 }

@@ -83,7 +83,7 @@ pub struct EngineConfig {
     pub assets: GuestAssets,
     /// Per-VM runtime directories live under `<runtime_dir>/vms/`.
     pub runtime_dir: PathBuf,
-    /// Derived artifacts (initramfs, accelerator probe results).
+    /// Derived artifacts (initramfs, accelerator probe results), shared by data directories.
     pub cache_dir: PathBuf,
     pub accelerator: AccelChoice,
     /// How long a VM may take from VMM start to an authenticated agent.
@@ -91,7 +91,7 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults under `data_dir`, overridden by `ZTEE_GUEST_DIR`, `ZTEE_ACCEL`
+    /// Defaults under `data_dir` and [`default_cache_dir`], overridden by `ZTEE_GUEST_DIR`, `ZTEE_ACCEL`
     /// (`auto`|`kvm`|`tcg`) and `ZTEE_BOOT_TIMEOUT` (seconds).
     pub fn from_env_and_defaults(data_dir: &Path) -> Result<Self, VmError> {
         let accelerator = match std::env::var("ZTEE_ACCEL") {
@@ -100,18 +100,34 @@ impl EngineConfig {
         };
         let boot_timeout = match std::env::var("ZTEE_BOOT_TIMEOUT") {
             Ok(value) if !value.is_empty() => Duration::from_secs(value.parse().map_err(|_| {
-                VmError::InvalidSpec(format!("ZTEE_BOOT_TIMEOUT must be whole seconds, got {value:?}"))
+                VmError::InvalidSpec(format!(
+                    "ZTEE_BOOT_TIMEOUT must be whole seconds, got {value:?}"
+                ))
             })?),
             _ => Duration::from_secs(60),
         };
         Ok(Self {
             assets: GuestAssets::locate(data_dir)?,
             runtime_dir: data_dir.join("run"),
-            cache_dir: data_dir.join("cache"),
+            cache_dir: default_cache_dir(),
             accelerator,
             boot_timeout,
         })
     }
+}
+
+/// `$ZTEE_CACHE_DIR`, else `$XDG_CACHE_HOME/ztee`, else `~/.cache/ztee`: derived artifacts that
+/// any data directory on this host may share.
+pub fn default_cache_dir() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("ZTEE_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("ztee")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/ztee")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ztee"))
 }
 
 /// Boots sandboxes. Cheap to clone; safe to share across tasks.
@@ -251,7 +267,10 @@ async fn lease(channel: &channel::Channel, id: &str) -> Result<(), VmError> {
             "lease refused: {}",
             error::sanitize_guest_text(&message)
         ))),
-        Some(other) => Err(VmError::Guest(format!("unexpected {} to a lease", other.name()))),
+        Some(other) => Err(VmError::Guest(format!(
+            "unexpected {} to a lease",
+            other.name()
+        ))),
         None => Err(VmError::ChannelClosed),
     };
     channel.close_request(request);
@@ -278,7 +297,9 @@ fn new_sandbox_id() -> Result<String, VmError> {
 pub fn is_sandbox_id(text: &str) -> bool {
     text.len() == 20
         && text.starts_with("sbx-")
-        && text[4..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && text[4..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 #[cfg(test)]

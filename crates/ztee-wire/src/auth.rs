@@ -116,7 +116,10 @@ mod tests {
             &s.agent_proof(&hn, &gn),
             &other.agent_proof(&hn, &gn)
         ));
-        assert!(proofs_match(&s.agent_proof(&hn, &gn), &s.agent_proof(&hn, &gn)));
+        assert!(proofs_match(
+            &s.agent_proof(&hn, &gn),
+            &s.agent_proof(&hn, &gn)
+        ));
     }
 
     #[test]

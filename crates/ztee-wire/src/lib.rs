@@ -54,5 +54,8 @@ pub enum WireError {
     #[error("handshake failed: {0}")]
     Handshake(&'static str),
     #[error("unexpected message during {phase}: {got}")]
-    Unexpected { phase: &'static str, got: &'static str },
+    Unexpected {
+        phase: &'static str,
+        got: &'static str,
+    },
 }

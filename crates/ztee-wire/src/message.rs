@@ -12,9 +12,14 @@ pub type RequestId = u32;
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum HostMessage {
     /// Starts (or restarts) a session. Sent in an unauthenticated frame.
-    Hello { version: u16, nonce: Nonce },
+    Hello {
+        version: u16,
+        nonce: Nonce,
+    },
     /// Proves the host holds the VM secret. Sent in an unauthenticated frame.
-    Confirm { proof: [u8; 32] },
+    Confirm {
+        proof: [u8; 32],
+    },
     /// Hands a VM to one sandbox. Sent once, before any user code runs: snapshot clones share
     /// RNG state and identifiers, so the guest reseeds its kernel RNG from `entropy`, takes the
     /// new identifiers, and uses `next_secret` for every later session.
@@ -28,22 +33,40 @@ pub enum HostMessage {
     /// Runs a command as the sandbox user.
     Exec(ExecRequest),
     /// Bytes for a running command's stdin.
-    Stdin { id: RequestId, data: Vec<u8> },
+    Stdin {
+        id: RequestId,
+        data: Vec<u8>,
+    },
     /// Closes a running command's stdin.
-    CloseStdin { id: RequestId },
+    CloseStdin {
+        id: RequestId,
+    },
     /// Sends a signal to a running command's process group.
-    Signal { id: RequestId, signal: i32 },
+    Signal {
+        id: RequestId,
+        signal: i32,
+    },
     /// Starts writing a file; followed by `FileChunk`s and one `FileEnd`.
     WriteFile {
         id: RequestId,
         path: String,
         mode: u32,
     },
-    FileChunk { id: RequestId, data: Vec<u8> },
-    FileEnd { id: RequestId },
+    FileChunk {
+        id: RequestId,
+        data: Vec<u8>,
+    },
+    FileEnd {
+        id: RequestId,
+    },
     /// Asks for a file's contents, answered by `FileChunk`s and one `FileEnd`.
-    ReadFile { id: RequestId, path: String },
-    Ping { id: RequestId },
+    ReadFile {
+        id: RequestId,
+        path: String,
+    },
+    Ping {
+        id: RequestId,
+    },
     /// Asks the guest to power off.
     PowerOff,
 }
@@ -79,15 +102,34 @@ pub enum GuestMessage {
         kernel_release: String,
     },
     /// A command started.
-    Started { id: RequestId, pid: u32 },
-    Stdout { id: RequestId, data: Vec<u8> },
-    Stderr { id: RequestId, data: Vec<u8> },
+    Started {
+        id: RequestId,
+        pid: u32,
+    },
+    Stdout {
+        id: RequestId,
+        data: Vec<u8>,
+    },
+    Stderr {
+        id: RequestId,
+        data: Vec<u8>,
+    },
     /// A command ended; no more output follows for `id`.
-    Exited { id: RequestId, status: ExitKind },
-    FileChunk { id: RequestId, data: Vec<u8> },
-    FileEnd { id: RequestId },
+    Exited {
+        id: RequestId,
+        status: ExitKind,
+    },
+    FileChunk {
+        id: RequestId,
+        data: Vec<u8>,
+    },
+    FileEnd {
+        id: RequestId,
+    },
     /// A request without output (lease, file write, ping) completed.
-    Done { id: RequestId },
+    Done {
+        id: RequestId,
+    },
     /// A request failed before or instead of completing.
     Failed {
         id: RequestId,

@@ -149,7 +149,10 @@ mod tests {
             .iter()
             .map(|f| opener.open(f).unwrap())
             .collect();
-        assert_eq!(got, vec![HostMessage::Ping { id: 1 }, HostMessage::PowerOff]);
+        assert_eq!(
+            got,
+            vec![HostMessage::Ping { id: 1 }, HostMessage::PowerOff]
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub fn print_list<T: Serialize>(
         Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
         Format::Table => {
             let mut table = Table::new();
-            table.load_preset(UTF8_BORDERS_ONLY).set_header(headers.to_vec());
+            table
+                .load_preset(UTF8_BORDERS_ONLY)
+                .set_header(headers.to_vec());
             for row in rows {
                 table.add_row(cells(row));
             }

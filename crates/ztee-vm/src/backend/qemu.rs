@@ -65,7 +65,13 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
     push(&["-cpu", cpu]);
     push(&["-m", &format!("{}M", plan.memory_mib)]);
     push(&["-smp", &plan.vcpus.to_string()]);
-    push(&["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+    ]);
     // QEMU's seccomp filter: no obsolete syscalls, no privilege changes, no spawning, no
     // scheduler or resource changes.
     push(&[
@@ -94,7 +100,10 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
     push(&[
         "-device",
-        &format!("virtserialport,chardev=agent,name={}", ztee_wire::VIRTIO_PORT_NAME),
+        &format!(
+            "virtserialport,chardev=agent,name={}",
+            ztee_wire::VIRTIO_PORT_NAME
+        ),
     ]);
     let mut serial = OsString::from("file:");
     serial.push(plan.console_log.as_os_str());

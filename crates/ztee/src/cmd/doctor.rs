@@ -65,7 +65,10 @@ pub fn run(_args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
     let (accelerator, accelerator_reason) = if vmm.is_none() {
         (None, format!("{} was not found on PATH (install qemu-system-x86, or run scripts/install-deps.sh)", ztee_vm::backend::qemu::QEMU_BINARY))
     } else if !assets_ok {
-        (None, "guest assets are missing: run `make guest` (or scripts/guest.sh)".to_string())
+        (
+            None,
+            "guest assets are missing: run `make guest` (or scripts/guest.sh)".to_string(),
+        )
     } else {
         let decision = vm::block_on(async { Ok(vm::engine(globals)?.accelerator().await) })?;
         (Some(decision.accelerator.to_string()), decision.reason)
@@ -93,7 +96,14 @@ pub fn run(_args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         globals.format,
         &report,
         &[
-            ("status", if report.ok { "ready".into() } else { "NOT READY".into() }),
+            (
+                "status",
+                if report.ok {
+                    "ready".into()
+                } else {
+                    "NOT READY".into()
+                },
+            ),
             ("backend", report.backend.to_string()),
             ("vmm", vmm.unwrap_or_else(|| "not found".into())),
             ("accelerator", accelerator.unwrap_or_else(|| "-".into())),

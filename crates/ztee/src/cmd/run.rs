@@ -111,7 +111,10 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
             result = run_in(&sandbox, &args, uploads, forward_stdin) => result,
             signal = vm::interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; the sandbox was destroyed")),
         };
-        sandbox.destroy().await.context("cannot destroy the sandbox")?;
+        sandbox
+            .destroy()
+            .await
+            .context("cannot destroy the sandbox")?;
         result
     })
 }

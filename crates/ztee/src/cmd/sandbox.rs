@@ -31,10 +31,7 @@ pub enum Command {
     /// Run a command in a sandbox; exits with the command's exit code.
     Exec(ExecArgs),
     /// Copy a file into or out of a sandbox: `cp LOCAL ID:PATH` or `cp ID:PATH LOCAL`.
-    Cp {
-        source: String,
-        destination: String,
-    },
+    Cp { source: String, destination: String },
     /// List running sandboxes.
     Ls,
     /// Show one sandbox's details, including its VMM process.
@@ -97,7 +94,9 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
             let records = registry.list();
             output::print_list(
                 globals.format,
-                &["ID", "CREATED", "EXPIRES", "MEMORY", "VCPUS", "ACCEL", "VMM PID"],
+                &[
+                    "ID", "CREATED", "EXPIRES", "MEMORY", "VCPUS", "ACCEL", "VMM PID",
+                ],
                 &records,
                 |r| {
                     vec![
@@ -172,7 +171,9 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
             Ok(())
         });
     }
-    let mut child = process.spawn().context("cannot start the sandbox supervisor")?;
+    let mut child = process
+        .spawn()
+        .context("cannot start the sandbox supervisor")?;
     let stdout = child
         .stdout
         .take()

@@ -1,0 +1,314 @@
+//! The `ztee run`, `ztee sandbox` and `ztee doctor` commands as a user runs them: the real
+//! binary, real microVMs, a fresh data directory per test.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Cli {
+    data_dir: tempfile::TempDir,
+}
+
+impl Cli {
+    /// `None` (after a loud message) only when QEMU cannot start here at all.
+    fn new() -> Option<Self> {
+        let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+        if !qemu.is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run"
+            );
+            return None;
+        }
+        let data_dir = tempfile::Builder::new()
+            .prefix("ztee-c")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Some(Self { data_dir })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ztee"));
+        command
+            .args(args)
+            .env("ZTEE_DATA_DIR", self.data_dir.path())
+            .env("ZTEE_GUEST_DIR", guest_dir())
+            .env_remove("ZTEE_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn vm_dirs_left(&self) -> usize {
+        std::fs::read_dir(self.data_dir.path().join("run/vms"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn guest_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+        .join(".local/share/ztee/guest")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn qemu_processes_for(dir: &std::path::Path) -> usize {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c).contains(&needle)
+                        && String::from_utf8_lossy(&c).contains("qemu")
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn run_prints_output_and_returns_the_commands_exit_code() {
+    let Some(cli) = Cli::new() else { return };
+    let out = cli.run(&["run", "--", "python3", "-c", "print(6*7)"]);
+    assert_eq!(text(&out.stdout), "42\n", "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = cli.run(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(cli.vm_dirs_left(), 0);
+    assert_eq!(qemu_processes_for(cli.data_dir.path()), 0);
+}
+
+#[test]
+fn run_stops_at_the_timeout_with_a_clear_message() {
+    let Some(cli) = Cli::new() else { return };
+    let started = Instant::now();
+    let out = cli.run(&["run", "--timeout", "2", "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        text(&out.stderr).contains("timed out after 2s"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(25));
+}
+
+#[test]
+fn run_copies_files_in_and_forwards_stdin() {
+    let Some(cli) = Cli::new() else { return };
+    let job = cli.data_dir.path().join("job.py");
+    std::fs::write(
+        &job,
+        "import sys\nprint('job read', sys.stdin.read().upper())\n",
+    )
+    .unwrap();
+    let mut child = cli
+        .command(&[
+            "run",
+            "--file",
+            &format!("{}:/home/user/job.py", job.display()),
+            "--",
+            "python3",
+            "/home/user/job.py",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"card data stays here")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "job read CARD DATA STAYS HERE\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_non_zero() {
+    let Some(cli) = Cli::new() else { return };
+    let started = Instant::now();
+    let out = cli.run(&["run", "--file", "/no/such/file:/home/user/x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("error: --file /no/such/file") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a missing file must fail before booting"
+    );
+
+    let out = cli.run(&["run", "--no-such-flag", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = cli.run(&["sandbox", "exec", "sbx-0000000000000000", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: invalid request: no such sandbox: sbx-0000000000000000"
+    );
+
+    let out = cli.run(&["sandbox", "rm", "../../etc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no such sandbox"));
+
+    let out = cli.run(&["run", "--", "no-such-program"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: command not found in the sandbox: no-such-program"
+    );
+    assert!(!text(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn sandbox_lifecycle_create_exec_cp_ls_inspect_rm() {
+    let Some(cli) = Cli::new() else { return };
+    let out = cli.run(&["sandbox", "create", "--timeout", "300"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(id.starts_with("sbx-"), "{id}");
+
+    let out = cli.run(&[
+        "sandbox",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo hi > note; ls /home/user",
+    ]);
+    assert_eq!(text(&out.stdout), "note\n", "{}", text(&out.stderr));
+
+    // Files in and out, binary-safe.
+    let local = cli.data_dir.path().join("data.bin");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let out = cli.run(&[
+        "sandbox",
+        "cp",
+        local.to_str().unwrap(),
+        &format!("{id}:/home/user/data.bin"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let back = cli.data_dir.path().join("back.bin");
+    let out = cli.run(&[
+        "sandbox",
+        "cp",
+        &format!("{id}:data.bin"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(&back).unwrap() == data);
+    let out = cli.run(&[
+        "sandbox",
+        "cp",
+        &format!("{id}:/etc/shadow"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "a failed copy touched the destination"
+    );
+
+    let out = cli.run(&["sandbox", "ls", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+
+    let out = cli.run(&["sandbox", "inspect", &id, "--format", "json"]);
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vmm_pid = record["vm"]["vmm_pid"].as_u64().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{vmm_pid}")).exists());
+
+    let out = cli.run(&["sandbox", "rm", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = cli.run(&["sandbox", "ls", "--format", "json"]);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while qemu_processes_for(cli.data_dir.path()) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        qemu_processes_for(cli.data_dir.path()),
+        0,
+        "VMM left running"
+    );
+    assert_eq!(cli.vm_dirs_left(), 0);
+}
+
+#[test]
+fn killing_the_supervisor_takes_its_vm_along() {
+    let Some(cli) = Cli::new() else { return };
+    let out = cli.run(&["sandbox", "create"]);
+    let id = text(&out.stdout).trim().to_string();
+    let out = cli.run(&["sandbox", "inspect", &id, "--format", "json"]);
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let supervisor = record["supervisor_pid"].as_i64().unwrap() as i32;
+    // SAFETY: signalling a child process of this test by pid.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while qemu_processes_for(cli.data_dir.path()) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        qemu_processes_for(cli.data_dir.path()),
+        0,
+        "VMM outlived its supervisor"
+    );
+    // The stale record disappears from listings, and its runtime dir is reaped on next start.
+    let out = cli.run(&["sandbox", "ls", "--format", "json"]);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    let out = cli.run(&["run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(cli.vm_dirs_left(), 0);
+}
+
+#[test]
+fn doctor_reports_backend_accelerator_and_assets() {
+    let Some(cli) = Cli::new() else { return };
+    let out = cli.run(&["doctor", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert!(report["vmm"].as_str().unwrap().contains("QEMU"));
+    let accel = report["accelerator"].as_str().unwrap();
+    assert!(accel == "kvm" || accel == "tcg");
+    assert!(!report["accelerator_reason"].as_str().unwrap().is_empty());
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = cli
+        .command(&["doctor"])
+        .env("ZTEE_GUEST_DIR", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("MISSING"));
+}
