@@ -76,9 +76,18 @@ impl fmt::Debug for KeyedHasher {
 /// Digits of a card number as written (ASCII and full-width), in ASCII.
 pub(crate) fn digits_of(s: &str) -> String {
     s.chars()
-        .filter_map(|c| c.to_digit(10))
+        .filter_map(decimal_value)
         .filter_map(|d| char::from_digit(d, 10))
         .collect()
+}
+
+/// The value of an ASCII or full-width (U+FF10..U+FF19) decimal digit.
+pub(crate) fn decimal_value(c: char) -> Option<u32> {
+    match c {
+        '0'..='9' => c.to_digit(10),
+        '\u{FF10}'..='\u{FF19}' => Some(c as u32 - 0xFF10),
+        _ => None,
+    }
 }
 
 /// An AES-GCM key (128 or 256 bit). Ciphertexts are URL-safe base64 of nonce || ciphertext || tag.

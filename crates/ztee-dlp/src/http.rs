@@ -362,9 +362,11 @@ async fn anonymize_handler(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: AnonymizeRequest = parse_body(&body)?;
-    let mut operators = Operators::default();
-    operators.hash_key = state.hash_key.clone();
-    operators.encryption_key = state.encryption_key.clone();
+    let mut operators = Operators {
+        hash_key: state.hash_key.clone(),
+        encryption_key: state.encryption_key.clone(),
+        ..Operators::default()
+    };
     for (name, cfg) in &req.anonymizers {
         let op = build_operator(name, cfg, &mut operators)?;
         if name == "DEFAULT" {

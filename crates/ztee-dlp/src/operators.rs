@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::crypto::{digits_of, EncryptionKey, KeyedHasher};
+use crate::crypto::{decimal_value, digits_of, EncryptionKey, KeyedHasher};
 use crate::detect::card::CardBrand;
 use crate::entity::Entity;
 use crate::error::DlpError;
@@ -293,7 +293,7 @@ fn mask(style: &MaskStyle, entity: Entity, original: &str) -> String {
             original
                 .chars()
                 .map(|c| {
-                    if c.is_ascii_digit() || c.to_digit(10).is_some() {
+                    if decimal_value(c).is_some() {
                         seen += 1;
                         if seen <= keep_first || seen > n - keep_last {
                             c

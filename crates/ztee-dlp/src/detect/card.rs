@@ -20,6 +20,7 @@ pub enum CardBrand {
     RuPay,
     Verve,
     Troy,
+    Uatp,
 }
 
 /// The Luhn (mod 10) check over decimal digit values (0-9, not ASCII).
@@ -103,6 +104,10 @@ impl CardBrand {
         if p4 == 9792 && len == 16 {
             return Some(CardBrand::Troy);
         }
+        // UATP (airline cards such as AirPlus): 1 and 15 digits.
+        if p1 == 1 && len == 15 {
+            return Some(CardBrand::Uatp);
+        }
         // Maestro: the well-known prefixes at every length 12-19; the wider 50/56-69 ranges only
         // at 16-19, because short numbers in those ranges are mostly not cards.
         let maestro_named = matches!(p4, 5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761..=6763);
@@ -170,6 +175,7 @@ mod tests {
         assert_eq!(CardBrand::of(&d("675964982643")), Some(CardBrand::Maestro));
         assert_eq!(CardBrand::of(&d("2200000000000004")), Some(CardBrand::Mir));
         assert_eq!(CardBrand::of(&d("1234567890123456")), None);
+        assert_eq!(CardBrand::of(&d("122000000000003")), Some(CardBrand::Uatp));
         assert_eq!(CardBrand::of(&d("411111111111")), None);
         assert_eq!(CardBrand::bin_len(&d("4111111111111111")), 8);
         assert_eq!(CardBrand::bin_len(&d("378282246310005")), 6);

@@ -291,7 +291,7 @@ fn classify(
             if dashed {
                 push(out, Entity::UsSsn, 0.5, "us_ssn.delimited");
             } else {
-                push(out, Entity::UsSsn, 0.05, "us_ssn.digits");
+                push(out, Entity::UsSsn, 0.3, "us_ssn.digits");
             }
         }
     }
@@ -299,9 +299,9 @@ fn classify(
         let dashed = sizes == [4, 4, 1] && all_gaps_single(&[Sep::Dash]);
         if (dashed || (groups == 1 && total == 9)) && aba_valid(&run.digits) {
             let (score, rule) = if dashed {
-                (0.3, "aba_routing.delimited")
+                (0.5, "aba_routing.delimited")
             } else {
-                (0.05, "aba_routing.digits")
+                (0.3, "aba_routing.digits")
             };
             push(out, Entity::AbaRoutingNumber, score, rule);
         }
