@@ -34,7 +34,7 @@ pub use event::{
     Sha256Digest,
 };
 pub use key::{NodeKey, PublicKey, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
-pub use read::{read_records, Query};
+pub use read::{parse_since, read_records, Query};
 pub use record::{Checkpoint, Payload, Record};
 pub use verify::{verify, Problem, VerifyFailure, VerifyReport};
 pub use writer::{AuditConfig, AuditLog, Receipt};

@@ -81,3 +81,39 @@ pub fn read_records(
     }
     Ok(())
 }
+
+/// Parses a `--since` value: an RFC 3339 time (`2026-11-29T01:00:00Z`) or an age relative to
+/// now (`15m`, `2h`, `7d`).
+pub fn parse_since(text: &str) -> Result<SystemTime, AuditError> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(time);
+    }
+    let age = humantime::parse_duration(text).map_err(|_| AuditError::InvalidValue {
+        field: "--since",
+        value: text.to_string(),
+        expected: "an RFC 3339 time like 2026-11-29T01:00:00Z or an age like 15m, 2h, 7d",
+    })?;
+    SystemTime::now()
+        .checked_sub(age)
+        .ok_or_else(|| AuditError::InvalidValue {
+            field: "--since",
+            value: text.to_string(),
+            expected: "an age that does not reach before 1970",
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn since_accepts_times_and_ages() {
+        let t = parse_since("2026-11-29T01:00:00Z").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(crate::format_time(t), "2026-11-29T01:00:00.000000Z");
+        let age = parse_since("2h").unwrap_or_else(|e| panic!("{e}"));
+        let elapsed = SystemTime::now().duration_since(age).unwrap_or_default();
+        assert!(elapsed >= Duration::from_secs(7199) && elapsed < Duration::from_secs(7300));
+        assert!(parse_since("yesterday").is_err());
+    }
+}
