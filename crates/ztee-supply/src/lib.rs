@@ -16,6 +16,7 @@ pub mod registry;
 pub mod sbom;
 pub mod sign;
 pub mod store;
+pub mod vuln;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
