@@ -25,6 +25,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod dlp;
+pub mod dlp_engine;
 pub mod error;
 pub mod exec;
 pub mod metrics;
