@@ -57,11 +57,16 @@ pub struct Provider {
 impl Provider {
     /// Starts a provider signing with the RSA key in `key_file` (created when missing).
     pub fn start(key_file: &Path) -> Result<Provider, String> {
+        Self::start_on(key_file, "0")
+    }
+
+    /// Like [`Provider::start`] on a given port (to restart "the same" issuer with a new key).
+    pub fn start_on(key_file: &Path, port: &str) -> Result<Provider, String> {
         let dir = install()?;
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .current_dir(&dir)
-            .env("PORT", "0")
+            .env("PORT", port)
             .env("KEY_FILE", key_file)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
