@@ -10,6 +10,8 @@ packages=(
   linux-source bc bison flex libelf-dev libssl-dev xz-utils cpio
   # root filesystem build
   debootstrap erofs-utils e2fsprogs
+  # guest kernel compiler, and the static test init of guest/test-guest.sh and guest/measure
+  gcc make libc6-dev binutils python3
   # supply chain: a real registry and a real client for interoperability tests
   docker-registry skopeo
 )

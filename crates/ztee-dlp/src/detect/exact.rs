@@ -1,0 +1,177 @@
+//! Exact values registered at run time (secrets the broker injects into sandboxes), found in their
+//! raw form and the encodings programs commonly print them in: base64 (standard and URL-safe,
+//! with or without padding), hex (both cases) and URL encoding.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use base64::Engine as _;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use zeroize::Zeroizing;
+
+use crate::entity::Entity;
+use crate::error::DlpError;
+use crate::finding::{Candidate, RuleId};
+
+/// Shorter values would redact ordinary words and numbers everywhere.
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// RFC 3986 unreserved characters stay as they are.
+const URL_ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+struct Compiled {
+    automaton: Option<AhoCorasick>,
+    /// Length of the longest pattern (for the stream scanner's hold-back).
+    longest: usize,
+    /// Rule id (`secret.exact:<name>`) for each automaton pattern.
+    rules: Vec<Arc<str>>,
+}
+
+/// The registered values. Reads (every scan) take a cheap snapshot; writes rebuild the automaton.
+pub(crate) struct ExactSecrets {
+    values: RwLock<BTreeMap<String, Zeroizing<Vec<u8>>>>,
+    compiled: RwLock<Arc<Compiled>>,
+}
+
+fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut forms: Vec<Zeroizing<Vec<u8>>> = vec![Zeroizing::new(value.to_vec())];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(Zeroizing::new(engine.encode(value).into_bytes()));
+    }
+    forms.push(Zeroizing::new(hex::encode(value).into_bytes()));
+    forms.push(Zeroizing::new(hex::encode_upper(value).into_bytes()));
+    if let Ok(s) = std::str::from_utf8(value) {
+        let url = utf8_percent_encode(s, URL_ESCAPED).to_string();
+        forms.push(Zeroizing::new(url.replace("%20", "+").into_bytes()));
+        forms.push(Zeroizing::new(url.into_bytes()));
+    }
+    forms.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+    forms.dedup_by(|a, b| a.as_slice() == b.as_slice());
+    forms
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/'))
+}
+
+impl ExactSecrets {
+    pub fn new() -> ExactSecrets {
+        ExactSecrets {
+            values: RwLock::new(BTreeMap::new()),
+            compiled: RwLock::new(Arc::new(Compiled {
+                automaton: None,
+                longest: 0,
+                rules: Vec::new(),
+            })),
+        }
+    }
+
+    pub fn register(&self, name: &str, value: &[u8]) -> Result<(), DlpError> {
+        if !valid_name(name) {
+            return Err(DlpError::SecretName(name.chars().take(64).collect()));
+        }
+        if value.len() < MIN_SECRET_LEN {
+            return Err(DlpError::SecretTooShort {
+                name: name.to_string(),
+                len: value.len(),
+                min: MIN_SECRET_LEN,
+            });
+        }
+        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        values.insert(name.to_string(), Zeroizing::new(value.to_vec()));
+        self.rebuild(&values);
+        Ok(())
+    }
+
+    pub fn unregister(&self, name: &str) -> bool {
+        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        let removed = values.remove(name).is_some();
+        if removed {
+            self.rebuild(&values);
+        }
+        removed
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        values.keys().cloned().collect()
+    }
+
+    fn rebuild(&self, values: &BTreeMap<String, Zeroizing<Vec<u8>>>) {
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut rules = Vec::new();
+        for (name, value) in values {
+            let rule: Arc<str> = Arc::from(format!("secret.exact:{name}"));
+            for form in encodings(value) {
+                patterns.push(form);
+                rules.push(rule.clone());
+            }
+        }
+        let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
+        let automaton = if patterns.is_empty() {
+            None
+        } else {
+            // Leftmost-longest: the base64 form with padding wins over the one without.
+            AhoCorasickBuilder::new()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(patterns.iter().map(|p| p.as_slice()))
+                .ok()
+        };
+        let mut compiled = self.compiled.write().unwrap_or_else(|e| e.into_inner());
+        *compiled = Arc::new(Compiled {
+            automaton,
+            longest,
+            rules,
+        });
+    }
+
+    pub fn longest(&self) -> usize {
+        let compiled = self.compiled.read().unwrap_or_else(|e| e.into_inner());
+        compiled.longest
+    }
+
+    pub fn is_empty(&self) -> bool {
+        let compiled = self.compiled.read().unwrap_or_else(|e| e.into_inner());
+        compiled.automaton.is_none()
+    }
+
+    pub fn scan(&self, text: &str, out: &mut Vec<Candidate>) {
+        let compiled = {
+            let guard = self.compiled.read().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(&guard)
+        };
+        let Some(automaton) = &compiled.automaton else {
+            return;
+        };
+        for m in automaton.find_iter(text.as_bytes()) {
+            let (mut start, mut end) = (m.start(), m.end());
+            // A value with non-ASCII bytes may match mid-character in its raw form; widen to
+            // character boundaries so offsets stay valid.
+            while start > 0 && !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            while end < text.len() && !text.is_char_boundary(end) {
+                end += 1;
+            }
+            let Some(rule) = compiled.rules.get(m.pattern().as_usize()) else {
+                continue;
+            };
+            out.push(Candidate {
+                entity: Entity::Secret,
+                start,
+                end,
+                score: 1.0,
+                rule: RuleId::Owned(rule.to_string()),
+            });
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Redaction of output that arrives in chunks (sandbox stdout/stderr, LLM token streams).
+//!
+//! The scanner holds back the last `hold` bytes of what it has seen, so a card number or secret
+//! split across chunks is still seen whole; everything before that is scanned, redacted and
+//! released. Memory is bounded by `hold + MIN_EMIT + chunk size`, plus [`MAX_PENDING`] while a
+//! private key block is open; the delay is at most `hold + MIN_EMIT` bytes. Text already released
+//! is remembered (the last `hold` bytes, unredacted, in memory only) as context for the next part.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::entity::Entity;
+use crate::error::DlpError;
+use crate::finding::Finding;
+use crate::operators::{anonymize_with, Operators};
+use crate::scanner::Scanner;
+use crate::tokens::TokenMap;
+
+/// Longer than any card number with separators (19 digits, 3 separators of 3 bytes between each)
+/// and than the near-PAN window.
+const DEFAULT_HOLD: usize = 256;
+/// Release in batches of at least this much, so tiny chunks do not rescan the held text each time.
+const MIN_EMIT: usize = 256;
+/// A finding still open after this much pending text (an unterminated private key block) is
+/// released redacted up to the cut, and redaction continues until the block ends.
+pub const MAX_PENDING: usize = 64 * 1024;
+
+pub struct StreamScanner {
+    scanner: Arc<Scanner>,
+    operators: Operators,
+    tokens: TokenMap,
+    hold: usize,
+    /// Released text kept as context (unredacted, never released again).
+    lookbehind: String,
+    pending: String,
+    /// Bytes of an incomplete UTF-8 sequence at the end of the last byte chunk.
+    partial: Vec<u8>,
+    /// A private key block was cut while open: redact until its END line.
+    in_key_block: bool,
+    counts: BTreeMap<Entity, usize>,
+}
+
+impl StreamScanner {
+    pub fn new(scanner: Arc<Scanner>, operators: Operators) -> StreamScanner {
+        StreamScanner::with_tokens(scanner, operators, TokenMap::new())
+    }
+
+    /// Tokenizes with an existing map, e.g. the one used for the request this stream answers.
+    pub fn with_tokens(scanner: Arc<Scanner>, operators: Operators, tokens: TokenMap) -> Self {
+        let hold = DEFAULT_HOLD.max(scanner.longest_exact_secret() + 16);
+        StreamScanner {
+            scanner,
+            operators,
+            tokens,
+            hold,
+            lookbehind: String::new(),
+            pending: String::new(),
+            partial: Vec::new(),
+            in_key_block: false,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a text chunk; returns the redacted output that is ready (possibly empty).
+    pub fn feed(&mut self, chunk: &str) -> Result<String, DlpError> {
+        self.pending.push_str(chunk);
+        self.process(false)
+    }
+
+    /// Adds raw bytes (process output): UTF-8 split across chunks is reassembled; invalid bytes
+    /// become U+FFFD.
+    pub fn feed_bytes(&mut self, chunk: &[u8]) -> Result<String, DlpError> {
+        let mut bytes = std::mem::take(&mut self.partial);
+        bytes.extend_from_slice(chunk);
+        let mut rest = bytes.as_slice();
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.pending.push_str(s);
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    self.pending
+                        .push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match e.error_len() {
+                        Some(n) => {
+                            self.pending.push('\u{FFFD}');
+                            rest = &after[n..];
+                        }
+                        None => {
+                            self.partial = after.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.process(false)
+    }
+
+    /// Releases everything still held, redacted. The scanner can be fed again afterwards.
+    pub fn finish(&mut self) -> Result<String, DlpError> {
+        if !self.partial.is_empty() {
+            self.partial.clear();
+            self.pending.push('\u{FFFD}');
+        }
+        self.process(true)
+    }
+
+    /// What was redacted so far, per entity.
+    pub fn counts(&self) -> &BTreeMap<Entity, usize> {
+        &self.counts
+    }
+
+    /// The placeholders issued so far (for restoring them downstream).
+    pub fn tokens(&self) -> &TokenMap {
+        &self.tokens
+    }
+
+    fn process(&mut self, final_: bool) -> Result<String, DlpError> {
+        if !final_ && self.pending.len() < self.hold + MIN_EMIT {
+            return Ok(String::new());
+        }
+        let base = self.lookbehind.len();
+        let mut text = std::mem::take(&mut self.lookbehind);
+        text.push_str(&self.pending);
+        let mut findings = self.scanner.scan(&text);
+
+        let mut key_block_until = None;
+        if self.in_key_block {
+            // The block's header was released earlier; redact up to and including its END line.
+            let end = match text[base..].find("-----END") {
+                Some(i) => {
+                    let after = base + i + "-----END".len();
+                    text[after..]
+                        .find("-----")
+                        .map_or(text.len(), |j| after + j + "-----".len())
+                }
+                None => text.len(),
+            };
+            key_block_until = Some(end);
+            findings.push(Finding {
+                entity_type: Entity::Secret,
+                start: 0,
+                end: 0,
+                byte_start: base,
+                byte_end: end,
+                score: 1.0,
+                rule_id: "secret.private_key".to_string(),
+            });
+        }
+
+        let mut cut = if final_ {
+            text.len()
+        } else {
+            floor_char_boundary(&text, text.len() - self.hold)
+        };
+        if !final_ {
+            // Never release part of a finding that may still grow.
+            for f in &findings {
+                if f.byte_start < cut && f.byte_end > cut && f.byte_start >= base {
+                    cut = cut.min(f.byte_start);
+                }
+            }
+            if key_block_until.is_some_and(|end| end > cut) {
+                cut = floor_char_boundary(&text, text.len() - self.hold);
+            }
+            if cut <= base && self.pending.len() > MAX_PENDING {
+                // A finding (an open key block) has held back too much: release up to the
+                // hold, redacting the cut finding's released part.
+                cut = floor_char_boundary(&text, text.len() - self.hold);
+            }
+        }
+        if cut <= base {
+            self.lookbehind = text[..base].to_string();
+            return Ok(String::new());
+        }
+
+        // Findings clipped to the part being released, rebased to it.
+        let mut clipped = Vec::new();
+        let mut cut_open_key = false;
+        for f in &findings {
+            let s = f.byte_start.max(base);
+            let e = f.byte_end.min(cut);
+            if s >= e {
+                continue;
+            }
+            if f.byte_end > cut && f.rule_id == "secret.private_key" {
+                cut_open_key = true;
+            }
+            let mut g = f.clone();
+            g.byte_start = s - base;
+            g.byte_end = e - base;
+            clipped.push(g);
+        }
+        self.in_key_block = cut_open_key;
+        let released = &text[base..cut];
+        let out = anonymize_with(released, &clipped, &self.operators, &mut self.tokens)?;
+        for (entity, n) in out.counts {
+            *self.counts.entry(entity).or_insert(0) += n;
+        }
+        let keep_from = floor_char_boundary(&text, cut.saturating_sub(self.hold));
+        self.lookbehind = text[keep_from..cut].to_string();
+        self.pending = text[cut..].to_string();
+        Ok(out.text)
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}

@@ -1,0 +1,120 @@
+//! Health, readiness, metrics, the OpenAPI document and audit reads.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ztee_audit::{EventType, Outcome};
+
+use super::types::AuditQuery;
+use crate::audit;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::principal::Permission;
+use crate::state::AppState;
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when the state database answers and the audit trail accepts writes.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let db = state.store.run(|s| s.active_api_key_count()).await;
+    let engine = state.pipeline.executor.describe();
+    match db {
+        Ok(_) => Json(serde_json::json!({"status": "ready", "engine": engine})).into_response(),
+        Err(e) => {
+            ApiError::unavailable(format!("state database not available: {e}")).into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; the API is described at /openapi.json")
+}
+
+/// `GET /v1/audit`: the caller's tenant's events, newest last. Reading is itself audited.
+pub async fn audit(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::AuditRead)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let tenant = match q.tenant {
+        Some(t) if t != caller.principal.tenant => {
+            caller.principal.require(Permission::Admin)?;
+            t
+        }
+        _ => caller.principal.tenant.clone(),
+    };
+    let since = q
+        .since
+        .as_deref()
+        .map(humantime::parse_rfc3339_weak)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("since: {e}; expected e.g. 2026-01-31T00:00:00Z")))?;
+    let event_type = q
+        .event_type
+        .as_deref()
+        .map(str::parse::<EventType>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request(format!(
+            "limit = {limit} is out of range; allowed: 1 to 1000"
+        )));
+    }
+    let event = audit::event(
+        EventType::AuditAccess,
+        Outcome::Success,
+        audit::audit_principal(&caller.principal),
+        caller.request_id.as_str(),
+        caller.origin_ip,
+        Some(&format!("audit/tenant/{tenant}")),
+    );
+    state.pipeline.record(event).await?;
+
+    let query = ztee_audit::Query {
+        request_id: q.request_id,
+        principal: q.principal,
+        tenant: Some(tenant),
+        event_type,
+        since,
+        include_checkpoints: false,
+    };
+    let dir = state.audit_dir.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let mut out = std::collections::VecDeque::new();
+        ztee_audit::read_records(&dir, &query, |r| {
+            if out.len() == limit {
+                out.pop_front();
+            }
+            out.push_back(r);
+        })
+        .map(|()| out)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let records: Vec<_> = records.into_iter().collect();
+    Ok((StatusCode::OK, Json(serde_json::json!({"events": records}))).into_response())
+}

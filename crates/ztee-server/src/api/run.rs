@@ -1,0 +1,203 @@
+//! `POST /v1/run`: one command in a fresh VM that is destroyed afterwards.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use ztee_audit::{EventType, Outcome};
+
+use super::sandboxes::{json_body, ndjson, policy_input, release, reserve};
+use super::types::OneShotRun;
+use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
+use crate::audit;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::exec::{CreateSpec, SandboxHandle};
+use crate::pipeline::{exec_error, ActionContext, StreamContext, Work};
+use crate::principal::Permission;
+use crate::state::AppState;
+use crate::store::{now_rfc3339, SandboxRecord};
+
+/// Where `code` is written in the guest, and how each language runs it.
+fn program_for(language: &str) -> Result<(&'static str, Vec<String>), ApiError> {
+    match language {
+        "python" | "python3" => Ok((
+            "/tmp/ztee-main.py",
+            vec!["python3".into(), "/tmp/ztee-main.py".into()],
+        )),
+        "sh" | "shell" | "bash" => Ok((
+            "/tmp/ztee-main.sh",
+            vec!["/bin/sh".into(), "/tmp/ztee-main.sh".into()],
+        )),
+        other => Err(ApiError::bad_request(format!(
+            "language {other:?} is not supported; use python or sh"
+        ))),
+    }
+}
+
+/// Destroys the one-shot VM and frees its quota however the request ends (including a client
+/// that disconnects mid-stream).
+struct OneShot {
+    state: Arc<AppState>,
+    id: String,
+    handle: Option<Arc<dyn SandboxHandle>>,
+}
+
+impl OneShot {
+    async fn finish(mut self) {
+        if let Some(h) = self.handle.take() {
+            if let Err(e) = h.destroy().await {
+                tracing::warn!(error = %e, "destroying a one-shot VM");
+            }
+        }
+        release(&self.state, &self.id).await;
+        self.state.metrics.sandboxes_active.dec();
+    }
+}
+
+impl Drop for OneShot {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let state = self.state.clone();
+        let id = std::mem::take(&mut self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = handle.destroy().await {
+                    tracing::warn!(error = %e, "destroying a one-shot VM");
+                }
+                release(&state, &id).await;
+                state.metrics.sandboxes_active.dec();
+            });
+        }
+    }
+}
+
+pub async fn run(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Json<OneShotRun>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let req = json_body(body)?;
+    check_image(req.image.as_deref())?;
+    check_env(&req.env)?;
+    let d = &state.config.sandbox_defaults;
+    let l = &state.config.limits;
+    let memory_mib = bounded("memory_mib", req.memory_mib, d.memory_mib, 32, l.max_memory_mib)?;
+    let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
+    let limit = timeout(&state, req.timeout_s, d.command_timeout_s)?;
+    let mut files = Vec::with_capacity(req.files.len() + 1);
+    for (i, f) in req.files.into_iter().enumerate() {
+        check_guest_path(&format!("files[{i}].path"), &f.path)?;
+        files.push((f.path, Bytes::from(f.content)));
+    }
+    let argv = match (req.cmd, req.language, req.code) {
+        (Some(cmd), None, None) => cmd.into_argv().map_err(ApiError::bad_request)?,
+        (None, Some(language), Some(code)) => {
+            let (path, argv) = program_for(&language)?;
+            files.push((path.to_owned(), Bytes::from(code)));
+            argv
+        }
+        (None, None, Some(_)) => return Err(ApiError::bad_request("code needs a language")),
+        (None, Some(_), None) => return Err(ApiError::bad_request("language needs code")),
+        (None, None, None) => {
+            return Err(ApiError::bad_request("give either cmd, or language and code"))
+        }
+        (Some(_), _, _) => {
+            return Err(ApiError::bad_request(
+                "give either cmd, or language and code, not both",
+            ))
+        }
+    };
+    let id = format!("run_{}", uuid::Uuid::new_v4().simple());
+    let mut policy = policy_input(&caller, "run");
+    policy.image = req.image.clone();
+    policy.memory_mib = Some(memory_mib);
+    policy.vcpus = Some(vcpus);
+    policy.timeout_s = Some(limit.as_secs());
+    let resource = Some(format!("run/{id}"));
+    let mut ctx = ActionContext {
+        caller: &caller,
+        event_type: EventType::Run,
+        resource: resource.clone(),
+        policy,
+    };
+    let work = Work {
+        argv,
+        env: req.env,
+        cwd: None,
+        stdin: req.stdin,
+        files,
+    };
+    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+
+    let record = SandboxRecord {
+        id: id.clone(),
+        tenant: caller.principal.tenant.clone(),
+        owner: caller.principal.subject.clone(),
+        image: req.image.clone().unwrap_or_else(|| "default".into()),
+        memory_mib,
+        vcpus,
+        timeout_s: limit.as_secs(),
+        created_at: now_rfc3339(),
+        metadata: serde_json::json!({"one_shot": true}),
+    };
+    reserve(&state, &record).await?;
+    let created = state
+        .pipeline
+        .executor
+        .create(CreateSpec {
+            image: req.image,
+            memory_mib,
+            vcpus,
+        })
+        .await;
+    let handle: Arc<dyn SandboxHandle> = match created {
+        Ok(h) => Arc::from(h),
+        Err(e) => {
+            release(&state, &id).await;
+            let event = state
+                .pipeline
+                .event(&ctx, Outcome::Failure)
+                .with_decision(audit::decision_record(&admitted.decision))
+                .with_code(&admitted.input_digest);
+            state.pipeline.record(event).await?;
+            return Err(exec_error(e));
+        }
+    };
+    state.metrics.sandboxes_active.inc();
+    let one_shot = OneShot {
+        state: state.clone(),
+        id,
+        handle: Some(handle.clone()),
+    };
+
+    if wants_stream(&headers) {
+        let stream_ctx = StreamContext {
+            caller: caller.clone(),
+            event_type: EventType::Run,
+            resource,
+            policy: ctx.policy,
+        };
+        let rx = state
+            .pipeline
+            .clone()
+            .stream(stream_ctx, handle, admitted, limit, Box::new(one_shot))
+            .await?;
+        return Ok(ndjson(rx));
+    }
+    let result = state
+        .pipeline
+        .collect(&ctx, handle.as_ref(), admitted, limit, l.max_output_bytes)
+        .await;
+    drop(handle);
+    one_shot.finish().await;
+    Ok(Json(result?).into_response())
+}

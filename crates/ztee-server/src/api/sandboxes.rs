@@ -1,0 +1,512 @@
+//! `/v1/sandboxes`: long-lived sandboxes, their commands and files.
+//!
+//! Visibility: a principal with `sandbox:run` sees the sandboxes it created; `sandbox:admin` sees
+//! every sandbox of its tenant; `admin` sees all. Anything else answers 404, so the existence of
+//! another tenant's sandbox is never revealed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ztee_audit::{EventType, Outcome};
+
+use super::types::{CreateSandbox, FileQuery, RunCommand, SandboxView};
+use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
+use crate::audit;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::exec::CreateSpec;
+use crate::pipeline::{exec_error, ActionContext, StreamContext, Work};
+use crate::policy::PolicyInput;
+use crate::principal::Permission;
+use crate::state::{AppState, LiveSandbox};
+use crate::store::{now_rfc3339, SandboxRecord};
+
+pub(crate) fn policy_input(caller: &Caller, action: &'static str) -> PolicyInput {
+    PolicyInput {
+        action,
+        subject: caller.principal.subject.clone(),
+        tenant: caller.principal.tenant.clone(),
+        roles: caller.principal.roles.clone(),
+        image: None,
+        memory_mib: None,
+        vcpus: None,
+        timeout_s: None,
+        findings: Vec::new(),
+    }
+}
+
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(|rejection| {
+        ApiError::new(rejection.status(), json_rejection_code(&rejection), rejection.body_text())
+    })
+}
+
+fn json_rejection_code(rejection: &JsonRejection) -> &'static str {
+    match rejection {
+        JsonRejection::JsonDataError(_) => "invalid_body",
+        JsonRejection::JsonSyntaxError(_) => "malformed_json",
+        JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+        JsonRejection::BytesRejection(_) => "payload_too_large",
+        _ => "bad_request",
+    }
+}
+
+fn visible(caller: &Caller, record: &SandboxRecord) -> bool {
+    let p = &caller.principal;
+    p.has(Permission::Admin)
+        || (record.tenant == p.tenant
+            && (p.has(Permission::SandboxAdmin) || record.owner == p.subject))
+}
+
+/// The sandbox record if the caller may see it; 404 otherwise.
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<SandboxRecord, ApiError> {
+    let lookup = id.to_owned();
+    let record = state
+        .store
+        .run(move |s| s.sandbox(&lookup))
+        .await
+        .map_err(ApiError::internal)?;
+    record
+        .filter(|r| visible(caller, r))
+        .ok_or_else(|| ApiError::not_found(format!("no sandbox {id:?}")))
+}
+
+fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ApiError> {
+    state
+        .sandboxes
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("sandbox {id:?} is no longer running")))
+}
+
+fn view(state: &AppState, r: SandboxRecord) -> SandboxView {
+    let vm = state.sandboxes.get(&r.id).map(|l| l.handle.info());
+    SandboxView {
+        id: r.id,
+        tenant: r.tenant,
+        owner: r.owner,
+        image: r.image,
+        memory_mib: r.memory_mib,
+        vcpus: r.vcpus,
+        timeout_s: r.timeout_s,
+        created_at: r.created_at,
+        metadata: r.metadata,
+        vm,
+    }
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let tenant = (!caller.principal.has(Permission::Admin)).then(|| caller.principal.tenant.clone());
+    let records = state
+        .store
+        .run(move |s| s.sandboxes(tenant.as_deref()))
+        .await
+        .map_err(ApiError::internal)?;
+    let views: Vec<SandboxView> = records
+        .into_iter()
+        .filter(|r| visible(&caller, r))
+        .map(|r| view(&state, r))
+        .collect();
+    Ok(Json(serde_json::json!({"sandboxes": views})).into_response())
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let record = find(&state, &caller, &id).await?;
+    Ok(Json(view(&state, record)).into_response())
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<CreateSandbox>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let req = json_body(body)?;
+    let d = &state.config.sandbox_defaults;
+    let l = &state.config.limits;
+    check_image(req.image.as_deref())?;
+    let memory_mib = bounded("memory_mib", req.memory_mib, d.memory_mib, 32, l.max_memory_mib)?;
+    let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
+    let lifetime = timeout(&state, req.timeout_s, d.timeout_s)?;
+    check_env(&req.env)?;
+    if req.metadata.len() > 16 || req.metadata.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {
+        return Err(ApiError::bad_request(
+            "metadata: at most 16 keys, keys up to 64 bytes, values up to 256 bytes",
+        ));
+    }
+    let id = format!("sbx_{}", uuid::Uuid::new_v4().simple());
+    let resource = format!("sandbox/{id}");
+    let mut policy = policy_input(&caller, "sandbox.create");
+    policy.image = req.image.clone();
+    policy.memory_mib = Some(memory_mib);
+    policy.vcpus = Some(vcpus);
+    policy.timeout_s = Some(lifetime.as_secs());
+    let mut ctx = ActionContext {
+        caller: &caller,
+        event_type: EventType::SandboxCreate,
+        resource: Some(resource),
+        policy,
+    };
+    // Metadata is returned to callers and stored: scan it like any other input.
+    let work = Work {
+        env: req.env,
+        argv: req.metadata.values().cloned().collect(),
+        ..Work::default()
+    };
+    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let env = admitted.work.env.clone();
+
+    let record = SandboxRecord {
+        id: id.clone(),
+        tenant: caller.principal.tenant.clone(),
+        owner: caller.principal.subject.clone(),
+        image: req.image.clone().unwrap_or_else(|| "default".into()),
+        memory_mib,
+        vcpus,
+        timeout_s: lifetime.as_secs(),
+        created_at: now_rfc3339(),
+        metadata: serde_json::to_value(&req.metadata).unwrap_or_default(),
+    };
+    reserve(&state, &record).await?;
+    let created = state
+        .pipeline
+        .executor
+        .create(CreateSpec {
+            image: req.image,
+            memory_mib,
+            vcpus,
+        })
+        .await;
+    let handle = match created {
+        Ok(h) => Arc::<dyn crate::exec::SandboxHandle>::from(h),
+        Err(e) => {
+            release(&state, &id).await;
+            let event = state
+                .pipeline
+                .event(&ctx, Outcome::Failure)
+                .with_decision(audit::decision_record(&admitted.decision));
+            state.pipeline.record(event).await?;
+            return Err(exec_error(e));
+        }
+    };
+    state.sandboxes.insert(
+        id.clone(),
+        Arc::new(LiveSandbox {
+            handle,
+            env,
+        }),
+    );
+    state.metrics.sandboxes_active.inc();
+    schedule_expiry(Arc::downgrade(&state), id.clone(), lifetime);
+    let event = state
+        .pipeline
+        .event(&ctx, Outcome::Success)
+        .with_decision(audit::decision_record(&admitted.decision));
+    if let Err(e) = state.pipeline.record(event).await {
+        destroy(&state, &id).await;
+        return Err(e);
+    }
+    Ok((StatusCode::CREATED, Json(view(&state, record))).into_response())
+}
+
+/// Takes quota for a sandbox, or answers 429 with the tenant's usage.
+pub(crate) async fn reserve(state: &AppState, record: &SandboxRecord) -> Result<(), ApiError> {
+    let q = &state.config.quotas;
+    let (max_n, max_mem) = (q.max_sandboxes_per_tenant, q.max_memory_mib_per_tenant);
+    let r = record.clone();
+    let reserved = state
+        .store
+        .run(move |s| s.reserve_sandbox(&r, max_n, max_mem))
+        .await
+        .map_err(ApiError::internal)?;
+    reserved.map_err(|usage| {
+        ApiError::quota_exceeded(
+            format!(
+                "tenant quota exceeded: {} of {max_n} sandboxes and {} of {max_mem} MiB in use, \
+                 {} MiB requested",
+                usage.sandboxes, usage.memory_mib, record.memory_mib
+            ),
+            30,
+        )
+    })
+}
+
+pub(crate) async fn release(state: &AppState, id: &str) {
+    let id = id.to_owned();
+    if let Err(e) = state.store.run(move |s| s.delete_sandbox(&id)).await {
+        tracing::error!(error = %e, "releasing a sandbox's quota");
+    }
+}
+
+/// Stops the VM and frees the quota. Idempotent.
+async fn destroy(state: &AppState, id: &str) {
+    if let Some(live) = state.sandboxes.remove(id) {
+        state.metrics.sandboxes_active.dec();
+        if let Err(e) = live.handle.destroy().await {
+            tracing::warn!(sandbox = id, error = %e, "destroying a sandbox's VM");
+        }
+    }
+    release(state, id).await;
+}
+
+fn schedule_expiry(state: Weak<AppState>, id: String, lifetime: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(lifetime).await;
+        let Some(state) = state.upgrade() else { return };
+        if state.sandboxes.get(&id).is_none() {
+            return;
+        }
+        destroy(&state, &id).await;
+        let event = audit::event(
+            EventType::SandboxClose,
+            Outcome::Success,
+            ztee_audit::Principal::system(),
+            &format!("expiry-{id}"),
+            None,
+            Some(&format!("sandbox/{id}")),
+        );
+        if let Err(e) = state.pipeline.record(event).await {
+            tracing::error!(sandbox = %id, error = %e.message, "recording a sandbox expiry");
+        }
+    });
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    find(&state, &caller, &id).await?;
+    destroy(&state, &id).await;
+    let ctx = ActionContext {
+        caller: &caller,
+        event_type: EventType::SandboxClose,
+        resource: Some(format!("sandbox/{id}")),
+        policy: policy_input(&caller, "sandbox.delete"),
+    };
+    state.pipeline.record(state.pipeline.event(&ctx, Outcome::Success)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn command(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<RunCommand>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let req = json_body(body)?;
+    let record = find(&state, &caller, &id).await?;
+    let sandbox = live(&state, &record.id)?;
+    let argv = req.cmd.into_argv().map_err(ApiError::bad_request)?;
+    check_env(&req.env)?;
+    if let Some(cwd) = &req.cwd {
+        check_guest_path("cwd", cwd)?;
+    }
+    let limit = timeout(&state, req.timeout_s, state.config.sandbox_defaults.command_timeout_s)?;
+    let mut env: BTreeMap<String, String> = sandbox.env.clone();
+    env.extend(req.env);
+    let mut policy = policy_input(&caller, "sandbox.exec");
+    policy.image = Some(record.image.clone());
+    policy.timeout_s = Some(limit.as_secs());
+    let work = Work {
+        argv,
+        env,
+        cwd: req.cwd,
+        stdin: req.stdin,
+        files: Vec::new(),
+    };
+    let resource = Some(format!("sandbox/{}", record.id));
+    if wants_stream(&headers) {
+        let mut ctx = ActionContext {
+            caller: &caller,
+            event_type: EventType::SandboxExec,
+            resource: resource.clone(),
+            policy,
+        };
+        let admitted = state.pipeline.admit(&mut ctx, work).await?;
+        let stream_ctx = StreamContext {
+            caller: caller.clone(),
+            event_type: EventType::SandboxExec,
+            resource,
+            policy: ctx.policy,
+        };
+        let rx = state
+            .pipeline
+            .clone()
+            .stream(stream_ctx, sandbox.handle.clone(), admitted, limit, Box::new(()))
+            .await?;
+        return Ok(ndjson(rx));
+    }
+    let mut ctx = ActionContext {
+        caller: &caller,
+        event_type: EventType::SandboxExec,
+        resource,
+        policy,
+    };
+    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let result = state
+        .pipeline
+        .collect(
+            &ctx,
+            sandbox.handle.as_ref(),
+            admitted,
+            limit,
+            state.config.limits.max_output_bytes,
+        )
+        .await?;
+    Ok(Json(result).into_response())
+}
+
+/// An NDJSON response: one JSON object per line, flushed as produced.
+pub(crate) fn ndjson(rx: tokio::sync::mpsc::Receiver<serde_json::Value>) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let value = rx.recv().await?;
+        let mut line = value.to_string();
+        line.push('\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<FileQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_guest_path("path", &q.path)?;
+    let record = find(&state, &caller, &id).await?;
+    let sandbox = live(&state, &record.id)?;
+    let mut ctx = ActionContext {
+        caller: &caller,
+        event_type: EventType::FileWrite,
+        resource: Some(format!("sandbox/{}{}", record.id, q.path)),
+        policy: policy_input(&caller, "file.write"),
+    };
+    let work = Work {
+        files: vec![(q.path, body)],
+        ..Work::default()
+    };
+    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let (path, content) = admitted
+        .work
+        .files
+        .first()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("admitted upload lost its file"))?;
+    let size = content.len();
+    let written = sandbox.handle.write_file(&path, content, 0o644).await;
+    let outcome = if written.is_ok() { Outcome::Success } else { Outcome::Failure };
+    let event = state
+        .pipeline
+        .event(&ctx, outcome)
+        .with_decision(audit::decision_record(&admitted.decision))
+        .with_code(&admitted.input_digest);
+    state.pipeline.record(event).await?;
+    written.map_err(exec_error)?;
+    Ok(Json(serde_json::json!({
+        "path": path,
+        "size": size,
+        "redactions": admitted.inbound_redactions,
+    }))
+    .into_response())
+}
+
+pub async fn download(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<FileQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_guest_path("path", &q.path)?;
+    let record = find(&state, &caller, &id).await?;
+    let sandbox = live(&state, &record.id)?;
+    let mut ctx = ActionContext {
+        caller: &caller,
+        event_type: EventType::FileRead,
+        resource: Some(format!("sandbox/{}{}", record.id, q.path)),
+        policy: policy_input(&caller, "file.read"),
+    };
+    let admitted = state
+        .pipeline
+        .admit(
+            &mut ctx,
+            Work {
+                argv: vec![q.path.clone()],
+                ..Work::default()
+            },
+        )
+        .await?;
+    let content = match sandbox.handle.read_file(&q.path).await {
+        Ok(c) => c,
+        Err(e) => {
+            let event = state.pipeline.event(&ctx, Outcome::Failure);
+            state.pipeline.record(event).await?;
+            return Err(exec_error(e));
+        }
+    };
+    // Outbound DLP on the file: masked if text, refused if binary with findings.
+    let (body, counts) = match std::str::from_utf8(&content) {
+        Ok(text) => {
+            let r = state.pipeline.dlp.redact(text);
+            (Bytes::from(r.text), r.counts)
+        }
+        Err(_) => {
+            let found = state.pipeline.dlp.scan(&String::from_utf8_lossy(&content));
+            if !found.is_empty() {
+                let event = state
+                    .pipeline
+                    .event(&ctx, Outcome::Denied)
+                    .with_output(&content);
+                state.pipeline.record(event).await?;
+                return Err(ApiError::dlp_blocked(format!(
+                    "{} is binary and holds sensitive data ({}) that cannot be masked in place",
+                    q.path,
+                    found.join(", ")
+                )));
+            }
+            (content, Default::default())
+        }
+    };
+    state.metrics.redactions("outbound", &counts);
+    let event = state
+        .pipeline
+        .event(&ctx, Outcome::Success)
+        .with_decision(audit::decision_record(&admitted.decision))
+        .with_output(&body);
+    state.pipeline.record(event).await?;
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&summary.join(",")) {
+        response.headers_mut().insert("x-ztee-redactions", v);
+    }
+    Ok(response)
+}

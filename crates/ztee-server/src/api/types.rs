@@ -1,0 +1,117 @@
+//! Request and response bodies. Unknown fields are refused so a typo is an error, not a silently
+//! ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    pub image: Option<String>,
+    /// Lifetime in seconds; the sandbox is destroyed after it.
+    pub timeout_s: Option<u64>,
+    pub memory_mib: Option<u32>,
+    pub vcpus: Option<u32>,
+    /// Environment for every command in the sandbox (a command's own env wins).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Free-form labels returned with the sandbox (at most 16 keys, 256 bytes per value).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SandboxView {
+    pub id: String,
+    pub tenant: String,
+    pub owner: String,
+    pub image: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub timeout_s: u64,
+    pub created_at: String,
+    pub metadata: serde_json::Value,
+    /// Engine facts (VM id, backend, accelerator); present while the VM runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<serde_json::Value>,
+}
+
+/// A command: an argument vector, or a shell string run with `/bin/sh -c`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Cmd {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl Cmd {
+    pub fn into_argv(self) -> Result<Vec<String>, &'static str> {
+        match self {
+            Cmd::Argv(argv) if argv.is_empty() => Err("cmd is an empty list; give at least the program"),
+            Cmd::Argv(argv) if argv[0].is_empty() => Err("cmd[0] (the program) is empty"),
+            Cmd::Argv(argv) => Ok(argv),
+            Cmd::Shell(s) if s.trim().is_empty() => Err("cmd is an empty string"),
+            Cmd::Shell(s) => Ok(vec!["/bin/sh".into(), "-c".into(), s]),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCommand {
+    pub cmd: Cmd,
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpload {
+    pub path: String,
+    /// UTF-8 text content.
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneShotRun {
+    pub cmd: Option<Cmd>,
+    /// `python` or `sh`, with `code`.
+    pub language: Option<String>,
+    pub code: Option<String>,
+    #[serde(default)]
+    pub files: Vec<FileUpload>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub stdin: Option<String>,
+    pub timeout_s: Option<u64>,
+    pub image: Option<String>,
+    pub memory_mib: Option<u32>,
+    pub vcpus: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuery {
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub request_id: Option<String>,
+    pub principal: Option<String>,
+    /// RFC 3339 time, e.g. `2026-01-31T00:00:00Z`.
+    pub since: Option<String>,
+    /// `sandbox.exec`, `run`, `auth.failure`, ...
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Most recent events to return (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Admins only: another tenant's events.
+    pub tenant: Option<String>,
+}

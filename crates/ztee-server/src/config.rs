@@ -1,0 +1,358 @@
+//! Server configuration: built-in defaults, overridden by a TOML file, overridden by environment
+//! variables (`ZTEE_LISTEN`, `ZTEE_TLS_CERT`, `ZTEE_TLS_KEY`, `ZTEE_OIDC_ISSUER`,
+//! `ZTEE_OIDC_AUDIENCE`, `ZTEE_ALLOW_INSECURE_HTTP`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::dlp::InboundAction;
+use crate::oidc::OidcConfig;
+use crate::quota::QuotaConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// TLS certificate chain and private key (PEM). Both or neither.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP on a non-loopback address. Off by default: tokens and card data would
+    /// cross the network in clear text.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+    #[serde(default)]
+    pub quotas: QuotaConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub sandbox_defaults: SandboxDefaults,
+    #[serde(default)]
+    pub dlp: DlpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often to look for a changed certificate or key, in seconds.
+    #[serde(default = "default_reload")]
+    pub reload_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest JSON request body, in bytes.
+    #[serde(default = "default_max_json")]
+    pub max_json_body_bytes: usize,
+    /// Largest file upload, in bytes.
+    #[serde(default = "default_max_file")]
+    pub max_file_bytes: usize,
+    /// Largest stdout or stderr kept for a non-streaming command result, per stream, in bytes.
+    #[serde(default = "default_max_output")]
+    pub max_output_bytes: usize,
+    /// Upper bound for any `timeout_s` a caller asks for.
+    #[serde(default = "default_max_timeout")]
+    pub max_timeout_s: u64,
+    #[serde(default = "default_max_memory")]
+    pub max_memory_mib: u32,
+    #[serde(default = "default_max_vcpus")]
+    pub max_vcpus: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxDefaults {
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Lifetime of a sandbox created with `POST /v1/sandboxes`, in seconds.
+    #[serde(default = "default_sandbox_timeout")]
+    pub timeout_s: u64,
+    /// Timeout of one command, in seconds.
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpConfig {
+    /// What to do when card data or secrets are found in code, arguments, env or files going in.
+    #[serde(default)]
+    pub inbound: InboundAction,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_reload() -> u64 {
+    10
+}
+fn default_max_json() -> usize {
+    1024 * 1024
+}
+fn default_max_file() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_output() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_timeout() -> u64 {
+    3600
+}
+fn default_max_memory() -> u32 {
+    2048
+}
+fn default_max_vcpus() -> u32 {
+    4
+}
+fn default_memory() -> u32 {
+    128
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_sandbox_timeout() -> u64 {
+    600
+}
+fn default_command_timeout() -> u64 {
+    60
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_json_body_bytes: default_max_json(),
+            max_file_bytes: default_max_file(),
+            max_output_bytes: default_max_output(),
+            max_timeout_s: default_max_timeout(),
+            max_memory_mib: default_max_memory(),
+            max_vcpus: default_max_vcpus(),
+        }
+    }
+}
+
+impl Default for SandboxDefaults {
+    fn default() -> Self {
+        Self {
+            memory_mib: default_memory(),
+            vcpus: default_vcpus(),
+            timeout_s: default_sandbox_timeout(),
+            command_timeout_s: default_command_timeout(),
+        }
+    }
+}
+
+impl Default for DlpConfig {
+    fn default() -> Self {
+        Self {
+            inbound: InboundAction::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            tls: None,
+            allow_insecure_http: false,
+            oidc: None,
+            quotas: QuotaConfig::default(),
+            limits: Limits::default(),
+            sandbox_defaults: SandboxDefaults::default(),
+            dlp: DlpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Defaults, then `file` (if given), then the environment, then validation.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message,
+                })?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        // toml's error text names the line, column and key, which is what an operator needs.
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(value) = get("ZTEE_LISTEN") {
+            self.listen = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                name: "ZTEE_LISTEN",
+                value: value.clone(),
+                message: format!("{e}; expected e.g. 127.0.0.1:8443"),
+            })?;
+        }
+        match (get("ZTEE_TLS_CERT"), get("ZTEE_TLS_KEY")) {
+            (Some(cert), Some(key)) => {
+                self.tls = Some(TlsConfig {
+                    cert: cert.into(),
+                    key: key.into(),
+                    reload_interval_s: self.tls.as_ref().map_or(default_reload(), |t| t.reload_interval_s),
+                })
+            }
+            (None, None) => {}
+            (Some(value), None) | (None, Some(value)) => {
+                return Err(ConfigError::Env {
+                    name: "ZTEE_TLS_CERT",
+                    value,
+                    message: "set both ZTEE_TLS_CERT and ZTEE_TLS_KEY, or neither".into(),
+                })
+            }
+        }
+        if let Some(value) = get("ZTEE_ALLOW_INSECURE_HTTP") {
+            self.allow_insecure_http = match value.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "ZTEE_ALLOW_INSECURE_HTTP",
+                        value,
+                        message: "expected true or false".into(),
+                    })
+                }
+            };
+        }
+        match (get("ZTEE_OIDC_ISSUER"), get("ZTEE_OIDC_AUDIENCE")) {
+            (Some(issuer), Some(audience)) => {
+                let base = self.oidc.take();
+                let mut oidc: OidcConfig = match base {
+                    Some(o) => o,
+                    None => toml::from_str(&format!(
+                        "issuer = {}\naudience = {}",
+                        toml_string(&issuer),
+                        toml_string(&audience)
+                    ))
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                };
+                oidc.issuer = issuer;
+                oidc.audience = audience;
+                self.oidc = Some(oidc);
+            }
+            (None, None) => {}
+            (Some(value), None) | (None, Some(value)) => {
+                return Err(ConfigError::Env {
+                    name: "ZTEE_OIDC_ISSUER",
+                    value,
+                    message: "set both ZTEE_OIDC_ISSUER and ZTEE_OIDC_AUDIENCE, or neither".into(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_insecure_http {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {} is not a loopback address and no TLS certificate is configured; \
+                 set [tls] cert and key, or allow_insecure_http = true if a TLS proxy sits in front",
+                self.listen
+            )));
+        }
+        let d = &self.sandbox_defaults;
+        let l = &self.limits;
+        if d.memory_mib > l.max_memory_mib || d.vcpus > l.max_vcpus || d.timeout_s > l.max_timeout_s {
+            return Err(ConfigError::Invalid(
+                "sandbox_defaults exceed limits (memory_mib, vcpus or timeout_s)".into(),
+            ));
+        }
+        if !(self.quotas.requests_per_second > 0.0) {
+            return Err(ConfigError::Invalid(
+                "quotas.requests_per_second must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_and_env_overrides_file() {
+        let err = ServerConfig::from_toml("listen = \"127.0.0.1:1\"\nlisten_port = 3").unwrap_err();
+        assert!(err.contains("listen_port"), "{err}");
+
+        let mut c = ServerConfig::from_toml("listen = \"127.0.0.1:1\"").unwrap();
+        c.apply_env(|n| (n == "ZTEE_LISTEN").then(|| "127.0.0.1:2".to_string()))
+            .unwrap();
+        assert_eq!(c.listen.port(), 2);
+        let err = c
+            .apply_env(|n| (n == "ZTEE_TLS_CERT").then(|| "/x".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("ZTEE_TLS_KEY"));
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_explicit_consent() {
+        let mut c = ServerConfig::from_toml("listen = \"0.0.0.0:8443\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("TLS"));
+        c.allow_insecure_http = true;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn oidc_from_env_gets_defaults() {
+        let mut c = ServerConfig::default();
+        c.apply_env(|n| match n {
+            "ZTEE_OIDC_ISSUER" => Some("https://idp".into()),
+            "ZTEE_OIDC_AUDIENCE" => Some("ztee".into()),
+            _ => None,
+        })
+        .unwrap();
+        let oidc = c.oidc.unwrap();
+        assert_eq!(oidc.roles_claim, "realm_access.roles");
+        assert_eq!(oidc.audience, "ztee");
+    }
+}

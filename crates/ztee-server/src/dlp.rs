@@ -1,0 +1,79 @@
+//! The DLP stages' view of the detector: scan what goes in, redact what comes out.
+//!
+//! The gateway talks to DLP through [`DlpEngine`] so the pipeline can be tested stage by stage;
+//! the production engine wraps `ztee-dlp`'s scanner and PCI masking (see `dlp_engine.rs`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What the gateway does when the inbound scan finds something.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundAction {
+    /// Refuse the request (422) before it reaches a VM.
+    #[default]
+    Block,
+    /// Replace the finding with its masked form and go on.
+    Redact,
+    /// Hold the request for a human approver.
+    RequireApproval,
+}
+
+/// One thing found in a field, without the matched text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detection {
+    /// Entity type, e.g. `CREDIT_CARD`.
+    pub entity: String,
+    /// Where it was found, e.g. `cmd[2]`, `env.CARD`, `files[0].content`.
+    pub field: String,
+}
+
+/// Counts per entity type of what was redacted, as returned to callers (`{"CREDIT_CARD": 2}`).
+pub type RedactionCounts = BTreeMap<String, u64>;
+
+pub fn merge_counts(into: &mut RedactionCounts, from: &RedactionCounts) {
+    for (entity, n) in from {
+        *into.entry(entity.clone()).or_default() += n;
+    }
+}
+
+/// Text after redaction, with what was replaced.
+pub struct Redacted {
+    pub text: String,
+    pub counts: RedactionCounts,
+}
+
+pub trait DlpEngine: Send + Sync + 'static {
+    /// Entity types found in `text`.
+    fn scan(&self, text: &str) -> Vec<String>;
+    /// `text` with every finding replaced by its masked form (PCI mask for card numbers).
+    fn redact(&self, text: &str) -> Redacted;
+    /// A redactor for output that arrives in chunks, where a card number may span two chunks.
+    fn stream(&self) -> Box<dyn StreamRedactor>;
+}
+
+pub trait StreamRedactor: Send {
+    /// Feeds a chunk; returns the part of the output that is final (redacted) so far.
+    fn push(&mut self, chunk: &str) -> String;
+    /// Flushes what is held back at the end of the stream.
+    fn finish(&mut self) -> String;
+    fn counts(&self) -> RedactionCounts;
+}
+
+/// Scans each named field and lists what was found where.
+pub fn scan_fields<'a>(
+    engine: &dyn DlpEngine,
+    fields: impl IntoIterator<Item = (String, &'a str)>,
+) -> Vec<Detection> {
+    let mut found = Vec::new();
+    for (field, text) in fields {
+        for entity in engine.scan(text) {
+            found.push(Detection {
+                entity,
+                field: field.clone(),
+            });
+        }
+    }
+    found
+}

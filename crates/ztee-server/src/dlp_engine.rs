@@ -1,0 +1,141 @@
+//! [`DlpEngine`] on top of `ztee-dlp`: its scanner for detection, PCI masking for redaction and
+//! its bounded-delay stream scanner for command output.
+
+use std::sync::Arc;
+
+use ztee_dlp::{anonymize, MaskStyle, Operator, Operators, Scanner, ScannerConfig, StreamScanner};
+
+use crate::dlp::{DlpEngine, Redacted, RedactionCounts, StreamRedactor};
+
+pub struct ZteeDlp {
+    scanner: Arc<Scanner>,
+    operators: Operators,
+}
+
+impl ZteeDlp {
+    /// PCI masking (first six and last four digits of a PAN kept) for every entity.
+    pub fn new(config: ScannerConfig) -> Result<Self, ztee_dlp::DlpError> {
+        Ok(Self {
+            scanner: Arc::new(Scanner::new(config)?),
+            operators: Operators::new(Operator::Mask(MaskStyle::Pci)),
+        })
+    }
+
+    pub fn scanner(&self) -> Arc<Scanner> {
+        self.scanner.clone()
+    }
+}
+
+fn to_counts(counts: &std::collections::BTreeMap<ztee_dlp::Entity, usize>) -> RedactionCounts {
+    counts
+        .iter()
+        .map(|(e, n)| (e.as_str().to_owned(), u64::try_from(*n).unwrap_or(u64::MAX)))
+        .collect()
+}
+
+impl DlpEngine for ZteeDlp {
+    fn scan(&self, text: &str) -> Vec<String> {
+        self.scanner
+            .scan(text)
+            .into_iter()
+            .map(|f| f.entity_type.as_str().to_owned())
+            .collect()
+    }
+
+    fn redact(&self, text: &str) -> Redacted {
+        let findings = self.scanner.scan(text);
+        if findings.is_empty() {
+            return Redacted {
+                text: text.to_owned(),
+                counts: RedactionCounts::new(),
+            };
+        }
+        match anonymize(text, &findings, &self.operators) {
+            Ok(a) => Redacted {
+                text: a.text,
+                counts: to_counts(&a.counts),
+            },
+            // Masking needs no keys, so this is a detector bug; withhold the text rather than
+            // let it through unmasked.
+            Err(e) => {
+                tracing::error!(error = %e, "masking failed; withholding the text");
+                let mut counts = RedactionCounts::new();
+                counts.insert("WITHHELD".into(), 1);
+                Redacted {
+                    text: "[withheld: masking failed]".into(),
+                    counts,
+                }
+            }
+        }
+    }
+
+    fn stream(&self) -> Box<dyn StreamRedactor> {
+        Box::new(ZteeStream {
+            inner: StreamScanner::new(self.scanner.clone(), self.operators.clone()),
+            failed: false,
+        })
+    }
+}
+
+struct ZteeStream {
+    inner: StreamScanner,
+    failed: bool,
+}
+
+impl ZteeStream {
+    fn guard(&mut self, r: Result<String, ztee_dlp::DlpError>) -> String {
+        match r {
+            Ok(text) if !self.failed => text,
+            Ok(_) => String::new(),
+            Err(e) => {
+                // Same rule as above: after a failure nothing more of this stream goes out.
+                tracing::error!(error = %e, "stream masking failed; withholding the rest");
+                if self.failed {
+                    String::new()
+                } else {
+                    self.failed = true;
+                    "[withheld: masking failed]".into()
+                }
+            }
+        }
+    }
+}
+
+impl StreamRedactor for ZteeStream {
+    fn push(&mut self, chunk: &str) -> String {
+        let r = self.inner.feed(chunk);
+        self.guard(r)
+    }
+
+    fn finish(&mut self) -> String {
+        let r = self.inner.finish();
+        self.guard(r)
+    }
+
+    fn counts(&self) -> RedactionCounts {
+        to_counts(self.inner.counts())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pans_are_pci_masked_whole_and_across_chunks() {
+        let dlp = ZteeDlp::new(ScannerConfig::default()).unwrap();
+        let r = dlp.redact("card 4111 1111 1111 1111 ok");
+        assert!(!r.text.contains("1111 1111 1111"), "{}", r.text);
+        assert!(r.text.contains("1111 ok"), "last four kept: {}", r.text);
+        assert_eq!(r.counts.get("CREDIT_CARD"), Some(&1));
+
+        let mut s = dlp.stream();
+        let mut out = s.push("pay 411111111");
+        out.push_str(&s.push("1111111 now\n"));
+        out.push_str(&s.finish());
+        assert!(!out.contains("4111111111111111"), "{out}");
+        assert!(out.ends_with("now\n"), "{out}");
+        assert_eq!(s.counts().get("CREDIT_CARD"), Some(&1));
+    }
+}

@@ -1,0 +1,84 @@
+//! The execution stage's view of the VM engine.
+//!
+//! The pipeline drives sandboxes through [`Executor`] and [`SandboxHandle`] so stage order and
+//! failure handling are testable without booting VMs; `vm.rs` implements them with `ztee-vm`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The caller asked for something the guest refused (missing file, bad path).
+    #[error("{0}")]
+    Guest(String),
+    /// The engine could not do its part (boot failure, VMM crash, channel error).
+    #[error("{0}")]
+    Engine(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub image: Option<String>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub stdin: Option<Bytes>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// `exit_code` is `None` when the process was killed (signal, timeout).
+    Exit {
+        exit_code: Option<i32>,
+        timed_out: bool,
+    },
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    async fn create(&self, spec: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError>;
+    /// Engine facts for `/readyz` and start-up logs (backend, accelerator).
+    fn describe(&self) -> serde_json::Value;
+}
+
+#[async_trait]
+pub trait SandboxHandle: Send + Sync {
+    fn id(&self) -> String;
+    fn info(&self) -> serde_json::Value;
+    async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn OutputStream>, ExecError>;
+    async fn write_file(&self, path: &str, content: Bytes, mode: u32) -> Result<(), ExecError>;
+    async fn read_file(&self, path: &str) -> Result<Bytes, ExecError>;
+    async fn destroy(&self) -> Result<(), ExecError>;
+}
+
+#[async_trait]
+pub trait OutputStream: Send {
+    /// `None` after the exit event.
+    async fn next_event(&mut self) -> Option<OutputEvent>;
+}
+
+/// What one finished command produced, for non-streaming responses.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+    pub redactions: crate::dlp::RedactionCounts,
+    /// True when stdout or stderr was cut at the configured output limit.
+    pub truncated: bool,
+}

@@ -1,0 +1,44 @@
+//! ztee's gateway: the one process an operator deploys in front of the microVMs.
+//!
+//! Every request goes through the same stages, in the order spelled out in [`pipeline`]:
+//! authentication ([`auth`]), inbound DLP, policy, the VM ([`exec`]), outbound DLP and the audit
+//! trail. State (API keys, sandbox ownership, quotas) lives in SQLite under the data directory.
+//!
+//! ```no_run
+//! # async fn example(engines: ztee_server::Engines) -> Result<(), ztee_server::ServerError> {
+//! let config = ztee_server::ServerConfig::load(None).map_err(|e| {
+//!     ztee_server::ServerError::Serve(std::io::Error::other(e.to_string()))
+//! })?;
+//! let data_dir = std::path::Path::new("/var/lib/ztee");
+//! let listener = ztee_server::bind(config.listen)?;
+//! let (state, bootstrap) = ztee_server::build(config, data_dir, engines).await?;
+//! if let Some(key) = bootstrap.admin_key {
+//!     println!("admin API key (shown once): {}", key.key);
+//! }
+//! ztee_server::serve(state, listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+pub mod api;
+pub mod apikey;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod dlp;
+pub mod dlp_engine;
+pub mod error;
+pub mod exec;
+pub mod metrics;
+pub mod oidc;
+pub mod openapi;
+pub mod pipeline;
+pub mod policy;
+pub mod principal;
+pub mod quota;
+pub mod request_id;
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use config::ServerConfig;
+pub use server::{app, bind, build, serve, state_db_path, Bootstrap, Engines, ServerError};

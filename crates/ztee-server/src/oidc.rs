@@ -1,0 +1,468 @@
+//! OIDC bearer-token validation against the issuer's published keys.
+//!
+//! Keys come from the issuer's discovery document (`/.well-known/openid-configuration` ->
+//! `jwks_uri`), are cached, and are fetched again when a token names a key id the cache does not
+//! hold (key rotation), at most once per `min_refresh_interval` so forged key ids cannot turn the
+//! gateway into a load generator against the issuer. Only asymmetric algorithms from the
+//! configured allowlist are accepted: never `none`, never an HMAC algorithm (whose "secret" would
+//! be the public key).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::principal::{validate_tenant, AuthMethod, Principal};
+
+/// How tokens are checked and mapped to principals.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Issuer URL exactly as it appears in the `iss` claim, e.g. `https://idp.example.com/realms/ztee`.
+    pub issuer: String,
+    /// The audience ztee expects in `aud`.
+    pub audience: String,
+    /// Dot-separated path of the roles claim (an array of strings or a space-separated string).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Dot-separated path of the claim naming the caller's tenant.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// Accepted signature algorithms (asymmetric only).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Tolerated clock difference with the issuer, in seconds, for `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u64,
+    /// Cached keys are fetched again after this long even without an unknown `kid`.
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_ttl_s: u64,
+    /// Lower bound between two key fetches triggered by unknown key ids.
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_interval_s: u64,
+}
+
+fn default_roles_claim() -> String {
+    "realm_access.roles".into()
+}
+fn default_tenant_claim() -> String {
+    "tenant".into()
+}
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_jwks_ttl() -> u64 {
+    3600
+}
+fn default_min_refresh() -> u64 {
+    10
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OidcConfigError {
+    #[error("oidc.algorithms: {0:?} is not an accepted algorithm; use asymmetric ones (RS*, PS*, ES256, ES384, EdDSA)")]
+    Algorithm(String),
+    #[error("oidc.algorithms is empty; list at least one algorithm, e.g. [\"RS256\"]")]
+    NoAlgorithms,
+    #[error("oidc.issuer {0:?} must be an https:// URL (http:// only for loopback addresses)")]
+    Issuer(String),
+    #[error("oidc.audience must not be empty")]
+    Audience,
+    #[error("OIDC HTTP client: {0}")]
+    Client(String),
+}
+
+/// Why a token was refused. Callers get a generic 401; this goes to the audit trail and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token algorithm {0} is not allowed")]
+    Algorithm(String),
+    #[error("token names no key the issuer publishes")]
+    UnknownKey,
+    #[error("token failed validation: {0}")]
+    Invalid(String),
+    #[error("token has no usable tenant claim `{0}`")]
+    NoTenant(String),
+    #[error("token has no subject")]
+    NoSubject,
+    #[error("issuer keys unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl TokenRejection {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed_token",
+            Self::Algorithm(_) => "token_algorithm_not_allowed",
+            Self::UnknownKey => "unknown_token_key",
+            Self::Invalid(_) => "invalid_token",
+            Self::NoTenant(_) => "token_without_tenant",
+            Self::NoSubject => "token_without_subject",
+            Self::KeysUnavailable(_) => "issuer_keys_unavailable",
+        }
+    }
+}
+
+struct KeyCache {
+    keys: HashMap<String, CachedKey>,
+    fetched_at: Option<Instant>,
+}
+
+struct CachedKey {
+    key: DecodingKey,
+    /// The algorithm the issuer pinned to this key, if it did.
+    alg: Option<Algorithm>,
+    family: jsonwebtoken::AlgorithmFamily,
+}
+
+pub struct OidcValidator {
+    config: OidcConfig,
+    algorithms: Vec<Algorithm>,
+    http: reqwest::Client,
+    cache: RwLock<KeyCache>,
+    /// Serialises fetches so a burst of unknown kids causes one fetch, not many.
+    fetch_lock: Mutex<()>,
+}
+
+impl OidcValidator {
+    pub fn new(config: OidcConfig) -> Result<Self, OidcConfigError> {
+        if config.algorithms.is_empty() {
+            return Err(OidcConfigError::NoAlgorithms);
+        }
+        let algorithms = config
+            .algorithms
+            .iter()
+            .map(|name| parse_allowed_algorithm(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !issuer_url_ok(&config.issuer) {
+            return Err(OidcConfigError::Issuer(config.issuer.clone()));
+        }
+        if config.audience.trim().is_empty() {
+            return Err(OidcConfigError::Audience);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| OidcConfigError::Client(e.to_string()))?;
+        Ok(Self {
+            config,
+            algorithms,
+            http,
+            cache: RwLock::new(KeyCache {
+                keys: HashMap::new(),
+                fetched_at: None,
+            }),
+            fetch_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    /// Fetches the issuer's keys now (at start-up, so a misconfigured issuer shows immediately).
+    pub async fn prefetch(&self) -> Result<usize, TokenRejection> {
+        self.refresh(true).await
+    }
+
+    /// Validates `token` and maps its claims to a principal.
+    pub async fn validate(&self, token: &str) -> Result<Principal, TokenRejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(TokenRejection::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header.kid.clone().unwrap_or_default();
+        let claims = match self.try_decode(token, &kid, header.alg).await? {
+            Some(claims) => claims,
+            None => {
+                self.refresh(false).await?;
+                self.try_decode(token, &kid, header.alg)
+                    .await?
+                    .ok_or(TokenRejection::UnknownKey)?
+            }
+        };
+        self.principal_from_claims(&claims)
+    }
+
+    /// `Ok(None)` when the key id is not in the cache.
+    async fn try_decode(
+        &self,
+        token: &str,
+        kid: &str,
+        alg: Algorithm,
+    ) -> Result<Option<serde_json::Value>, TokenRejection> {
+        let cache = self.cache.read().await;
+        let expired = cache
+            .fetched_at
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(self.config.jwks_ttl_s));
+        if expired {
+            return Ok(None);
+        }
+        let Some(cached) = cache.keys.get(kid) else {
+            return Ok(None);
+        };
+        if cached.alg.is_some_and(|pinned| pinned != alg) || alg.family() != cached.family {
+            return Err(TokenRejection::Algorithm(format!(
+                "{alg:?} (does not match the key's algorithm)"
+            )));
+        }
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.leeway = self.config.leeway_s;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &cached.key, &validation)
+            .map_err(|e| TokenRejection::Invalid(describe(e.kind())))?;
+        Ok(Some(data.claims))
+    }
+
+    /// Fetches discovery and JWKS. Without `force`, skips when the last fetch is too recent.
+    async fn refresh(&self, force: bool) -> Result<usize, TokenRejection> {
+        let _guard = self.fetch_lock.lock().await;
+        {
+            let cache = self.cache.read().await;
+            let min = Duration::from_secs(self.config.min_refresh_interval_s);
+            if !force && cache.fetched_at.is_some_and(|t| t.elapsed() < min) {
+                return Ok(cache.keys.len());
+            }
+        }
+        let keys = self.fetch_keys().await?;
+        let count = keys.len();
+        let mut cache = self.cache.write().await;
+        cache.keys = keys;
+        cache.fetched_at = Some(Instant::now());
+        tracing::info!(issuer = %self.config.issuer, keys = count, "fetched issuer signing keys");
+        Ok(count)
+    }
+
+    async fn fetch_keys(&self) -> Result<HashMap<String, CachedKey>, TokenRejection> {
+        #[derive(Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+        }
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            TokenRejection::KeysUnavailable(format!("{what}: {e}"))
+        };
+        let discovery_url = format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        );
+        let discovery: Discovery = self
+            .http
+            .get(&discovery_url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| unavailable(&discovery_url, &e))?
+            .json()
+            .await
+            .map_err(|e| unavailable(&discovery_url, &e))?;
+        // OIDC Discovery 1.0 section 4.3: the document must name the issuer it was fetched for.
+        if discovery.issuer != self.config.issuer {
+            return Err(TokenRejection::KeysUnavailable(format!(
+                "discovery document names issuer {:?}, expected {:?}",
+                discovery.issuer, self.config.issuer
+            )));
+        }
+        if !issuer_url_ok(&discovery.jwks_uri) {
+            return Err(TokenRejection::KeysUnavailable(format!(
+                "jwks_uri {:?} is not https",
+                discovery.jwks_uri
+            )));
+        }
+        let set: JwkSet = self
+            .http
+            .get(&discovery.jwks_uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| unavailable(&discovery.jwks_uri, &e))?
+            .json()
+            .await
+            .map_err(|e| unavailable(&discovery.jwks_uri, &e))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let family = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => jsonwebtoken::AlgorithmFamily::Rsa,
+                AlgorithmParameters::EllipticCurve(_) => jsonwebtoken::AlgorithmFamily::Ec,
+                AlgorithmParameters::OctetKeyPair(_) => jsonwebtoken::AlgorithmFamily::Ed,
+                // Symmetric keys have no place in a public key set; skip rather than trust.
+                AlgorithmParameters::OctetKey(_) => continue,
+            };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                tracing::warn!(kid = ?jwk.common.key_id, "skipping an issuer key that does not parse");
+                continue;
+            };
+            let alg = jwk
+                .common
+                .key_algorithm
+                .and_then(|a| key_algorithm_to_algorithm(a));
+            keys.insert(
+                jwk.common.key_id.clone().unwrap_or_default(),
+                CachedKey { key, alg, family },
+            );
+        }
+        Ok(keys)
+    }
+
+    fn principal_from_claims(&self, claims: &serde_json::Value) -> Result<Principal, TokenRejection> {
+        let subject = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .or_else(|| claims.get("client_id").and_then(|v| v.as_str()))
+            .filter(|s| !s.is_empty())
+            .ok_or(TokenRejection::NoSubject)?;
+        let tenant = claim_at(claims, &self.config.tenant_claim)
+            .and_then(|v| v.as_str())
+            .filter(|t| validate_tenant(t).is_ok())
+            .ok_or_else(|| TokenRejection::NoTenant(self.config.tenant_claim.clone()))?;
+        let roles = match claim_at(claims, &self.config.roles_claim) {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Principal::new(
+            format!("oidc:{subject}"),
+            tenant.to_owned(),
+            roles,
+            AuthMethod::Oidc,
+        ))
+    }
+}
+
+/// Walks a dot-separated path through nested JSON objects.
+pub fn claim_at<'a>(claims: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.')
+        .try_fold(claims, |value, segment| value.get(segment))
+}
+
+fn parse_allowed_algorithm(name: &str) -> Result<Algorithm, OidcConfigError> {
+    let alg: Algorithm = name
+        .parse()
+        .map_err(|_| OidcConfigError::Algorithm(name.to_owned()))?;
+    if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+        return Err(OidcConfigError::Algorithm(name.to_owned()));
+    }
+    Ok(alg)
+}
+
+fn key_algorithm_to_algorithm(a: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match a {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// https, or http to a loopback host (a local identity provider in development and tests).
+fn issuer_url_ok(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+}
+
+fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "expired".into(),
+        K::ImmatureSignature => "not valid yet (nbf)".into(),
+        K::InvalidIssuer => "wrong issuer".into(),
+        K::InvalidAudience => "wrong audience".into(),
+        K::InvalidSignature => "bad signature".into(),
+        K::InvalidAlgorithm => "algorithm mismatch".into(),
+        K::MissingRequiredClaim(c) => format!("missing claim {c}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config() -> OidcConfig {
+        toml::from_str("issuer = \"https://idp.example\"\naudience = \"ztee\"").unwrap()
+    }
+
+    #[test]
+    fn hmac_and_none_are_refused_in_config() {
+        for bad in ["HS256", "HS512", "none", "XY1"] {
+            let mut c = config();
+            c.algorithms = vec![bad.into()];
+            assert!(
+                matches!(OidcValidator::new(c), Err(OidcConfigError::Algorithm(_))),
+                "{bad}"
+            );
+        }
+        assert!(OidcValidator::new(config()).is_ok());
+    }
+
+    #[test]
+    fn plain_http_issuers_only_on_loopback() {
+        assert!(issuer_url_ok("http://127.0.0.1:8080/realms/x"));
+        assert!(issuer_url_ok("http://localhost"));
+        assert!(!issuer_url_ok("http://idp.example.com"));
+        assert!(!issuer_url_ok("http://127.0.0.1.evil.example:80/"));
+        assert!(!issuer_url_ok("ftp://127.0.0.1"));
+    }
+
+    #[test]
+    fn claims_are_found_by_path() {
+        let claims = serde_json::json!({"realm_access": {"roles": ["agent"]}, "t": "acme"});
+        assert_eq!(claim_at(&claims, "realm_access.roles").unwrap()[0], "agent");
+        assert!(claim_at(&claims, "realm_access.missing").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_token_signed_with_hs256_is_refused_before_any_key_lookup() {
+        let v = OidcValidator::new(config()).unwrap();
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "x", "exp": 4_000_000_000u64}),
+            &jsonwebtoken::EncodingKey::from_secret(b"public key text"),
+        )
+        .unwrap();
+        assert!(matches!(v.validate(&token).await, Err(TokenRejection::Algorithm(_))));
+        // An unsigned token: header {"alg":"none"} does not even parse as an allowed algorithm.
+        let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.";
+        assert!(v.validate(none).await.is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! The policy stage: allow, deny or require approval, with reasons.
+//!
+//! [`BuiltinPolicy`] is the gateway's own rule set (resource ceilings, inbound DLP handling). The
+//! Rego engine plugs in through the same [`PolicyEngine`] trait.
+
+use serde::Serialize;
+
+use crate::dlp::{Detection, InboundAction};
+
+/// What the policy sees about a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyInput {
+    /// `sandbox.create`, `sandbox.exec`, `run`, `file.write`, `file.read`.
+    pub action: &'static str,
+    pub subject: String,
+    pub tenant: String,
+    pub roles: Vec<String>,
+    pub image: Option<String>,
+    pub memory_mib: Option<u32>,
+    pub vcpus: Option<u32>,
+    pub timeout_s: Option<u64>,
+    /// What inbound DLP found (entity and field, never the text).
+    pub findings: Vec<Detection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub kind: DecisionKind,
+    /// Machine-readable reasons, e.g. `dlp.inbound.CREDIT_CARD`.
+    pub reasons: Vec<String>,
+    /// Allowed on condition that inbound findings are masked before they reach the VM.
+    pub redact_inbound: bool,
+}
+
+impl Decision {
+    pub fn allow() -> Self {
+        Self {
+            kind: DecisionKind::Allow,
+            reasons: Vec::new(),
+            redact_inbound: false,
+        }
+    }
+}
+
+pub trait PolicyEngine: Send + Sync + 'static {
+    fn decide(&self, input: &PolicyInput) -> Decision;
+}
+
+/// The built-in rules: what to do with inbound card data, per configuration.
+pub struct BuiltinPolicy {
+    pub inbound: InboundAction,
+}
+
+impl PolicyEngine for BuiltinPolicy {
+    fn decide(&self, input: &PolicyInput) -> Decision {
+        if input.findings.is_empty() {
+            return Decision::allow();
+        }
+        let mut reasons: Vec<String> = input
+            .findings
+            .iter()
+            .map(|d| format!("dlp.inbound.{}:{}", d.entity, d.field))
+            .collect();
+        reasons.dedup();
+        match self.inbound {
+            InboundAction::Block => Decision {
+                kind: DecisionKind::Deny,
+                reasons,
+                redact_inbound: false,
+            },
+            InboundAction::Redact => Decision {
+                kind: DecisionKind::Allow,
+                reasons,
+                redact_inbound: true,
+            },
+            InboundAction::RequireApproval => Decision {
+                kind: DecisionKind::RequireApproval,
+                reasons,
+                redact_inbound: false,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(findings: Vec<Detection>) -> PolicyInput {
+        PolicyInput {
+            action: "run",
+            subject: "apikey:1".into(),
+            tenant: "t".into(),
+            roles: vec!["agent".into()],
+            image: None,
+            memory_mib: Some(128),
+            vcpus: Some(1),
+            timeout_s: Some(10),
+            findings,
+        }
+    }
+
+    #[test]
+    fn inbound_findings_follow_the_configured_action() {
+        let card = vec![Detection {
+            entity: "CREDIT_CARD".into(),
+            field: "code".into(),
+        }];
+        let block = BuiltinPolicy {
+            inbound: InboundAction::Block,
+        };
+        assert_eq!(block.decide(&input(vec![])).kind, DecisionKind::Allow);
+        let d = block.decide(&input(card.clone()));
+        assert_eq!(d.kind, DecisionKind::Deny);
+        assert_eq!(d.reasons, vec!["dlp.inbound.CREDIT_CARD:code"]);
+        let redact = BuiltinPolicy {
+            inbound: InboundAction::Redact,
+        };
+        let d = redact.decide(&input(card.clone()));
+        assert_eq!(d.kind, DecisionKind::Allow);
+        assert!(d.redact_inbound);
+        let approve = BuiltinPolicy {
+            inbound: InboundAction::RequireApproval,
+        };
+        assert_eq!(approve.decide(&input(card)).kind, DecisionKind::RequireApproval);
+    }
+}

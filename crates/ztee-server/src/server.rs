@@ -1,0 +1,282 @@
+//! Assembling the gateway: state on disk, the first-start bootstrap, listeners (TLS or loopback
+//! HTTP) and shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use ztee_audit::{AuditConfig, AuditLog, EventType, NodeKey, Outcome};
+
+use crate::api;
+use crate::apikey;
+use crate::audit::{self, AuditSink};
+use crate::config::{ServerConfig, TlsConfig};
+use crate::dlp::DlpEngine;
+use crate::exec::Executor;
+use crate::metrics::Metrics;
+use crate::oidc::OidcValidator;
+use crate::pipeline::Pipeline;
+use crate::policy::{BuiltinPolicy, PolicyEngine};
+use crate::quota::RateLimiter;
+use crate::request_id;
+use crate::state::{AppState, LiveSandboxes};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("audit trail: {0}")]
+    Audit(#[from] ztee_audit::AuditError),
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::OidcConfigError),
+    #[error(transparent)]
+    ApiKey(#[from] apikey::ApiKeyError),
+    #[error("TLS certificate {cert} / key {key}: {message}")]
+    Tls {
+        cert: String,
+        key: String,
+        message: String,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The parts of the gateway that are chosen by whoever starts it.
+pub struct Engines {
+    pub executor: Arc<dyn Executor>,
+    pub dlp: Arc<dyn DlpEngine>,
+    /// `None`: the built-in policy configured by `[dlp] inbound`.
+    pub policy: Option<Arc<dyn PolicyEngine>>,
+}
+
+/// What start-up created that the operator must see once.
+pub struct Bootstrap {
+    /// An admin API key created because no key existed yet. Shown once, stored only hashed.
+    pub admin_key: Option<apikey::NewApiKey>,
+}
+
+pub fn state_db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("state.db")
+}
+
+/// Opens (and on first start, initialises) everything under `data_dir`.
+pub async fn build(
+    config: ServerConfig,
+    data_dir: &Path,
+    engines: Engines,
+) -> Result<(Arc<AppState>, Bootstrap), ServerError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    restrict_permissions(data_dir);
+    let store = Store::open(&state_db_path(data_dir))?;
+    // No VM outlives the process that started it, so sandbox rows from a previous run are stale.
+    let stale = store.clear_sandboxes()?;
+    if stale > 0 {
+        tracing::info!(stale, "dropped sandbox records left by a previous run");
+    }
+    let admin_key = if store.active_api_key_count()? == 0 {
+        Some(apikey::create(&store, "default", "admin", "created at first start")?)
+    } else {
+        None
+    };
+    let audit_config = AuditConfig::new(data_dir);
+    let audit_dir = audit_config.dir.clone();
+    let log = AuditLog::open(audit_config, NodeKey::load_or_generate(data_dir)?)?;
+    let audit_sink: Arc<dyn AuditSink> = Arc::new(log);
+    let oidc = match &config.oidc {
+        Some(c) => {
+            let validator = OidcValidator::new(c.clone())?;
+            match validator.prefetch().await {
+                Ok(n) => tracing::info!(issuer = %c.issuer, keys = n, "OIDC issuer reachable"),
+                // The issuer may come up after the gateway; keys are fetched again on demand.
+                Err(e) => tracing::warn!(issuer = %c.issuer, error = %e, "OIDC issuer keys not available yet"),
+            }
+            Some(validator)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let policy = engines.policy.unwrap_or_else(|| {
+        Arc::new(BuiltinPolicy {
+            inbound: config.dlp.inbound,
+        })
+    });
+    let pipeline = Arc::new(Pipeline {
+        dlp: engines.dlp,
+        policy,
+        executor: engines.executor,
+        audit: audit_sink,
+        metrics: metrics.clone(),
+    });
+    if let Some(key) = &admin_key {
+        let event = audit::event(
+            EventType::ApiKeyCreate,
+            Outcome::Success,
+            ztee_audit::Principal::system(),
+            "bootstrap",
+            None,
+            Some(&format!("apikey/{}", key.record.id)),
+        );
+        pipeline.audit.append(event).await.map_err(|e| {
+            ServerError::Audit(ztee_audit::AuditError::InvalidValue {
+                field: "bootstrap event",
+                value: e,
+                expected: "a writable audit trail",
+            })
+        })?;
+    }
+    let state = Arc::new(AppState {
+        limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
+        config,
+        store,
+        oidc,
+        pipeline,
+        metrics,
+        sandboxes: LiveSandboxes::default(),
+        audit_dir,
+    });
+    Ok((state, Bootstrap { admin_key }))
+}
+
+/// The full HTTP application: routes plus the request-id and metrics layers.
+pub fn app(state: Arc<AppState>) -> Router {
+    let metrics = state.metrics.clone();
+    api::router(state)
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::layer))
+        .layer(axum::middleware::from_fn(request_id::layer))
+}
+
+/// Serves until `shutdown` resolves, then destroys every running sandbox.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: state.config.listen,
+            source,
+        })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let start = audit::event(
+        EventType::ServiceStart,
+        Outcome::Success,
+        ztee_audit::Principal::system(),
+        "service",
+        None,
+        Some(&format!("listener/{addr}")),
+    );
+    if let Err(e) = state.pipeline.audit.append(start).await {
+        tracing::error!(error = %e, "recording service start");
+    }
+    let result = match &state.config.tls {
+        Some(tls) => {
+            let rustls = load_tls(tls).await?;
+            tokio::spawn(watch_tls(tls.clone(), rustls.clone()));
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener, rustls)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| ServerError::Listen { addr, source })?;
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    for live in state.sandboxes.drain() {
+        if let Err(e) = live.handle.destroy().await {
+            tracing::warn!(error = %e, "destroying a sandbox at shutdown");
+        }
+    }
+    let stop = audit::event(
+        EventType::ServiceStop,
+        Outcome::Success,
+        ztee_audit::Principal::system(),
+        "service",
+        None,
+        Some(&format!("listener/{addr}")),
+    );
+    if let Err(e) = state.pipeline.audit.append(stop).await {
+        tracing::error!(error = %e, "recording service stop");
+    }
+    result.map_err(ServerError::Serve)
+}
+
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    std::net::TcpListener::bind(addr).map_err(|source| ServerError::Listen { addr, source })
+}
+
+async fn load_tls(tls: &TlsConfig) -> Result<axum_server::tls_rustls::RustlsConfig, ServerError> {
+    // Several crates in the process use rustls; the first installer wins and that is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .map_err(|e| ServerError::Tls {
+            cert: tls.cert.display().to_string(),
+            key: tls.key.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reloads the certificate and key when either file changes. A broken new pair is logged and
+/// the previous one stays in use, so a bad deploy does not take the gateway down.
+async fn watch_tls(tls: TlsConfig, rustls: axum_server::tls_rustls::RustlsConfig) {
+    let mut last = (modified(&tls.cert), modified(&tls.key));
+    let mut tick = tokio::time::interval(Duration::from_secs(tls.reload_interval_s.max(1)));
+    loop {
+        tick.tick().await;
+        let now = (modified(&tls.cert), modified(&tls.key));
+        if now == last {
+            continue;
+        }
+        match rustls.reload_from_pem_file(&tls.cert, &tls.key).await {
+            Ok(()) => {
+                tracing::info!(cert = %tls.cert.display(), "reloaded TLS certificate");
+                last = now;
+            }
+            Err(e) => tracing::error!(cert = %tls.cert.display(), error = %e, "new TLS certificate rejected; keeping the previous one"),
+        }
+    }
+}
+
+/// The data directory holds the node key, the state database and the audit trail: owner only.
+fn restrict_permissions(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not restrict data directory permissions");
+    }
+}

@@ -1,0 +1,62 @@
+//! What every handler shares.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::config::ServerConfig;
+use crate::exec::SandboxHandle;
+use crate::metrics::Metrics;
+use crate::oidc::OidcValidator;
+use crate::pipeline::Pipeline;
+use crate::quota::RateLimiter;
+use crate::store::Store;
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub store: Store,
+    pub oidc: Option<OidcValidator>,
+    pub limiter: RateLimiter,
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
+    pub sandboxes: LiveSandboxes,
+    /// Directory of the audit log, for `GET /v1/audit`.
+    pub audit_dir: PathBuf,
+}
+
+/// Running sandboxes by gateway id. Ownership (tenant) lives in the store; this only holds the
+/// handles that reach the VMs.
+#[derive(Default)]
+pub struct LiveSandboxes {
+    inner: Mutex<HashMap<String, Arc<LiveSandbox>>>,
+}
+
+/// A running sandbox: its VM, and the environment every command in it gets (kept in memory
+/// only, since it may hold credentials).
+pub struct LiveSandbox {
+    pub handle: Arc<dyn SandboxHandle>,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl LiveSandboxes {
+    pub fn insert(&self, id: String, sandbox: Arc<LiveSandbox>) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.insert(id, sandbox);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+        self.inner.lock().ok()?.get(id).cloned()
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+        self.inner.lock().ok()?.remove(id)
+    }
+
+    pub fn drain(&self) -> Vec<Arc<LiveSandbox>> {
+        self.inner
+            .lock()
+            .map(|mut map| map.drain().map(|(_, h)| h).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,117 @@
+//! A real OpenID Provider (npm `oidc-provider`) on loopback, started per test.
+//!
+//! Its npm dependencies are installed from the committed package.json and package-lock.json into
+//! `${ZTEE_CACHE_DIR:-$HOME/.cache/ztee}/oidc-provider-fixture` (with `npm ci`, once per lockfile).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
+
+static INSTALL: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZTEE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+    home.join(".cache/ztee")
+}
+
+/// Installs the provider once; `Err` when node or npm cannot run here.
+pub fn install() -> Result<PathBuf, String> {
+    let mut guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = guard.clone() {
+        return Ok(dir);
+    }
+    let dir = cache_dir().join("oidc-provider-fixture");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for file in ["package.json", "package-lock.json", "provider.mjs"] {
+        std::fs::copy(Path::new(FIXTURE).join(file), dir.join(file))
+            .map_err(|e| format!("copying {file}: {e}"))?;
+    }
+    let lock = std::fs::read(dir.join("package-lock.json")).map_err(|e| e.to_string())?;
+    let stamp = dir.join("node_modules/.ztee-lock");
+    if std::fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("npm: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        std::fs::write(&stamp, &lock).map_err(|e| e.to_string())?;
+    }
+    *guard = Some(dir.clone());
+    Ok(dir)
+}
+
+pub struct Provider {
+    pub issuer: String,
+    child: Child,
+}
+
+impl Provider {
+    /// Starts a provider signing with the RSA key in `key_file` (created when missing).
+    pub fn start(key_file: &Path) -> Result<Provider, String> {
+        Self::start_on(key_file, "0")
+    }
+
+    /// Like [`Provider::start`] on a given port (to restart "the same" issuer with a new key).
+    pub fn start_on(key_file: &Path, port: &str) -> Result<Provider, String> {
+        let dir = install()?;
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .current_dir(&dir)
+            .env("PORT", port)
+            .env("KEY_FILE", key_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("node: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let issuer = line
+            .trim()
+            .strip_prefix("READY ")
+            .ok_or_else(|| format!("provider did not start: {line:?}"))?
+            .to_owned();
+        Ok(Provider { issuer, child })
+    }
+
+    /// An access token for `client` (client credentials grant) for the audience `resource`.
+    pub async fn token(&self, client: &str, resource: &str) -> String {
+        let resp: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/token", self.issuer))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client),
+                ("client_secret", &format!("{client}-secret")),
+                ("resource", resource),
+                ("scope", "api"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {resp}"))
+            .to_owned()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

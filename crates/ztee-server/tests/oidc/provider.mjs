@@ -1,0 +1,68 @@
+// A real OpenID Provider (npm `oidc-provider`) on loopback, for ztee-server's integration tests.
+// Clients use the client credentials grant; access tokens are RS256 JWTs for the resource
+// (audience) they ask for, carrying `tenant` and `realm_access.roles` claims.
+//
+// Environment: PORT (0 = any), KEY_FILE (a private RSA JWK; generated when absent, so two
+// providers can share a signing key). Prints `READY <issuer>` on stdout when listening.
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import http from 'node:http';
+import Provider from 'oidc-provider';
+
+const keyFile = process.env.KEY_FILE;
+let jwk;
+if (keyFile && existsSync(keyFile)) {
+  jwk = JSON.parse(readFileSync(keyFile, 'utf8'));
+} else {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  jwk = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig' };
+  if (keyFile) writeFileSync(keyFile, JSON.stringify(jwk), { mode: 0o600 });
+}
+
+// Client id -> identity it represents.
+const identities = {
+  'agent-acme': { tenant: 'acme', roles: ['agent'] },
+  'agent-globex': { tenant: 'globex', roles: ['agent'] },
+  'auditor-acme': { tenant: 'acme', roles: ['auditor'] },
+  'short-lived': { tenant: 'acme', roles: ['agent'] },
+  'no-tenant': { roles: ['agent'] },
+};
+
+const server = http.createServer();
+await new Promise((resolve) => server.listen(Number(process.env.PORT || 0), '127.0.0.1', resolve));
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const provider = new Provider(issuer, {
+  jwks: { keys: [jwk] },
+  clients: Object.keys(identities).map((id) => ({
+    client_id: id,
+    client_secret: `${id}-secret`,
+    grant_types: ['client_credentials'],
+    redirect_uris: [],
+    response_types: [],
+    token_endpoint_auth_method: 'client_secret_post',
+  })),
+  features: {
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => 'urn:ztee',
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, resource) => ({
+        scope: 'api',
+        audience: resource,
+        accessTokenFormat: 'jwt',
+        accessTokenTTL: ctx.oidc.client?.clientId === 'short-lived' ? 2 : 600,
+        jwt: { sign: { alg: 'RS256' } },
+      }),
+    },
+  },
+  extraTokenClaims: (ctx, token) => {
+    const who = identities[token.clientId] || {};
+    const claims = { realm_access: { roles: who.roles || [] } };
+    if (who.tenant) claims.tenant = who.tenant;
+    return claims;
+  },
+});
+server.on('request', provider.callback());
+console.log(`READY ${issuer}`);

@@ -1,0 +1,261 @@
+//! Push and pull against a real CNCF distribution registry, and interoperability with skopeo in
+//! both directions, including skopeo verifying ztee's cosign signature.
+
+mod common;
+
+use std::process::Command;
+
+use common::{missing_tool, sample_image, Registry};
+use ztee_supply::keys::{self, Passphrase};
+use ztee_supply::registry::{pull, push, Credentials, RegistryOptions};
+use ztee_supply::{layers, sign, Reference, Store};
+
+fn open_registry() -> RegistryOptions {
+    RegistryOptions {
+        credentials: None,
+        plain_http: true,
+    }
+}
+
+fn skopeo(args: &[&str]) -> std::process::Output {
+    Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("running skopeo")
+}
+
+#[test]
+fn push_pull_round_trip_with_basic_auth() {
+    if missing_tool("docker-registry") {
+        return;
+    }
+    let registry = Registry::start(Some(("ci", "s3cret-pass")));
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    let local = sample_image(&store, "python:1");
+    let dest: Reference = format!("{}/vm/python:1", registry.host).parse().unwrap();
+
+    let anonymous = push(&store, &"python:1".parse().unwrap(), &dest, open_registry());
+    let err = anonymous.unwrap_err().to_string();
+    assert!(err.contains("authentication required"), "{err}");
+
+    let wrong = RegistryOptions {
+        credentials: Some(Credentials {
+            username: "ci".into(),
+            password: "wrong".to_string().into(),
+        }),
+        plain_http: true,
+    };
+    let err = push(&store, &"python:1".parse().unwrap(), &dest, wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("401") && !err.contains("wrong"), "{err}");
+
+    let creds = RegistryOptions {
+        credentials: Some(Credentials {
+            username: "ci".into(),
+            password: "s3cret-pass".to_string().into(),
+        }),
+        plain_http: true,
+    };
+    let pushed = push(&store, &"python:1".parse().unwrap(), &dest, creds.clone()).unwrap();
+    assert_eq!(pushed.digest, local.digest);
+    assert_eq!(pushed.blobs, 3, "config and two layers");
+
+    let other = tempfile::tempdir().unwrap();
+    let other_store = Store::open(other.path()).unwrap();
+    let pulled = pull(&other_store, &dest, creds).unwrap();
+    assert_eq!(
+        pulled.digest, local.digest,
+        "what was pulled is what was pushed"
+    );
+    let (manifest, _) = other_store.manifest(&pulled.digest).unwrap();
+    let files = layers::read_files(&other_store, &manifest, |p| p.ends_with("motd")).unwrap();
+    assert_eq!(
+        files.values().next().map(Vec::as_slice),
+        Some(&b"hello\n"[..])
+    );
+}
+
+#[test]
+fn skopeo_reads_what_ztee_pushed_and_ztee_reads_what_skopeo_pushed() {
+    if missing_tool("docker-registry") || missing_tool("skopeo") {
+        return;
+    }
+    let registry = Registry::start(None);
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    let local = sample_image(&store, "python:1");
+    let dest: Reference = format!("{}/vm/python:1", registry.host).parse().unwrap();
+    push(&store, &"python:1".parse().unwrap(), &dest, open_registry()).unwrap();
+
+    // skopeo sees the same manifest bytes ztee pushed.
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ]);
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(ztee_supply::Digest::of(&raw.stdout), local.digest);
+
+    // skopeo copies it into its own OCI layout, which ztee's store opens as-is.
+    let layout = tempfile::tempdir().unwrap();
+    let out = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{dest}"),
+        &format!("oci:{}:python:1", layout.path().display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = Store::open_layout(layout.path()).unwrap();
+    let resolved = theirs.resolve(&"python:1".parse().unwrap()).unwrap();
+    assert_eq!(resolved.digest, local.digest);
+
+    // The reverse: skopeo pushes ztee's local OCI layout; ztee pulls it back.
+    let again: Reference = format!("{}/vm/copied:2", registry.host).parse().unwrap();
+    let out = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:python:1", store.root().display()),
+        &format!("docker://{again}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_store = Store::open(fresh.path()).unwrap();
+    let pulled = pull(&fresh_store, &again, open_registry()).unwrap();
+    let (manifest, _) = fresh_store.manifest(&pulled.digest).unwrap();
+    assert_eq!(manifest.layers.len(), 2);
+    let files =
+        layers::read_files(&fresh_store, &manifest, |p| p.ends_with("dpkg/status")).unwrap();
+    assert_eq!(files.len(), 1);
+}
+
+/// ztee's signature as another implementation sees it: skopeo fetches the `.sig` artifact from
+/// the registry, and OpenSSL checks the ECDSA signature over the simple-signing payload against
+/// the PEM public key, exactly as cosign's format documents it. (Debian builds skopeo with
+/// sigstore verification disabled, so skopeo cannot check it itself.)
+#[test]
+fn ztee_cosign_signature_verifies_with_openssl_as_stored_in_the_registry() {
+    if missing_tool("docker-registry") || missing_tool("skopeo") || missing_tool("openssl") {
+        return;
+    }
+    let registry = Registry::start(None);
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    sample_image(&store, "python:1");
+    let keydir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("test passphrase".into());
+    let good = keys::generate_with_cost(&keydir.path().join("good"), &pass, 10).unwrap();
+    let other = keys::generate_with_cost(&keydir.path().join("other"), &pass, 10).unwrap();
+    let key = keys::load_signing_key(&good.private_key, &pass).unwrap();
+
+    // OpenSSL decrypts the private key file and derives the same public key.
+    let derived = Command::new("openssl")
+        .args(["pkey", "-pubout", "-passin", "pass:test passphrase", "-in"])
+        .arg(&good.private_key)
+        .output()
+        .unwrap();
+    assert!(
+        derived.status.success(),
+        "{}",
+        String::from_utf8_lossy(&derived.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&derived.stdout),
+        std::fs::read_to_string(&good.public_key).unwrap()
+    );
+
+    let repo = format!("{}/vm/python", registry.host);
+    let dest: Reference = format!("{repo}:1").parse().unwrap();
+    sign::sign(
+        &store,
+        &"python:1".parse().unwrap(),
+        &key,
+        Some(&repo),
+        Default::default(),
+    )
+    .unwrap();
+    let pushed = push(&store, &"python:1".parse().unwrap(), &dest, open_registry()).unwrap();
+    let sig_tag = pushed.digest.cosign_tag("sig");
+    assert_eq!(pushed.attachments, vec![sig_tag.clone()]);
+
+    let out = tempfile::tempdir().unwrap();
+    let copied = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{repo}:{sig_tag}"),
+        &format!("dir:{}", out.path().display()),
+    ]);
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    let layer = &manifest["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.dev.cosign.simplesigning.v1+json"
+    );
+    let payload_path = out.path().join(
+        layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let payload: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&payload_path).unwrap()).unwrap();
+    assert_eq!(
+        payload["critical"]["type"],
+        "cosign container image signature"
+    );
+    assert_eq!(
+        payload["critical"]["image"]["docker-manifest-digest"],
+        pushed.digest.to_string()
+    );
+    assert_eq!(payload["critical"]["identity"]["docker-reference"], repo);
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(
+            layer["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let sig_path = out.path().join("sig.der");
+    std::fs::write(&sig_path, sig).unwrap();
+    let verify_with = |public: &std::path::Path| {
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(public)
+            .arg("-signature")
+            .arg(&sig_path)
+            .arg(&payload_path)
+            .output()
+            .unwrap()
+    };
+    let ok = verify_with(&good.public_key);
+    assert!(
+        ok.status.success(),
+        "openssl rejected ztee's signature: {}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(
+        !verify_with(&other.public_key).status.success(),
+        "openssl accepted another key"
+    );
+}

@@ -1,0 +1,151 @@
+# ztee default policy: risk routing for sandbox, LLM and tool actions.
+#
+# The gateway evaluates data.ztee.main.decision for every action. The result is an object
+#   {"verdict": "allow" | "deny" | "require_approval", "risk": "LOW" | "MEDIUM" | "HIGH",
+#    "reasons": [{"rule": "<stable id>", "message": "<text>"}]}
+# Routing, strongest first:
+#   deny      - never allowed: SAD present, raw PAN to an external model, a provider the tenant's
+#               tier may not use, egress outside the allowlist, an unpinned image, a near-certain
+#               prompt injection.
+#   HIGH      - needs a human approver: code with raw card data, code with secrets, egress,
+#               secret use, destructive tools, a suspected prompt injection.
+#   MEDIUM    - runs and is logged: code execution, tools not known to be read-only, content
+#               with (masked) DLP findings.
+#   LOW       - runs: read-only tools, plain chat, sandbox creation.
+# Messages never quote request content: they are recorded in the audit trail.
+# Lists and thresholds live in data.json (data.ztee.config) so operators can tune them without
+# editing Rego.
+package ztee.main
+
+import rego.v1
+
+cfg := data.ztee.config
+
+code_actions := {"run", "sandbox.exec", "sandbox.create"}
+
+# ----------------------------------------------------------------------------------------------
+# Deny.
+
+deny contains {"rule": "pci.sad_present", "message": "sensitive authentication data (CVV, track data or PIN) must never be processed"} if {
+	input.dlp.sad
+}
+
+deny contains {"rule": "pci.raw_pan_external_model", "message": "raw card numbers are never sent to an external model"} if {
+	input.action == "llm.chat"
+	input.dlp.raw_pan
+	external_provider
+}
+
+deny contains {"rule": "llm.provider_missing", "message": "an LLM request must name its provider"} if {
+	input.action == "llm.chat"
+	not input.request.provider
+}
+
+deny contains {"rule": "tier.provider_not_allowed", "message": sprintf("tenant tier %q may not use provider %q", [input.principal.tier, input.request.provider.name])} if {
+	input.action == "llm.chat"
+	input.request.provider
+	not provider_allowed
+}
+
+deny contains {"rule": "egress.not_allowlisted", "message": sprintf("egress to %s:%d is not on the allowlist", [target.host, target.port])} if {
+	some target in input.request.egress
+	not egress_allowed(target)
+}
+
+deny contains {"rule": "image.not_pinned", "message": "images must be referenced by digest (name@sha256:...)"} if {
+	input.action == "image.admit"
+	not pinned_image
+}
+
+deny contains {"rule": "injection.detected", "message": sprintf("prompt injection detected (score %.2f)", [input.injection.score])} if {
+	input.injection.score >= cfg.injection.deny_threshold
+}
+
+# ----------------------------------------------------------------------------------------------
+# HIGH: require approval.
+
+high contains {"rule": "pci.raw_pan_in_code", "message": "the code or command contains a raw card number"} if {
+	input.action in code_actions
+	input.dlp.raw_pan
+}
+
+high contains {"rule": "pci.raw_pan_in_tool_call", "message": "the tool call carries a raw card number"} if {
+	input.action == "tool.call"
+	input.dlp.raw_pan
+}
+
+high contains {"rule": "risk.code_with_secrets", "message": "code execution with secrets injected"} if {
+	input.action in code_actions
+	count(object.get(input.request, "secrets", [])) > 0
+}
+
+high contains {"rule": "risk.secret_use", "message": "a secret is requested"} if {
+	input.action == "secret.use"
+}
+
+high contains {"rule": "risk.egress", "message": "network egress requested"} if {
+	count(object.get(input.request, "egress", [])) > 0
+}
+
+high contains {"rule": "risk.destructive_tool", "message": sprintf("tool %q can change or destroy state", [input.request.tool.name])} if {
+	input.action == "tool.call"
+	input.request.tool.name in cfg.destructive_tools
+}
+
+high contains {"rule": "injection.suspected", "message": sprintf("possible prompt injection (score %.2f)", [input.injection.score])} if {
+	input.injection.score >= cfg.injection.review_threshold
+	input.injection.score < cfg.injection.deny_threshold
+}
+
+# ----------------------------------------------------------------------------------------------
+# MEDIUM: allowed and logged.
+
+medium contains {"rule": "risk.code_execution", "message": "code execution in a sandbox"} if {
+	input.action in {"run", "sandbox.exec"}
+}
+
+medium contains {"rule": "risk.unknown_tool", "message": sprintf("tool %q is not known to be read-only", [input.request.tool.name])} if {
+	input.action == "tool.call"
+	not input.request.tool.name in cfg.read_only_tools
+	not input.request.tool.name in cfg.destructive_tools
+}
+
+medium contains {"rule": "dlp.findings", "message": sprintf("content has %d DLP finding(s)", [finding_count])} if {
+	finding_count > 0
+}
+
+medium contains {"rule": "pci.raw_pan_local_model", "message": "raw card numbers sent to a local model"} if {
+	input.action == "llm.chat"
+	input.dlp.raw_pan
+	not external_provider
+}
+
+# ----------------------------------------------------------------------------------------------
+# The decision.
+
+decision := {"verdict": "deny", "risk": "HIGH", "reasons": [r | some r in deny]} if {
+	count(deny) > 0
+} else := {"verdict": "require_approval", "risk": "HIGH", "reasons": [r | some r in high]} if {
+	count(high) > 0
+} else := {"verdict": "allow", "risk": "MEDIUM", "reasons": [r | some r in medium]} if {
+	count(medium) > 0
+} else := {"verdict": "allow", "risk": "LOW", "reasons": []}
+
+# ----------------------------------------------------------------------------------------------
+# Helpers.
+
+external_provider if input.request.provider.external == true
+
+provider_allowed if {
+	input.request.provider.name in object.get(cfg.tier_providers, input.principal.tier, [])
+}
+
+egress_allowed(target) if {
+	some allowed in cfg.egress_allowlist
+	allowed.host == target.host
+	allowed.port == target.port
+}
+
+pinned_image if regex.match(`^[^@ ]+@sha256:[0-9a-f]{64}$`, input.request.image)
+
+finding_count := sum([n | some n in object.get(input.dlp, "counts", {})])

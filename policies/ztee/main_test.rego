@@ -1,0 +1,166 @@
+# Unit tests for the default policy. Run them with `ztee policy test policies/`.
+package ztee.main_test
+
+import rego.v1
+
+import data.ztee.main
+
+agent := {"subject": "agent-7", "tenant": "acme", "roles": ["sandbox:run"], "tier": "standard"}
+
+pci_agent := object.union(agent, {"tier": "pci"})
+
+req(action, request) := {"principal": agent, "action": action, "request": request, "dlp": {"counts": {}, "raw_pan": false, "sad": false}, "injection": {"score": 0, "rules": []}}
+
+with_dlp(inp, dlp) := object.union(inp, {"dlp": dlp})
+
+with_score(inp, score) := object.union(inp, {"injection": {"score": score, "rules": []}})
+
+rule_ids(d) := {r.rule | some r in d.reasons}
+
+local_model := {"name": "local", "external": false}
+
+openai := {"name": "openai", "external": true}
+
+test_plain_code_runs_at_medium_risk if {
+	d := main.decision with input as req("run", {"code": "print(1)"})
+	d.verdict == "allow"
+	d.risk == "MEDIUM"
+	"risk.code_execution" in rule_ids(d)
+}
+
+test_sandbox_create_is_low_risk if {
+	d := main.decision with input as req("sandbox.create", {"image": "python"})
+	d == {"verdict": "allow", "risk": "LOW", "reasons": []}
+}
+
+test_read_only_tool_is_low_risk if {
+	d := main.decision with input as req("tool.call", {"tool": {"name": "read_file", "args": {"path": "/a"}}})
+	d.verdict == "allow"
+	d.risk == "LOW"
+}
+
+test_unknown_tool_is_medium_risk if {
+	d := main.decision with input as req("tool.call", {"tool": {"name": "summarize", "args": {}}})
+	d.verdict == "allow"
+	d.risk == "MEDIUM"
+	"risk.unknown_tool" in rule_ids(d)
+}
+
+test_destructive_tool_requires_approval if {
+	d := main.decision with input as req("tool.call", {"tool": {"name": "delete_file", "args": {}}})
+	d.verdict == "require_approval"
+	d.risk == "HIGH"
+	"risk.destructive_tool" in rule_ids(d)
+}
+
+test_raw_pan_in_code_requires_approval if {
+	inp := with_dlp(req("run", {"code": "x"}), {"counts": {"CREDIT_CARD": 1}, "raw_pan": true, "sad": false})
+	d := main.decision with input as inp
+	d.verdict == "require_approval"
+	"pci.raw_pan_in_code" in rule_ids(d)
+}
+
+test_code_with_secrets_requires_approval if {
+	d := main.decision with input as req("sandbox.exec", {"cmd": ["deploy"], "secrets": ["DB_PASSWORD"]})
+	d.verdict == "require_approval"
+	rule_ids(d) == {"risk.code_with_secrets"}
+}
+
+test_allowlisted_egress_requires_approval if {
+	d := main.decision with input as req("run", {"code": "x", "egress": [{"host": "pypi.org", "port": 443}]})
+	d.verdict == "require_approval"
+	"risk.egress" in rule_ids(d)
+}
+
+test_egress_outside_allowlist_is_denied if {
+	d := main.decision with input as req("run", {"code": "x", "egress": [{"host": "evil.example", "port": 443}]})
+	d.verdict == "deny"
+	"egress.not_allowlisted" in rule_ids(d)
+}
+
+test_sad_is_always_denied if {
+	inp := with_dlp(req("sandbox.create", {}), {"counts": {"CVV": 1}, "raw_pan": false, "sad": true})
+	d := main.decision with input as inp
+	d.verdict == "deny"
+	"pci.sad_present" in rule_ids(d)
+}
+
+test_raw_pan_never_goes_to_an_external_model if {
+	inp := with_dlp(req("llm.chat", {"provider": openai, "messages": [{"role": "user", "content": "x"}]}), {"counts": {"CREDIT_CARD": 1}, "raw_pan": true, "sad": false})
+	d := main.decision with input as inp
+	d.verdict == "deny"
+	"pci.raw_pan_external_model" in rule_ids(d)
+}
+
+test_raw_pan_to_local_model_is_logged if {
+	inp := with_dlp(req("llm.chat", {"provider": local_model, "messages": []}), {"counts": {"CREDIT_CARD": 1}, "raw_pan": true, "sad": false})
+	d := main.decision with input as inp
+	d.verdict == "allow"
+	d.risk == "MEDIUM"
+	"pci.raw_pan_local_model" in rule_ids(d)
+}
+
+test_pci_tier_may_only_use_local_models if {
+	inp := object.union(req("llm.chat", {"provider": openai, "messages": []}), {"principal": pci_agent})
+	d := main.decision with input as inp
+	d.verdict == "deny"
+	"tier.provider_not_allowed" in rule_ids(d)
+}
+
+test_pci_tier_local_model_is_allowed if {
+	inp := object.union(req("llm.chat", {"provider": local_model, "messages": []}), {"principal": pci_agent})
+	d := main.decision with input as inp
+	d == {"verdict": "allow", "risk": "LOW", "reasons": []}
+}
+
+test_unknown_tier_is_denied_for_llm if {
+	inp := object.union(req("llm.chat", {"provider": local_model, "messages": []}), {"principal": object.union(agent, {"tier": "trial"})})
+	d := main.decision with input as inp
+	d.verdict == "deny"
+}
+
+test_chat_without_provider_is_denied if {
+	d := main.decision with input as req("llm.chat", {"messages": []})
+	"llm.provider_missing" in rule_ids(d)
+}
+
+test_suspected_injection_requires_approval if {
+	d := main.decision with input as with_score(req("tool.call", {"tool": {"name": "read_file", "args": {}}}), 0.6)
+	d.verdict == "require_approval"
+	"injection.suspected" in rule_ids(d)
+}
+
+test_certain_injection_is_denied if {
+	d := main.decision with input as with_score(req("llm.chat", {"provider": local_model, "messages": []}), 0.95)
+	d.verdict == "deny"
+	rule_ids(d) == {"injection.detected"}
+}
+
+test_unpinned_image_is_denied if {
+	d := main.decision with input as req("image.admit", {"image": "python:3.12"})
+	"image.not_pinned" in rule_ids(d)
+}
+
+test_pinned_image_is_admitted if {
+	d := main.decision with input as req("image.admit", {"image": "registry.local/python@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"})
+	d.verdict == "allow"
+}
+
+test_secret_use_requires_approval if {
+	d := main.decision with input as req("secret.use", {"secrets": ["STRIPE_KEY"]})
+	d.verdict == "require_approval"
+}
+
+test_deny_outranks_approval if {
+	inp := with_dlp(req("run", {"code": "x", "secrets": ["K"]}), {"counts": {}, "raw_pan": false, "sad": true})
+	d := main.decision with input as inp
+	d.verdict == "deny"
+	not "risk.code_with_secrets" in rule_ids(d)
+}
+
+test_masked_findings_are_medium if {
+	inp := with_dlp(req("tool.call", {"tool": {"name": "read_file", "args": {}}}), {"counts": {"EMAIL": 2}, "raw_pan": false, "sad": false})
+	d := main.decision with input as inp
+	d.risk == "MEDIUM"
+	"dlp.findings" in rule_ids(d)
+}
