@@ -145,13 +145,18 @@ fn is_stale(dir: &Path) -> bool {
 }
 
 /// Field 22 of /proc/PID/stat: start time in clock ticks since boot. Together with the pid it
-/// names one process, unlike the pid alone.
+/// names one process, unlike the pid alone. `None` for a process that does not exist or has
+/// already exited (a zombie waiting to be reaped).
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses; fields resume after the
     // last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Makes `path` private to this user.

@@ -1,5 +1,6 @@
 //! Shared setup for tests that boot real VMs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::path::PathBuf;

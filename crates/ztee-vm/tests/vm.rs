@@ -1,5 +1,7 @@
 //! End-to-end tests of the VM engine with real microVMs (QEMU; TCG on machines without usable KVM).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

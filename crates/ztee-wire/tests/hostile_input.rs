@@ -1,6 +1,8 @@
 //! Whatever bytes a hostile guest sends, decoding ends in a value or a typed error: never a
 //! panic, never an allocation beyond one bounded frame.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use proptest::prelude::*;
 use ztee_wire::session::decode;
 use ztee_wire::{FrameDecoder, GuestMessage, HostMessage, Opener, Sealer};

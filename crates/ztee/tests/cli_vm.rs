@@ -1,6 +1,8 @@
 //! The `ztee run`, `ztee sandbox` and `ztee doctor` commands as a user runs them: the real
 //! binary, real microVMs, a fresh data directory per test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

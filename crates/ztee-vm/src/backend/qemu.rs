@@ -60,7 +60,7 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
     push(&["-name", &plan.name]);
     push(&[
         "-machine",
-        &format!("microvm,accel={accel},x-option-roms=off,rtc=on,isa-serial=on"),
+        &format!("microvm,accel={accel},acpi=off,x-option-roms=off,rtc=on,isa-serial=on"),
     ]);
     push(&["-cpu", cpu]);
     push(&["-m", &format!("{}M", plan.memory_mib)]);
@@ -92,7 +92,7 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
     push(&["-device", "virtio-blk-device,drive=image"]);
     push(&["-object", "rng-random,id=rng,filename=/dev/urandom"]);
     push(&["-device", "virtio-rng-device,rng=rng"]);
-    push(&["-device", "virtio-serial-device,max_ports=1"]);
+    push(&["-device", "virtio-serial-device,max_ports=2"]);
     let mut chardev = OsString::from("socket,id=agent,server=on,wait=off,path=");
     chardev.push(qemu_escape(&plan.agent_socket));
     args.push("-chardev".into());
