@@ -80,14 +80,17 @@ impl Context {
             let after = lower_window(text, c.end, c.end + AFTER);
             if words
                 .iter()
-                .any(|w| contains_word(&before, w) || contains_word(&after, w))
+                .any(|w| contains_word(&before, w, false) || contains_word(&after, w, false))
             {
                 return (c.score + BOOST).clamp(MIN_WITH_CONTEXT, 1.0);
             }
         }
         if c.entity == Entity::CreditCard {
             let near = lower_window(text, c.start.saturating_sub(NEGATIVE_BEFORE), c.start);
-            if CARD_CONTRADICTIONS.iter().any(|w| contains_word(&near, w)) {
+            if CARD_CONTRADICTIONS
+                .iter()
+                .any(|w| contains_word(&near, w, true))
+            {
                 return c.score.min(CONTRADICTED_SCORE);
             }
         }
@@ -103,8 +106,13 @@ fn lower_window(text: &str, start: usize, end: usize) -> Vec<u8> {
     b[start..end].iter().map(u8::to_ascii_lowercase).collect()
 }
 
-/// `word` occurs in `hay` starting at a word boundary.
-fn contains_word(hay: &[u8], word: &str) -> bool {
+/// `word` occurs in `hay` starting at a word boundary (and, if `whole`, ending at one: "ref"
+/// must not match "refund"; "card" may match "cards").
+fn contains_word(hay: &[u8], word: &str, whole: bool) -> bool {
     let w = word.as_bytes();
-    memchr::memmem::find_iter(hay, w).any(|i| i == 0 || !hay[i - 1].is_ascii_alphanumeric())
+    memchr::memmem::find_iter(hay, w).any(|i| {
+        let starts = i == 0 || !hay[i - 1].is_ascii_alphabetic();
+        let ends = !whole || hay.get(i + w.len()).is_none_or(|c| !c.is_ascii_alphabetic());
+        starts && ends
+    })
 }

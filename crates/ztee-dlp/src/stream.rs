@@ -37,6 +37,9 @@ pub struct StreamScanner {
     partial: Vec<u8>,
     /// A private key block was cut while open: redact until its END line.
     in_key_block: bool,
+    /// While a finding holds everything back, wait for the pending text to double before
+    /// rescanning, so a long open block costs linear, not quadratic, time.
+    next_process: usize,
     counts: BTreeMap<Entity, usize>,
 }
 
@@ -57,6 +60,7 @@ impl StreamScanner {
             pending: String::new(),
             partial: Vec::new(),
             in_key_block: false,
+            next_process: 0,
             counts: BTreeMap::new(),
         }
     }
@@ -119,7 +123,7 @@ impl StreamScanner {
     }
 
     fn process(&mut self, final_: bool) -> Result<String, DlpError> {
-        if !final_ && self.pending.len() < self.hold + MIN_EMIT {
+        if !final_ && self.pending.len() < (self.hold + MIN_EMIT).max(self.next_process) {
             return Ok(String::new());
         }
         let base = self.lookbehind.len();
@@ -174,8 +178,10 @@ impl StreamScanner {
         }
         if cut <= base {
             self.lookbehind = text[..base].to_string();
+            self.next_process = (self.pending.len() * 2).min(MAX_PENDING + 1);
             return Ok(String::new());
         }
+        self.next_process = 0;
 
         // Findings clipped to the part being released, rebased to it.
         let mut clipped = Vec::new();

@@ -5,6 +5,7 @@
 //!
 //! Everything here works offline; no transparency log or online service is contacted.
 
+pub mod admission;
 pub mod digest;
 pub mod dsse;
 mod error;

@@ -93,7 +93,7 @@ fn scan_matches_each_ecosystem_and_skips_dpkg_owned_python() {
         ids("urllib3").is_empty(),
         "dpkg's urllib3 carries Debian's fixes; PyPI advisories must not match it"
     );
-    assert_eq!(report.max_cvss, Some(8.1));
+    assert_eq!(report.max_cvss, 8.1);
     assert!(!report.passed, "8.1 >= 7.0 blocks");
 
     // Control: the same urllib3 installed by pip is matched against PyPI advisories.

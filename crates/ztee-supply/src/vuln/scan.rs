@@ -59,7 +59,8 @@ pub struct ScanReport {
     pub findings: Vec<Finding>,
     pub suppressed: Vec<Finding>,
     pub expired_suppressions: Vec<Suppression>,
-    pub max_cvss: Option<f64>,
+    /// The highest CVSS base score among unsuppressed findings; 0.0 when there are none.
+    pub max_cvss: f64,
     pub unscored: usize,
     pub fail_on_cvss: f64,
     pub passed: bool,
@@ -220,8 +221,8 @@ pub fn scan(catalog: &Catalog, db: &VulnDb, options: &ScanOptions) -> Result<Sca
     let max_cvss = findings
         .iter()
         .filter_map(|f| f.cvss_score)
-        .max_by(f64::total_cmp);
-    let passed = max_cvss.is_none_or(|m| m < options.fail_on_cvss);
+        .fold(0.0, f64::max);
+    let passed = max_cvss < options.fail_on_cvss;
     Ok(ScanReport {
         subject: catalog.subject.clone(),
         digest: catalog.digest.as_ref().map(|d| d.to_string()),
