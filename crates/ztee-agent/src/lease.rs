@@ -10,7 +10,12 @@ use crate::sandbox;
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
-pub fn apply(entropy: &[u8], hostname: &str, machine_id: &str) -> Result<(), String> {
+pub fn apply(
+    entropy: &[u8],
+    hostname: &str,
+    machine_id: &str,
+    unix_time_ns: u64,
+) -> Result<(), String> {
     if entropy.len() < 32 || entropy.len() > 4096 {
         return Err(format!(
             "lease entropy must be 32..=4096 bytes, got {}",
@@ -29,11 +34,27 @@ pub fn apply(entropy: &[u8], hostname: &str, machine_id: &str) -> Result<(), Str
         return Err("lease machine id must be 32 hex digits".into());
     }
     reseed(entropy)?;
+    set_clock(unix_time_ns)?;
     nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
     let path = format!("{}/etc/machine-id", sandbox::ROOT);
     let _ = fs::remove_file(&path);
     fs::write(&path, format!("{}\n", machine_id.to_ascii_lowercase()))
         .map_err(|e| format!("write {path}: {e}"))
+}
+
+fn set_clock(unix_time_ns: u64) -> Result<(), String> {
+    let now = libc::timespec {
+        tv_sec: (unix_time_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_time_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime(2) reads one properly initialised timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &now) } != 0 {
+        return Err(format!(
+            "clock_settime: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Mixes `entropy` into the kernel pool, credited, and forces the CRNG to reseed from it now.

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(files::HELPER_FLAG) {
         return files::helper_main(&args[2..]);
     }
+    transport::block_sigio();
     if std::process::id() != 1 {
         eprintln!("ztee-agent: this program is the init process of a ztee microVM; it does not run on a host");
         return ExitCode::from(2);

@@ -32,6 +32,14 @@ pub fn enter(root: &std::ffi::CStr, cwd: &std::ffi::CStr) -> std::io::Result<()>
     // parent's stack frame (still mapped in the child), with no allocation and no locks, which
     // is what POSIX allows between fork and exec in a multithreaded process.
     unsafe {
+        // The agent blocks SIGIO in every thread; user code starts with nothing blocked.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        check(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &empty,
+            std::ptr::null_mut(),
+        ))?;
         check(libc::setsid())?;
         check(libc::chroot(root.as_ptr()))?;
         check(libc::chdir(cwd.as_ptr()))?;

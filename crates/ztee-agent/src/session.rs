@@ -222,7 +222,8 @@ fn handle(message: HostMessage, link: &Arc<Link>, requests: &Requests, secret: &
             hostname,
             machine_id,
             next_secret,
-        } => match lease::apply(&entropy, &hostname, &machine_id) {
+            unix_time_ns,
+        } => match lease::apply(&entropy, &hostname, &machine_id, unix_time_ns) {
             Ok(()) => {
                 *secret = BootSecret::from_bytes(next_secret);
                 link.send(&GuestMessage::Done { id });

@@ -7,19 +7,27 @@ use std::time::{Duration, Instant};
 
 const PORTS_DIR: &str = "/sys/class/virtio-ports";
 const PORT_WAIT: Duration = Duration::from_secs(10);
-/// How often to look again while the host end is not connected (reads return 0 then).
-const DISCONNECTED_POLL: Duration = Duration::from_millis(5);
+/// How long to sleep while the host end is not connected (reads return 0 then) before looking
+/// again. The port raises SIGIO when the host connects, which ends the wait at once; the timeout
+/// only bounds the cost of a missed signal. An idle VM therefore wakes ten times a second, not
+/// hundreds: that is what lets many pooled VMs sit on one host.
+const DISCONNECTED_WAIT: Duration = Duration::from_millis(100);
 
-/// Finds and opens the agent's port, waiting briefly for the device to be probed.
+/// Finds and opens the agent's port, waiting briefly for the device to be probed, and asks for
+/// SIGIO when the host connects.
 pub fn open_virtio_port() -> Result<File, String> {
     let started = Instant::now();
     loop {
         if let Some(path) = find_port()? {
-            return OpenOptions::new()
+            let port = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|e| format!("open {}: {e}", path.display()));
+                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            request_sigio(&port)?;
+            // The host waits for this line on the console before it snapshots a template VM.
+            eprintln!("{READY_MARKER}");
+            return Ok(port);
         }
         if started.elapsed() > PORT_WAIT {
             return Err(format!(
@@ -45,12 +53,58 @@ fn find_port() -> Result<Option<PathBuf>, String> {
     Ok(None)
 }
 
-/// Reads what is available; returns 0 while the host end is disconnected (after pausing a
-/// little, so the caller can reset its session and try again).
+/// Printed on the console once the agent listens on its port.
+pub const READY_MARKER: &str = "ztee-agent: listening";
+
+fn request_sigio(port: &File) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let fd = port.as_raw_fd();
+    // SAFETY: fcntl(2) on an fd we own, with integer arguments only.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == -1 {
+            return Err(format!("F_SETOWN: {}", std::io::Error::last_os_error()));
+        }
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags == -1 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) == -1 {
+            return Err(format!("O_ASYNC: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Blocks SIGIO in the calling thread. Called first thing in `main`, so every thread inherits
+/// the mask and SIGIO (whose default action terminates) is only ever consumed by
+/// `wait_for_host`; children get a clean mask in `sandbox::enter`.
+pub fn block_sigio() {
+    // SAFETY: sigset manipulation on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_for_host() {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: DISCONNECTED_WAIT.as_nanos() as libc::c_long,
+    };
+    // SAFETY: as in `block_sigio`; sigtimedwait only reads the set and timeout.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout);
+    }
+}
+
+/// Reads what is available; returns 0 while the host end is disconnected (after waiting for it
+/// to connect, up to a short timeout), so the caller can reset its session and try again.
 pub fn read_some(port: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     match port.read(buf) {
         Ok(0) => {
-            std::thread::sleep(DISCONNECTED_POLL);
+            wait_for_host();
             Ok(0)
         }
         other => other,

@@ -80,9 +80,9 @@ async fn probe(engine: &Engine) -> AccelDecision {
         memory_mib: 128,
         ..SandboxSpec::default()
     };
-    let decision = match engine.boot(&spec, Accelerator::Kvm, PROBE_TIMEOUT).await {
-        Ok(sandbox) => {
-            let _ = sandbox.destroy().await;
+    let decision = match engine.cold_boot(&spec, Accelerator::Kvm, PROBE_TIMEOUT).await {
+        // Dropping the VM kills it: the probe only needed to see it boot.
+        Ok(_booted) => {
             AccelDecision {
                 accelerator: Accelerator::Kvm,
                 reason: "a probe guest booted under KVM".into(),

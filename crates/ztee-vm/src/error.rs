@@ -40,6 +40,10 @@ pub enum VmError {
     Guest(String),
     #[error("file of {size} bytes exceeds the {limit}-byte transfer limit")]
     FileTooLarge { size: u64, limit: u64 },
+    #[error("QEMU control (QMP): {0}")]
+    Qmp(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
 }

@@ -49,6 +49,23 @@ impl RuntimeDir {
         &self.path
     }
 
+    /// The VM's name: its directory's name (the sandbox id for sandbox VMs).
+    pub fn name(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    }
+
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.path.join("qmp.sock")
+    }
+
+    /// Where snapshot state streams to (template) or from (restore).
+    pub fn migration_socket(&self) -> PathBuf {
+        self.path.join("migrate.sock")
+    }
+
     pub fn agent_socket(&self) -> PathBuf {
         self.path.join("agent.sock")
     }

@@ -28,8 +28,32 @@ pub struct SandboxInfo {
     pub agent_version: String,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
-    /// Milliseconds from starting the VMM to an authenticated, leased agent.
-    pub boot_ms: u64,
+    /// Where the VM came from.
+    pub start: StartKind,
+    /// Milliseconds from asking for the sandbox to an authenticated, leased agent.
+    pub ready_ms: u64,
+}
+
+/// How a sandbox's VM was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartKind {
+    /// Taken from the warm pool: restored earlier, never used.
+    Pool,
+    /// Restored from its shape's snapshot on request.
+    Snapshot,
+    /// Booted from the kernel.
+    Cold,
+}
+
+impl std::fmt::Display for StartKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pool => "pool",
+            Self::Snapshot => "snapshot",
+            Self::Cold => "cold",
+        })
+    }
 }
 
 pub struct Sandbox {

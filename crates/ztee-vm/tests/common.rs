@@ -40,10 +40,15 @@ pub fn guest_dir() -> PathBuf {
     PathBuf::from(home).join(".local/share/ztee/guest")
 }
 
-/// An engine over a fresh data directory, or `None` (after a loud message) when QEMU cannot
-/// start on this machine at all. Missing guest assets are a failure, not a skip: the test
-/// setup builds them.
+/// An engine over a fresh data directory that restores VMs from snapshots, or `None` (after a
+/// loud message) when QEMU cannot start on this machine at all. Missing guest assets are a
+/// failure, not a skip: the test setup builds them.
 pub fn env() -> Option<TestEnv> {
+    env_with(true)
+}
+
+/// Like [`env`], choosing whether VMs come from snapshots or boot from scratch.
+pub fn env_with(snapshots: bool) -> Option<TestEnv> {
     if ztee_vm::backend::qemu::version().is_none() {
         eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run");
         return None;
@@ -64,6 +69,7 @@ pub fn env() -> Option<TestEnv> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(ztee_vm::AccelChoice::Tcg),
         boot_timeout: std::time::Duration::from_secs(90),
+        snapshots,
     };
     let engine = Engine::new(config).expect("engine");
     Some(TestEnv { dir, engine })

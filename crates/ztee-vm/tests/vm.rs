@@ -222,10 +222,14 @@ async fn large_output_and_binary_files_arrive_intact() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_guest_is_isolated_from_the_host() {
-    let Some(env) = common::env() else { return };
+    // Booted from the kernel, so the cold path is covered too.
+    let Some(env) = common::env_with(false) else {
+        return;
+    };
     let marker = env.dir.path().join("host-marker");
     std::fs::write(&marker, "host secret").unwrap();
     let sandbox = env.engine.create(SandboxSpec::default()).await.unwrap();
+    assert_eq!(sandbox.info().start, ztee_vm::sandbox::StartKind::Cold);
     let script = format!(
         "test -e {marker} && echo SEEN; test -e /tmp/{name} && echo SEEN; \
          uname -r; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
@@ -292,4 +296,84 @@ async fn the_guest_is_isolated_from_the_host() {
     );
     fresh.destroy().await.unwrap();
     assert!(env.leftover_vm_dirs().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn clones_of_one_snapshot_are_reseeded_and_renamed() {
+    let Some(env) = common::env() else { return };
+    let probe = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; hostname; cat /etc/machine-id; date +%s";
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let sandbox = env.engine.create(SandboxSpec::default()).await.unwrap();
+        assert_eq!(sandbox.info().start, ztee_vm::sandbox::StartKind::Snapshot);
+        let out = sandbox
+            .exec(sh(probe))
+            .await
+            .unwrap()
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[0].len(), 64, "{text}");
+        assert_eq!(lines[1], sandbox.id());
+        // The clock was set at lease, not left at the snapshot's moment.
+        let guest_now: u64 = lines[3].parse().unwrap();
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            host_now.abs_diff(guest_now) <= 5,
+            "guest clock {guest_now}, host {host_now}"
+        );
+        seen.push(lines);
+        sandbox.destroy().await.unwrap();
+    }
+    assert_ne!(
+        seen[0][0], seen[1][0],
+        "two clones produced the same /dev/urandom output"
+    );
+    assert_ne!(seen[0][1], seen[1][1], "two clones share a hostname");
+    assert_ne!(seen[0][2], seen[1][2], "two clones share a machine id");
+    assert!(env.leftover_vm_dirs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_pool_serves_each_vm_once() {
+    let Some(env) = common::env() else { return };
+    let spec = SandboxSpec::default();
+    let pool = env.engine.start_pool(spec.clone(), 2).unwrap();
+    assert_eq!(pool.wait_ready(2, Duration::from_secs(120)).await, 2);
+    let mut ids = Vec::new();
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let sandbox = env.engine.create(spec.clone()).await.unwrap();
+        ids.push(sandbox.id().to_string());
+        pids.push(sandbox.info().vmm_pid);
+        let out = sandbox
+            .exec(sh("echo hi"))
+            .await
+            .unwrap()
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        sandbox.destroy().await.unwrap();
+    }
+    let stats = pool.stats();
+    assert!(stats.served >= 2, "{stats:?}");
+    ids.sort();
+    ids.dedup();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(ids.len(), 3, "a VM was served twice");
+    assert_eq!(pids.len(), 3, "a VMM was served twice");
+    for pid in pids {
+        assert!(
+            !common::process_exists(pid),
+            "a leased VM outlived its sandbox"
+        );
+    }
 }

@@ -29,6 +29,8 @@ pub enum HostMessage {
         hostname: String,
         machine_id: String,
         next_secret: [u8; 32],
+        /// Host wall-clock time: a restored VM's clock stands at its snapshot's moment.
+        unix_time_ns: u64,
     },
     /// Runs a command as the sandbox user.
     Exec(ExecRequest),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// How guest instructions execute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accelerator {
     /// Hardware virtualization.
@@ -39,4 +39,21 @@ pub struct LaunchPlan {
     pub vcpus: u8,
     pub scratch_mib: u32,
     pub accelerator: Accelerator,
+    pub memory: MemoryBacking,
+    /// A QMP control socket, for pausing, snapshotting and restoring.
+    pub qmp_socket: Option<PathBuf>,
+    /// Start paused, waiting for an incoming migration (a snapshot restore).
+    pub incoming: bool,
+}
+
+/// Where guest RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// Private anonymous memory: an ordinary VM.
+    Anonymous,
+    /// A file the VM writes through to: a template VM whose RAM becomes the snapshot.
+    SharedFile(PathBuf),
+    /// A copy-on-write mapping of a snapshot's RAM file: a restored VM. Pages it never writes
+    /// stay shared, in the host page cache, with every other VM restored from that snapshot.
+    PrivateFile(PathBuf),
 }

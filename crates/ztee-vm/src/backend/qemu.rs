@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-use super::{Accelerator, LaunchPlan};
+use super::{Accelerator, LaunchPlan, MemoryBacking};
 use crate::VmError;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -58,9 +58,15 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
         Accelerator::Tcg => "max",
     };
     push(&["-name", &plan.name]);
+    let memory_backend = match &plan.memory {
+        MemoryBacking::Anonymous => "",
+        MemoryBacking::SharedFile(_) | MemoryBacking::PrivateFile(_) => ",memory-backend=ram",
+    };
     push(&[
         "-machine",
-        &format!("microvm,accel={accel},acpi=off,x-option-roms=off,rtc=on,isa-serial=on"),
+        &format!(
+            "microvm,accel={accel},acpi=off,x-option-roms=off,rtc=on,isa-serial=on{memory_backend}"
+        ),
     ]);
     push(&["-cpu", cpu]);
     push(&["-m", &format!("{}M", plan.memory_mib)]);
@@ -105,6 +111,31 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
             ztee_wire::VIRTIO_PORT_NAME
         ),
     ]);
+    let file_backing = match &plan.memory {
+        MemoryBacking::Anonymous => None,
+        MemoryBacking::SharedFile(path) => Some((path, "on")),
+        MemoryBacking::PrivateFile(path) => Some((path, "off")),
+    };
+    if let Some((path, share)) = file_backing {
+        let mut object = OsString::from(format!(
+            "memory-backend-file,id=ram,size={}M,share={share},mem-path=",
+            plan.memory_mib
+        ));
+        object.push(qemu_escape(path));
+        args.push("-object".into());
+        args.push(object);
+    }
+    if let Some(qmp) = &plan.qmp_socket {
+        let mut value = OsString::from("unix:");
+        value.push(qemu_escape(qmp));
+        value.push(",server=on,wait=off");
+        args.push("-qmp".into());
+        args.push(value);
+    }
+    if plan.incoming {
+        args.push("-incoming".into());
+        args.push("defer".into());
+    }
     let mut serial = OsString::from("file:");
     serial.push(plan.console_log.as_os_str());
     args.push("-serial".into());
@@ -180,6 +211,9 @@ mod tests {
             vcpus: 1,
             scratch_mib: 64,
             accelerator: Accelerator::Tcg,
+            memory: MemoryBacking::Anonymous,
+            qmp_socket: None,
+            incoming: false,
         }
     }
 
@@ -195,5 +229,25 @@ mod tests {
         assert!(joined.contains("microvm,accel=tcg"));
         assert!(!joined.contains("netdev") && !joined.contains("-nic"));
         assert!(joined.contains("read-only=on,file=/a,,b/rootfs.img"));
+        assert!(!joined.contains("-incoming") && !joined.contains("memory-backend"));
+    }
+
+    #[test]
+    fn restore_maps_the_snapshot_privately_and_waits_for_state() {
+        let mut restore = plan();
+        restore.memory = MemoryBacking::PrivateFile(PathBuf::from("/snap/ram"));
+        restore.qmp_socket = Some(PathBuf::from("/run/qmp.sock"));
+        restore.incoming = true;
+        let joined: Vec<String> = arguments(&restore)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = joined.join(" ");
+        assert!(
+            joined.contains("memory-backend-file,id=ram,size=128M,share=off,mem-path=/snap/ram")
+        );
+        assert!(joined.contains(",memory-backend=ram"));
+        assert!(joined.contains("-incoming defer"));
+        assert!(joined.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
     }
 }

@@ -32,7 +32,8 @@ pub struct RecordedInfo {
     pub guest_kernel: String,
     pub agent_version: String,
     pub created_at: u64,
-    pub boot_ms: u64,
+    pub start: String,
+    pub ready_ms: u64,
 }
 
 impl From<&SandboxInfo> for RecordedInfo {
@@ -47,7 +48,8 @@ impl From<&SandboxInfo> for RecordedInfo {
             guest_kernel: info.guest_kernel.clone(),
             agent_version: info.agent_version.clone(),
             created_at: info.created_at,
-            boot_ms: info.boot_ms,
+            start: info.start.to_string(),
+            ready_ms: info.ready_ms,
         }
     }
 }

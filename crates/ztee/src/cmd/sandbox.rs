@@ -318,7 +318,8 @@ fn inspect(format: Format, record: &LocalRecord) -> anyhow::Result<()> {
             ("agent", record.vm.agent_version.clone()),
             ("created", ago(record.vm.created_at)),
             ("expires", until(record.expires_at)),
-            ("boot", format!("{} ms", record.vm.boot_ms)),
+            ("started from", record.vm.start.clone()),
+            ("ready in", format!("{} ms", record.vm.ready_ms)),
         ],
     )
 }

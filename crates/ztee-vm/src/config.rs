@@ -1,0 +1,130 @@
+//! What a sandbox looks like and how the engine is set up.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{AccelChoice, GuestAssets, VmError};
+
+/// Shape and limits of one sandbox's VM.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SandboxSpec {
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    /// Size of the tmpfs that holds every write (the "disk").
+    pub scratch_mib: u32,
+}
+
+impl Default for SandboxSpec {
+    fn default() -> Self {
+        Self {
+            memory_mib: 256,
+            vcpus: 1,
+            scratch_mib: 256,
+        }
+    }
+}
+
+impl SandboxSpec {
+    pub fn validate(&self) -> Result<(), VmError> {
+        if !(64..=65536).contains(&self.memory_mib) {
+            return Err(VmError::InvalidSpec(format!(
+                "memory must be 64-65536 MiB, got {}",
+                self.memory_mib
+            )));
+        }
+        if !(1..=32).contains(&self.vcpus) {
+            return Err(VmError::InvalidSpec(format!(
+                "vcpus must be 1-32, got {}",
+                self.vcpus
+            )));
+        }
+        if !(8..=65536).contains(&self.scratch_mib) {
+            return Err(VmError::InvalidSpec(format!(
+                "scratch disk must be 8-65536 MiB, got {}",
+                self.scratch_mib
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub assets: GuestAssets,
+    /// Per-VM runtime directories live under `<runtime_dir>/vms/`.
+    pub runtime_dir: PathBuf,
+    /// Derived artifacts (initramfs, snapshots, accelerator probe results), shared by data
+    /// directories.
+    pub cache_dir: PathBuf,
+    pub accelerator: AccelChoice,
+    /// How long a VM may take from VMM start to an authenticated agent.
+    pub boot_timeout: Duration,
+    /// Boot each VM shape once, snapshot it, and restore new sandboxes from the snapshot.
+    pub snapshots: bool,
+}
+
+impl EngineConfig {
+    /// Defaults under `data_dir` and [`default_cache_dir`], overridden by `ZTEE_GUEST_DIR`,
+    /// `ZTEE_ACCEL` (`auto`|`kvm`|`tcg`), `ZTEE_BOOT_TIMEOUT` (seconds) and `ZTEE_SNAPSHOTS`
+    /// (`0` boots every VM from scratch).
+    pub fn from_env_and_defaults(data_dir: &Path) -> Result<Self, VmError> {
+        let accelerator = match std::env::var("ZTEE_ACCEL") {
+            Ok(value) if !value.is_empty() => value.parse().map_err(VmError::InvalidSpec)?,
+            _ => AccelChoice::Auto,
+        };
+        let boot_timeout = match std::env::var("ZTEE_BOOT_TIMEOUT") {
+            Ok(value) if !value.is_empty() => Duration::from_secs(value.parse().map_err(|_| {
+                VmError::InvalidSpec(format!(
+                    "ZTEE_BOOT_TIMEOUT must be whole seconds, got {value:?}"
+                ))
+            })?),
+            _ => Duration::from_secs(60),
+        };
+        let snapshots = match std::env::var("ZTEE_SNAPSHOTS").as_deref() {
+            Ok("0") | Ok("false") | Ok("off") => false,
+            Ok("1") | Ok("true") | Ok("on") | Ok("") | Err(_) => true,
+            Ok(other) => {
+                return Err(VmError::InvalidSpec(format!(
+                    "ZTEE_SNAPSHOTS must be 1 or 0, got {other:?}"
+                )))
+            }
+        };
+        Ok(Self {
+            assets: GuestAssets::locate(data_dir)?,
+            runtime_dir: data_dir.join("run"),
+            cache_dir: default_cache_dir(),
+            accelerator,
+            boot_timeout,
+            snapshots,
+        })
+    }
+}
+
+/// `$ZTEE_CACHE_DIR`, else `$XDG_CACHE_HOME/ztee`, else `~/.cache/ztee`: derived artifacts that
+/// any data directory on this host may share.
+pub fn default_cache_dir() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("ZTEE_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("ztee")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/ztee")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ztee"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_limits_are_enforced() {
+        assert!(SandboxSpec::default().validate().is_ok());
+        let tiny = SandboxSpec {
+            memory_mib: 8,
+            ..SandboxSpec::default()
+        };
+        assert!(tiny.validate().is_err());
+    }
+}

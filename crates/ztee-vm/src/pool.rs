@@ -1,0 +1,130 @@
+//! The warm pool: restored, never-used VMs of one shape, ready to lease.
+//!
+//! A VM leaves the pool exactly once, when [`WarmPool::take`] hands it to a new sandbox; a
+//! background task restores replacements. Pooled VMs belong to the engine; dropping the engine's
+//! last reference kills them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::engine::{Booted, Engine};
+use crate::SandboxSpec;
+
+pub struct WarmPool {
+    spec: SandboxSpec,
+    target: AtomicUsize,
+    ready: Mutex<VecDeque<Booted>>,
+    refill: Notify,
+    served: AtomicUsize,
+    misses: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStats {
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub target: usize,
+    pub ready: usize,
+    pub served: usize,
+    /// Requests that found the pool empty and waited for a restore.
+    pub misses: usize,
+}
+
+impl WarmPool {
+    pub(crate) fn start(engine: Engine, spec: SandboxSpec, size: usize) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            spec,
+            target: AtomicUsize::new(size),
+            ready: Mutex::new(VecDeque::new()),
+            refill: Notify::new(),
+            served: AtomicUsize::new(0),
+            misses: AtomicUsize::new(0),
+        });
+        // The task holds only a weak reference, so dropping the pool stops it.
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            loop {
+                let Some(pool) = weak.upgrade() else { return };
+                if pool.len() >= pool.target.load(Ordering::SeqCst) {
+                    // Wake periodically too, to notice a dropped pool.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), pool.refill.notified()).await;
+                    continue;
+                }
+                let spec = pool.spec.clone();
+                drop(pool);
+                match engine.fresh_vm(&spec).await {
+                    Ok(vm) => match weak.upgrade() {
+                        Some(pool) => pool.lock().push_back(vm),
+                        None => return,
+                    },
+                    Err(err) => {
+                        tracing::warn!(%err, "warm pool refill failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Booted>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// A ready VM, or `None` when the pool is empty. VMs whose VMM died while waiting are
+    /// discarded.
+    pub(crate) fn take(&self) -> Option<Booted> {
+        let vm = loop {
+            match self.lock().pop_front() {
+                Some(vm) if vm.channel.is_closed() => continue,
+                other => break other,
+            }
+        };
+        self.refill.notify_one();
+        match &vm {
+            Some(_) => self.served.fetch_add(1, Ordering::SeqCst),
+            None => self.misses.fetch_add(1, Ordering::SeqCst),
+        };
+        vm
+    }
+
+    pub fn resize(&self, size: usize) {
+        self.target.store(size, Ordering::SeqCst);
+        let mut ready = self.lock();
+        while ready.len() > size {
+            ready.pop_back();
+        }
+        drop(ready);
+        self.refill.notify_one();
+    }
+
+    /// Waits until `count` VMs are ready (or `timeout` passes); returns how many are.
+    pub async fn wait_ready(&self, count: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.len() < count && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.len()
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            memory_mib: self.spec.memory_mib,
+            vcpus: self.spec.vcpus,
+            target: self.target.load(Ordering::SeqCst),
+            ready: self.len(),
+            served: self.served.load(Ordering::SeqCst),
+            misses: self.misses.load(Ordering::SeqCst),
+        }
+    }
+}
