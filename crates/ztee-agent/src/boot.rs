@@ -44,6 +44,8 @@ pub fn boot() -> Result<BootSecret, String> {
     // The initramfs stays reachable to the agent only; removing the file is hygiene, not a boundary.
     let _ = fs::remove_file(SECRET_PATH);
 
+    // User code may exhaust the VM's memory; the kernel must kill it, never the agent.
+    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
     mount_image()?;
     mount_scratch(scratch_mib)?;
     mount_overlay()?;
@@ -102,7 +104,11 @@ fn mount_scratch(size_mib: u64) -> Result<(), String> {
         MsFlags::MS_NODEV,
         Some(&opts),
     )?;
-    for dir in ["/mnt/scratch/upper", "/mnt/scratch/work"] {
+    for dir in [
+        "/mnt/scratch/upper",
+        "/mnt/scratch/work",
+        "/mnt/scratch/shm",
+    ] {
         fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
     }
     Ok(())
@@ -165,13 +171,19 @@ fn populate_root() -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
-    mount_pseudo(
-        "shm",
-        &format!("{dev}/shm"),
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
+    // /dev/shm lives in the scratch tmpfs, so it shares the sandbox's one disk budget.
+    let shm = format!("{dev}/shm");
+    fs::create_dir_all(&shm).map_err(|e| format!("mkdir {shm}: {e}"))?;
+    fs::set_permissions("/mnt/scratch/shm", fs::Permissions::from_mode(0o1777))
+        .map_err(|e| format!("chmod /mnt/scratch/shm: {e}"))?;
+    mount(
+        Some("/mnt/scratch/shm"),
+        shm.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {shm}: {e}"))?;
     // The image is expected to carry the user's home; make sure it exists and is theirs.
     let home = format!("{root}{}", sandbox::HOME);
     fs::create_dir_all(&home).map_err(|e| format!("mkdir {home}: {e}"))?;

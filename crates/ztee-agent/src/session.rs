@@ -14,7 +14,7 @@ use ztee_wire::{
 };
 
 use crate::link::Link;
-use crate::{exec, files, lease, transport};
+use crate::{exec, files, lease, sandbox, transport};
 
 /// Input for a running request: command stdin or file upload data.
 pub enum Input {
@@ -223,8 +223,10 @@ fn handle(message: HostMessage, link: &Arc<Link>, requests: &Requests, secret: &
             machine_id,
             next_secret,
             unix_time_ns,
+            max_processes,
         } => match lease::apply(&entropy, &hostname, &machine_id, unix_time_ns) {
             Ok(()) => {
+                sandbox::set_max_processes(max_processes);
                 *secret = BootSecret::from_bytes(next_secret);
                 link.send(&GuestMessage::Done { id });
             }

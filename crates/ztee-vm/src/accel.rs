@@ -78,6 +78,7 @@ async fn probe(engine: &Engine) -> AccelDecision {
     }
     let spec = SandboxSpec {
         memory_mib: 128,
+        scratch_mib: 32,
         ..SandboxSpec::default()
     };
     let decision = match engine.cold_boot(&spec, Accelerator::Kvm, PROBE_TIMEOUT).await {

@@ -10,8 +10,11 @@ use crate::{AccelChoice, GuestAssets, VmError};
 pub struct SandboxSpec {
     pub memory_mib: u32,
     pub vcpus: u8,
-    /// Size of the tmpfs that holds every write (the "disk").
+    /// Size of the tmpfs that holds every write (the "disk"). It lives in guest memory, so it
+    /// must leave room for programs: at most `memory_mib - 64`.
     pub scratch_mib: u32,
+    /// Most processes the sandbox user may have at once.
+    pub max_processes: u32,
 }
 
 impl Default for SandboxSpec {
@@ -19,7 +22,8 @@ impl Default for SandboxSpec {
         Self {
             memory_mib: 256,
             vcpus: 1,
-            scratch_mib: 256,
+            scratch_mib: 128,
+            max_processes: 256,
         }
     }
 }
@@ -38,10 +42,17 @@ impl SandboxSpec {
                 self.vcpus
             )));
         }
-        if !(8..=65536).contains(&self.scratch_mib) {
+        let scratch_max = self.memory_mib.saturating_sub(64).max(8);
+        if !(8..=scratch_max).contains(&self.scratch_mib) {
             return Err(VmError::InvalidSpec(format!(
-                "scratch disk must be 8-65536 MiB, got {}",
-                self.scratch_mib
+                "scratch disk must be 8-{scratch_max} MiB for {} MiB of memory (it is held in guest memory), got {}",
+                self.memory_mib, self.scratch_mib
+            )));
+        }
+        if !(16..=65536).contains(&self.max_processes) {
+            return Err(VmError::InvalidSpec(format!(
+                "process limit must be 16-65536, got {}",
+                self.max_processes
             )));
         }
         Ok(())

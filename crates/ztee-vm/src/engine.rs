@@ -269,6 +269,7 @@ async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<S
             machine_id: crate::hex(&crate::random_bytes::<16>()?),
             next_secret: crate::random_bytes()?,
             unix_time_ns: now.as_nanos() as u64,
+            max_processes: spec.max_processes,
         })
         .await?;
     let result = match replies.recv().await {

@@ -31,6 +31,8 @@ pub enum HostMessage {
         next_secret: [u8; 32],
         /// Host wall-clock time: a restored VM's clock stands at its snapshot's moment.
         unix_time_ns: u64,
+        /// Most processes the sandbox user may have at once (fork bombs stop here).
+        max_processes: u32,
     },
     /// Runs a command as the sandbox user.
     Exec(ExecRequest),

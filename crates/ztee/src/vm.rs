@@ -18,9 +18,13 @@ pub struct ShapeArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u8,
 
-    /// Size of the writable scratch space (tmpfs) in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    /// Size of the writable scratch space (tmpfs, held in guest memory) in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
     pub disk: u32,
+
+    /// Most processes the sandbox user may run at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_processes: u32,
 }
 
 impl ShapeArgs {
@@ -29,6 +33,7 @@ impl ShapeArgs {
             memory_mib: self.memory,
             vcpus: self.vcpus,
             scratch_mib: self.disk,
+            max_processes: self.max_processes,
         }
     }
 }

@@ -159,6 +159,7 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         .args(["--memory", &args.shape.memory.to_string()])
         .args(["--vcpus", &args.shape.vcpus.to_string()])
         .args(["--disk", &args.shape.disk.to_string()])
+        .args(["--max-processes", &args.shape.max_processes.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
