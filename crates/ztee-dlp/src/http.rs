@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -95,8 +96,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A request body, or why it could not be read (too large, broken connection) as a JSON error.
+type Body = Result<Bytes, BytesRejection>;
+
 /// Parses a JSON body ourselves so malformed input gets a JSON error naming line and column.
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+fn parse_body<T: DeserializeOwned>(body: &Body) -> Result<T, ApiError> {
+    let body = body.as_ref().map_err(|rejection| ApiError {
+        status: rejection.status(),
+        message: rejection.body_text(),
+    })?;
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid request body at line {}, column {}: {}",
@@ -162,7 +170,7 @@ fn parse_entities(names: &[String]) -> Result<Vec<Entity>, ApiError> {
         .collect()
 }
 
-async fn analyze(State(state): State<Arc<DlpState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn analyze(State(state): State<Arc<DlpState>>, body: Body) -> Result<Response, ApiError> {
     let req: AnalyzeRequest = parse_body(&body)?;
     if req.language.trim().is_empty() {
         return Err(ApiError::bad_request("`language` must not be empty"));
@@ -359,7 +367,7 @@ fn char_to_byte_table(text: &str) -> Vec<usize> {
 
 async fn anonymize_handler(
     State(state): State<Arc<DlpState>>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let req: AnonymizeRequest = parse_body(&body)?;
     let mut operators = Operators {
@@ -400,7 +408,7 @@ struct DeanonymizeRequest {
 
 async fn deanonymize_handler(
     State(state): State<Arc<DlpState>>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let req: DeanonymizeRequest = parse_body(&body)?;
     let mut key = state.encryption_key.clone();

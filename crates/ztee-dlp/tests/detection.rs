@@ -460,3 +460,15 @@ fn entity_filter_threshold_and_custom_context() {
     .is_err());
     assert!("NOT_AN_ENTITY".parse::<Entity>().is_err());
 }
+
+#[test]
+fn a_card_after_a_very_long_digit_run_is_still_found() {
+    let s = scanner();
+    let text = format!("{}4111 1111 1111 1111 x", "1 ".repeat(10_000));
+    let f = s.scan_with(&text, Some(&[Entity::CreditCard]), None).unwrap_or_default();
+    assert!(
+        f.iter().any(|f| text[f.byte_start..f.byte_end].ends_with("4111 1111 1111 1111")),
+        "{:?}",
+        f.len()
+    );
+}

@@ -27,6 +27,7 @@ mod bundle;
 mod decision;
 mod engine;
 mod error;
+pub mod injection;
 mod input;
 mod testing;
 

@@ -23,7 +23,7 @@ pub enum ApiKeyError {
     InvalidTenant(String),
     #[error("role {role:?} is not known; use one of: {known}")]
     UnknownRole { role: String, known: String },
-    #[error("no API key has id {0:?}")]
+    #[error("no active API key has id {0:?} (unknown, or already revoked)")]
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -106,7 +106,10 @@ impl KeyRejection {
 }
 
 /// Checks a presented key against the store.
-pub fn authenticate(store: &Store, presented: &str) -> Result<Result<Principal, KeyRejection>, StoreError> {
+pub fn authenticate(
+    store: &Store,
+    presented: &str,
+) -> Result<Result<Principal, KeyRejection>, StoreError> {
     let Some((id, secret)) = split(presented) else {
         return Ok(Err(KeyRejection::Malformed));
     };
@@ -166,21 +169,39 @@ mod tests {
         let mut wrong = new.key.clone();
         let last = wrong.pop().unwrap();
         wrong.push(if last == 'A' { 'B' } else { 'A' });
-        assert_eq!(authenticate(&store, &wrong).unwrap().unwrap_err(), KeyRejection::WrongSecret);
-        assert_eq!(authenticate(&store, "ztee_zz").unwrap().unwrap_err(), KeyRejection::Malformed);
+        assert_eq!(
+            authenticate(&store, &wrong).unwrap().unwrap_err(),
+            KeyRejection::WrongSecret
+        );
+        assert_eq!(
+            authenticate(&store, "ztee_zz").unwrap().unwrap_err(),
+            KeyRejection::Malformed
+        );
         let unknown = format!("ztee_000000000000_{}", &new.key[18..]);
-        assert_eq!(authenticate(&store, &unknown).unwrap().unwrap_err(), KeyRejection::Unknown);
+        assert_eq!(
+            authenticate(&store, &unknown).unwrap().unwrap_err(),
+            KeyRejection::Unknown
+        );
 
         revoke(&store, &new.record.id).unwrap();
-        assert_eq!(authenticate(&store, &new.key).unwrap().unwrap_err(), KeyRejection::Revoked);
-        assert!(matches!(revoke(&store, &new.record.id), Err(ApiKeyError::NotFound(_))));
+        assert_eq!(
+            authenticate(&store, &new.key).unwrap().unwrap_err(),
+            KeyRejection::Revoked
+        );
+        assert!(matches!(
+            revoke(&store, &new.record.id),
+            Err(ApiKeyError::NotFound(_))
+        ));
     }
 
     #[test]
     fn bad_tenant_and_role_are_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
-        assert!(matches!(create(&store, "a b", "agent", ""), Err(ApiKeyError::InvalidTenant(_))));
+        assert!(matches!(
+            create(&store, "a b", "agent", ""),
+            Err(ApiKeyError::InvalidTenant(_))
+        ));
         let err = create(&store, "acme", "root", "").err().unwrap();
         assert!(err.to_string().contains("agent"), "{err}");
         assert_eq!(store.api_keys().unwrap().len(), 0);

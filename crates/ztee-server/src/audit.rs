@@ -53,13 +53,9 @@ pub fn decision_record(decision: &Decision) -> DecisionRecord {
             DecisionKind::Deny => AuditDecisionKind::Deny,
             DecisionKind::RequireApproval => AuditDecisionKind::RequireApproval,
         },
-        risk: if decision.reasons.is_empty() {
-            "LOW".into()
-        } else {
-            "HIGH".into()
-        },
+        risk: decision.risk.to_owned(),
         rule_ids: decision.reasons.clone(),
-        reasons: decision.reasons.clone(),
+        reasons: decision.messages.clone(),
     }
 }
 

@@ -222,18 +222,24 @@ impl ServerConfig {
 
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(value) = get("ZTEE_LISTEN") {
-            self.listen = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                name: "ZTEE_LISTEN",
-                value: value.clone(),
-                message: format!("{e}; expected e.g. 127.0.0.1:8443"),
-            })?;
+            self.listen =
+                value
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                        name: "ZTEE_LISTEN",
+                        value: value.clone(),
+                        message: format!("{e}; expected e.g. 127.0.0.1:8443"),
+                    })?;
         }
         match (get("ZTEE_TLS_CERT"), get("ZTEE_TLS_KEY")) {
             (Some(cert), Some(key)) => {
                 self.tls = Some(TlsConfig {
                     cert: cert.into(),
                     key: key.into(),
-                    reload_interval_s: self.tls.as_ref().map_or(default_reload(), |t| t.reload_interval_s),
+                    reload_interval_s: self
+                        .tls
+                        .as_ref()
+                        .map_or(default_reload(), |t| t.reload_interval_s),
                 })
             }
             (None, None) => {}
@@ -296,7 +302,8 @@ impl ServerConfig {
         }
         let d = &self.sandbox_defaults;
         let l = &self.limits;
-        if d.memory_mib > l.max_memory_mib || d.vcpus > l.max_vcpus || d.timeout_s > l.max_timeout_s {
+        if d.memory_mib > l.max_memory_mib || d.vcpus > l.max_vcpus || d.timeout_s > l.max_timeout_s
+        {
             return Err(ConfigError::Invalid(
                 "sandbox_defaults exceed limits (memory_mib, vcpus or timeout_s)".into(),
             ));

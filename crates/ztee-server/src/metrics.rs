@@ -58,7 +58,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ztee");
         let requests = Family::<HttpLabels, Counter>::default();
         let request_seconds = Histogram::new(
-            [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
+            [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]
+            .into_iter(),
         );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let rate_limited = Counter::default();
@@ -71,11 +74,31 @@ impl Metrics {
             "Time to answer an HTTP request (streams: until headers)",
             request_seconds.clone(),
         );
-        registry.register("auth_failures", "Refused authentications by reason", auth_failures.clone());
-        registry.register("rate_limited", "Requests refused by the per-principal rate limit", rate_limited.clone());
-        registry.register("policy_decisions", "Policy decisions by outcome", decisions.clone());
-        registry.register("dlp_redactions", "Values redacted by entity and direction", redactions.clone());
-        registry.register("sandboxes_active", "Sandboxes currently running", sandboxes_active.clone());
+        registry.register(
+            "auth_failures",
+            "Refused authentications by reason",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by the per-principal rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "policy_decisions",
+            "Policy decisions by outcome",
+            decisions.clone(),
+        );
+        registry.register(
+            "dlp_redactions",
+            "Values redacted by entity and direction",
+            redactions.clone(),
+        );
+        registry.register(
+            "sandboxes_active",
+            "Sandboxes currently running",
+            sandboxes_active.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -143,7 +166,9 @@ pub async fn layer(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    metrics.request_seconds.observe(start.elapsed().as_secs_f64());
+    metrics
+        .request_seconds
+        .observe(start.elapsed().as_secs_f64());
     metrics
         .requests
         .get_or_create(&HttpLabels {

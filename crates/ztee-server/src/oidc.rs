@@ -52,10 +52,12 @@ fn default_tenant_claim() -> String {
     "tenant".into()
 }
 fn default_algorithms() -> Vec<String> {
-    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 fn default_leeway() -> u64 {
     30
@@ -321,7 +323,10 @@ impl OidcValidator {
         Ok(keys)
     }
 
-    fn principal_from_claims(&self, claims: &serde_json::Value) -> Result<Principal, TokenRejection> {
+    fn principal_from_claims(
+        &self,
+        claims: &serde_json::Value,
+    ) -> Result<Principal, TokenRejection> {
         let subject = claims
             .get("sub")
             .and_then(|v| v.as_str())
@@ -460,7 +465,10 @@ mod tests {
             &jsonwebtoken::EncodingKey::from_secret(b"public key text"),
         )
         .unwrap();
-        assert!(matches!(v.validate(&token).await, Err(TokenRejection::Algorithm(_))));
+        assert!(matches!(
+            v.validate(&token).await,
+            Err(TokenRejection::Algorithm(_))
+        ));
         // An unsigned token: header {"alg":"none"} does not even parse as an allowed algorithm.
         let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.";
         assert!(v.validate(none).await.is_err());

@@ -9,14 +9,35 @@ fn error_response(description: &str) -> Value {
 
 fn std_errors(mut responses: Value) -> Value {
     if let Some(map) = responses.as_object_mut() {
-        map.insert("400".into(), error_response("Invalid request (the message says which field)"));
-        map.insert("401".into(), error_response("Missing or refused credentials"));
-        map.insert("403".into(), error_response("Missing permission, or denied by policy"));
-        map.insert("413".into(), error_response("Body larger than the configured limit"));
+        map.insert(
+            "400".into(),
+            error_response("Invalid request (the message says which field)"),
+        );
+        map.insert(
+            "401".into(),
+            error_response("Missing or refused credentials"),
+        );
+        map.insert(
+            "403".into(),
+            error_response("Missing permission, or denied by policy"),
+        );
+        map.insert(
+            "413".into(),
+            error_response("Body larger than the configured limit"),
+        );
         map.insert("415".into(), error_response("Body is not application/json"));
-        map.insert("422".into(), error_response("Body does not match the schema, or DLP blocked it"));
-        map.insert("429".into(), error_response("Rate limit or tenant quota exceeded; see Retry-After"));
-        map.insert("503".into(), error_response("VM engine or audit trail unavailable"));
+        map.insert(
+            "422".into(),
+            error_response("Body does not match the schema, or DLP blocked it"),
+        );
+        map.insert(
+            "429".into(),
+            error_response("Rate limit or tenant quota exceeded; see Retry-After"),
+        );
+        map.insert(
+            "503".into(),
+            error_response("VM engine or audit trail unavailable"),
+        );
     }
     responses
 }
@@ -175,7 +196,10 @@ mod tests {
         let text = document().to_string();
         let schemas = doc.components.unwrap().schemas;
         for piece in text.split("#/components/schemas/").skip(1) {
-            let name: String = piece.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let name: String = piece
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
             assert!(schemas.contains_key(&name), "undefined schema {name}");
         }
     }

@@ -88,7 +88,10 @@ impl Work {
         }
         for (i, (path, content)) in self.files.iter().enumerate() {
             fields.push((format!("files[{i}].path"), path.as_str().into()));
-            fields.push((format!("files[{i}].content"), String::from_utf8_lossy(content)));
+            fields.push((
+                format!("files[{i}].content"),
+                String::from_utf8_lossy(content),
+            ));
         }
         fields
     }
@@ -145,7 +148,11 @@ pub struct ActionContext<'a> {
 impl Pipeline {
     /// Stages 1-2: inbound DLP, then the policy decision. A denial or a hold for approval is
     /// audited here and returned as the error the caller sees; nothing has run.
-    pub async fn admit(&self, ctx: &mut ActionContext<'_>, mut work: Work) -> Result<Admitted, ApiError> {
+    pub async fn admit(
+        &self,
+        ctx: &mut ActionContext<'_>,
+        mut work: Work,
+    ) -> Result<Admitted, ApiError> {
         let input_digest = work.digest_input();
         let fields = work.fields();
         let findings = scan_fields(
@@ -154,6 +161,7 @@ impl Pipeline {
         );
         drop(fields);
         ctx.policy.findings = findings;
+        ctx.policy.cmd = work.argv.clone();
         let decision = self.policy.decide(&ctx.policy);
         self.metrics.decision(match decision.kind {
             DecisionKind::Allow => "allow",
@@ -232,7 +240,10 @@ impl Pipeline {
                     let text = outbound.stderr(&b);
                     truncated |= push_capped(&mut stderr, &text, max_output_bytes);
                 }
-                OutputEvent::Exit { exit_code, timed_out } => exit = (exit_code, timed_out),
+                OutputEvent::Exit {
+                    exit_code,
+                    timed_out,
+                } => exit = (exit_code, timed_out),
             }
         }
         let (out_tail, err_tail) = outbound.finish();
@@ -273,7 +284,9 @@ impl Pipeline {
         keep_alive: Box<dyn std::any::Any + Send>,
     ) -> Result<tokio::sync::mpsc::Receiver<serde_json::Value>, ApiError> {
         let action = ctx.as_action();
-        let mut stream = self.execute(&action, sandbox.as_ref(), &admitted, timeout).await?;
+        let mut stream = self
+            .execute(&action, sandbox.as_ref(), &admitted, timeout)
+            .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let pipeline = self.clone();
         tokio::spawn(async move {
@@ -290,7 +303,10 @@ impl Pipeline {
                 let line = match ev {
                     OutputEvent::Stdout(b) => chunk_line("stdout", outbound.stdout(&b)),
                     OutputEvent::Stderr(b) => chunk_line("stderr", outbound.stderr(&b)),
-                    OutputEvent::Exit { exit_code, timed_out } => {
+                    OutputEvent::Exit {
+                        exit_code,
+                        timed_out,
+                    } => {
                         exit = (exit_code, timed_out);
                         None
                     }
@@ -301,9 +317,12 @@ impl Pipeline {
                 }
             }
             let (out_tail, err_tail) = outbound.finish();
-            for line in [chunk_line("stdout", out_tail), chunk_line("stderr", err_tail)]
-                .into_iter()
-                .flatten()
+            for line in [
+                chunk_line("stdout", out_tail),
+                chunk_line("stderr", err_tail),
+            ]
+            .into_iter()
+            .flatten()
             {
                 output_digest.update(line.to_string().as_bytes());
                 client_gone |= tx.send(line).await.is_err();

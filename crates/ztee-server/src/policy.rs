@@ -21,6 +21,10 @@ pub struct PolicyInput {
     pub timeout_s: Option<u64>,
     /// What inbound DLP found (entity and field, never the text).
     pub findings: Vec<Detection>,
+    /// The argument vector about to run, for policies that inspect commands. Evaluated in
+    /// process and never recorded.
+    #[serde(skip)]
+    pub cmd: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,8 +38,12 @@ pub enum DecisionKind {
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     pub kind: DecisionKind,
-    /// Machine-readable reasons, e.g. `dlp.inbound.CREDIT_CARD`.
+    /// Machine-readable reasons (rule ids), e.g. `dlp.inbound.CREDIT_CARD:cmd[1]`.
     pub reasons: Vec<String>,
+    /// Human-readable text per reason; never quotes request content.
+    pub messages: Vec<String>,
+    /// `LOW`, `MEDIUM` or `HIGH`.
+    pub risk: &'static str,
     /// Allowed on condition that inbound findings are masked before they reach the VM.
     pub redact_inbound: bool,
 }
@@ -45,6 +53,8 @@ impl Decision {
         Self {
             kind: DecisionKind::Allow,
             reasons: Vec::new(),
+            messages: Vec::new(),
+            risk: "LOW",
             redact_inbound: false,
         }
     }
@@ -70,23 +80,35 @@ impl PolicyEngine for BuiltinPolicy {
             .map(|d| format!("dlp.inbound.{}:{}", d.entity, d.field))
             .collect();
         reasons.dedup();
-        match self.inbound {
-            InboundAction::Block => Decision {
-                kind: DecisionKind::Deny,
-                reasons,
-                redact_inbound: false,
-            },
-            InboundAction::Redact => Decision {
-                kind: DecisionKind::Allow,
-                reasons,
-                redact_inbound: true,
-            },
-            InboundAction::RequireApproval => Decision {
-                kind: DecisionKind::RequireApproval,
-                reasons,
-                redact_inbound: false,
-            },
-        }
+        inbound_decision(self.inbound, reasons)
+    }
+}
+
+/// What the configured inbound action makes of DLP findings (`reasons` names them).
+pub fn inbound_decision(action: InboundAction, reasons: Vec<String>) -> Decision {
+    let messages = vec!["sensitive data found in the request".to_owned()];
+    match action {
+        InboundAction::Block => Decision {
+            kind: DecisionKind::Deny,
+            reasons,
+            messages,
+            risk: "HIGH",
+            redact_inbound: false,
+        },
+        InboundAction::Redact => Decision {
+            kind: DecisionKind::Allow,
+            reasons,
+            messages,
+            risk: "MEDIUM",
+            redact_inbound: true,
+        },
+        InboundAction::RequireApproval => Decision {
+            kind: DecisionKind::RequireApproval,
+            reasons,
+            messages,
+            risk: "HIGH",
+            redact_inbound: false,
+        },
     }
 }
 
@@ -105,6 +127,7 @@ mod tests {
             vcpus: Some(1),
             timeout_s: Some(10),
             findings,
+            cmd: Vec::new(),
         }
     }
 
@@ -130,6 +153,9 @@ mod tests {
         let approve = BuiltinPolicy {
             inbound: InboundAction::RequireApproval,
         };
-        assert_eq!(approve.decide(&input(card)).kind, DecisionKind::RequireApproval);
+        assert_eq!(
+            approve.decide(&input(card)).kind,
+            DecisionKind::RequireApproval
+        );
     }
 }

@@ -70,7 +70,10 @@ pub const ROLES: &[(&str, &[Permission])] = &[
 
 /// Returns `None` for a role ztee does not know.
 pub fn role_permissions(role: &str) -> Option<&'static [Permission]> {
-    ROLES.iter().find(|(name, _)| *name == role).map(|(_, p)| *p)
+    ROLES
+        .iter()
+        .find(|(name, _)| *name == role)
+        .map(|(_, p)| *p)
 }
 
 pub fn known_role_names() -> Vec<&'static str> {

@@ -85,7 +85,9 @@ impl RateLimiter {
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(subject) {
             let burst = self.burst;
             let rate = self.rate;
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst);
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            });
         }
         let bucket = buckets.entry(subject.to_owned()).or_insert(Bucket {
             tokens: self.burst,

@@ -52,6 +52,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("queued audit events: {0}")]
+    Outbox(String),
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
@@ -92,7 +94,12 @@ pub async fn build(
         tracing::info!(stale, "dropped sandbox records left by a previous run");
     }
     let admin_key = if store.active_api_key_count()? == 0 {
-        Some(apikey::create(&store, "default", "admin", "created at first start")?)
+        Some(apikey::create(
+            &store,
+            "default",
+            "admin",
+            "created at first start",
+        )?)
     } else {
         None
     };
@@ -106,7 +113,9 @@ pub async fn build(
             match validator.prefetch().await {
                 Ok(n) => tracing::info!(issuer = %c.issuer, keys = n, "OIDC issuer reachable"),
                 // The issuer may come up after the gateway; keys are fetched again on demand.
-                Err(e) => tracing::warn!(issuer = %c.issuer, error = %e, "OIDC issuer keys not available yet"),
+                Err(e) => {
+                    tracing::warn!(issuer = %c.issuer, error = %e, "OIDC issuer keys not available yet")
+                }
             }
             Some(validator)
         }
@@ -142,6 +151,13 @@ pub async fn build(
             })
         })?;
     }
+    let drained = crate::audit_outbox::drain(&store, pipeline.audit.as_ref())
+        .await
+        .map_err(|e| ServerError::Outbox(e.to_string()))?;
+    if drained > 0 {
+        tracing::info!(events = drained, "moved queued audit events into the log");
+    }
+    crate::audit_outbox::spawn_drainer(store.clone(), Arc::downgrade(&pipeline.audit));
     let state = Arc::new(AppState {
         limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
         config,
@@ -159,7 +175,10 @@ pub async fn build(
 pub fn app(state: Arc<AppState>) -> Router {
     let metrics = state.metrics.clone();
     api::router(state)
-        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::layer,
+        ))
         .layer(axum::middleware::from_fn(request_id::layer))
 }
 
@@ -268,7 +287,9 @@ async fn watch_tls(tls: TlsConfig, rustls: axum_server::tls_rustls::RustlsConfig
                 tracing::info!(cert = %tls.cert.display(), "reloaded TLS certificate");
                 last = now;
             }
-            Err(e) => tracing::error!(cert = %tls.cert.display(), error = %e, "new TLS certificate rejected; keeping the previous one"),
+            Err(e) => {
+                tracing::error!(cert = %tls.cert.display(), error = %e, "new TLS certificate rejected; keeping the previous one")
+            }
         }
     }
 }

@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS sandboxes_tenant ON sandboxes(tenant);
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL
+);
 ";
 
 pub fn now_rfc3339() -> String {
@@ -257,6 +261,34 @@ impl Store {
         self.with(|c| c.execute("DELETE FROM sandboxes", []))
     }
 
+    /// Queues an audit event (JSON) written while another process holds the audit log; the
+    /// server moves queued events into the log (see `audit_outbox::drain`).
+    pub fn queue_audit_event(&self, event_json: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit_outbox (event) VALUES (?1)",
+                params![event_json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Queued events, oldest first, with their queue ids.
+    pub fn queued_audit_events(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT seq, event FROM audit_outbox ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    pub fn remove_queued_audit_event(&self, seq: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM audit_outbox WHERE seq = ?1", params![seq])
+                .map(|_| ())
+        })
+    }
+
     pub fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
         self.with(|c| usage_in(c, tenant))
     }
@@ -332,9 +364,14 @@ mod tests {
     fn quotas_are_enforced_per_tenant_in_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
-        assert!(store.reserve_sandbox(&sandbox("a", "t1", 128), 2, 300).unwrap().is_ok());
+        assert!(store
+            .reserve_sandbox(&sandbox("a", "t1", 128), 2, 300)
+            .unwrap()
+            .is_ok());
         // Memory limit: 128 + 256 > 300.
-        let refused = store.reserve_sandbox(&sandbox("b", "t1", 256), 2, 300).unwrap();
+        let refused = store
+            .reserve_sandbox(&sandbox("b", "t1", 256), 2, 300)
+            .unwrap();
         assert_eq!(
             refused,
             Err(TenantUsage {
@@ -342,11 +379,20 @@ mod tests {
                 memory_mib: 128
             })
         );
-        assert!(store.reserve_sandbox(&sandbox("c", "t1", 128), 2, 300).unwrap().is_ok());
+        assert!(store
+            .reserve_sandbox(&sandbox("c", "t1", 128), 2, 300)
+            .unwrap()
+            .is_ok());
         // Count limit.
-        assert!(store.reserve_sandbox(&sandbox("d", "t1", 1), 2, 300).unwrap().is_err());
+        assert!(store
+            .reserve_sandbox(&sandbox("d", "t1", 1), 2, 300)
+            .unwrap()
+            .is_err());
         // Another tenant is unaffected.
-        assert!(store.reserve_sandbox(&sandbox("e", "t2", 128), 2, 300).unwrap().is_ok());
+        assert!(store
+            .reserve_sandbox(&sandbox("e", "t2", 128), 2, 300)
+            .unwrap()
+            .is_ok());
         assert_eq!(store.sandboxes(Some("t1")).unwrap().len(), 2);
         assert_eq!(store.sandboxes(None).unwrap().len(), 3);
         assert!(store.delete_sandbox("a").unwrap());

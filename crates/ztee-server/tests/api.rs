@@ -26,12 +26,25 @@ async fn every_error_is_json_with_the_request_id_and_never_a_500() {
     let key = gw.key("acme", "agent");
 
     // Missing auth.
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().get("www-authenticate").is_some());
     error_body(r, 401, "unauthenticated").await;
     // Wrong scheme, garbage key, garbage JWT.
-    for auth in ["Basic Zm9vOmJhcg==", "Bearer ztee_nothex_x", "Bearer not.a.jwt"] {
-        let r = c.get(format!("{}/v1/sandboxes", gw.url)).header("authorization", auth).send().await.unwrap();
+    for auth in [
+        "Basic Zm9vOmJhcg==",
+        "Bearer ztee_nothex_x",
+        "Bearer not.a.jwt",
+    ] {
+        let r = c
+            .get(format!("{}/v1/sandboxes", gw.url))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
         error_body(r, 401, "unauthenticated").await;
     }
     // Caller-supplied request ids are echoed back.
@@ -47,14 +60,33 @@ async fn every_error_is_json_with_the_request_id_and_never_a_500() {
 
     let post = |path: &str| c.post(format!("{}{path}", gw.url)).bearer_auth(&key);
     // Malformed JSON.
-    let r = post("/v1/run").header("content-type", "application/json").body("{\"cmd\": [").send().await.unwrap();
+    let r = post("/v1/run")
+        .header("content-type", "application/json")
+        .body("{\"cmd\": [")
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "malformed_json").await;
     // Unknown field: named in the message.
-    let r = post("/v1/run").json(&json!({"cmd": ["echo"], "tiemout_s": 3})).send().await.unwrap();
+    let r = post("/v1/run")
+        .json(&json!({"cmd": ["echo"], "tiemout_s": 3}))
+        .send()
+        .await
+        .unwrap();
     let body = error_body(r, 422, "invalid_body").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("tiemout_s"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tiemout_s"),
+        "{body}"
+    );
     // Wrong type.
-    let r = post("/v1/sandboxes").json(&json!({"memory_mib": "lots"})).send().await.unwrap();
+    let r = post("/v1/sandboxes")
+        .json(&json!({"memory_mib": "lots"}))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 422, "invalid_body").await;
     // Not JSON at all.
     let r = post("/v1/run").body("cmd=echo").send().await.unwrap();
@@ -64,19 +96,50 @@ async fn every_error_is_json_with_the_request_id_and_never_a_500() {
     let r = post("/v1/run").json(&big).send().await.unwrap();
     error_body(r, 413, "payload_too_large").await;
     // Out-of-range values name the field and the range.
-    let r = post("/v1/sandboxes").json(&json!({"memory_mib": 999999})).send().await.unwrap();
+    let r = post("/v1/sandboxes")
+        .json(&json!({"memory_mib": 999999}))
+        .send()
+        .await
+        .unwrap();
     let body = error_body(r, 400, "bad_request").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("memory_mib"), "{body}");
-    let r = post("/v1/run").json(&json!({"cmd": []})).send().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory_mib"),
+        "{body}"
+    );
+    let r = post("/v1/run")
+        .json(&json!({"cmd": []}))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "bad_request").await;
-    let r = post("/v1/run").json(&json!({"language": "cobol", "code": "x"})).send().await.unwrap();
+    let r = post("/v1/run")
+        .json(&json!({"language": "cobol", "code": "x"}))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "bad_request").await;
-    let r = post("/v1/run").json(&json!({"cmd": ["env"], "env": {"1BAD": "x"}})).send().await.unwrap();
+    let r = post("/v1/run")
+        .json(&json!({"cmd": ["env"], "env": {"1BAD": "x"}}))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "bad_request").await;
     // Unknown route and wrong method.
-    let r = c.get(format!("{}/v2/nothing", gw.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/nothing", gw.url))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 404, "not_found").await;
-    let r = c.patch(format!("{}/v1/run", gw.url)).bearer_auth(&key).send().await.unwrap();
+    let r = c
+        .patch(format!("{}/v1/run", gw.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 405, "method_not_allowed").await;
     // Nothing of the above reached the VM engine.
     assert!(exec.executed.lock().unwrap().is_empty());
@@ -109,7 +172,12 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
 
     // Another tenant, and another agent of the same tenant: 404, as if it did not exist.
     for key in [&globex, &acme2] {
-        let r = c.get(format!("{}/v1/sandboxes/{id}", gw.url)).bearer_auth(key).send().await.unwrap();
+        let r = c
+            .get(format!("{}/v1/sandboxes/{id}", gw.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
         error_body(r, 404, "not_found").await;
         let r = c
             .post(format!("{}/v1/sandboxes/{id}/commands", gw.url))
@@ -119,7 +187,12 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
             .await
             .unwrap();
         error_body(r, 404, "not_found").await;
-        let r = c.delete(format!("{}/v1/sandboxes/{id}", gw.url)).bearer_auth(key).send().await.unwrap();
+        let r = c
+            .delete(format!("{}/v1/sandboxes/{id}", gw.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
         error_body(r, 404, "not_found").await;
         let list: serde_json::Value = c
             .get(format!("{}/v1/sandboxes", gw.url))
@@ -133,7 +206,12 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
         assert_eq!(list["sandboxes"].as_array().unwrap().len(), 0);
     }
     // A developer (sandbox:admin) of the tenant sees it.
-    let r = c.get(format!("{}/v1/sandboxes/{id}", gw.url)).bearer_auth(&acme_dev).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&acme_dev)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // An auditor may not run code.
     let r = c
@@ -144,9 +222,17 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
         .await
         .unwrap();
     let body = error_body(r, 403, "forbidden").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("sandbox:run"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sandbox:run"));
     // ... and an agent may not read the audit trail.
-    let r = c.get(format!("{}/v1/audit", gw.url)).bearer_auth(&acme).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/audit", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 403, "forbidden").await;
 
     // The owner runs a command; output is returned.
@@ -163,9 +249,19 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
     assert_eq!(r["stdout"], "hello");
     assert_eq!(r["exit_code"], 0);
     // Delete, then it is gone.
-    let r = c.delete(format!("{}/v1/sandboxes/{id}", gw.url)).bearer_auth(&acme).send().await.unwrap();
+    let r = c
+        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = c.get(format!("{}/v1/sandboxes/{id}", gw.url)).bearer_auth(&acme).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 404, "not_found").await;
     let _ = gw.stop().await;
 }
@@ -175,10 +271,20 @@ async fn revoked_keys_stop_working_immediately() {
     let (gw, _exec) = gateway().await;
     let c = client();
     let new = ztee_server::apikey::create(&gw.state.store, "acme", "agent", "").unwrap();
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&new.key).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&new.key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     ztee_server::apikey::revoke(&gw.state.store, &new.record.id).unwrap();
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&new.key).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&new.key)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 401, "unauthenticated").await;
     let _ = gw.stop().await;
 }
@@ -206,21 +312,48 @@ async fn tenant_quotas_and_rate_limits_answer_429_with_retry_after() {
     let r = create(&acme, 150).await.unwrap();
     assert!(r.headers().get("retry-after").is_some());
     let body = error_body(r, 429, "quota_exceeded").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("MiB"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("MiB"),
+        "{body}"
+    );
     assert_eq!(create(&acme, 64).await.unwrap().status(), 201);
     // Count: a third sandbox.
     error_body(create(&acme, 32).await.unwrap(), 429, "quota_exceeded").await;
     // Another tenant has its own quota.
     assert_eq!(create(&globex, 64).await.unwrap().status(), 201);
     // acme has now made 4 requests of its burst of 6; the 7th is rate limited.
-    let _ = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&acme).send().await.unwrap();
-    let _ = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&acme).send().await.unwrap();
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&acme).send().await.unwrap();
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let _ = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    let _ = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=5).contains(&retry), "{retry}");
     error_body(r, 429, "rate_limited").await;
     // globex is not affected by acme's rate.
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&globex).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let _ = gw.stop().await;
 }
@@ -242,11 +375,24 @@ async fn card_data_in_input_is_blocked_before_any_vm_and_output_is_masked() {
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("CREDIT_CARD"), "{msg}");
     assert!(!msg.contains(PAN), "the error never echoes the PAN: {msg}");
-    for field in [json!({"cmd": ["echo", PAN]}), json!({"cmd": ["echo"], "env": {"C": PAN}}), json!({"cmd": ["cat"], "stdin": PAN})] {
-        let r = c.post(format!("{}/v1/run", gw.url)).bearer_auth(&key).json(&field).send().await.unwrap();
+    for field in [
+        json!({"cmd": ["echo", PAN]}),
+        json!({"cmd": ["echo"], "env": {"C": PAN}}),
+        json!({"cmd": ["cat"], "stdin": PAN}),
+    ] {
+        let r = c
+            .post(format!("{}/v1/run", gw.url))
+            .bearer_auth(&key)
+            .json(&field)
+            .send()
+            .await
+            .unwrap();
         error_body(r, 403, "policy_denied").await;
     }
-    assert!(exec.created.lock().unwrap().is_empty(), "no VM for denied requests");
+    assert!(
+        exec.created.lock().unwrap().is_empty(),
+        "no VM for denied requests"
+    );
 
     // Outbound: the "program" prints a PAN it computed (here: from two halves).
     let r: serde_json::Value = c
@@ -289,7 +435,11 @@ async fn redact_mode_masks_input_before_the_vm_sees_it() {
         .unwrap();
     let seen = exec.executed.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
-    assert!(!seen[0].argv[1].contains(PAN), "the VM got {:?}", seen[0].argv);
+    assert!(
+        !seen[0].argv[1].contains(PAN),
+        "the VM got {:?}",
+        seen[0].argv
+    );
     assert!(seen[0].argv[1].starts_with("card ") && seen[0].argv[1].ends_with("1111"));
     let stdout = r["stdout"].as_str().unwrap();
     assert!(!stdout.contains(PAN), "{stdout}");
@@ -313,7 +463,10 @@ async fn streaming_output_is_masked_across_chunks_and_ends_with_exit() {
         .text()
         .await
         .unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(lines.len() >= 2, "{text}");
     let out: String = lines
         .iter()
@@ -346,28 +499,70 @@ async fn files_are_scanned_both_ways() {
         .unwrap();
     let id = sbx["id"].as_str().unwrap();
     let files = format!("{}/v1/sandboxes/{id}/files", gw.url);
-    let r = c.put(format!("{files}?path=/tmp/a.txt")).bearer_auth(&key).body("plain text").send().await.unwrap();
+    let r = c
+        .put(format!("{files}?path=/tmp/a.txt"))
+        .bearer_auth(&key)
+        .body("plain text")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let got = c.get(format!("{files}?path=/tmp/a.txt")).bearer_auth(&key).send().await.unwrap();
+    let got = c
+        .get(format!("{files}?path=/tmp/a.txt"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.text().await.unwrap(), "plain text");
     // Card data going in is blocked by default.
-    let r = c.put(format!("{files}?path=/tmp/b.txt")).bearer_auth(&key).body(format!("card {PAN}")).send().await.unwrap();
+    let r = c
+        .put(format!("{files}?path=/tmp/b.txt"))
+        .bearer_auth(&key)
+        .body(format!("card {PAN}"))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 403, "policy_denied").await;
     // Bad paths.
-    let r = c.put(format!("{files}?path=relative.txt")).bearer_auth(&key).body("x").send().await.unwrap();
+    let r = c
+        .put(format!("{files}?path=relative.txt"))
+        .bearer_auth(&key)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "bad_request").await;
-    let r = c.get(format!("{files}")).bearer_auth(&key).send().await.unwrap();
+    let r = c
+        .get(format!("{files}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "bad_request").await;
-    let r = c.get(format!("{files}?path=/nope")).bearer_auth(&key).send().await.unwrap();
+    let r = c
+        .get(format!("{files}?path=/nope"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "bad_request").await;
     // Card data a program wrote comes out masked: the double's sandbox holds files in memory,
     // so put one there behind the gateway's back, as a program in the VM would.
     let live = gw.state.sandboxes.get(id).unwrap();
     live.handle
-        .write_file("/tmp/out.csv", bytes::Bytes::from(format!("id,pan\n1,{PAN}\n")), 0o644)
+        .write_file(
+            "/tmp/out.csv",
+            bytes::Bytes::from(format!("id,pan\n1,{PAN}\n")),
+            0o644,
+        )
         .await
         .unwrap();
-    let got = c.get(format!("{files}?path=/tmp/out.csv")).bearer_auth(&key).send().await.unwrap();
+    let got = c
+        .get(format!("{files}?path=/tmp/out.csv"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.headers()["x-ztee-redactions"], "CREDIT_CARD=1");
     let text = got.text().await.unwrap();
     assert!(!text.contains(PAN) && text.contains("1111"), "{text}");
@@ -399,7 +594,12 @@ async fn the_audit_trail_records_decisions_verifies_and_audits_its_readers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let _ = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth("ztee_000000000000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx").send().await.unwrap();
+    let _ = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth("ztee_000000000000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+        .send()
+        .await
+        .unwrap();
 
     let events: serde_json::Value = c
         .get(format!("{}/v1/audit?request_id=req-denied", gw.url))
@@ -443,9 +643,19 @@ async fn the_audit_trail_records_decisions_verifies_and_audits_its_readers() {
         .unwrap();
     assert_eq!(theirs["events"].as_array().unwrap().len(), 0);
     // Bad filters are 400s.
-    let r = c.get(format!("{}/v1/audit?since=yesterday", gw.url)).bearer_auth(&auditor).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/audit?since=yesterday", gw.url))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 400, "bad_request").await;
-    let r = c.get(format!("{}/v1/audit?tenant=globex", gw.url)).bearer_auth(&auditor).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/audit?tenant=globex", gw.url))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 403, "forbidden").await;
 
     let audit_dir = gw.state.audit_dir.clone();
@@ -461,7 +671,10 @@ async fn the_audit_trail_records_decisions_verifies_and_audits_its_readers() {
     let key = ztee_audit::PublicKey::from_data_dir(data_dir).unwrap();
     let report = ztee_audit::verify(&audit_dir, &key).unwrap();
     assert!(report.failure.is_none(), "{report:?}");
-    assert!(report.checkpoints >= 1, "the log closes with a signed checkpoint: {report:?}");
+    assert!(
+        report.checkpoints >= 1,
+        "the log closes with a signed checkpoint: {report:?}"
+    );
     // Reads were audited, and so was the failed login.
     let mut types = Vec::new();
     ztee_audit::read_records(&audit_dir, &ztee_audit::Query::default(), |r| {
@@ -470,7 +683,10 @@ async fn the_audit_trail_records_decisions_verifies_and_audits_its_readers() {
         }
     })
     .unwrap();
-    assert!(types.iter().filter(|t| *t == "audit.access").count() >= 3, "{types:?}");
+    assert!(
+        types.iter().filter(|t| *t == "audit.access").count() >= 3,
+        "{types:?}"
+    );
     assert!(types.contains(&"auth.failure".to_owned()), "{types:?}");
 }
 
@@ -481,14 +697,42 @@ async fn health_metrics_and_openapi_need_no_auth() {
     let r = c.get(format!("{}/healthz", gw.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("x-request-id").is_some());
-    let r: serde_json::Value = c.get(format!("{}/readyz", gw.url)).send().await.unwrap().json().await.unwrap();
+    let r: serde_json::Value = c
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["status"], "ready");
-    let _ = c.get(format!("{}/v1/sandboxes", gw.url)).send().await.unwrap();
-    let metrics = c.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let _ = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .send()
+        .await
+        .unwrap();
+    let metrics = c
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("ztee_http_requests_total"), "{metrics}");
-    assert!(metrics.contains("reason=\"missing_credentials\""), "{metrics}");
+    assert!(
+        metrics.contains("reason=\"missing_credentials\""),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/v1/sandboxes\""), "{metrics}");
-    let doc: serde_json::Value = c.get(format!("{}/openapi.json", gw.url)).send().await.unwrap().json().await.unwrap();
+    let doc: serde_json::Value = c
+        .get(format!("{}/openapi.json", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.0.3");
     let _ = gw.stop().await;
 }
@@ -510,7 +754,10 @@ async fn a_failing_vm_engine_is_a_503_and_frees_the_quota() {
             .await
             .unwrap();
         let body = error_body(r, 503, "unavailable").await;
-        assert!(!body["error"]["message"].as_str().unwrap().contains("qemu"), "engine detail stays in the log");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().contains("qemu"),
+            "engine detail stays in the log"
+        );
     }
     assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 0);
     let _ = gw.stop().await;

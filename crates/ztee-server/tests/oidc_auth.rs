@@ -36,7 +36,9 @@ fn provider(key_file: &std::path::Path) -> Option<Provider> {
 async fn tokens_from_a_real_provider_are_accepted_and_bad_ones_refused() {
     let keys = tempfile::tempdir().unwrap();
     let key_file = keys.path().join("signing.jwk");
-    let Some(idp) = provider(&key_file) else { return };
+    let Some(idp) = provider(&key_file) else {
+        return;
+    };
     let gw = Gateway::start(oidc_config(&idp.issuer), Arc::new(EchoExecutor::default())).await;
     let c = client();
     let list = |token: String| {
@@ -63,26 +65,49 @@ async fn tokens_from_a_real_provider_are_accepted_and_bad_ones_refused() {
     let id = sbx["id"].as_str().unwrap();
     // Tenant isolation holds for OIDC principals too.
     let globex = idp.token("agent-globex", "urn:ztee").await;
-    let r = c.get(format!("{}/v1/sandboxes/{id}", gw.url)).bearer_auth(&globex).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 404, "not_found").await;
     // Roles map to permissions: the auditor reads the audit trail, and may not run code.
     let auditor = idp.token("auditor-acme", "urn:ztee").await;
-    let r = c.get(format!("{}/v1/audit", gw.url)).bearer_auth(&auditor).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/audit", gw.url))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.post(format!("{}/v1/run", gw.url)).bearer_auth(&auditor).json(&serde_json::json!({"cmd": ["x"]})).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&auditor)
+        .json(&serde_json::json!({"cmd": ["x"]}))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 403, "forbidden").await;
 
     // Wrong audience.
     let other_aud = idp.token("agent-acme", "urn:other-service").await;
     let body = error_body(list(other_aud).await.unwrap(), 401, "unauthenticated").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("audience"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audience"),
+        "{body}"
+    );
     // No tenant claim.
     let no_tenant = idp.token("no-tenant", "urn:ztee").await;
     error_body(list(no_tenant).await.unwrap(), 401, "unauthenticated").await;
     // Forged: same header (kid, alg), claims changed to another tenant, original signature.
     let parts: Vec<&str> = acme.split('.').collect();
     let mut claims: serde_json::Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1]).unwrap(),
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+            .unwrap(),
     )
     .unwrap();
     claims["tenant"] = "globex".into();
@@ -92,38 +117,90 @@ async fn tokens_from_a_real_provider_are_accepted_and_bad_ones_refused() {
     );
     let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
     let body = error_body(list(forged).await.unwrap(), 401, "unauthenticated").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("signature"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{body}"
+    );
     // Forged: signed with an attacker's own RSA key under the provider's kid.
     let header = jsonwebtoken::decode_header(&acme).unwrap();
     let attacker = rsa_private_pem();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = header.kid.clone();
-    let self_signed = jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(attacker.as_bytes()).unwrap()).unwrap();
+    let self_signed = jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(attacker.as_bytes()).unwrap(),
+    )
+    .unwrap();
     error_body(list(self_signed).await.unwrap(), 401, "unauthenticated").await;
     // `alg: none` and HS256 signed with the public key as secret.
-    let none = format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "kid": header.kid})), forged_claims);
+    let none = format!(
+        "{}.{}.",
+        b64(&serde_json::json!({"alg": "none", "kid": header.kid})),
+        forged_claims
+    );
     error_body(list(none).await.unwrap(), 401, "unauthenticated").await;
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = header.kid.clone();
-    let jwks = reqwest::get(format!("{}/jwks", idp.issuer)).await.unwrap().text().await.unwrap();
-    let hs_token = jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(jwks.as_bytes())).unwrap();
+    let jwks = reqwest::get(format!("{}/jwks", idp.issuer))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hs_token = jsonwebtoken::encode(
+        &hs,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(jwks.as_bytes()),
+    )
+    .unwrap();
     let body = error_body(list(hs_token).await.unwrap(), 401, "unauthenticated").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("algorithm"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("algorithm"),
+        "{body}"
+    );
 
     // Wrong issuer: a second provider signing with the same key (so only `iss` differs).
-    let Some(idp2) = provider(&key_file) else { return };
+    let Some(idp2) = provider(&key_file) else {
+        return;
+    };
     let foreign = idp2.token("agent-acme", "urn:ztee").await;
     let body = error_body(list(foreign).await.unwrap(), 401, "unauthenticated").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("issuer"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("issuer"),
+        "{body}"
+    );
 
     // Expired: this client's tokens live 2 s and the gateway allows no clock skew here.
     let short = idp.token("short-lived", "urn:ztee").await;
     assert_eq!(list(short.clone()).await.unwrap().status(), 200);
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let body = error_body(list(short).await.unwrap(), 401, "unauthenticated").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("expired"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
 
-    let metrics = c.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("reason=\"invalid_token\""), "{metrics}");
     let _ = gw.stop().await;
 }
@@ -131,11 +208,22 @@ async fn tokens_from_a_real_provider_are_accepted_and_bad_ones_refused() {
 #[tokio::test]
 async fn a_rotated_signing_key_is_picked_up_on_an_unknown_kid() {
     let keys = tempfile::tempdir().unwrap();
-    let Some(first) = provider(&keys.path().join("k1.jwk")) else { return };
-    let gw = Gateway::start(oidc_config(&first.issuer), Arc::new(EchoExecutor::default())).await;
+    let Some(first) = provider(&keys.path().join("k1.jwk")) else {
+        return;
+    };
+    let gw = Gateway::start(
+        oidc_config(&first.issuer),
+        Arc::new(EchoExecutor::default()),
+    )
+    .await;
     let token = first.token("agent-acme", "urn:ztee").await;
     let c = client();
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Restart the provider on the same port with a new key: same issuer, new kid.
     let port = first.issuer.rsplit(':').next().unwrap().to_owned();
@@ -147,16 +235,29 @@ async fn a_rotated_signing_key_is_picked_up_on_an_unknown_kid() {
         jsonwebtoken::decode_header(&rotated).unwrap().kid,
         jsonwebtoken::decode_header(&token).unwrap().kid
     );
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&rotated).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&rotated)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "new kid fetched from the issuer");
     // The old key is gone from the issuer's set, so its tokens no longer validate.
-    let r = c.get(format!("{}/v1/sandboxes", gw.url)).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 401, "unauthenticated").await;
     let _ = gw.stop().await;
 }
 
 fn b64(v: &serde_json::Value) -> String {
-    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v.to_string())
+    base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        v.to_string(),
+    )
 }
 
 /// A fresh RSA key in PKCS#8 PEM, made by the provider's own runtime (node) so the test needs

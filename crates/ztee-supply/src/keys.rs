@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use p256::ecdsa::{SigningKey, VerifyingKey};
+pub use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
 };
@@ -34,6 +34,32 @@ impl std::fmt::Debug for Passphrase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Passphrase(..)")
     }
+}
+
+/// The environment variable a passphrase is read from before prompting.
+pub const PASSPHRASE_ENV: &str = "ZTEE_KEY_PASSPHRASE";
+
+/// The passphrase from `ZTEE_KEY_PASSPHRASE`, else from a prompt on the terminal (no echo);
+/// with `confirm`, asked twice and compared.
+pub fn read_passphrase(prompt: &str, confirm: bool) -> Result<Passphrase> {
+    if let Ok(value) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(Passphrase::new(value));
+    }
+    let first = Zeroizing::new(rpassword::prompt_password(prompt).map_err(|e| {
+        Error::Key(format!(
+            "no passphrase: set {PASSPHRASE_ENV} or run on a terminal ({e})"
+        ))
+    })?);
+    if confirm {
+        let second = Zeroizing::new(
+            rpassword::prompt_password("Repeat the passphrase: ")
+                .map_err(|e| Error::Key(format!("no passphrase: {e}")))?,
+        );
+        if first.as_bytes() != second.as_bytes() {
+            return Err(Error::Key("the two passphrases differ".into()));
+        }
+    }
+    Ok(Passphrase::new(first.to_string()))
 }
 
 /// Where `generate` put the key pair.

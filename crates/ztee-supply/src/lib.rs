@@ -6,12 +6,14 @@
 //! Everything here works offline; no transparency log or online service is contacted.
 
 pub mod admission;
+pub mod build;
 pub mod digest;
 pub mod dsse;
 mod error;
 pub mod keys;
 pub mod layers;
 pub mod oci;
+pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod sbom;
@@ -23,3 +25,9 @@ pub use digest::Digest;
 pub use error::{Error, Result};
 pub use reference::Reference;
 pub use store::Store;
+pub use time::{Date, OffsetDateTime};
+
+/// The current UTC time, for admission and scan dates.
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}

@@ -13,9 +13,12 @@ use super::card::{luhn_valid, CardBrand};
 
 /// More than this many separator characters in a row end a run ("4111  1111" has two).
 const MAX_SEPARATOR_CHARS: usize = 3;
-/// Digits kept per run; longer runs are walked to their end but only their first digits are
-/// classified (no card, SSN or phone has more).
-const MAX_RUN_DIGITS: usize = 256;
+/// A run with more digits than this is classified in pieces: what is recorded so far is checked
+/// for cards and addresses, and only the tail that could start a card continuing into the next
+/// digits is kept. Memory stays bounded however long the run.
+const MAX_RUN_DIGITS: usize = 4096;
+/// Digits recorded per group: a longer group cannot be part of any card, SSN or phone number.
+const MAX_GROUP_DIGITS: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sep {
@@ -177,6 +180,7 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
             continue;
         };
         run.clear();
+        let mut truncated = false;
         let run_start = i;
         run.group_starts.push(0);
         run.digits.push(d);
@@ -185,7 +189,8 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
         let mut run_end = i;
         loop {
             if let Some((d, len)) = digit_at(b, i) {
-                if run.digits.len() < MAX_RUN_DIGITS {
+                let current = run.group_starts.len() - 1;
+                if run.digits.len() - run.group_starts[current] < MAX_GROUP_DIGITS {
                     run.digits.push(d);
                     run.spans.push((i, i + len));
                 }
@@ -213,7 +218,11 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
                 }
             }
             match (first_kind, digit_at(b, j)) {
-                (Some(kind), Some(_)) if run.digits.len() < MAX_RUN_DIGITS => {
+                (Some(kind), Some(_)) => {
+                    if run.digits.len() >= MAX_RUN_DIGITS {
+                        flush_partial(b, &mut run, want, out);
+                        truncated = true;
+                    }
                     run.gaps.push(Gap {
                         kind,
                         single: count == 1,
@@ -222,17 +231,45 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
                     run.group_starts.push(run.digits.len());
                     i = j;
                 }
-                (Some(_), Some(_)) => {
-                    // Past the classification cap: keep walking so the run ends where it really
-                    // ends, without recording more groups.
-                    i = j;
-                }
                 _ => break,
             }
         }
-        classify(text, &run, run_start, run_end, want, out);
+        if truncated {
+            // Only cards and addresses can sit inside a run this long.
+            if want.card {
+                cards(b, &run, out);
+            }
+            if want.ipv4 {
+                ipv4(b, &run, out);
+            }
+        } else {
+            classify(text, &run, run_start, run_end, want, out);
+        }
         i = run_end.max(i);
     }
+}
+
+/// Classifies the recorded part of an over-long run and keeps only its last groups that could
+/// still begin a card number continuing into digits not read yet (the last 18 digits).
+fn flush_partial(b: &[u8], run: &mut Run, want: DigitEntities, out: &mut Vec<Candidate>) {
+    if want.card {
+        cards(b, run, out);
+    }
+    if want.ipv4 {
+        ipv4(b, run, out);
+    }
+    let total = run.digits.len();
+    let keep = (0..run.group_starts.len())
+        .find(|&g| total - run.group_starts[g] <= 18)
+        .unwrap_or(run.group_starts.len() - 1);
+    let offset = run.group_starts[keep];
+    run.digits.drain(..offset);
+    run.spans.drain(..offset);
+    run.group_starts.drain(..keep);
+    for s in &mut run.group_starts {
+        *s -= offset;
+    }
+    run.gaps.drain(..keep);
 }
 
 fn is_alnum_before(b: &[u8], pos: usize) -> bool {
@@ -330,9 +367,13 @@ fn cards(b: &[u8], run: &Run, out: &mut Vec<Candidate>) {
             if count >= 12 {
                 let digits = &run.digits[start..end];
                 if luhn_valid(digits) && CardBrand::of(digits).is_some() {
+                    // Where a shorter and a longer reading are both valid PANs, report the
+                    // longer one (with the better score): over-redacting a few digits is safe,
+                    // leaving the tail of a real PAN is not.
                     let score = card_score(b, run, g, last);
-                    if score > 0.0 && best.is_none_or(|(s, _)| score > s) {
-                        best = Some((score, last));
+                    if score > 0.0 {
+                        let best_score = best.map_or(score, |(s, _)| s.max(score));
+                        best = Some((best_score, last));
                     }
                 }
             }

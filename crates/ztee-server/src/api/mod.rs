@@ -47,7 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .route("/v1/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route(
+            "/v1/sandboxes",
+            get(sandboxes::list).post(sandboxes::create),
+        )
         .route(
             "/v1/sandboxes/{id}",
             get(sandboxes::show).delete(sandboxes::delete),
@@ -91,8 +94,14 @@ pub(crate) fn timeout(
     requested: Option<u64>,
     default: u64,
 ) -> Result<Duration, ApiError> {
-    bounded("timeout_s", requested, default, 1, state.config.limits.max_timeout_s)
-        .map(Duration::from_secs)
+    bounded(
+        "timeout_s",
+        requested,
+        default,
+        1,
+        state.config.limits.max_timeout_s,
+    )
+    .map(Duration::from_secs)
 }
 
 /// Environment names are what a shell accepts; values may not hold NUL (they go to execve).
@@ -108,7 +117,9 @@ pub(crate) fn check_env(env: &std::collections::BTreeMap<String, String>) -> Res
             )));
         }
         if v.contains('\0') {
-            return Err(ApiError::bad_request(format!("env.{k} contains a NUL byte")));
+            return Err(ApiError::bad_request(format!(
+                "env.{k} contains a NUL byte"
+            )));
         }
     }
     Ok(())
@@ -122,7 +133,9 @@ pub(crate) fn check_guest_path(field: &str, path: &str) -> Result<(), ApiError> 
         )));
     }
     if path.split('/').any(|seg| seg == "..") {
-        return Err(ApiError::bad_request(format!("{field} {path:?} must not contain `..`")));
+        return Err(ApiError::bad_request(format!(
+            "{field} {path:?} must not contain `..`"
+        )));
     }
     Ok(())
 }

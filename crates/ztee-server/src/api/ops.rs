@@ -70,7 +70,9 @@ pub async fn audit(
         .as_deref()
         .map(humantime::parse_rfc3339_weak)
         .transpose()
-        .map_err(|e| ApiError::bad_request(format!("since: {e}; expected e.g. 2026-01-31T00:00:00Z")))?;
+        .map_err(|e| {
+            ApiError::bad_request(format!("since: {e}; expected e.g. 2026-01-31T00:00:00Z"))
+        })?;
     let event_type = q
         .event_type
         .as_deref()

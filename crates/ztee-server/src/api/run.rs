@@ -90,7 +90,13 @@ pub async fn run(
     check_env(&req.env)?;
     let d = &state.config.sandbox_defaults;
     let l = &state.config.limits;
-    let memory_mib = bounded("memory_mib", req.memory_mib, d.memory_mib, 32, l.max_memory_mib)?;
+    let memory_mib = bounded(
+        "memory_mib",
+        req.memory_mib,
+        d.memory_mib,
+        32,
+        l.max_memory_mib,
+    )?;
     let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
     let limit = timeout(&state, req.timeout_s, d.command_timeout_s)?;
     let mut files = Vec::with_capacity(req.files.len() + 1);
@@ -108,7 +114,9 @@ pub async fn run(
         (None, None, Some(_)) => return Err(ApiError::bad_request("code needs a language")),
         (None, Some(_), None) => return Err(ApiError::bad_request("language needs code")),
         (None, None, None) => {
-            return Err(ApiError::bad_request("give either cmd, or language and code"))
+            return Err(ApiError::bad_request(
+                "give either cmd, or language and code",
+            ))
         }
         (Some(_), _, _) => {
             return Err(ApiError::bad_request(

@@ -39,12 +39,17 @@ pub(crate) fn policy_input(caller: &Caller, action: &'static str) -> PolicyInput
         vcpus: None,
         timeout_s: None,
         findings: Vec::new(),
+        cmd: Vec::new(),
     }
 }
 
 pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(v)| v).map_err(|rejection| {
-        ApiError::new(rejection.status(), json_rejection_code(&rejection), rejection.body_text())
+        ApiError::new(
+            rejection.status(),
+            json_rejection_code(&rejection),
+            rejection.body_text(),
+        )
     })
 }
 
@@ -101,9 +106,13 @@ fn view(state: &AppState, r: SandboxRecord) -> SandboxView {
     }
 }
 
-pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
-    let tenant = (!caller.principal.has(Permission::Admin)).then(|| caller.principal.tenant.clone());
+    let tenant =
+        (!caller.principal.has(Permission::Admin)).then(|| caller.principal.tenant.clone());
     let records = state
         .store
         .run(move |s| s.sandboxes(tenant.as_deref()))
@@ -137,11 +146,22 @@ pub async fn create(
     let d = &state.config.sandbox_defaults;
     let l = &state.config.limits;
     check_image(req.image.as_deref())?;
-    let memory_mib = bounded("memory_mib", req.memory_mib, d.memory_mib, 32, l.max_memory_mib)?;
+    let memory_mib = bounded(
+        "memory_mib",
+        req.memory_mib,
+        d.memory_mib,
+        32,
+        l.max_memory_mib,
+    )?;
     let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
     let lifetime = timeout(&state, req.timeout_s, d.timeout_s)?;
     check_env(&req.env)?;
-    if req.metadata.len() > 16 || req.metadata.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {
+    if req.metadata.len() > 16
+        || req
+            .metadata
+            .iter()
+            .any(|(k, v)| k.len() > 64 || v.len() > 256)
+    {
         return Err(ApiError::bad_request(
             "metadata: at most 16 keys, keys up to 64 bytes, values up to 256 bytes",
         ));
@@ -201,13 +221,9 @@ pub async fn create(
             return Err(exec_error(e));
         }
     };
-    state.sandboxes.insert(
-        id.clone(),
-        Arc::new(LiveSandbox {
-            handle,
-            env,
-        }),
-    );
+    state
+        .sandboxes
+        .insert(id.clone(), Arc::new(LiveSandbox { handle, env }));
     state.metrics.sandboxes_active.inc();
     schedule_expiry(Arc::downgrade(&state), id.clone(), lifetime);
     let event = state
@@ -297,7 +313,10 @@ pub async fn delete(
         resource: Some(format!("sandbox/{id}")),
         policy: policy_input(&caller, "sandbox.delete"),
     };
-    state.pipeline.record(state.pipeline.event(&ctx, Outcome::Success)).await?;
+    state
+        .pipeline
+        .record(state.pipeline.event(&ctx, Outcome::Success))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -317,7 +336,11 @@ pub async fn command(
     if let Some(cwd) = &req.cwd {
         check_guest_path("cwd", cwd)?;
     }
-    let limit = timeout(&state, req.timeout_s, state.config.sandbox_defaults.command_timeout_s)?;
+    let limit = timeout(
+        &state,
+        req.timeout_s,
+        state.config.sandbox_defaults.command_timeout_s,
+    )?;
     let mut env: BTreeMap<String, String> = sandbox.env.clone();
     env.extend(req.env);
     let mut policy = policy_input(&caller, "sandbox.exec");
@@ -348,7 +371,13 @@ pub async fn command(
         let rx = state
             .pipeline
             .clone()
-            .stream(stream_ctx, sandbox.handle.clone(), admitted, limit, Box::new(()))
+            .stream(
+                stream_ctx,
+                sandbox.handle.clone(),
+                admitted,
+                limit,
+                Box::new(()),
+            )
             .await?;
         return Ok(ndjson(rx));
     }
@@ -418,7 +447,11 @@ pub async fn upload(
         .ok_or_else(|| ApiError::internal("admitted upload lost its file"))?;
     let size = content.len();
     let written = sandbox.handle.write_file(&path, content, 0o644).await;
-    let outcome = if written.is_ok() { Outcome::Success } else { Outcome::Failure };
+    let outcome = if written.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
     let event = state
         .pipeline
         .event(&ctx, outcome)
@@ -500,11 +533,7 @@ pub async fn download(
         .with_output(&body);
     state.pipeline.record(event).await?;
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut response = (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        body,
-    )
-        .into_response();
+    let mut response = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&summary.join(",")) {
         response.headers_mut().insert("x-ztee-redactions", v);
     }

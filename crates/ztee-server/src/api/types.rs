@@ -48,7 +48,9 @@ pub enum Cmd {
 impl Cmd {
     pub fn into_argv(self) -> Result<Vec<String>, &'static str> {
         match self {
-            Cmd::Argv(argv) if argv.is_empty() => Err("cmd is an empty list; give at least the program"),
+            Cmd::Argv(argv) if argv.is_empty() => {
+                Err("cmd is an empty list; give at least the program")
+            }
             Cmd::Argv(argv) if argv[0].is_empty() => Err("cmd[0] (the program) is empty"),
             Cmd::Argv(argv) => Ok(argv),
             Cmd::Shell(s) if s.trim().is_empty() => Err("cmd is an empty string"),

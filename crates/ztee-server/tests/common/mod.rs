@@ -82,7 +82,9 @@ impl Gateway {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(20), task).await;
         }
-        let Gateway { state, data_dir, .. } = self;
+        let Gateway {
+            state, data_dir, ..
+        } = self;
         drop(state);
         data_dir
     }
@@ -107,7 +109,12 @@ pub async fn error_body(resp: reqwest::Response, status: u16, code: &str) -> ser
         .to_owned();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert_eq!(body["error"]["request_id"], rid.as_str(), "{body}");
     body
 }

@@ -16,7 +16,9 @@ fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ZTEE_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
     home.join(".cache/ztee")
 }
 
@@ -41,7 +43,10 @@ pub fn install() -> Result<PathBuf, String> {
             .output()
             .map_err(|e| format!("npm: {e}"))?;
         if !out.status.success() {
-            return Err(format!("npm ci failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "npm ci failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         std::fs::write(&stamp, &lock).map_err(|e| e.to_string())?;
     }

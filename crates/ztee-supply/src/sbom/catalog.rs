@@ -31,6 +31,21 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Adds the crates of a `Cargo.lock` outside the image (for instance the guest agent's,
+    /// which the VM engine puts into the initramfs rather than the image). `root` limits them
+    /// to one package's dependency closure. Returns how many were added.
+    pub fn add_cargo_lock(&mut self, path: &Path, root: Option<&str>) -> Result<usize> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let location = match root {
+            Some(r) => format!("{}#{r}", path.display()),
+            None => path.display().to_string(),
+        };
+        let found = cargo_lock_packages(&text, &location, root)?;
+        let n = found.len();
+        self.packages.extend(found);
+        Ok(n)
+    }
+
     pub fn count(&self, kind: PackageKind) -> usize {
         self.packages.iter().filter(|p| p.kind == kind).count()
     }

@@ -6,7 +6,7 @@ use crate::sbom::{Catalog, Package};
 
 pub const SPEC_VERSION: &str = "1.5";
 
-pub(crate) fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let format =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::now_utc()

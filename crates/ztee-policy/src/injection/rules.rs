@@ -1,0 +1,187 @@
+//! Rules for the known injection families. Patterns run on normalized (lowercased, de-obfuscated)
+//! views, all at once through one `RegexSet`.
+
+use regex::RegexSet;
+
+use crate::PolicyError;
+
+/// One rule: its id (`family.name`), how strongly a match alone indicates an injection, and the
+/// pattern.
+struct Rule {
+    id: &'static str,
+    weight: f64,
+    pattern: &'static str,
+}
+
+const RULES: &[Rule] = &[
+    // Instruction override.
+    Rule {
+        id: "instruction_override.ignore_previous",
+        weight: 0.9,
+        pattern: r"\b(ignore|disregard|forget|skip|bypass|override|stop following)\b[^.\n]{0,40}\b(previous|prior|above|earlier|preceding|original|all|any|your|system|these)\b[^.\n]{0,25}\b(instructions?|prompts?|rules|directions|directives|guidelines|constraints|system prompt)\b",
+    },
+    Rule {
+        id: "instruction_override.forget_everything",
+        weight: 0.8,
+        pattern: r"\bforget (everything|all) (you were told|you know|above|before)",
+    },
+    Rule {
+        id: "instruction_override.new_instructions",
+        weight: 0.6,
+        pattern: r"\b(new|updated|real|actual) (instructions|rules|task|policy)( from [a-z ]{1,30})?\s*(:|are:|is:|is to\b)",
+    },
+    Rule {
+        id: "instruction_override.rules_void",
+        weight: 0.85,
+        pattern: r"\b(earlier|previous|prior|original) (rules|instructions|directives)( [a-z]+){0,2} (no longer apply|are void|were a test|are cancelled)",
+    },
+    Rule {
+        id: "instruction_override.do_not_follow",
+        weight: 0.75,
+        pattern: r"\b(do not|don't|stop|cancel)( following| follow)? (your|the|all) (original |previous |prior |earlier )?(instructions|guidelines|directives|rules)\b",
+    },
+    Rule {
+        id: "instruction_override.from_now_on",
+        weight: 0.5,
+        pattern: r"\bfrom now on,? you (will|must|are|shall)\b",
+    },
+    // Role play / jailbreak personas.
+    Rule {
+        id: "role_play.persona",
+        weight: 0.85,
+        pattern: r"\b(you are|you're) (now )?(dan|jailbroken|unrestricted|uncensored|unfiltered|evil|an ai (with no|without))",
+    },
+    Rule {
+        id: "role_play.do_anything_now",
+        weight: 0.9,
+        pattern: r"\bdo anything now\b",
+    },
+    Rule {
+        id: "role_play.no_restrictions",
+        weight: 0.85,
+        pattern: r"\b(pretend|imagine|act as|roleplay|role-play|role play|simulate|respond as|persona)\b[^.\n]{0,60}\b(no|without|any|never)\b[^.\n]{0,20}\b(restrictions|rules|filters|ethics|content policy|limits|safety|refuses)\b",
+    },
+    Rule {
+        id: "role_play.developer_mode",
+        weight: 0.8,
+        pattern: r"\bdeveloper mode\b[^.\n]{0,60}\b(ignore|no rules|without|bypass|safety)\b",
+    },
+    Rule {
+        id: "role_play.stay_in_character",
+        weight: 0.6,
+        pattern: r"\b(stay in character|never refuses?|without any filters|no content policy)\b",
+    },
+    Rule {
+        id: "role_play.grandmother",
+        weight: 0.6,
+        pattern: r"\b(deceased|late|dead) (grandmother|grandma|grandfather)\b",
+    },
+    // System-prompt extraction.
+    Rule {
+        id: "system_prompt_extraction.reveal",
+        weight: 0.8,
+        pattern: r"\b(reveal|show|print|repeat|output|tell me|display|echo|translate|summarize|list|give me|dump)\b[^.\n]{0,30}\b((your|the) (full |exact |complete )?(hidden|secret|original|initial|system) (instructions|prompt|message)|your (full |exact )?(instructions|system prompt|system message|prompt|configuration)|the system (prompt|message))",
+    },
+    Rule {
+        id: "system_prompt_extraction.repeat_above",
+        weight: 0.8,
+        pattern: r"\brepeat (the |all )?(text|words|everything|instructions) (above|before)",
+    },
+    Rule {
+        id: "system_prompt_extraction.everything_before",
+        weight: 0.7,
+        pattern: r"\b(everything|all text|the text) (before|above) this (message|line|point)",
+    },
+    Rule {
+        id: "system_prompt_extraction.what_is_your_prompt",
+        weight: 0.75,
+        pattern: r"\bwhat (is|are|were) (your|the exact) (system prompt|instructions|initial instructions|hidden instructions)",
+    },
+    // Exfiltration.
+    Rule {
+        id: "exfiltration.send_secrets",
+        weight: 0.9,
+        pattern: r"\b(send|post|upload|forward|email|transmit|exfiltrate|leak|append|include|encode|put|write)\b[^\n]{0,60}\b(api keys?|passwords?|credentials|secrets?|session tokens?|tokens|card numbers?|cvv|customer records|environment variables|conversation)\b[^\n]{0,80}(https?://|www\.|[a-z0-9._-]+@[a-z0-9-]+\.[a-z0-9.-]+)",
+    },
+    Rule {
+        id: "exfiltration.secrets_then_send",
+        weight: 0.85,
+        pattern: r"\b(collect|gather|grab|find|take|read)\b[^\n]{0,30}\b(api keys?|passwords?|credentials|secrets|session tokens?|card numbers?|cvv|customer records|environment variables)\b[^\n]{0,60}\b(send|post|upload|forward|email|transmit)\b[^\n]{0,40}(https?://|www\.|[a-z0-9._-]+@[a-z0-9-]+\.[a-z0-9.-]+)",
+    },
+    Rule {
+        id: "exfiltration.markdown_image",
+        weight: 0.7,
+        pattern: r"!\[[^\]]*\]\(https?://[^)\s]*\?[^)\s]*=",
+    },
+    Rule {
+        id: "exfiltration.secrecy",
+        weight: 0.6,
+        pattern: r"\b(do not|don't|without|never) (mention|tell|telling|informing|letting|notify)[^.\n]{0,30}\b(user|them|anyone|the human)\b",
+    },
+    Rule {
+        id: "exfiltration.keyword",
+        weight: 0.8,
+        pattern: r"\bexfiltrat",
+    },
+    // Tool misuse, usually arriving inside tool outputs and documents.
+    Rule {
+        id: "tool_misuse.agent_directive",
+        weight: 0.75,
+        pattern: r"\b(ai|llm|assistant|agent|model|chatbot)\b[^.\n]{0,40}\b(must|should|need to|are required to|is required to|call|invoke|execute|run|use)\b[^.\n]{0,40}\b(tool|function|command|run_command|delete_file|send_email|transfer_funds|execute_sql|write_file)\b",
+    },
+    Rule {
+        id: "tool_misuse.note_to_ai",
+        weight: 0.75,
+        pattern: r"\b(note|attention|instruction|instructions|message|important) (to|for) (the |any )?(ai|llm|assistant|agent|model)s?\b",
+    },
+    Rule {
+        id: "tool_misuse.if_you_are_ai",
+        weight: 0.8,
+        pattern: r"\bif you are an? (ai|llm|language model|assistant|agent|ai model)\b",
+    },
+    Rule {
+        id: "tool_misuse.role_markers",
+        weight: 0.7,
+        pattern: r"<\|im_start\|>|<\|im_end\|>|\[inst\]|<<sys>>|\[system\]|### ?(system|instruction)|</?system>|\battention agent\b",
+    },
+    Rule {
+        id: "tool_misuse.dangerous_command",
+        weight: 0.6,
+        pattern: r"\b(curl|wget)\b[^\n|]{0,80}\|\s*(sh|bash)\b|\brm -rf /|cat ~/\.(aws|ssh)|/etc/shadow|env \| curl",
+    },
+    Rule {
+        id: "tool_misuse.fake_approval",
+        weight: 0.6,
+        pattern: r"\bwithout asking (the )?user\b|\buser (has )?already approved\b|\bauthori[sz]ed by the admin\b",
+    },
+];
+
+pub struct RuleSet {
+    set: RegexSet,
+}
+
+/// A matched rule and its weight.
+pub struct Hit {
+    pub id: &'static str,
+    pub weight: f64,
+}
+
+impl RuleSet {
+    pub fn new() -> Result<Self, PolicyError> {
+        let set =
+            RegexSet::new(RULES.iter().map(|r| r.pattern)).map_err(|e| PolicyError::Model {
+                what: "rule set",
+                reason: e.to_string(),
+            })?;
+        Ok(RuleSet { set })
+    }
+
+    pub fn matches(&self, text: &str) -> impl Iterator<Item = Hit> + '_ {
+        self.set.matches(text).into_iter().filter_map(|i| {
+            RULES.get(i).map(|r| Hit {
+                id: r.id,
+                weight: r.weight,
+            })
+        })
+    }
+}

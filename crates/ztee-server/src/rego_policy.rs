@@ -1,0 +1,158 @@
+//! [`PolicyEngine`] on top of `ztee-policy`'s Rego bundle.
+//!
+//! The Rego verdict is authoritative. When it allows a request in which inbound DLP found
+//! something it did not itself act on, the configured `[dlp] inbound` action still applies, so
+//! card data never reaches a VM unnoticed whatever the bundle says.
+
+use ztee_policy::{
+    Action, DlpSummary, PolicyInput as RegoInput, PolicyPrincipal, PolicyRequest, Risk, Verdict,
+};
+
+use crate::dlp::InboundAction;
+use crate::policy::{inbound_decision, Decision, DecisionKind, PolicyEngine, PolicyInput};
+
+/// Entity types that are sensitive authentication data (PCI DSS 3.3): never to be processed.
+const SAD: &[&str] = &[
+    "CARD_TRACK_DATA",
+    "CARD_VERIFICATION_CODE",
+    "CARD_PIN_BLOCK",
+];
+
+pub struct RegoPolicy {
+    engine: ztee_policy::PolicyEngine,
+    inbound: InboundAction,
+}
+
+impl RegoPolicy {
+    pub fn new(engine: ztee_policy::PolicyEngine, inbound: InboundAction) -> Self {
+        Self { engine, inbound }
+    }
+
+    pub fn describe(&self) -> &str {
+        self.engine.bundle()
+    }
+}
+
+fn action(name: &str) -> Option<Action> {
+    Some(match name {
+        "sandbox.create" => Action::SandboxCreate,
+        "sandbox.exec" | "file.write" | "file.read" => Action::SandboxExec,
+        "run" => Action::Run,
+        _ => return None,
+    })
+}
+
+impl PolicyEngine for RegoPolicy {
+    fn decide(&self, input: &PolicyInput) -> Decision {
+        let Some(rego_action) = action(input.action) else {
+            // Actions without a Rego counterpart (sandbox deletion) only need the permission
+            // checked before the pipeline.
+            return Decision::allow();
+        };
+        let mut dlp = DlpSummary::default();
+        for d in &input.findings {
+            *dlp.counts.entry(d.entity.clone()).or_default() += 1;
+            dlp.raw_pan |= d.entity == "CREDIT_CARD";
+            dlp.sad |= SAD.contains(&d.entity.as_str());
+        }
+        let rego_input = RegoInput {
+            principal: PolicyPrincipal {
+                subject: input.subject.clone(),
+                tenant: input.tenant.clone(),
+                roles: input.roles.clone(),
+                tier: "standard".into(),
+            },
+            action: rego_action,
+            request: PolicyRequest {
+                cmd: input.cmd.clone(),
+                image: input.image.clone(),
+                ..Default::default()
+            },
+            dlp,
+            injection: Default::default(),
+        };
+        let d = self.engine.evaluate(&rego_input);
+        let kind = match d.verdict {
+            Verdict::Allow => DecisionKind::Allow,
+            Verdict::Deny => DecisionKind::Deny,
+            Verdict::RequireApproval => DecisionKind::RequireApproval,
+        };
+        if kind == DecisionKind::Allow && !input.findings.is_empty() {
+            let mut reasons: Vec<String> = d.reasons.iter().map(|r| r.rule.clone()).collect();
+            reasons.extend(
+                input
+                    .findings
+                    .iter()
+                    .map(|f| format!("dlp.inbound.{}:{}", f.entity, f.field)),
+            );
+            reasons.dedup();
+            return inbound_decision(self.inbound, reasons);
+        }
+        Decision {
+            kind,
+            reasons: d.reasons.iter().map(|r| r.rule.clone()).collect(),
+            messages: d.reasons.iter().map(|r| r.message.clone()).collect(),
+            risk: match d.risk {
+                Risk::Low => "LOW",
+                Risk::Medium => "MEDIUM",
+                Risk::High => "HIGH",
+            },
+            redact_inbound: false,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::dlp::Detection;
+
+    fn input(action: &'static str, entities: &[&str]) -> PolicyInput {
+        PolicyInput {
+            action,
+            subject: "apikey:1".into(),
+            tenant: "acme".into(),
+            roles: vec!["agent".into()],
+            image: None,
+            memory_mib: Some(128),
+            vcpus: Some(1),
+            timeout_s: Some(10),
+            findings: entities
+                .iter()
+                .map(|e| Detection {
+                    entity: (*e).into(),
+                    field: "code".into(),
+                })
+                .collect(),
+            cmd: vec!["python3".into()],
+        }
+    }
+
+    #[test]
+    fn the_default_bundle_routes_card_data() {
+        let p = RegoPolicy::new(
+            ztee_policy::PolicyEngine::builtin().unwrap(),
+            InboundAction::Redact,
+        );
+        let d = p.decide(&input("run", &[]));
+        assert_eq!(d.kind, DecisionKind::Allow);
+        assert_eq!(d.risk, "MEDIUM");
+        assert!(d.reasons.contains(&"risk.code_execution".to_string()));
+        // Raw PAN in code: the bundle holds it for approval, whatever the inbound action.
+        let d = p.decide(&input("run", &["CREDIT_CARD"]));
+        assert_eq!(d.kind, DecisionKind::RequireApproval);
+        assert!(
+            d.reasons.contains(&"pci.raw_pan_in_code".to_string()),
+            "{:?}",
+            d.reasons
+        );
+        // SAD: denied.
+        let d = p.decide(&input("sandbox.exec", &["CARD_VERIFICATION_CODE"]));
+        assert_eq!(d.kind, DecisionKind::Deny);
+        // A finding the bundle lets through still gets the configured inbound action.
+        let d = p.decide(&input("run", &["EMAIL_ADDRESS"]));
+        assert_eq!(d.kind, DecisionKind::Allow);
+        assert!(d.redact_inbound);
+    }
+}
