@@ -318,7 +318,7 @@ async fn tenant_quotas_and_rate_limits_answer_429_with_retry_after() {
     );
     assert_eq!(create(&acme, 64).await.unwrap().status(), 201);
     // Count: a third sandbox.
-    error_body(create(&acme, 32).await.unwrap(), 429, "quota_exceeded").await;
+    error_body(create(&acme, 64).await.unwrap(), 429, "quota_exceeded").await;
     // Another tenant has its own quota.
     assert_eq!(create(&globex, 64).await.unwrap().status(), 201);
     // acme has now made 4 requests of its burst of 6; the 7th is rate limited.

@@ -210,7 +210,7 @@ impl SandboxHandle for EchoSandbox {
             .unwrap()
             .get(path)
             .cloned()
-            .ok_or_else(|| ExecError::Guest(format!("{path}: no such file in the sandbox")))
+            .ok_or_else(|| ExecError::NotFound(format!("{path}: no such file in the sandbox")))
     }
 
     async fn destroy(&self) -> Result<(), ExecError> {
