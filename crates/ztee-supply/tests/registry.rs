@@ -1,5 +1,6 @@
 //! Push and pull against a real CNCF distribution registry, and interoperability with skopeo in
 //! both directions, including skopeo verifying ztee's cosign signature.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup step is a failed test
 
 mod common;
 
