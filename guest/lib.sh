@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by guest/test-guest.sh and guest/measure/boot-bench.sh (sourced, not run).
 #
 # They encode how ztee boots a guest under QEMU's microvm machine; docs/guest.md explains each

@@ -11,9 +11,10 @@
 # that prints the python3 version, the user name, the OpenSSL version python links against, and
 # whether the root filesystem refused a write to the world-writable /tmp. Every line is asserted.
 set -euo pipefail
+# shellcheck disable=SC2034 # read by ztee_die in lib.sh
 ZTEE_SCRIPT_NAME=test-guest
 guest_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR
 source "$guest_dir/lib.sh"
 
 for tool in qemu-system-x86_64 gcc python3 timeout; do

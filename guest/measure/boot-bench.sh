@@ -27,10 +27,11 @@
 # build the kernel (from the build's own record) or to download and unpack the package and pack its
 # modules (measured in this run).
 set -euo pipefail
+# shellcheck disable=SC2034 # read by ztee_die in lib.sh
 ZTEE_SCRIPT_NAME=boot-bench
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 guest_dir=$(dirname "$here")
-# shellcheck source=../lib.sh
+# shellcheck source-path=SCRIPTDIR/..
 source "$guest_dir/lib.sh"
 
 boots=10
@@ -99,6 +100,7 @@ status "cloud kernel $cloud_pkg; modules in initramfs: ${order[*]}"
 
 truncate -s 1M "$work/disk.img"
 cmdline=$(ztee_kernel_cmdline)
+# shellcheck disable=SC2054 # commas separate QEMU sub-options, not array elements
 devices=(
   -drive "id=disk,file=$work/disk.img,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=disk
   -device virtio-rng-device
@@ -140,7 +142,7 @@ boot_once() {
 declare -a results
 for ((round = 1; round <= boots; round++)); do
   for i in "${!names[@]}"; do
-    results[$i]+="$(boot_once "$i")"$'\n'
+    results[i]+="$(boot_once "$i")"$'\n'
   done
   status "round $round/$boots done"
 done

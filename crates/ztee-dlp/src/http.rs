@@ -462,3 +462,17 @@ async fn recognizers() -> Json<Vec<&'static str>> {
 async fn health() -> &'static str {
     "ztee DLP service is up"
 }
+
+/// Serves the API on `addr` until `shutdown` completes. For callers that own no server of their
+/// own (`ztee dlp serve`); the gateway mounts [`router`] instead.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    state: Arc<DlpState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "DLP API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -82,7 +82,7 @@ pub struct SandboxDefaults {
     pub command_timeout_s: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DlpConfig {
     /// What to do when card data or secrets are found in code, arguments, env or files going in.
@@ -147,14 +147,6 @@ impl Default for SandboxDefaults {
             vcpus: default_vcpus(),
             timeout_s: default_sandbox_timeout(),
             command_timeout_s: default_command_timeout(),
-        }
-    }
-}
-
-impl Default for DlpConfig {
-    fn default() -> Self {
-        Self {
-            inbound: InboundAction::default(),
         }
     }
 }
@@ -308,7 +300,7 @@ impl ServerConfig {
                 "sandbox_defaults exceed limits (memory_mib, vcpus or timeout_s)".into(),
             ));
         }
-        if !(self.quotas.requests_per_second > 0.0) {
+        if self.quotas.requests_per_second.is_nan() || self.quotas.requests_per_second <= 0.0 {
             return Err(ConfigError::Invalid(
                 "quotas.requests_per_second must be greater than 0".into(),
             ));

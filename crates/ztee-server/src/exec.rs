@@ -15,6 +15,9 @@ pub enum ExecError {
     /// The caller asked for something the guest refused (missing file, bad path).
     #[error("{0}")]
     Guest(String),
+    /// A file or program the caller named does not exist in the sandbox.
+    #[error("{0}")]
+    NotFound(String),
     /// The engine could not do its part (boot failure, VMM crash, channel error).
     #[error("{0}")]
     Engine(String),

@@ -74,10 +74,13 @@ pub fn run(
         let policy_description = policy.describe().to_owned();
         let executor = make_executor(&options.data_dir).map_err(LaunchError::Engine)?;
         let engine_description = executor.describe();
+        let dlp = ZteeDlp::new(Default::default())?;
+        let dlp_api = Arc::new(ztee_dlp::http::DlpState::new(dlp.scanner()));
         let engines = Engines {
             executor,
-            dlp: Arc::new(ZteeDlp::new(Default::default())?),
+            dlp: Arc::new(dlp),
             policy: Some(Arc::new(policy)),
+            dlp_api: Some(dlp_api),
         };
         let listener = server::bind(config.listen)?;
         let addr = listener.local_addr().unwrap_or(config.listen);

@@ -42,6 +42,7 @@ pub mod request_id;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod vm;
 
 pub use config::ServerConfig;
 pub use server::{app, bind, build, serve, state_db_path, Bootstrap, Engines, ServerError};

@@ -60,8 +60,7 @@ impl Metrics {
         let request_seconds = Histogram::new(
             [
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]
-            .into_iter(),
+            ],
         );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let rate_limited = Counter::default();

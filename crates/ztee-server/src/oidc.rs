@@ -314,7 +314,7 @@ impl OidcValidator {
             let alg = jwk
                 .common
                 .key_algorithm
-                .and_then(|a| key_algorithm_to_algorithm(a));
+                .and_then(key_algorithm_to_algorithm);
             keys.insert(
                 jwk.common.key_id.clone().unwrap_or_default(),
                 CachedKey { key, alg, family },

@@ -136,7 +136,7 @@ pub fn document() -> Value {
                     "code": {"type": "string"}, "message": {"type": "string"}, "request_id": {"type": "string"}}}}},
                 "CreateSandbox": {"type": "object", "additionalProperties": false, "properties": {
                     "image": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
-                    "memory_mib": {"type": "integer", "minimum": 32}, "vcpus": {"type": "integer", "minimum": 1},
+                    "memory_mib": {"type": "integer", "minimum": 64}, "vcpus": {"type": "integer", "minimum": 1},
                     "env": string_map.clone(), "metadata": string_map.clone()}},
                 "Sandbox": {"type": "object", "properties": {
                     "id": {"type": "string"}, "tenant": {"type": "string"}, "owner": {"type": "string"}, "image": {"type": "string"},

@@ -435,6 +435,7 @@ impl StreamContext {
 pub fn exec_error(e: crate::exec::ExecError) -> ApiError {
     match e {
         crate::exec::ExecError::Guest(m) => ApiError::bad_request(m),
+        crate::exec::ExecError::NotFound(m) => ApiError::not_found(m),
         crate::exec::ExecError::Engine(m) => {
             tracing::error!(error = %m, "VM engine failure");
             ApiError::unavailable("the VM engine failed to run this request; see the server log")

@@ -64,6 +64,8 @@ pub struct Engines {
     pub dlp: Arc<dyn DlpEngine>,
     /// `None`: the built-in policy configured by `[dlp] inbound`.
     pub policy: Option<Arc<dyn PolicyEngine>>,
+    /// Serves the Presidio-compatible DLP API under `/v1/dlp/` when given.
+    pub dlp_api: Option<Arc<ztee_dlp::http::DlpState>>,
 }
 
 /// What start-up created that the operator must see once.
@@ -167,6 +169,7 @@ pub async fn build(
         metrics,
         sandboxes: LiveSandboxes::default(),
         audit_dir,
+        dlp_api: engines.dlp_api,
     });
     Ok((state, Bootstrap { admin_key }))
 }

@@ -22,6 +22,8 @@ pub struct AppState {
     pub sandboxes: LiveSandboxes,
     /// Directory of the audit log, for `GET /v1/audit`.
     pub audit_dir: PathBuf,
+    /// State of the Presidio-compatible DLP API at `/v1/dlp/`, if served.
+    pub dlp_api: Option<Arc<ztee_dlp::http::DlpState>>,
 }
 
 /// Running sandboxes by gateway id. Ownership (tenant) lives in the store; this only holds the

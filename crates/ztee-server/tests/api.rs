@@ -318,7 +318,7 @@ async fn tenant_quotas_and_rate_limits_answer_429_with_retry_after() {
     );
     assert_eq!(create(&acme, 64).await.unwrap().status(), 201);
     // Count: a third sandbox.
-    error_body(create(&acme, 32).await.unwrap(), 429, "quota_exceeded").await;
+    error_body(create(&acme, 64).await.unwrap(), 429, "quota_exceeded").await;
     // Another tenant has its own quota.
     assert_eq!(create(&globex, 64).await.unwrap().status(), 201);
     // acme has now made 4 requests of its burst of 6; the 7th is rate limited.
@@ -533,7 +533,7 @@ async fn files_are_scanned_both_ways() {
         .unwrap();
     error_body(r, 400, "bad_request").await;
     let r = c
-        .get(format!("{files}"))
+        .get(&files)
         .bearer_auth(&key)
         .send()
         .await
@@ -545,7 +545,7 @@ async fn files_are_scanned_both_ways() {
         .send()
         .await
         .unwrap();
-    error_body(r, 400, "bad_request").await;
+    error_body(r, 404, "not_found").await;
     // Card data a program wrote comes out masked: the double's sandbox holds files in memory,
     // so put one there behind the gateway's back, as a program in the VM would.
     let live = gw.state.sandboxes.get(id).unwrap();
@@ -760,5 +760,22 @@ async fn a_failing_vm_engine_is_a_503_and_frees_the_quota() {
         );
     }
     assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 0);
+    let _ = gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_presidio_compatible_dlp_api_is_mounted_behind_authentication() {
+    let (gw, _exec) = gateway().await;
+    let c = client();
+    let body = json!({"text": format!("card {PAN}"), "language": "en"});
+    let r = c.post(format!("{}/v1/dlp/analyze", gw.url)).json(&body).send().await.unwrap();
+    error_body(r, 401, "unauthenticated").await;
+    let key = gw.key("acme", "agent");
+    let r = c.post(format!("{}/v1/dlp/analyze", gw.url)).bearer_auth(&key).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-request-id").is_some());
+    let findings: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(findings[0]["entity_type"], "CREDIT_CARD", "{findings}");
+    assert!(!findings.to_string().contains(PAN));
     let _ = gw.stop().await;
 }

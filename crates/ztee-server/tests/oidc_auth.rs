@@ -10,14 +10,15 @@ use common::{client, error_body, EchoExecutor, Gateway};
 use ztee_server::ServerConfig;
 
 fn oidc_config(issuer: &str) -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.oidc = Some(
-        toml::from_str(&format!(
-            "issuer = \"{issuer}\"\naudience = \"urn:ztee\"\nleeway_s = 0\nmin_refresh_interval_s = 0"
-        ))
-        .unwrap(),
-    );
-    config
+    ServerConfig {
+        oidc: Some(
+            toml::from_str(&format!(
+                "issuer = \"{issuer}\"\naudience = \"urn:ztee\"\nleeway_s = 0\nmin_refresh_interval_s = 0"
+            ))
+            .unwrap(),
+        ),
+        ..ServerConfig::default()
+    }
 }
 
 /// `None` (with a loud SKIPPED line) only when node/npm cannot run on this machine.

@@ -743,6 +743,7 @@ pub fn rootfs_image(store: &Store, data_dir: &Path, digest: &Digest) -> Result<(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

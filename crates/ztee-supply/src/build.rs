@@ -587,6 +587,7 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -80,6 +80,7 @@ impl From<Digest> for String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -220,6 +220,7 @@ pub fn verified_attestations(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

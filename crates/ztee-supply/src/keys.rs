@@ -207,6 +207,7 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use p256::ecdsa::signature::{Signer, Verifier};

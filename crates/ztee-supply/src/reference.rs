@@ -161,6 +161,7 @@ impl From<Reference> for String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -601,6 +601,7 @@ pub fn pull(store: &Store, source: &Reference, options: RegistryOptions) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

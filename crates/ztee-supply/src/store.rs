@@ -247,7 +247,7 @@ impl Store {
         }
         let tag = reference.tag_or_latest().unwrap_or("latest");
         let name = format!("{}:{tag}", reference.name());
-        self.lookup_tag(&name)?.ok_or_else(|| Error::NotFound(name))
+        self.lookup_tag(&name)?.ok_or(Error::NotFound(name))
     }
 
     /// Reads and parses an image manifest (OCI or Docker schema 2), checking its digest.
@@ -335,6 +335,7 @@ impl Store {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

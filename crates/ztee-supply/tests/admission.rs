@@ -1,6 +1,7 @@
 //! Admission end to end, including every tampering case the issue names: a changed layer, a
 //! changed manifest, a signature by another key, a swapped tag, an expired scan and a missing
 //! SBOM are each refused, naming the rule and the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup step is a failed test
 
 mod common;
 

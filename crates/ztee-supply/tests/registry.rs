@@ -1,5 +1,6 @@
 //! Push and pull against a real CNCF distribution registry, and interoperability with skopeo in
 //! both directions, including skopeo verifying ztee's cosign signature.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup step is a failed test
 
 mod common;
 
@@ -258,4 +259,177 @@ fn ztee_cosign_signature_verifies_with_openssl_as_stored_in_the_registry() {
         !verify_with(&other.public_key).status.success(),
         "openssl accepted another key"
     );
+}
+
+/// A token service for the registry's bearer auth: checks basic credentials and issues an ES256
+/// JWT (with the signing certificate in `x5c`) granting the scope asked for. Serves at most
+/// `max_requests` requests.
+fn token_service(
+    key: p256::ecdsa::SigningKey,
+    cert_der: Vec<u8>,
+    issuer: String,
+    service: String,
+    max_requests: usize,
+) -> String {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer;
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max_requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let target = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let authorized = request.lines().any(|l| {
+                l.to_ascii_lowercase().starts_with("authorization: basic ")
+                    && STANDARD.decode(l[21..].trim()).ok().as_deref()
+                        == Some(b"ci:token-pass".as_slice())
+            });
+            let scope = target
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("scope="))
+                .map(|s| {
+                    s.replace("%3A", ":")
+                        .replace("%2F", "/")
+                        .replace("%2C", ",")
+                })
+                .unwrap_or_default();
+            let (status, body) = if !authorized {
+                (
+                    "401 Unauthorized",
+                    r#"{"details":"bad credentials"}"#.to_string(),
+                )
+            } else {
+                let access: Vec<serde_json::Value> = scope
+                    .split(' ')
+                    .filter_map(|s| {
+                        let mut parts = s.splitn(3, ':');
+                        let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                        Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                    })
+                    .collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": [STANDARD.encode(&cert_der)]});
+                let claims = serde_json::json!({
+                    "iss": issuer, "sub": "ci", "aud": service, "iat": now, "nbf": now - 10, "exp": now + 300,
+                    "jti": format!("{now}-{}", access.len()), "access": access,
+                });
+                let signing_input = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(header.to_string()),
+                    URL_SAFE_NO_PAD.encode(claims.to_string())
+                );
+                let signature: p256::ecdsa::Signature = key.sign(signing_input.as_bytes());
+                let jwt = format!(
+                    "{signing_input}.{}",
+                    URL_SAFE_NO_PAD.encode(signature.to_bytes())
+                );
+                ("200 OK", serde_json::json!({"token": jwt}).to_string())
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    format!("http://{addr}/token")
+}
+
+#[test]
+fn push_pull_round_trip_with_bearer_token_auth() {
+    if missing_tool("docker-registry") || missing_tool("openssl") {
+        return;
+    }
+    use p256::pkcs8::DecodePrivateKey;
+    let pki = tempfile::tempdir().unwrap();
+    let key_pem = pki.path().join("token.key");
+    let cert_pem = pki.path().join("token.crt");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ztee-test-token",
+        ])
+        .arg("-keyout")
+        .arg(&key_pem)
+        .arg("-out")
+        .arg(&cert_pem)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert_pem)
+        .output()
+        .unwrap()
+        .stdout;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&key_pem).unwrap())
+        .unwrap();
+    let realm = token_service(
+        key,
+        der,
+        "ztee-test-issuer".into(),
+        "ztee-test-registry".into(),
+        16,
+    );
+    let registry = Registry::start_with(
+        None,
+        Some((
+            realm,
+            "ztee-test-issuer".into(),
+            "ztee-test-registry".into(),
+            cert_pem.clone(),
+        )),
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    let local = sample_image(&store, "python:1");
+    let dest: Reference = format!("{}/vm/python:1", registry.host).parse().unwrap();
+
+    let wrong = RegistryOptions {
+        credentials: Some(Credentials {
+            username: "ci".into(),
+            password: "nope".to_string().into(),
+        }),
+        plain_http: true,
+    };
+    let err = push(&store, &"python:1".parse().unwrap(), &dest, wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused the credentials") && !err.contains("nope"),
+        "{err}"
+    );
+
+    let creds = RegistryOptions {
+        credentials: Some(Credentials {
+            username: "ci".into(),
+            password: "token-pass".to_string().into(),
+        }),
+        plain_http: true,
+    };
+    let pushed = push(&store, &"python:1".parse().unwrap(), &dest, creds.clone()).unwrap();
+    assert_eq!(pushed.digest, local.digest);
+    let other = tempfile::tempdir().unwrap();
+    let pulled = pull(&Store::open(other.path()).unwrap(), &dest, creds).unwrap();
+    assert_eq!(pulled.digest, local.digest);
 }

@@ -1,5 +1,6 @@
 //! SBOM catalogers on a real layered image, and the CycloneDX and SPDX documents checked against
 //! the official CycloneDX 1.5 JSON schema and by the SPDX project's own validator.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup step is a failed test
 
 mod common;
 

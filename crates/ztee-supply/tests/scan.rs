@@ -1,5 +1,6 @@
 //! Vulnerability scanning end to end: real PyPI and RustSec OSV data plus hand-written Debian
 //! records, imported from files, directories, zip archives and over HTTP from a loopback server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup step is a failed test
 
 mod common;
 

@@ -33,7 +33,24 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/audit"),
 ];
 
+/// The Presidio-compatible DLP API (ztee-dlp), mounted under `/v1/dlp` and documented by it.
+pub const DLP_ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/dlp/analyze"),
+    ("post", "/v1/dlp/anonymize"),
+    ("post", "/v1/dlp/deanonymize"),
+    ("get", "/v1/dlp/supportedentities"),
+    ("get", "/v1/dlp/recognizers"),
+    ("get", "/v1/dlp/health"),
+];
+
 pub fn router(state: Arc<AppState>) -> Router {
+    let dlp = state.dlp_api.clone().map(|dlp_state| {
+        // Any authenticated caller may use the DLP API; it runs nothing and stores nothing.
+        ztee_dlp::http::router(dlp_state).layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::require_caller,
+        ))
+    });
     let json_limit = state.config.limits.max_json_body_bytes;
     let file_limit = state.config.limits.max_file_bytes;
     let files = Router::new()
@@ -42,7 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(sandboxes::download).put(sandboxes::upload),
         )
         .layer(DefaultBodyLimit::max(file_limit));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -59,9 +76,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/run", post(run::run))
         .route("/v1/audit", get(ops::audit))
         .layer(DefaultBodyLimit::max(json_limit))
-        .merge(files)
-        .fallback(ops::not_found)
-        .with_state(state)
+        .merge(files);
+    if let Some(dlp) = dlp {
+        router = router.nest_service("/v1/dlp", dlp);
+    }
+    router.fallback(ops::not_found).with_state(state)
 }
 
 /// True when the caller asked for a stream of events rather than one JSON result.

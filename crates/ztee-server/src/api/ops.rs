@@ -46,6 +46,16 @@ pub async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
 
+/// Middleware for routers mounted from other crates: authentication and rate limit only.
+pub async fn require_caller(
+    caller: Caller,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _ = caller;
+    next.run(request).await
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route; the API is described at /openapi.json")
 }

@@ -94,7 +94,7 @@ pub async fn run(
         "memory_mib",
         req.memory_mib,
         d.memory_mib,
-        32,
+        64,
         l.max_memory_mib,
     )?;
     let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;

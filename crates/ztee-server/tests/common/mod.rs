@@ -35,13 +35,15 @@ impl Gateway {
         data_dir: tempfile::TempDir,
     ) -> Gateway {
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let dlp = Arc::new(ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap());
+        let dlp = ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
+        let dlp_api = Arc::new(ztee_dlp::http::DlpState::new(dlp.scanner()));
         let listener = ztee_server::bind(config.listen).unwrap();
         let addr = listener.local_addr().unwrap();
         let engines = ztee_server::Engines {
             executor,
-            dlp,
+            dlp: Arc::new(dlp),
             policy: None,
+            dlp_api: Some(dlp_api),
         };
         let (state, bootstrap) = ztee_server::build(config, data_dir.path(), engines)
             .await
@@ -210,7 +212,7 @@ impl SandboxHandle for EchoSandbox {
             .unwrap()
             .get(path)
             .cloned()
-            .ok_or_else(|| ExecError::Guest(format!("{path}: no such file in the sandbox")))
+            .ok_or_else(|| ExecError::NotFound(format!("{path}: no such file in the sandbox")))
     }
 
     async fn destroy(&self) -> Result<(), ExecError> {

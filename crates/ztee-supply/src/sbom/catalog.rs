@@ -376,6 +376,7 @@ pub fn catalog_files(files: &BTreeMap<PathBuf, Vec<u8>>) -> Result<Catalog> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

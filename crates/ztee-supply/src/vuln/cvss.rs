@@ -11,12 +11,16 @@ pub struct BaseScore {
 
 /// The qualitative rating the specification attaches to a score.
 pub fn rating(score: f64) -> &'static str {
-    match score {
-        s if s == 0.0 => "NONE",
-        s if s < 4.0 => "LOW",
-        s if s < 7.0 => "MEDIUM",
-        s if s < 9.0 => "HIGH",
-        _ => "CRITICAL",
+    if score <= 0.0 {
+        "NONE"
+    } else if score < 4.0 {
+        "LOW"
+    } else if score < 7.0 {
+        "MEDIUM"
+    } else if score < 9.0 {
+        "HIGH"
+    } else {
+        "CRITICAL"
     }
 }
 
@@ -110,6 +114,7 @@ pub fn base_score(vector: &str) -> Result<BaseScore> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

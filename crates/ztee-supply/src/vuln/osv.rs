@@ -158,11 +158,10 @@ fn range_matches(range: &Range, scheme: Scheme, version: &str) -> Option<Match> 
             }
         } else if let Some(fixed) = &e.fixed {
             match cmp(scheme, version, fixed) {
-                Some(Ordering::Less) => {
-                    if affected && fixed_after.is_none() {
-                        fixed_after = Some(fixed.clone());
-                    }
+                Some(Ordering::Less) if affected && fixed_after.is_none() => {
+                    fixed_after = Some(fixed.clone());
                 }
+                Some(Ordering::Less) => {}
                 Some(_) => affected = false,
                 None => {}
             }
@@ -194,6 +193,7 @@ impl Record {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -165,6 +165,7 @@ pub fn dpkg_compare(a: &str, b: &str) -> Option<Ordering> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use Ordering::*;

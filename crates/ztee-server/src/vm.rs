@@ -1,0 +1,197 @@
+//! [`Executor`] on top of `ztee-vm`: one microVM per sandbox.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::exec::{
+    CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream, SandboxHandle,
+};
+
+/// Largest file a download reads from a guest; uploads are bounded by the HTTP body limit.
+const READ_LIMIT: u64 = 64 * 1024 * 1024;
+
+pub struct VmExecutor {
+    engine: ztee_vm::Engine,
+}
+
+impl VmExecutor {
+    /// The engine for `data_dir`, configured from the environment (`ZTEE_GUEST_DIR`, `ZTEE_ACCEL`,
+    /// `ZTEE_BOOT_TIMEOUT`).
+    pub fn from_data_dir(data_dir: &Path) -> Result<Self, ztee_vm::VmError> {
+        let config = ztee_vm::EngineConfig::from_env_and_defaults(data_dir)?;
+        Ok(Self::new(ztee_vm::Engine::new(config)?))
+    }
+
+    pub fn new(engine: ztee_vm::Engine) -> Self {
+        Self { engine }
+    }
+}
+
+fn map_err(e: ztee_vm::VmError) -> ExecError {
+    use ztee_vm::VmError as V;
+    match e {
+        V::FileNotFound(_) | V::CommandNotFound(_) => ExecError::NotFound(e.to_string()),
+        V::PermissionDenied(_)
+        | V::InvalidRequest(_)
+        | V::FileTooLarge { .. } => ExecError::Guest(e.to_string()),
+        other => ExecError::Engine(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Executor for VmExecutor {
+    async fn create(&self, spec: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError> {
+        if let Some(image) = spec.image.as_deref().filter(|i| *i != "default") {
+            // One guest image per engine today; refusing beats silently running another image.
+            return Err(ExecError::Guest(format!(
+                "image {image:?} is not available on this node; omit `image` to use the default"
+            )));
+        }
+        let vcpus = u8::try_from(spec.vcpus)
+            .map_err(|_| ExecError::Guest(format!("vcpus = {} is too many", spec.vcpus)))?;
+        let sandbox = self
+            .engine
+            .create(ztee_vm::SandboxSpec {
+                memory_mib: spec.memory_mib,
+                vcpus,
+                ..ztee_vm::SandboxSpec::default()
+            })
+            .await
+            .map_err(map_err)?;
+        let info = serde_json::to_value(sandbox.info()).unwrap_or_default();
+        Ok(Box::new(VmSandbox {
+            id: sandbox.id().to_owned(),
+            info,
+            sandbox: Mutex::new(Some(Arc::new(sandbox))),
+        }))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": "qemu",
+            "guest": self.engine.config().assets.rootfs.display().to_string(),
+        })
+    }
+}
+
+struct VmSandbox {
+    id: String,
+    info: serde_json::Value,
+    /// `None` once destroyed.
+    sandbox: Mutex<Option<Arc<ztee_vm::Sandbox>>>,
+}
+
+impl VmSandbox {
+    fn get(&self) -> Result<Arc<ztee_vm::Sandbox>, ExecError> {
+        self.sandbox
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or_else(|| ExecError::Engine("the sandbox has been destroyed".into()))
+    }
+}
+
+#[async_trait]
+impl SandboxHandle for VmSandbox {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn info(&self) -> serde_json::Value {
+        self.info.clone()
+    }
+
+    async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn OutputStream>, ExecError> {
+        let sandbox = self.get()?;
+        let mut vm_spec = ztee_vm::ExecSpec::new(spec.argv);
+        vm_spec.env = spec.env.into_iter().collect();
+        vm_spec.cwd = spec.cwd;
+        vm_spec.timeout = Some(spec.timeout);
+        vm_spec.stdin = spec.stdin.is_some();
+        let execution = sandbox.exec(vm_spec).await.map_err(map_err)?;
+        if let Some(stdin) = spec.stdin {
+            execution.write_stdin(&stdin).await.map_err(map_err)?;
+            execution.close_stdin().await.map_err(map_err)?;
+        }
+        Ok(Box::new(VmOutput {
+            execution,
+            done: false,
+        }))
+    }
+
+    async fn write_file(&self, path: &str, content: Bytes, mode: u32) -> Result<(), ExecError> {
+        self.get()?
+            .write_file(path, &content, mode)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Bytes, ExecError> {
+        self.get()?
+            .read_file(path, READ_LIMIT)
+            .await
+            .map(Bytes::from)
+            .map_err(map_err)
+    }
+
+    async fn destroy(&self) -> Result<(), ExecError> {
+        let taken = self.sandbox.lock().ok().and_then(|mut s| s.take());
+        match taken.map(Arc::try_unwrap) {
+            Some(Ok(sandbox)) => sandbox.destroy().await.map_err(map_err),
+            // A command is being started right now and holds a reference; dropping ours is
+            // enough, the VMM is killed when the last one goes (kill on drop).
+            Some(Err(_)) | None => Ok(()),
+        }
+    }
+}
+
+struct VmOutput {
+    execution: ztee_vm::Execution,
+    done: bool,
+}
+
+#[async_trait]
+impl OutputStream for VmOutput {
+    async fn next_event(&mut self) -> Option<OutputEvent> {
+        if self.done {
+            return None;
+        }
+        match self.execution.next_event().await {
+            Ok(Some(ztee_vm::ExecEvent::Stdout(b))) => Some(OutputEvent::Stdout(Bytes::from(b))),
+            Ok(Some(ztee_vm::ExecEvent::Stderr(b))) => Some(OutputEvent::Stderr(Bytes::from(b))),
+            Ok(Some(ztee_vm::ExecEvent::Exit(status))) => {
+                self.done = true;
+                use ztee_vm::ExitStatus as S;
+                Some(match status {
+                    S::Code(c) => OutputEvent::Exit {
+                        exit_code: Some(c),
+                        timed_out: false,
+                    },
+                    S::TimedOut => OutputEvent::Exit {
+                        exit_code: None,
+                        timed_out: true,
+                    },
+                    S::Signal(_) | S::OutputLimit => OutputEvent::Exit {
+                        exit_code: Some(status.shell_code()),
+                        timed_out: false,
+                    },
+                })
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "command stream ended with an engine error");
+                self.done = true;
+                Some(OutputEvent::Exit {
+                    exit_code: None,
+                    timed_out: false,
+                })
+            }
+        }
+    }
+}
