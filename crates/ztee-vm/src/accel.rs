@@ -107,7 +107,7 @@ async fn probe(engine: &Engine) -> AccelDecision {
 fn cache_path(engine: &Engine) -> Option<PathBuf> {
     let config = engine.config();
     let mut hasher = Sha256::new();
-    hasher.update(std::fs::read(&config.assets.kernel).ok()?);
+    hasher.update(crate::snapshot::file_identity(&config.assets.kernel).ok()?);
     hasher.update(nix_release().as_bytes());
     hasher.update(qemu::version().unwrap_or_default().as_bytes());
     let key: String = hasher

@@ -248,36 +248,36 @@ async fn save_when_listening(
     qmp.wait_migration(deadline).await
 }
 
-/// Content key of a snapshot. Kernel and agent are hashed (a few MiB); the root file system image
-/// (hundreds of MiB, written once by the build and never modified in place) by identity and
-/// modification time.
+/// Key of a snapshot: the identity (path, device, inode, size, modification time) of the kernel,
+/// agent and root file system, the QEMU version, the VM shape and the accelerator. Guest assets
+/// are build outputs written once and never modified in place, so their identity stands for their
+/// content without hashing hundreds of MiB on every start.
 fn key(engine: &Engine, spec: &SandboxSpec, accelerator: Accelerator) -> Result<String, VmError> {
-    use std::os::unix::fs::MetadataExt;
     let assets = &engine.config().assets;
     let mut hasher = Sha256::new();
     hasher.update(FORMAT);
-    for path in [&assets.kernel, &assets.agent] {
-        let bytes = std::fs::read(path).map_err(|e| VmError::io("read guest asset", path, e))?;
-        hasher.update(Sha256::digest(&bytes));
+    for path in [&assets.kernel, &assets.agent, &assets.rootfs] {
+        hasher.update(file_identity(path)?);
     }
-    let rootfs = std::fs::metadata(&assets.rootfs)
-        .map_err(|e| VmError::io("stat root file system", &assets.rootfs, e))?;
-    let canonical = std::fs::canonicalize(&assets.rootfs).unwrap_or_else(|_| assets.rootfs.clone());
-    hasher.update(canonical.as_os_str().as_encoded_bytes());
-    hasher.update(
-        format!(
-            "{} {} {} {}",
-            rootfs.dev(),
-            rootfs.ino(),
-            rootfs.size(),
-            rootfs.mtime_nsec() + rootfs.mtime() * 1_000_000_000
-        )
-        .as_bytes(),
-    );
     hasher.update(qemu::version().unwrap_or_default());
     hasher.update(format!(
         "{} {} {} {accelerator}",
         spec.memory_mib, spec.vcpus, spec.scratch_mib
     ));
     Ok(crate::hex(&hasher.finalize()[..16]))
+}
+
+pub(crate) fn file_identity(path: &Path) -> Result<String, VmError> {
+    use std::os::unix::fs::MetadataExt;
+    let canonical = std::fs::canonicalize(path).map_err(|e| VmError::io("resolve", path, e))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| VmError::io("stat", path, e))?;
+    Ok(format!(
+        "{}:{}:{}:{}:{}.{}",
+        canonical.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ))
 }

@@ -7,6 +7,7 @@ use crate::globals::GlobalArgs;
 
 mod apikey;
 mod audit;
+mod bench;
 mod dlp;
 mod doctor;
 mod guard;
@@ -27,6 +28,8 @@ pub enum Command {
     Sandbox(sandbox::Command),
     /// Report which VMM and accelerator ztee will use, and whether guest assets are present.
     Doctor(doctor::Args),
+    /// Measure sandbox start, lease and exec latency, concurrency and density on this host.
+    Bench(bench::Args),
     /// Find and redact card data, PII and secrets.
     #[command(subcommand)]
     Dlp(dlp::Command),
@@ -60,6 +63,7 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(args, globals),
         Command::Sandbox(cmd) => sandbox::run(cmd, globals),
         Command::Doctor(args) => doctor::run(args, globals),
+        Command::Bench(args) => bench::run(args, globals),
         Command::Dlp(cmd) => dlp::run(cmd, globals),
         Command::Image(cmd) => image::run(cmd, globals),
         Command::Key(cmd) => key::run(cmd, globals),
