@@ -109,7 +109,7 @@ fn cache_path(engine: &Engine) -> Option<PathBuf> {
     let mut hasher = Sha256::new();
     hasher.update(crate::snapshot::file_identity(&config.assets.kernel).ok()?);
     hasher.update(nix_release().as_bytes());
-    hasher.update(qemu::version().unwrap_or_default().as_bytes());
+    hasher.update(crate::snapshot::file_identity(&qemu::binary_path()?).ok()?);
     let key: String = hasher
         .finalize()
         .iter()

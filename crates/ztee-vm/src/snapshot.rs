@@ -249,7 +249,7 @@ async fn save_when_listening(
 }
 
 /// Key of a snapshot: the identity (path, device, inode, size, modification time) of the kernel,
-/// agent and root file system, the QEMU version, the VM shape and the accelerator. Guest assets
+/// agent, root file system and QEMU binary, the VM shape and the accelerator. Guest assets
 /// are build outputs written once and never modified in place, so their identity stands for their
 /// content without hashing hundreds of MiB on every start.
 fn key(engine: &Engine, spec: &SandboxSpec, accelerator: Accelerator) -> Result<String, VmError> {
@@ -259,7 +259,10 @@ fn key(engine: &Engine, spec: &SandboxSpec, accelerator: Accelerator) -> Result<
     for path in [&assets.kernel, &assets.agent, &assets.rootfs] {
         hasher.update(file_identity(path)?);
     }
-    hasher.update(qemu::version().unwrap_or_default());
+    // The QEMU binary by identity too: asking it for its version costs a process start.
+    let qemu = qemu::binary_path()
+        .ok_or_else(|| VmError::Snapshot("the QEMU binary was not found on PATH".into()))?;
+    hasher.update(file_identity(&qemu)?);
     hasher.update(format!(
         "{} {} {} {accelerator}",
         spec.memory_mib, spec.vcpus, spec.scratch_mib

@@ -182,6 +182,20 @@ pub fn launch(plan: &LaunchPlan) -> Result<Child, VmError> {
     })
 }
 
+/// The QEMU binary's path: `binary()` itself when it names a path, else its first match on
+/// `PATH`.
+pub fn binary_path() -> Option<std::path::PathBuf> {
+    let program = std::path::PathBuf::from(binary());
+    if program.components().count() > 1 {
+        return program.is_file().then_some(program);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(&program))
+        .find(|candidate| candidate.is_file())
+}
+
 /// `qemu-system-x86_64 --version`, first line.
 pub fn version() -> Option<String> {
     let output = std::process::Command::new(binary())
