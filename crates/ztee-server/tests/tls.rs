@@ -63,7 +63,10 @@ async fn serves_tls_and_reloads_a_replaced_certificate() {
         if client_trusting(&second).get(&url).send().await.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "new certificate not served after 15 s");
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served after 15 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The old certificate is no longer what the server presents.
@@ -96,7 +99,9 @@ async fn an_unreadable_certificate_is_a_clear_start_up_error() {
         dlp_api: None,
     };
     let listener = ztee_server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let (state, _) = ztee_server::build(config, dir.path(), engines).await.unwrap();
+    let (state, _) = ztee_server::build(config, dir.path(), engines)
+        .await
+        .unwrap();
     let err = ztee_server::serve(state, listener, std::future::pending())
         .await
         .unwrap_err()
