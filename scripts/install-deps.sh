@@ -14,6 +14,8 @@ packages=(
   gcc make libc6-dev binutils python3
   # supply chain: a real registry and a real client for interoperability tests
   docker-registry skopeo
+  # supply chain tests: OpenSSL checks signatures independently; spdx-tools (PyPI) runs in a venv
+  openssl python3-venv
 )
 
 missing=()
