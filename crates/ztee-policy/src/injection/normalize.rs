@@ -55,6 +55,13 @@ pub fn normalize(text: &str) -> Normalized {
             '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
                 bidi += 1
             }
+            // ASCII needs neither the confusable table nor Unicode case mapping.
+            _ if c.is_ascii() => {
+                if c.is_ascii_alphabetic() {
+                    latin += 1;
+                }
+                plain.push(c.to_ascii_lowercase());
+            }
             _ => {
                 let mapped = confusable(c);
                 if mapped != c {
