@@ -179,10 +179,20 @@ impl Scanner {
         }
         let decode = self.decode_base64 && depth < MAX_DECODE_DEPTH;
         let mut blobs: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-        self.patterns
-            .scan(text, |e| set.has(e), decode, &mut out, |s, e, decoded| {
-                blobs.push((s, e, decoded.to_vec()))
-            });
+        let pattern_entities = [
+            Entity::Secret,
+            Entity::IbanCode,
+            Entity::CardTrackData,
+            Entity::CardVerificationCode,
+            Entity::CardExpiry,
+            Entity::CardPinBlock,
+        ];
+        if decode || pattern_entities.iter().any(|&e| set.has(e)) {
+            self.patterns
+                .scan(text, |e| set.has(e), decode, &mut out, |s, e, decoded| {
+                    blobs.push((s, e, decoded.to_vec()))
+                });
+        }
         if set.has(Entity::Secret) && !self.exact.is_empty() {
             self.exact.scan(text, &mut out);
         }

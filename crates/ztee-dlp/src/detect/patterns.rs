@@ -1,6 +1,8 @@
 //! Everything found by regular expression: secrets, IBANs, magnetic-stripe track data and
 //! labelled sensitive authentication data (CVV, expiry, PIN). All rules are compiled into one
 //! alternation, so the text is walked once by one automaton whatever the number of rules.
+//! Open-ended repetitions (`+`, `*`) are used where a bounded one (`{1,64}`) would multiply the
+//! automaton's states on long runs of matching characters.
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -99,7 +101,7 @@ fn rules() -> Vec<Rule> {
             entity: secret,
             score: 1.0,
             check: Whole,
-            pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
+            pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
         },
         Rule {
             id: "secret.gitlab_token",
@@ -141,7 +143,7 @@ fn rules() -> Vec<Rule> {
             entity: secret,
             score: 0.9,
             check: Password,
-            pattern: r"(?-u:\b)[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://[^/ \t\r\n:@]{1,64}:(?P<v>[^/ \t\r\n@]{1,128})@",
+            pattern: r"(?-u:\b)[a-zA-Z][a-zA-Z0-9+.\-]*://[^/ \t\r\n:@]+:(?P<v>[^/ \t\r\n@]+)@",
         },
         Rule {
             id: "secret.password_assignment",
@@ -162,14 +164,14 @@ fn rules() -> Vec<Rule> {
             entity: Some(Entity::CardTrackData),
             score: 1.0,
             check: Track,
-            pattern: r"%?B(?P<v>[0-9]{12,19})\^[^\^\r\n]{2,26}\^[0-9]{7}[^?\r\n]{0,79}\??",
+            pattern: r"%?B(?P<v>[0-9]{12,19})\^[^\^\r\n]+\^[0-9]{7}[^?\r\n]*\??",
         },
         Rule {
             id: "card_track_data.track2",
             entity: Some(Entity::CardTrackData),
             score: 1.0,
             check: Track,
-            pattern: r";?(?P<v>[0-9]{12,19})[=D][0-9]{7}[0-9]{0,32}\??",
+            pattern: r";?(?P<v>[0-9]{12,19})[=D][0-9]{7}[0-9]*\??",
         },
         Rule {
             id: "card_verification_code.labelled",
@@ -204,7 +206,7 @@ fn rules() -> Vec<Rule> {
             entity: Some(Entity::IbanCode),
             score: 1.0,
             check: Iban,
-            pattern: r"(?-u:\b)(?P<v>[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,32})",
+            pattern: r"(?-u:\b)(?P<v>[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4})+(?: ?[A-Z0-9]{1,3})?)",
         },
         Rule {
             id: "base64",
