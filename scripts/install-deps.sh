@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(
+  # gateway OIDC tests: a real OpenID Provider (npm oidc-provider) runs on Node.js 20+ with npm
+  nodejs
   # microVMs
   qemu-system-x86
   # guest kernel build
