@@ -18,6 +18,8 @@ packages=(
   docker-registry skopeo
   # supply chain tests: OpenSSL checks signatures independently; spdx-tools (PyPI) runs in a venv
   openssl python3-venv
+  # supply chain tests: sigstore-rs (dev-dependency) links OpenSSL through openssl-sys
+  pkg-config
 )
 
 missing=()
