@@ -38,7 +38,12 @@ fn luhn_complete(body: &mut Vec<u8>) {
 /// (0: none).
 fn corpus(bytes: usize, pan_every: usize) -> String {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let paths = ["/api/v1/orders", "/api/v1/refunds", "/healthz", "/api/v1/customers"];
+    let paths = [
+        "/api/v1/orders",
+        "/api/v1/refunds",
+        "/healthz",
+        "/api/v1/customers",
+    ];
     let levels = ["INFO", "INFO", "INFO", "WARN", "DEBUG"];
     let mut out = String::with_capacity(bytes + 256);
     let mut line = 0usize;
@@ -88,7 +93,9 @@ fn bench_scan(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("scan_1MiB");
     group.throughput(Throughput::Bytes(clean.len() as u64));
-    group.bench_function("all_entities/clean", |b| b.iter(|| all.scan(black_box(&clean))));
+    group.bench_function("all_entities/clean", |b| {
+        b.iter(|| all.scan(black_box(&clean)))
+    });
     group.bench_function("all_entities/with_pans", |b| {
         b.iter(|| all.scan(black_box(&with_pans)))
     });
@@ -98,8 +105,9 @@ fn bench_scan(c: &mut Criterion) {
     group.bench_function("credit_card/with_pans", |b| {
         b.iter(|| cards_only.scan(black_box(&with_pans)))
     });
-    let prose = "The quick brown fox jumps over the lazy dog while the agent summarizes the report. "
-        .repeat((1 << 20) / 84);
+    let prose =
+        "The quick brown fox jumps over the lazy dog while the agent summarizes the report. "
+            .repeat((1 << 20) / 84);
     group.bench_function("all_entities/prose_no_digits", |b| {
         b.iter(|| all.scan(black_box(&prose)))
     });

@@ -9,7 +9,9 @@ use ztee_dlp::{Entity, Scanner, ScannerConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: corpus_scan FILE [ENTITIES|all] [REPEAT]")?;
+    let path = args
+        .next()
+        .ok_or("usage: corpus_scan FILE [ENTITIES|all] [REPEAT]")?;
     let entities = match args.next().as_deref() {
         None | Some("all") => Vec::new(),
         Some(list) => Entity::parse_list(list)?,

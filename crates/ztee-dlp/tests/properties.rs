@@ -133,7 +133,11 @@ fn render(digits: &[u8], style: &Style) -> String {
             } else {
                 s.push(char::from(b'0' + d));
             }
-            if let Some(&(_, z)) = style.hidden.iter().find(|h| h.0 == i && i + 1 < n && len > 1) {
+            if let Some(&(_, z)) = style
+                .hidden
+                .iter()
+                .find(|h| h.0 == i && i + 1 < n && len > 1)
+            {
                 s.push_str(ZERO_WIDTH[z]);
             }
             i += 1;

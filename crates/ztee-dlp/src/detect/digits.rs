@@ -87,9 +87,7 @@ fn separator_at(b: &[u8], i: usize) -> Option<(Sep, usize)> {
             _ => None,
         },
         // U+3000 ideographic space.
-        0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x80) => {
-            Some((Sep::Space, 3))
-        }
+        0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x80) => Some((Sep::Space, 3)),
         0xEF => match (b.get(i + 1), b.get(i + 2)) {
             // U+FEFF zero-width no-break space.
             (Some(0xBB), Some(0xBF)) => Some((Sep::Invisible, 3)),
@@ -536,9 +534,9 @@ fn phone(
     let groups = run.group_starts.len();
     let gaps_ok = run.gaps.iter().all(|g| {
         matches!(
-                g.kind,
-                Sep::Space | Sep::Dash | Sep::Dot | Sep::Paren | Sep::Invisible
-            )
+            g.kind,
+            Sep::Space | Sep::Dash | Sep::Dot | Sep::Paren | Sep::Invisible
+        )
     });
     if !gaps_ok {
         return;

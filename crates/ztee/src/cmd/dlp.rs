@@ -195,7 +195,8 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
 
 /// Key files hold hex (trailing newline allowed) or raw bytes.
 fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let raw =
+        std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
     let trimmed = std::str::from_utf8(&raw).map(str::trim).ok();
     Ok(match trimmed.and_then(decode_hex) {
         Some(decoded) if !decoded.is_empty() => decoded,
@@ -317,7 +318,14 @@ fn scan(args: ScanArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         let headers = if args.jsonl {
             vec!["SOURCE", "LINE", "JSON PATH", "ENTITY", "SCORE", "RULE"]
         } else {
-            vec!["SOURCE", "LINE:COL", "ENTITY", "SCORE", "RULE", "VALUE (MASKED)"]
+            vec![
+                "SOURCE",
+                "LINE:COL",
+                "ENTITY",
+                "SCORE",
+                "RULE",
+                "VALUE (MASKED)",
+            ]
         };
         output::print_list(globals.format, &headers, &rows, |r| {
             let mut cells = vec![r.source.clone()];
