@@ -34,7 +34,9 @@ fn median(mut f: impl FnMut()) -> Duration {
 fn cache_store() -> Option<(Store, String)> {
     let dir = std::env::var_os("ZTEE_CACHE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ztee"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ztee")
+        })
         .join("supply-test");
     let store = Store::open(&dir).ok()?;
     store.lookup_tag("python:bookworm").ok()??;
@@ -64,15 +66,27 @@ fn synthetic_debian(dir: &Path, catalog: &Catalog) -> PathBuf {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let mut records = Vec::with_capacity(DEBIAN_RECORDS);
     for i in 0..DEBIAN_RECORDS {
-        let release = ["Debian:12", "Debian:11", "Debian:10", "Debian:13"][(rng.next() % 4) as usize];
+        let release =
+            ["Debian:12", "Debian:11", "Debian:10", "Debian:13"][(rng.next() % 4) as usize];
         // About one record in three names a package the image has, as in the real data.
         let name = if rng.next() % 3 == 0 {
             sources[(rng.next() as usize) % sources.len()].clone()
         } else {
             format!("synthetic-pkg-{}", rng.next() % 20_000)
         };
-        let fixed = format!("{}.{}.{}-{}+deb12u{}", rng.next() % 4, rng.next() % 20, rng.next() % 30, 1 + rng.next() % 3, rng.next() % 5);
-        let vector = ["CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H", "CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:N/A:N", "CVSS:3.1/AV:N/AC:H/PR:N/UI:R/S:U/C:L/I:N/A:N"][(rng.next() % 3) as usize];
+        let fixed = format!(
+            "{}.{}.{}-{}+deb12u{}",
+            rng.next() % 4,
+            rng.next() % 20,
+            rng.next() % 30,
+            1 + rng.next() % 3,
+            rng.next() % 5
+        );
+        let vector = [
+            "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+            "CVSS:3.1/AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:N/A:N",
+            "CVSS:3.1/AV:N/AC:H/PR:N/UI:R/S:U/C:L/I:N/A:N",
+        ][(rng.next() % 3) as usize];
         records.push(serde_json::json!({
             "id": format!("SYNTH-DEB-{i}"), "modified": "2026-01-01T00:00:00Z",
             "summary": "synthetic record for the scan benchmark",
@@ -97,7 +111,14 @@ fn main() {
             std::fs::create_dir_all(dir.path().join("var/lib/dpkg")).unwrap();
             std::fs::write(dir.path().join("etc-os"), "").unwrap();
             let layer = ztee_supply::layers::pack_directory(&store, dir.path(), 0).unwrap();
-            ztee_supply::layers::commit_image(&store, "tiny:1", &[layer], Default::default(), Default::default()).unwrap();
+            ztee_supply::layers::commit_image(
+                &store,
+                "tiny:1",
+                &[layer],
+                Default::default(),
+                Default::default(),
+            )
+            .unwrap();
             (store, "tiny:1".into())
         }
     };
@@ -111,7 +132,9 @@ fn main() {
         let _ = serde_json::to_vec(&sbom::cyclonedx::document(&catalog)).unwrap();
     });
     let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
-    let agent_crates = catalog.add_cargo_lock(&lock, Some("ztee-agent")).unwrap_or(0);
+    let agent_crates = catalog
+        .add_cargo_lock(&lock, Some("ztee-agent"))
+        .unwrap_or(0);
 
     let work = tempfile::tempdir().unwrap();
     let db = VulnDb::open(work.path());
@@ -126,7 +149,12 @@ fn main() {
     let import_time = t.elapsed();
     let records: usize = db.meta().unwrap().records.values().sum();
 
-    let options = ScanOptions { fail_on_cvss: 7.0, ignore_unfixed: false, suppressions: vec![], today: ztee_supply::now().date() };
+    let options = ScanOptions {
+        fail_on_cvss: 7.0,
+        ignore_unfixed: false,
+        suppressions: vec![],
+        today: ztee_supply::now().date(),
+    };
     let mut findings = 0;
     let scan_time = median(|| {
         findings = scan(&catalog, &db, &options).unwrap().findings.len();
@@ -139,7 +167,12 @@ fn main() {
     println!("| operation                          | time (ms) | per package (µs) | vs SBOM |");
     println!("|------------------------------------|----------:|-----------------:|--------:|");
     let row = |op: &str, d: Duration| {
-        println!("| {op:<34} | {:>9.1} | {:>16.1} | {:>6.2}x |", ms(d), ms(d) * 1000.0 / packages.max(1) as f64, ms(d) / ms(sbom_time).max(1e-9));
+        println!(
+            "| {op:<34} | {:>9.1} | {:>16.1} | {:>6.2}x |",
+            ms(d),
+            ms(d) * 1000.0 / packages.max(1) as f64,
+            ms(d) / ms(sbom_time).max(1e-9)
+        );
     };
     row("SBOM catalog (read layers)", sbom_time);
     row("CycloneDX document", cdx_time);
