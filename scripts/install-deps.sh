@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(
+  # gateway OIDC tests: a real OpenID Provider (npm oidc-provider) runs on Node.js 20+ with npm
+  nodejs
   # microVMs
   qemu-system-x86
   # guest kernel build
@@ -14,6 +16,10 @@ packages=(
   gcc make libc6-dev binutils python3
   # supply chain: a real registry and a real client for interoperability tests
   docker-registry skopeo
+  # supply chain tests: OpenSSL checks signatures independently; spdx-tools (PyPI) runs in a venv
+  openssl python3-venv
+  # supply chain tests: sigstore-rs (dev-dependency) links OpenSSL through openssl-sys
+  pkg-config
 )
 
 missing=()

@@ -38,9 +38,11 @@ fn event(n: u64) -> AuditEvent {
 #[ignore = "helper: run by acknowledged_events_survive_sigkill as a child process"]
 fn sigkill_child_writer() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
-        panic!(
-            "{CHILD_ENV} must be set; this test is started by acknowledged_events_survive_sigkill"
+        // Run directly (e.g. with --include-ignored) it has no parent to serve.
+        eprintln!(
+            "{CHILD_ENV} not set: this is the child half of acknowledged_events_survive_sigkill"
         );
+        return;
     };
     let data_dir = Path::new(&dir);
     let key = NodeKey::load_or_generate(data_dir).unwrap_or_else(|e| panic!("{e}"));

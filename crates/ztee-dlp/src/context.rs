@@ -20,8 +20,21 @@ const CONTRADICTED_SCORE: f64 = 0.1;
 fn default_words(entity: Entity) -> &'static [&'static str] {
     match entity {
         Entity::CreditCard => &[
-            "credit", "card", "visa", "mastercard", "amex", "american express", "discover",
-            "jcb", "diners", "maestro", "unionpay", "instapayment", "cc", "pan", "debit",
+            "credit",
+            "card",
+            "visa",
+            "mastercard",
+            "amex",
+            "american express",
+            "discover",
+            "jcb",
+            "diners",
+            "maestro",
+            "unionpay",
+            "instapayment",
+            "cc",
+            "pan",
+            "debit",
             "cardholder",
         ],
         Entity::CardTrackData => &["track", "magstripe", "swipe"],
@@ -32,14 +45,27 @@ fn default_words(entity: Entity) -> &'static [&'static str] {
         Entity::UsSsn => &["social", "security", "ssn", "ssns", "ss#", "ssid"],
         Entity::EmailAddress => &["email", "e-mail", "mail"],
         Entity::PhoneNumber => &[
-            "phone", "number", "telephone", "tel", "cell", "cellphone", "mobile", "call", "fax",
+            "phone",
+            "number",
+            "telephone",
+            "tel",
+            "cell",
+            "cellphone",
+            "mobile",
+            "call",
+            "fax",
         ],
         Entity::UsBankNumber => &[
-            "bank", "check", "account", "account#", "acct", "save", "debit", "checking",
-            "savings",
+            "bank", "check", "account", "account#", "acct", "save", "debit", "checking", "savings",
         ],
         Entity::AbaRoutingNumber => &[
-            "aba", "routing", "abarouting", "association", "bankrouting", "transit", "rtn",
+            "aba",
+            "routing",
+            "abarouting",
+            "association",
+            "bankrouting",
+            "transit",
+            "rtn",
         ],
         Entity::IpAddress => &["ip", "ipv4", "ipv6", "address", "host"],
         Entity::Secret => &[],
@@ -48,8 +74,22 @@ fn default_words(entity: Entity) -> &'static [&'static str] {
 
 /// Labels under which a Luhn-valid number is usually not a card.
 const CARD_CONTRADICTIONS: &[&str] = &[
-    "imei", "order", "invoice", "tracking", "serial", "isbn", "iccid", "msisdn", "timestamp",
-    "sku", "upc", "ean", "gtin", "reference", "ref", "shipment",
+    "imei",
+    "order",
+    "invoice",
+    "tracking",
+    "serial",
+    "isbn",
+    "iccid",
+    "msisdn",
+    "timestamp",
+    "sku",
+    "upc",
+    "ean",
+    "gtin",
+    "reference",
+    "ref",
+    "shipment",
 ];
 
 pub(crate) struct Context {
@@ -61,8 +101,7 @@ impl Context {
         let words = Entity::ALL
             .iter()
             .map(|&e| {
-                let mut w: Vec<String> =
-                    default_words(e).iter().map(|s| s.to_string()).collect();
+                let mut w: Vec<String> = default_words(e).iter().map(|s| s.to_string()).collect();
                 if let Some(more) = extra.get(&e) {
                     w.extend(more.iter().map(|s| s.to_ascii_lowercase()));
                 }
@@ -112,7 +151,10 @@ fn contains_word(hay: &[u8], word: &str, whole: bool) -> bool {
     let w = word.as_bytes();
     memchr::memmem::find_iter(hay, w).any(|i| {
         let starts = i == 0 || !hay[i - 1].is_ascii_alphabetic();
-        let ends = !whole || hay.get(i + w.len()).is_none_or(|c| !c.is_ascii_alphabetic());
+        let ends = !whole
+            || hay
+                .get(i + w.len())
+                .is_none_or(|c| !c.is_ascii_alphabetic());
         starts && ends
     })
 }

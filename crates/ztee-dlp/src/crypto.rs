@@ -182,7 +182,9 @@ mod tests {
     fn encryption_round_trips_and_detects_tampering() {
         for len in [16, 32] {
             let k = EncryptionKey::new(&vec![7u8; len]).unwrap_or_else(|e| panic!("{e}"));
-            let c = k.encrypt("4111111111111111").unwrap_or_else(|e| panic!("{e}"));
+            let c = k
+                .encrypt("4111111111111111")
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(!c.contains("4111"));
             assert_eq!(k.decrypt(&c).as_deref(), Some("4111111111111111"));
             let mut bad = c.clone().into_bytes();

@@ -38,7 +38,11 @@ pub enum DlpError {
     Decrypt { start: usize, end: usize },
 
     #[error("secret `{name}` is too short to redact safely ({len} bytes, at least {min} needed)")]
-    SecretTooShort { name: String, len: usize, min: usize },
+    SecretTooShort {
+        name: String,
+        len: usize,
+        min: usize,
+    },
 
     #[error("invalid secret name `{0}`: use 1-64 characters from A-Z a-z 0-9 _ - . /")]
     SecretName(String),

@@ -175,7 +175,11 @@ async fn analyze(State(state): State<Arc<DlpState>>, body: Body) -> Result<Respo
     if req.language.trim().is_empty() {
         return Err(ApiError::bad_request("`language` must not be empty"));
     }
-    if req.ad_hoc_recognizers.as_ref().is_some_and(|v| !v.is_null()) {
+    if req
+        .ad_hoc_recognizers
+        .as_ref()
+        .is_some_and(|v| !v.is_null())
+    {
         return Err(ApiError::bad_request(
             "`ad_hoc_recognizers` is not supported: ztee's recognizers are built in",
         ));
@@ -185,16 +189,18 @@ async fn analyze(State(state): State<Arc<DlpState>>, body: Body) -> Result<Respo
         _ => None,
     };
     let results = blocking(move || {
-        let findings = state.scanner.scan_with(
-            &req.text,
-            entities.as_deref(),
-            req.score_threshold,
-        )?;
+        let findings =
+            state
+                .scanner
+                .scan_with(&req.text, entities.as_deref(), req.score_threshold)?;
         let allow = req.allow_list.unwrap_or_default();
         Ok(findings
             .into_iter()
             .filter(|f| {
-                allow.is_empty() || !allow.iter().any(|a| a == &req.text[f.byte_start..f.byte_end])
+                allow.is_empty()
+                    || !allow
+                        .iter()
+                        .any(|a| a == &req.text[f.byte_start..f.byte_end])
             })
             .map(|f| AnalyzerResult {
                 entity_type: f.entity_type,
@@ -380,9 +386,9 @@ async fn anonymize_handler(
         if name == "DEFAULT" {
             operators.default = op;
         } else {
-            let entity: Entity = name.parse().map_err(|e: DlpError| {
-                ApiError::bad_request(format!("anonymizers: {e}"))
-            })?;
+            let entity: Entity = name
+                .parse()
+                .map_err(|e: DlpError| ApiError::bad_request(format!("anonymizers: {e}")))?;
             operators.per_entity.insert(entity, op);
         }
     }

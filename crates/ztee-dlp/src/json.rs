@@ -106,9 +106,7 @@ fn walk(value: &Value, path: &mut String, f: &mut impl FnMut(&str, &str)) {
             for (key, item) in map {
                 let len = path.len();
                 let plain = !key.is_empty()
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     && !key.starts_with(|c: char| c.is_ascii_digit());
                 if plain {
                     path.push('.');

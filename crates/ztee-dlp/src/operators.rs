@@ -15,7 +15,9 @@ use crate::tokens::TokenMap;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Operator {
     /// Replace with `new_value`, or `<ENTITY_TYPE>` when none is given.
-    Replace { new_value: Option<String> },
+    Replace {
+        new_value: Option<String>,
+    },
     /// Remove the text.
     Redact,
     Mask(MaskStyle),
@@ -117,8 +119,12 @@ pub struct Anonymized {
 pub fn resolve_overlaps(findings: &[Finding]) -> Vec<Finding> {
     let mut sorted: Vec<&Finding> = findings.iter().collect();
     sorted.sort_by(|a, b| {
-        (a.byte_start, a.byte_end, a.entity_type, &a.rule_id)
-            .cmp(&(b.byte_start, b.byte_end, b.entity_type, &b.rule_id))
+        (a.byte_start, a.byte_end, a.entity_type, &a.rule_id).cmp(&(
+            b.byte_start,
+            b.byte_end,
+            b.entity_type,
+            &b.rule_id,
+        ))
     });
     let stronger = |a: &Finding, b: &Finding| {
         b.score

@@ -179,10 +179,21 @@ impl Scanner {
         }
         let decode = self.decode_base64 && depth < MAX_DECODE_DEPTH;
         let mut blobs: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-        self.patterns
-            .scan(text, |e| set.has(e), decode, &mut out, |s, e, decoded| {
-                blobs.push((s, e, decoded.to_vec()))
-            });
+        let pattern_entities = [
+            Entity::Secret,
+            Entity::IbanCode,
+            Entity::CardTrackData,
+            Entity::CardVerificationCode,
+            Entity::CardExpiry,
+            Entity::CardPinBlock,
+        ];
+        if pattern_entities.iter().any(|&e| set.has(e)) {
+            self.patterns.scan(text, |e| set.has(e), &mut out);
+        }
+        if decode {
+            self.patterns
+                .base64_blobs(text, |s, e, decoded| blobs.push((s, e, decoded.to_vec())));
+        }
         if set.has(Entity::Secret) && !self.exact.is_empty() {
             self.exact.scan(text, &mut out);
         }
@@ -226,7 +237,11 @@ fn printable_text(decoded: &[u8]) -> Option<&str> {
     (total > 0 && control * 10 <= total).then_some(s)
 }
 
-pub(crate) fn to_findings(text: &str, mut candidates: Vec<Candidate>, threshold: f64) -> Vec<Finding> {
+pub(crate) fn to_findings(
+    text: &str,
+    mut candidates: Vec<Candidate>,
+    threshold: f64,
+) -> Vec<Finding> {
     candidates.retain(|c| c.score >= threshold && c.score > 0.0 && c.start < c.end);
     candidates.sort_by(|a, b| {
         (a.start, a.end, a.entity)

@@ -35,7 +35,10 @@ impl TokenMap {
         } else {
             value.to_string()
         });
-        let key = (entity, <[u8; 32]>::from(Sha256::digest(normalized.as_bytes())));
+        let key = (
+            entity,
+            <[u8; 32]>::from(Sha256::digest(normalized.as_bytes())),
+        );
         if let Some(token) = self.by_value.get(&key) {
             return token.clone();
         }

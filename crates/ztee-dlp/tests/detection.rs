@@ -12,7 +12,13 @@ fn scanner() -> Scanner {
 fn found(s: &Scanner, text: &str) -> Vec<(Entity, String, f64)> {
     s.scan(text)
         .into_iter()
-        .map(|f| (f.entity_type, text[f.byte_start..f.byte_end].to_string(), f.score))
+        .map(|f| {
+            (
+                f.entity_type,
+                text[f.byte_start..f.byte_end].to_string(),
+                f.score,
+            )
+        })
         .collect()
 }
 
@@ -78,7 +84,10 @@ fn presidio_credit_card_cases() {
         "36168002586008",
         "my credit card number is 36168002586008",
     ] {
-        assert!(spans_any_score(&s, invalid, Entity::CreditCard).is_empty(), "{invalid}");
+        assert!(
+            spans_any_score(&s, invalid, Entity::CreditCard).is_empty(),
+            "{invalid}"
+        );
     }
 }
 
@@ -92,10 +101,17 @@ fn presidio_aba_routing_cases() {
         ("0711-0130-7", (0, 11)),
     ] {
         let got = spans_any_score(&s, text, Entity::AbaRoutingNumber);
-        assert_eq!(got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), vec![span], "{text}");
+        assert_eq!(
+            got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(),
+            vec![span],
+            "{text}"
+        );
     }
     for text in ["421042111", "1234-0000-0"] {
-        assert!(spans_any_score(&s, text, Entity::AbaRoutingNumber).is_empty(), "{text}");
+        assert!(
+            spans_any_score(&s, text, Entity::AbaRoutingNumber).is_empty(),
+            "{text}"
+        );
     }
     let labelled = found(&s, "routing number 121000358");
     assert!(labelled.contains(&(Entity::AbaRoutingNumber, "121000358".into(), 0.65)));
@@ -124,7 +140,10 @@ fn presidio_us_ssn_cases() {
         "078 00 1123",
         "693-09.4444",
     ] {
-        assert!(spans_any_score(&s, text, Entity::UsSsn).is_empty(), "{text}");
+        assert!(
+            spans_any_score(&s, text, Entity::UsSsn).is_empty(),
+            "{text}"
+        );
     }
     assert_eq!(
         texts_of(&s, "my ssn is 078-05-1123", Entity::UsSsn),
@@ -154,22 +173,43 @@ fn presidio_iban_email_ip_phone_cases() {
             "{iban}"
         );
     }
-    for bad in ["DE89370400440532013001", "GB82WEST1234569876543", "XX82WEST12345698765432"] {
+    for bad in [
+        "DE89370400440532013001",
+        "GB82WEST1234569876543",
+        "XX82WEST12345698765432",
+    ] {
         assert!(texts_of(&s, bad, Entity::IbanCode).is_empty(), "{bad}");
     }
     assert_eq!(
-        texts_of(&s, "info@presidio.site and my@domain.com", Entity::EmailAddress),
+        texts_of(
+            &s,
+            "info@presidio.site and my@domain.com",
+            Entity::EmailAddress
+        ),
         vec!["info@presidio.site", "my@domain.com"]
     );
     assert!(texts_of(&s, "my email is info@presidio.", Entity::EmailAddress).is_empty());
     assert_eq!(
-        texts_of(&s, "microsoft.com:192.168.0.1 and ::1 and 684D:1111:222:3333:4444:5555:6:77", Entity::IpAddress),
+        texts_of(
+            &s,
+            "microsoft.com:192.168.0.1 and ::1 and 684D:1111:222:3333:4444:5555:6:77",
+            Entity::IpAddress
+        ),
         vec!["192.168.0.1", "::1", "684D:1111:222:3333:4444:5555:6:77"]
     );
     assert!(texts_of(&s, "my ip is 192.168.0", Entity::IpAddress).is_empty());
-    for phone in ["(425) 882-9090", "425-882-9090", "+1 425 882 9090", "+44 20 7946 0958"] {
+    for phone in [
+        "(425) 882-9090",
+        "425-882-9090",
+        "+1 425 882 9090",
+        "+44 20 7946 0958",
+    ] {
         assert_eq!(
-            texts_of(&s, &format!("my phone number is {phone}"), Entity::PhoneNumber),
+            texts_of(
+                &s,
+                &format!("my phone number is {phone}"),
+                Entity::PhoneNumber
+            ),
             vec![phone],
             "{phone}"
         );
@@ -265,7 +305,11 @@ fn look_alikes_are_ruled_out() {
     }
     // Card context overrides a contradicting label.
     assert_eq!(
-        texts_of(&s, "order paid by card 4111111111111111", Entity::CreditCard),
+        texts_of(
+            &s,
+            "order paid by card 4111111111111111",
+            Entity::CreditCard
+        ),
         vec!["4111111111111111"]
     );
 }
@@ -277,27 +321,60 @@ fn track_data() {
     let s = scanner();
     let t1 = "%B4111111111111111^DOE/JOHN^2512101000000000000000?";
     let t2 = ";4111111111111111=25121010000000000000?";
-    assert_eq!(texts_of(&s, &format!("swipe {t1} done"), Entity::CardTrackData), vec![t1]);
-    assert_eq!(texts_of(&s, &format!("swipe {t2} done"), Entity::CardTrackData), vec![t2]);
     assert_eq!(
-        texts_of(&s, "tag57 4111111111111111D25121010000000000", Entity::CardTrackData),
+        texts_of(&s, &format!("swipe {t1} done"), Entity::CardTrackData),
+        vec![t1]
+    );
+    assert_eq!(
+        texts_of(&s, &format!("swipe {t2} done"), Entity::CardTrackData),
+        vec![t2]
+    );
+    assert_eq!(
+        texts_of(
+            &s,
+            "tag57 4111111111111111D25121010000000000",
+            Entity::CardTrackData
+        ),
         vec!["4111111111111111D25121010000000000"]
     );
-    assert!(texts_of(&s, ";4111111111111112=25121010000000000000?", Entity::CardTrackData).is_empty());
+    assert!(texts_of(
+        &s,
+        ";4111111111111112=25121010000000000000?",
+        Entity::CardTrackData
+    )
+    .is_empty());
 }
 
 #[test]
 fn verification_codes_expiry_and_pin_blocks() {
     let s = scanner();
-    assert_eq!(texts_of(&s, "CVV: 123", Entity::CardVerificationCode), vec!["123"]);
-    assert_eq!(texts_of(&s, "cvc2=4567", Entity::CardVerificationCode), vec!["4567"]);
-    assert_eq!(texts_of(&s, "security code 999", Entity::CardVerificationCode), vec!["999"]);
+    assert_eq!(
+        texts_of(&s, "CVV: 123", Entity::CardVerificationCode),
+        vec!["123"]
+    );
+    assert_eq!(
+        texts_of(&s, "cvc2=4567", Entity::CardVerificationCode),
+        vec!["4567"]
+    );
+    assert_eq!(
+        texts_of(&s, "security code 999", Entity::CardVerificationCode),
+        vec!["999"]
+    );
     assert_eq!(texts_of(&s, "exp 12/27", Entity::CardExpiry), vec!["12/27"]);
-    assert_eq!(texts_of(&s, "Expiry date: 01/2029", Entity::CardExpiry), vec!["01/2029"]);
-    assert_eq!(texts_of(&s, "valid thru 0928", Entity::CardExpiry), vec!["0928"]);
+    assert_eq!(
+        texts_of(&s, "Expiry date: 01/2029", Entity::CardExpiry),
+        vec!["01/2029"]
+    );
+    assert_eq!(
+        texts_of(&s, "valid thru 0928", Entity::CardExpiry),
+        vec!["0928"]
+    );
     let near = "4111 1111 1111 1111 12/27 123";
     assert_eq!(texts_of(&s, near, Entity::CardExpiry), vec!["12/27"]);
-    assert_eq!(texts_of(&s, near, Entity::CardVerificationCode), vec!["123"]);
+    assert_eq!(
+        texts_of(&s, near, Entity::CardVerificationCode),
+        vec!["123"]
+    );
     assert_eq!(
         texts_of(&s, "PIN block: 041274EDCBA9876F", Entity::CardPinBlock),
         vec!["041274EDCBA9876F"]
@@ -375,7 +452,9 @@ fn secrets_by_kind() {
     let pem = "x\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----\ny";
     assert_eq!(
         texts_of(&s, pem, Entity::Secret),
-        vec!["-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----"]
+        vec![
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----"
+        ]
     );
     for benign in [
         "password=${DB_PASSWORD}",
@@ -416,7 +495,10 @@ fn registered_secret_values_and_their_encodings() {
     }
     assert_eq!(s.secret_names(), vec!["db-password"]);
     assert!(s.unregister_secret("db-password"));
-    assert!(s.scan(value).iter().all(|f| f.rule_id != "secret.exact:db-password"));
+    assert!(s
+        .scan(value)
+        .iter()
+        .all(|f| f.rule_id != "secret.exact:db-password"));
     assert!(s.register_secret("short", b"abc").is_err());
     assert!(s.register_secret("bad name!", b"abcdefgh").is_err());
 }
@@ -465,9 +547,12 @@ fn entity_filter_threshold_and_custom_context() {
 fn a_card_after_a_very_long_digit_run_is_still_found() {
     let s = scanner();
     let text = format!("{}4111 1111 1111 1111 x", "1 ".repeat(10_000));
-    let f = s.scan_with(&text, Some(&[Entity::CreditCard]), None).unwrap_or_default();
+    let f = s
+        .scan_with(&text, Some(&[Entity::CreditCard]), None)
+        .unwrap_or_default();
     assert!(
-        f.iter().any(|f| text[f.byte_start..f.byte_end].ends_with("4111 1111 1111 1111")),
+        f.iter()
+            .any(|f| text[f.byte_start..f.byte_end].ends_with("4111 1111 1111 1111")),
         "{:?}",
         f.len()
     );

@@ -10,7 +10,8 @@ use ztee_dlp::{KeyedHasher, Scanner, ScannerConfig};
 async fn serve() -> String {
     let scanner = Scanner::new(ScannerConfig::default()).unwrap_or_else(|e| panic!("{e}"));
     let mut state = DlpState::new(Arc::new(scanner));
-    state.hash_key = Some(KeyedHasher::new(b"test-hash-key-0123456789").unwrap_or_else(|e| panic!("{e}")));
+    state.hash_key =
+        Some(KeyedHasher::new(b"test-hash-key-0123456789").unwrap_or_else(|e| panic!("{e}")));
     state.max_body = 64 * 1024;
     let app = router(Arc::new(state));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -32,7 +33,10 @@ async fn post(base: &str, path: &str, body: &str) -> (u16, Value) {
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e}"));
     let status = resp.status().as_u16();
-    let value = resp.json::<Value>().await.unwrap_or_else(|e| panic!("{path} body: {e}"));
+    let value = resp
+        .json::<Value>()
+        .await
+        .unwrap_or_else(|e| panic!("{path} body: {e}"));
     (status, value)
 }
 
@@ -47,7 +51,9 @@ async fn analyze_returns_presidio_shaped_results() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let results = body.as_array().unwrap_or_else(|| panic!("not a list: {body}"));
+    let results = body
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {body}"));
     let card = results
         .iter()
         .find(|r| r["entity_type"] == "CREDIT_CARD")
@@ -56,7 +62,10 @@ async fn analyze_returns_presidio_shaped_results() {
     assert_eq!(card["start"], 18);
     assert_eq!(card["end"], 37);
     assert_eq!(card["score"], 1.0);
-    assert_eq!(card["recognition_metadata"]["recognizer_name"], "credit_card.luhn");
+    assert_eq!(
+        card["recognition_metadata"]["recognizer_name"],
+        "credit_card.luhn"
+    );
     assert!(card.get("analysis_explanation").is_some());
 
     let (_, only_email) = post(
@@ -85,7 +94,12 @@ async fn analyze_returns_presidio_shaped_results() {
 async fn analyze_then_anonymize_round_trip() {
     let base = serve().await;
     let text = "pay 4111-1111-1111-1111 from a@b.io";
-    let (_, results) = post(&base, "/analyze", &json!({"text": text, "language": "en"}).to_string()).await;
+    let (_, results) = post(
+        &base,
+        "/analyze",
+        &json!({"text": text, "language": "en"}).to_string(),
+    )
+    .await;
     let (status, body) = post(
         &base,
         "/anonymize",
@@ -125,7 +139,12 @@ async fn analyze_then_anonymize_round_trip() {
     let expected = KeyedHasher::new(b"test-hash-key-0123456789")
         .unwrap_or_else(|e| panic!("{e}"))
         .hash_pan("4111111111111111");
-    assert!(hashed["text"].as_str().is_some_and(|t| t.contains(&expected)), "{hashed}");
+    assert!(
+        hashed["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&expected)),
+        "{hashed}"
+    );
     let key = "WmZq4t7w!z%C&F)J";
     let (_, encrypted) = post(
         &base,
@@ -207,7 +226,12 @@ async fn bad_requests_get_json_errors() {
     let big = json!({"text": "x".repeat(100_000), "language": "en"}).to_string();
     let (status, resp) = post(&base, "/analyze", &big).await;
     assert_eq!(status, 413);
-    assert!(resp["error"].as_str().is_some_and(|m| m.contains("length limit")), "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("length limit")),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
@@ -219,7 +243,13 @@ async fn supported_entities_and_health() {
         .json()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    for e in ["CREDIT_CARD", "CARD_TRACK_DATA", "IBAN_CODE", "US_SSN", "SECRET"] {
+    for e in [
+        "CREDIT_CARD",
+        "CARD_TRACK_DATA",
+        "IBAN_CODE",
+        "US_SSN",
+        "SECRET",
+    ] {
         assert!(entities.iter().any(|x| x == e), "{e}");
     }
     let health = reqwest::get(format!("{base}/health"))

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use ztee_dlp::{
-    anonymize, anonymize_with, deanonymize, json, resolve_overlaps, EncryptionKey, Entity,
-    Finding, KeyedHasher, MaskStyle, Operator, Operators, Scanner, ScannerConfig, StreamScanner,
-    TokenMap,
+    anonymize, anonymize_with, deanonymize, json, resolve_overlaps, EncryptionKey, Entity, Finding,
+    KeyedHasher, MaskStyle, Operator, Operators, Scanner, ScannerConfig, StreamScanner, TokenMap,
 };
 
 fn scanner() -> Scanner {
@@ -26,7 +25,10 @@ fn replace_redact_and_counts() {
     let text = "card 4111 1111 1111 1111, mail a@b.io, card 5500-0000-0000-0004";
     let f = s.scan(text);
     let out = anonymize(text, &f, &Operators::default()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(out.text, "card <CREDIT_CARD>, mail <EMAIL_ADDRESS>, card <CREDIT_CARD>");
+    assert_eq!(
+        out.text,
+        "card <CREDIT_CARD>, mail <EMAIL_ADDRESS>, card <CREDIT_CARD>"
+    );
     assert_eq!(out.counts.get(&Entity::CreditCard), Some(&2));
     assert_eq!(out.counts.get(&Entity::EmailAddress), Some(&1));
     assert_eq!(out.items[1].start, 25);
@@ -42,8 +44,14 @@ fn pci_mask_keeps_bin_last_four_and_separators() {
         redact_with("pan 4111 1111 1111 1111", &ops),
         "pan 4111 1111 **** 1111"
     );
-    assert_eq!(redact_with("pan 4111-1111-1111-1111", &ops), "pan 4111-1111-****-1111");
-    assert_eq!(redact_with("amex 3782 822463 10005", &ops), "amex 3782 82**** *0005");
+    assert_eq!(
+        redact_with("pan 4111-1111-1111-1111", &ops),
+        "pan 4111-1111-****-1111"
+    );
+    assert_eq!(
+        redact_with("amex 3782 822463 10005", &ops),
+        "amex 3782 82**** *0005"
+    );
     assert_eq!(redact_with("pan 4222222222222", &ops), "pan 4222*****2222");
     assert_eq!(redact_with("CVV: 123", &ops), "CVV: ***");
     let presidio_style = Operators::new(Operator::Mask(MaskStyle::Chars {
@@ -77,7 +85,10 @@ fn keyed_hash_and_encryption_round_trip() {
     let out = anonymize(text, &s.scan(text), &ops).unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.text.contains("4111") && !out.text.contains("a@b.io"));
     let spans: Vec<(usize, usize)> = out.items.iter().map(|i| (i.start, i.end)).collect();
-    assert_eq!(deanonymize(&out.text, &spans, &ek).unwrap_or_else(|e| panic!("{e}")), text);
+    assert_eq!(
+        deanonymize(&out.text, &spans, &ek).unwrap_or_else(|e| panic!("{e}")),
+        text
+    );
     let other = EncryptionKey::new(&[8u8; 32]).unwrap_or_else(|e| panic!("{e}"));
     assert!(deanonymize(&out.text, &spans, &other).is_err());
 }
@@ -158,7 +169,8 @@ fn stream_finds_a_pan_split_at_every_position() {
     assert!(whole.contains("<CREDIT_CARD>") && whole.contains("<SECRET>"));
     let pan_at = text.find("4111").unwrap_or(0);
     // Every split around the card, expiry and key; a sample elsewhere.
-    let splits = (0..text.len()).filter(|&i| (pan_at - 40..pan_at + 120).contains(&i) || i % 97 == 0);
+    let splits =
+        (0..text.len()).filter(|&i| (pan_at - 40..pan_at + 120).contains(&i) || i % 97 == 0);
     for split in splits {
         if !text.is_char_boundary(split) {
             continue;
@@ -167,7 +179,10 @@ fn stream_finds_a_pan_split_at_every_position() {
         assert_eq!(out, whole, "split at {split}");
     }
     // Byte-at-a-time, with multi-byte characters split across chunks.
-    let text = format!("{}4111\u{2013}1111\u{2013}1111\u{2013}1111 é", "ü".repeat(300));
+    let text = format!(
+        "{}4111\u{2013}1111\u{2013}1111\u{2013}1111 é",
+        "ü".repeat(300)
+    );
     let mut st = StreamScanner::new(Arc::clone(&s), ops.clone());
     let mut out = String::new();
     for b in text.as_bytes() {
@@ -188,7 +203,11 @@ fn stream_memory_and_delay_are_bounded() {
     for _ in 0..2000 {
         released += st.feed(line).unwrap_or_else(|e| panic!("{e}")).len();
         fed += line.len();
-        assert!(fed - released <= 512 + line.len(), "held {} bytes", fed - released);
+        assert!(
+            fed - released <= 512 + line.len(),
+            "held {} bytes",
+            fed - released
+        );
     }
     released += st.finish().unwrap_or_else(|e| panic!("{e}")).len();
     assert_eq!(released, fed);
@@ -205,10 +224,17 @@ fn stream_redacts_a_long_open_private_key_block() {
     for _ in 0..2000 {
         out.push_str(&st.feed(body).unwrap_or_else(|e| panic!("{e}")));
     }
-    out.push_str(&st.feed("-----END PRIVATE KEY-----\nafter\n").unwrap_or_else(|e| panic!("{e}")));
+    out.push_str(
+        &st.feed("-----END PRIVATE KEY-----\nafter\n")
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
     out.push_str(&st.finish().unwrap_or_else(|e| panic!("{e}")));
     assert!(!out.contains("MIIEvQ"), "key material leaked");
-    assert!(out.starts_with("start\n") && out.ends_with("after\n"), "{}", &out[..60]);
+    assert!(
+        out.starts_with("start\n") && out.ends_with("after\n"),
+        "{}",
+        &out[..60]
+    );
 }
 
 #[test]
@@ -220,7 +246,10 @@ fn json_mode_reports_paths_and_redacts_values() {
         .iter()
         .map(|f| (f.path.as_str(), f.finding.entity_type))
         .collect();
-    assert!(paths.contains(&("$.order.payment.card", Entity::CreditCard)), "{paths:?}");
+    assert!(
+        paths.contains(&("$.order.payment.card", Entity::CreditCard)),
+        "{paths:?}"
+    );
     assert!(paths.contains(&("$.order.payment[\"holder email\"]", Entity::EmailAddress)));
     assert!(paths.contains(&("$.items[1]", Entity::Secret)));
     assert!(paths.contains(&("$.order.id", Entity::CreditCard)));

@@ -80,6 +80,10 @@ pub struct SandboxDefaults {
     /// Timeout of one command, in seconds.
     #[serde(default = "default_command_timeout")]
     pub command_timeout_s: u64,
+    /// VMs of the default shape kept booted and ready, so that creating a sandbox or a one-shot
+    /// run does not wait for a boot (each idle VM holds its memory). 0 disables the pool.
+    #[serde(default)]
+    pub warm_pool: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -147,6 +151,7 @@ impl Default for SandboxDefaults {
             vcpus: default_vcpus(),
             timeout_s: default_sandbox_timeout(),
             command_timeout_s: default_command_timeout(),
+            warm_pool: 0,
         }
     }
 }

@@ -51,7 +51,7 @@ pub enum LaunchError {
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn run(
     options: LaunchOptions,
-    make_executor: impl FnOnce(&std::path::Path) -> Result<Arc<dyn Executor>, String>,
+    make_executor: impl FnOnce(&std::path::Path, &ServerConfig) -> Result<Arc<dyn Executor>, String>,
     mut announce: impl FnMut(Announcement<'_>),
 ) -> Result<(), LaunchError> {
     let mut config = ServerConfig::load(options.config_file.as_deref())?;
@@ -72,7 +72,7 @@ pub fn run(
             config.dlp.inbound,
         );
         let policy_description = policy.describe().to_owned();
-        let executor = make_executor(&options.data_dir).map_err(LaunchError::Engine)?;
+        let executor = make_executor(&options.data_dir, &config).map_err(LaunchError::Engine)?;
         let engine_description = executor.describe();
         let dlp = ZteeDlp::new(Default::default())?;
         let dlp_api = Arc::new(ztee_dlp::http::DlpState::new(dlp.scanner()));

@@ -57,11 +57,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ztee");
         let requests = Family::<HttpLabels, Counter>::default();
-        let request_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ],
-        );
+        let request_seconds = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]);
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let rate_limited = Counter::default();
         let decisions = Family::<DecisionLabels, Counter>::default();

@@ -28,15 +28,38 @@ impl VmExecutor {
     pub fn new(engine: ztee_vm::Engine) -> Self {
         Self { engine }
     }
+
+    /// Keeps `size` never-used VMs of this shape ready, so `create` does not wait for a boot.
+    pub fn start_pool(
+        &self,
+        memory_mib: u32,
+        vcpus: u32,
+        size: usize,
+    ) -> Result<(), ztee_vm::VmError> {
+        let vcpus = u8::try_from(vcpus)
+            .map_err(|_| ztee_vm::VmError::InvalidSpec(format!("vcpus = {vcpus} is too many")))?;
+        self.engine
+            .start_pool(spec(memory_mib, vcpus), size)
+            .map(|_| ())
+    }
+}
+
+/// The VM shape for a sandbox; the same function for pool and requests, so pooled VMs match.
+fn spec(memory_mib: u32, vcpus: u8) -> ztee_vm::SandboxSpec {
+    ztee_vm::SandboxSpec {
+        memory_mib,
+        vcpus,
+        ..ztee_vm::SandboxSpec::default()
+    }
 }
 
 fn map_err(e: ztee_vm::VmError) -> ExecError {
     use ztee_vm::VmError as V;
     match e {
         V::FileNotFound(_) | V::CommandNotFound(_) => ExecError::NotFound(e.to_string()),
-        V::PermissionDenied(_)
-        | V::InvalidRequest(_)
-        | V::FileTooLarge { .. } => ExecError::Guest(e.to_string()),
+        V::PermissionDenied(_) | V::InvalidRequest(_) | V::FileTooLarge { .. } => {
+            ExecError::Guest(e.to_string())
+        }
         other => ExecError::Engine(other.to_string()),
     }
 }
@@ -54,11 +77,7 @@ impl Executor for VmExecutor {
             .map_err(|_| ExecError::Guest(format!("vcpus = {} is too many", spec.vcpus)))?;
         let sandbox = self
             .engine
-            .create(ztee_vm::SandboxSpec {
-                memory_mib: spec.memory_mib,
-                vcpus,
-                ..ztee_vm::SandboxSpec::default()
-            })
+            .create(self::spec(spec.memory_mib, vcpus))
             .await
             .map_err(map_err)?;
         let info = serde_json::to_value(sandbox.info()).unwrap_or_default();

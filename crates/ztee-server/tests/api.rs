@@ -532,12 +532,7 @@ async fn files_are_scanned_both_ways() {
         .await
         .unwrap();
     error_body(r, 400, "bad_request").await;
-    let r = c
-        .get(&files)
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(&files).bearer_auth(&key).send().await.unwrap();
     error_body(r, 400, "bad_request").await;
     let r = c
         .get(format!("{files}?path=/nope"))
@@ -768,10 +763,21 @@ async fn the_presidio_compatible_dlp_api_is_mounted_behind_authentication() {
     let (gw, _exec) = gateway().await;
     let c = client();
     let body = json!({"text": format!("card {PAN}"), "language": "en"});
-    let r = c.post(format!("{}/v1/dlp/analyze", gw.url)).json(&body).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v1/dlp/analyze", gw.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 401, "unauthenticated").await;
     let key = gw.key("acme", "agent");
-    let r = c.post(format!("{}/v1/dlp/analyze", gw.url)).bearer_auth(&key).json(&body).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v1/dlp/analyze", gw.url))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("x-request-id").is_some());
     let findings: serde_json::Value = r.json().await.unwrap();

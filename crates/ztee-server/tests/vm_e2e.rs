@@ -30,7 +30,10 @@ async fn vm_gateway() -> Option<Gateway> {
     let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
         .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
     // Short path: the VM's unix sockets live under it (108-byte limit).
-    let data_dir = tempfile::Builder::new().prefix("ztee-g").tempdir_in("/tmp").unwrap();
+    let data_dir = tempfile::Builder::new()
+        .prefix("ztee-g")
+        .tempdir_in("/tmp")
+        .unwrap();
     let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
         assets,
         runtime_dir: data_dir.path().join("run"),
@@ -40,6 +43,8 @@ async fn vm_gateway() -> Option<Gateway> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(ztee_vm::AccelChoice::Tcg),
         boot_timeout: std::time::Duration::from_secs(90),
+        // Every VM boots from scratch: two boots, no snapshot template.
+        snapshots: false,
     })
     .unwrap();
     let config = ServerConfig::default();
@@ -137,19 +142,40 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
         .text()
         .await
         .unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.last().unwrap()["type"], "exit", "{text}");
-    assert!(lines.iter().any(|l| l["type"] == "stdout" && l["data"] == "one\n"), "{text}");
-    assert!(lines.iter().any(|l| l["type"] == "stderr" && l["data"] == "two\n"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "stdout" && l["data"] == "one\n"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "stderr" && l["data"] == "two\n"),
+        "{text}"
+    );
 
     // Files: upload, run on it, download a file with card data (masked).
     let files = format!("{}/v1/sandboxes/{id}/files", gw.url);
-    let r = c.put(format!("{files}?path=/tmp/in.txt")).bearer_auth(&acme).body("abc\n").send().await.unwrap();
+    let r = c
+        .put(format!("{files}?path=/tmp/in.txt"))
+        .bearer_auth(&acme)
+        .body("abc\n")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r: serde_json::Value = c
         .post(&cmd_url)
         .bearer_auth(&acme)
-        .json(&json!({"cmd": "wc -c < /tmp/in.txt; printf '5500%s0004\\n' 00000000 > /tmp/out.txt"}))
+        .json(
+            &json!({"cmd": "wc -c < /tmp/in.txt; printf '5500%s0004\\n' 00000000 > /tmp/out.txt"}),
+        )
         .send()
         .await
         .unwrap()
@@ -157,22 +183,49 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
         .await
         .unwrap();
     assert_eq!(r["stdout"], "4\n", "{r}");
-    let got = c.get(format!("{files}?path=/tmp/out.txt")).bearer_auth(&acme).send().await.unwrap();
+    let got = c
+        .get(format!("{files}?path=/tmp/out.txt"))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.status(), 200);
     assert_eq!(got.headers()["x-ztee-redactions"], "CREDIT_CARD=1");
     let body = got.text().await.unwrap();
-    assert!(!body.contains("5500000000000004") && body.ends_with("0004\n"), "{body}");
-    let r = c.get(format!("{files}?path=/tmp/missing")).bearer_auth(&acme).send().await.unwrap();
+    assert!(
+        !body.contains("5500000000000004") && body.ends_with("0004\n"),
+        "{body}"
+    );
+    let r = c
+        .get(format!("{files}?path=/tmp/missing"))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
     error_body(r, 404, "not_found").await;
 
     // Another tenant cannot reach it.
-    let r = c.post(&cmd_url).bearer_auth(&globex).json(&json!({"cmd": ["true"]})).send().await.unwrap();
+    let r = c
+        .post(&cmd_url)
+        .bearer_auth(&globex)
+        .json(&json!({"cmd": ["true"]}))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 404, "not_found").await;
 
     // Delete: the VMM process is gone.
-    let r = c.delete(format!("{}/v1/sandboxes/{id}", gw.url)).bearer_auth(&acme).send().await.unwrap();
+    let r = c
+        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(!process_alive(vmm_pid), "VMM {vmm_pid} still running after delete");
+    assert!(
+        !process_alive(vmm_pid),
+        "VMM {vmm_pid} still running after delete"
+    );
 
     // One-shot run: code in, result out, VM destroyed, quota released.
     let r: serde_json::Value = c
@@ -192,5 +245,8 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
     let leftover: Vec<_> = std::fs::read_dir(data_dir.path().join("run/vms"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(leftover.is_empty(), "VM runtime directories left: {leftover:?}");
+    assert!(
+        leftover.is_empty(),
+        "VM runtime directories left: {leftover:?}"
+    );
 }

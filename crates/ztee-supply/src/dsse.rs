@@ -213,7 +213,9 @@ pub fn verified_attestations(
                     predicate: statement.predicate,
                 });
             }
-            Err(e) => tracing::warn!(layer = %layer.digest, error = %e, "attestation rejected"),
+            Err(e) => {
+                tracing::debug!(layer = %layer.digest, error = %e, "attestation not verified with the trusted keys")
+            }
         }
     }
     Ok(out)

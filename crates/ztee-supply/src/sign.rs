@@ -212,7 +212,7 @@ pub fn verify(
             }
         };
         let Some(key) = keys.iter().find(|k| verify_raw(k, &payload, sig).is_ok()) else {
-            reasons.push("signature made by a key not in the trusted set".to_string());
+            reasons.push("signature does not verify with any trusted key (another signer, or the payload was changed)".to_string());
             continue;
         };
         let claims: SimpleSigning = match serde_json::from_slice(&payload) {

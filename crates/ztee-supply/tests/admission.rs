@@ -232,7 +232,7 @@ fn a_signature_by_another_key_is_refused() {
     let d = denial(&f);
     assert_eq!(d.rule, "signed-scanned-inventoried");
     assert!(
-        d.reason.contains("0 of 1") && d.reason.contains("not in the trusted set"),
+        d.reason.contains("0 of 1") && d.reason.contains("does not verify with any trusted key"),
         "{}",
         d.reason
     );

@@ -433,3 +433,100 @@ fn push_pull_round_trip_with_bearer_token_auth() {
     let pulled = pull(&Store::open(other.path()).unwrap(), &dest, creds).unwrap();
     assert_eq!(pulled.digest, local.digest);
 }
+
+/// The reverse direction: a cosign-format signature made by another implementation (OpenSSL
+/// signing a payload ztee did not serialize), stored as cosign stores it, verifies in ztee; the
+/// same signature over an edited payload does not.
+#[test]
+fn ztee_verifies_a_cosign_signature_made_by_openssl() {
+    if missing_tool("openssl") {
+        return;
+    }
+    use base64::Engine as _;
+    use ztee_supply::oci::{self, Descriptor, ImageManifest};
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    let image = sample_image(&store, "python:1");
+    let pem = data.path().join("foreign.pem");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let public = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap()
+        .stdout;
+    let public_key =
+        keys::parse_public_key(&String::from_utf8(public).unwrap(), "openssl").unwrap();
+
+    let sign_payload = |payload: &str| -> (Vec<u8>, String) {
+        let path = data.path().join("payload.json");
+        std::fs::write(&path, payload).unwrap();
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&pem)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            payload.as_bytes().to_vec(),
+            base64::engine::general_purpose::STANDARD.encode(out.stdout),
+        )
+    };
+    let store_signature = |payload: &[u8], sig: &str| {
+        let mut layer = Descriptor::new(sign::MEDIA_TYPE_SIMPLE_SIGNING, payload);
+        layer
+            .annotations
+            .insert(sign::ANNOTATION_SIGNATURE.into(), sig.into());
+        store.put_blob(payload).unwrap();
+        let config =
+            br#"{"architecture":"","config":{},"os":"","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        store.put_blob(config).unwrap();
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.into()),
+            artifact_type: None,
+            config: Descriptor::new(oci::MEDIA_TYPE_OCI_CONFIG, config),
+            layers: vec![layer],
+            annotations: Default::default(),
+        };
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        let desc = store
+            .put_manifest(oci::MEDIA_TYPE_OCI_MANIFEST, &bytes)
+            .unwrap();
+        store
+            .tag(&format!("python:{}", image.digest.cosign_tag("sig")), desc)
+            .unwrap();
+    };
+    // Different key order and spacing from ztee's own serialization, as another tool may write it.
+    let payload = format!(
+        r#"{{ "optional": null, "critical": {{ "type": "cosign container image signature", "image": {{ "docker-manifest-digest": "{}" }}, "identity": {{ "docker-reference": "registry.example/vm/python" }} }} }}"#,
+        image.digest
+    );
+    let (bytes, sig) = sign_payload(&payload);
+    store_signature(&bytes, &sig);
+    let verified = sign::verify(&store, "python", &image.digest, &[public_key]).unwrap();
+    assert_eq!(verified[0].docker_reference, "registry.example/vm/python");
+
+    let edited = payload.replace("registry.example", "evil.example");
+    store_signature(edited.as_bytes(), &sig);
+    let err = sign::verify(&store, "python", &image.digest, &[public_key])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not verify with any trusted key"),
+        "{err}"
+    );
+}

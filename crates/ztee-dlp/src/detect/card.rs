@@ -162,16 +162,34 @@ mod tests {
     fn brands_follow_issuer_ranges_and_lengths() {
         assert_eq!(CardBrand::of(&d("4111111111111111")), Some(CardBrand::Visa));
         assert_eq!(CardBrand::of(&d("4222222222222")), Some(CardBrand::Visa));
-        assert_eq!(CardBrand::of(&d("4111111111111111110")), Some(CardBrand::Visa));
-        assert_eq!(CardBrand::of(&d("2221000000000009")), Some(CardBrand::Mastercard));
-        assert_eq!(CardBrand::of(&d("2720990000000007")), Some(CardBrand::Mastercard));
+        assert_eq!(
+            CardBrand::of(&d("4111111111111111110")),
+            Some(CardBrand::Visa)
+        );
+        assert_eq!(
+            CardBrand::of(&d("2221000000000009")),
+            Some(CardBrand::Mastercard)
+        );
+        assert_eq!(
+            CardBrand::of(&d("2720990000000007")),
+            Some(CardBrand::Mastercard)
+        );
         assert_eq!(CardBrand::of(&d("2721000000000000")), None);
         assert_eq!(CardBrand::of(&d("378282246310005")), Some(CardBrand::Amex));
         assert_eq!(CardBrand::of(&d("37828224631000")), None);
         assert_eq!(CardBrand::of(&d("3530111333300000")), Some(CardBrand::Jcb));
-        assert_eq!(CardBrand::of(&d("30569309025904")), Some(CardBrand::DinersClub));
-        assert_eq!(CardBrand::of(&d("6200000000000005")), Some(CardBrand::UnionPay));
-        assert_eq!(CardBrand::of(&d("6011000990139424")), Some(CardBrand::Discover));
+        assert_eq!(
+            CardBrand::of(&d("30569309025904")),
+            Some(CardBrand::DinersClub)
+        );
+        assert_eq!(
+            CardBrand::of(&d("6200000000000005")),
+            Some(CardBrand::UnionPay)
+        );
+        assert_eq!(
+            CardBrand::of(&d("6011000990139424")),
+            Some(CardBrand::Discover)
+        );
         assert_eq!(CardBrand::of(&d("675964982643")), Some(CardBrand::Maestro));
         assert_eq!(CardBrand::of(&d("2200000000000004")), Some(CardBrand::Mir));
         assert_eq!(CardBrand::of(&d("1234567890123456")), None);

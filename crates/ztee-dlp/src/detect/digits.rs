@@ -28,7 +28,7 @@ enum Sep {
     Slash,
     LineBreak,
     Paren,
-    /// No-break, zero-width and other Unicode spaces and joiners.
+    /// Zero-width spaces and joiners: invisible, so they do not even split a digit group.
     Invisible,
 }
 
@@ -71,10 +71,13 @@ fn separator_at(b: &[u8], i: usize) -> Option<(Sep, usize)> {
         b'/' => Some((Sep::Slash, 1)),
         b'\n' | b'\r' => Some((Sep::LineBreak, 1)),
         b'(' | b')' => Some((Sep::Paren, 1)),
-        0xC2 if b.get(i + 1) == Some(&0xA0) => Some((Sep::Invisible, 2)),
+        // No-break space.
+        0xC2 if b.get(i + 1) == Some(&0xA0) => Some((Sep::Space, 2)),
         0xE2 => match (b.get(i + 1), b.get(i + 2)) {
-            // U+2000..U+200D spaces and zero-width characters, U+202F narrow no-break space.
-            (Some(0x80), Some(0x80..=0x8D | 0xAF)) => Some((Sep::Invisible, 3)),
+            // U+2000..U+200A Unicode spaces, U+202F narrow no-break space.
+            (Some(0x80), Some(0x80..=0x8A | 0xAF)) => Some((Sep::Space, 3)),
+            // U+200B..U+200D zero-width space and joiners.
+            (Some(0x80), Some(0x8B..=0x8D)) => Some((Sep::Invisible, 3)),
             // U+2010..U+2015 hyphens and dashes (en dash, em dash, figure dash...).
             (Some(0x80), Some(0x90..=0x95)) => Some((Sep::Dash, 3)),
             // U+2060 word joiner.
@@ -84,9 +87,7 @@ fn separator_at(b: &[u8], i: usize) -> Option<(Sep, usize)> {
             _ => None,
         },
         // U+3000 ideographic space.
-        0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x80) => {
-            Some((Sep::Space, 3))
-        }
+        0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x80) => Some((Sep::Space, 3)),
         0xEF => match (b.get(i + 1), b.get(i + 2)) {
             // U+FEFF zero-width no-break space.
             (Some(0xBB), Some(0xBF)) => Some((Sep::Invisible, 3)),
@@ -101,9 +102,11 @@ fn separator_at(b: &[u8], i: usize) -> Option<(Sep, usize)> {
 /// A separator run between two digit groups.
 #[derive(Debug, Clone, Copy)]
 struct Gap {
+    /// The visible separator of the run; `LineBreak` only when the run is nothing else.
     kind: Sep,
-    /// All characters of the run are the same kind and there is exactly one.
+    /// Exactly one separator character.
     single: bool,
+    /// Two different visible separators besides line breaks ("-." or ". ").
     mixed: bool,
 }
 
@@ -198,18 +201,39 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
                 run_end = i;
                 continue;
             }
+            // Zero-width characters between digits are invisible: the group goes on.
+            let mut j = i;
+            let mut hidden = 0;
+            while hidden < MAX_SEPARATOR_CHARS {
+                match separator_at(b, j) {
+                    Some((Sep::Invisible, len)) => {
+                        j += len;
+                        hidden += 1;
+                    }
+                    _ => break,
+                }
+            }
+            if hidden > 0 && digit_at(b, j).is_some() {
+                i = j;
+                continue;
+            }
             // Try a separator run followed by a digit.
             let mut j = i;
             let mut count = 0;
-            let mut first_kind = None;
+            let mut visible: Option<Sep> = None;
+            let mut line_break = false;
             let mut mixed = false;
             while count < MAX_SEPARATOR_CHARS {
                 match separator_at(b, j) {
                     Some((kind, len)) => {
-                        match first_kind {
-                            None => first_kind = Some(kind),
-                            Some(k) if k != kind => mixed = true,
-                            Some(_) => {}
+                        match kind {
+                            Sep::LineBreak => line_break = true,
+                            Sep::Invisible => {}
+                            _ => match visible {
+                                None => visible = Some(kind),
+                                Some(k) if k != kind => mixed = true,
+                                Some(_) => {}
+                            },
                         }
                         j += len;
                         count += 1;
@@ -217,6 +241,7 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
                     None => break,
                 }
             }
+            let first_kind = visible.or(line_break.then_some(Sep::LineBreak));
             match (first_kind, digit_at(b, j)) {
                 (Some(kind), Some(_)) => {
                     if run.digits.len() >= MAX_RUN_DIGITS {
@@ -297,6 +322,10 @@ fn classify(
         ipv4(b, run, out);
     }
     let groups = run.group_starts.len();
+    // SSN, routing, bank and phone numbers have 8-17 digits and stand on their own.
+    if !(want.ssn || want.aba || want.bank || want.phone) || !(8..=17).contains(&total) {
+        return;
+    }
     let glued = is_alnum_before(b, run_start) || is_alnum_after(b, run_end);
     if glued {
         return;
@@ -415,18 +444,36 @@ fn card_score(b: &[u8], run: &Run, first: usize, last: usize) -> f64 {
     }
     let sizes: Vec<usize> = (first..=last).map(|g| run.group_len(g)).collect();
     let gaps = &run.gaps[first..last];
-    let uniform = gaps
-        .iter()
-        .all(|g| !g.mixed && g.kind == gaps[0].kind && g.kind != Sep::Paren);
+    // One visible separator throughout; a line break may stand in for any of them ("4111 1111\n
+    // 1111 1111"). Mixed separators ("10.1.2.3\n2024-03-15") are different numbers side by side.
+    let mut kind = None;
+    for g in gaps {
+        if g.mixed || g.kind == Sep::Paren {
+            return 0.0;
+        }
+        if g.kind == Sep::LineBreak {
+            continue;
+        }
+        match kind {
+            None => kind = Some(g.kind),
+            Some(k) if k != g.kind => return 0.0,
+            Some(_) => {}
+        }
+    }
     let canonical = sizes.len() == 1
-        || (uniform
-            && (matches!(sizes.as_slice(), [4, 6, 5] | [4, 6, 4] | [4, 4, 4, 4, 3])
-                || (sizes[..sizes.len() - 1].iter().all(|&s| s == 4)
-                    && (1..=4).contains(&sizes[sizes.len() - 1]))));
-    match (canonical, glued_before || glued_after) {
-        (true, false) => 1.0,
-        (true, true) => 0.8,
-        (false, _) => 0.6,
+        || matches!(sizes.as_slice(), [4, 6, 5] | [4, 6, 4] | [4, 4, 4, 4, 3])
+        || (sizes[..sizes.len() - 1].iter().all(|&s| s == 4)
+            && (1..=4).contains(&sizes[sizes.len() - 1]));
+    let glued = glued_before || glued_after;
+    if canonical {
+        return if glued { 0.8 } else { 1.0 };
+    }
+    // Other groupings happen ("411111 1111111111") but so do tables of short numbers: accept
+    // only a few groups of three or more digits.
+    if sizes.len() <= 4 && sizes.iter().all(|&s| s >= 3) && !glued {
+        0.6
+    } else {
+        0.0
     }
 }
 
@@ -487,9 +534,9 @@ fn phone(
     let groups = run.group_starts.len();
     let gaps_ok = run.gaps.iter().all(|g| {
         matches!(
-                g.kind,
-                Sep::Space | Sep::Dash | Sep::Dot | Sep::Paren | Sep::Invisible
-            )
+            g.kind,
+            Sep::Space | Sep::Dash | Sep::Dot | Sep::Paren | Sep::Invisible
+        )
     });
     if !gaps_ok {
         return;

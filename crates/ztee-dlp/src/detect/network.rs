@@ -59,9 +59,9 @@ fn domain_ok(domain: &[u8]) -> bool {
     if labels.len() < 2 {
         return false;
     }
-    let labels_ok = labels.iter().all(|l| {
-        !l.is_empty() && l.len() <= 63 && l[0] != b'-' && l[l.len() - 1] != b'-'
-    });
+    let labels_ok = labels
+        .iter()
+        .all(|l| !l.is_empty() && l.len() <= 63 && l[0] != b'-' && l[l.len() - 1] != b'-');
     let tld = labels[labels.len() - 1];
     labels_ok && tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic)
 }
@@ -92,7 +92,8 @@ pub(crate) fn ipv6(text: &str, out: &mut Vec<Candidate>) {
         }
         let token = &b[start..end];
         let glued = (start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_'))
-            || b.get(end).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+            || b.get(end)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
         if glued || token.len() < 3 || token.len() > MAX_IPV6 {
             continue;
         }
@@ -123,7 +124,9 @@ mod tests {
     fn spans(text: &str, f: fn(&str, &mut Vec<Candidate>)) -> Vec<String> {
         let mut out = Vec::new();
         f(text, &mut out);
-        out.iter().map(|c| text[c.start..c.end].to_string()).collect()
+        out.iter()
+            .map(|c| text[c.start..c.end].to_string())
+            .collect()
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Everything found by regular expression: secrets, IBANs, magnetic-stripe track data and
 //! labelled sensitive authentication data (CVV, expiry, PIN). All rules are compiled into one
 //! alternation, so the text is walked once by one automaton whatever the number of rules.
+//! Open-ended repetitions (`+`, `*`) are used where a bounded one (`{1,64}`) would multiply the
+//! automaton's states on long runs of matching characters.
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -27,8 +29,6 @@ enum Check {
     Password,
     /// `v` is a token-like value: it must look random (entropy) to count.
     HighEntropy,
-    /// A base64 blob: decoded and scanned by the caller.
-    Base64,
 }
 
 struct Rule {
@@ -99,7 +99,7 @@ fn rules() -> Vec<Rule> {
             entity: secret,
             score: 1.0,
             check: Whole,
-            pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
+            pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)",
         },
         Rule {
             id: "secret.gitlab_token",
@@ -141,7 +141,7 @@ fn rules() -> Vec<Rule> {
             entity: secret,
             score: 0.9,
             check: Password,
-            pattern: r"(?-u:\b)[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://[^/ \t\r\n:@]{1,64}:(?P<v>[^/ \t\r\n@]{1,128})@",
+            pattern: r"(?-u:\b)[a-zA-Z][a-zA-Z0-9+.\-]*://[^/ \t\r\n:@]+:(?P<v>[^/ \t\r\n@]+)@",
         },
         Rule {
             id: "secret.password_assignment",
@@ -162,14 +162,14 @@ fn rules() -> Vec<Rule> {
             entity: Some(Entity::CardTrackData),
             score: 1.0,
             check: Track,
-            pattern: r"%?B(?P<v>[0-9]{12,19})\^[^\^\r\n]{2,26}\^[0-9]{7}[^?\r\n]{0,79}\??",
+            pattern: r"%?B(?P<v>[0-9]{12,19})\^[^\^\r\n]+\^[0-9]{7}[^?\r\n]*\??",
         },
         Rule {
             id: "card_track_data.track2",
             entity: Some(Entity::CardTrackData),
             score: 1.0,
             check: Track,
-            pattern: r";?(?P<v>[0-9]{12,19})[=D][0-9]{7}[0-9]{0,32}\??",
+            pattern: r";?(?P<v>[0-9]{12,19})[=D][0-9]{7}[0-9]*\??",
         },
         Rule {
             id: "card_verification_code.labelled",
@@ -204,14 +204,7 @@ fn rules() -> Vec<Rule> {
             entity: Some(Entity::IbanCode),
             score: 1.0,
             check: Iban,
-            pattern: r"(?-u:\b)(?P<v>[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,32})",
-        },
-        Rule {
-            id: "base64",
-            entity: None,
-            score: 0.0,
-            check: Base64,
-            pattern: r"(?-u:\b)[A-Za-z0-9+/]{24,}={0,2}",
+            pattern: r"(?-u:\b)(?P<v>[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4})+(?: ?[A-Z0-9]{1,3})?)",
         },
     ]
 }
@@ -269,43 +262,25 @@ impl Patterns {
             groups,
             base64: GeneralPurpose::new(
                 &base64::alphabet::STANDARD,
-                GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+                GeneralPurposeConfig::new()
+                    .with_decode_padding_mode(DecodePaddingMode::Indifferent),
             ),
         }
     }
 
-    /// Runs every rule whose entity `want` accepts; base64 blobs are reported through
-    /// `on_blob` when `want_base64`.
-    pub fn scan(
-        &self,
-        text: &str,
-        want: impl Fn(Entity) -> bool,
-        want_base64: bool,
-        out: &mut Vec<Candidate>,
-        mut on_blob: impl FnMut(usize, usize, &[u8]),
-    ) {
+    /// Runs every rule whose entity `want` accepts.
+    pub fn scan(&self, text: &str, want: impl Fn(Entity) -> bool, out: &mut Vec<Candidate>) {
         for caps in self.regex.captures_iter(text) {
-            let Some((rule, whole, value)) = self
-                .rules
-                .iter()
-                .zip(&self.groups)
-                .find_map(|(rule, &(w, v))| {
-                    caps.get(w).map(|m| (rule, m, v.and_then(|v| caps.get(v))))
-                })
+            let Some((rule, whole, value)) =
+                self.rules
+                    .iter()
+                    .zip(&self.groups)
+                    .find_map(|(rule, &(w, v))| {
+                        caps.get(w).map(|m| (rule, m, v.and_then(|v| caps.get(v))))
+                    })
             else {
                 continue;
             };
-            if rule.check == Check::Base64 {
-                if want_base64 {
-                    let blob = whole.as_str();
-                    if blob.len() % 4 != 1 {
-                        if let Ok(decoded) = self.base64.decode(blob.trim_end_matches('=')) {
-                            on_blob(whole.start(), whole.end(), &decoded);
-                        }
-                    }
-                }
-                continue;
-            }
             let Some(entity) = rule.entity else { continue };
             if !want(entity) {
                 continue;
@@ -319,6 +294,39 @@ impl Patterns {
                     rule: RuleId::Static(rule.id),
                 });
             }
+        }
+    }
+
+    /// Base64 blobs (24+ characters from the standard alphabet, starting at a word boundary,
+    /// optional `=` padding), decoded, with their byte spans. A table-driven pass, so it costs
+    /// little when only digit entities are wanted.
+    pub fn base64_blobs(&self, text: &str, mut on_blob: impl FnMut(usize, usize, &[u8])) {
+        const MIN_BLOB: usize = 24;
+        let b = text.as_bytes();
+        let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+        let mut i = 0;
+        while i < b.len() {
+            if !is_b64(b[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && is_b64(b[i]) {
+                i += 1;
+            }
+            let mut end = i;
+            while end < b.len() && end - i < 2 && b[end] == b'=' {
+                end += 1;
+            }
+            let word_start =
+                start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+            let body = i - start;
+            if word_start && body >= MIN_BLOB && body % 4 != 1 {
+                if let Ok(decoded) = self.base64.decode(&b[start..i]) {
+                    on_blob(start, end, &decoded);
+                }
+            }
+            i = end.max(i);
         }
     }
 }
@@ -359,14 +367,14 @@ fn accept(
             let len = iban::valid_prefix_len(&text[v.start()..])?;
             Some((v.start(), v.start() + len))
         }
-        Check::Base64 => None,
     }
 }
 
 /// Values that are obviously not real credentials: variables, templates, masks.
 fn is_placeholder(v: &str) -> bool {
     let b = v.as_bytes();
-    b.first().is_some_and(|c| matches!(c, b'$' | b'<' | b'{' | b'%' | b'['))
+    b.first()
+        .is_some_and(|c| matches!(c, b'$' | b'<' | b'{' | b'%' | b'['))
         || b.iter().all(|&c| c == b[0])
         || v.eq_ignore_ascii_case("redacted")
         || v.contains("****")

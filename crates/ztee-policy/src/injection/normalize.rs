@@ -55,6 +55,13 @@ pub fn normalize(text: &str) -> Normalized {
             '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
                 bidi += 1
             }
+            // ASCII needs neither the confusable table nor Unicode case mapping.
+            _ if c.is_ascii() => {
+                if c.is_ascii_alphabetic() {
+                    latin += 1;
+                }
+                plain.push(c.to_ascii_lowercase());
+            }
             _ => {
                 let mapped = confusable(c);
                 if mapped != c {
@@ -208,6 +215,13 @@ fn collapse_whitespace(text: &str) -> String {
 /// `1gn0r3 4ll` -> `ignore all`, applied only to tokens mixing letters and digits so numbers
 /// in ordinary text stay numbers. `None` when nothing changed.
 fn deleet(text: &str) -> Option<String> {
+    let is_leet = |word: &str| {
+        word.chars().any(|c| c.is_ascii_alphabetic())
+            && word.chars().any(|c| "013457@$".contains(c))
+    };
+    if !text.split(' ').any(is_leet) {
+        return None;
+    }
     let mut changed = false;
     let mapped: Vec<String> = text
         .split(' ')
@@ -303,7 +317,7 @@ fn decoded_base64(text: &str) -> Vec<String> {
 
 fn decoded_hex(text: &str) -> Vec<String> {
     static RUN: OnceLock<Option<Regex>> = OnceLock::new();
-    let Some(re) = regex(&RUN, r"\b(?:[0-9a-fA-F]{2}){10,}\b") else {
+    let Some(re) = regex(&RUN, r"(?-u:\b)(?:[0-9a-fA-F]{2}){10,}(?-u:\b)") else {
         return Vec::new();
     };
     re.find_iter(text)

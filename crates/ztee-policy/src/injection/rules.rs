@@ -1,7 +1,7 @@
 //! Rules for the known injection families. Patterns run on normalized (lowercased, de-obfuscated)
 //! views, all at once through one `RegexSet`.
 
-use regex::RegexSet;
+use regex::bytes::{RegexSet, RegexSetBuilder};
 
 use crate::PolicyError;
 
@@ -168,8 +168,12 @@ pub struct Hit {
 
 impl RuleSet {
     pub fn new() -> Result<Self, PolicyError> {
-        let set =
-            RegexSet::new(RULES.iter().map(|r| r.pattern)).map_err(|e| PolicyError::Model {
+        // Views are lowercased and mostly ASCII: ASCII-only classes and word boundaries keep
+        // the whole set inside the lazy DFA, which a Unicode `\b` would make give up.
+        let set = RegexSetBuilder::new(RULES.iter().map(|r| format!("(?-u){}", r.pattern)))
+            .dfa_size_limit(16 << 20)
+            .build()
+            .map_err(|e| PolicyError::Model {
                 what: "rule set",
                 reason: e.to_string(),
             })?;
@@ -177,11 +181,14 @@ impl RuleSet {
     }
 
     pub fn matches(&self, text: &str) -> impl Iterator<Item = Hit> + '_ {
-        self.set.matches(text).into_iter().filter_map(|i| {
-            RULES.get(i).map(|r| Hit {
-                id: r.id,
-                weight: r.weight,
+        self.set
+            .matches(text.as_bytes())
+            .into_iter()
+            .filter_map(|i| {
+                RULES.get(i).map(|r| Hit {
+                    id: r.id,
+                    weight: r.weight,
+                })
             })
-        })
     }
 }

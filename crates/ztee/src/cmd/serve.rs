@@ -35,6 +35,8 @@ Configuration file (TOML; every key optional, defaults shown):
   burst = 40
   max_sandboxes_per_tenant = 8
   max_memory_mib_per_tenant = 2048
+  [sandbox_defaults]
+  warm_pool = 0                  # VMs kept booted for fast starts
   [dlp]
   inbound = \"block\"            # or \"redact\", \"require_approval\"
 More keys ([limits], [sandbox_defaults], OIDC algorithms and clock skew): docs/gateway.md.
@@ -67,10 +69,16 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
     };
     launcher::run(
         options,
-        |data_dir| {
-            ztee_server::vm::VmExecutor::from_data_dir(data_dir)
-                .map(|e| Arc::new(e) as Arc<dyn ztee_server::exec::Executor>)
-                .map_err(|e| e.to_string())
+        |data_dir, config| {
+            let executor =
+                ztee_server::vm::VmExecutor::from_data_dir(data_dir).map_err(|e| e.to_string())?;
+            let d = &config.sandbox_defaults;
+            if d.warm_pool > 0 {
+                executor
+                    .start_pool(d.memory_mib, d.vcpus, d.warm_pool)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Arc::new(executor) as Arc<dyn ztee_server::exec::Executor>)
         },
         |announcement| match announcement {
             Announcement::AdminKey { id, key } => {
