@@ -70,6 +70,8 @@ pub fn env_with(snapshots: bool) -> Option<TestEnv> {
             .unwrap_or(ztee_vm::AccelChoice::Tcg),
         boot_timeout: std::time::Duration::from_secs(90),
         snapshots,
+        // `auto` unless ZTEE_JAIL says otherwise: jailed when the tests run as root.
+        jail: ztee_vm::JailConfig::from_env().expect("ZTEE_JAIL"),
     };
     let engine = Engine::new(config).expect("engine");
     Some(TestEnv { dir, engine })
