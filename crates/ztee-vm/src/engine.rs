@@ -208,6 +208,7 @@ impl Engine {
                 &root,
                 spec.memory_mib,
                 spec.vcpus,
+                accelerator,
             )?;
             let (paths, prepared) = jail.prepare(&plan, sealed_ram.map(SealedRam::raw_fd))?;
             runtime.set_jail(jail)?;

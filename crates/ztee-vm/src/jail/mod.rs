@@ -59,8 +59,11 @@ pub struct JailConfig {
     pub mode: JailMode,
     /// Each live VM gets one of these uids (and the gid of the same number) to itself.
     pub uids: RangeInclusive<u32>,
-    /// Memory the VMM may use beyond guest RAM (QEMU itself, TCG's translation cache).
+    /// Memory the VMM may use beyond guest RAM (QEMU itself, its I/O buffers).
     pub memory_overhead_mib: u32,
+    /// More on top under TCG, for its translation cache (QEMU 7.2 reserves up to 1 GiB for it
+    /// and fills it as the guest runs code).
+    pub tcg_overhead_mib: u32,
     /// Most tasks (processes and threads) in a VMM's cgroup.
     pub pids_max: u32,
     /// Where uid leases are held (host-wide, so engines in different processes never collide).
@@ -73,6 +76,7 @@ impl Default for JailConfig {
             mode: JailMode::Auto,
             uids: 64000..=64999,
             memory_overhead_mib: 128,
+            tcg_overhead_mib: 384,
             pids_max: 64,
             lock_dir: PathBuf::from("/run/ztee/uids"),
         }
@@ -108,6 +112,27 @@ impl JailConfig {
             JailMode::On => Err(VmError::Jail(
                 "ZTEE_JAIL=on needs root (namespaces, chroot, per-VM uids and cgroups); run ztee as root or set ZTEE_JAIL=auto".into(),
             )),
+        }
+    }
+}
+
+impl JailConfig {
+    /// One line for an operator: whether VMMs will be jailed here, and why.
+    pub fn describe(&self) -> String {
+        match self.enabled() {
+            Ok(true) => format!(
+                "on: each VMM in its own namespaces, private root, uid ({}-{}) and cgroup",
+                self.uids.start(),
+                self.uids.end()
+            ),
+            Ok(false) if self.mode == JailMode::Off => {
+                "OFF: ZTEE_JAIL=off, VMMs run unjailed".to_string()
+            }
+            Ok(false) => {
+                "OFF: ztee is not running as root, VMMs run unjailed (run as root to jail them)"
+                    .to_string()
+            }
+            Err(err) => err.to_string(),
         }
     }
 }
@@ -179,10 +204,15 @@ impl VmJail {
         root: &Path,
         memory_mib: u32,
         vcpus: u8,
+        accelerator: Accelerator,
     ) -> Result<Self, VmError> {
         let uid = ids::UidLease::acquire(&config.lock_dir, &config.uids)?;
+        let overhead = match accelerator {
+            Accelerator::Kvm => config.memory_overhead_mib,
+            Accelerator::Tcg => config.memory_overhead_mib + config.tcg_overhead_mib,
+        };
         let limits = cgroup::Limits {
-            memory_bytes: (u64::from(memory_mib) + u64::from(config.memory_overhead_mib)) << 20,
+            memory_bytes: (u64::from(memory_mib) + u64::from(overhead)) << 20,
             pids: config.pids_max,
             cpu_percent: u32::from(vcpus) * 100,
         };
