@@ -271,4 +271,34 @@ mod tests {
         assert!(!dead.path().exists());
         assert!(live.path().exists());
     }
+
+    #[test]
+    fn reaping_an_orphan_removes_its_cgroups() {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: creating cgroups needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let name = format!(
+            "reap-test-{}",
+            crate::hex(&crate::random_bytes::<4>().unwrap())
+        );
+        let dead = RuntimeDir::create(root.path(), &name, true).unwrap();
+        let limits = crate::jail::cgroup_limits_for_test();
+        let cgroup = crate::jail::test_cgroup(&name, &limits);
+        let paths = cgroup;
+        assert!(paths.iter().all(|p| p.is_dir()));
+        let record: String = paths
+            .iter()
+            .map(|p| format!("cgroup {}\n", p.display()))
+            .collect();
+        fs::write(dead.path().join("jail"), format!("uid 64000\n{record}")).unwrap();
+        fs::write(dead.path().join("owner"), "999999999 1 999999998 1\n").unwrap();
+        assert_eq!(reap_orphans(root.path()), 1);
+        assert!(!dead.path().exists());
+        for path in &paths {
+            assert!(!path.exists(), "{} left behind", path.display());
+        }
+    }
 }

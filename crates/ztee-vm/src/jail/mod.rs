@@ -519,9 +519,46 @@ pub(crate) fn reap_record(record: &str) {
     remove_cgroups(&cgroups);
 }
 
+/// Limits for tests that need a real cgroup.
+#[cfg(test)]
+pub(crate) fn cgroup_limits_for_test() -> cgroup::Limits {
+    cgroup::Limits {
+        memory_bytes: 64 << 20,
+        pids: 8,
+        cpu_percent: 100,
+    }
+}
+
+/// Creates a real VM cgroup and leaves it for the caller to remove (its paths are returned).
+#[cfg(test)]
+pub(crate) fn test_cgroup(name: &str, limits: &cgroup::Limits) -> Vec<PathBuf> {
+    let cgroup = cgroup::Cgroup::create(name, limits).unwrap();
+    let paths = cgroup.paths().to_vec();
+    std::mem::forget(cgroup);
+    paths
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn off_never_jails_and_auto_jails_exactly_as_root() {
+        let off = JailConfig {
+            mode: JailMode::Off,
+            ..JailConfig::default()
+        };
+        assert!(!off.enabled().unwrap());
+        assert!(off.describe().starts_with("OFF"));
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(JailConfig::default().enabled().unwrap(), root);
+        let on = JailConfig {
+            mode: JailMode::On,
+            ..JailConfig::default()
+        };
+        assert_eq!(on.enabled().is_ok(), root);
+    }
 
     #[test]
     fn modes_and_uid_ranges_parse_with_clear_errors() {
