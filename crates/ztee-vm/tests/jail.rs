@@ -172,6 +172,18 @@ async fn a_restored_vm_is_confined_and_cannot_touch_its_template() {
         .unwrap();
     let err = file.write_at(b"corrupt", 4096).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    // Nor the VM's own uid, which QEMU runs as.
+    use std::os::unix::process::CommandExt;
+    let attempt = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1", "count=1", "conv=notrunc"])
+        .arg(format!("of={}", sealed.display()))
+        .uid(jail.uid)
+        .gid(jail.gid)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&attempt.stderr);
+    assert!(!attempt.status.success(), "the VM's uid wrote the template");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
 
     // The sandbox works.
     let out = sandbox
