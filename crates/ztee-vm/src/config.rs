@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{AccelChoice, GuestAssets, VmError};
+use crate::{AccelChoice, GuestAssets, JailConfig, VmError};
 
 /// Shape and limits of one sandbox's VM.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,12 +72,14 @@ pub struct EngineConfig {
     pub boot_timeout: Duration,
     /// Boot each VM shape once, snapshot it, and restore new sandboxes from the snapshot.
     pub snapshots: bool,
+    /// Whether and how VMMs are jailed (namespaces, private root, own uid and cgroup).
+    pub jail: JailConfig,
 }
 
 impl EngineConfig {
     /// Defaults under `data_dir` and [`default_cache_dir`], overridden by `ZTEE_GUEST_DIR`,
-    /// `ZTEE_ACCEL` (`auto`|`kvm`|`tcg`), `ZTEE_BOOT_TIMEOUT` (seconds) and `ZTEE_SNAPSHOTS`
-    /// (`0` boots every VM from scratch).
+    /// `ZTEE_ACCEL` (`auto`|`kvm`|`tcg`), `ZTEE_BOOT_TIMEOUT` (seconds), `ZTEE_SNAPSHOTS`
+    /// (`0` boots every VM from scratch), `ZTEE_JAIL` (`auto`|`on`|`off`) and `ZTEE_JAIL_UIDS`.
     pub fn from_env_and_defaults(data_dir: &Path) -> Result<Self, VmError> {
         let accelerator = match std::env::var("ZTEE_ACCEL") {
             Ok(value) if !value.is_empty() => value.parse().map_err(VmError::InvalidSpec)?,
@@ -107,6 +109,7 @@ impl EngineConfig {
             accelerator,
             boot_timeout,
             snapshots,
+            jail: JailConfig::from_env()?,
         })
     }
 }

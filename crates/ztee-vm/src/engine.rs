@@ -12,6 +12,7 @@ use ztee_wire::{BootSecret, GuestMessage, HostMessage};
 
 use crate::backend::{self, Accelerator, LaunchPlan, MemoryBacking};
 use crate::channel::Channel;
+use crate::jail::{SealedRam, VmJail};
 use crate::pool::WarmPool;
 use crate::runtime::RuntimeDir;
 use crate::sandbox::{Sandbox, SandboxInfo, StartKind};
@@ -28,6 +29,8 @@ type TemplateSlot = Arc<tokio::sync::OnceCell<Result<Arc<Template>, String>>>;
 
 struct EngineInner {
     config: EngineConfig,
+    /// Whether VMMs run jailed (decided once, at engine start).
+    jailed: bool,
     base_initramfs: PathBuf,
     accel: tokio::sync::OnceCell<AccelDecision>,
     templates: Mutex<HashMap<(SandboxSpec, Accelerator), TemplateSlot>>,
@@ -47,6 +50,13 @@ impl Engine {
     /// Checks the assets, reaps VMs orphaned by a crashed supervisor and prepares the initramfs.
     pub fn new(config: EngineConfig) -> Result<Self, VmError> {
         config.assets.check()?;
+        let jailed = config.jail.enabled()?;
+        if !jailed {
+            tracing::warn!(
+                mode = ?config.jail.mode,
+                "VMMs run unjailed (no namespaces, private root, own uid or cgroup): ztee is not root or ZTEE_JAIL=off"
+            );
+        }
         let reaped = runtime::reap_orphans(&config.runtime_dir);
         if reaped > 0 {
             tracing::warn!(reaped, "killed VMs left behind by a previous ztee process");
@@ -55,6 +65,7 @@ impl Engine {
         Ok(Self {
             inner: Arc::new(EngineInner {
                 config,
+                jailed,
                 base_initramfs,
                 accel: tokio::sync::OnceCell::new(),
                 templates: Mutex::default(),
@@ -65,6 +76,16 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Whether VMMs run in a jail (see [`crate::jail`]).
+    pub fn jailed(&self) -> bool {
+        self.inner.jailed
+    }
+
+    /// A runtime directory for a new VM, laid out for a jail when VMMs are jailed.
+    pub(crate) fn runtime_dir(&self, name: &str) -> Result<RuntimeDir, VmError> {
+        RuntimeDir::create(&self.inner.config.runtime_dir, name, self.inner.jailed)
     }
 
     pub(crate) fn base_initramfs(&self) -> &std::path::Path {
@@ -148,18 +169,21 @@ impl Engine {
         result.as_ref().ok().cloned()
     }
 
-    /// Starts a VMM for a new VM in `runtime`.
+    /// Starts a VMM for a new VM in `runtime`, jailed when VMMs are. A jailed restore
+    /// (`MemoryBacking::PrivateFile`) maps `sealed_ram` instead of the file.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn launch(
         &self,
-        runtime: &RuntimeDir,
+        runtime: &mut RuntimeDir,
         spec: &SandboxSpec,
         accelerator: Accelerator,
         initramfs: PathBuf,
         memory: MemoryBacking,
         incoming: bool,
+        sealed_ram: Option<&SealedRam>,
     ) -> Result<(LaunchPlan, Child), VmError> {
         let config = &self.inner.config;
-        let plan = LaunchPlan {
+        let mut plan = LaunchPlan {
             name: runtime.name().to_string(),
             kernel: config.assets.kernel.clone(),
             initramfs,
@@ -173,8 +197,25 @@ impl Engine {
             qmp_socket: (!matches!(memory, MemoryBacking::Anonymous)).then(|| runtime.qmp_socket()),
             memory,
             incoming,
+            jail: None,
         };
-        let vmm = backend::qemu::launch(&plan)?;
+        let mut spawner = None;
+        if self.inner.jailed {
+            let root = runtime.path().join("root");
+            let jail = VmJail::create(
+                &config.jail,
+                runtime.name(),
+                &root,
+                spec.memory_mib,
+                spec.vcpus,
+                accelerator,
+            )?;
+            let (paths, prepared) = jail.prepare(&plan, sealed_ram.map(SealedRam::raw_fd))?;
+            runtime.set_jail(jail)?;
+            plan.jail = Some(paths);
+            spawner = Some(prepared);
+        }
+        let vmm = backend::qemu::launch(&plan, spawner)?;
         runtime.record_owner(vmm.id().unwrap_or(0))?;
         Ok((plan, vmm))
     }
@@ -188,16 +229,18 @@ impl Engine {
     ) -> Result<Booted, VmError> {
         let deadline = Instant::now() + boot_timeout;
         let id = crate::new_sandbox_id()?;
-        let runtime = RuntimeDir::create(&self.inner.config.runtime_dir, &id)?;
+        let mut runtime = self.runtime_dir(&id)?;
         let secret = BootSecret::from_bytes(crate::random_bytes()?);
         initramfs::write_for_vm(&self.inner.base_initramfs, &secret, &runtime.initramfs())?;
+        let initramfs = runtime.initramfs();
         let (plan, mut vmm) = self.launch(
-            &runtime,
+            &mut runtime,
             spec,
             accelerator,
-            runtime.initramfs(),
+            initramfs,
             MemoryBacking::Anonymous,
             false,
+            None,
         )?;
         let channel = connect_or_exit(&mut vmm, &runtime, &plan, &secret, deadline).await?;
         Ok(Booted {
@@ -286,11 +329,14 @@ async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<S
     };
     channel.close_request(request);
     result?;
+    let spawned = vmm.id().unwrap_or(0);
+    let jail = runtime.jail().map(|jail| jail.info(spawned));
     let info = SandboxInfo {
         id,
         backend: "qemu",
         accelerator,
-        vmm_pid: vmm.id().unwrap_or(0),
+        vmm_pid: jail.as_ref().map_or(spawned, |j| j.vmm_pid),
+        jail,
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,
         scratch_mib: spec.scratch_mib,

@@ -44,6 +44,8 @@ pub enum VmError {
     Qmp(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("VMM jail: {0}")]
+    Jail(String),
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
 }

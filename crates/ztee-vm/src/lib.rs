@@ -13,6 +13,7 @@
 //! - [`snapshot`], [`pool`]: fast start.
 //! - `channel`, `qmp`: the authenticated agent channel and the VMM control socket, host side.
 //! - [`sandbox`], [`exec`]: the API callers use.
+//! - [`jail`]: namespaces, private root, per-VM uid and cgroup for every VMM.
 //! - [`runtime`]: per-VM directories and reaping of orphans after a crash.
 //! - [`local`]: sandboxes held by the command line through a supervisor process.
 
@@ -25,6 +26,7 @@ pub mod engine;
 mod error;
 pub mod exec;
 pub mod initramfs;
+pub mod jail;
 pub mod local;
 pub mod pool;
 mod qmp;
@@ -39,6 +41,7 @@ pub use config::{default_cache_dir, EngineConfig, SandboxSpec};
 pub use engine::Engine;
 pub use error::VmError;
 pub use exec::{CommandStream, ExecEvent, ExecSpec, Execution, ExitStatus, Output};
+pub use jail::{JailConfig, JailInfo, JailMode};
 pub use sandbox::{Sandbox, SandboxInfo, DEFAULT_READ_LIMIT};
 
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], VmError> {

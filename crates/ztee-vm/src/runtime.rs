@@ -6,11 +6,16 @@
 //! `PR_SET_PDEATHSIG`; should anything survive (a SIGKILL racing the spawn, a VMM that ignored
 //! it), the next engine start finds records whose owner is gone, kills their VMM if it is still
 //! the same process, and removes the directory.
+//!
+//! A jailed VM's directory also holds its private root (`root/`, see [`crate::jail`]); the
+//! files QEMU writes (sockets, console log) are then in `root/run/`, which the VM's uid owns, and
+//! a `jail` record names its uid and cgroups so that the reaper can remove them too.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::jail::VmJail;
 use crate::VmError;
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
@@ -19,10 +24,15 @@ const MAX_SOCKET_PATH: usize = 107;
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
+    /// Where the files QEMU writes live: `path` itself, or the jail's `root/run`.
+    vmm_dir: PathBuf,
+    // Dropped after the directory is removed: removes the cgroup, then frees the uid.
+    jail: Option<VmJail>,
 }
 
 impl RuntimeDir {
-    pub fn create(root: &Path, vm_id: &str) -> Result<Self, VmError> {
+    /// A directory for VM `vm_id`; `jailed` lays it out for a private root.
+    pub fn create(root: &Path, vm_id: &str, jailed: bool) -> Result<Self, VmError> {
         let vms = root.join("vms");
         fs::DirBuilder::new()
             .recursive(true)
@@ -34,7 +44,22 @@ impl RuntimeDir {
             .mode(0o700)
             .create(&path)
             .map_err(|e| VmError::io("create VM runtime dir", &path, e))?;
-        let dir = Self { path };
+        let vmm_dir = if jailed {
+            let run = path.join("root").join(&crate::jail::RUN_DIR[1..]);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&run)
+                .map_err(|e| VmError::io("create VM root", &run, e))?;
+            run
+        } else {
+            path.clone()
+        };
+        let dir = Self {
+            path,
+            vmm_dir,
+            jail: None,
+        };
         let socket = dir.agent_socket();
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(VmError::InvalidSpec(format!(
@@ -57,17 +82,53 @@ impl RuntimeDir {
             .unwrap_or_default()
     }
 
+    /// The jail's private root (`None` when the VM is not jailed).
+    pub fn jail_root(&self) -> Option<PathBuf> {
+        self.jail.as_ref().map(|_| self.path.join("root"))
+    }
+
     pub fn qmp_socket(&self) -> PathBuf {
-        self.path.join("qmp.sock")
+        self.vmm_dir.join("qmp.sock")
     }
 
     /// Where snapshot state streams to (template) or from (restore).
     pub fn migration_socket(&self) -> PathBuf {
-        self.path.join("migrate.sock")
+        self.vmm_dir.join("migrate.sock")
     }
 
     pub fn agent_socket(&self) -> PathBuf {
-        self.path.join("agent.sock")
+        self.vmm_dir.join("agent.sock")
+    }
+
+    /// `host`, a file in the VMM's directory, as the VMM names it (inside its jail, if any).
+    pub fn vmm_view(&self, host: &Path) -> PathBuf {
+        match (&self.jail, host.file_name()) {
+            (Some(_), Some(name)) => Path::new(crate::jail::RUN_DIR).join(name),
+            _ => host.to_path_buf(),
+        }
+    }
+
+    /// Gives a file the host created in the VMM's directory to the jailed VMM's uid.
+    pub fn hand_to_vmm(&self, host: &Path) -> Result<(), VmError> {
+        if let Some(jail) = &self.jail {
+            std::os::unix::fs::chown(host, Some(jail.uid()), Some(jail.uid()))
+                .map_err(|e| VmError::io("chown", host, e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn jail(&self) -> Option<&VmJail> {
+        self.jail.as_ref()
+    }
+
+    /// Attaches the VM's jail and records its uid and cgroups for the orphan reaper.
+    pub(crate) fn set_jail(&mut self, jail: VmJail) -> Result<(), VmError> {
+        let record = jail.record();
+        self.jail = Some(jail);
+        let path = self.path.join("jail");
+        let temp = self.path.join("jail.tmp");
+        fs::write(&temp, record).map_err(|e| VmError::io("write jail record", &temp, e))?;
+        fs::rename(&temp, &path).map_err(|e| VmError::io("write jail record", &path, e))
     }
 
     pub fn initramfs(&self) -> PathBuf {
@@ -75,7 +136,7 @@ impl RuntimeDir {
     }
 
     pub fn console_log(&self) -> PathBuf {
-        self.path.join("console.log")
+        self.vmm_dir.join("console.log")
     }
 
     /// Records who owns the VM, so a later start can tell whether it was orphaned.
@@ -141,6 +202,11 @@ pub fn reap_orphans(root: &Path) -> usize {
             // VM being created right now by another process is left alone.
             _ => is_stale(&dir),
         };
+        if orphaned {
+            if let Ok(record) = fs::read_to_string(dir.join("jail")) {
+                crate::jail::reap_record(&record);
+            }
+        }
         if orphaned && fs::remove_dir_all(&dir).is_ok() {
             tracing::info!(dir = %dir.display(), "reaped an orphaned VM");
             reaped += 1;
@@ -196,13 +262,43 @@ mod tests {
     #[test]
     fn reaps_dir_of_dead_owner_and_keeps_live_one() {
         let root = tempfile::tempdir().unwrap();
-        let dead = RuntimeDir::create(root.path(), "dead").unwrap();
+        let dead = RuntimeDir::create(root.path(), "dead", false).unwrap();
         // A record naming a pid/start-time pair that cannot be alive.
         fs::write(dead.path().join("owner"), "999999999 1 999999998 1\n").unwrap();
-        let live = RuntimeDir::create(root.path(), "live").unwrap();
+        let live = RuntimeDir::create(root.path(), "live", false).unwrap();
         live.record_owner(std::process::id()).unwrap();
         assert_eq!(reap_orphans(root.path()), 1);
         assert!(!dead.path().exists());
         assert!(live.path().exists());
+    }
+
+    #[test]
+    fn reaping_an_orphan_removes_its_cgroups() {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: creating cgroups needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let name = format!(
+            "reap-test-{}",
+            crate::hex(&crate::random_bytes::<4>().unwrap())
+        );
+        let dead = RuntimeDir::create(root.path(), &name, true).unwrap();
+        let limits = crate::jail::cgroup_limits_for_test();
+        let cgroup = crate::jail::test_cgroup(&name, &limits);
+        let paths = cgroup;
+        assert!(paths.iter().all(|p| p.is_dir()));
+        let record: String = paths
+            .iter()
+            .map(|p| format!("cgroup {}\n", p.display()))
+            .collect();
+        fs::write(dead.path().join("jail"), format!("uid 64000\n{record}")).unwrap();
+        fs::write(dead.path().join("owner"), "999999999 1 999999998 1\n").unwrap();
+        assert_eq!(reap_orphans(root.path()), 1);
+        assert!(!dead.path().exists());
+        for path in &paths {
+            assert!(!path.exists(), "{} left behind", path.display());
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::backend::Accelerator;
 use crate::channel::Channel;
 use crate::exec::{failure, ExecSpec, Execution};
 use crate::runtime::RuntimeDir;
-use crate::VmError;
+use crate::{JailInfo, VmError};
 
 /// What an operator may want to know about a sandbox's VM.
 #[derive(Debug, Clone, Serialize)]
@@ -19,8 +19,10 @@ pub struct SandboxInfo {
     pub id: String,
     pub backend: &'static str,
     pub accelerator: Accelerator,
-    /// Host pid of the VMM process.
+    /// Host pid of the VMM process (QEMU itself, also when jailed).
     pub vmm_pid: u32,
+    /// The VMM's jail: uid, cgroups, namespaces. `None` when VMMs run unjailed.
+    pub jail: Option<JailInfo>,
     pub memory_mib: u32,
     pub vcpus: u8,
     pub scratch_mib: u32,

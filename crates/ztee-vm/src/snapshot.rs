@@ -12,7 +12,7 @@
 //! kernel, agent and root file system, the QEMU version, the VM shape and the accelerator: when any
 //! of them changes, a new snapshot is made.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,6 +24,7 @@ use ztee_wire::BootSecret;
 
 use crate::backend::{qemu, Accelerator, MemoryBacking};
 use crate::engine::{connect_or_exit, vmm_exited, Booted, Engine};
+use crate::jail::SealedRam;
 use crate::qmp::Qmp;
 use crate::runtime::RuntimeDir;
 use crate::sandbox::StartKind;
@@ -34,6 +35,8 @@ const FORMAT: &str = "ztee-snapshot-v1";
 
 pub struct Template {
     dir: PathBuf,
+    /// The RAM, sealed against writes, for jailed restores (see [`crate::jail`]).
+    sealed_ram: Option<SealedRam>,
     secret: BootSecret,
     spec: SandboxSpec,
     accelerator: Accelerator,
@@ -51,7 +54,8 @@ impl Template {
     ) -> Result<Self, VmError> {
         let root = engine.config().cache_dir.join("snapshots");
         let dir = root.join(key(engine, spec, accelerator)?);
-        if let Some(template) = Self::load(&dir, spec, accelerator) {
+        let jailed = engine.jailed();
+        if let Some(template) = Self::load(&dir, spec, accelerator, jailed)? {
             return Ok(template);
         }
         std::fs::DirBuilder::new()
@@ -75,35 +79,60 @@ impl Template {
             let _ = std::fs::remove_dir_all(&temp);
         }
         tracing::info!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "made a VM snapshot");
-        Self::load(&dir, spec, accelerator)
+        Self::load(&dir, spec, accelerator, jailed)?
             .ok_or_else(|| VmError::Snapshot(format!("{} is incomplete", dir.display())))
     }
 
-    fn load(dir: &Path, spec: &SandboxSpec, accelerator: Accelerator) -> Option<Self> {
-        let secret = std::fs::read_to_string(dir.join("secret")).ok()?;
-        if !(dir.join("ram").is_file() && dir.join("state").is_file()) {
-            return None;
+    /// The snapshot in `dir`, `None` when there is none (or only part of one).
+    fn load(
+        dir: &Path,
+        spec: &SandboxSpec,
+        accelerator: Accelerator,
+        jailed: bool,
+    ) -> Result<Option<Self>, VmError> {
+        let Some(secret) = std::fs::read_to_string(dir.join("secret"))
+            .ok()
+            .and_then(|s| BootSecret::from_hex(&s))
+        else {
+            return Ok(None);
+        };
+        let ram = dir.join("ram");
+        if !(ram.is_file() && dir.join("state").is_file()) {
+            return Ok(None);
         }
-        Some(Self {
+        let sealed_ram = if jailed {
+            // Every clone's jailed VMM reads the template's initramfs. Its secret is no secret
+            // to them (it is in the template RAM each clone starts from, and every lease
+            // replaces it); the snapshot directory (0700) keeps it from other host users.
+            let initrd = dir.join("initrd.img");
+            std::fs::set_permissions(&initrd, std::fs::Permissions::from_mode(0o444))
+                .map_err(|e| VmError::io("chmod", &initrd, e))?;
+            Some(SealedRam::load(&ram)?)
+        } else {
+            None
+        };
+        Ok(Some(Self {
             dir: dir.to_path_buf(),
-            secret: BootSecret::from_hex(&secret)?,
+            sealed_ram,
+            secret,
             spec: spec.clone(),
             accelerator,
-        })
+        }))
     }
 
     /// A new VM in the template's state, with an authenticated agent channel.
     pub(crate) async fn restore(&self, engine: &Engine) -> Result<Booted, VmError> {
         let deadline = Instant::now() + engine.config().boot_timeout;
         let id = crate::new_sandbox_id()?;
-        let runtime = RuntimeDir::create(&engine.config().runtime_dir, &id)?;
+        let mut runtime = engine.runtime_dir(&id)?;
         let (plan, mut vmm) = engine.launch(
-            &runtime,
+            &mut runtime,
             &self.spec,
             self.accelerator,
             self.dir.join("initrd.img"),
             MemoryBacking::PrivateFile(self.dir.join("ram")),
             true,
+            self.sealed_ram.as_ref(),
         )?;
         let state = self.dir.join("state");
         let loaded = tokio::select! {
@@ -131,7 +160,7 @@ async fn load_state(runtime: &RuntimeDir, state: &Path, deadline: Instant) -> Re
     let socket = runtime.migration_socket();
     qmp.execute(
         "migrate-incoming",
-        json!({ "uri": format!("unix:{}", socket.display()) }),
+        json!({ "uri": format!("unix:{}", runtime.vmm_view(&socket).display()) }),
     )
     .await?;
     let bytes = tokio::fs::read(state)
@@ -173,14 +202,15 @@ async fn make(
     let secret = BootSecret::from_bytes(crate::random_bytes()?);
     initramfs::write_for_vm(engine.base_initramfs(), &secret, &dir.join("initrd.img"))?;
     let name = format!("tpl-{}", crate::hex(&crate::random_bytes::<8>()?));
-    let runtime = RuntimeDir::create(&engine.config().runtime_dir, &name)?;
+    let mut runtime = engine.runtime_dir(&name)?;
     let (_plan, mut vmm) = engine.launch(
-        &runtime,
+        &mut runtime,
         spec,
         accelerator,
         dir.join("initrd.img"),
         MemoryBacking::SharedFile(dir.join("ram")),
         false,
+        None,
     )?;
     let state = dir.join("state");
     let saved = tokio::select! {
@@ -227,9 +257,10 @@ async fn save_when_listening(
     let socket = runtime.migration_socket();
     let listener = UnixListener::bind(&socket)
         .map_err(|e| VmError::io("bind migration socket", &socket, e))?;
+    runtime.hand_to_vmm(&socket)?;
     qmp.execute(
         "migrate",
-        json!({ "uri": format!("unix:{}", socket.display()) }),
+        json!({ "uri": format!("unix:{}", runtime.vmm_view(&socket).display()) }),
     )
     .await?;
     let (mut stream, _) = listener

@@ -49,6 +49,15 @@ pub fn env() -> Option<TestEnv> {
 
 /// Like [`env`], choosing whether VMs come from snapshots or boot from scratch.
 pub fn env_with(snapshots: bool) -> Option<TestEnv> {
+    // `auto` unless ZTEE_JAIL says otherwise: jailed when the tests run as root.
+    env_jailed(
+        snapshots,
+        ztee_vm::JailConfig::from_env().expect("ZTEE_JAIL"),
+    )
+}
+
+/// Like [`env_with`], with the jail configured by the caller.
+pub fn env_jailed(snapshots: bool, jail: ztee_vm::JailConfig) -> Option<TestEnv> {
     if ztee_vm::backend::qemu::version().is_none() {
         eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run");
         return None;
@@ -70,6 +79,7 @@ pub fn env_with(snapshots: bool) -> Option<TestEnv> {
             .unwrap_or(ztee_vm::AccelChoice::Tcg),
         boot_timeout: std::time::Duration::from_secs(90),
         snapshots,
+        jail,
     };
     let engine = Engine::new(config).expect("engine");
     Some(TestEnv { dir, engine })

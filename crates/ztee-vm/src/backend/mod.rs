@@ -44,6 +44,41 @@ pub struct LaunchPlan {
     pub qmp_socket: Option<PathBuf>,
     /// Start paused, waiting for an incoming migration (a snapshot restore).
     pub incoming: bool,
+    /// The paths the VMM is given when it runs in a jail (the ones above are the host's view).
+    pub jail: Option<JailPaths>,
+}
+
+/// File paths as a jailed VMM sees them inside its private root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailPaths {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub rootfs: PathBuf,
+    pub agent_socket: PathBuf,
+    pub console_log: PathBuf,
+    pub qmp_socket: Option<PathBuf>,
+    /// The guest RAM file for file-backed memory.
+    pub mem_path: Option<PathBuf>,
+}
+
+impl LaunchPlan {
+    /// The paths to put on the VMM's command line: the jail's when jailed, else the host's.
+    pub fn vmm_paths(&self) -> JailPaths {
+        self.jail.clone().unwrap_or_else(|| JailPaths {
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            rootfs: self.rootfs.clone(),
+            agent_socket: self.agent_socket.clone(),
+            console_log: self.console_log.clone(),
+            qmp_socket: self.qmp_socket.clone(),
+            mem_path: match &self.memory {
+                MemoryBacking::Anonymous => None,
+                MemoryBacking::SharedFile(path) | MemoryBacking::PrivateFile(path) => {
+                    Some(path.clone())
+                }
+            },
+        })
+    }
 }
 
 /// Where guest RAM lives.

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use tokio::process::{Child, Command};
 
 use super::{Accelerator, LaunchPlan, MemoryBacking};
+use crate::jail::Spawner;
 use crate::VmError;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -47,6 +48,7 @@ fn host_tsc_khz() -> Option<u64> {
 }
 
 pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
+    let paths = plan.vmm_paths();
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
     let accel = match plan.accelerator {
@@ -85,13 +87,13 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
     args.push("-kernel".into());
-    args.push(plan.kernel.clone().into_os_string());
+    args.push(paths.kernel.clone().into_os_string());
     args.push("-initrd".into());
-    args.push(plan.initramfs.clone().into_os_string());
+    args.push(paths.initramfs.clone().into_os_string());
     args.push("-append".into());
     args.push(kernel_cmdline(plan).into());
     let mut drive = OsString::from("id=image,format=raw,if=none,read-only=on,file=");
-    drive.push(qemu_escape(&plan.rootfs));
+    drive.push(qemu_escape(&paths.rootfs));
     args.push("-drive".into());
     args.push(drive);
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
@@ -100,7 +102,7 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
     push(&["-device", "virtio-rng-device,rng=rng"]);
     push(&["-device", "virtio-serial-device,max_ports=2"]);
     let mut chardev = OsString::from("socket,id=agent,server=on,wait=off,path=");
-    chardev.push(qemu_escape(&plan.agent_socket));
+    chardev.push(qemu_escape(&paths.agent_socket));
     args.push("-chardev".into());
     args.push(chardev);
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
@@ -111,12 +113,11 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
             ztee_wire::VIRTIO_PORT_NAME
         ),
     ]);
-    let file_backing = match &plan.memory {
-        MemoryBacking::Anonymous => None,
-        MemoryBacking::SharedFile(path) => Some((path, "on")),
-        MemoryBacking::PrivateFile(path) => Some((path, "off")),
+    let share = match &plan.memory {
+        MemoryBacking::SharedFile(_) => "on",
+        _ => "off",
     };
-    if let Some((path, share)) = file_backing {
+    if let Some(path) = &paths.mem_path {
         let mut object = OsString::from(format!(
             "memory-backend-file,id=ram,size={}M,share={share},mem-path=",
             plan.memory_mib
@@ -125,7 +126,7 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
         args.push("-object".into());
         args.push(object);
     }
-    if let Some(qmp) = &plan.qmp_socket {
+    if let Some(qmp) = &paths.qmp_socket {
         let mut value = OsString::from("unix:");
         value.push(qemu_escape(qmp));
         value.push(",server=on,wait=off");
@@ -137,7 +138,7 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
         args.push("defer".into());
     }
     let mut serial = OsString::from("file:");
-    serial.push(plan.console_log.as_os_str());
+    serial.push(paths.console_log.as_os_str());
     args.push("-serial".into());
     args.push(serial);
     args
@@ -156,10 +157,15 @@ fn qemu_escape(path: &std::path::Path) -> OsString {
     OsString::from_vec(out)
 }
 
-/// Starts QEMU for `plan`. The process is killed when its handle is dropped and when the thread
-/// that spawned it dies (`PR_SET_PDEATHSIG`), so a supervisor that is killed takes its VMs along.
-pub fn launch(plan: &LaunchPlan) -> Result<Child, VmError> {
-    let program = binary();
+/// Starts QEMU for `plan`, in the jail `spawner` sets up when there is one (the returned child
+/// is then the jail's waiter, see [`crate::jail`]). The process is killed when its handle is
+/// dropped and when the thread that spawned it dies (`PR_SET_PDEATHSIG`), so a supervisor that is
+/// killed takes its VMs along.
+pub(crate) fn launch(plan: &LaunchPlan, spawner: Option<Spawner>) -> Result<Child, VmError> {
+    let program = match spawner {
+        Some(_) => jailed_binary()?,
+        None => binary(),
+    };
     let mut command = Command::new(&program);
     command
         .args(arguments(plan))
@@ -167,14 +173,21 @@ pub fn launch(plan: &LaunchPlan) -> Result<Child, VmError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    match spawner {
+        // SAFETY: `Spawner::enter` makes only async-signal-safe system calls on data prepared
+        // before the fork, as a pre-exec hook must.
+        Some(spawner) => unsafe {
+            command.pre_exec(move || spawner.enter());
+        },
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        None => unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        },
     }
     command.spawn().map_err(|source| VmError::VmmSpawn {
         program: program.to_string_lossy().into_owned(),
@@ -194,6 +207,23 @@ pub fn binary_path() -> Option<std::path::PathBuf> {
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(&program))
         .find(|candidate| candidate.is_file())
+}
+
+/// The absolute path of the VMM binary, which must be under /usr: the jail holds /usr alone.
+fn jailed_binary() -> Result<OsString, VmError> {
+    let resolved = binary_path()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .ok_or_else(|| VmError::VmmSpawn {
+            program: binary().to_string_lossy().into_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+    if !resolved.starts_with("/usr") {
+        return Err(VmError::Jail(format!(
+            "the VMM {} is outside /usr, which is all a jailed VMM can see; install QEMU under /usr or set ZTEE_JAIL=off",
+            resolved.display()
+        )));
+    }
+    Ok(resolved.into_os_string())
 }
 
 /// `qemu-system-x86_64 --version`, first line.
@@ -228,6 +258,7 @@ mod tests {
             memory: MemoryBacking::Anonymous,
             qmp_socket: None,
             incoming: false,
+            jail: None,
         }
     }
 
@@ -263,5 +294,36 @@ mod tests {
         assert!(joined.contains(",memory-backend=ram"));
         assert!(joined.contains("-incoming defer"));
         assert!(joined.contains("-qmp unix:/run/qmp.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn a_jailed_vmm_gets_the_paths_inside_its_root() {
+        let mut restore = plan();
+        restore.memory = MemoryBacking::PrivateFile(PathBuf::from("/host/snap/ram"));
+        restore.qmp_socket = Some(PathBuf::from("/host/run/qmp.sock"));
+        restore.jail = Some(crate::backend::JailPaths {
+            kernel: PathBuf::from("/vm/vmlinux"),
+            initramfs: PathBuf::from("/vm/initrd.img"),
+            rootfs: PathBuf::from("/vm/rootfs.img"),
+            agent_socket: PathBuf::from("/run/agent.sock"),
+            console_log: PathBuf::from("/run/console.log"),
+            qmp_socket: Some(PathBuf::from("/run/qmp.sock")),
+            mem_path: Some(PathBuf::from("/proc/self/fd/7")),
+        });
+        let args: Vec<String> = arguments(&restore)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-kernel /vm/vmlinux -initrd /vm/initrd.img"));
+        assert!(joined.contains("read-only=on,file=/vm/rootfs.img"));
+        assert!(joined.contains("path=/run/agent.sock"));
+        assert!(joined.contains("share=off,mem-path=/proc/self/fd/7"));
+        assert!(joined.contains("-qmp unix:/run/qmp.sock,"));
+        assert!(joined.contains("-serial file:/run/console.log"));
+        assert!(!joined.contains("/host/"), "{joined}");
+        assert!(joined.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::process_start_time;
-use crate::{is_sandbox_id, SandboxInfo, VmError};
+use crate::{is_sandbox_id, JailInfo, SandboxInfo, VmError};
 
 /// What `ztee sandbox ls/inspect` show about one sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +34,9 @@ pub struct RecordedInfo {
     pub created_at: u64,
     pub start: String,
     pub ready_ms: u64,
+    /// The VMM's jail; absent for unjailed VMs (and records written before jails existed).
+    #[serde(default)]
+    pub jail: Option<JailInfo>,
 }
 
 impl From<&SandboxInfo> for RecordedInfo {
@@ -50,6 +53,7 @@ impl From<&SandboxInfo> for RecordedInfo {
             created_at: info.created_at,
             start: info.start.to_string(),
             ready_ms: info.ready_ms,
+            jail: info.jail.clone(),
         }
     }
 }

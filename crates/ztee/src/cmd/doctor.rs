@@ -24,6 +24,7 @@ struct Report {
     vmm: Option<String>,
     accelerator: Option<String>,
     accelerator_reason: String,
+    jail: String,
     guest_kernel: Check,
     rootfs: Check,
     agent: Check,
@@ -79,6 +80,9 @@ pub fn run(_args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         vmm: vmm.clone(),
         accelerator: accelerator.clone(),
         accelerator_reason: accelerator_reason.clone(),
+        jail: ztee_vm::JailConfig::from_env()
+            .map(|config| config.describe())
+            .unwrap_or_else(|err| err.to_string()),
         guest_kernel: kernel,
         rootfs,
         agent,
@@ -108,6 +112,7 @@ pub fn run(_args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
             ("vmm", vmm.unwrap_or_else(|| "not found".into())),
             ("accelerator", accelerator.unwrap_or_else(|| "-".into())),
             ("why", accelerator_reason),
+            ("vmm jail", report.jail.clone()),
             ("guest kernel", present(&report.guest_kernel)),
             ("root file system", present(&report.rootfs)),
             ("guest agent", present(&report.agent)),

@@ -303,26 +303,55 @@ fn write_atomically(path: &str, data: &[u8]) -> anyhow::Result<()> {
 }
 
 fn inspect(format: Format, record: &LocalRecord) -> anyhow::Result<()> {
-    output::print_object(
-        format,
-        record,
-        &[
-            ("id", record.id.clone()),
-            ("backend", record.vm.backend.clone()),
-            ("accelerator", record.vm.accelerator.clone()),
-            ("vmm pid", record.vm.vmm_pid.to_string()),
-            ("supervisor pid", record.supervisor_pid.to_string()),
-            ("memory", format!("{} MiB", record.vm.memory_mib)),
-            ("vcpus", record.vm.vcpus.to_string()),
-            ("scratch disk", format!("{} MiB", record.vm.scratch_mib)),
-            ("guest kernel", record.vm.guest_kernel.clone()),
-            ("agent", record.vm.agent_version.clone()),
-            ("created", ago(record.vm.created_at)),
-            ("expires", until(record.expires_at)),
-            ("started from", record.vm.start.clone()),
-            ("ready in", format!("{} ms", record.vm.ready_ms)),
-        ],
-    )
+    let mut rows = vec![
+        ("id", record.id.clone()),
+        ("backend", record.vm.backend.clone()),
+        ("accelerator", record.vm.accelerator.clone()),
+        ("vmm pid", record.vm.vmm_pid.to_string()),
+        ("supervisor pid", record.supervisor_pid.to_string()),
+        ("memory", format!("{} MiB", record.vm.memory_mib)),
+        ("vcpus", record.vm.vcpus.to_string()),
+        ("scratch disk", format!("{} MiB", record.vm.scratch_mib)),
+        ("guest kernel", record.vm.guest_kernel.clone()),
+        ("agent", record.vm.agent_version.clone()),
+        ("created", ago(record.vm.created_at)),
+        ("expires", until(record.expires_at)),
+        ("started from", record.vm.start.clone()),
+        ("ready in", format!("{} ms", record.vm.ready_ms)),
+    ];
+    match &record.vm.jail {
+        Some(jail) => {
+            rows.push(("jail", "on".to_string()));
+            rows.push(("jail waiter pid", jail.waiter_pid.to_string()));
+            rows.push(("jail uid/gid", format!("{}/{}", jail.uid, jail.gid)));
+            rows.push(("jail root", jail.root.display().to_string()));
+            let cgroups: Vec<String> = jail
+                .cgroups
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect();
+            rows.push(("jail cgroups", cgroups.join(" ")));
+            for (kind, id) in &jail.namespaces {
+                rows.push((ns_label(kind), id.clone()));
+            }
+        }
+        None => rows.push((
+            "jail",
+            "off (VMM runs unjailed: ztee was not root or ZTEE_JAIL=off)".to_string(),
+        )),
+    }
+    output::print_object(format, record, &rows)
+}
+
+fn ns_label(kind: &str) -> &'static str {
+    match kind {
+        "mnt" => "mnt namespace",
+        "pid" => "pid namespace",
+        "ipc" => "ipc namespace",
+        "uts" => "uts namespace",
+        "net" => "net namespace",
+        _ => "namespace",
+    }
 }
 
 fn now() -> u64 {
