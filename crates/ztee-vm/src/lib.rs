@@ -24,6 +24,7 @@ pub mod config;
 pub mod engine;
 mod error;
 pub mod exec;
+pub mod image;
 pub mod initramfs;
 pub mod local;
 pub mod pool;
@@ -39,6 +40,7 @@ pub use config::{default_cache_dir, EngineConfig, SandboxSpec};
 pub use engine::Engine;
 pub use error::VmError;
 pub use exec::{CommandStream, ExecEvent, ExecSpec, Execution, ExitStatus, Output};
+pub use image::BootImage;
 pub use sandbox::{Sandbox, SandboxInfo, DEFAULT_READ_LIMIT};
 
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], VmError> {
