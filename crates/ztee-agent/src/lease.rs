@@ -36,7 +36,10 @@ pub fn apply(
     reseed(entropy)?;
     set_clock(unix_time_ns)?;
     nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
-    let path = format!("{}/etc/machine-id", sandbox::ROOT);
+    // Minimal images may have no /etc; the id lands in the scratch layer either way.
+    let etc = format!("{}/etc", sandbox::ROOT);
+    fs::create_dir_all(&etc).map_err(|e| format!("mkdir {etc}: {e}"))?;
+    let path = format!("{etc}/machine-id");
     let _ = fs::remove_file(&path);
     fs::write(&path, format!("{}\n", machine_id.to_ascii_lowercase()))
         .map_err(|e| format!("write {path}: {e}"))

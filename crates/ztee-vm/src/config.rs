@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{AccelChoice, GuestAssets, JailConfig, VmError};
+use crate::{AccelChoice, BootImage, GuestAssets, JailConfig, VmError};
 
 /// Shape and limits of one sandbox's VM.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -15,6 +15,8 @@ pub struct SandboxSpec {
     pub scratch_mib: u32,
     /// Most processes the sandbox user may have at once.
     pub max_processes: u32,
+    /// An admitted image to boot; the operator's default guest image when `None`.
+    pub image: Option<BootImage>,
 }
 
 impl Default for SandboxSpec {
@@ -24,6 +26,7 @@ impl Default for SandboxSpec {
             vcpus: 1,
             scratch_mib: 128,
             max_processes: 256,
+            image: None,
         }
     }
 }

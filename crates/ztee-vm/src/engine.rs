@@ -187,7 +187,11 @@ impl Engine {
             name: runtime.name().to_string(),
             kernel: config.assets.kernel.clone(),
             initramfs,
-            rootfs: config.assets.rootfs.clone(),
+            rootfs: spec
+                .image
+                .as_ref()
+                .map(|image| image.rootfs().to_path_buf())
+                .unwrap_or_else(|| config.assets.rootfs.clone()),
             agent_socket: runtime.agent_socket(),
             console_log: runtime.console_log(),
             memory_mib: spec.memory_mib,
@@ -345,6 +349,11 @@ async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<S
         created_at: now.as_secs(),
         start: kind,
         ready_ms: started.elapsed().as_millis() as u64,
+        image: spec
+            .image
+            .as_ref()
+            .map(|image| image.digest().to_string())
+            .unwrap_or_else(|| "default".to_string()),
     };
     Ok(Sandbox::new(info, channel, vmm, runtime))
 }

@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 mod error;
 pub mod exec;
+pub mod image;
 pub mod initramfs;
 pub mod jail;
 pub mod local;
@@ -41,6 +42,7 @@ pub use config::{default_cache_dir, EngineConfig, SandboxSpec};
 pub use engine::Engine;
 pub use error::VmError;
 pub use exec::{CommandStream, ExecEvent, ExecSpec, Execution, ExitStatus, Output};
+pub use image::BootImage;
 pub use jail::{JailConfig, JailInfo, JailMode};
 pub use sandbox::{Sandbox, SandboxInfo, DEFAULT_READ_LIMIT};
 

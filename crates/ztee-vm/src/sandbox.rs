@@ -34,6 +34,8 @@ pub struct SandboxInfo {
     pub start: StartKind,
     /// Milliseconds from asking for the sandbox to an authenticated, leased agent.
     pub ready_ms: u64,
+    /// Digest of the admitted image it booted, or `default` for the operator's guest image.
+    pub image: String,
 }
 
 /// How a sandbox's VM was started.

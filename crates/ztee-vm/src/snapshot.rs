@@ -287,7 +287,12 @@ fn key(engine: &Engine, spec: &SandboxSpec, accelerator: Accelerator) -> Result<
     let assets = &engine.config().assets;
     let mut hasher = Sha256::new();
     hasher.update(FORMAT);
-    for path in [&assets.kernel, &assets.agent, &assets.rootfs] {
+    let rootfs = spec
+        .image
+        .as_ref()
+        .map(|image| image.rootfs())
+        .unwrap_or(&assets.rootfs);
+    for path in [&assets.kernel, &assets.agent, rootfs] {
         hasher.update(file_identity(path)?);
     }
     // The QEMU binary by identity too: asking it for its version costs a process start.

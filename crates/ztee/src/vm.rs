@@ -34,9 +34,74 @@ impl ShapeArgs {
             vcpus: self.vcpus,
             scratch_mib: self.disk,
             max_processes: self.max_processes,
+            image: None,
         }
     }
 }
+
+/// Which image to boot, for `run` and `sandbox create`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// Boot this image from the local store (e.g. `python:1`) instead of the default guest
+    /// image. It must pass the admission policy: signature, attestations, vulnerability gate.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Admission policy (Kyverno `verifyImages` shape) for `--image`.
+    /// Default: `<data dir>/admission.yaml`.
+    #[arg(long, value_name = "FILE", requires = "image")]
+    pub policy: Option<std::path::PathBuf>,
+}
+
+/// The outcome of checking `--image` against the admission policy.
+pub enum Admission {
+    /// No `--image`: the operator's default guest image.
+    Default,
+    Admitted(ztee_vm::BootImage),
+    /// The policy said no; the text names the image, the rule and the reason.
+    Refused(String),
+}
+
+/// Admits `--image`, if given. What boots is the root file system of exactly the digest that
+/// passed.
+pub fn admit(globals: &GlobalArgs, args: &ImageArgs) -> anyhow::Result<Admission> {
+    use ztee_supply::admission::{self, AdmissionError, LoadedPolicy};
+    let Some(reference) = &args.image else {
+        return Ok(Admission::Default);
+    };
+    let reference: ztee_supply::Reference = reference
+        .parse()
+        .with_context(|| format!("--image {reference}"))?;
+    let policy_path = args
+        .policy
+        .clone()
+        .unwrap_or_else(|| globals.data_dir.join("admission.yaml"));
+    if !policy_path.is_file() {
+        anyhow::bail!(
+            "no admission policy at {}: ztee boots an image only when a policy admits it (pass --policy FILE; see docs/supply-chain.md)",
+            policy_path.display()
+        );
+    }
+    let policy = LoadedPolicy::load(&policy_path)?;
+    let store = ztee_supply::Store::open(&globals.data_dir)?;
+    match admission::admit(
+        &store,
+        &globals.data_dir,
+        &reference,
+        &policy,
+        ztee_supply::now(),
+    ) {
+        Ok(verified) => {
+            tracing::info!(image = %reference, digest = %verified.digest(), "image admitted");
+            Ok(Admission::Admitted(ztee_vm::BootImage::from(&verified)))
+        }
+        Err(AdmissionError::Denied(denial)) => Ok(Admission::Refused(denial.to_string())),
+        Err(AdmissionError::Failed(err)) => Err(err.into()),
+    }
+}
+
+/// Exit code of a command whose image was refused (as `ztee image verify`).
+pub const EXIT_REFUSED: u8 = 3;
 
 /// Runs `future` on a single-threaded runtime on this thread. VMMs are started with
 /// `PR_SET_PDEATHSIG`, which follows the spawning *thread*; keeping every spawn on the main

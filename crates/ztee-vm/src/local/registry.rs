@@ -34,6 +34,7 @@ pub struct RecordedInfo {
     pub created_at: u64,
     pub start: String,
     pub ready_ms: u64,
+    pub image: String,
     /// The VMM's jail; absent for unjailed VMs (and records written before jails existed).
     #[serde(default)]
     pub jail: Option<JailInfo>,
@@ -53,6 +54,7 @@ impl From<&SandboxInfo> for RecordedInfo {
             created_at: info.created_at,
             start: info.start.to_string(),
             ready_ms: info.ready_ms,
+            image: info.image.clone(),
             jail: info.jail.clone(),
         }
     }

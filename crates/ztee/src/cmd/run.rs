@@ -20,7 +20,8 @@ use crate::vm;
 ///   echo hello | ztee run -- tr a-z A-Z
 ///
 /// The exit code is the command's own (128+N when killed by signal N, 124 on timeout, 125 when
-/// its output passed the limit). stdout and stderr stay separate and stream as produced.
+/// its output passed the limit, 3 when `--image` was refused by the admission policy). stdout
+/// and stderr stay separate and stream as produced.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -42,6 +43,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub shape: vm::ShapeArgs,
+
+    #[command(flatten)]
+    pub image: vm::ImageArgs,
 
     /// Forward stdin even when it is a terminal (by default only piped stdin is forwarded).
     #[arg(long, short = 'i')]
@@ -101,10 +105,19 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         uploads.push((copy.remote.clone(), data, file_mode(&copy.local)));
     }
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
+    let mut spec = args.shape.spec();
+    match vm::admit(globals, &args.image)? {
+        vm::Admission::Default => {}
+        vm::Admission::Admitted(image) => spec.image = Some(image),
+        vm::Admission::Refused(why) => {
+            eprintln!("error: {why}");
+            return Ok(vm::EXIT_REFUSED);
+        }
+    }
     vm::block_on(async {
         let engine = vm::engine(globals)?;
         let sandbox = engine
-            .create(args.shape.spec())
+            .create(spec)
             .await
             .context("cannot start a sandbox")?;
         let result = tokio::select! {

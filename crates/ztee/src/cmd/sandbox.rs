@@ -54,6 +54,9 @@ pub struct CreateArgs {
 
     #[command(flatten)]
     pub shape: vm::ShapeArgs,
+
+    #[command(flatten)]
+    pub image: vm::ImageArgs,
 }
 
 #[derive(clap::Args)]
@@ -160,6 +163,18 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         .args(["--vcpus", &args.shape.vcpus.to_string()])
         .args(["--disk", &args.shape.disk.to_string()])
         .args(["--max-processes", &args.shape.max_processes.to_string()])
+        .args(
+            args.image
+                .image
+                .iter()
+                .flat_map(|image| ["--image", image.as_str()]),
+        )
+        .args(
+            args.image
+                .policy
+                .iter()
+                .flat_map(|policy| [std::ffi::OsStr::new("--policy"), policy.as_os_str()]),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -192,6 +207,14 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let _ = child.wait();
+    if report.get("refused").and_then(|v| v.as_bool()) == Some(true) {
+        let why = report
+            .get("error")
+            .and_then(|v| v.as_str())
+            .unwrap_or("refused");
+        eprintln!("error: {why}");
+        return Ok(vm::EXIT_REFUSED);
+    }
     match report.get("error").and_then(|v| v.as_str()) {
         Some(error) => bail!("cannot create a sandbox: {error}"),
         None => bail!(
@@ -208,6 +231,19 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
         let _ = writeln!(out, "{value}");
         let _ = out.flush();
     };
+    let mut spec = args.shape.spec();
+    match vm::admit(globals, &args.image) {
+        Ok(vm::Admission::Default) => {}
+        Ok(vm::Admission::Admitted(image)) => spec.image = Some(image),
+        Ok(vm::Admission::Refused(why)) => {
+            report(serde_json::json!({ "error": why, "refused": true }));
+            return Ok(vm::EXIT_REFUSED);
+        }
+        Err(err) => {
+            report(serde_json::json!({ "error": output::one_line_error(&err) }));
+            return Err(err);
+        }
+    }
     vm::block_on(async {
         let engine = match vm::engine(globals) {
             Ok(engine) => engine,
@@ -216,16 +252,12 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
                 return Err(err);
             }
         };
-        ztee_vm::local::supervisor::supervise(
-            engine,
-            args.shape.spec(),
-            args.timeout,
-            registry,
-            |result| match result {
+        ztee_vm::local::supervisor::supervise(engine, spec, args.timeout, registry, |result| {
+            match result {
                 Ok(record) => report(serde_json::json!({ "id": record.id })),
                 Err(err) => report(serde_json::json!({ "error": err.to_string() })),
-            },
-        )
+            }
+        })
         .await?;
         Ok(0)
     })
@@ -316,6 +348,7 @@ fn inspect(format: Format, record: &LocalRecord) -> anyhow::Result<()> {
         ("agent", record.vm.agent_version.clone()),
         ("created", ago(record.vm.created_at)),
         ("expires", until(record.expires_at)),
+        ("image", record.vm.image.clone()),
         ("started from", record.vm.start.clone()),
         ("ready in", format!("{} ms", record.vm.ready_ms)),
     ];
