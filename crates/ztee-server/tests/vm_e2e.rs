@@ -45,6 +45,7 @@ async fn vm_gateway() -> Option<Gateway> {
         boot_timeout: std::time::Duration::from_secs(90),
         // Every VM boots from scratch: two boots, no snapshot template.
         snapshots: false,
+        jail: ztee_vm::JailConfig::default(),
     })
     .unwrap();
     let config = ServerConfig::default();
