@@ -46,10 +46,13 @@ impl VmExecutor {
 
 /// The VM shape for a sandbox; the same function for pool and requests, so pooled VMs match.
 fn spec(memory_mib: u32, vcpus: u8) -> ztee_vm::SandboxSpec {
+    let default = ztee_vm::SandboxSpec::default();
     ztee_vm::SandboxSpec {
         memory_mib,
         vcpus,
-        ..ztee_vm::SandboxSpec::default()
+        // The scratch disk lives in guest memory: smaller VMs get a smaller disk.
+        scratch_mib: default.scratch_mib.min(memory_mib.saturating_sub(64)).max(8),
+        ..default
     }
 }
 
@@ -57,7 +60,10 @@ fn map_err(e: ztee_vm::VmError) -> ExecError {
     use ztee_vm::VmError as V;
     match e {
         V::FileNotFound(_) | V::CommandNotFound(_) => ExecError::NotFound(e.to_string()),
-        V::PermissionDenied(_) | V::InvalidRequest(_) | V::FileTooLarge { .. } => {
+        V::PermissionDenied(_)
+        | V::InvalidRequest(_)
+        | V::InvalidSpec(_)
+        | V::FileTooLarge { .. } => {
             ExecError::Guest(e.to_string())
         }
         other => ExecError::Engine(other.to_string()),

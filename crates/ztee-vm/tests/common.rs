@@ -69,10 +69,31 @@ pub fn env_jailed(snapshots: bool, jail: ztee_vm::JailConfig) -> Option<TestEnv>
         .prefix("ztee-t")
         .tempdir_in("/tmp")
         .expect("temp dir");
+    let engine = engine_with(dir.path(), assets, snapshots, jail);
+    Some(TestEnv { dir, engine })
+}
+
+/// An engine over an existing data directory (as a restarted process would make).
+pub fn engine_in(dir: &std::path::Path, snapshots: bool) -> Engine {
+    let assets = GuestAssets::in_dir(&guest_dir()).expect("guest assets");
+    engine_with(
+        dir,
+        assets,
+        snapshots,
+        ztee_vm::JailConfig::from_env().expect("ZTEE_JAIL"),
+    )
+}
+
+fn engine_with(
+    dir: &std::path::Path,
+    assets: GuestAssets,
+    snapshots: bool,
+    jail: ztee_vm::JailConfig,
+) -> Engine {
     let config = EngineConfig {
         assets,
-        runtime_dir: dir.path().join("run"),
-        cache_dir: dir.path().join("cache"),
+        runtime_dir: dir.join("run"),
+        cache_dir: dir.join("cache"),
         accelerator: std::env::var("ZTEE_ACCEL")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -81,8 +102,7 @@ pub fn env_jailed(snapshots: bool, jail: ztee_vm::JailConfig) -> Option<TestEnv>
         snapshots,
         jail,
     };
-    let engine = Engine::new(config).expect("engine");
-    Some(TestEnv { dir, engine })
+    Engine::new(config).expect("engine")
 }
 
 pub fn process_exists(pid: u32) -> bool {
