@@ -89,7 +89,7 @@ pub async fn build(
         source,
     })?;
     restrict_permissions(data_dir);
-    let store = Store::open(&state_db_path(data_dir))?;
+    let store = Store::open_for_server(&state_db_path(data_dir))?;
     // No VM outlives the process that started it, so sandbox rows from a previous run are stale.
     let stale = store.clear_sandboxes()?;
     if stale > 0 {

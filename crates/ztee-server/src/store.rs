@@ -90,9 +90,21 @@ pub fn now_rfc3339() -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`. WAL mode keeps readers off writers'
-    /// backs; `synchronous=FULL` so an acknowledged key creation or revocation survives a crash.
+    /// Opens (creating if needed) the database at `path` for administrative writes: WAL mode,
+    /// `synchronous=FULL`, so an acknowledged key creation or revocation survives a power loss.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, "FULL")
+    }
+
+    /// Opens the database for the server, whose own writes are sandbox reservations (cleared
+    /// at every start anyway) and removals of queued audit events (replayed, never lost, if a
+    /// removal is lost): `synchronous=NORMAL`, which in WAL mode skips the fsync per commit but
+    /// keeps the database consistent. Keys written by `ztee apikey` keep their FULL durability.
+    pub fn open_for_server(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, "NORMAL")
+    }
+
+    fn open_with(path: &Path, synchronous: &str) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -100,7 +112,7 @@ impl Store {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        conn.pragma_update(None, "synchronous", synchronous)
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;

@@ -45,6 +45,7 @@ impl VmExecutor {
 }
 
 /// The VM shape for a sandbox; the same function for pool and requests, so pooled VMs match.
+/// The scratch disk lives in guest memory, so it gets at most half of it.
 fn spec(memory_mib: u32, vcpus: u8) -> ztee_vm::SandboxSpec {
     let default = ztee_vm::SandboxSpec::default();
     ztee_vm::SandboxSpec {

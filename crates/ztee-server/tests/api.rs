@@ -785,3 +785,33 @@ async fn the_presidio_compatible_dlp_api_is_mounted_behind_authentication() {
     assert!(!findings.to_string().contains(PAN));
     let _ = gw.stop().await;
 }
+
+#[tokio::test]
+async fn sandboxes_are_destroyed_when_their_lifetime_ends() {
+    let (gw, exec) = gateway().await;
+    let c = client();
+    let key = gw.key("acme", "agent");
+    let sbx: serde_json::Value = c
+        .post(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&key)
+        .json(&json!({"timeout_s": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = sbx["id"].as_str().unwrap();
+    assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+    let r = c
+        .get(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 404, "not_found").await;
+    assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 0);
+    assert_eq!(*exec.destroyed.lock().unwrap(), 1);
+    let _ = gw.stop().await;
+}
