@@ -52,7 +52,10 @@ fn spec(memory_mib: u32, vcpus: u8) -> ztee_vm::SandboxSpec {
         memory_mib,
         vcpus,
         // The scratch disk lives in guest memory: smaller VMs get a smaller disk.
-        scratch_mib: default.scratch_mib.min(memory_mib.saturating_sub(64)).max(8),
+        scratch_mib: default
+            .scratch_mib
+            .min(memory_mib.saturating_sub(64))
+            .max(8),
         ..default
     }
 }
@@ -64,9 +67,7 @@ fn map_err(e: ztee_vm::VmError) -> ExecError {
         V::PermissionDenied(_)
         | V::InvalidRequest(_)
         | V::InvalidSpec(_)
-        | V::FileTooLarge { .. } => {
-            ExecError::Guest(e.to_string())
-        }
+        | V::FileTooLarge { .. } => ExecError::Guest(e.to_string()),
         other => ExecError::Engine(other.to_string()),
     }
 }

@@ -45,7 +45,8 @@ fn qemu_processes_under(names: &[String]) -> usize {
                 return false;
             };
             let cmdline = String::from_utf8_lossy(&cmdline);
-            cmdline.contains("qemu-system") && names.iter().any(|name| cmdline.contains(name.as_str()))
+            cmdline.contains("qemu-system")
+                && names.iter().any(|name| cmdline.contains(name.as_str()))
         })
         .filter(|entry| {
             let pid = entry.file_name().to_string_lossy().parse().unwrap_or(0);
@@ -76,14 +77,14 @@ fn sigkill_takes_every_vm_along() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = loop {
+    loop {
         match lines.next() {
             // libtest may print "test crash_child ... " on the same line first.
-            Some(Ok(line)) if line.contains("ready sbx-") => break line,
+            Some(Ok(line)) if line.contains("ready sbx-") => break,
             Some(Ok(_)) => continue,
             other => panic!("the child ended before it was ready: {other:?}"),
         }
-    };
+    }
     // The sandbox and two pool VMs (at least) run under that data directory.
     let names = vm_names(&dir);
     assert!(
@@ -104,11 +105,18 @@ fn sigkill_takes_every_vm_along() {
     );
 
     // Their runtime directories are still there; the next engine start reaps them.
-    let left: Vec<_> = std::fs::read_dir(dir.join("run/vms")).unwrap().flatten().collect();
+    let left: Vec<_> = std::fs::read_dir(dir.join("run/vms"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert!(!left.is_empty());
     let _engine = common::engine_in(&dir, true);
     let after: Vec<_> = std::fs::read_dir(dir.join("run/vms"))
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
-    assert!(after.is_empty(), "{} runtime dirs left after restart", after.len());
+    assert!(
+        after.is_empty(),
+        "{} runtime dirs left after restart",
+        after.len()
+    );
 }

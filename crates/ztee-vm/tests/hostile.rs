@@ -67,10 +67,18 @@ async fn hostile_code_is_contained() {
         max_processes: 64,
         ..SandboxSpec::default()
     };
-    let bystander = env.engine.create(SandboxSpec::default()).await.unwrap();
-    let victim = env.engine.create(spec).await.unwrap();
+    // Make the snapshot first, so the baseline below does not count it.
+    env.engine
+        .create(SandboxSpec::default())
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
     let processes_before = host_process_count();
     let memory_before = host_available_mib();
+    let bystander = env.engine.create(SandboxSpec::default()).await.unwrap();
+    let victim = env.engine.create(spec).await.unwrap();
 
     // Fork bomb: the process limit stops it, the timeout ends it, its group dies with it.
     let out = run(&victim, "b() { b | b & }; b; sleep 60", 5).await;
@@ -144,41 +152,22 @@ async fn hostile_code_is_contained() {
     answers(&victim).await;
     answers(&bystander).await;
 
-    // The host: no new processes beyond what was there, memory not eaten.
-    let processes_after = host_process_count();
-    assert!(
-        processes_after <= processes_before + 4,
-        "host processes grew from {processes_before} to {processes_after}"
-    );
-    let memory_after = host_available_mib();
-    assert!(
-        memory_after + 512 >= memory_before,
-        "host memory available fell from {memory_before} MiB to {memory_after} MiB"
-    );
-
     let victim_pid = victim.info().vmm_pid;
     victim.destroy().await.unwrap();
     bystander.destroy().await.unwrap();
     assert!(!common::process_exists(victim_pid));
     assert!(env.leftover_vm_dirs().is_empty());
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_creates_all_succeed() {
-    let Some(env) = common::env() else { return };
-    let creates = (0..4).map(|_| {
-        let engine = env.engine.clone();
-        tokio::spawn(async move { engine.create(SandboxSpec::default()).await })
-    });
-    let mut sandboxes = Vec::new();
-    for create in creates {
-        sandboxes.push(create.await.unwrap().unwrap());
-    }
-    for sandbox in &sandboxes {
-        answers(sandbox).await;
-    }
-    for sandbox in sandboxes {
-        sandbox.destroy().await.unwrap();
-    }
-    assert!(env.leftover_vm_dirs().is_empty());
+    // The host: what the attacks took was the VMs' own memory, and it is back; no process of
+    // theirs remains.
+    let processes_after = host_process_count();
+    assert!(
+        processes_after <= processes_before + 2,
+        "host processes grew from {processes_before} to {processes_after}"
+    );
+    let memory_after = host_available_mib();
+    assert!(
+        memory_after + 256 >= memory_before,
+        "host memory available fell from {memory_before} MiB to {memory_after} MiB"
+    );
 }

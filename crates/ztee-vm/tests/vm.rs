@@ -377,3 +377,30 @@ async fn the_warm_pool_serves_each_vm_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_all_succeed() {
+    let Some(env) = common::env() else { return };
+    let creates = (0..4).map(|_| {
+        let engine = env.engine.clone();
+        tokio::spawn(async move { engine.create(SandboxSpec::default()).await })
+    });
+    let mut sandboxes = Vec::new();
+    for create in creates {
+        sandboxes.push(create.await.unwrap().unwrap());
+    }
+    for sandbox in &sandboxes {
+        let out = sandbox
+            .exec(sh("echo alive"))
+            .await
+            .unwrap()
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"alive\n");
+    }
+    for sandbox in sandboxes {
+        sandbox.destroy().await.unwrap();
+    }
+    assert!(env.leftover_vm_dirs().is_empty());
+}
