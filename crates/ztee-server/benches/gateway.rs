@@ -330,6 +330,7 @@ async fn vm_latency() {
             accelerator: ztee_vm::AccelChoice::Auto,
             boot_timeout: Duration::from_secs(90),
             snapshots: true,
+            jail: ztee_vm::JailConfig::default(),
         })
         .unwrap();
         let executor = ztee_server::vm::VmExecutor::new(engine);

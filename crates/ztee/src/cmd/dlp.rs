@@ -82,13 +82,13 @@ impl DetectArgs {
             Some(list) => Entity::parse_list(list).context("--entities")?,
             None => Vec::new(),
         };
-        Ok(Scanner::new(ScannerConfig {
+        Scanner::new(ScannerConfig {
             entities,
             score_threshold: self.threshold,
             decode_base64: !self.no_base64,
             ..ScannerConfig::default()
         })
-        .context("--threshold")?)
+        .context("--threshold")
     }
 }
 
