@@ -31,8 +31,7 @@ demo: guest build
 	$(ZTEE) run -- python3 -c 'import platform; print("hello from", platform.node(), "kernel", platform.release(), "6*7 =", 6*7)'
 
 test: guest
-	guest/test-guest.sh
-	cargo test --workspace --locked
+	scripts/test.sh
 
 lint:
 	cargo fmt --all --check
