@@ -21,6 +21,13 @@ pub enum ExecError {
     /// The engine could not do its part (boot failure, VMM crash, channel error).
     #[error("{0}")]
     Engine(String),
+    /// The image failed the admission policy; nothing was booted.
+    #[error("image {image} refused by admission rule {rule:?}: {reason}")]
+    Refused {
+        image: String,
+        rule: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]

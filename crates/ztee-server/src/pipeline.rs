@@ -432,9 +432,29 @@ impl StreamContext {
     }
 }
 
+/// What the audit trail records for a failed create: the admission denial when the image was
+/// refused (rule and reason), else the policy decision that let the request through.
+pub fn create_failure_decision(
+    e: &crate::exec::ExecError,
+    policy: &ztee_audit::DecisionRecord,
+) -> ztee_audit::DecisionRecord {
+    match e {
+        crate::exec::ExecError::Refused { rule, reason, .. } => ztee_audit::DecisionRecord {
+            decision: ztee_audit::DecisionKind::Deny,
+            risk: "HIGH".into(),
+            rule_ids: vec![format!("admission.{rule}")],
+            reasons: vec![reason.clone()],
+        },
+        _ => policy.clone(),
+    }
+}
+
 pub fn exec_error(e: crate::exec::ExecError) -> ApiError {
     match e {
         crate::exec::ExecError::Guest(m) => ApiError::bad_request(m),
+        refused @ crate::exec::ExecError::Refused { .. } => {
+            ApiError::forbidden(refused.to_string())
+        }
         crate::exec::ExecError::NotFound(m) => ApiError::not_found(m),
         crate::exec::ExecError::Engine(m) => {
             tracing::error!(error = %m, "VM engine failure");

@@ -15,6 +15,8 @@ const READ_LIMIT: u64 = 64 * 1024 * 1024;
 
 pub struct VmExecutor {
     engine: ztee_vm::Engine,
+    /// Where the OCI store and `admission.yaml` live; `None` accepts only the default image.
+    admission_dir: Option<std::path::PathBuf>,
 }
 
 impl VmExecutor {
@@ -22,13 +24,36 @@ impl VmExecutor {
     /// `ZTEE_BOOT_TIMEOUT`).
     pub fn from_data_dir(data_dir: &Path) -> Result<Self, ztee_vm::VmError> {
         let config = ztee_vm::EngineConfig::from_env_and_defaults(data_dir)?;
-        Ok(Self::new(ztee_vm::Engine::new(config)?))
+        Ok(Self::new(ztee_vm::Engine::new(config)?).with_admission(data_dir))
     }
 
     pub fn new(engine: ztee_vm::Engine) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            admission_dir: None,
+        }
     }
 
+    /// Lets sandboxes boot images from the OCI store under `data_dir` that pass
+    /// `<data_dir>/admission.yaml`.
+    pub fn with_admission(mut self, data_dir: &Path) -> Self {
+        self.admission_dir = Some(data_dir.to_path_buf());
+        self
+    }
+
+    /// Admits `image`; what boots is the root file system of exactly the verified digest.
+    /// Admission reads files and may build an erofs image, so it runs off the async threads.
+    async fn admit(&self, image: &str) -> Result<ztee_vm::BootImage, ExecError> {
+        let Some(dir) = self.admission_dir.clone() else {
+            return Err(ExecError::Guest(format!(
+                "image {image:?} is not available on this node; omit `image` to use the default"
+            )));
+        };
+        let image = image.to_string();
+        tokio::task::spawn_blocking(move || admit_image(&dir, &image))
+            .await
+            .map_err(|e| ExecError::Engine(format!("admission task: {e}")))?
+    }
     /// Keeps `size` never-used VMs of this shape ready, so `create` does not wait for a boot.
     pub fn start_pool(
         &self,
@@ -41,6 +66,34 @@ impl VmExecutor {
         self.engine
             .start_pool(spec(memory_mib, vcpus), size)
             .map(|_| ())
+    }
+}
+
+fn admit_image(dir: &Path, image: &str) -> Result<ztee_vm::BootImage, ExecError> {
+    use ztee_supply::admission::{admit, AdmissionError, LoadedPolicy};
+    let reference: ztee_supply::Reference = image
+        .parse()
+        .map_err(|e| ExecError::Guest(format!("image {image:?}: {e}")))?;
+    let policy_path = dir.join("admission.yaml");
+    if !policy_path.is_file() {
+        return Err(ExecError::Refused {
+            image: image.to_string(),
+            rule: "no-policy".into(),
+            reason: "this node has no admission policy, so it boots only its default image".into(),
+        });
+    }
+    let policy = LoadedPolicy::load(&policy_path)
+        .map_err(|e| ExecError::Engine(format!("admission policy: {e}")))?;
+    let store = ztee_supply::Store::open(dir)
+        .map_err(|e| ExecError::Engine(format!("image store: {e}")))?;
+    match admit(&store, dir, &reference, &policy, ztee_supply::now()) {
+        Ok(verified) => Ok(ztee_vm::BootImage::from(&verified)),
+        Err(AdmissionError::Denied(denial)) => Err(ExecError::Refused {
+            image: image.to_string(),
+            rule: denial.rule,
+            reason: denial.reason,
+        }),
+        Err(AdmissionError::Failed(e)) => Err(ExecError::Engine(format!("admission: {e}"))),
     }
 }
 
@@ -75,19 +128,14 @@ fn map_err(e: ztee_vm::VmError) -> ExecError {
 #[async_trait]
 impl Executor for VmExecutor {
     async fn create(&self, spec: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError> {
-        if let Some(image) = spec.image.as_deref().filter(|i| *i != "default") {
-            // One guest image per engine today; refusing beats silently running another image.
-            return Err(ExecError::Guest(format!(
-                "image {image:?} is not available on this node; omit `image` to use the default"
-            )));
-        }
         let vcpus = u8::try_from(spec.vcpus)
             .map_err(|_| ExecError::Guest(format!("vcpus = {} is too many", spec.vcpus)))?;
-        let sandbox = self
-            .engine
-            .create(self::spec(spec.memory_mib, vcpus))
-            .await
-            .map_err(map_err)?;
+        let mut vm_spec = self::spec(spec.memory_mib, vcpus);
+        if let Some(image) = spec.image.as_deref().filter(|i| *i != "default") {
+            // Admission reads files and may build an erofs image: off the async threads.
+            vm_spec.image = Some(self.admit(image).await?);
+        }
+        let sandbox = self.engine.create(vm_spec).await.map_err(map_err)?;
         let info = serde_json::to_value(sandbox.info()).unwrap_or_default();
         Ok(Box::new(VmSandbox {
             id: sandbox.id().to_owned(),

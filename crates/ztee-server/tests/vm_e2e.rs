@@ -49,7 +49,8 @@ async fn vm_gateway() -> Option<Gateway> {
     })
     .unwrap();
     let config = ServerConfig::default();
-    Some(Gateway::start_in(config, Arc::new(VmExecutor::new(engine)), data_dir).await)
+    let executor = VmExecutor::new(engine).with_admission(data_dir.path());
+    Some(Gateway::start_in(config, Arc::new(executor), data_dir).await)
 }
 
 fn process_alive(pid: u64) -> bool {
@@ -68,6 +69,18 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
     let c = client();
     let acme = gw.key("acme", "agent");
     let globex = gw.key("globex", "agent");
+
+    // An image that no admission policy admits boots nothing: 403, naming the rule.
+    let r = c
+        .post(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"image": "python:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("no-policy"), "{body}");
 
     // A long-lived sandbox.
     let r = c

@@ -62,18 +62,26 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Live QEMU processes belonging to `dir`: an unjailed QEMU names paths under it on its command
+/// line; a jailed one has its root directory under it.
 fn qemu_processes_for(dir: &std::path::Path) -> usize {
     let needle = dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c).contains(&needle)
-                        && String::from_utf8_lossy(&c).contains("qemu")
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let root = std::fs::read_link(e.path().join("root")).unwrap_or_default();
+            let zombie = std::fs::read_to_string(e.path().join("stat"))
+                .map(|s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
                 })
-                .unwrap_or(false)
+                .unwrap_or(true);
+            cmdline.contains("qemu")
+                && !zombie
+                && (cmdline.contains(&needle) || root.starts_with(dir))
         })
         .count()
 }
@@ -263,6 +271,7 @@ fn sandbox_lifecycle_create_exec_cp_ls_inspect_rm() {
         0,
         "VMM left running"
     );
+    // `rm` returns once the supervisor has destroyed the VM and removed its directory.
     assert_eq!(cli.vm_dirs_left(), 0);
 }
 

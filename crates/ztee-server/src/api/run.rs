@@ -174,7 +174,10 @@ pub async fn run(
             let event = state
                 .pipeline
                 .event(&ctx, Outcome::Failure)
-                .with_decision(audit::decision_record(&admitted.decision))
+                .with_decision(crate::pipeline::create_failure_decision(
+                    &e,
+                    &audit::decision_record(&admitted.decision),
+                ))
                 .with_code(&admitted.input_digest);
             state.pipeline.record(event).await?;
             return Err(exec_error(e));

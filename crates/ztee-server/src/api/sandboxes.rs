@@ -213,10 +213,12 @@ pub async fn create(
         Ok(h) => Arc::<dyn crate::exec::SandboxHandle>::from(h),
         Err(e) => {
             release(&state, &id).await;
-            let event = state
-                .pipeline
-                .event(&ctx, Outcome::Failure)
-                .with_decision(audit::decision_record(&admitted.decision));
+            let event = state.pipeline.event(&ctx, Outcome::Failure).with_decision(
+                crate::pipeline::create_failure_decision(
+                    &e,
+                    &audit::decision_record(&admitted.decision),
+                ),
+            );
             state.pipeline.record(event).await?;
             return Err(exec_error(e));
         }

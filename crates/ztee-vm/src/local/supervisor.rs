@@ -67,14 +67,16 @@ pub async fn supervise(
             }
         }
     }
-    registry.remove(&record.id);
     // Let in-flight replies (e.g. the acknowledgement of `rm`) reach their clients.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    match Arc::try_unwrap(sandbox) {
+    let destroyed = match Arc::try_unwrap(sandbox) {
         Ok(sandbox) => sandbox.destroy().await,
         // Clients still hold it; dropping our reference and exiting kills the VMM anyway.
         Err(_) => Ok(()),
-    }
+    };
+    // Last: `sandbox rm` waits for the record to go, so by then the VM is gone too.
+    registry.remove(&record.id);
+    destroyed
 }
 
 async fn start(
