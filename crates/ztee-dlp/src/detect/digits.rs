@@ -544,7 +544,7 @@ fn phone(
     let (start, rule) = if plus_before && (8..=15).contains(&total) && groups >= 1 {
         (whole.0 - 1, "phone.international")
     } else {
-        // North American numbering plan: [1] NXX NXX XXXX.
+        // North American numbering plan: optional 1, area code, exchange, four-digit line number.
         let nanp_at = |first: usize| {
             let d = &run.digits[first..];
             d.len() == 10 && d[0] >= 2 && d[3] >= 2
