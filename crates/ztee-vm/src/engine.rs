@@ -41,7 +41,7 @@ struct EngineInner {
 pub(crate) struct Booted {
     pub runtime: RuntimeDir,
     pub vmm: Child,
-    pub channel: Channel,
+    pub channel: Arc<Channel>,
     pub accelerator: Accelerator,
     pub kind: StartKind,
 }
@@ -246,7 +246,8 @@ impl Engine {
             false,
             None,
         )?;
-        let channel = connect_or_exit(&mut vmm, &runtime, &plan, &secret, deadline).await?;
+        let channel =
+            Arc::new(connect_or_exit(&mut vmm, &runtime, &plan, &secret, deadline).await?);
         Ok(Booted {
             runtime,
             vmm,
@@ -254,6 +255,18 @@ impl Engine {
             accelerator,
             kind: StartKind::Cold,
         })
+    }
+}
+
+/// Runs `true` from the image once in a VM bound for the warm pool. A freshly restored QEMU
+/// starts with an empty TCG translation cache, so the first command in it pays for translating
+/// the whole exec path (guest kernel, loader, libc); doing that here keeps it off the request
+/// path. It runs before the lease, as the sandbox user, and only the image's own program runs;
+/// an image without `true` simply skips the warm-up.
+pub(crate) async fn warm_up(booted: &Booted) {
+    let spec = crate::ExecSpec::new(vec!["true".into()]);
+    if let Ok(execution) = crate::Execution::start(booted.channel.clone(), spec).await {
+        let _ = execution.output().await;
     }
 }
 

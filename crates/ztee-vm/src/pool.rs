@@ -1,7 +1,8 @@
 //! The warm pool: restored, never-used VMs of one shape, ready to lease.
 //!
 //! A VM leaves the pool exactly once, when [`WarmPool::take`] hands it to a new sandbox; a
-//! background task restores replacements. Pooled VMs belong to the engine; dropping the engine's
+//! background task restores replacements and warms each up (see [`crate::engine`]'s `warm_up`)
+//! before parking it. Pooled VMs belong to the engine; dropping the engine's
 //! last reference kills them.
 
 use std::collections::VecDeque;
@@ -59,10 +60,13 @@ impl WarmPool {
                 let spec = pool.spec.clone();
                 drop(pool);
                 match engine.fresh_vm(&spec).await {
-                    Ok(vm) => match weak.upgrade() {
-                        Some(pool) => pool.lock().push_back(vm),
-                        None => return,
-                    },
+                    Ok(vm) => {
+                        crate::engine::warm_up(&vm).await;
+                        match weak.upgrade() {
+                            Some(pool) => pool.lock().push_back(vm),
+                            None => return,
+                        }
+                    }
                     Err(err) => {
                         tracing::warn!(%err, "warm pool refill failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;

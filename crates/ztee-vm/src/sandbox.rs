@@ -74,13 +74,13 @@ pub const DEFAULT_READ_LIMIT: u64 = 256 * 1024 * 1024;
 impl Sandbox {
     pub(crate) fn new(
         info: SandboxInfo,
-        channel: Channel,
+        channel: Arc<Channel>,
         vmm: Child,
         runtime: RuntimeDir,
     ) -> Self {
         Self {
             info,
-            channel: Arc::new(channel),
+            channel,
             vmm: tokio::sync::Mutex::new(vmm),
             _runtime: runtime,
         }

@@ -14,6 +14,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
@@ -140,7 +141,8 @@ impl Template {
             status = vmm.wait() => Err(vmm_exited(&mut vmm, &runtime, status).await),
         };
         loaded?;
-        let channel = connect_or_exit(&mut vmm, &runtime, &plan, &self.secret, deadline).await?;
+        let channel =
+            Arc::new(connect_or_exit(&mut vmm, &runtime, &plan, &self.secret, deadline).await?);
         Ok(Booted {
             runtime,
             vmm,

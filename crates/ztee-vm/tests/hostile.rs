@@ -49,6 +49,17 @@ fn host_process_count() -> usize {
         .count()
 }
 
+fn vmm_peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
 fn host_available_mib() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
     let kib: u64 = meminfo
@@ -152,7 +163,14 @@ async fn hostile_code_is_contained() {
     answers(&victim).await;
     answers(&bystander).await;
 
+    // The memory bomb filled the guest's RAM, not the host's: the VMM's peak resident size stays
+    // within guest memory plus QEMU's own (TCG) overhead.
     let victim_pid = victim.info().vmm_pid;
+    let peak_mib = vmm_peak_rss_mib(victim_pid);
+    assert!(
+        peak_mib <= u64::from(victim.info().memory_mib) + 512,
+        "the victim's VMM peaked at {peak_mib} MiB"
+    );
     victim.destroy().await.unwrap();
     bystander.destroy().await.unwrap();
     assert!(!common::process_exists(victim_pid));
@@ -165,9 +183,10 @@ async fn hostile_code_is_contained() {
         processes_after <= processes_before + 2,
         "host processes grew from {processes_before} to {processes_after}"
     );
+    // Other work on a shared machine moves this too; the tolerance covers that, not a VM.
     let memory_after = host_available_mib();
     assert!(
-        memory_after + 256 >= memory_before,
+        memory_after + 1024 >= memory_before,
         "host memory available fell from {memory_before} MiB to {memory_after} MiB"
     );
 }
