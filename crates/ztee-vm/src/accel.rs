@@ -108,18 +108,13 @@ fn cache_path(engine: &Engine) -> Option<PathBuf> {
     let config = engine.config();
     let mut hasher = Sha256::new();
     hasher.update(crate::snapshot::file_identity(&config.assets.kernel).ok()?);
-    hasher.update(nix_release().as_bytes());
+    hasher.update(host_kernel_release().as_bytes());
     hasher.update(crate::snapshot::file_identity(&qemu::binary_path()?).ok()?);
-    let key: String = hasher
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = crate::hex(&hasher.finalize()[..12]);
     std::fs::create_dir_all(&config.cache_dir).ok()?;
     Some(config.cache_dir.join(format!("accel-probe-{key}.json")))
 }
 
-fn nix_release() -> String {
+fn host_kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
 }

@@ -97,7 +97,7 @@ fn secret_archive(secret: &BootSecret) -> Vec<u8> {
 pub fn base_for_agent(agent: &Path, cache_dir: &Path) -> Result<PathBuf, VmError> {
     let binary = fs::read(agent).map_err(|e| VmError::io("read guest agent", agent, e))?;
     let digest = Sha256::digest(&binary);
-    let key: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let key = crate::hex(&digest[..12]);
     let path = cache_dir.join(format!("initramfs-{key}.cpio"));
     if path.is_file() {
         return Ok(path);

@@ -12,7 +12,7 @@
 //! a `jail` record names its uid and cgroups so that the reaper can remove them too.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::jail::VmJail;
@@ -200,7 +200,7 @@ pub fn reap_orphans(root: &Path) -> usize {
             }
             // No record: a VM whose spawn never completed. Reap it only once it is stale, so a
             // VM being created right now by another process is left alone.
-            _ => is_stale(&dir),
+            _ => older_than(&dir, std::time::Duration::from_secs(120)),
         };
         if orphaned {
             if let Ok(record) = fs::read_to_string(dir.join("jail")) {
@@ -215,16 +215,18 @@ pub fn reap_orphans(root: &Path) -> usize {
     reaped
 }
 
-fn alive(pid: u32, start_time: u64) -> bool {
+/// Whether the process `pid` that started at `start_time` still runs (not a recycled pid).
+pub(crate) fn alive(pid: u32, start_time: u64) -> bool {
     pid != 0 && process_start_time(pid) == Some(start_time)
 }
 
-fn is_stale(dir: &Path) -> bool {
-    fs::metadata(dir)
+/// Whether `path` was last modified more than `age` ago.
+pub(crate) fn older_than(path: &Path, age: std::time::Duration) -> bool {
+    fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age.as_secs() > 120)
+        .is_some_and(|elapsed| elapsed > age)
 }
 
 /// Field 22 of /proc/PID/stat: start time in clock ticks since boot. Together with the pid it
@@ -240,12 +242,6 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
         return None;
     }
     fields.nth(18)?.parse().ok()
-}
-
-/// Makes `path` private to this user.
-pub fn make_private(path: &Path) -> Result<(), VmError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-        .map_err(|e| VmError::io("chmod", path, e))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::process_start_time;
+use crate::runtime::{alive, older_than};
 use crate::{is_sandbox_id, JailInfo, SandboxInfo, VmError};
 
 /// What `ztee sandbox ls/inspect` show about one sandbox.
@@ -133,7 +133,9 @@ impl Registry {
                 Some(record) if is_live(&record) => records.push(record),
                 Some(_) => self.remove(&name),
                 // A record being written right now, or a supervisor that died while booting.
-                None if is_stale(&entry.path()) => self.remove(&name),
+                None if older_than(&entry.path(), std::time::Duration::from_secs(300)) => {
+                    self.remove(&name)
+                }
                 None => {}
             }
         }
@@ -148,13 +150,5 @@ impl Registry {
 }
 
 fn is_live(record: &LocalRecord) -> bool {
-    process_start_time(record.supervisor_pid) == Some(record.supervisor_start)
-}
-
-fn is_stale(dir: &Path) -> bool {
-    fs::metadata(dir)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age.as_secs() > 300)
+    alive(record.supervisor_pid, record.supervisor_start)
 }
