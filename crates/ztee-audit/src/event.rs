@@ -3,6 +3,7 @@
 //! output, prompts) is only ever recorded as a SHA-256 digest, never as text that could carry card
 //! data.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -319,6 +320,10 @@ pub struct AuditEvent {
     pub code_sha256: Option<Sha256Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_sha256: Option<Sha256Digest>,
+    /// How many values DLP masked in this action, by entity type (`CREDIT_CARD`, `SECRET`, ...):
+    /// counts only, never the values. Evidence for PCI DSS 3.3.1 and 3.4.1.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redactions: BTreeMap<String, u64>,
 }
 
 impl AuditEvent {
@@ -335,6 +340,7 @@ impl AuditEvent {
             decision: None,
             code_sha256: None,
             output_sha256: None,
+            redactions: BTreeMap::new(),
         }
     }
 
@@ -362,6 +368,23 @@ impl AuditEvent {
     /// Records the digest of the code or command that ran (the content itself is not stored).
     pub fn with_code(mut self, code: &[u8]) -> Self {
         self.code_sha256 = Some(Sha256Digest::of(code));
+        self
+    }
+
+    /// Records how many values DLP masked, by entity type. Entity names are DLP's own upper-case
+    /// identifiers; anything else (which would let a caller-supplied name forge log content) is
+    /// counted under `OTHER`.
+    pub fn with_redactions(mut self, counts: &BTreeMap<String, u64>) -> Self {
+        for (entity, count) in counts.iter().filter(|(_, n)| **n > 0) {
+            let well_formed = !entity.is_empty()
+                && entity.len() <= 64
+                && entity
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            let key = if well_formed { entity.as_str() } else { "OTHER" };
+            let total = self.redactions.entry(key.to_string()).or_insert(0);
+            *total = total.saturating_add(*count);
+        }
         self
     }
 
@@ -434,6 +457,29 @@ mod tests {
         assert!(Principal::new(PrincipalKind::User, "a\nb", "t").is_err());
         assert!(Principal::new(PrincipalKind::User, "alice", "").is_err());
         assert!(Principal::new(PrincipalKind::User, "alice", "acme").is_ok());
+    }
+
+    #[test]
+    fn redaction_counts_are_recorded_by_entity_and_cannot_forge_lines() {
+        let counts: BTreeMap<String, u64> = [
+            ("CREDIT_CARD".to_string(), 2),
+            ("EMAIL".to_string(), 0),
+            ("x\n{\"type\":\"forged\"}".to_string(), 1),
+            ("lower".to_string(), 3),
+        ]
+        .into_iter()
+        .collect();
+        let event = AuditEvent::new(EventType::Run, Outcome::Success, Principal::system())
+            .with_redactions(&counts);
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        assert!(json.contains("\"redactions\":{\"CREDIT_CARD\":2,\"OTHER\":4}"), "{json}");
+        assert!(!json.contains("forged") && !json.contains("EMAIL"));
+        let back: AuditEvent = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.redactions, event.redactions);
+        // Records written before the field existed still parse.
+        let plain = AuditEvent::new(EventType::Run, Outcome::Success, Principal::system());
+        let json = serde_json::to_string(&plain).unwrap_or_default();
+        assert!(!json.contains("redactions"));
     }
 
     #[test]

@@ -268,7 +268,8 @@ impl Pipeline {
             .event(ctx, Outcome::Success)
             .with_decision(audit::decision_record(&admitted.decision))
             .with_code(&admitted.input_digest)
-            .with_output(&digest_of_output.finalize());
+            .with_output(&digest_of_output.finalize())
+            .with_redactions(&result.redactions);
         self.record(event).await?;
         Ok(result)
     }
@@ -335,7 +336,8 @@ impl Pipeline {
                 .event(&action, Outcome::Success)
                 .with_decision(audit::decision_record(&admitted.decision))
                 .with_code(&admitted.input_digest)
-                .with_output(&output_digest.finalize());
+                .with_output(&output_digest.finalize())
+                .with_redactions(&redactions);
             let last = match pipeline.record(event).await {
                 Ok(()) => serde_json::json!({
                     "type": "exit",

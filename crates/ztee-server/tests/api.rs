@@ -456,6 +456,7 @@ async fn streaming_output_is_masked_across_chunks_and_ends_with_exit() {
         .post(format!("{}/v1/run", gw.url))
         .bearer_auth(&key)
         .header("accept", "application/x-ndjson")
+        .header("x-request-id", "req-stream")
         .json(&json!({"cmd": ["x", "pan=4111", "1111"], "stdin": " 1111 1111 end"}))
         .send()
         .await
@@ -479,6 +480,20 @@ async fn streaming_output_is_masked_across_chunks_and_ends_with_exit() {
     assert_eq!(last["type"], "exit", "{text}");
     assert_eq!(last["exit_code"], 0);
     assert_eq!(last["redactions"]["CREDIT_CARD"], 1);
+    // The audit event counts what was masked (evidence for PCI DSS 3.4.1), never the value.
+    let auditor = gw.key("acme", "auditor");
+    let events: serde_json::Value = client()
+        .get(format!("{}/v1/audit?request_id=req-stream", gw.url))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let event = &events["events"][0]["event"];
+    assert_eq!(event["redactions"]["CREDIT_CARD"], 1, "{events}");
+    assert!(!events.to_string().contains("4111111111111111"));
     let _ = gw.stop().await;
 }
 

@@ -458,7 +458,8 @@ pub async fn upload(
         .pipeline
         .event(&ctx, outcome)
         .with_decision(audit::decision_record(&admitted.decision))
-        .with_code(&admitted.input_digest);
+        .with_code(&admitted.input_digest)
+        .with_redactions(&admitted.inbound_redactions);
     state.pipeline.record(event).await?;
     written.map_err(exec_error)?;
     Ok(Json(serde_json::json!({
@@ -532,7 +533,8 @@ pub async fn download(
         .pipeline
         .event(&ctx, Outcome::Success)
         .with_decision(audit::decision_record(&admitted.decision))
-        .with_output(&body);
+        .with_output(&body)
+        .with_redactions(&counts);
     state.pipeline.record(event).await?;
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut response = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
