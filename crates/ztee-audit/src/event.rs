@@ -381,7 +381,11 @@ impl AuditEvent {
                 && entity
                     .bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-            let key = if well_formed { entity.as_str() } else { "OTHER" };
+            let key = if well_formed {
+                entity.as_str()
+            } else {
+                "OTHER"
+            };
             let total = self.redactions.entry(key.to_string()).or_insert(0);
             *total = total.saturating_add(*count);
         }
@@ -472,7 +476,10 @@ mod tests {
         let event = AuditEvent::new(EventType::Run, Outcome::Success, Principal::system())
             .with_redactions(&counts);
         let json = serde_json::to_string(&event).unwrap_or_default();
-        assert!(json.contains("\"redactions\":{\"CREDIT_CARD\":2,\"OTHER\":4}"), "{json}");
+        assert!(
+            json.contains("\"redactions\":{\"CREDIT_CARD\":2,\"OTHER\":4}"),
+            "{json}"
+        );
         assert!(!json.contains("forged") && !json.contains("EMAIL"));
         let back: AuditEvent = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.redactions, event.redactions);

@@ -21,6 +21,8 @@ pub struct GlobalArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Tables for people (`ztee compliance report` prints Markdown; `md` is accepted for it).
+    #[value(alias = "md", alias = "markdown")]
     Table,
     Json,
 }

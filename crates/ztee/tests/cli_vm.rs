@@ -323,3 +323,56 @@ fn doctor_reports_backend_accelerator_and_assets() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("MISSING"));
 }
+
+#[test]
+fn compliance_report_sees_running_sandboxes_without_a_network() {
+    let Some(cli) = Cli::new() else { return };
+    let out = cli.run(&["sandbox", "create", "--timeout", "120"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+
+    let out = cli.run(&["compliance", "report", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vms = report["evidence"]["isolation"]["running_vmms"]
+        .as_array()
+        .unwrap();
+    // Other tests' VMs may be running too: every one of them must be without a network.
+    assert!(!vms.is_empty(), "the sandbox's VMM was not found: {report}");
+    for vm in vms {
+        assert_eq!(vm["network_devices"], serde_json::json!([]), "{vm}");
+        if vm["own_network_namespace"] == true {
+            assert_eq!(
+                vm["namespace_interfaces"],
+                serde_json::json!(["lo"]),
+                "{vm}"
+            );
+        }
+    }
+    let segmentation = report["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["requirement"].as_str().unwrap().starts_with("1.3"))
+        .unwrap();
+    assert_eq!(segmentation["status"], "met");
+
+    // Markdown by default (also spelled --format md), with the verdict table.
+    let out = cli.run(&["compliance", "report", "--format", "md", "--since", "1h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let md = text(&out.stdout);
+    assert!(
+        md.starts_with("# ztee compliance evidence — PCI DSS v4.0.1"),
+        "{md}"
+    );
+    assert!(md.contains("| requirement | control | status |"));
+
+    let out = cli.run(&["compliance", "report", "--since", "last tuesday"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("--since last tuesday"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let out = cli.run(&["sandbox", "rm", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

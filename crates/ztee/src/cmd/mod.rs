@@ -8,6 +8,7 @@ use crate::globals::GlobalArgs;
 mod apikey;
 mod audit;
 mod bench;
+mod compliance;
 mod dlp;
 mod doctor;
 mod guard;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Create, list and revoke API keys for service accounts.
     #[command(subcommand)]
     Apikey(apikey::Command),
+    /// Gather PCI DSS evidence from this installation for an assessor.
+    #[command(subcommand)]
+    Compliance(compliance::Command),
 }
 
 pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
@@ -73,5 +77,6 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Guard(cmd) => guard::run(cmd, globals),
         Command::Serve(args) => serve::run(args, globals),
         Command::Apikey(cmd) => apikey::run(cmd, globals),
+        Command::Compliance(cmd) => compliance::run(cmd, globals),
     }
 }
