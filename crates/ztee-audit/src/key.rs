@@ -16,7 +16,7 @@ use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroize as _;
 
-use crate::AuditError;
+use crate::{AuditError, ContentKey};
 
 pub const PRIVATE_KEY_FILE: &str = "node-ed25519.pem";
 pub const PUBLIC_KEY_FILE: &str = "node-ed25519.pub.pem";
@@ -34,6 +34,12 @@ impl std::fmt::Debug for NodeKey {
 }
 
 impl NodeKey {
+    /// The key audit content digests are made under (see [`ContentKey`]), derived from this
+    /// node key so that it needs no file of its own and changes when the node key does.
+    pub fn content_key(&self) -> ContentKey {
+        ContentKey::derive(self.signing.as_bytes())
+    }
+
     /// `<data_dir>/keys`, where the key pair lives.
     pub fn dir(data_dir: &Path) -> PathBuf {
         data_dir.join("keys")

@@ -19,6 +19,7 @@
 //! # let _ = receipt; Ok(()) }
 //! ```
 
+mod content;
 mod error;
 mod event;
 mod key;
@@ -28,6 +29,7 @@ mod segment;
 mod verify;
 mod writer;
 
+pub use content::{ContentHasher, ContentKey};
 pub use error::AuditError;
 pub use event::{
     AuditEvent, DecisionKind, DecisionRecord, EventType, Outcome, Principal, PrincipalKind,

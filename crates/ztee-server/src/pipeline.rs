@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
-use ztee_audit::{AuditEvent, EventType, Outcome};
+use ztee_audit::{AuditEvent, ContentKey, EventType, Outcome};
 
 use crate::audit::{self, AuditSink};
 use crate::auth::Caller;
@@ -34,6 +33,9 @@ pub struct Pipeline {
     pub policy: Arc<dyn PolicyEngine>,
     pub executor: Arc<dyn Executor>,
     pub audit: Arc<dyn AuditSink>,
+    /// Key of the content digests in audit events (code and output are never stored, and
+    /// their digests are keyed so a short input cannot be recovered by guessing).
+    pub content_key: Arc<ContentKey>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -50,17 +52,18 @@ pub struct Work {
 
 impl Work {
     /// SHA-256 over every input, for the audit event (the content itself is never stored).
-    pub fn digest_input(&self) -> Vec<u8> {
-        let mut h = Sha256::new();
+    /// Keyed digest of everything the action sends in (see [`ContentKey`]).
+    pub fn digest_input(&self, key: &ContentKey) -> Vec<u8> {
+        let mut h = key.hasher();
         for a in &self.argv {
             h.update(a.as_bytes());
-            h.update([0]);
+            h.update(&[0]);
         }
         for (k, v) in &self.env {
             h.update(k.as_bytes());
-            h.update([b'=']);
+            h.update(b"=");
             h.update(v.as_bytes());
-            h.update([0]);
+            h.update(&[0]);
         }
         if let Some(stdin) = &self.stdin {
             h.update(stdin.as_bytes());
@@ -153,7 +156,7 @@ impl Pipeline {
         ctx: &mut ActionContext<'_>,
         mut work: Work,
     ) -> Result<Admitted, ApiError> {
-        let input_digest = work.digest_input();
+        let input_digest = work.digest_input(&self.content_key);
         let fields = work.fields();
         let findings = scan_fields(
             self.dlp.as_ref(),
@@ -261,7 +264,7 @@ impl Pipeline {
             redactions,
             truncated,
         };
-        let mut digest_of_output = Sha256::new();
+        let mut digest_of_output = self.content_key.hasher();
         digest_of_output.update(result.stdout.as_bytes());
         digest_of_output.update(result.stderr.as_bytes());
         let event = self
@@ -297,7 +300,7 @@ impl Pipeline {
             let _keep_alive = keep_alive;
             let start = Instant::now();
             let mut outbound = Outbound::new(pipeline.dlp.as_ref());
-            let mut output_digest = Sha256::new();
+            let mut output_digest = pipeline.content_key.hasher();
             let mut exit = (None, false);
             let mut client_gone = false;
             while let Some(ev) = stream.next_event().await {

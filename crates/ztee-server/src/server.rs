@@ -107,7 +107,9 @@ pub async fn build(
     };
     let audit_config = AuditConfig::new(data_dir);
     let audit_dir = audit_config.dir.clone();
-    let log = AuditLog::open(audit_config, NodeKey::load_or_generate(data_dir)?)?;
+    let node_key = NodeKey::load_or_generate(data_dir)?;
+    let content_key = Arc::new(node_key.content_key());
+    let log = AuditLog::open(audit_config, node_key)?;
     let audit_sink: Arc<dyn AuditSink> = Arc::new(log);
     let oidc = match &config.oidc {
         Some(c) => {
@@ -134,6 +136,7 @@ pub async fn build(
         policy,
         executor: engines.executor,
         audit: audit_sink,
+        content_key,
         metrics: metrics.clone(),
     });
     if let Some(key) = &admin_key {

@@ -830,3 +830,44 @@ async fn sandboxes_are_destroyed_when_their_lifetime_ends() {
     assert_eq!(*exec.destroyed.lock().unwrap(), 1);
     let _ = gw.stop().await;
 }
+
+/// The code digest of a run, as its audit event records it.
+async fn code_digest(gw: &Gateway, request_id: &str, cmd: &[&str]) -> String {
+    let c = client();
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(gw.key("acme", "agent"))
+        .header("x-request-id", request_id)
+        .json(&json!({ "cmd": cmd }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events: serde_json::Value = c
+        .get(format!("{}/v1/audit?request_id={request_id}", gw.url))
+        .bearer_auth(gw.key("acme", "auditor"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    events["events"][0]["event"]["code_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn content_digests_are_keyed_per_installation() {
+    // A short input hashed without a key could be recovered by guessing; keyed digests agree
+    // within one installation and differ across installations.
+    let (one, _) = gateway().await;
+    let (two, _) = gateway().await;
+    let cmd = ["echo", "1234"];
+    let first = code_digest(&one, "req-d1", &cmd).await;
+    assert_eq!(first, code_digest(&one, "req-d2", &cmd).await);
+    assert_ne!(first, code_digest(&two, "req-d3", &cmd).await);
+    let _ = one.stop().await;
+    let _ = two.stop().await;
+}

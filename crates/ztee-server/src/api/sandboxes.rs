@@ -517,7 +517,7 @@ pub async fn download(
                 let event = state
                     .pipeline
                     .event(&ctx, Outcome::Denied)
-                    .with_output(&content);
+                    .with_output(&state.pipeline.content_key.digest(&content));
                 state.pipeline.record(event).await?;
                 return Err(ApiError::dlp_blocked(format!(
                     "{} is binary and holds sensitive data ({}) that cannot be masked in place",
@@ -533,7 +533,7 @@ pub async fn download(
         .pipeline
         .event(&ctx, Outcome::Success)
         .with_decision(audit::decision_record(&admitted.decision))
-        .with_output(&body)
+        .with_output(&state.pipeline.content_key.digest(&body))
         .with_redactions(&counts);
     state.pipeline.record(event).await?;
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
