@@ -340,12 +340,26 @@ fn authentication(e: &Evidence) -> Control {
     let mut findings = Vec::new();
     let mut status = Status::Met;
     match &c.oidc {
-        Some(o) => findings.push(format!(
-            "OIDC: issuer {}, audience {}, algorithms {}",
-            o.issuer,
-            o.audience,
-            o.algorithms.join(" ")
-        )),
+        Some(o) => {
+            findings.push(format!(
+                "OIDC: issuer {}, audience {}, algorithms {}",
+                o.issuer,
+                o.audience,
+                o.algorithms.join(" ")
+            ));
+            if o.required_amr.is_empty() {
+                findings.push(
+                    "tokens are not required to show MFA (`oidc.required_amr` is empty)"
+                        .to_string(),
+                );
+                status = Status::Attention;
+            } else {
+                findings.push(format!(
+                    "every token must show one of amr = {}",
+                    o.required_amr.join(", ")
+                ));
+            }
+        }
         None => {
             findings.push("OIDC not configured: people authenticate with API keys".to_string());
             status = Status::Attention;
@@ -367,7 +381,7 @@ fn authentication(e: &Evidence) -> Control {
         title: "Unique identities; MFA at the identity provider; service-account keys",
         status,
         findings,
-        operator: "Enforce MFA for every ztee client at the IdP (8.4.2); no shared accounts; rotate API keys.",
+        operator: "Enforce MFA at the IdP and set `oidc.required_amr` so ztee checks it (8.4.2); no shared accounts; rotate API keys.",
         command: "ztee audit search --type auth.failure --since 7d; ztee apikey ls",
     }
 }

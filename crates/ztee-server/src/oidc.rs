@@ -43,6 +43,11 @@ pub struct OidcConfig {
     /// Lower bound between two key fetches triggered by unknown key ids.
     #[serde(default = "default_min_refresh")]
     pub min_refresh_interval_s: u64,
+    /// Authentication methods (RFC 8176 `amr` values) of which a token must carry at least one,
+    /// e.g. `["mfa", "otp", "hwk"]`: the evidence that the IdP enforced multi-factor
+    /// authentication (PCI DSS 8.4.2). Empty (the default) accepts tokens without `amr`.
+    #[serde(default)]
+    pub required_amr: Vec<String>,
 }
 
 fn default_roles_claim() -> String {
@@ -98,6 +103,8 @@ pub enum TokenRejection {
     NoTenant(String),
     #[error("token has no subject")]
     NoSubject,
+    #[error("token does not show multi-factor authentication (no accepted `amr` value)")]
+    NoMfa,
     #[error("issuer keys unavailable: {0}")]
     KeysUnavailable(String),
 }
@@ -111,6 +118,7 @@ impl TokenRejection {
             Self::Invalid(_) => "invalid_token",
             Self::NoTenant(_) => "token_without_tenant",
             Self::NoSubject => "token_without_subject",
+            Self::NoMfa => "token_without_mfa",
             Self::KeysUnavailable(_) => "issuer_keys_unavailable",
         }
     }
@@ -333,6 +341,20 @@ impl OidcValidator {
             .or_else(|| claims.get("client_id").and_then(|v| v.as_str()))
             .filter(|s| !s.is_empty())
             .ok_or(TokenRejection::NoSubject)?;
+        if !self.config.required_amr.is_empty() {
+            let shown = claims
+                .get("amr")
+                .and_then(|v| v.as_array())
+                .is_some_and(|methods| {
+                    methods
+                        .iter()
+                        .filter_map(|m| m.as_str())
+                        .any(|m| self.config.required_amr.iter().any(|r| r == m))
+                });
+            if !shown {
+                return Err(TokenRejection::NoMfa);
+            }
+        }
         let tenant = claim_at(claims, &self.config.tenant_claim)
             .and_then(|v| v.as_str())
             .filter(|t| validate_tenant(t).is_ok())

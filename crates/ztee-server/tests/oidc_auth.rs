@@ -254,6 +254,46 @@ async fn a_rotated_signing_key_is_picked_up_on_an_unknown_kid() {
     let _ = gw.stop().await;
 }
 
+#[tokio::test]
+async fn required_amr_admits_only_tokens_that_show_multi_factor_authentication() {
+    let keys = tempfile::tempdir().unwrap();
+    let Some(idp) = provider(&keys.path().join("k.jwk")) else {
+        return;
+    };
+    let mut config = oidc_config(&idp.issuer);
+    if let Some(oidc) = config.oidc.as_mut() {
+        oidc.required_amr = vec!["otp".into(), "hwk".into(), "mfa".into()];
+    }
+    let gw = Gateway::start(config, Arc::new(EchoExecutor::default())).await;
+    let c = client();
+    let list = |token: String| {
+        c.get(format!("{}/v1/sandboxes", gw.url))
+            .bearer_auth(token)
+            .send()
+    };
+    let r = list(idp.token("person-mfa", "urn:ztee").await)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for client_id in ["person-password-only", "agent-acme"] {
+        let r = list(idp.token(client_id, "urn:ztee").await).await.unwrap();
+        error_body(r, 401, "unauthenticated").await;
+    }
+    let metrics = c
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("reason=\"token_without_mfa\""),
+        "{metrics}"
+    );
+    let _ = gw.stop().await;
+}
+
 fn b64(v: &serde_json::Value) -> String {
     base64::Engine::encode(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,

@@ -34,6 +34,8 @@ pub struct OidcEvidence {
     pub issuer: String,
     pub audience: String,
     pub algorithms: Vec<String>,
+    /// `amr` values of which every token must show one (multi-factor evidence); empty: none.
+    pub required_amr: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -73,6 +75,7 @@ pub fn gather(installation: &Installation) -> Result<ConfigurationEvidence, Comp
             issuer: o.issuer.clone(),
             audience: o.audience.clone(),
             algorithms: o.algorithms.clone(),
+            required_amr: o.required_amr.clone(),
         }),
         dlp_inbound: match config.dlp.inbound {
             InboundAction::Block => "block",

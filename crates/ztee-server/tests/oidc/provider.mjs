@@ -26,6 +26,9 @@ const identities = {
   'auditor-acme': { tenant: 'acme', roles: ['auditor'] },
   'short-lived': { tenant: 'acme', roles: ['agent'] },
   'no-tenant': { roles: ['agent'] },
+  // Stands for a person who signed in with a password and a one-time code (RFC 8176 `amr`).
+  'person-mfa': { tenant: 'acme', roles: ['agent'], amr: ['pwd', 'otp'] },
+  'person-password-only': { tenant: 'acme', roles: ['agent'], amr: ['pwd'] },
 };
 
 const server = http.createServer();
@@ -61,6 +64,7 @@ const provider = new Provider(issuer, {
     const who = identities[token.clientId] || {};
     const claims = { realm_access: { roles: who.roles || [] } };
     if (who.tenant) claims.tenant = who.tenant;
+    if (who.amr) claims.amr = who.amr;
     return claims;
   },
 });

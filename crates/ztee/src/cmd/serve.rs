@@ -30,6 +30,7 @@ Configuration file (TOML; every key optional, defaults shown):
   audience = \"ztee\"
   roles_claim = \"realm_access.roles\"
   tenant_claim = \"tenant\"
+  required_amr = [\"otp\", \"hwk\"]   # refuse tokens that do not show MFA
   [quotas]
   requests_per_second = 20
   burst = 40
