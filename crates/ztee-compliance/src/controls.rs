@@ -561,7 +561,22 @@ fn change_detection(e: &Evidence) -> Control {
                 "policy bundle {} sha256:{} ({} files); its tests: {} passed, {} failed",
                 p.source, p.sha256, p.files, p.tests_passed, p.tests_failed
             ),
-            format!("policy changes in the period: {}", e.activity.policy_changes),
+            match e.activity.policy_bundles.len() {
+                0 => "no policy bundle load recorded in the period".to_string(),
+                1 => format!(
+                    "one bundle in force through the period: {}",
+                    e.activity.policy_bundles.keys().cloned().collect::<String>()
+                ),
+                n => format!(
+                    "{n} different bundles loaded in the period (a change to review): {}",
+                    e.activity
+                        .policy_bundles
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
             "images boot by digest only after admission; the audit chain detects edits".to_string(),
         ],
         operator: "Compare the policy digest with the approved one at each review; watch ztee's own binaries with the host's file-integrity monitor.",

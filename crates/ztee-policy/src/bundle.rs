@@ -120,6 +120,23 @@ impl Bundle {
         Self::builtin()
     }
 
+    /// SHA-256 (hex) over the bundle's file names, sources and data, in order: what an operator
+    /// compares with the approved bundle, and what the gateway records when it loads one.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        for file in &self.files {
+            hasher.update((file.name.len() as u64).to_be_bytes());
+            hasher.update(file.name.as_bytes());
+            hasher.update((file.text.len() as u64).to_be_bytes());
+            hasher.update(file.text.as_bytes());
+        }
+        if let Some(data) = &self.data {
+            hasher.update(data.to_string().as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+
     pub fn describe(&self) -> String {
         match &self.source {
             BundleSource::Dir(dir) => dir.display().to_string(),

@@ -72,6 +72,7 @@ pub fn run(
             config.dlp.inbound,
         );
         let policy_description = policy.describe().to_owned();
+        let policy_resource = format!("policy/sha256:{}", bundle.sha256());
         let executor = make_executor(&options.data_dir, &config).map_err(LaunchError::Engine)?;
         let engine_description = executor.describe();
         let dlp = ZteeDlp::new(Default::default())?;
@@ -87,6 +88,18 @@ pub fn run(
         let tls = config.tls.is_some();
         let oidc_issuer = config.oidc.as_ref().map(|o| o.issuer.clone());
         let (state, bootstrap) = server::build(config, &options.data_dir, engines).await?;
+        // Which bundle is in force from now on: the trail shows every change of it (11.5.2).
+        let loaded = crate::audit::event(
+            ztee_audit::EventType::PolicyChange,
+            ztee_audit::Outcome::Success,
+            ztee_audit::Principal::system(),
+            "service",
+            None,
+            Some(&policy_resource),
+        );
+        if let Err(e) = state.pipeline.audit.append(loaded).await {
+            tracing::error!(error = %e, "recording the policy bundle in force");
+        }
         if let Some(new) = &bootstrap.admin_key {
             announce(Announcement::AdminKey {
                 id: &new.record.id,

@@ -45,6 +45,8 @@ pub struct Activity {
     /// Reads, searches and verifications of the trail itself (10.2.1.3).
     pub audit_accesses: u64,
     pub policy_changes: u64,
+    /// Policy bundles the gateway loaded in the period (`policy/sha256:…`), with how often.
+    pub policy_bundles: BTreeMap<String, u64>,
     pub api_key_changes: u64,
     pub service_starts: u64,
 }
@@ -127,7 +129,12 @@ impl Activity {
             EventType::ImageAdmit if succeeded => self.images_admitted += 1,
             EventType::ImageAdmit if denied => self.images_refused += 1,
             EventType::AuditAccess => self.audit_accesses += 1,
-            EventType::PolicyChange => self.policy_changes += 1,
+            EventType::PolicyChange => {
+                self.policy_changes += 1;
+                if let Some(bundle) = &event.resource {
+                    *self.policy_bundles.entry(bundle.clone()).or_insert(0) += 1;
+                }
+            }
             EventType::ApiKeyCreate | EventType::ApiKeyRevoke => self.api_key_changes += 1,
             EventType::ServiceStart => self.service_starts += 1,
             _ => {}

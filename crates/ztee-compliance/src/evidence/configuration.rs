@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use ztee_policy::{run_tests, Bundle, BundleSource, TestStatus};
 use ztee_server::dlp::InboundAction;
 use ztee_server::store::Store;
@@ -121,16 +120,6 @@ fn api_keys(data_dir: &Path) -> Result<ApiKeyEvidence, ComplianceError> {
 
 fn policy(installation: &Installation) -> Result<PolicyEvidence, ComplianceError> {
     let bundle = Bundle::resolve(installation.policy_dir.as_deref(), &installation.data_dir)?;
-    let mut hasher = Sha256::new();
-    for file in &bundle.files {
-        hasher.update((file.name.len() as u64).to_be_bytes());
-        hasher.update(file.name.as_bytes());
-        hasher.update((file.text.len() as u64).to_be_bytes());
-        hasher.update(file.text.as_bytes());
-    }
-    if let Some(data) = &bundle.data {
-        hasher.update(data.to_string().as_bytes());
-    }
     let results = run_tests(&bundle)?;
     let passed = results
         .iter()
@@ -139,7 +128,7 @@ fn policy(installation: &Installation) -> Result<PolicyEvidence, ComplianceError
     Ok(PolicyEvidence {
         source: bundle.describe(),
         builtin: bundle.source == BundleSource::Builtin,
-        sha256: hex::encode(hasher.finalize()),
+        sha256: bundle.sha256(),
         files: bundle.files.len(),
         tests_passed: passed,
         tests_failed: results.len() - passed,
