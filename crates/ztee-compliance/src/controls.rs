@@ -252,7 +252,7 @@ fn transport(e: &Evidence) -> Control {
 
 fn inventory(e: &Evidence) -> Control {
     let images = &e.images.images;
-    let attested = images.iter().filter(|i| i.attested).count();
+    let attested = images.iter().filter(|i| i.sbom).count();
     let status = if images.is_empty() || attested < images.len() {
         Status::Attention
     } else {
@@ -263,7 +263,7 @@ fn inventory(e: &Evidence) -> Control {
         title: "Inventory of software in images (SBOMs)",
         status,
         findings: vec![format!(
-            "{attested} of {} stored images carry attestations (SBOM / vulnerability scan)",
+            "{attested} of {} stored images carry an SBOM attestation (CycloneDX or SPDX)",
             images.len()
         )],
         operator: "Attest an SBOM for every image (`ztee image attest REF`); inventory ztee itself from its Cargo.lock.",

@@ -17,6 +17,14 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
 
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
 fn mark(status: Status) -> &'static str {
     match status {
         Status::Met => "✅ met",
@@ -97,9 +105,9 @@ fn write_images(out: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(
         out,
-        "| image | digest | signed | attested | admission | rule / reason | age (days) |"
+        "| image | digest | signed | SBOM | scan | admission | rule / reason | age (days) | sandboxes now |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
     for i in &images.images {
         let short = i.digest.get(..19).unwrap_or(&i.digest);
         let why = match &i.reason {
@@ -108,13 +116,15 @@ fn write_images(out: &mut String, r: &Report) -> std::fmt::Result {
         };
         writeln!(
             out,
-            "| {} | `{short}…` | {} | {} | {} | {} | {} |",
+            "| {} | `{short}…` | {} | {} | {} | {} | {} | {} | {} |",
             cell(&i.reference),
-            if i.signed { "yes" } else { "no" },
-            if i.attested { "yes" } else { "no" },
+            yes_no(i.signed),
+            yes_no(i.sbom),
+            yes_no(i.vulnerability_scan),
             i.admission,
             cell(&why),
-            i.age_days.map_or("-".to_string(), |d| d.to_string())
+            i.age_days.map_or("-".to_string(), |d| d.to_string()),
+            i.in_use
         )?;
     }
     Ok(())

@@ -238,7 +238,10 @@ async fn report_reflects_the_installation_and_flags_what_is_wrong() {
         .find(|i| i.reference == "app:unsigned")
         .unwrap();
     assert_eq!(signed.admission, "admitted", "{signed:?}");
-    assert!(signed.signed && signed.attested);
+    assert!(signed.signed && signed.attested && signed.sbom);
+    assert!(!signed.vulnerability_scan);
+    assert_eq!(signed.attestations, vec![PREDICATE_CYCLONEDX.to_string()]);
+    assert!(!unsigned.signed && !unsigned.sbom);
     assert_eq!(
         signed.verified_attestations,
         vec![PREDICATE_CYCLONEDX.to_string()]
@@ -273,6 +276,10 @@ async fn report_reflects_the_installation_and_flags_what_is_wrong() {
     let md = ztee_compliance::render_markdown(&report);
     assert!(md.contains("| 10.3.1, 10.3.2, 10.3.3, 10.3.4 | Audit logs protected from change; changes detected | ✅ met |"), "{md}");
     assert!(md.contains("| app:unsigned |"));
+    assert!(
+        md.contains("| yes | yes | no | admitted | signed-and-inventoried |"),
+        "{md}"
+    );
     assert!(md.contains("| CREDIT_CARD | 2 |"));
     assert!(md.contains("| 203.0.113.9 | 3 |"));
 

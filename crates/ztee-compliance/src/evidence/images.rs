@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use ztee_supply::admission::{self, AdmissionError, LoadedPolicy};
+use ztee_supply::dsse;
 use ztee_supply::{Reference, Store};
 
 use crate::{ComplianceError, Installation};
@@ -25,6 +26,14 @@ pub struct ImageEvidence {
     pub signed: bool,
     /// In-toto attestations (SBOM, vulnerability scan) are stored next to the image.
     pub attested: bool,
+    /// Their predicate types, as stored (admission verifies them; this only lists them).
+    pub attestations: Vec<String>,
+    /// An SBOM (CycloneDX or SPDX) is among them.
+    pub sbom: bool,
+    /// A vulnerability-scan result is among them.
+    pub vulnerability_scan: bool,
+    /// Gateway sandboxes running this image now (by the state database).
+    pub in_use: u64,
     /// `admitted`, `refused` or `unchecked` (no admission policy).
     pub admission: String,
     /// The rule that refused it, or the rules that admitted it.
@@ -53,6 +62,7 @@ pub fn gather(installation: &Installation) -> Result<ImagesEvidence, ComplianceE
         return Ok(evidence);
     }
     let store = Store::open(&installation.data_dir)?;
+    let in_use = images_in_use(installation)?;
     let all = store.list()?;
     let names: std::collections::BTreeSet<&str> = all.iter().map(|i| i.name.as_str()).collect();
     for image in &all {
@@ -67,11 +77,21 @@ pub fn gather(installation: &Installation) -> Result<ImagesEvidence, ComplianceE
         let has = |suffix: &str| {
             names.contains(format!("{repository}:{}", digest.cosign_tag(suffix)).as_str())
         };
+        let attestations = attestation_types(&store, repository, digest);
         let mut item = ImageEvidence {
             reference: image.name.clone(),
             digest: digest.to_string(),
             signed: has("sig"),
             attested: has("att"),
+            sbom: attestations
+                .iter()
+                .any(|t| t == dsse::PREDICATE_CYCLONEDX || t == dsse::PREDICATE_SPDX),
+            vulnerability_scan: attestations.iter().any(|t| t == dsse::PREDICATE_VULN),
+            attestations,
+            in_use: in_use
+                .iter()
+                .filter(|i| **i == image.name || **i == digest.to_string())
+                .count() as u64,
             admission: "unchecked".to_string(),
             rules: Vec::new(),
             reason: None,
@@ -125,6 +145,39 @@ fn judge(
         Err(AdmissionError::Failed(e)) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// Predicate types of the attestations stored for `digest`, from their layer annotations.
+fn attestation_types(store: &Store, repository: &str, digest: &ztee_supply::Digest) -> Vec<String> {
+    let tag = format!("{repository}:{}", digest.cosign_tag("att"));
+    let Ok(Some(descriptor)) = store.lookup_tag(&tag) else {
+        return Vec::new();
+    };
+    let Ok((manifest, _)) = store.manifest(&descriptor.digest) else {
+        return Vec::new();
+    };
+    let mut types: Vec<String> = manifest
+        .layers
+        .iter()
+        .filter_map(|l| l.annotations.get(dsse::ANNOTATION_PREDICATE_TYPE).cloned())
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+/// The image of every sandbox the gateway's state database says is running.
+fn images_in_use(installation: &Installation) -> Result<Vec<String>, ComplianceError> {
+    let path = ztee_server::state_db_path(&installation.data_dir);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let store = ztee_server::store::Store::open(&path)
+        .map_err(|e| ComplianceError::State(e.to_string()))?;
+    let sandboxes = store
+        .sandboxes(None)
+        .map_err(|e| ComplianceError::State(e.to_string()))?;
+    Ok(sandboxes.into_iter().map(|s| s.image).collect())
 }
 
 /// The image config's `created` time; images without one (or with a bad one) have no age.
