@@ -28,6 +28,8 @@ pub struct RuntimeDir {
     vmm_dir: PathBuf,
     // Dropped after the directory is removed: removes the cgroup, then frees the uid.
     jail: Option<VmJail>,
+    // A Firecracker VM's chroot and uid, likewise dropped after the directory.
+    firecracker: Option<crate::firecracker_vm::Hold>,
 }
 
 impl RuntimeDir {
@@ -59,6 +61,7 @@ impl RuntimeDir {
             path,
             vmm_dir,
             jail: None,
+            firecracker: None,
         };
         let socket = dir.agent_socket();
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
@@ -129,6 +132,14 @@ impl RuntimeDir {
         let temp = self.path.join("jail.tmp");
         fs::write(&temp, record).map_err(|e| VmError::io("write jail record", &temp, e))?;
         fs::rename(&temp, &path).map_err(|e| VmError::io("write jail record", &path, e))
+    }
+
+    pub(crate) fn set_firecracker(&mut self, hold: crate::firecracker_vm::Hold) {
+        self.firecracker = Some(hold);
+    }
+
+    pub(crate) fn firecracker(&self) -> Option<&crate::firecracker_vm::Hold> {
+        self.firecracker.as_ref()
     }
 
     pub fn initramfs(&self) -> PathBuf {

@@ -1,6 +1,10 @@
-//! VMM backends. A backend turns a [`LaunchPlan`] into a running VMM process whose guest agent
-//! listens on the plan's socket. Everything above this module is backend-independent.
+//! VMM backends. Two exist: [`qemu`] (the `microvm` machine, KVM or TCG, agent on a
+//! virtio-serial port) and [`firecracker`] (KVM only, under Firecracker's jailer, agent on
+//! vsock). [`Vmm`] names them and [`VmmChoice`] is what an operator asks for; the engine
+//! resolves `auto` once (see [`crate::Engine::vmm`]). The guest kernel and agent are the same
+//! on both: the agent picks its transport from the kernel command line.
 
+pub mod firecracker;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -91,4 +95,75 @@ pub enum MemoryBacking {
     /// A copy-on-write mapping of a snapshot's RAM file: a restored VM. Pages it never writes
     /// stay shared, in the host page cache, with every other VM restored from that snapshot.
     PrivateFile(PathBuf),
+}
+
+/// A VMM ztee can run guests with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vmm {
+    Qemu,
+    Firecracker,
+}
+
+impl Vmm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qemu => "qemu",
+            Self::Firecracker => "firecracker",
+        }
+    }
+
+    /// How the host reaches the guest agent with this VMM.
+    pub fn agent_transport(self) -> AgentTransport {
+        match self {
+            Self::Qemu => AgentTransport::VirtioSerial,
+            Self::Firecracker => AgentTransport::HybridVsock,
+        }
+    }
+}
+
+impl std::fmt::Display for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the host end of the agent channel is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentTransport {
+    /// QEMU's chardev socket: connecting is being connected to the guest's port.
+    VirtioSerial,
+    /// Firecracker's vsock socket: connect, then `CONNECT <port>` (see [`firecracker::vsock`]).
+    HybridVsock,
+}
+
+/// Which VMM an operator asks for (`--vmm`, `ZTEE_VMM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VmmChoice {
+    /// Firecracker where it is installed and KVM boots guests, else QEMU.
+    #[default]
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+impl std::str::FromStr for VmmChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "qemu" => Ok(Self::Qemu),
+            "firecracker" => Ok(Self::Firecracker),
+            other => Err(format!(
+                "VMM must be auto, qemu or firecracker, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// The VMM in use and why, in words an operator can act on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmmDecision {
+    pub vmm: Vmm,
+    pub reason: String,
 }

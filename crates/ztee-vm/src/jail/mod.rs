@@ -27,6 +27,7 @@ use crate::VmError;
 
 pub(crate) use cgroup::remove as remove_cgroups;
 pub(crate) use ram::SealedRam;
+pub(crate) use ids::UidLease;
 pub(crate) use spawn::Spawner;
 
 /// Whether VMMs are jailed.
