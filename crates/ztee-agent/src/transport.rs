@@ -139,13 +139,7 @@ impl VsockListener {
     /// Firecracker's hybrid vsock).
     pub fn bind(port: u32) -> Result<Self, String> {
         // SAFETY: socket(2) with constant arguments; the descriptor is owned at once below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_VSOCK,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(format!("vsock socket: {}", std::io::Error::last_os_error()));
         }
@@ -171,7 +165,10 @@ impl VsockListener {
                 ));
             }
             if libc::listen(listener.as_raw_fd(), 1) != 0 {
-                return Err(format!("listen on vsock port {port}: {}", std::io::Error::last_os_error()));
+                return Err(format!(
+                    "listen on vsock port {port}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         Ok(Self::from_listener(listener))
@@ -460,7 +457,10 @@ mod tests {
             .and_then(|p| p.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         assert!(message.contains("assertion"), "{message}");
-        assert!(started.elapsed() < Duration::from_secs(10), "answered only after a timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered only after a timeout"
+        );
         let mut third = Host::connect(&path, &secret);
         third.ping(4);
         let _ = fs::remove_dir_all(&dir);

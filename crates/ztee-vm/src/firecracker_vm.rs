@@ -197,7 +197,10 @@ pub(crate) struct Template {
 
 impl Template {
     /// The snapshot of `spec` from the cache, made now if there is none.
-    pub(crate) async fn load_or_create(engine: &Engine, spec: &SandboxSpec) -> Result<Self, VmError> {
+    pub(crate) async fn load_or_create(
+        engine: &Engine,
+        spec: &SandboxSpec,
+    ) -> Result<Self, VmError> {
         let root = engine.config().cache_dir.join("snapshots");
         let dir = root.join(key(engine, spec)?);
         if let Some(template) = Self::load(&dir, spec) {
@@ -358,7 +361,12 @@ fn key(engine: &Engine, spec: &SandboxSpec) -> Result<String, VmError> {
         .as_ref()
         .map(|image| image.rootfs())
         .unwrap_or(&assets.rootfs);
-    for path in [&assets.kernel, &assets.agent, rootfs, &config.vmm.firecracker.firecracker] {
+    for path in [
+        &assets.kernel,
+        &assets.agent,
+        rootfs,
+        &config.vmm.firecracker.firecracker,
+    ] {
         hasher.update(crate::snapshot::file_identity(path)?);
     }
     hasher.update(format!(

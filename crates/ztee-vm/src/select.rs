@@ -59,7 +59,7 @@ impl FirecrackerReadiness {
 
 /// Whether `/dev/kvm` runs guests, by the accelerator decision (a probe boot under QEMU, cached);
 /// without QEMU, whether `/dev/kvm` opens read-write.
-async fn kvm_works(engine: &Engine) -> Result<(), String> {
+pub async fn kvm_works(engine: &Engine) -> Result<(), String> {
     if crate::backend::qemu::binary_path().is_some() {
         let decision = engine.accelerator().await;
         return match decision.accelerator {

@@ -79,7 +79,7 @@ async fn boot_sequence_is_exactly_the_documented_calls() {
             "/boot-source",
             json!({
                 "kernel_image_path": "/vmlinux",
-                "boot_args": "console=ttyS0 quiet loglevel=1 reboot=k panic=1 pci=off rdinit=/init ztee.scratch_mib=128 ztee.transport=vsock",
+                "boot_args": "console=ttyS0 quiet loglevel=1 reboot=k panic=1 rdinit=/init ztee.scratch_mib=128 ztee.transport=vsock",
                 "initrd_path": "/initrd.img",
             }),
         ),
@@ -114,7 +114,11 @@ async fn boot_sequence_is_exactly_the_documented_calls() {
         .map(|(m, p, b)| (m.to_string(), p.to_string(), b))
         .collect();
     assert_eq!(got, expected);
-    assert!(calls.iter().all(|c| c.status == 204), "{:?}", api.call_lines());
+    assert!(
+        calls.iter().all(|c| c.status == 204),
+        "{:?}",
+        api.call_lines()
+    );
 }
 
 #[tokio::test]
@@ -132,7 +136,11 @@ async fn unlimited_rates_send_no_rate_limiter() {
     );
     vm.configure(&boot()).await.unwrap();
     let calls = api.calls();
-    assert!(calls[2].body.get("rate_limiter").is_none(), "{:?}", calls[2]);
+    assert!(
+        calls[2].body.get("rate_limiter").is_none(),
+        "{:?}",
+        calls[2]
+    );
     assert_eq!(calls[4].body, json!({}));
 }
 
@@ -218,13 +226,20 @@ async fn snapshot_load_goes_to_a_fresh_process_only() {
     let vm2 = controller(&api2);
     vm2.configure(&boot()).await.unwrap();
     let err = vm2.load(&files).await.unwrap_err();
-    assert!(err.to_string().contains("not allowed after configuring"), "{err}");
+    assert!(
+        err.to_string().contains("not allowed after configuring"),
+        "{err}"
+    );
 
     // Missing snapshot files are Firecracker's error, surfaced with its message.
     let dir3 = tempfile::tempdir().unwrap();
     let api3 = stand_in(dir3.path());
     let err = controller(&api3).load(&files).await.unwrap_err();
-    assert!(err.to_string().contains("Cannot open the snapshot file /state"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Cannot open the snapshot file /state"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -257,11 +272,19 @@ async fn calls_in_the_wrong_phase_are_refused_with_firecrackers_messages() {
     }
     // InstanceStart without a boot source.
     let err = vm.start().await.unwrap_err();
-    assert!(err.to_string().contains("without kernel configuration"), "{err}");
+    assert!(
+        err.to_string().contains("without kernel configuration"),
+        "{err}"
+    );
     vm.configure(&boot()).await.unwrap();
     vm.start().await.unwrap();
     // After InstanceStart: every configuration call and a second start are refused.
-    assert!(vm.start().await.unwrap_err().to_string().contains(POST_BOOT));
+    assert!(vm
+        .start()
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains(POST_BOOT));
     let err = vm.configure(&boot()).await.unwrap_err();
     assert!(err.to_string().contains(POST_BOOT), "{err}");
 }
@@ -274,29 +297,144 @@ async fn the_stand_in_refuses_what_firecracker_refuses() {
     let api = stand_in(dir.path());
     let client = ApiClient::new(&api.socket);
     let cases: &[(&'static str, &str, Value, &str)] = &[
-        ("PUT", "/machine-config", json!({"vcpu_count": 0, "mem_size_mib": 128}), "vCPU number is invalid"),
-        ("PUT", "/machine-config", json!({"vcpu_count": 33, "mem_size_mib": 128}), "vCPU number is invalid"),
-        ("PUT", "/machine-config", json!({"vcpu_count": 3, "mem_size_mib": 128, "smt": true}), "vCPU number is invalid"),
-        ("PUT", "/machine-config", json!({"vcpu_count": "2", "mem_size_mib": 128}), "invalid type for `vcpu_count`"),
-        ("PUT", "/machine-config", json!({"vcpu_count": 1}), "missing field `mem_size_mib`"),
-        ("PUT", "/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 128, "memory": 1}), "unknown field `memory`"),
-        ("PUT", "/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "Fast"}), "unknown variant `Fast`"),
-        ("PUT", "/boot-source", json!({"kernel_image_path": "/missing"}), "Cannot open kernel image /missing"),
-        ("PUT", "/boot-source", json!({"kernel_image_path": "/vmlinux", "cmdline": "x"}), "unknown field `cmdline`"),
-        ("PUT", "/drives/rootfs", json!({"drive_id": "other", "path_on_host": "/rootfs.img", "is_root_device": false}), "does not match"),
-        ("PUT", "/drives/rootfs", json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img"}), "missing field `is_root_device`"),
-        ("PUT", "/drives/rootfs", json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img", "is_root_device": false, "is_read_only": "yes"}), "invalid type for `is_read_only`"),
-        ("PUT", "/drives/rootfs", json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1}}}), "missing field `refill_time`"),
-        ("PUT", "/vsock", json!({"guest_cid": 2, "uds_path": "/v.sock"}), "at least 3"),
-        ("PUT", "/vsock", json!({"guest_cid": 3}), "missing field `uds_path`"),
-        ("PUT", "/entropy", json!({"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1, "burst": 1}}}), "unknown field `burst`"),
-        ("PUT", "/actions", json!({"action_type": "Reboot"}), "unknown variant `Reboot`"),
-        ("PATCH", "/vm", json!({"state": "Stopped"}), "unknown variant `Stopped`"),
-        ("PUT", "/snapshot/load", json!({"snapshot_path": "/s"}), "exactly one of"),
-        ("PUT", "/snapshot/load", json!({"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}), "exactly one of"),
-        ("PUT", "/snapshot/load", json!({"snapshot_path": "/s", "mem_backend": {"backend_type": "Disk", "backend_path": "/m"}}), "unknown variant `Disk`"),
-        ("PUT", "/machine", json!({}), "Invalid request method and/or path"),
-        ("GET", "/vsock", json!({}), "Invalid request method and/or path"),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 0, "mem_size_mib": 128}),
+            "vCPU number is invalid",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 33, "mem_size_mib": 128}),
+            "vCPU number is invalid",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 3, "mem_size_mib": 128, "smt": true}),
+            "vCPU number is invalid",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": "2", "mem_size_mib": 128}),
+            "invalid type for `vcpu_count`",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1}),
+            "missing field `mem_size_mib`",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "memory": 1}),
+            "unknown field `memory`",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "Fast"}),
+            "unknown variant `Fast`",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            json!({"kernel_image_path": "/missing"}),
+            "Cannot open kernel image /missing",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            json!({"kernel_image_path": "/vmlinux", "cmdline": "x"}),
+            "unknown field `cmdline`",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            json!({"drive_id": "other", "path_on_host": "/rootfs.img", "is_root_device": false}),
+            "does not match",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img"}),
+            "missing field `is_root_device`",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img", "is_root_device": false, "is_read_only": "yes"}),
+            "invalid type for `is_read_only`",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1}}}),
+            "missing field `refill_time`",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            json!({"guest_cid": 2, "uds_path": "/v.sock"}),
+            "at least 3",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            json!({"guest_cid": 3}),
+            "missing field `uds_path`",
+        ),
+        (
+            "PUT",
+            "/entropy",
+            json!({"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1, "burst": 1}}}),
+            "unknown field `burst`",
+        ),
+        (
+            "PUT",
+            "/actions",
+            json!({"action_type": "Reboot"}),
+            "unknown variant `Reboot`",
+        ),
+        (
+            "PATCH",
+            "/vm",
+            json!({"state": "Stopped"}),
+            "unknown variant `Stopped`",
+        ),
+        (
+            "PUT",
+            "/snapshot/load",
+            json!({"snapshot_path": "/s"}),
+            "exactly one of",
+        ),
+        (
+            "PUT",
+            "/snapshot/load",
+            json!({"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}),
+            "exactly one of",
+        ),
+        (
+            "PUT",
+            "/snapshot/load",
+            json!({"snapshot_path": "/s", "mem_backend": {"backend_type": "Disk", "backend_path": "/m"}}),
+            "unknown variant `Disk`",
+        ),
+        (
+            "PUT",
+            "/machine",
+            json!({}),
+            "Invalid request method and/or path",
+        ),
+        (
+            "GET",
+            "/vsock",
+            json!({}),
+            "Invalid request method and/or path",
+        ),
     ];
     for (method, endpoint, body, expected) in cases {
         let response = client
@@ -340,7 +478,10 @@ async fn api_errors_that_are_not_firecrackers_are_typed_too() {
             let _ = stream.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").await;
         }
     });
-    let err = ApiClient::new(&socket).put("/vsock", &json!({})).await.unwrap_err();
+    let err = ApiClient::new(&socket)
+        .put("/vsock", &json!({}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ApiError::Malformed { .. }), "{err}");
     // No API socket within the deadline.
     let err = ApiClient::new(dir.path().join("late.sock"))
@@ -352,7 +493,10 @@ async fn api_errors_that_are_not_firecrackers_are_typed_too() {
 
 /// A Unix-socket peer playing Firecracker's vsock socket: reads the `CONNECT` line, answers
 /// with `answer` (or closes when `None`), then echoes.
-fn vsock_peer(path: &Path, answers: Vec<Option<&'static [u8]>>) -> tokio::task::JoinHandle<Vec<String>> {
+fn vsock_peer(
+    path: &Path,
+    answers: Vec<Option<&'static [u8]>>,
+) -> tokio::task::JoinHandle<Vec<String>> {
     let listener = UnixListener::bind(path).unwrap();
     tokio::spawn(async move {
         let mut requests = Vec::new();
@@ -387,7 +531,9 @@ async fn vsock_handshake_connects_to_the_agent_port() {
     let path = dir.path().join("v.sock");
     // The agent's answer may follow OK in the same write: it must not be eaten.
     let peer = vsock_peer(&path, vec![Some(b"OK 1073741824\nhello")]);
-    let (mut stream, host_port) = vsock::connect_once(&path, ztee_wire::VSOCK_PORT).await.unwrap();
+    let (mut stream, host_port) = vsock::connect_once(&path, ztee_wire::VSOCK_PORT)
+        .await
+        .unwrap();
     assert_eq!(host_port, 1_073_741_824);
     let mut hello = [0u8; 5];
     stream.read_exact(&mut hello).await.unwrap();
@@ -414,9 +560,15 @@ async fn vsock_handshake_rejects_garbage_and_closed_peers() {
         ],
     );
     let err = vsock::connect_once(&path, 1024).await.unwrap_err();
-    assert!(matches!(&err, HandshakeError::BadAnswer { answer, .. } if answer == "NOPE"), "{err}");
+    assert!(
+        matches!(&err, HandshakeError::BadAnswer { answer, .. } if answer == "NOPE"),
+        "{err}"
+    );
     let err = vsock::connect_once(&path, 1024).await.unwrap_err();
-    assert!(matches!(err, HandshakeError::Closed { port: 1024, .. }), "{err}");
+    assert!(
+        matches!(err, HandshakeError::Closed { port: 1024, .. }),
+        "{err}"
+    );
     let err = vsock::connect_once(&path, 1024).await.unwrap_err();
     assert!(matches!(err, HandshakeError::BadAnswer { .. }), "{err}");
     let err = vsock::connect_once(&path, 1024).await.unwrap_err();
@@ -461,7 +613,13 @@ async fn shutdown_kills_a_vmm_that_ignores_ctrl_alt_del() {
         .unwrap();
     let started = Instant::now();
     firecracker::shutdown(&vm, &mut vmm).await;
-    assert!(vmm.try_wait().unwrap().is_some(), "the VMM is still running");
+    assert!(
+        vmm.try_wait().unwrap().is_some(),
+        "the VMM is still running"
+    );
     assert!(started.elapsed() >= firecracker::SHUTDOWN_GRACE);
-    assert_eq!(api.calls().last().unwrap().body, json!({"action_type": "SendCtrlAltDel"}));
+    assert_eq!(
+        api.calls().last().unwrap().body,
+        json!({"action_type": "SendCtrlAltDel"})
+    );
 }

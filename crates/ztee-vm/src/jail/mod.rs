@@ -26,8 +26,8 @@ use crate::backend::{Accelerator, JailPaths, LaunchPlan, MemoryBacking};
 use crate::VmError;
 
 pub(crate) use cgroup::remove as remove_cgroups;
-pub(crate) use ram::SealedRam;
 pub(crate) use ids::UidLease;
+pub(crate) use ram::SealedRam;
 pub(crate) use spawn::Spawner;
 
 /// Whether VMMs are jailed.

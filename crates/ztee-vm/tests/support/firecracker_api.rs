@@ -183,7 +183,8 @@ async fn serve(mut stream: UnixStream, state: Arc<Mutex<State>>, root: PathBuf) 
             (status, outcome.err())
         };
         let response = match fault {
-            None => "HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n".to_string(),
+            None => "HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n"
+                .to_string(),
             Some(message) => {
                 let body = json!({ "fault_message": message }).to_string();
                 format!(
@@ -201,7 +202,11 @@ async fn serve(mut stream: UnixStream, state: Arc<Mutex<State>>, root: PathBuf) 
 type Outcome = Result<(), String>;
 
 fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) -> Outcome {
-    let invalid = || Err(format!("Invalid request method and/or path: {method} {path}."));
+    let invalid = || {
+        Err(format!(
+            "Invalid request method and/or path: {method} {path}."
+        ))
+    };
     let drive_id = path.strip_prefix("/drives/").filter(|id| !id.is_empty());
     let known = matches!(
         (method, path),
@@ -220,8 +225,9 @@ fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) 
     if raw.is_empty() {
         return Err(format!("Empty {method} request."));
     }
-    let body: Value = serde_json::from_slice(raw)
-        .map_err(|e| format!("An error occurred when deserializing the json body of a request: {e}."))?;
+    let body: Value = serde_json::from_slice(raw).map_err(|e| {
+        format!("An error occurred when deserializing the json body of a request: {e}.")
+    })?;
     let Value::Object(body) = body else {
         return Err("An error occurred when deserializing the json body of a request: expected a JSON object.".into());
     };
@@ -234,12 +240,27 @@ fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) 
     };
     match (method, path) {
         ("PUT", "/machine-config") => {
-            fields(&body, &["vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "cpu_template", "huge_pages"])?;
+            fields(
+                &body,
+                &[
+                    "vcpu_count",
+                    "mem_size_mib",
+                    "smt",
+                    "track_dirty_pages",
+                    "cpu_template",
+                    "huge_pages",
+                ],
+            )?;
             let vcpus = int(&body, "vcpu_count", true)?.unwrap_or(0);
             let memory = int(&body, "mem_size_mib", true)?.unwrap_or(0);
             let smt = boolean(&body, "smt")?.unwrap_or(false);
             let dirty = boolean(&body, "track_dirty_pages")?.unwrap_or(false);
-            one_of(&body, "cpu_template", &["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"], false)?;
+            one_of(
+                &body,
+                "cpu_template",
+                &["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"],
+                false,
+            )?;
             one_of(&body, "huge_pages", &["None", "2M"], false)?;
             pre_boot(state)?;
             if !(1..=32).contains(&vcpus) || (smt && vcpus > 1 && vcpus % 2 == 1) {
@@ -267,7 +288,20 @@ fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) 
             Ok(())
         }
         ("PUT", _) if drive_id.is_some() => {
-            fields(&body, &["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "rate_limiter", "io_engine", "socket"])?;
+            fields(
+                &body,
+                &[
+                    "drive_id",
+                    "path_on_host",
+                    "is_root_device",
+                    "is_read_only",
+                    "partuuid",
+                    "cache_type",
+                    "rate_limiter",
+                    "io_engine",
+                    "socket",
+                ],
+            )?;
             let id = string(&body, "drive_id", true)?.unwrap_or_default();
             boolean_required(&body, "is_root_device")?;
             boolean(&body, "is_read_only")?;
@@ -300,7 +334,9 @@ fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) 
             string(&body, "vsock_id", false)?;
             pre_boot(state)?;
             if cid < 3 {
-                return Err(format!("Invalid guest CID {cid}: the guest CID must be at least 3."));
+                return Err(format!(
+                    "Invalid guest CID {cid}: the guest CID must be at least 3."
+                ));
             }
             state.configured = true;
             Ok(())
@@ -316,7 +352,12 @@ fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) 
         }
         ("PUT", "/actions") => {
             fields(&body, &["action_type"])?;
-            let action = one_of(&body, "action_type", &["FlushMetrics", "InstanceStart", "SendCtrlAltDel"], true)?;
+            let action = one_of(
+                &body,
+                "action_type",
+                &["FlushMetrics", "InstanceStart", "SendCtrlAltDel"],
+                true,
+            )?;
             match action.as_deref() {
                 Some("InstanceStart") => {
                     pre_boot(state)?;
@@ -371,7 +412,16 @@ fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) 
             Ok(())
         }
         ("PUT", "/snapshot/load") => {
-            fields(&body, &["snapshot_path", "mem_file_path", "mem_backend", "enable_diff_snapshots", "resume_vm"])?;
+            fields(
+                &body,
+                &[
+                    "snapshot_path",
+                    "mem_file_path",
+                    "mem_backend",
+                    "enable_diff_snapshots",
+                    "resume_vm",
+                ],
+            )?;
             let snapshot = string(&body, "snapshot_path", true)?.unwrap_or_default();
             boolean(&body, "enable_diff_snapshots")?;
             let resume = boolean(&body, "resume_vm")?.unwrap_or(false);
@@ -392,7 +442,11 @@ fn handle(state: &mut State, root: &Path, method: &str, path: &str, raw: &[u8]) 
             }
             exists(root, &snapshot, "Cannot open the snapshot file")?;
             exists(root, &memory, "Cannot open the memory file")?;
-            state.phase = if resume { Phase::Running } else { Phase::Paused };
+            state.phase = if resume {
+                Phase::Running
+            } else {
+                Phase::Paused
+            };
             Ok(())
         }
         _ => invalid(),
@@ -407,7 +461,9 @@ fn exists(root: &Path, path: &str, what: &str) -> Outcome {
     if resolve(root, path).is_file() {
         Ok(())
     } else {
-        Err(format!("{what} {path}: No such file or directory (os error 2)"))
+        Err(format!(
+            "{what} {path}: No such file or directory (os error 2)"
+        ))
     }
 }
 
@@ -426,14 +482,19 @@ fn type_error(key: &str, expected: &str) -> String {
 }
 
 fn missing(key: &str) -> String {
-    format!("An error occurred when deserializing the json body of a request: missing field `{key}`.")
+    format!(
+        "An error occurred when deserializing the json body of a request: missing field `{key}`."
+    )
 }
 
 fn int(body: &Map<String, Value>, key: &str, required: bool) -> Result<Option<u64>, String> {
     match body.get(key) {
         None if required => Err(missing(key)),
         None => Ok(None),
-        Some(value) => value.as_u64().map(Some).ok_or_else(|| type_error(key, "an unsigned integer")),
+        Some(value) => value
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| type_error(key, "an unsigned integer")),
     }
 }
 

@@ -168,7 +168,9 @@ async fn read_response(
             .await
             .map_err(|e| malformed(format!("read: {e}")))?;
         if n == 0 {
-            return Err(malformed("connection closed before the headers ended".into()));
+            return Err(malformed(
+                "connection closed before the headers ended".into(),
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -191,7 +193,9 @@ async fn read_response(
         }
     }
     if content_length > MAX_RESPONSE {
-        return Err(malformed(format!("body of {content_length} bytes is too large")));
+        return Err(malformed(format!(
+            "body of {content_length} bytes is too large"
+        )));
     }
     let mut body = buf[header_end + 4..].to_vec();
     while body.len() < content_length {

@@ -50,7 +50,10 @@ pub fn arguments(config: &FirecrackerConfig, id: &str, limits: VmLimits) -> Vec<
     push("--exec-file", config.firecracker.clone().into_os_string());
     push("--uid", config.uid.to_string().into());
     push("--gid", config.gid.to_string().into());
-    push("--chroot-base-dir", config.chroot_base.clone().into_os_string());
+    push(
+        "--chroot-base-dir",
+        config.chroot_base.clone().into_os_string(),
+    );
     push("--cgroup-version", config.cgroup_version.to_string().into());
     if let Some(parent) = &config.parent_cgroup {
         push("--parent-cgroup", parent.into());
@@ -60,15 +63,24 @@ pub fn arguments(config: &FirecrackerConfig, id: &str, limits: VmLimits) -> Vec<
     let cpu_quota = u64::from(limits.vcpus) * cpu_period;
     match config.cgroup_version {
         1 => {
-            push("--cgroup", format!("memory.limit_in_bytes={memory_bytes}").into());
+            push(
+                "--cgroup",
+                format!("memory.limit_in_bytes={memory_bytes}").into(),
+            );
             push("--cgroup", format!("cpu.cfs_period_us={cpu_period}").into());
             push("--cgroup", format!("cpu.cfs_quota_us={cpu_quota}").into());
         }
         _ => {
             push("--cgroup", format!("memory.max={memory_bytes}").into());
             push("--cgroup", "memory.swap.max=0".into());
-            push("--cgroup", format!("cpu.max={cpu_quota} {cpu_period}").into());
-            push("--cgroup", format!("pids.max={}", config.max_threads).into());
+            push(
+                "--cgroup",
+                format!("cpu.max={cpu_quota} {cpu_period}").into(),
+            );
+            push(
+                "--cgroup",
+                format!("pids.max={}", config.max_threads).into(),
+            );
         }
     }
     if let Some(netns) = &config.netns {
@@ -119,7 +131,10 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.starts_with("--id sbx-0123456789abcdef --exec-file /opt/fc/firecracker --uid 123 --gid 456 --chroot-base-dir /srv/jailer --cgroup-version 2 --parent-cgroup ztee"), "{joined}");
         assert!(joined.contains(&format!("--cgroup memory.max={}", 320 * 1024 * 1024)));
-        assert!(args.contains(&"cpu.max=200000 100000".to_string()), "{joined}");
+        assert!(
+            args.contains(&"cpu.max=200000 100000".to_string()),
+            "{joined}"
+        );
         assert!(joined.contains("--netns /var/run/netns/ztee"));
         assert!(joined.ends_with("-- --api-sock /run/firecracker.socket --level Warning"));
         assert_eq!(

@@ -76,7 +76,8 @@ impl Default for FirecrackerConfig {
         Self {
             firecracker: find_on_path("firecracker")
                 .unwrap_or_else(|| PathBuf::from("/usr/local/bin/firecracker")),
-            jailer: find_on_path("jailer").unwrap_or_else(|| PathBuf::from("/usr/local/bin/jailer")),
+            jailer: find_on_path("jailer")
+                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/jailer")),
             chroot_base: PathBuf::from("/srv/jailer"),
             uid: 64000,
             gid: 64000,
@@ -199,11 +200,11 @@ pub struct BootConfig {
 
 impl BootConfig {
     /// The guest kernel command line: the same agent and kernel as under QEMU, told to use vsock.
-    /// `reboot=k` and `panic=1` turn a guest reboot or panic into a Firecracker exit; `pci=off`
-    /// because Firecracker has no PCI bus.
+    /// `reboot=k` (reset through the keyboard controller, which Firecracker emulates) and
+    /// `panic=1` turn the agent's final reboot or a guest panic into a Firecracker exit.
     pub fn boot_args(&self) -> String {
         format!(
-            "console=ttyS0 quiet loglevel=1 reboot=k panic=1 pci=off rdinit=/init ztee.scratch_mib={} {TRANSPORT_ARG}",
+            "console=ttyS0 quiet loglevel=1 reboot=k panic=1 rdinit=/init ztee.scratch_mib={} {TRANSPORT_ARG}",
             self.scratch_mib
         )
     }
@@ -370,7 +371,10 @@ pub async fn shutdown(controller: &Controller, vmm: &mut Child) {
     if let Err(err) = controller.send_ctrl_alt_del().await {
         tracing::debug!(%err, "Ctrl-Alt-Del not delivered; killing the VMM");
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, vmm.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, vmm.wait())
+        .await
+        .is_err()
+    {
         let _ = vmm.start_kill();
         let _ = vmm.wait().await;
     }
@@ -419,8 +423,8 @@ impl Chroot {
             .map(|m| m.permissions().mode() & 0o004 != 0)
             .unwrap_or(false);
         if !(world_readable && fs::hard_link(source, &target).is_ok()) {
-            let mut from =
-                fs::File::open(source).map_err(|e| VmError::io("open for the chroot", source, e))?;
+            let mut from = fs::File::open(source)
+                .map_err(|e| VmError::io("open for the chroot", source, e))?;
             let mut to = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
