@@ -77,18 +77,29 @@ async fn start(
         .map_err(|e| VmError::io("chown", &run, e))?;
     let api = ApiClient::new(chroot.host_path(jailer::API_SOCKET));
     let vsock = chroot.host_path(VSOCK);
-    let vmm = firecracker::spawn_jailed(
+    for socket in [api.socket(), vsock.as_path()] {
+        // `sun_path` holds 107 bytes and a NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(VmError::InvalidSpec(format!(
+                "the Firecracker chroot base is too long for a unix socket ({}); set a shorter ZTEE_FC_CHROOT_BASE",
+                socket.display()
+            )));
+        }
+    }
+    let uid_number = uid.uid();
+    // Recorded before the VMM exists, so that a crash at any later point leaves a record the
+    // reaper can act on.
+    runtime.set_firecracker(Hold { chroot, _uid: uid })?;
+    let mut vmm = firecracker::spawn_jailed(
         fc,
         runtime.name(),
-        uid.uid(),
+        uid_number,
         jailer::VmLimits {
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
         },
         &runtime.console_log(),
     )?;
-    runtime.set_firecracker(Hold { chroot, _uid: uid });
-    let mut vmm = vmm;
     runtime.record_owner(vmm.id().unwrap_or(0))?;
     tokio::select! {
         ready = api.wait_ready(deadline) => ready?,

@@ -408,6 +408,11 @@ impl Chroot {
         &self.root
     }
 
+    /// `<chroot base>/firecracker/<id>`, removed with the VM.
+    pub fn vm_dir(&self) -> &Path {
+        &self.vm_dir
+    }
+
     /// The host path of `inside`, a path as the jailed Firecracker names it.
     pub fn host_path(&self, inside: &str) -> PathBuf {
         self.root.join(inside.trim_start_matches('/'))
