@@ -62,6 +62,12 @@ async fn start(
 ) -> Result<(Started, Vec<String>), VmError> {
     let config = engine.config();
     let fc = &config.vmm.firecracker;
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(VmError::Firecracker(
+            "the jailer needs root (chroot, cgroups, uid change): run ztee as root, or use --vmm qemu".into(),
+        ));
+    }
     let uid = UidLease::acquire(&config.jail.lock_dir, &config.jail.uids)?;
     let chroot = Chroot::create(fc, runtime.name())?;
     let mut inside = Vec::with_capacity(files.len());
@@ -327,7 +333,9 @@ async fn make(engine: &Engine, spec: &SandboxSpec, dir: &Path) -> Result<(), VmE
         saved = saved => saved,
         status = started.vmm.wait() => Err(vmm_exited(&mut started.vmm, &runtime, status).await),
     };
-    firecracker::shutdown(&started.controller, &mut started.vmm).await;
+    // Its state is saved; the template itself is of no further use.
+    let _ = started.vmm.start_kill();
+    let _ = started.vmm.wait().await;
     saved?;
     let chroot = runtime
         .firecracker()

@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 cd "$base/firecracker/$id/root" && stat -c 'FILE %n %u %a' * >> "$rec"
+for f in *; do [ -L "$f" ] && echo "SYMLINK $f" >> "$rec"; done
 echo "fake jailer: no firecracker on this machine" >&2
 exit 3
 "#,
@@ -136,6 +137,10 @@ async fn the_engine_jails_firecracker_with_its_files_and_cleans_up_when_it_fails
             .filter_map(|l| l.strip_prefix("FILE "))
             .map(|l| l.split(' ').collect())
             .collect();
+        assert!(
+            !record.contains("SYMLINK"),
+            "symlinks point out of the chroot: {record}"
+        );
         let names: Vec<&str> = files.iter().map(|f| f[0]).collect();
         assert_eq!(
             names,

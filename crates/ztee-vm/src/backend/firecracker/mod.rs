@@ -423,6 +423,9 @@ impl Chroot {
     /// never modified in place), else a private copy owned by `uid`.
     pub fn provide(&self, source: &Path, name: &str, uid: u32) -> Result<String, VmError> {
         use std::os::unix::fs::PermissionsExt;
+        // The file itself, not a symlink to it: a link to a symlink would point outside the
+        // chroot (guest directories hold symlinks into the cache).
+        let source = &fs::canonicalize(source).map_err(|e| VmError::io("resolve", source, e))?;
         let target = self.root.join(name);
         let world_readable = fs::metadata(source)
             .map(|m| m.permissions().mode() & 0o004 != 0)
