@@ -1,8 +1,17 @@
-//! VMM backends. Two exist: [`qemu`] (the `microvm` machine, KVM or TCG, agent on a
-//! virtio-serial port) and [`firecracker`] (KVM only, under Firecracker's jailer, agent on
-//! vsock). [`Vmm`] names them and [`VmmChoice`] is what an operator asks for; the engine
-//! resolves `auto` once (see [`crate::Engine::vmm`]). The guest kernel and agent are the same
-//! on both: the agent picks its transport from the kernel command line.
+//! VMM backends. [`Vmm`] names the two; [`VmmChoice`] is what an operator asks for, resolved
+//! once per engine (see [`crate::select`]). Above the backends (lease, sandbox, pool, exec) all
+//! is backend-independent; each backend provides the same steps its own way:
+//!
+//! | step | [`qemu`] | [`firecracker`] |
+//! |---|---|---|
+//! | launch | `qemu::launch` in ztee's own jail ([`crate::jail`]) | `jailer` ([`firecracker::jailer`]) |
+//! | configure | the command line ([`qemu::arguments`]) | API calls ([`firecracker::Controller::configure`]) |
+//! | pause, snapshot, restore | QMP, migration streams ([`crate::snapshot`]) | [`firecracker::Controller`] `pause`/`snapshot`/`load` (the engine's `firecracker_vm` uses them) |
+//! | shutdown | kill | [`firecracker::shutdown`]: Ctrl-Alt-Del, then kill |
+//! | agent transport | virtio-serial port behind a Unix socket | vsock behind a hybrid vsock socket ([`firecracker::vsock`]) |
+//!
+//! The guest kernel and agent are the same on both: the agent picks its transport from the kernel
+//! command line.
 
 pub mod firecracker;
 pub mod qemu;
@@ -112,29 +121,12 @@ impl Vmm {
             Self::Firecracker => "firecracker",
         }
     }
-
-    /// How the host reaches the guest agent with this VMM.
-    pub fn agent_transport(self) -> AgentTransport {
-        match self {
-            Self::Qemu => AgentTransport::VirtioSerial,
-            Self::Firecracker => AgentTransport::HybridVsock,
-        }
-    }
 }
 
 impl std::fmt::Display for Vmm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// How the host end of the agent channel is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentTransport {
-    /// QEMU's chardev socket: connecting is being connected to the guest's port.
-    VirtioSerial,
-    /// Firecracker's vsock socket: connect, then `CONNECT <port>` (see [`firecracker::vsock`]).
-    HybridVsock,
 }
 
 /// Which VMM an operator asks for (`--vmm`, `ZTEE_VMM`).
