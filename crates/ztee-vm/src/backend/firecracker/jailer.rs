@@ -6,9 +6,15 @@
 //! the VM's end.
 
 use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
 
 use super::FirecrackerConfig;
+use crate::VmError;
 
 /// Where Firecracker puts its API socket inside the chroot (its default, made explicit).
 pub const API_SOCKET: &str = "/run/firecracker.socket";
@@ -99,6 +105,126 @@ pub fn arguments(config: &FirecrackerConfig, id: &str, limits: VmLimits) -> Vec<
         args.push(arg.into());
     }
     args
+}
+
+/// One VM's chroot, made before the jailer runs (so the guest's files are in place) and removed
+/// with everything in it when the VM is gone.
+#[derive(Debug)]
+pub struct Chroot {
+    /// `<chroot base>/firecracker/<id>`: the jailer's directory for this VM.
+    vm_dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Chroot {
+    pub fn create(config: &FirecrackerConfig, id: &str) -> Result<Self, VmError> {
+        let root = chroot_root(config, id);
+        let vm_dir = root
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| root.clone());
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&root)
+            .map_err(|e| VmError::io("create Firecracker chroot", &root, e))?;
+        Ok(Self { vm_dir, root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<chroot base>/firecracker/<id>`, removed with the VM.
+    pub fn vm_dir(&self) -> &Path {
+        &self.vm_dir
+    }
+
+    /// The host path of `inside`, a path as the jailed Firecracker names it.
+    pub fn host_path(&self, inside: &str) -> PathBuf {
+        self.root.join(inside.trim_start_matches('/'))
+    }
+
+    /// Puts `source` into the chroot as `/name`, readable by the VMM's uid: a hard link when
+    /// `source` is on the same file system and readable by everyone (assets and snapshots,
+    /// never modified in place), else a private copy owned by `uid`.
+    pub fn provide(&self, source: &Path, name: &str, uid: u32) -> Result<String, VmError> {
+        use std::os::unix::fs::PermissionsExt;
+        // The file itself, not a symlink to it: a link to a symlink would point outside the
+        // chroot (guest directories hold symlinks into the cache).
+        let source = &fs::canonicalize(source).map_err(|e| VmError::io("resolve", source, e))?;
+        let target = self.root.join(name);
+        let world_readable = fs::metadata(source)
+            .map(|m| m.permissions().mode() & 0o004 != 0)
+            .unwrap_or(false);
+        if !(world_readable && fs::hard_link(source, &target).is_ok()) {
+            let mut from = fs::File::open(source)
+                .map_err(|e| VmError::io("open for the chroot", source, e))?;
+            let mut to = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(&target)
+                .map_err(|e| VmError::io("copy into the chroot", &target, e))?;
+            std::io::copy(&mut from, &mut to)
+                .map_err(|e| VmError::io("copy into the chroot", &target, e))?;
+            std::os::unix::fs::chown(&target, Some(uid), Some(uid))
+                .map_err(|e| VmError::io("chown", &target, e))?;
+        }
+        Ok(format!("/{name}"))
+    }
+}
+
+impl Drop for Chroot {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.vm_dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.vm_dir.display(), %err, "cannot remove Firecracker chroot");
+            }
+        }
+    }
+}
+
+/// Starts the jailer for VM `id` with `uid`; Firecracker's serial console (its stdout) goes to
+/// `console_log`. The child is killed when dropped and when the spawning thread dies.
+pub(crate) fn spawn_jailed(
+    config: &FirecrackerConfig,
+    id: &str,
+    uid: u32,
+    limits: VmLimits,
+    console_log: &Path,
+) -> Result<Child, VmError> {
+    let console = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(console_log)
+        .map_err(|e| VmError::io("open console log", console_log, e))?;
+    let per_vm = FirecrackerConfig {
+        uid,
+        gid: uid,
+        ..config.clone()
+    };
+    let mut command = Command::new(&config.jailer);
+    command
+        .args(arguments(&per_vm, id, limits))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(console))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|source| VmError::VmmSpawn {
+        program: config.jailer.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
