@@ -16,9 +16,10 @@ pub struct GlobalArgs {
 
     /// Which VMM runs sandboxes: `firecracker` (KVM hosts with firecracker and its jailer
     /// installed, run as root), `qemu` (any host; software CPU without KVM), or `auto`
-    /// (Firecracker where it can run, else QEMU; `ztee doctor` says which and why).
-    #[arg(long, global = true, env = "ZTEE_VMM", value_enum, default_value_t = VmmArg::Auto)]
-    pub vmm: VmmArg,
+    /// (Firecracker where it can run, else QEMU; `ztee doctor` says which and why). Default:
+    /// the gateway's `sandbox_defaults.vmm` for `ztee serve`, else `auto`.
+    #[arg(long, global = true, env = "ZTEE_VMM", value_enum)]
+    pub vmm: Option<VmmArg>,
 
     /// Log filter (tracing syntax), e.g. `info` or `ztee_vm=debug`. Logs go to stderr.
     #[arg(long, global = true, env = "ZTEE_LOG", default_value = "warn")]

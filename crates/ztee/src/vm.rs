@@ -127,7 +127,9 @@ pub fn engine_config(
     data_dir: &std::path::Path,
 ) -> Result<ztee_vm::EngineConfig, ztee_vm::VmError> {
     let mut config = ztee_vm::EngineConfig::from_env_and_defaults(data_dir)?;
-    config.vmm.choice = globals.vmm.into();
+    if let Some(vmm) = globals.vmm {
+        config.vmm.choice = vmm.into();
+    }
     Ok(config)
 }
 

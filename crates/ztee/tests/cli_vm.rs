@@ -377,6 +377,13 @@ fn doctor_explains_firecracker_and_a_forced_firecracker_fails_cleanly() {
         .unwrap_or_default();
     assert!(left.is_empty(), "chroots left behind: {left:?}");
 
+    // `sandbox create` hands the choice to its supervisor process.
+    let out = firecracker(&["--vmm", "firecracker", "sandbox", "create"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("no/jailer"), "{err}");
+    assert_eq!(cli.vm_dirs_left(), 0);
+
     let out = cli.run(&["--vmm", "kvm", "doctor"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("possible values: auto, qemu, firecracker"));

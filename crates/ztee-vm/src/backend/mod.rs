@@ -129,8 +129,9 @@ impl std::fmt::Display for Vmm {
     }
 }
 
-/// Which VMM an operator asks for (`--vmm`, `ZTEE_VMM`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which VMM an operator asks for (`--vmm`, `ZTEE_VMM`, the gateway's `sandbox_defaults.vmm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum VmmChoice {
     /// Firecracker where it is installed and KVM boots guests, else QEMU.
     #[default]
