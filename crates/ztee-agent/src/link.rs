@@ -11,13 +11,14 @@ pub struct Link {
 }
 
 struct State {
-    out: File,
+    /// `None` while no host is connected (a vsock listener before its first connection).
+    out: Option<File>,
     /// `None` until a session is authenticated; output produced meanwhile is dropped.
     sealer: Option<Sealer>,
 }
 
 impl Link {
-    pub fn new(out: File) -> Self {
+    pub fn new(out: Option<File>) -> Self {
         Self {
             state: Mutex::new(State { out, sealer: None }),
         }
@@ -34,6 +35,9 @@ impl Link {
         let Some(sealer) = sealer.as_mut() else {
             return false;
         };
+        let Some(out) = out.as_mut() else {
+            return false;
+        };
         match sealer.seal(message) {
             Ok(frame) => out.write_all(&frame).is_ok(),
             Err(err) => {
@@ -46,10 +50,18 @@ impl Link {
     /// Sends a handshake message, which travels before the session has keys.
     pub fn send_handshake(&self, message: &GuestMessage) -> bool {
         let mut state = self.state();
+        let Some(out) = state.out.as_mut() else {
+            return false;
+        };
         match Sealer::unauthenticated().seal(message) {
-            Ok(frame) => state.out.write_all(&frame).is_ok(),
+            Ok(frame) => out.write_all(&frame).is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// Sends from now on to a new host connection.
+    pub fn set_out(&self, out: File) {
+        self.state().out = Some(out);
     }
 
     pub fn set_sealer(&self, sealer: Option<Sealer>) {

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let secret = boot::boot().map_err(|err| format!("boot: {err}"))?;
     reaper::start();
-    let port = transport::open_virtio_port().map_err(|err| format!("agent channel: {err}"))?;
-    session::serve(port, secret);
+    let host = transport::open().map_err(|err| format!("agent channel: {err}"))?;
+    session::serve(host, secret);
     Ok(())
 }

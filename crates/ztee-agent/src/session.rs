@@ -2,7 +2,6 @@
 //! disconnects (a new session may follow, e.g. after a snapshot restore) or asks to power off.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +13,8 @@ use ztee_wire::{
 };
 
 use crate::link::Link;
-use crate::{exec, files, lease, sandbox, transport};
+use crate::transport::{HostLink, Received};
+use crate::{exec, files, lease, sandbox};
 
 /// Input for a running request: command stdin or file upload data.
 pub enum Input {
@@ -95,8 +95,8 @@ enum Phase {
     Active,
 }
 
-pub fn serve(mut port: File, mut secret: BootSecret) {
-    let link = match port.try_clone() {
+pub fn serve(mut host: Box<dyn HostLink>, mut secret: BootSecret) {
+    let link = match host.initial_writer() {
         Ok(out) => Arc::new(Link::new(out)),
         Err(err) => {
             eprintln!("ztee-agent: cannot duplicate the channel: {err}");
@@ -116,20 +116,26 @@ pub fn serve(mut port: File, mut secret: BootSecret) {
         requests.abort_all();
     };
     loop {
-        let n = match transport::read_some(&mut port, &mut buf) {
-            Ok(n) => n,
+        let n = match host.receive(&mut buf) {
+            Ok(Received::Data(n)) => n,
+            Ok(Received::Disconnected) => {
+                if !matches!(phase, Phase::AwaitHello) || decoder.buffered() > 0 {
+                    reset(&mut phase, &mut opener, &mut decoder);
+                }
+                continue;
+            }
+            Ok(Received::Connected(out)) => {
+                // A new host: nothing of an earlier session carries over.
+                reset(&mut phase, &mut opener, &mut decoder);
+                link.set_out(out);
+                continue;
+            }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 eprintln!("ztee-agent: channel read failed: {err}");
                 return;
             }
         };
-        if n == 0 {
-            if !matches!(phase, Phase::AwaitHello) || decoder.buffered() > 0 {
-                reset(&mut phase, &mut opener, &mut decoder);
-            }
-            continue;
-        }
         decoder.push(&buf[..n]);
         loop {
             let frame = match decoder.next_frame() {

@@ -331,6 +331,7 @@ async fn vm_latency() {
             boot_timeout: Duration::from_secs(90),
             snapshots: true,
             jail: ztee_vm::JailConfig::default(),
+            vmm: ztee_vm::VmmSettings::default(),
         })
         .unwrap();
         let executor = ztee_server::vm::VmExecutor::new(engine);

@@ -84,6 +84,10 @@ pub struct SandboxDefaults {
     /// run does not wait for a boot (each idle VM holds its memory). 0 disables the pool.
     #[serde(default)]
     pub warm_pool: usize,
+    /// The VMM sandboxes run on: `auto` (Firecracker where it can run, else QEMU), `qemu` or
+    /// `firecracker`. `--vmm` and `ZTEE_VMM` take precedence; unset means `auto`.
+    #[serde(default)]
+    pub vmm: Option<ztee_vm::VmmChoice>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,6 +156,7 @@ impl Default for SandboxDefaults {
             timeout_s: default_sandbox_timeout(),
             command_timeout_s: default_command_timeout(),
             warm_pool: 0,
+            vmm: None,
         }
     }
 }
@@ -336,6 +341,18 @@ mod tests {
             .apply_env(|n| (n == "ZTEE_TLS_CERT").then(|| "/x".to_string()))
             .unwrap_err();
         assert!(err.to_string().contains("ZTEE_TLS_KEY"));
+    }
+
+    #[test]
+    fn the_vmm_is_a_sandbox_default() {
+        let c = ServerConfig::from_toml("[sandbox_defaults]\nvmm = \"firecracker\"").unwrap();
+        assert_eq!(
+            c.sandbox_defaults.vmm,
+            Some(ztee_vm::VmmChoice::Firecracker)
+        );
+        assert_eq!(ServerConfig::default().sandbox_defaults.vmm, None);
+        let err = ServerConfig::from_toml("[sandbox_defaults]\nvmm = \"kvm\"").unwrap_err();
+        assert!(err.contains("kvm") && err.contains("firecracker"), "{err}");
     }
 
     #[test]

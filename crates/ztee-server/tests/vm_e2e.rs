@@ -46,6 +46,7 @@ async fn vm_gateway() -> Option<Gateway> {
         // Every VM boots from scratch: two boots, no snapshot template.
         snapshots: false,
         jail: ztee_vm::JailConfig::default(),
+        vmm: ztee_vm::VmmSettings::default(),
     })
     .unwrap();
     let config = ServerConfig::default();

@@ -67,6 +67,16 @@ impl Channel {
                 Err(err) => return Err(VmError::io("connect to agent socket", socket, err)),
             }
         };
+        Self::over(stream, secret, deadline).await
+    }
+
+    /// Runs the handshake on a stream already connected to the agent (e.g. through a hybrid
+    /// vsock socket) and starts routing its messages.
+    pub async fn over(
+        stream: UnixStream,
+        secret: &BootSecret,
+        deadline: Instant,
+    ) -> Result<Self, VmError> {
         let (mut read, mut write) = stream.into_split();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let (session, ready) =

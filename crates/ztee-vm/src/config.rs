@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::backend::firecracker::FirecrackerConfig;
+use crate::backend::VmmChoice;
 use crate::{AccelChoice, BootImage, GuestAssets, JailConfig, VmError};
 
 /// Shape and limits of one sandbox's VM.
@@ -77,12 +79,39 @@ pub struct EngineConfig {
     pub snapshots: bool,
     /// Whether and how VMMs are jailed (namespaces, private root, own uid and cgroup).
     pub jail: JailConfig,
+    /// Which VMM runs guests, and how Firecracker is started when it is the one.
+    pub vmm: VmmSettings,
+}
+
+/// The VMM choice and Firecracker's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmmSettings {
+    pub choice: VmmChoice,
+    pub firecracker: FirecrackerConfig,
+}
+
+impl VmmSettings {
+    /// `ZTEE_VMM` (`auto`|`qemu`|`firecracker`) and Firecracker's variables (see
+    /// [`FirecrackerConfig::from_env`]).
+    pub fn from_env() -> Result<Self, VmError> {
+        let choice = match std::env::var("ZTEE_VMM") {
+            Ok(value) if !value.is_empty() => value
+                .parse()
+                .map_err(|e: String| VmError::InvalidSpec(format!("ZTEE_VMM: {e}")))?,
+            _ => VmmChoice::Auto,
+        };
+        Ok(Self {
+            choice,
+            firecracker: FirecrackerConfig::from_env()?,
+        })
+    }
 }
 
 impl EngineConfig {
     /// Defaults under `data_dir` and [`default_cache_dir`], overridden by `ZTEE_GUEST_DIR`,
     /// `ZTEE_ACCEL` (`auto`|`kvm`|`tcg`), `ZTEE_BOOT_TIMEOUT` (seconds), `ZTEE_SNAPSHOTS`
-    /// (`0` boots every VM from scratch), `ZTEE_JAIL` (`auto`|`on`|`off`) and `ZTEE_JAIL_UIDS`.
+    /// (`0` boots every VM from scratch), `ZTEE_JAIL` (`auto`|`on`|`off`), `ZTEE_JAIL_UIDS`,
+    /// `ZTEE_VMM` and Firecracker's variables (see [`VmmSettings::from_env`]).
     pub fn from_env_and_defaults(data_dir: &Path) -> Result<Self, VmError> {
         let accelerator = match std::env::var("ZTEE_ACCEL") {
             Ok(value) if !value.is_empty() => value.parse().map_err(VmError::InvalidSpec)?,
@@ -113,6 +142,7 @@ impl EngineConfig {
             boot_timeout,
             snapshots,
             jail: JailConfig::from_env()?,
+            vmm: VmmSettings::from_env()?,
         })
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::process::Child;
 use ztee_wire::{BootSecret, GuestMessage, HostMessage};
 
-use crate::backend::{self, Accelerator, LaunchPlan, MemoryBacking};
+use crate::backend::{self, Accelerator, LaunchPlan, MemoryBacking, Vmm, VmmDecision};
 use crate::channel::Channel;
 use crate::jail::{SealedRam, VmJail};
 use crate::pool::WarmPool;
@@ -26,6 +26,8 @@ pub struct Engine {
 }
 
 type TemplateSlot = Arc<tokio::sync::OnceCell<Result<Arc<Template>, String>>>;
+type FcTemplateSlot =
+    Arc<tokio::sync::OnceCell<Result<Arc<crate::firecracker_vm::Template>, String>>>;
 
 struct EngineInner {
     config: EngineConfig,
@@ -33,6 +35,8 @@ struct EngineInner {
     jailed: bool,
     base_initramfs: PathBuf,
     accel: tokio::sync::OnceCell<AccelDecision>,
+    vmm: tokio::sync::OnceCell<VmmDecision>,
+    fc_templates: Mutex<HashMap<SandboxSpec, FcTemplateSlot>>,
     templates: Mutex<HashMap<(SandboxSpec, Accelerator), TemplateSlot>>,
     pools: Mutex<HashMap<SandboxSpec, Arc<WarmPool>>>,
 }
@@ -44,6 +48,7 @@ pub(crate) struct Booted {
     pub channel: Arc<Channel>,
     pub accelerator: Accelerator,
     pub kind: StartKind,
+    pub backend: Vmm,
 }
 
 impl Engine {
@@ -68,6 +73,8 @@ impl Engine {
                 jailed,
                 base_initramfs,
                 accel: tokio::sync::OnceCell::new(),
+                vmm: tokio::sync::OnceCell::new(),
+                fc_templates: Mutex::default(),
                 templates: Mutex::default(),
                 pools: Mutex::default(),
             }),
@@ -97,6 +104,15 @@ impl Engine {
         self.inner
             .accel
             .get_or_init(|| accel::decide(self))
+            .await
+            .clone()
+    }
+
+    /// Which VMM runs guests and why; decided on first call (see [`crate::select`]).
+    pub async fn vmm(&self) -> VmmDecision {
+        self.inner
+            .vmm
+            .get_or_init(|| crate::select::decide(self))
             .await
             .clone()
     }
@@ -134,6 +150,9 @@ impl Engine {
     /// A VM that nobody has used: restored from the shape's snapshot when snapshots work here,
     /// booted from scratch otherwise.
     pub(crate) async fn fresh_vm(&self, spec: &SandboxSpec) -> Result<Booted, VmError> {
+        if self.vmm().await.vmm == Vmm::Firecracker {
+            return self.fresh_firecracker_vm(spec).await;
+        }
         let accelerator = self.accelerator().await.accelerator;
         if self.inner.config.snapshots {
             if let Some(template) = self.template(spec, accelerator).await {
@@ -142,6 +161,30 @@ impl Engine {
         }
         self.cold_boot(spec, accelerator, self.inner.config.boot_timeout)
             .await
+    }
+
+    async fn fresh_firecracker_vm(&self, spec: &SandboxSpec) -> Result<Booted, VmError> {
+        if self.inner.config.snapshots {
+            let slot = lock(&self.inner.fc_templates)
+                .entry(spec.clone())
+                .or_default()
+                .clone();
+            let template = slot
+                .get_or_init(|| async {
+                    crate::firecracker_vm::Template::load_or_create(self, spec)
+                        .await
+                        .map(Arc::new)
+                        .map_err(|err| {
+                            tracing::warn!(%err, "cannot snapshot this VM shape under Firecracker; booting from scratch instead");
+                            err.to_string()
+                        })
+                })
+                .await;
+            if let Ok(template) = template {
+                return template.restore(self).await;
+            }
+        }
+        crate::firecracker_vm::cold_boot(self, spec).await
     }
 
     /// The snapshot of `spec`, made on first use. `None` when one cannot be made here (the
@@ -254,6 +297,7 @@ impl Engine {
             channel,
             accelerator,
             kind: StartKind::Cold,
+            backend: Vmm::Qemu,
         })
     }
 }
@@ -315,6 +359,7 @@ async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<S
         channel,
         accelerator,
         kind,
+        backend: vmm_kind,
     } = booted;
     let id = runtime.name().to_string();
     let (request, mut replies) = channel.open_request()?;
@@ -350,7 +395,7 @@ async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<S
     let jail = runtime.jail().map(|jail| jail.info(spawned));
     let info = SandboxInfo {
         id,
-        backend: "qemu",
+        backend: vmm_kind.as_str(),
         accelerator,
         vmm_pid: jail.as_ref().map_or(spawned, |j| j.vmm_pid),
         jail,

@@ -42,6 +42,10 @@ pub enum VmError {
     FileTooLarge { size: u64, limit: u64 },
     #[error("QEMU control (QMP): {0}")]
     Qmp(String),
+    #[error("Firecracker API: {0}")]
+    FirecrackerApi(#[from] crate::backend::firecracker::ApiError),
+    #[error("Firecracker: {0}")]
+    Firecracker(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
     #[error("VMM jail: {0}")]

@@ -8,8 +8,10 @@
 //! - [`engine`]: boot, restore, lease.
 //! - [`assets`]: kernel, root file system image and agent on disk.
 //! - [`initramfs`]: the agent and the per-VM secret packed for boot.
-//! - [`backend`]: VMM processes (`qemu` today) and the accelerator they use.
+//! - [`backend`]: VMM processes (`qemu`, `firecracker`) and the accelerator they use.
 //! - [`accel`]: choosing KVM or TCG by actually booting a guest.
+//! - [`select`]: choosing the VMM (`auto` prefers Firecracker where it can run).
+//! - `firecracker_vm`: booting, snapshotting and restoring Firecracker VMs for the engine.
 //! - [`snapshot`], [`pool`]: fast start.
 //! - `channel`, `qmp`: the authenticated agent channel and the VMM control socket, host side.
 //! - [`sandbox`], [`exec`]: the API callers use.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod engine;
 mod error;
 pub mod exec;
+mod firecracker_vm;
 pub mod image;
 pub mod initramfs;
 pub mod jail;
@@ -33,12 +36,13 @@ pub mod pool;
 mod qmp;
 pub mod runtime;
 pub mod sandbox;
+pub mod select;
 pub mod snapshot;
 
 pub use accel::{AccelChoice, AccelDecision};
 pub use assets::GuestAssets;
-pub use backend::Accelerator;
-pub use config::{default_cache_dir, EngineConfig, SandboxSpec};
+pub use backend::{Accelerator, Vmm, VmmChoice, VmmDecision};
+pub use config::{default_cache_dir, EngineConfig, SandboxSpec, VmmSettings};
 pub use engine::Engine;
 pub use error::VmError;
 pub use exec::{CommandStream, ExecEvent, ExecSpec, Execution, ExitStatus, Output};

@@ -28,6 +28,8 @@ pub struct RuntimeDir {
     vmm_dir: PathBuf,
     // Dropped after the directory is removed: removes the cgroup, then frees the uid.
     jail: Option<VmJail>,
+    // A Firecracker VM's chroot and uid, likewise dropped after the directory.
+    firecracker: Option<crate::firecracker_vm::Hold>,
 }
 
 impl RuntimeDir {
@@ -59,6 +61,7 @@ impl RuntimeDir {
             path,
             vmm_dir,
             jail: None,
+            firecracker: None,
         };
         let socket = dir.agent_socket();
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
@@ -129,6 +132,23 @@ impl RuntimeDir {
         let temp = self.path.join("jail.tmp");
         fs::write(&temp, record).map_err(|e| VmError::io("write jail record", &temp, e))?;
         fs::rename(&temp, &path).map_err(|e| VmError::io("write jail record", &path, e))
+    }
+
+    /// Attaches a Firecracker VM's chroot and uid, and records the chroot for the orphan reaper.
+    pub(crate) fn set_firecracker(
+        &mut self,
+        hold: crate::firecracker_vm::Hold,
+    ) -> Result<(), VmError> {
+        let record = hold.chroot.vm_dir().as_os_str().as_encoded_bytes().to_vec();
+        self.firecracker = Some(hold);
+        let path = self.path.join("chroot");
+        let temp = self.path.join("chroot.tmp");
+        fs::write(&temp, record).map_err(|e| VmError::io("write chroot record", &temp, e))?;
+        fs::rename(&temp, &path).map_err(|e| VmError::io("write chroot record", &path, e))
+    }
+
+    pub(crate) fn firecracker(&self) -> Option<&crate::firecracker_vm::Hold> {
+        self.firecracker.as_ref()
     }
 
     pub fn initramfs(&self) -> PathBuf {
@@ -206,6 +226,9 @@ pub fn reap_orphans(root: &Path) -> usize {
             if let Ok(record) = fs::read_to_string(dir.join("jail")) {
                 crate::jail::reap_record(&record);
             }
+            if let Ok(record) = fs::read_to_string(dir.join("chroot")) {
+                reap_chroot(&dir, Path::new(&record));
+            }
         }
         if orphaned && fs::remove_dir_all(&dir).is_ok() {
             tracing::info!(dir = %dir.display(), "reaped an orphaned VM");
@@ -213,6 +236,23 @@ pub fn reap_orphans(root: &Path) -> usize {
         }
     }
     reaped
+}
+
+/// Removes the jailer's directory of an orphaned Firecracker VM, named in its runtime dir's
+/// `chroot` record: only an absolute path whose last component is that VM's id, so a damaged
+/// record cannot point the reaper elsewhere.
+fn reap_chroot(runtime_dir: &Path, chroot: &Path) {
+    let matches_vm = chroot.is_absolute()
+        && chroot.file_name().is_some()
+        && chroot.file_name() == runtime_dir.file_name()
+        && !chroot
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if matches_vm {
+        let _ = fs::remove_dir_all(chroot);
+    } else {
+        tracing::warn!(record = %chroot.display(), "ignoring a chroot record that does not name its VM");
+    }
 }
 
 /// Whether the process `pid` that started at `start_time` still runs (not a recycled pid).
@@ -295,6 +335,39 @@ mod tests {
         assert!(!dead.path().exists());
         for path in &paths {
             assert!(!path.exists(), "{} left behind", path.display());
+        }
+    }
+
+    #[test]
+    fn reaping_an_orphan_removes_its_firecracker_chroot_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let chroots = tempfile::tempdir().unwrap();
+        let mut made = Vec::new();
+        for name in ["sbx-00000000000000aa", "sbx-00000000000000bb"] {
+            let dead = RuntimeDir::create(root.path(), name, false).unwrap();
+            let chroot = chroots.path().join("firecracker").join(name);
+            fs::create_dir_all(chroot.join("root/run")).unwrap();
+            fs::write(dead.path().join("owner"), "999999999 1 999999998 1\n").unwrap();
+            made.push((dead, chroot));
+        }
+        // A record naming its own VM's chroot; and a damaged one naming another directory.
+        fs::write(
+            made[0].0.path().join("chroot"),
+            made[0].1.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
+        let elsewhere = chroots.path().join("keep-me");
+        fs::create_dir_all(&elsewhere).unwrap();
+        fs::write(
+            made[1].0.path().join("chroot"),
+            elsewhere.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
+        assert_eq!(reap_orphans(root.path()), 2);
+        assert!(!made[0].1.exists(), "the orphan's chroot is left");
+        assert!(made[1].1.exists() && elsewhere.exists());
+        for (dead, _) in made {
+            std::mem::forget(dead);
         }
     }
 }

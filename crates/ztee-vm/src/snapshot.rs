@@ -149,6 +149,7 @@ impl Template {
             channel,
             accelerator: self.accelerator,
             kind: StartKind::Snapshot,
+            backend: crate::backend::Vmm::Qemu,
         })
     }
 }
@@ -240,18 +241,7 @@ async fn save_when_listening(
     state: &Path,
     deadline: Instant,
 ) -> Result<(), VmError> {
-    // The marker the agent prints once it waits on its port (see ztee-agent's transport).
-    const MARKER: &[u8] = b"ztee-agent: listening";
-    loop {
-        let console = std::fs::read(runtime.console_log()).unwrap_or_default();
-        if console.windows(MARKER.len()).any(|w| w == MARKER) {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(VmError::BootTimeout(std::time::Duration::ZERO));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_agent_listening(runtime, deadline).await?;
     let mut qmp = Qmp::connect(&runtime.qmp_socket(), deadline).await?;
     qmp.execute("stop", json!({})).await?;
     qmp.execute("migrate-set-capabilities", ignore_shared())
@@ -279,6 +269,25 @@ async fn save_when_listening(
         .await
         .map_err(|e| VmError::io("sync snapshot state", state, e))?;
     qmp.wait_migration(deadline).await
+}
+
+/// Waits for the agent's "listening" line on the VM's console (any VMM).
+pub(crate) async fn wait_for_agent_listening(
+    runtime: &RuntimeDir,
+    deadline: Instant,
+) -> Result<(), VmError> {
+    // The marker the agent prints once it waits on its port (see ztee-agent's transport).
+    const MARKER: &[u8] = b"ztee-agent: listening";
+    loop {
+        let console = std::fs::read(runtime.console_log()).unwrap_or_default();
+        if console.windows(MARKER.len()).any(|w| w == MARKER) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(VmError::BootTimeout(std::time::Duration::ZERO));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Key of a snapshot: the identity (path, device, inode, size, modification time) of the kernel,

@@ -14,9 +14,43 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 
+    /// Which VMM runs sandboxes: `firecracker` (KVM hosts with firecracker and its jailer
+    /// installed, run as root), `qemu` (any host; software CPU without KVM), or `auto`
+    /// (Firecracker where it can run, else QEMU; `ztee doctor` says which and why). Default:
+    /// the gateway's `sandbox_defaults.vmm` for `ztee serve`, else `auto`.
+    #[arg(long, global = true, env = "ZTEE_VMM", value_enum)]
+    pub vmm: Option<VmmArg>,
+
     /// Log filter (tracing syntax), e.g. `info` or `ztee_vm=debug`. Logs go to stderr.
     #[arg(long, global = true, env = "ZTEE_LOG", default_value = "warn")]
     pub log: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmArg {
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+impl VmmArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Qemu => "qemu",
+            Self::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl From<VmmArg> for ztee_vm::VmmChoice {
+    fn from(arg: VmmArg) -> Self {
+        match arg {
+            VmmArg::Auto => Self::Auto,
+            VmmArg::Qemu => Self::Qemu,
+            VmmArg::Firecracker => Self::Firecracker,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

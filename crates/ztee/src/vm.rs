@@ -115,8 +115,22 @@ pub fn block_on<T>(future: impl Future<Output = anyhow::Result<T>>) -> anyhow::R
 }
 
 pub fn engine(globals: &GlobalArgs) -> anyhow::Result<ztee_vm::Engine> {
-    let config = ztee_vm::EngineConfig::from_env_and_defaults(&globals.data_dir)?;
-    Ok(ztee_vm::Engine::new(config)?)
+    Ok(ztee_vm::Engine::new(engine_config(
+        globals,
+        &globals.data_dir,
+    )?)?)
+}
+
+/// The engine's settings for `data_dir`: the environment's, with `--vmm` applied.
+pub fn engine_config(
+    globals: &GlobalArgs,
+    data_dir: &std::path::Path,
+) -> Result<ztee_vm::EngineConfig, ztee_vm::VmError> {
+    let mut config = ztee_vm::EngineConfig::from_env_and_defaults(data_dir)?;
+    if let Some(vmm) = globals.vmm {
+        config.vmm.choice = vmm.into();
+    }
+    Ok(config)
 }
 
 /// Resolves on SIGINT or SIGTERM, with the signal's name.

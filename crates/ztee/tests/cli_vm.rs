@@ -376,3 +376,68 @@ fn compliance_report_sees_running_sandboxes_without_a_network() {
     let out = cli.run(&["sandbox", "rm", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// Firecracker cannot run on these machines. `doctor` must say why, `auto` must pick QEMU, and
+/// forcing Firecracker must fail with one clear line and leave nothing behind.
+#[test]
+fn doctor_explains_firecracker_and_a_forced_firecracker_fails_cleanly() {
+    let Some(cli) = Cli::new() else { return };
+    let missing = cli.data_dir.path().join("no/firecracker");
+    let chroots = cli.data_dir.path().join("jailer");
+    let firecracker = |args: &[&str]| {
+        let mut command = cli.command(args);
+        command
+            .env("ZTEE_FIRECRACKER", &missing)
+            .env("ZTEE_JAILER", cli.data_dir.path().join("no/jailer"))
+            .env("ZTEE_FC_CHROOT_BASE", &chroots)
+            .env_remove("ZTEE_VMM");
+        command.output().unwrap()
+    };
+    let out = firecracker(&["doctor", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backend"], "qemu");
+    assert_eq!(report["firecracker"]["can_run"], false);
+    let why = report["firecracker"]["why_not"].as_str().unwrap();
+    assert!(why.contains("firecracker not found"), "{why}");
+    assert!(why.contains(missing.to_str().unwrap()), "{why}");
+    assert!(report["backend_reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("Firecracker cannot run"));
+
+    let out = firecracker(&["--vmm", "firecracker", "doctor", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backend"], "firecracker");
+    assert_eq!(report["ok"], false);
+
+    let out = firecracker(&["--vmm", "firecracker", "run", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("no/jailer"), "{err}");
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(cli.vm_dirs_left(), 0);
+    let left: Vec<_> = std::fs::read_dir(chroots.join("firecracker"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "chroots left behind: {left:?}");
+
+    // `sandbox create` hands the choice to its supervisor process.
+    let out = firecracker(&["--vmm", "firecracker", "sandbox", "create"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("no/jailer"), "{err}");
+    assert_eq!(cli.vm_dirs_left(), 0);
+
+    let out = cli.run(&["--vmm", "kvm", "doctor"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("possible values: auto, qemu, firecracker"));
+}

@@ -1,6 +1,19 @@
-//! VMM backends. A backend turns a [`LaunchPlan`] into a running VMM process whose guest agent
-//! listens on the plan's socket. Everything above this module is backend-independent.
+//! VMM backends. [`Vmm`] names the two; [`VmmChoice`] is what an operator asks for, resolved
+//! once per engine (see [`crate::select`]). Above the backends (lease, sandbox, pool, exec) all
+//! is backend-independent; each backend provides the same steps its own way:
+//!
+//! | step | [`qemu`] | [`firecracker`] |
+//! |---|---|---|
+//! | launch | `qemu::launch` in ztee's own jail ([`crate::jail`]) | `jailer` ([`firecracker::jailer`]) |
+//! | configure | the command line ([`qemu::arguments`]) | API calls ([`firecracker::Controller::configure`]) |
+//! | pause, snapshot, restore | QMP, migration streams ([`crate::snapshot`]) | [`firecracker::Controller`] `pause`/`snapshot`/`load` (the engine's `firecracker_vm` uses them) |
+//! | shutdown | kill | [`firecracker::shutdown`]: Ctrl-Alt-Del, then kill |
+//! | agent transport | virtio-serial port behind a Unix socket | vsock behind a hybrid vsock socket ([`firecracker::vsock`]) |
+//!
+//! The guest kernel and agent are the same on both: the agent picks its transport from the kernel
+//! command line.
 
+pub mod firecracker;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -91,4 +104,59 @@ pub enum MemoryBacking {
     /// A copy-on-write mapping of a snapshot's RAM file: a restored VM. Pages it never writes
     /// stay shared, in the host page cache, with every other VM restored from that snapshot.
     PrivateFile(PathBuf),
+}
+
+/// A VMM ztee can run guests with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vmm {
+    Qemu,
+    Firecracker,
+}
+
+impl Vmm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qemu => "qemu",
+            Self::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl std::fmt::Display for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which VMM an operator asks for (`--vmm`, `ZTEE_VMM`, the gateway's `sandbox_defaults.vmm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    /// Firecracker where it is installed and KVM boots guests, else QEMU.
+    #[default]
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+impl std::str::FromStr for VmmChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "qemu" => Ok(Self::Qemu),
+            "firecracker" => Ok(Self::Firecracker),
+            other => Err(format!(
+                "VMM must be auto, qemu or firecracker, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// The VMM in use and why, in words an operator can act on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmmDecision {
+    pub vmm: Vmm,
+    pub reason: String,
 }

@@ -26,6 +26,7 @@ use crate::backend::{Accelerator, JailPaths, LaunchPlan, MemoryBacking};
 use crate::VmError;
 
 pub(crate) use cgroup::remove as remove_cgroups;
+pub(crate) use ids::UidLease;
 pub(crate) use ram::SealedRam;
 pub(crate) use spawn::Spawner;
 

@@ -101,6 +101,11 @@ fn engine_with(
         boot_timeout: std::time::Duration::from_secs(90),
         snapshots,
         jail,
+        // These tests run QEMU (under TCG unless ZTEE_ACCEL says otherwise).
+        vmm: ztee_vm::VmmSettings {
+            choice: ztee_vm::VmmChoice::Qemu,
+            ..Default::default()
+        },
     };
     Engine::new(config).expect("engine")
 }

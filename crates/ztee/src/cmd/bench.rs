@@ -88,7 +88,7 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     let report = runtime.block_on(async {
-        let config = EngineConfig::from_env_and_defaults(&globals.data_dir)?;
+        let config = crate::vm::engine_config(globals, &globals.data_dir)?;
         let engine = Engine::new(config.clone())?;
         let cold_engine = Engine::new(EngineConfig {
             snapshots: false,

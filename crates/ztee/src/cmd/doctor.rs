@@ -6,13 +6,15 @@ use crate::globals::GlobalArgs;
 use crate::output;
 use crate::vm;
 
-/// Report the VMM, the accelerator (and why), the guest assets and versions.
+/// Report the VMM (and why), the accelerator (and why), whether Firecracker can run here (and
+/// why not), the guest assets and versions.
 ///
 /// Examples:
 ///   ztee doctor
 ///   ztee doctor --format json
+///   ztee --vmm firecracker doctor     # would Firecracker be used if forced?
 ///
-/// Exits non-zero when ztee cannot run VMs here (no QEMU, or missing guest assets).
+/// Exits non-zero when ztee cannot run VMs here (no usable VMM, or missing guest assets).
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {}
@@ -20,8 +22,12 @@ pub struct Args {}
 #[derive(Serialize)]
 struct Report {
     ok: bool,
-    backend: &'static str,
+    /// The VMM sandboxes will run on, and why.
+    backend: String,
+    backend_reason: String,
+    /// QEMU's version line.
     vmm: Option<String>,
+    firecracker: FirecrackerReport,
     accelerator: Option<String>,
     accelerator_reason: String,
     jail: String,
@@ -30,6 +36,17 @@ struct Report {
     agent: Check,
     data_dir: String,
     ztee_version: &'static str,
+}
+
+#[derive(Serialize)]
+struct FirecrackerReport {
+    can_run: bool,
+    /// Why Firecracker cannot run here; `None` when it can.
+    why_not: Option<String>,
+    #[serde(flatten)]
+    readiness: ztee_vm::select::FirecrackerReadiness,
+    /// Whether KVM boots guests here (`None` when not checked: guest assets missing).
+    kvm: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -63,21 +80,65 @@ pub fn run(_args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         check(&guest_dir.join("ztee-agent")),
     );
     let assets_ok = kernel.present && rootfs.present && agent.present;
-    let (accelerator, accelerator_reason) = if vmm.is_none() {
-        (None, format!("{} was not found on PATH (install qemu-system-x86, or run scripts/install-deps.sh)", ztee_vm::backend::qemu::QEMU_BINARY))
-    } else if !assets_ok {
+    let firecracker_config = ztee_vm::backend::firecracker::FirecrackerConfig::from_env()?;
+    let readiness = ztee_vm::select::FirecrackerReadiness::check(&firecracker_config);
+    let mut kvm = None;
+    let mut backend = None;
+    let (accelerator, accelerator_reason) = if !assets_ok {
         (
             None,
             "guest assets are missing: run `make guest` (or scripts/guest.sh)".to_string(),
         )
     } else {
-        let decision = vm::block_on(async { Ok(vm::engine(globals)?.accelerator().await) })?;
-        (Some(decision.accelerator.to_string()), decision.reason)
+        let engine = vm::engine(globals)?;
+        let (decision, choice, kvm_check) = vm::block_on(async {
+            let decision = match vmm.is_some() {
+                true => Some(engine.accelerator().await),
+                false => None,
+            };
+            let choice = engine.vmm().await;
+            let kvm_check = ztee_vm::select::kvm_works(&engine).await;
+            Ok((decision, choice, kvm_check))
+        })?;
+        kvm = Some(match kvm_check {
+            Ok(()) => "ok: guests boot under KVM".to_string(),
+            Err(why) => format!("{KVM_NOT_USABLE}{why}"),
+        });
+        backend = Some(choice);
+        match decision {
+            Some(decision) => (Some(decision.accelerator.to_string()), decision.reason),
+            None => (None, format!("{} was not found on PATH (install qemu-system-x86, or run scripts/install-deps.sh)", ztee_vm::backend::qemu::QEMU_BINARY)),
+        }
+    };
+    let why_not = readiness.missing().or_else(|| {
+        kvm.as_deref()
+            .and_then(|k| k.strip_prefix(KVM_NOT_USABLE))
+            .map(|why| format!("KVM does not run guests here: {why}"))
+    });
+    let firecracker = FirecrackerReport {
+        can_run: why_not.is_none() && kvm.is_some(),
+        why_not,
+        readiness,
+        kvm,
+    };
+    let (backend, backend_reason) = match backend {
+        Some(decision) => (decision.vmm.to_string(), decision.reason),
+        None => (
+            "-".to_string(),
+            "not decided: guest assets are missing".to_string(),
+        ),
+    };
+    let backend_ok = match backend.as_str() {
+        "qemu" => vmm.is_some(),
+        "firecracker" => firecracker.can_run,
+        _ => false,
     };
     let report = Report {
-        ok: vmm.is_some() && assets_ok,
-        backend: "qemu (microvm machine, virtio-mmio, no network device, seccomp sandbox on)",
+        ok: backend_ok && assets_ok,
+        backend: backend.clone(),
+        backend_reason: backend_reason.clone(),
         vmm: vmm.clone(),
+        firecracker,
         accelerator: accelerator.clone(),
         accelerator_reason: accelerator_reason.clone(),
         jail: ztee_vm::JailConfig::from_env()
@@ -108,8 +169,10 @@ pub fn run(_args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
                     "NOT READY".into()
                 },
             ),
-            ("backend", report.backend.to_string()),
-            ("vmm", vmm.unwrap_or_else(|| "not found".into())),
+            ("backend", backend_line(&report.backend)),
+            ("backend why", backend_reason),
+            ("qemu", vmm.unwrap_or_else(|| "not found".into())),
+            ("firecracker", firecracker_line(&report.firecracker)),
             ("accelerator", accelerator.unwrap_or_else(|| "-".into())),
             ("why", accelerator_reason),
             ("vmm jail", report.jail.clone()),
@@ -121,4 +184,39 @@ pub fn run(_args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         ],
     )?;
     Ok(if report.ok { 0 } else { 1 })
+}
+
+const KVM_NOT_USABLE: &str = "NOT usable: ";
+
+fn backend_line(backend: &str) -> String {
+    match backend {
+        "qemu" => {
+            "qemu (microvm machine, virtio-mmio, no network device, seccomp sandbox on)".into()
+        }
+        "firecracker" => {
+            "firecracker (under its jailer: chroot, own uid, cgroup; vsock agent channel)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn firecracker_line(report: &FirecrackerReport) -> String {
+    let found = |version: &Option<String>, path: &std::path::Path| match version {
+        Some(version) => format!("{version} at {}", path.display()),
+        None => format!("not found at {}", path.display()),
+    };
+    let versions = format!(
+        "{}; jailer: {}",
+        found(
+            &report.readiness.firecracker_version,
+            &report.readiness.firecracker
+        ),
+        found(&report.readiness.jailer_version, &report.readiness.jailer),
+    );
+    match (&report.why_not, &report.kvm) {
+        (None, Some(_)) => format!("can run: {versions}; KVM ok"),
+        (Some(why), _) if report.readiness.missing().is_some() => format!("cannot run: {why}"),
+        (Some(why), _) => format!("cannot run: {why} ({versions})"),
+        (None, None) => format!("KVM not checked ({versions})"),
+    }
 }

@@ -157,6 +157,7 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         .arg(&globals.data_dir)
         .arg("--log")
         .arg(&globals.log)
+        .args(globals.vmm.iter().flat_map(|vmm| ["--vmm", vmm.as_str()]))
         .args(["sandbox", "supervise", "--timeout"])
         .arg(args.timeout.as_secs_f64().to_string())
         .args(["--memory", &args.shape.memory.to_string()])

@@ -71,8 +71,14 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
     launcher::run(
         options,
         |data_dir, config| {
-            let executor =
-                ztee_server::vm::VmExecutor::from_data_dir(data_dir).map_err(|e| e.to_string())?;
+            let mut engine_config =
+                crate::vm::engine_config(globals, data_dir).map_err(|e| e.to_string())?;
+            // The config file's choice, unless `--vmm` or `ZTEE_VMM` made one.
+            if let (None, Some(vmm)) = (globals.vmm, config.sandbox_defaults.vmm) {
+                engine_config.vmm.choice = vmm;
+            }
+            let engine = ztee_vm::Engine::new(engine_config).map_err(|e| e.to_string())?;
+            let executor = ztee_server::vm::VmExecutor::new(engine).with_admission(data_dir);
             let d = &config.sandbox_defaults;
             if d.warm_pool > 0 {
                 executor
