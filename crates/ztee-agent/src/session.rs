@@ -14,7 +14,7 @@ use ztee_wire::{
 };
 
 use crate::link::Link;
-use crate::{exec, files, lease, sandbox, transport};
+use crate::{egress, exec, files, lease, sandbox, transport};
 
 /// Input for a running request: command stdin or file upload data.
 pub enum Input {
@@ -114,6 +114,7 @@ pub fn serve(mut port: File, mut secret: BootSecret) {
         *decoder = FrameDecoder::new();
         link.set_sealer(None);
         requests.abort_all();
+        egress::close_all();
     };
     loop {
         let n = match transport::read_some(&mut port, &mut buf) {
@@ -268,6 +269,11 @@ fn handle(message: HostMessage, link: &Arc<Link>, requests: &Requests, secret: &
         HostMessage::Ping { id } => {
             link.send(&GuestMessage::Done { id });
         }
+        HostMessage::EgressStart { id, port } => egress::start(id, port, link.clone()),
+        HostMessage::EgressData { stream, data } => egress::data(stream, data),
+        HostMessage::EgressShutdown { stream } => egress::shutdown(stream),
+        HostMessage::EgressClose { stream } => egress::close(stream),
+        HostMessage::EgressCredit { stream, bytes } => egress::credit(stream, bytes),
         HostMessage::Hello { .. } | HostMessage::Confirm { .. } | HostMessage::PowerOff => {}
     }
 }

@@ -22,6 +22,8 @@ pub mod http;
 mod proxy;
 pub mod resolver;
 pub mod sni;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use address::{classify, AddressClass, AddressPolicy};
 pub use allowlist::{Allowlist, EgressRule, Host, HostPattern};
