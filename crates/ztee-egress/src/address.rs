@@ -118,7 +118,9 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
         AddressClass::LinkLocal
     } else if s[0] & 0xff00 == 0xff00 {
         AddressClass::Multicast
-    } else if s[0] & 0xe000 != 0x2000 || (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] == 0x2001 && s[1] < 0x200)
+    } else if s[0] & 0xe000 != 0x2000
+        || (s[0] == 0x2001 && s[1] == 0x0db8)
+        || (s[0] == 0x2001 && s[1] < 0x200)
     {
         // Outside 2000::/3 (global unicast), documentation, and 2001::/23 (IETF protocol
         // assignments, including Teredo).
@@ -130,7 +132,8 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
 
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    let tail = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    let tail =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
     }

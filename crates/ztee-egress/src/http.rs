@@ -21,10 +21,7 @@ const HOP_HEADERS: &[&str] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyRequest {
-    Connect {
-        host: Host,
-        port: u16,
-    },
+    Connect { host: Host, port: u16 },
     Plain(PlainRequest),
 }
 
@@ -69,7 +66,9 @@ pub enum RequestError {
     Malformed(String),
     #[error("request head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
-    #[error("only http:// URLs can be sent as plain requests; use CONNECT (an https:// URL) for TLS")]
+    #[error(
+        "only http:// URLs can be sent as plain requests; use CONNECT (an https:// URL) for TLS"
+    )]
     UnsupportedScheme,
     #[error("chunked or other transfer encodings are not supported; send a Content-Length")]
     TransferEncoding,
@@ -170,7 +169,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ProxyRequest, usize)>, RequestError> 
     }
     let content_length = content_length.unwrap_or(0);
     if content_length > 0 {
-        kept.push(("Content-Length".into(), content_length.to_string().into_bytes()));
+        kept.push((
+            "Content-Length".into(),
+            content_length.to_string().into_bytes(),
+        ));
     }
     Ok(Some((
         ProxyRequest::Plain(PlainRequest {
@@ -241,9 +243,18 @@ mod tests {
             RequestError::TransferEncoding
         );
         assert!(parse(b"GET http://u:p@a.example/ HTTP/1.1\r\n\r\n").is_err());
-        assert!(parse(b"GET http://a.example/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(parse(
+            b"GET http://a.example/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        )
+        .is_err());
         assert_eq!(parse(b"GET http://a.example/ HTTP/1.1\r\n").unwrap(), None);
-        let huge = format!("GET http://a.example/ HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
-        assert_eq!(parse(huge.as_bytes()).unwrap_err(), RequestError::HeadTooLarge);
+        let huge = format!(
+            "GET http://a.example/ HTTP/1.1\r\nX: {}",
+            "a".repeat(MAX_HEAD)
+        );
+        assert_eq!(
+            parse(huge.as_bytes()).unwrap_err(),
+            RequestError::HeadTooLarge
+        );
     }
 }

@@ -250,8 +250,11 @@ impl EgressProxy {
         let mut last_error = String::new();
         for ip in addresses {
             record.resolved = Some(ip);
-            match tokio::time::timeout(self.config.connect_timeout(), TcpStream::connect((ip, port)))
-                .await
+            match tokio::time::timeout(
+                self.config.connect_timeout(),
+                TcpStream::connect((ip, port)),
+            )
+            .await
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);

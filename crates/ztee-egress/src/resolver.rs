@@ -61,10 +61,9 @@ impl DnsResolver {
         options.timeout = timeout;
         options.attempts = 1;
         options.ndots = 0;
-        let inner =
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-                .with_options(options)
-                .build();
+        let inner = TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            .with_options(options)
+            .build();
         Self { inner }
     }
 }

@@ -44,7 +44,9 @@ pub fn record_len(header: &[u8]) -> Result<usize, SniError> {
 /// sent no SNI. `record` is the whole first record, header included.
 pub fn server_name(record: &[u8]) -> Result<Option<String>, SniError> {
     let total = record_len(record)?;
-    let body = record.get(RECORD_HEADER..total).ok_or(SniError::Malformed)?;
+    let body = record
+        .get(RECORD_HEADER..total)
+        .ok_or(SniError::Malformed)?;
     let mut r = Reader(body);
     if r.u8()? != HANDSHAKE_CLIENT_HELLO {
         return Err(SniError::NotTls);
@@ -164,10 +166,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_client_hello() {
-        assert_eq!(
-            record_len(b"GET / HTTP/1.1\r\n"),
-            Err(SniError::NotTls)
-        );
+        assert_eq!(record_len(b"GET / HTTP/1.1\r\n"), Err(SniError::NotTls));
         let mut hello = client_hello(Some("a.example"));
         hello.truncate(hello.len() - 3);
         assert!(server_name(&hello).is_err());

@@ -147,7 +147,10 @@ impl Origin {
             )
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        (Self::start(ip, 0, body, Some(acceptor)).await, ca_cert.pem())
+        (
+            Self::start(ip, 0, body, Some(acceptor)).await,
+            ca_cert.pem(),
+        )
     }
 
     async fn start(

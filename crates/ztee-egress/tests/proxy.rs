@@ -101,13 +101,18 @@ async fn allowed_plain_http_reaches_the_origin_and_is_audited() {
     let received = origin.received();
     assert_eq!(received.len(), 1);
     assert!(received[0].head.starts_with("GET /v1/x?y=1 HTTP/1.1\r\n"));
-    assert!(received[0].head.contains(&format!("Host: api.test:{port}\r\n")));
+    assert!(received[0]
+        .head
+        .contains(&format!("Host: api.test:{port}\r\n")));
     let record = s.last_record().await;
     assert_eq!(record.decision, Decision::Allowed);
     assert_eq!(record.host, "api.test");
     assert_eq!(record.port, port);
     assert_eq!(record.resolved, Some(LOOPBACK));
-    assert_eq!(record.rule.as_deref(), Some(format!("api.test:{port}").as_str()));
+    assert_eq!(
+        record.rule.as_deref(),
+        Some(format!("api.test:{port}").as_str())
+    );
     assert!(record.bytes_up > 0 && record.bytes_down as usize == response.len());
 }
 
@@ -138,7 +143,9 @@ async fn hosts_and_ports_off_the_list_are_refused_before_any_lookup() {
     assert_eq!(origin.connections(), 0);
     let records = s.log.records();
     assert_eq!(records.len(), 3);
-    assert!(records.iter().all(|r| r.decision == Decision::Denied && r.resolved.is_none()));
+    assert!(records
+        .iter()
+        .all(|r| r.decision == Decision::Denied && r.resolved.is_none()));
 }
 
 #[tokio::test]
@@ -146,8 +153,17 @@ async fn forbidden_addresses_are_refused_unless_configured() {
     let s = setup(
         vec![
             ("internal.test", vec![vec![Ipv4Addr::new(127, 0, 0, 2)]]),
-            ("metadata.test", vec![vec![Ipv4Addr::new(169, 254, 169, 254)]]),
-            ("mixed.test", vec![vec![Ipv4Addr::new(93, 184, 216, 34), Ipv4Addr::new(10, 0, 0, 5)]]),
+            (
+                "metadata.test",
+                vec![vec![Ipv4Addr::new(169, 254, 169, 254)]],
+            ),
+            (
+                "mixed.test",
+                vec![vec![
+                    Ipv4Addr::new(93, 184, 216, 34),
+                    Ipv4Addr::new(10, 0, 0, 5),
+                ]],
+            ),
         ],
         &[
             "internal.test:80".into(),
@@ -162,7 +178,10 @@ async fn forbidden_addresses_are_refused_unless_configured() {
         ("internal.test", "127.0.0.2, a loopback address"),
         ("metadata.test", "169.254.169.254, a cloud metadata address"),
         ("mixed.test", "10.0.0.5, a private address"),
-        ("169.254.169.254", "169.254.169.254, a cloud metadata address"),
+        (
+            "169.254.169.254",
+            "169.254.169.254, a cloud metadata address",
+        ),
         ("[fd00:ec2::254]", "fd00:ec2::254, a cloud metadata address"),
     ] {
         let response = s.exchange(&get(host, 80, "/")).await;
@@ -191,7 +210,10 @@ async fn dns_rebinding_gains_nothing() {
     assert_eq!(s.dns.queries("rebind.test"), 1);
     let response = s.exchange(&get("rebind.test", port, "/")).await;
     assert!(response.starts_with("HTTP/1.1 403"), "{response}");
-    assert!(response.contains("127.0.0.2, a loopback address"), "{response}");
+    assert!(
+        response.contains("127.0.0.2, a loopback address"),
+        "{response}"
+    );
     assert_eq!(evil.connections(), 0);
     assert_eq!(good.connections(), 1);
 }
@@ -213,7 +235,10 @@ async fn card_data_in_a_plain_request_does_not_leave() {
     let response = s.exchange(&request).await;
     assert!(response.starts_with("HTTP/1.1 403"), "{response}");
     assert!(response.contains("card data (CREDIT_CARD)"), "{response}");
-    assert!(!response.contains("4111"), "the answer must not echo the PAN");
+    assert!(
+        !response.contains("4111"),
+        "the answer must not echo the PAN"
+    );
     // In the URL too.
     let response = s
         .exchange(&get("api.test", port, "/q?pan=4111111111111111"))
@@ -241,12 +266,7 @@ async fn card_data_in_a_plain_request_does_not_leave() {
 }
 
 /// Opens a CONNECT tunnel and runs a TLS client over it with `sni` as the server name.
-async fn tls_through(
-    s: &Setup,
-    target: &str,
-    sni: &str,
-    ca_pem: &str,
-) -> Result<String, String> {
+async fn tls_through(s: &Setup, target: &str, sni: &str, ca_pem: &str) -> Result<String, String> {
     let mut client = s.connect();
     client
         .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
@@ -279,7 +299,9 @@ async fn tls_through(
         .connect(name, client)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
     Ok(String::from_utf8_lossy(&out).into_owned())
@@ -306,7 +328,9 @@ async fn connect_checks_the_tls_server_name() {
     assert!(record.bytes_up > 0 && record.bytes_down > 0);
 
     // Same tunnel, TLS to another name on the same address: the proxy closes it.
-    let err = tls_through(&s, &target, "other.test", &ca).await.unwrap_err();
+    let err = tls_through(&s, &target, "other.test", &ca)
+        .await
+        .unwrap_err();
     assert!(err.starts_with("TLS"), "{err}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let record = s.log.records().last().cloned().unwrap();
@@ -336,5 +360,8 @@ async fn tunnels_must_carry_tls() {
     assert_eq!(response, "HTTP/1.1 200 Connection Established\r\n\r\n");
     assert!(origin.received().is_empty());
     let record = s.last_record().await;
-    assert_eq!(record.reason, "the tunnel did not start with a TLS handshake");
+    assert_eq!(
+        record.reason,
+        "the tunnel did not start with a TLS handshake"
+    );
 }

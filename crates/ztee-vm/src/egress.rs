@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Notify};
@@ -19,6 +20,9 @@ use ztee_wire::{
 };
 
 use crate::channel::Channel;
+
+/// Longest wait for the guest to write a finished stream's last bytes before it is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the channel's reader hands to a stream's task.
 enum FromGuest {
@@ -163,6 +167,10 @@ impl EgressRelay {
             let to_proxy = task.to_proxy(from_guest, pump_write, aborted.clone(), finished);
             let to_guest = task.to_guest(pump_read, aborted.clone());
             tokio::join!(serve, to_proxy, to_guest);
+            // Close discards what the guest has not written to the program yet, so wait until it
+            // has credited everything back (bounded: a program that stops reading ends it).
+            let drained = task.drained(aborted.clone());
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
             let guest_closed = *aborted.borrow();
             relay.streams().remove(&stream);
             if !guest_closed {
@@ -181,6 +189,16 @@ struct StreamTask {
 }
 
 impl StreamTask {
+    /// Returns once the guest has written all the host's data for this stream, or aborted.
+    async fn drained(&self, mut aborted: watch::Receiver<bool>) {
+        while self.credit.load(Ordering::SeqCst) < EGRESS_WINDOW {
+            tokio::select! {
+                _ = self.credit_added.notified() => {}
+                _ = aborted.wait_for(|a| *a) => return,
+            }
+        }
+    }
+
     async fn send(&self, message: HostMessage) -> bool {
         match self.channel.upgrade() {
             Some(channel) => channel.send(&message).await.is_ok(),

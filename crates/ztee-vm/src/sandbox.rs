@@ -132,7 +132,11 @@ impl Sandbox {
             ));
         }
         let allowlist = grant.allowlist.clone();
-        let relay = Arc::new(EgressRelay::new(proxy, grant, Arc::downgrade(&self.channel)));
+        let relay = Arc::new(EgressRelay::new(
+            proxy,
+            grant,
+            Arc::downgrade(&self.channel),
+        ));
         self.channel.set_egress(relay);
         let (id, mut replies) = self.channel.open_request()?;
         let result = async {
