@@ -70,6 +70,16 @@ impl EgressAudit for EgressLog {
     }
 }
 
+/// Logs every record with `tracing` (target `ztee::egress`) and keeps nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EgressTracing;
+
+impl EgressAudit for EgressTracing {
+    fn record(&self, record: &EgressRecord) {
+        log_record(record);
+    }
+}
+
 /// The structured log line every sink writes.
 pub fn log_record(record: &EgressRecord) {
     let resolved = record.resolved.map(|ip| ip.to_string()).unwrap_or_default();
