@@ -70,8 +70,10 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
     launcher::run(
         options,
         |data_dir, config| {
-            let executor =
-                ztee_server::vm::VmExecutor::from_data_dir(data_dir).map_err(|e| e.to_string())?;
+            let executor = ztee_server::vm::VmExecutor::from_data_dir(data_dir)
+                .map_err(|e| e.to_string())?
+                .with_egress_config(config.egress.clone())
+                .map_err(|e| e.to_string())?;
             let d = &config.sandbox_defaults;
             if d.warm_pool > 0 {
                 executor
