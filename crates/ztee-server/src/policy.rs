@@ -65,7 +65,11 @@ pub trait PolicyEngine: Send + Sync + 'static {
 
     /// Action `egress`: may the sandbox reach `targets`? Engines without egress rules refuse:
     /// network access is never granted by default.
-    fn decide_egress(&self, input: &PolicyInput, targets: &[ztee_policy::EgressTarget]) -> Decision {
+    fn decide_egress(
+        &self,
+        input: &PolicyInput,
+        targets: &[ztee_policy::EgressTarget],
+    ) -> Decision {
         let _ = (input, targets);
         Decision {
             kind: DecisionKind::Deny,

@@ -43,7 +43,11 @@ fn action(name: &str) -> Option<Action> {
 }
 
 impl PolicyEngine for RegoPolicy {
-    fn decide_egress(&self, input: &PolicyInput, targets: &[ztee_policy::EgressTarget]) -> Decision {
+    fn decide_egress(
+        &self,
+        input: &PolicyInput,
+        targets: &[ztee_policy::EgressTarget],
+    ) -> Decision {
         let rego_input = RegoInput {
             principal: PolicyPrincipal {
                 subject: input.subject.clone(),

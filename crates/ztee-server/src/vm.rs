@@ -236,7 +236,9 @@ impl SandboxHandle for VmSandbox {
         audit: Arc<dyn ztee_egress::EgressAudit>,
     ) -> Result<(), ExecError> {
         let Some(proxy) = self.egress.clone() else {
-            return Err(ExecError::Engine("the egress proxy is not available".into()));
+            return Err(ExecError::Engine(
+                "the egress proxy is not available".into(),
+            ));
         };
         let sandbox = self.get()?;
         let grant = ztee_egress::EgressGrant {
