@@ -7,8 +7,9 @@
 #   deny      - never allowed: SAD present, raw PAN to an external model, a provider the tenant's
 #               tier may not use, egress outside the allowlist, an unpinned image, a near-certain
 #               prompt injection.
-#   HIGH      - needs a human approver: code with raw card data, code with secrets, egress,
-#               secret use, destructive tools, a suspected prompt injection.
+#   HIGH      - needs a human approver: code with raw card data, code with secrets, egress
+#               (unless the operator pre-approved the destination), secret use, destructive
+#               tools, a suspected prompt injection.
 #   MEDIUM    - runs and is logged: code execution, tools not known to be read-only, content
 #               with (masked) DLP findings.
 #   LOW       - runs: read-only tools, plain chat, sandbox creation.
@@ -52,6 +53,15 @@ deny contains {"rule": "egress.not_allowlisted", "message": sprintf("egress to %
 	not egress_allowed(target)
 }
 
+deny contains {"rule": "egress.metadata_service", "message": sprintf("egress to %s is never allowed: it is a cloud metadata service", [target.host])} if {
+	some target in input.request.egress
+	lower(target.host) in cfg.egress_metadata_hosts
+}
+
+deny contains {"rule": "egress.too_many_targets", "message": sprintf("%d egress destinations requested; at most %d", [count(input.request.egress), cfg.egress_max_targets])} if {
+	count(object.get(input.request, "egress", [])) > cfg.egress_max_targets
+}
+
 deny contains {"rule": "image.not_pinned", "message": "images must be referenced by digest (name@sha256:...)"} if {
 	input.action == "image.admit"
 	not pinned_image
@@ -83,8 +93,9 @@ high contains {"rule": "risk.secret_use", "message": "a secret is requested"} if
 	input.action == "secret.use"
 }
 
-high contains {"rule": "risk.egress", "message": "network egress requested"} if {
-	count(object.get(input.request, "egress", [])) > 0
+high contains {"rule": "risk.egress", "message": sprintf("network egress to %s:%d requested", [target.host, target.port])} if {
+	some target in input.request.egress
+	not egress_preapproved(target)
 }
 
 high contains {"rule": "risk.destructive_tool", "message": sprintf("tool %q can change or destroy state", [input.request.tool.name])} if {
@@ -102,6 +113,11 @@ high contains {"rule": "injection.suspected", "message": sprintf("possible promp
 
 medium contains {"rule": "risk.code_execution", "message": "code execution in a sandbox"} if {
 	input.action in {"run", "sandbox.exec"}
+}
+
+medium contains {"rule": "risk.egress_preapproved", "message": sprintf("egress to %s:%d (pre-approved)", [target.host, target.port])} if {
+	some target in input.request.egress
+	egress_preapproved(target)
 }
 
 medium contains {"rule": "risk.unknown_tool", "message": sprintf("tool %q is not known to be read-only", [input.request.tool.name])} if {
@@ -142,8 +158,28 @@ provider_allowed if {
 
 egress_allowed(target) if {
 	some allowed in cfg.egress_allowlist
-	allowed.host == target.host
+	egress_matches(allowed, target)
+}
+
+egress_allowed(target) if egress_preapproved(target)
+
+# Destinations the operator trusts enough to grant without a human approval.
+egress_preapproved(target) if {
+	some allowed in object.get(cfg, "egress_preapproved", [])
+	egress_matches(allowed, target)
+}
+
+# An entry matches the same host and port (names compare case-insensitively). A `*.domain` entry
+# also matches every name below the domain and every narrower wildcard, never the domain itself.
+egress_matches(allowed, target) if {
 	allowed.port == target.port
+	lower(allowed.host) == lower(target.host)
+}
+
+egress_matches(allowed, target) if {
+	allowed.port == target.port
+	startswith(allowed.host, "*.")
+	endswith(trim_prefix(lower(target.host), "*"), lower(trim_prefix(allowed.host, "*")))
 }
 
 pinned_image if regex.match(`^[^@ ]+@sha256:[0-9a-f]{64}$`, input.request.image)

@@ -78,6 +78,58 @@ test_egress_outside_allowlist_is_denied if {
 	"egress.not_allowlisted" in rule_ids(d)
 }
 
+test_egress_action_follows_the_same_rules if {
+	d := main.decision with input as req("egress", {"egress": [{"host": "pypi.org", "port": 443}]})
+	d.verdict == "require_approval"
+	"risk.egress" in rule_ids(d)
+	denied := main.decision with input as req("egress", {"egress": [{"host": "pypi.org", "port": 80}]})
+	denied.verdict == "deny"
+	"egress.not_allowlisted" in rule_ids(denied)
+}
+
+wildcard_cfg := object.union(data.ztee.config, {"egress_allowlist": [{"host": "*.pythonhosted.org", "port": 443}]})
+
+test_wildcard_allowlist_matches_names_below_the_domain if {
+	allowed := [{"host": "files.pythonhosted.org", "port": 443}, {"host": "a.b.PythonHosted.org", "port": 443}, {"host": "*.x.pythonhosted.org", "port": 443}]
+	every target in allowed {
+		d := main.decision with input as req("egress", {"egress": [target]}) with data.ztee.config as wildcard_cfg
+		d.verdict == "require_approval"
+	}
+}
+
+test_wildcard_allowlist_refuses_the_domain_lookalikes_and_other_ports if {
+	refused := [{"host": "pythonhosted.org", "port": 443}, {"host": "evilpythonhosted.org", "port": 443}, {"host": "files.pythonhosted.org", "port": 80}, {"host": "*.org", "port": 443}]
+	every target in refused {
+		d := main.decision with input as req("egress", {"egress": [target]}) with data.ztee.config as wildcard_cfg
+		d.verdict == "deny"
+		"egress.not_allowlisted" in rule_ids(d)
+	}
+}
+
+test_preapproved_egress_runs_without_approval if {
+	cfg := object.union(data.ztee.config, {"egress_preapproved": [{"host": "mirror.internal", "port": 8080}]})
+	d := main.decision with input as req("egress", {"egress": [{"host": "mirror.internal", "port": 8080}]}) with data.ztee.config as cfg
+	d.verdict == "allow"
+	d.risk == "MEDIUM"
+	"risk.egress_preapproved" in rule_ids(d)
+	mixed := main.decision with input as req("egress", {"egress": [{"host": "mirror.internal", "port": 8080}, {"host": "pypi.org", "port": 443}]}) with data.ztee.config as cfg
+	mixed.verdict == "require_approval"
+}
+
+test_metadata_service_is_denied_even_when_allowlisted if {
+	cfg := object.union(data.ztee.config, {"egress_preapproved": [{"host": "169.254.169.254", "port": 80}]})
+	d := main.decision with input as req("egress", {"egress": [{"host": "169.254.169.254", "port": 80}]}) with data.ztee.config as cfg
+	d.verdict == "deny"
+	"egress.metadata_service" in rule_ids(d)
+}
+
+test_too_many_egress_targets_are_denied if {
+	targets := [{"host": sprintf("h%d.pythonhosted.org", [i]), "port": 443} | some i in numbers.range(1, 17)]
+	d := main.decision with input as req("egress", {"egress": targets}) with data.ztee.config as wildcard_cfg
+	d.verdict == "deny"
+	"egress.too_many_targets" in rule_ids(d)
+}
+
 test_sad_is_always_denied if {
 	inp := with_dlp(req("sandbox.create", {}), {"counts": {"CVV": 1}, "raw_pan": false, "sad": true})
 	d := main.decision with input as inp

@@ -3,10 +3,12 @@
 //! Boot ([`boot`]) mounts the read-only image under a tmpfs overlay, then the agent serves one
 //! authenticated channel to the host ([`transport`], [`session`]): it runs commands as the
 //! unprivileged sandbox user ([`exec`]), moves files ([`files`]), takes a lease ([`lease`]:
-//! fresh entropy and identifiers for snapshot clones) and reaps every process ([`reaper`]).
+//! fresh entropy and identifiers for snapshot clones), relays egress connections to the host's
+//! proxy when the sandbox was granted egress ([`egress`]) and reaps every process ([`reaper`]).
 //! It depends on `ztee-wire` and the C library only, and is linked statically.
 
 mod boot;
+mod egress;
 mod exec;
 mod files;
 mod lease;

@@ -14,7 +14,7 @@ use ztee_wire::{
 
 use crate::link::Link;
 use crate::transport::{HostLink, Received};
-use crate::{exec, files, lease, sandbox};
+use crate::{egress, exec, files, lease, sandbox};
 
 /// Input for a running request: command stdin or file upload data.
 pub enum Input {
@@ -114,6 +114,7 @@ pub fn serve(mut host: Box<dyn HostLink>, mut secret: BootSecret) {
         *decoder = FrameDecoder::new();
         link.set_sealer(None);
         requests.abort_all();
+        egress::close_all();
     };
     loop {
         let n = match host.receive(&mut buf) {
@@ -274,6 +275,11 @@ fn handle(message: HostMessage, link: &Arc<Link>, requests: &Requests, secret: &
         HostMessage::Ping { id } => {
             link.send(&GuestMessage::Done { id });
         }
+        HostMessage::EgressStart { id, port } => egress::start(id, port, link.clone()),
+        HostMessage::EgressData { stream, data } => egress::data(stream, data),
+        HostMessage::EgressShutdown { stream } => egress::shutdown(stream),
+        HostMessage::EgressClose { stream } => egress::close(stream),
+        HostMessage::EgressCredit { stream, bytes } => egress::credit(stream, bytes),
         HostMessage::Hello { .. } | HostMessage::Confirm { .. } | HostMessage::PowerOff => {}
     }
 }

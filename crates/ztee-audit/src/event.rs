@@ -324,6 +324,25 @@ pub struct AuditEvent {
     /// counts only, never the values. Evidence for PCI DSS 3.3.1 and 3.4.1.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub redactions: BTreeMap<String, u64>,
+    /// For `egress` events: the destination and what crossed the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRecord>,
+}
+
+/// One network connection through the egress proxy. Destinations and sizes only, never payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRecord {
+    /// Host name (or IP literal) the sandbox asked for.
+    pub host: String,
+    pub port: u16,
+    /// Address the proxy connected to or refused; absent when it never resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// Bytes from the sandbox to the destination.
+    pub bytes_up: u64,
+    /// Bytes from the destination to the sandbox.
+    pub bytes_down: u64,
 }
 
 impl AuditEvent {
@@ -341,7 +360,15 @@ impl AuditEvent {
             code_sha256: None,
             output_sha256: None,
             redactions: BTreeMap::new(),
+            network: None,
         }
+    }
+
+    /// Attaches the connection an `egress` event is about. The host is checked like other text.
+    pub fn with_network(mut self, network: NetworkRecord) -> Result<Self, AuditError> {
+        let host = checked_text("network host", network.host)?;
+        self.network = Some(NetworkRecord { host, ..network });
+        Ok(self)
     }
 
     pub fn with_origin_ip(mut self, ip: IpAddr) -> Self {

@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub sandbox_defaults: SandboxDefaults,
     #[serde(default)]
     pub dlp: DlpConfig,
+    /// The egress proxy: non-public networks it may reach, DNS servers, timeouts.
+    #[serde(default)]
+    pub egress: ztee_egress::EgressConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +175,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             sandbox_defaults: SandboxDefaults::default(),
             dlp: DlpConfig::default(),
+            egress: ztee_egress::EgressConfig::default(),
         }
     }
 }

@@ -72,6 +72,19 @@ pub trait SandboxHandle: Send + Sync {
     async fn write_file(&self, path: &str, content: Bytes, mode: u32) -> Result<(), ExecError>;
     async fn read_file(&self, path: &str) -> Result<Bytes, ExecError>;
     async fn destroy(&self) -> Result<(), ExecError>;
+
+    /// Lets the sandbox reach `allowlist` through the egress proxy; every connection is reported
+    /// to `audit`. Executors without a proxy refuse.
+    async fn enable_egress(
+        &self,
+        allowlist: ztee_egress::Allowlist,
+        audit: std::sync::Arc<dyn ztee_egress::EgressAudit>,
+    ) -> Result<(), ExecError> {
+        let _ = (allowlist, audit);
+        Err(ExecError::Engine(
+            "this executor cannot relay egress".into(),
+        ))
+    }
 }
 
 #[async_trait]

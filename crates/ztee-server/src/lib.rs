@@ -27,6 +27,7 @@ pub mod auth;
 pub mod config;
 pub mod dlp;
 pub mod dlp_engine;
+pub mod egress;
 pub mod error;
 pub mod exec;
 pub mod launcher;

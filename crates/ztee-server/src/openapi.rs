@@ -60,6 +60,9 @@ fn path_param() -> Value {
 
 pub fn document() -> Value {
     let string_map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    // Destinations for the egress proxy; policy (action `egress`) decides. Empty: no network.
+    let egress = json!({"type": "array", "maxItems": 32, "items": {"type": "string",
+        "description": "HOST:PORT or *.DOMAIN:PORT", "example": "pypi.org:443"}});
     let cmd = json!({"oneOf": [
         {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "argv"},
         {"type": "string", "description": "run with /bin/sh -c"}
@@ -137,7 +140,7 @@ pub fn document() -> Value {
                 "CreateSandbox": {"type": "object", "additionalProperties": false, "properties": {
                     "image": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
                     "memory_mib": {"type": "integer", "minimum": 64}, "vcpus": {"type": "integer", "minimum": 1},
-                    "env": string_map.clone(), "metadata": string_map.clone()}},
+                    "env": string_map.clone(), "metadata": string_map.clone(), "egress": egress.clone()}},
                 "Sandbox": {"type": "object", "properties": {
                     "id": {"type": "string"}, "tenant": {"type": "string"}, "owner": {"type": "string"}, "image": {"type": "string"},
                     "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"}, "timeout_s": {"type": "integer"},
@@ -151,7 +154,8 @@ pub fn document() -> Value {
                     "files": {"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["path", "content"],
                         "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}},
                     "env": string_map, "stdin": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
-                    "image": {"type": "string"}, "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"}}},
+                    "image": {"type": "string"}, "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"},
+                    "egress": egress}},
                 "CommandResult": {"type": "object", "properties": {
                     "stdout": {"type": "string"}, "stderr": {"type": "string"},
                     "exit_code": {"type": "integer", "nullable": true}, "timed_out": {"type": "boolean"},

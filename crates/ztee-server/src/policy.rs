@@ -62,6 +62,25 @@ impl Decision {
 
 pub trait PolicyEngine: Send + Sync + 'static {
     fn decide(&self, input: &PolicyInput) -> Decision;
+
+    /// Action `egress`: may the sandbox reach `targets`? Engines without egress rules refuse:
+    /// network access is never granted by default.
+    fn decide_egress(
+        &self,
+        input: &PolicyInput,
+        targets: &[ztee_policy::EgressTarget],
+    ) -> Decision {
+        let _ = (input, targets);
+        Decision {
+            kind: DecisionKind::Deny,
+            reasons: vec!["egress.no_policy".into()],
+            messages: vec![
+                "egress needs a Rego policy bundle that allows it (ztee serve --policy-dir)".into(),
+            ],
+            risk: "HIGH",
+            redact_inbound: false,
+        }
+    }
 }
 
 /// The built-in rules: what to do with inbound card data, per configuration.

@@ -43,6 +43,45 @@ fn action(name: &str) -> Option<Action> {
 }
 
 impl PolicyEngine for RegoPolicy {
+    fn decide_egress(
+        &self,
+        input: &PolicyInput,
+        targets: &[ztee_policy::EgressTarget],
+    ) -> Decision {
+        let rego_input = RegoInput {
+            principal: PolicyPrincipal {
+                subject: input.subject.clone(),
+                tenant: input.tenant.clone(),
+                roles: input.roles.clone(),
+                tier: "standard".into(),
+            },
+            action: Action::Egress,
+            request: PolicyRequest {
+                image: input.image.clone(),
+                egress: targets.to_vec(),
+                ..Default::default()
+            },
+            dlp: DlpSummary::default(),
+            injection: Default::default(),
+        };
+        let d = self.engine.evaluate(&rego_input);
+        Decision {
+            kind: match d.verdict {
+                Verdict::Allow => DecisionKind::Allow,
+                Verdict::Deny => DecisionKind::Deny,
+                Verdict::RequireApproval => DecisionKind::RequireApproval,
+            },
+            reasons: d.reasons.iter().map(|r| r.rule.clone()).collect(),
+            messages: d.reasons.iter().map(|r| r.message.clone()).collect(),
+            risk: match d.risk {
+                Risk::Low => "LOW",
+                Risk::Medium => "MEDIUM",
+                Risk::High => "HIGH",
+            },
+            redact_inbound: false,
+        }
+    }
+
     fn decide(&self, input: &PolicyInput) -> Decision {
         let Some(rego_action) = action(input.action) else {
             // Actions without a Rego counterpart (sandbox deletion) only need the permission

@@ -17,6 +17,8 @@ pub struct VmExecutor {
     engine: ztee_vm::Engine,
     /// Where the OCI store and `admission.yaml` live; `None` accepts only the default image.
     admission_dir: Option<std::path::PathBuf>,
+    /// Serves the connections of sandboxes granted egress.
+    egress: Option<Arc<ztee_egress::EgressProxy>>,
 }
 
 impl VmExecutor {
@@ -28,10 +30,24 @@ impl VmExecutor {
     }
 
     pub fn new(engine: ztee_vm::Engine) -> Self {
+        let egress = ztee_egress::EgressProxy::from_config(ztee_egress::EgressConfig::default())
+            .map_err(|err| tracing::warn!(%err, "egress proxy unavailable"))
+            .ok()
+            .map(Arc::new);
         Self {
             engine,
             admission_dir: None,
+            egress,
         }
+    }
+
+    /// Serves egress with the operator's `[egress]` settings (allowed networks, DNS servers).
+    pub fn with_egress_config(
+        mut self,
+        config: ztee_egress::EgressConfig,
+    ) -> Result<Self, ztee_egress::EgressError> {
+        self.egress = Some(Arc::new(ztee_egress::EgressProxy::from_config(config)?));
+        Ok(self)
     }
 
     /// Lets sandboxes boot images from the OCI store under `data_dir` that pass
@@ -141,6 +157,7 @@ impl Executor for VmExecutor {
             id: sandbox.id().to_owned(),
             info,
             sandbox: Mutex::new(Some(Arc::new(sandbox))),
+            egress: self.egress.clone(),
         }))
     }
 
@@ -157,6 +174,7 @@ struct VmSandbox {
     info: serde_json::Value,
     /// `None` once destroyed.
     sandbox: Mutex<Option<Arc<ztee_vm::Sandbox>>>,
+    egress: Option<Arc<ztee_egress::EgressProxy>>,
 }
 
 impl VmSandbox {
@@ -210,6 +228,25 @@ impl SandboxHandle for VmSandbox {
             .await
             .map(Bytes::from)
             .map_err(map_err)
+    }
+
+    async fn enable_egress(
+        &self,
+        allowlist: ztee_egress::Allowlist,
+        audit: Arc<dyn ztee_egress::EgressAudit>,
+    ) -> Result<(), ExecError> {
+        let Some(proxy) = self.egress.clone() else {
+            return Err(ExecError::Engine(
+                "the egress proxy is not available".into(),
+            ));
+        };
+        let sandbox = self.get()?;
+        let grant = ztee_egress::EgressGrant {
+            sandbox: self.id.clone(),
+            allowlist,
+            audit,
+        };
+        sandbox.enable_egress(proxy, grant).await.map_err(map_err)
     }
 
     async fn destroy(&self) -> Result<(), ExecError> {

@@ -19,6 +19,7 @@ use ztee_wire::{
     PROTOCOL_VERSION,
 };
 
+use crate::egress::EgressRelay;
 use crate::VmError;
 
 /// Messages buffered per request before the reader waits for the consumer (backpressure).
@@ -26,9 +27,13 @@ const ROUTE_DEPTH: usize = 64;
 
 type Routes = Arc<Mutex<HashMap<RequestId, mpsc::Sender<GuestMessage>>>>;
 
+/// Where egress stream messages go once the sandbox has egress; `None` drops them.
+pub(crate) type EgressSlot = Arc<Mutex<Option<Arc<EgressRelay>>>>;
+
 pub struct Channel {
     writer: tokio::sync::Mutex<(OwnedWriteHalf, Sealer)>,
     routes: Routes,
+    egress: EgressSlot,
     next_id: AtomicU32,
     closed: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
@@ -84,17 +89,20 @@ impl Channel {
                 .await
                 .map_err(|_| VmError::BootTimeout(remaining))??;
         let routes: Routes = Arc::default();
+        let egress: EgressSlot = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_loop(
             read,
             session.decoder,
             session.opener,
             routes.clone(),
+            egress.clone(),
             closed.clone(),
         ));
         Ok(Self {
             writer: tokio::sync::Mutex::new((write, session.sealer)),
             routes,
+            egress,
             next_id: AtomicU32::new(1),
             closed,
             reader,
@@ -130,6 +138,11 @@ impl Channel {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Routes the guest's egress streams to `relay` from now on.
+    pub(crate) fn set_egress(&self, relay: Arc<EgressRelay>) {
+        *lock(&self.egress) = Some(relay);
     }
 }
 
@@ -245,11 +258,23 @@ async fn read_loop(
     mut decoder: FrameDecoder,
     mut opener: Opener,
     routes: Routes,
+    egress: EgressSlot,
     closed: Arc<AtomicBool>,
 ) {
     let result: Result<(), VmError> = async {
         loop {
             let message = next_message(&mut read, &mut decoder, &mut opener).await?;
+            if is_egress(&message) {
+                let relay = lock(&egress).clone();
+                match relay {
+                    Some(relay) => relay.deliver(message),
+                    None => tracing::debug!(
+                        message = message.name(),
+                        "egress message without egress; dropped"
+                    ),
+                }
+                continue;
+            }
             let Some(id) = request_id(&message) else {
                 tracing::debug!(
                     message = message.name(),
@@ -276,6 +301,20 @@ async fn read_loop(
     closed.store(true, Ordering::SeqCst);
     // Dropping the senders wakes every waiting request with "channel closed".
     lock(&routes).clear();
+    if let Some(relay) = lock(&egress).take() {
+        relay.close_all();
+    }
+}
+
+fn is_egress(message: &GuestMessage) -> bool {
+    matches!(
+        message,
+        GuestMessage::EgressOpen { .. }
+            | GuestMessage::EgressData { .. }
+            | GuestMessage::EgressShutdown { .. }
+            | GuestMessage::EgressClose { .. }
+            | GuestMessage::EgressCredit { .. }
+    )
 }
 
 fn request_id(message: &GuestMessage) -> Option<RequestId> {
@@ -288,7 +327,13 @@ fn request_id(message: &GuestMessage) -> Option<RequestId> {
         | GuestMessage::FileEnd { id }
         | GuestMessage::Done { id }
         | GuestMessage::Failed { id, .. } => Some(*id),
-        GuestMessage::HelloAck { .. } | GuestMessage::Ready { .. } => None,
+        GuestMessage::HelloAck { .. }
+        | GuestMessage::Ready { .. }
+        | GuestMessage::EgressOpen { .. }
+        | GuestMessage::EgressData { .. }
+        | GuestMessage::EgressShutdown { .. }
+        | GuestMessage::EgressClose { .. }
+        | GuestMessage::EgressCredit { .. } => None,
     }
 }
 

@@ -24,6 +24,7 @@ pub mod assets;
 pub mod backend;
 mod channel;
 pub mod config;
+mod egress;
 pub mod engine;
 mod error;
 pub mod exec;

@@ -1,7 +1,7 @@
 //! A sandbox: one booted, leased VM and the authenticated channel to its agent. A VM serves
 //! exactly one sandbox and is destroyed with it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use tokio::process::Child;
@@ -9,6 +9,7 @@ use ztee_wire::{GuestMessage, HostMessage, MAX_DATA_CHUNK};
 
 use crate::backend::Accelerator;
 use crate::channel::Channel;
+use crate::egress::EgressRelay;
 use crate::exec::{failure, ExecSpec, Execution};
 use crate::runtime::RuntimeDir;
 use crate::{JailInfo, VmError};
@@ -64,6 +65,8 @@ pub struct Sandbox {
     info: SandboxInfo,
     channel: Arc<Channel>,
     vmm: tokio::sync::Mutex<Child>,
+    /// Set once egress is granted: commands started afterwards get the proxy environment.
+    egress: OnceLock<ztee_egress::Allowlist>,
     // Dropped after the VMM is killed: it holds the VM's socket and secret-bearing initramfs.
     _runtime: RuntimeDir,
 }
@@ -82,6 +85,7 @@ impl Sandbox {
             info,
             channel,
             vmm: tokio::sync::Mutex::new(vmm),
+            egress: OnceLock::new(),
             _runtime: runtime,
         }
     }
@@ -99,9 +103,68 @@ impl Sandbox {
         !self.channel.is_closed()
     }
 
-    /// Starts a command. Several may run at once.
-    pub async fn exec(&self, spec: ExecSpec) -> Result<Execution, VmError> {
+    /// Starts a command. Several may run at once. With egress granted, the command's environment
+    /// names the guest's proxy (its own `env` entries win).
+    pub async fn exec(&self, mut spec: ExecSpec) -> Result<Execution, VmError> {
+        if self.egress.get().is_some() {
+            let mut env = ztee_egress::proxy_environment();
+            env.append(&mut spec.env);
+            spec.env = env;
+        }
         Execution::start(self.channel.clone(), spec).await
+    }
+
+    /// Grants egress to the destinations in `grant`: the agent starts its proxy on the guest's
+    /// loopback, and each connection to it is served by `proxy` on the host. Once per sandbox.
+    pub async fn enable_egress(
+        &self,
+        proxy: Arc<ztee_egress::EgressProxy>,
+        grant: ztee_egress::EgressGrant,
+    ) -> Result<(), VmError> {
+        if grant.allowlist.is_empty() {
+            return Err(VmError::InvalidRequest(
+                "an egress grant needs at least one HOST:PORT".into(),
+            ));
+        }
+        if self.egress.get().is_some() {
+            return Err(VmError::InvalidRequest(
+                "egress was already granted to this sandbox".into(),
+            ));
+        }
+        let allowlist = grant.allowlist.clone();
+        let relay = Arc::new(EgressRelay::new(
+            proxy,
+            grant,
+            Arc::downgrade(&self.channel),
+        ));
+        self.channel.set_egress(relay);
+        let (id, mut replies) = self.channel.open_request()?;
+        let result = async {
+            self.channel
+                .send(&HostMessage::EgressStart {
+                    id,
+                    port: ztee_egress::GUEST_PROXY_PORT,
+                })
+                .await?;
+            match replies.recv().await {
+                Some(GuestMessage::Done { .. }) => Ok(()),
+                Some(GuestMessage::Failed { kind, message, .. }) => {
+                    Err(failure(kind, &message, "egress proxy"))
+                }
+                Some(other) => Err(VmError::Guest(format!("unexpected {}", other.name()))),
+                None => Err(VmError::ChannelClosed),
+            }
+        }
+        .await;
+        self.channel.close_request(id);
+        result?;
+        let _ = self.egress.set(allowlist);
+        Ok(())
+    }
+
+    /// The destinations this sandbox may reach, when egress was granted.
+    pub fn egress(&self) -> Option<&ztee_egress::Allowlist> {
+        self.egress.get()
     }
 
     /// Writes `data` to `path` (relative paths are under the user's home) as the sandbox user.

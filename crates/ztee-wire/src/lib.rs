@@ -20,7 +20,7 @@ pub mod session;
 
 pub use auth::{BootSecret, Nonce, SessionKeys};
 pub use frame::{FrameDecoder, RawFrame, MAX_PAYLOAD};
-pub use message::{ExitKind, GuestMessage, HostMessage, RequestId};
+pub use message::{ExitKind, GuestMessage, HostMessage, RequestId, StreamId};
 pub use session::{Opener, Sealer};
 
 /// Protocol version spoken by this build. Both ends must agree exactly.
@@ -34,6 +34,18 @@ pub const VSOCK_PORT: u32 = 1024;
 
 /// Largest chunk of stdout/stderr/file data carried in one message.
 pub const MAX_DATA_CHUNK: usize = 256 * 1024;
+
+/// Largest chunk of egress data carried in one message: small, so relayed connections interleave
+/// with command output instead of holding the channel.
+pub const EGRESS_CHUNK: usize = 16 * 1024;
+
+/// Bytes of egress data one side may have in flight per stream before the other side returns
+/// credit. Bounds the memory a stream can take at the receiver.
+pub const EGRESS_WINDOW: u32 = 256 * 1024;
+
+/// Most egress streams open at once per session; further connections are refused by the guest,
+/// and the host drops the session if the guest opens more.
+pub const MAX_EGRESS_STREAMS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

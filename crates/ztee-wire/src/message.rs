@@ -8,6 +8,10 @@ use crate::auth::Nonce;
 /// host; every guest message about that request carries it back.
 pub type RequestId = u32;
 
+/// Identifies one relayed egress connection within a session. Chosen by the guest when a program
+/// in the sandbox connects to its egress proxy.
+pub type StreamId = u32;
+
 /// Host -> guest.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum HostMessage {
@@ -73,6 +77,31 @@ pub enum HostMessage {
     },
     /// Asks the guest to power off.
     PowerOff,
+    /// Starts the guest's egress proxy on `127.0.0.1:port`; answered by `Done` or `Failed`.
+    /// Connections to it become egress streams relayed to the host.
+    EgressStart {
+        id: RequestId,
+        port: u16,
+    },
+    /// Bytes from the host's egress proxy for a guest connection. The sum of bytes in flight per
+    /// stream never exceeds [`crate::EGRESS_WINDOW`]: the guest returns credit as it writes.
+    EgressData {
+        stream: StreamId,
+        data: Vec<u8>,
+    },
+    /// The host will send no more data on `stream` (the guest shuts down its write side).
+    EgressShutdown {
+        stream: StreamId,
+    },
+    /// Ends `stream` in both directions.
+    EgressClose {
+        stream: StreamId,
+    },
+    /// The host has passed on `bytes` more of the guest's data: the guest may send that much more.
+    EgressCredit {
+        stream: StreamId,
+        bytes: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -140,6 +169,29 @@ pub enum GuestMessage {
         kind: FailureKind,
         message: String,
     },
+    /// A program in the sandbox connected to the egress proxy; the stream starts with credit for
+    /// [`crate::EGRESS_WINDOW`] bytes in each direction.
+    EgressOpen {
+        stream: StreamId,
+    },
+    /// Bytes the program sent, within the credit the host has granted.
+    EgressData {
+        stream: StreamId,
+        data: Vec<u8>,
+    },
+    /// The program will send no more (it shut down its write side).
+    EgressShutdown {
+        stream: StreamId,
+    },
+    /// The program's connection is gone; the stream ends in both directions.
+    EgressClose {
+        stream: StreamId,
+    },
+    /// The guest has written `bytes` more of the host's data to the program.
+    EgressCredit {
+        stream: StreamId,
+        bytes: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +228,11 @@ impl HostMessage {
             Self::ReadFile { .. } => "ReadFile",
             Self::Ping { .. } => "Ping",
             Self::PowerOff => "PowerOff",
+            Self::EgressStart { .. } => "EgressStart",
+            Self::EgressData { .. } => "EgressData",
+            Self::EgressShutdown { .. } => "EgressShutdown",
+            Self::EgressClose { .. } => "EgressClose",
+            Self::EgressCredit { .. } => "EgressCredit",
         }
     }
 }
@@ -193,6 +250,11 @@ impl GuestMessage {
             Self::FileEnd { .. } => "FileEnd",
             Self::Done { .. } => "Done",
             Self::Failed { .. } => "Failed",
+            Self::EgressOpen { .. } => "EgressOpen",
+            Self::EgressData { .. } => "EgressData",
+            Self::EgressShutdown { .. } => "EgressShutdown",
+            Self::EgressClose { .. } => "EgressClose",
+            Self::EgressCredit { .. } => "EgressCredit",
         }
     }
 }

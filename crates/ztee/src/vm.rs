@@ -39,6 +39,79 @@ impl ShapeArgs {
     }
 }
 
+/// Egress flags shared by `run` and `sandbox create`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EgressArgs {
+    /// Let the sandbox reach HOST:PORT through ztee's egress proxy (repeatable). `*.example.com:443`
+    /// allows every name below example.com. Without this flag the VM has no network at all.
+    #[arg(long = "allow-egress", value_name = "HOST:PORT")]
+    pub allow_egress: Vec<ztee_egress::EgressRule>,
+
+    /// Non-public network the egress proxy may still connect to, e.g. an internal mirror's
+    /// 10.20.0.0/16 (repeatable; by default only public addresses are reachable).
+    #[arg(
+        long = "egress-allow-network",
+        value_name = "CIDR",
+        env = "ZTEE_EGRESS_ALLOW_NETWORKS",
+        value_delimiter = ','
+    )]
+    pub allow_networks: Vec<ipnet::IpNet>,
+
+    /// DNS server the egress proxy asks instead of the host's resolver: IP:PORT (repeatable).
+    #[arg(
+        long = "egress-dns",
+        value_name = "IP:PORT",
+        env = "ZTEE_EGRESS_DNS",
+        value_delimiter = ','
+    )]
+    pub dns: Vec<std::net::SocketAddr>,
+}
+
+impl EgressArgs {
+    /// The proxy and allowlist, when `--allow-egress` was given.
+    pub fn proxy(
+        &self,
+    ) -> anyhow::Result<
+        Option<(
+            std::sync::Arc<ztee_egress::EgressProxy>,
+            ztee_egress::Allowlist,
+        )>,
+    > {
+        if self.allow_egress.is_empty() {
+            return Ok(None);
+        }
+        let config = ztee_egress::EgressConfig {
+            allowed_networks: self.allow_networks.clone(),
+            dns_servers: self.dns.clone(),
+            ..ztee_egress::EgressConfig::default()
+        };
+        let proxy = ztee_egress::EgressProxy::from_config(config)
+            .context("cannot set up the egress proxy")?;
+        Ok(Some((
+            std::sync::Arc::new(proxy),
+            ztee_egress::Allowlist::new(self.allow_egress.clone()),
+        )))
+    }
+
+    /// The same flags for a child `ztee` process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for rule in &self.allow_egress {
+            args.push("--allow-egress".to_string());
+            args.push(rule.to_string());
+        }
+        for net in &self.allow_networks {
+            args.push("--egress-allow-network".to_string());
+            args.push(net.to_string());
+        }
+        for dns in &self.dns {
+            args.push("--egress-dns".to_string());
+            args.push(dns.to_string());
+        }
+        args
+    }
+}
+
 /// Which image to boot, for `run` and `sandbox create`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ImageArgs {

@@ -88,6 +88,7 @@ pub async fn run(
     let req = json_body(body)?;
     check_image(req.image.as_deref())?;
     check_env(&req.env)?;
+    let egress = crate::egress::parse(&req.egress)?;
     let d = &state.config.sandbox_defaults;
     let l = &state.config.limits;
     let memory_mib = bounded(
@@ -145,6 +146,9 @@ pub async fn run(
         files,
     };
     let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    if !egress.is_empty() {
+        crate::egress::authorize(&state.pipeline, &ctx, &egress).await?;
+    }
 
     let record = SandboxRecord {
         id: id.clone(),
@@ -189,6 +193,11 @@ pub async fn run(
         id,
         handle: Some(handle.clone()),
     };
+    if let Err(e) = crate::egress::grant(&state.pipeline, &caller, handle.as_ref(), egress).await {
+        drop(handle);
+        one_shot.finish().await;
+        return Err(exec_error(e));
+    }
 
     if wants_stream(&headers) {
         let stream_ctx = StreamContext {

@@ -156,6 +156,7 @@ pub async fn create(
     let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
     let lifetime = timeout(&state, req.timeout_s, d.timeout_s)?;
     check_env(&req.env)?;
+    let egress = crate::egress::parse(&req.egress)?;
     if req.metadata.len() > 16
         || req
             .metadata
@@ -186,6 +187,9 @@ pub async fn create(
         ..Work::default()
     };
     let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    if !egress.is_empty() {
+        crate::egress::authorize(&state.pipeline, &ctx, &egress).await?;
+    }
     let env = admitted.work.env.clone();
 
     let record = SandboxRecord {
@@ -209,8 +213,21 @@ pub async fn create(
             vcpus,
         })
         .await;
+    let created = match created {
+        Ok(h) => {
+            let handle = Arc::<dyn crate::exec::SandboxHandle>::from(h);
+            match crate::egress::grant(&state.pipeline, &caller, handle.as_ref(), egress).await {
+                Ok(()) => Ok(handle),
+                Err(e) => {
+                    let _ = handle.destroy().await;
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
     let handle = match created {
-        Ok(h) => Arc::<dyn crate::exec::SandboxHandle>::from(h),
+        Ok(h) => h,
         Err(e) => {
             release(&state, &id).await;
             let event = state.pipeline.event(&ctx, Outcome::Failure).with_decision(

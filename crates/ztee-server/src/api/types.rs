@@ -19,6 +19,10 @@ pub struct CreateSandbox {
     /// Free-form labels returned with the sandbox (at most 16 keys, 256 bytes per value).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Destinations the sandbox may reach through the egress proxy: `HOST:PORT` or
+    /// `*.DOMAIN:PORT`. Empty (the default): no network at all. Policy decides (action `egress`).
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +98,9 @@ pub struct OneShotRun {
     pub image: Option<String>,
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u32>,
+    /// Destinations the command may reach through the egress proxy, as for sandboxes.
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,6 +25,25 @@ pub async fn supervise(
     registry: Registry,
     ready: impl FnOnce(Result<&LocalRecord, &VmError>),
 ) -> Result<(), VmError> {
+    supervise_with_egress(engine, spec, lifetime, registry, None, ready).await
+}
+
+/// Egress for a CLI-held sandbox: the proxy and the destinations the sandbox may reach. Every
+/// connection is logged (target `ztee::egress`) in the supervisor's log.
+pub struct LocalEgress {
+    pub proxy: Arc<ztee_egress::EgressProxy>,
+    pub allowlist: ztee_egress::Allowlist,
+}
+
+/// [`supervise`], granting `egress` before the sandbox is reported ready.
+pub async fn supervise_with_egress(
+    engine: Engine,
+    spec: SandboxSpec,
+    lifetime: Duration,
+    registry: Registry,
+    egress: Option<LocalEgress>,
+    ready: impl FnOnce(Result<&LocalRecord, &VmError>),
+) -> Result<(), VmError> {
     let sandbox = match start(&engine, &spec, lifetime, &registry).await {
         Ok(started) => started,
         Err(err) => {
@@ -33,6 +52,19 @@ pub async fn supervise(
         }
     };
     let (sandbox, record, listener) = sandbox;
+    if let Some(egress) = egress {
+        let grant = ztee_egress::EgressGrant {
+            sandbox: record.id.clone(),
+            allowlist: egress.allowlist,
+            audit: Arc::new(ztee_egress::EgressTracing),
+        };
+        if let Err(err) = sandbox.enable_egress(egress.proxy, grant).await {
+            ready(Err(&err));
+            registry.remove(&record.id);
+            let _ = sandbox.destroy().await;
+            return Err(err);
+        }
+    }
     ready(Ok(&record));
     let sandbox = Arc::new(sandbox);
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);

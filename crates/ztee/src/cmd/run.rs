@@ -18,10 +18,12 @@ use crate::vm;
 ///   ztee run --timeout 2 -- sleep 30
 ///   ztee run --file ./job.py:/home/user/job.py -- python3 /home/user/job.py
 ///   echo hello | ztee run -- tr a-z A-Z
+///   ztee run --allow-egress pypi.org:443 --allow-egress files.pythonhosted.org:443 -- pip download requests
 ///
 /// The exit code is the command's own (128+N when killed by signal N, 124 on timeout, 125 when
 /// its output passed the limit, 3 when `--image` was refused by the admission policy). stdout
-/// and stderr stay separate and stream as produced.
+/// and stderr stay separate and stream as produced. With `--allow-egress`, a summary of every
+/// connection the command made (allowed or denied, and why) follows on stderr.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -46,6 +48,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub image: vm::ImageArgs,
+
+    #[command(flatten)]
+    pub egress: vm::EgressArgs,
 
     /// Forward stdin even when it is a terminal (by default only piped stdin is forwarded).
     #[arg(long, short = 'i')]
@@ -114,22 +119,68 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
             return Ok(vm::EXIT_REFUSED);
         }
     }
+    let egress = args.egress.proxy()?;
     vm::block_on(async {
         let engine = vm::engine(globals)?;
         let sandbox = engine
             .create(spec)
             .await
             .context("cannot start a sandbox")?;
+        let egress_log = std::sync::Arc::new(ztee_egress::EgressLog::default());
+        if let Some((proxy, allowlist)) = egress {
+            let grant = ztee_egress::EgressGrant {
+                sandbox: sandbox.id().to_string(),
+                allowlist,
+                audit: egress_log.clone(),
+            };
+            if let Err(err) = sandbox.enable_egress(proxy, grant).await {
+                let _ = sandbox.destroy().await;
+                return Err(anyhow::Error::new(err).context("cannot grant egress"));
+            }
+        }
         let result = tokio::select! {
             result = run_in(&sandbox, &args, uploads, forward_stdin) => result,
             signal = vm::interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; the sandbox was destroyed")),
         };
+        let egressed = sandbox.egress().is_some();
         sandbox
             .destroy()
             .await
             .context("cannot destroy the sandbox")?;
+        if egressed {
+            print_egress_summary(&egress_log.records());
+        }
         result
     })
+}
+
+/// One line per connection on stderr, after the command's own output.
+fn print_egress_summary(records: &[ztee_egress::EgressRecord]) {
+    use ztee_egress::Decision;
+    let denied = records
+        .iter()
+        .filter(|r| r.decision == Decision::Denied)
+        .count();
+    eprintln!(
+        "ztee: egress: {} connection(s), {} allowed, {denied} denied",
+        records.len(),
+        records.len() - denied
+    );
+    for r in records {
+        let target = if r.host.is_empty() {
+            "(no request)".to_string()
+        } else {
+            format!("{} {}:{}", r.method, r.host, r.port)
+        };
+        let address = r.resolved.map(|ip| format!(" [{ip}]")).unwrap_or_default();
+        match r.decision {
+            Decision::Allowed => eprintln!(
+                "ztee: egress: allowed {target}{address}: {} B up, {} B down",
+                r.bytes_up, r.bytes_down
+            ),
+            Decision::Denied => eprintln!("ztee: egress: denied {target}{address}: {}", r.reason),
+        }
+    }
 }
 
 fn file_mode(path: &std::path::Path) -> u32 {

@@ -57,6 +57,9 @@ pub struct CreateArgs {
 
     #[command(flatten)]
     pub image: vm::ImageArgs,
+
+    #[command(flatten)]
+    pub egress: vm::EgressArgs,
 }
 
 #[derive(clap::Args)]
@@ -176,6 +179,7 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 .iter()
                 .flat_map(|policy| [std::ffi::OsStr::new("--policy"), policy.as_os_str()]),
         )
+        .args(args.egress.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -245,6 +249,14 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
             return Err(err);
         }
     }
+    let egress = match args.egress.proxy() {
+        Ok(egress) => egress
+            .map(|(proxy, allowlist)| ztee_vm::local::supervisor::LocalEgress { proxy, allowlist }),
+        Err(err) => {
+            report(serde_json::json!({ "error": output::one_line_error(&err) }));
+            return Err(err);
+        }
+    };
     vm::block_on(async {
         let engine = match vm::engine(globals) {
             Ok(engine) => engine,
@@ -253,12 +265,17 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
                 return Err(err);
             }
         };
-        ztee_vm::local::supervisor::supervise(engine, spec, args.timeout, registry, |result| {
-            match result {
+        ztee_vm::local::supervisor::supervise_with_egress(
+            engine,
+            spec,
+            args.timeout,
+            registry,
+            egress,
+            |result| match result {
                 Ok(record) => report(serde_json::json!({ "id": record.id })),
                 Err(err) => report(serde_json::json!({ "error": err.to_string() })),
-            }
-        })
+            },
+        )
         .await?;
         Ok(0)
     })

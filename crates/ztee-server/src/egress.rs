@@ -1,0 +1,191 @@
+//! Egress for sandboxes created through the gateway: the request's `egress` field, the policy
+//! decision for action `egress`, and the audit events of every relayed connection.
+//!
+//! ```text
+//! egress: ["pypi.org:443", "*.pythonhosted.org:443"]
+//!   -> parse (400 on a bad rule)
+//!   -> policy, action `egress`, input.request.egress = [{host, port}]  (audited; deny -> 403)
+//!   -> VM created -> Sandbox::enable_egress (guest proxy on 127.0.0.1:3128)
+//!   -> each connection: ztee-egress proxy decides -> one `egress` audit event
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ztee_audit::{
+    DecisionKind as AuditDecisionKind, DecisionRecord, EventType, NetworkRecord, Outcome,
+    Principal as AuditPrincipal,
+};
+use ztee_egress::{Allowlist, Decision as ProxyDecision, EgressAudit, EgressRecord, HostPattern};
+use ztee_policy::EgressTarget;
+
+use crate::audit::{self, AuditSink};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::exec::{ExecError, SandboxHandle};
+use crate::pipeline::{ActionContext, Pipeline};
+use crate::policy::{Decision, DecisionKind};
+
+/// Most egress rules one request may ask for.
+const MAX_RULES: usize = 32;
+
+/// Parses the `egress` field of a request. Empty: no egress (the VM has no network).
+pub fn parse(rules: &[String]) -> Result<Allowlist, ApiError> {
+    if rules.len() > MAX_RULES {
+        return Err(ApiError::bad_request(format!(
+            "egress: at most {MAX_RULES} HOST:PORT entries"
+        )));
+    }
+    let mut parsed = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        parsed.push(
+            rule.parse()
+                .map_err(|e| ApiError::bad_request(format!("egress[{i}]: {e}")))?,
+        );
+    }
+    Ok(Allowlist::new(parsed))
+}
+
+/// What policy sees: one `{host, port}` per rule, wildcards as `*.domain`.
+pub fn targets(allowlist: &Allowlist) -> Vec<EgressTarget> {
+    allowlist
+        .rules()
+        .iter()
+        .map(|rule| EgressTarget {
+            host: match &rule.host {
+                HostPattern::Exact(host) => host.to_string(),
+                HostPattern::Subdomains(domain) => format!("*.{domain}"),
+            },
+            port: rule.port,
+        })
+        .collect()
+}
+
+/// Asks policy whether the sandbox of `ctx` may have this egress, and records the answer as an
+/// `egress` event. A denial or a hold for approval is the error the caller sees.
+pub async fn authorize(
+    pipeline: &Pipeline,
+    ctx: &ActionContext<'_>,
+    allowlist: &Allowlist,
+) -> Result<Decision, ApiError> {
+    let mut input = ctx.policy.clone();
+    input.action = "egress";
+    input.findings = Vec::new();
+    let decision = pipeline.policy.decide_egress(&input, &targets(allowlist));
+    let outcome = match decision.kind {
+        DecisionKind::Allow => Outcome::Success,
+        DecisionKind::Deny => Outcome::Denied,
+        DecisionKind::RequireApproval => Outcome::PendingApproval,
+    };
+    let egress_ctx = ActionContext {
+        caller: ctx.caller,
+        event_type: EventType::Egress,
+        resource: ctx.resource.clone(),
+        policy: input,
+    };
+    let event = pipeline
+        .event(&egress_ctx, outcome)
+        .with_decision(audit::decision_record(&decision));
+    pipeline.record(event).await?;
+    match decision.kind {
+        DecisionKind::Allow => Ok(decision),
+        DecisionKind::Deny => Err(ApiError::policy_denied(format!(
+            "policy denied the requested egress: {}",
+            decision.reasons.join(", ")
+        ))),
+        DecisionKind::RequireApproval => Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "approval_required",
+            format!(
+                "policy requires a human approval for the requested egress; nothing was run ({})",
+                decision.reasons.join(", ")
+            ),
+        )),
+    }
+}
+
+/// Grants an authorized `allowlist` to a created sandbox (nothing when it is empty); its
+/// connections are audited under `caller`.
+pub async fn grant(
+    pipeline: &Pipeline,
+    caller: &Caller,
+    sandbox: &dyn SandboxHandle,
+    allowlist: Allowlist,
+) -> Result<(), ExecError> {
+    if allowlist.is_empty() {
+        return Ok(());
+    }
+    let audit = GatewayEgressAudit::new(pipeline, caller);
+    sandbox.enable_egress(allowlist, audit).await
+}
+
+/// Writes one `egress` audit event per relayed connection, under the principal and request
+/// that created the sandbox.
+pub struct GatewayEgressAudit {
+    sink: Arc<dyn AuditSink>,
+    principal: AuditPrincipal,
+    request_id: String,
+    origin_ip: Option<IpAddr>,
+}
+
+impl GatewayEgressAudit {
+    pub fn new(pipeline: &Pipeline, caller: &Caller) -> Arc<Self> {
+        Arc::new(Self {
+            sink: pipeline.audit.clone(),
+            principal: audit::audit_principal(&caller.principal),
+            request_id: caller.request_id.as_str().to_owned(),
+            origin_ip: caller.origin_ip,
+        })
+    }
+}
+
+impl EgressAudit for GatewayEgressAudit {
+    fn record(&self, record: &EgressRecord) {
+        ztee_egress::audit::log_record(record);
+        let (outcome, decision) = match record.decision {
+            ProxyDecision::Allowed => (Outcome::Success, AuditDecisionKind::Allow),
+            ProxyDecision::Denied => (Outcome::Denied, AuditDecisionKind::Deny),
+        };
+        let rule = record
+            .rule
+            .clone()
+            .unwrap_or_else(|| "egress.proxy".to_owned());
+        let resource = format!("sandbox/{}", record.sandbox);
+        let mut event = audit::event(
+            EventType::Egress,
+            outcome,
+            self.principal.clone(),
+            &self.request_id,
+            self.origin_ip,
+            Some(&resource),
+        )
+        .with_decision(DecisionRecord {
+            decision,
+            risk: "HIGH".to_owned(),
+            rule_ids: vec![rule],
+            reasons: vec![record.reason.clone()],
+        });
+        let network = NetworkRecord {
+            host: if record.host.is_empty() {
+                "-".to_owned()
+            } else {
+                record.host.clone()
+            },
+            port: record.port,
+            address: record.resolved,
+            bytes_up: record.bytes_up,
+            bytes_down: record.bytes_down,
+        };
+        if let Ok(with_network) = event.clone().with_network(network) {
+            event = with_network;
+        }
+        let sink = self.sink.clone();
+        // The connection is over; the record cannot stop it any more, so it is written in the
+        // background and a failure is logged loudly.
+        tokio::spawn(async move {
+            if let Err(err) = sink.append(event).await {
+                tracing::error!(error = %err, "cannot write an egress audit event");
+            }
+        });
+    }
+}

@@ -1,0 +1,268 @@
+//! Egress through the gateway with real microVMs: the `egress` field of `POST /v1/run` and
+//! `POST /v1/sandboxes`, the default Rego bundle deciding action `egress` (with the test's
+//! destinations in its data), and the audit events of each connection. The destinations are HTTP
+//! servers on loopback, named through a DNS server the test runs on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{client, error_body, Gateway};
+use serde_json::json;
+use ztee_egress::testing::{Origin, TestDns};
+use ztee_server::vm::VmExecutor;
+use ztee_server::ServerConfig;
+
+const FETCH: &str = "import sys, urllib.request, urllib.error
+for url in sys.argv[1:]:
+    try:
+        print(urllib.request.urlopen(url, timeout=60).read().decode())
+    except urllib.error.HTTPError as e:
+        print(e.code, e.read().decode().strip())
+";
+
+fn guest_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
+}
+
+/// The repository's default bundle, with `allowlist` and `preapproved` added to its data.
+fn bundle_with(dir: &Path, allowlist: &[(&str, u16)], preapproved: &[(&str, u16)]) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    std::fs::create_dir_all(dir.join("ztee")).unwrap();
+    for file in ["ztee/main.rego", "ztee/main_test.rego"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    let mut data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("data.json")).unwrap()).unwrap();
+    let entries = |list: &[(&str, u16)]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|(host, port)| json!({"host": host, "port": port}))
+            .collect()
+    };
+    let config = &mut data["ztee"]["config"];
+    config["egress_allowlist"]
+        .as_array_mut()
+        .unwrap()
+        .extend(entries(allowlist));
+    config["egress_preapproved"] = json!(entries(preapproved));
+    std::fs::write(dir.join("data.json"), data.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
+    if ztee_vm::backend::qemu::version().is_none() {
+        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; gateway VM tests did not run");
+        return;
+    }
+    let origin = Origin::http(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, "hello via egress").await;
+    let port = origin.addr.port();
+    let dns = TestDns::start(vec![
+        ("mirror.test", vec![vec![Ipv4Addr::LOCALHOST]]),
+        ("other.test", vec![vec![Ipv4Addr::LOCALHOST]]),
+    ])
+    .await;
+    let data_dir = tempfile::Builder::new()
+        .prefix("ztee-g")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let policy_dir = data_dir.path().join("bundle");
+    // mirror.test is pre-approved; review.test is allowed but needs a human approval.
+    bundle_with(
+        &policy_dir,
+        &[("mirror.test", port), ("review.test", port)],
+        &[("mirror.test", port)],
+    );
+    let bundle = ztee_policy::Bundle::from_dir(&policy_dir).unwrap();
+    let policy = ztee_server::rego_policy::RegoPolicy::new(
+        ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
+        ztee_server::dlp::InboundAction::Block,
+    );
+    let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
+        .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
+    let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
+        assets,
+        runtime_dir: data_dir.path().join("run"),
+        cache_dir: data_dir.path().join("cache"),
+        accelerator: std::env::var("ZTEE_ACCEL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ztee_vm::AccelChoice::Tcg),
+        boot_timeout: std::time::Duration::from_secs(90),
+        snapshots: false,
+        jail: ztee_vm::JailConfig::default(),
+    })
+    .unwrap();
+    let config = ServerConfig {
+        egress: ztee_egress::EgressConfig {
+            // The test's server listens on 127.0.0.1: allowed as an operator allows a mirror.
+            allowed_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            dns_servers: vec![dns.addr],
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let executor = VmExecutor::new(engine)
+        .with_egress_config(config.egress.clone())
+        .unwrap();
+    let gw =
+        Gateway::start_with_policy(config, Arc::new(executor), data_dir, Some(Arc::new(policy)))
+            .await;
+    let c = client();
+    let agent = gw.key("acme", "agent");
+    let auditor = gw.key("acme", "auditor");
+    let allowed_url = format!("http://mirror.test:{port}/simple/");
+    let other_url = format!("http://other.test:{port}/");
+
+    // Pre-approved destination: the command reaches it, and only it.
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&agent)
+        .header("x-request-id", "req-egress-run")
+        .json(&json!({
+            "cmd": ["python3", "-c", FETCH, allowed_url, other_url],
+            "egress": [format!("mirror.test:{port}")],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["exit_code"], 0, "{body}");
+    assert_eq!(
+        body["stdout"],
+        format!("hello via egress\n403 ztee egress: other.test:{port} is not on this sandbox's egress allowlist\n")
+    );
+    assert_eq!(origin.received().len(), 1);
+
+    // Not on the bundle's allowlist: denied by policy before any VM boots.
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"cmd": ["true"], "egress": [format!("other.test:{port}")]}))
+        .send()
+        .await
+        .unwrap();
+    let e = error_body(r, 403, "policy_denied").await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("egress.not_allowlisted"),
+        "{e}"
+    );
+    // Allowlisted but not pre-approved: held for a human.
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"cmd": ["true"], "egress": [format!("review.test:{port}")]}))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 403, "approval_required").await;
+    // A malformed destination is the caller's error.
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"cmd": ["true"], "egress": ["mirror.test"]}))
+        .send()
+        .await
+        .unwrap();
+    let e = error_body(r, 400, "bad_request").await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("egress[0]: "),
+        "{e}"
+    );
+
+    // A sandbox with egress: every command in it gets the proxy.
+    let r = c
+        .post(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"egress": [format!("mirror.test:{port}")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let sbx: serde_json::Value = r.json().await.unwrap();
+    let id = sbx["id"].as_str().unwrap().to_owned();
+    let r: serde_json::Value = c
+        .post(format!("{}/v1/sandboxes/{id}/commands", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"cmd": ["python3", "-c", FETCH, allowed_url]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["stdout"], "hello via egress\n", "{r}");
+    let r = c
+        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    // The audit trail: the policy decisions and one event per connection.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events: serde_json::Value = c
+        .get(format!("{}/v1/audit?type=egress&limit=100", gw.url))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events: Vec<&serde_json::Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event"])
+        .collect();
+    let decisions: Vec<_> = events.iter().filter(|e| e["network"].is_null()).collect();
+    let connections: Vec<_> = events.iter().filter(|e| !e["network"].is_null()).collect();
+    let outcomes: Vec<&str> = decisions
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["success", "denied", "pending_approval", "success"],
+        "{events:#?}"
+    );
+    assert_eq!(connections.len(), 3, "{events:#?}");
+    let first = connections
+        .iter()
+        .find(|e| e["request_id"] == "req-egress-run" && e["outcome"] == "success")
+        .expect("the allowed connection of the run");
+    assert_eq!(first["network"]["host"], "mirror.test");
+    assert_eq!(first["network"]["port"], port);
+    assert_eq!(first["network"]["address"], "127.0.0.1");
+    assert!(first["network"]["bytes_up"].as_u64().unwrap() > 0);
+    assert!(first["network"]["bytes_down"].as_u64().unwrap() > 0);
+    assert_eq!(
+        first["decision"]["rule_ids"][0],
+        format!("mirror.test:{port}")
+    );
+    let refused = connections
+        .iter()
+        .find(|e| e["outcome"] == "denied")
+        .expect("the refused connection");
+    assert_eq!(refused["network"]["host"], "other.test");
+    assert!(refused["network"]["address"].is_null());
+    assert!(refused["decision"]["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("not on this sandbox's egress allowlist"));
+    gw.stop().await;
+}

@@ -1,0 +1,282 @@
+//! Host end of a sandbox's egress streams: each connection a program makes to the guest's proxy
+//! arrives as an `EgressOpen` and is served by the shared [`EgressProxy`] through an in-memory
+//! pipe, while this module moves bytes between that pipe and the agent channel.
+//!
+//! The guest is untrusted here too: it may only send what the host credited (at most
+//! `EGRESS_WINDOW` bytes in flight per stream, else the stream is closed), and only
+//! `MAX_EGRESS_STREAMS` streams at once. The channel's reader never waits on a stream: messages
+//! are handed over without blocking, so a stalled stream cannot hold up command output.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch, Notify};
+use ztee_egress::{EgressGrant, EgressProxy};
+use ztee_wire::{
+    GuestMessage, HostMessage, StreamId, EGRESS_CHUNK, EGRESS_WINDOW, MAX_EGRESS_STREAMS,
+};
+
+use crate::channel::Channel;
+
+/// Longest wait for the guest to write a finished stream's last bytes before it is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the channel's reader hands to a stream's task.
+enum FromGuest {
+    Data(Vec<u8>),
+    Shutdown,
+}
+
+struct StreamHandle {
+    to_task: mpsc::UnboundedSender<FromGuest>,
+    /// Guest bytes received and not yet credited back.
+    in_flight: Arc<AtomicU32>,
+    /// Bytes the guest still accepts from the host.
+    credit: Arc<AtomicU32>,
+    credit_added: Arc<Notify>,
+    abort: watch::Sender<bool>,
+}
+
+/// The egress streams of one sandbox.
+pub(crate) struct EgressRelay {
+    proxy: Arc<EgressProxy>,
+    grant: EgressGrant,
+    channel: Weak<Channel>,
+    streams: Mutex<HashMap<StreamId, StreamHandle>>,
+}
+
+impl EgressRelay {
+    pub(crate) fn new(proxy: Arc<EgressProxy>, grant: EgressGrant, channel: Weak<Channel>) -> Self {
+        Self {
+            proxy,
+            grant,
+            channel,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamHandle>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one egress message from the guest. Never waits.
+    pub(crate) fn deliver(self: &Arc<Self>, message: GuestMessage) {
+        match message {
+            GuestMessage::EgressOpen { stream } => self.open(stream),
+            GuestMessage::EgressData { stream, data } => {
+                let mut streams = self.streams();
+                let Some(handle) = streams.get(&stream) else {
+                    return;
+                };
+                let len = data.len() as u32;
+                let in_flight = handle.in_flight.fetch_add(len, Ordering::SeqCst) + len;
+                let over = in_flight > EGRESS_WINDOW || data.len() > EGRESS_CHUNK;
+                if !over {
+                    let _ = handle.to_task.send(FromGuest::Data(data));
+                    return;
+                }
+                {
+                    tracing::warn!(
+                        stream,
+                        "guest sent more egress data than it was credited; closing the stream"
+                    );
+                    if let Some(handle) = streams.remove(&stream) {
+                        let _ = handle.abort.send(true);
+                    }
+                    drop(streams);
+                    self.send_later(HostMessage::EgressClose { stream });
+                }
+            }
+            GuestMessage::EgressShutdown { stream } => {
+                if let Some(handle) = self.streams().get(&stream) {
+                    let _ = handle.to_task.send(FromGuest::Shutdown);
+                }
+            }
+            GuestMessage::EgressClose { stream } => {
+                if let Some(handle) = self.streams().remove(&stream) {
+                    let _ = handle.abort.send(true);
+                }
+            }
+            GuestMessage::EgressCredit { stream, bytes } => {
+                if let Some(handle) = self.streams().get(&stream) {
+                    let credit = handle.credit.load(Ordering::SeqCst);
+                    let added = credit.saturating_add(bytes).min(EGRESS_WINDOW);
+                    handle.credit.store(added, Ordering::SeqCst);
+                    handle.credit_added.notify_one();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The channel is gone: every stream ends (their proxy tasks still write their records).
+    pub(crate) fn close_all(&self) {
+        for (_, handle) in self.streams().drain() {
+            let _ = handle.abort.send(true);
+        }
+    }
+
+    fn send_later(&self, message: HostMessage) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            if let Some(channel) = channel.upgrade() {
+                let _ = channel.send(&message).await;
+            }
+        });
+    }
+
+    fn open(self: &Arc<Self>, stream: StreamId) {
+        let (to_task, from_guest) = mpsc::unbounded_channel();
+        let (abort, aborted) = watch::channel(false);
+        let handle = StreamHandle {
+            to_task,
+            in_flight: Arc::new(AtomicU32::new(0)),
+            credit: Arc::new(AtomicU32::new(EGRESS_WINDOW)),
+            credit_added: Arc::new(Notify::new()),
+            abort,
+        };
+        let task = StreamTask {
+            id: stream,
+            channel: self.channel.clone(),
+            in_flight: handle.in_flight.clone(),
+            credit: handle.credit.clone(),
+            credit_added: handle.credit_added.clone(),
+        };
+        {
+            let mut streams = self.streams();
+            if streams.len() >= MAX_EGRESS_STREAMS || streams.contains_key(&stream) {
+                drop(streams);
+                tracing::warn!(stream, "refusing an egress stream (too many, or id in use)");
+                self.send_later(HostMessage::EgressClose { stream });
+                return;
+            }
+            streams.insert(stream, handle);
+        }
+        let relay = self.clone();
+        tokio::spawn(async move {
+            let (client, pump) = tokio::io::duplex(EGRESS_WINDOW as usize);
+            let (pump_read, pump_write) = tokio::io::split(pump);
+            let (finished_tx, finished) = watch::channel(false);
+            let serve = async {
+                relay.proxy.serve(&relay.grant, client).await;
+                let _ = finished_tx.send(true);
+            };
+            let to_proxy = task.to_proxy(from_guest, pump_write, aborted.clone(), finished);
+            let to_guest = task.to_guest(pump_read, aborted.clone());
+            tokio::join!(serve, to_proxy, to_guest);
+            // Close discards what the guest has not written to the program yet, so wait until it
+            // has credited everything back (bounded: a program that stops reading ends it).
+            let drained = task.drained(aborted.clone());
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
+            let guest_closed = *aborted.borrow();
+            relay.streams().remove(&stream);
+            if !guest_closed {
+                task.send(HostMessage::EgressClose { stream }).await;
+            }
+        });
+    }
+}
+
+struct StreamTask {
+    id: StreamId,
+    channel: Weak<Channel>,
+    in_flight: Arc<AtomicU32>,
+    credit: Arc<AtomicU32>,
+    credit_added: Arc<Notify>,
+}
+
+impl StreamTask {
+    /// Returns once the guest has written all the host's data for this stream, or aborted.
+    async fn drained(&self, mut aborted: watch::Receiver<bool>) {
+        while self.credit.load(Ordering::SeqCst) < EGRESS_WINDOW {
+            tokio::select! {
+                _ = self.credit_added.notified() => {}
+                _ = aborted.wait_for(|a| *a) => return,
+            }
+        }
+    }
+
+    async fn send(&self, message: HostMessage) -> bool {
+        match self.channel.upgrade() {
+            Some(channel) => channel.send(&message).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Guest data into the proxy, crediting the guest as the proxy takes it.
+    async fn to_proxy(
+        &self,
+        mut from_guest: mpsc::UnboundedReceiver<FromGuest>,
+        mut pump: WriteHalf<DuplexStream>,
+        mut aborted: watch::Receiver<bool>,
+        mut finished: watch::Receiver<bool>,
+    ) {
+        loop {
+            let item = tokio::select! {
+                item = from_guest.recv() => item,
+                _ = aborted.wait_for(|a| *a) => None,
+                _ = finished.wait_for(|f| *f) => None,
+            };
+            match item {
+                Some(FromGuest::Data(data)) => {
+                    if pump.write_all(&data).await.is_err() {
+                        return;
+                    }
+                    let len = data.len() as u32;
+                    let _ = self
+                        .in_flight
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                            Some(v.saturating_sub(len))
+                        });
+                    self.send(HostMessage::EgressCredit {
+                        stream: self.id,
+                        bytes: len,
+                    })
+                    .await;
+                }
+                Some(FromGuest::Shutdown) => {
+                    let _ = pump.shutdown().await;
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Proxy output to the guest, within the guest's credit.
+    async fn to_guest(&self, mut pump: ReadHalf<DuplexStream>, mut aborted: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; EGRESS_CHUNK];
+        loop {
+            let credit = self.credit.load(Ordering::SeqCst) as usize;
+            if credit == 0 {
+                tokio::select! {
+                    _ = self.credit_added.notified() => continue,
+                    _ = aborted.wait_for(|a| *a) => return,
+                }
+            }
+            let want = credit.min(buf.len());
+            let n = tokio::select! {
+                read = pump.read(&mut buf[..want]) => read.unwrap_or(0),
+                _ = aborted.wait_for(|a| *a) => return,
+            };
+            if n == 0 {
+                self.send(HostMessage::EgressShutdown { stream: self.id })
+                    .await;
+                return;
+            }
+            self.credit.fetch_sub(n as u32, Ordering::SeqCst);
+            if !self
+                .send(HostMessage::EgressData {
+                    stream: self.id,
+                    data: buf[..n].to_vec(),
+                })
+                .await
+            {
+                return;
+            }
+        }
+    }
+}
