@@ -96,6 +96,7 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         boot_timeout: std::time::Duration::from_secs(90),
         snapshots: false,
         jail: ztee_vm::JailConfig::default(),
+        vmm: ztee_vm::VmmSettings::default(),
     })
     .unwrap();
     let config = ServerConfig {
