@@ -34,6 +34,25 @@ pub struct ServerConfig {
     pub sandbox_defaults: SandboxDefaults,
     #[serde(default)]
     pub dlp: DlpConfig,
+    /// The secrets broker (see docs/secrets.md). Off unless a master key or Vault is configured.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`: where injected secrets come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The built-in store file (default `<data-dir>/secrets.json`).
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// The built-in store's master key: `{ file = "..." }`, `{ env = "VAR" }` or
+    /// `{ command = ["prog", "arg"] }`. Without it the built-in store is off.
+    #[serde(default)]
+    pub master_key: Option<ztee_secrets::MasterKeySource>,
+    /// HashiCorp Vault / OpenBao.
+    #[serde(default)]
+    pub vault: Option<ztee_secrets::VaultConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +186,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             sandbox_defaults: SandboxDefaults::default(),
             dlp: DlpConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod principal;
 pub mod quota;
 pub mod rego_policy;
 pub mod request_id;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

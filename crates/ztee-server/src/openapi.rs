@@ -64,6 +64,8 @@ pub fn document() -> Value {
         {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "argv"},
         {"type": "string", "description": "run with /bin/sh -c"}
     ]});
+    let secret_requests = json!({"type": "array", "maxItems": 16, "items": {"type": "string"},
+        "description": "Secrets to inject: \"NAME\" (file /run/secrets/NAME) or \"NAME=ENVVAR\" (file and environment variable); policy action secret.use decides"});
     let redactions = json!({"type": "object", "additionalProperties": {"type": "integer"}, "description": "Redacted values per entity type, e.g. {\"CREDIT_CARD\": 2}"});
     json!({
         "openapi": "3.0.3",
@@ -127,6 +129,17 @@ pub fn document() -> Value {
                             {"name": "tenant", "in": "query", "description": "admin only", "schema": {"type": "string"}}
                         ],
                         "responses": std_errors(json!({"200": {"description": "Events", "content": {"application/json": {"schema": {"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}}}}}}))}
+            },
+            "/v1/secrets": {
+                "get": {"summary": "List secret names in the built-in store and Vault mappings (admin; never values)",
+                        "responses": std_errors(json!({"200": ok_json("Secret names", "SecretList")}))}
+            },
+            "/v1/secrets/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"}}],
+                "put": {"summary": "Store or replace a secret in the built-in store (admin)", "requestBody": json_body("PutSecret"),
+                        "responses": std_errors(json!({"204": {"description": "Stored"}}))},
+                "delete": {"summary": "Remove a secret from the built-in store (admin)",
+                           "responses": std_errors(json!({"204": {"description": "Removed"}, "404": error_response("No such secret")}))}
             }
         },
         "components": {
@@ -137,7 +150,7 @@ pub fn document() -> Value {
                 "CreateSandbox": {"type": "object", "additionalProperties": false, "properties": {
                     "image": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
                     "memory_mib": {"type": "integer", "minimum": 64}, "vcpus": {"type": "integer", "minimum": 1},
-                    "env": string_map.clone(), "metadata": string_map.clone()}},
+                    "env": string_map.clone(), "metadata": string_map.clone(), "secrets": secret_requests.clone()}},
                 "Sandbox": {"type": "object", "properties": {
                     "id": {"type": "string"}, "tenant": {"type": "string"}, "owner": {"type": "string"}, "image": {"type": "string"},
                     "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"}, "timeout_s": {"type": "integer"},
@@ -151,7 +164,8 @@ pub fn document() -> Value {
                     "files": {"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["path", "content"],
                         "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}},
                     "env": string_map, "stdin": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
-                    "image": {"type": "string"}, "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"}}},
+                    "image": {"type": "string"}, "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"},
+                    "secrets": secret_requests}},
                 "CommandResult": {"type": "object", "properties": {
                     "stdout": {"type": "string"}, "stderr": {"type": "string"},
                     "exit_code": {"type": "integer", "nullable": true}, "timed_out": {"type": "boolean"},
@@ -161,6 +175,10 @@ pub fn document() -> Value {
                     "data": {"type": "string"}, "exit_code": {"type": "integer", "nullable": true},
                     "timed_out": {"type": "boolean"}, "duration_ms": {"type": "integer"}, "redactions": redactions,
                     "error": {"type": "object"}}},
+                "PutSecret": {"type": "object", "additionalProperties": false, "required": ["value"], "properties": {
+                    "value": {"type": "string"}, "encoding": {"type": "string", "enum": ["utf-8", "base64"]}}},
+                "SecretList": {"type": "object", "properties": {"secrets": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "source": {"type": "string", "enum": ["store", "vault"]}, "updated_at": {"type": "integer"}}}}}},
                 "FileWritten": {"type": "object", "properties": {"path": {"type": "string"}, "size": {"type": "integer"}, "redactions": {"type": "object"}}}
             }
         }
@@ -191,7 +209,7 @@ mod tests {
             };
             assert!(op.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(doc.paths.paths.len(), 10);
+        assert_eq!(doc.paths.paths.len(), 12);
         // Every $ref points at a defined schema.
         let text = document().to_string();
         let schemas = doc.components.unwrap().schemas;

@@ -130,6 +130,8 @@ pub async fn run(
     policy.memory_mib = Some(memory_mib);
     policy.vcpus = Some(vcpus);
     policy.timeout_s = Some(limit.as_secs());
+    policy.secrets = req.secrets.iter().map(|r| r.name.to_string()).collect();
+    crate::secrets::check_requests(&req.secrets)?;
     let resource = Some(format!("run/{id}"));
     let mut ctx = ActionContext {
         caller: &caller,
@@ -144,7 +146,17 @@ pub async fn run(
         stdin: req.stdin,
         files,
     };
-    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let mut admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let injected = crate::secrets::checkout(
+        &state,
+        &crate::secrets::Target {
+            caller: &caller,
+            image: req.image.as_deref(),
+            resource: &format!("run/{id}"),
+        },
+        &req.secrets,
+    )
+    .await?;
 
     let record = SandboxRecord {
         id: id.clone(),
@@ -189,6 +201,21 @@ pub async fn run(
         id,
         handle: Some(handle.clone()),
     };
+    if let Some(secrets) = &injected {
+        if let Err(e) = secrets.write_files(handle.as_ref()).await {
+            let event = state
+                .pipeline
+                .event(&ctx, Outcome::Failure)
+                .with_decision(audit::decision_record(&admitted.decision))
+                .with_code(&admitted.input_digest);
+            drop(handle);
+            one_shot.finish().await;
+            state.pipeline.record(event).await?;
+            return Err(exec_error(e));
+        }
+        // Added after inbound DLP and policy: values never enter findings or digests.
+        admitted.work.env.extend(secrets.env());
+    }
 
     if wants_stream(&headers) {
         let stream_ctx = StreamContext {
@@ -200,7 +227,14 @@ pub async fn run(
         let rx = state
             .pipeline
             .clone()
-            .stream(stream_ctx, handle, admitted, limit, Box::new(one_shot))
+            .stream(
+                stream_ctx,
+                handle,
+                admitted,
+                limit,
+                // The VM goes first, then the secrets' DLP registrations and leases.
+                Box::new((one_shot, injected)),
+            )
             .await?;
         return Ok(ndjson(rx));
     }
@@ -210,5 +244,8 @@ pub async fn run(
         .await;
     drop(handle);
     one_shot.finish().await;
+    if let Some(secrets) = injected {
+        secrets.end().await;
+    }
     Ok(Json(result?).into_response())
 }

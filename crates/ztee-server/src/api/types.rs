@@ -19,6 +19,9 @@ pub struct CreateSandbox {
     /// Free-form labels returned with the sandbox (at most 16 keys, 256 bytes per value).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Secrets for every command in the sandbox: `NAME` or `NAME=ENVVAR`.
+    #[serde(default)]
+    pub secrets: Vec<ztee_secrets::SecretRequest>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +97,9 @@ pub struct OneShotRun {
     pub image: Option<String>,
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u32>,
+    /// Secrets for the command: `NAME` or `NAME=ENVVAR`.
+    #[serde(default)]
+    pub secrets: Vec<ztee_secrets::SecretRequest>,
 }
 
 #[derive(Debug, Deserialize)]
