@@ -30,9 +30,19 @@ impl Gateway {
     }
 
     pub async fn start_in(
+        config: ServerConfig,
+        executor: Arc<dyn Executor>,
+        data_dir: tempfile::TempDir,
+    ) -> Gateway {
+        Self::start_with_policy(config, executor, data_dir, None).await
+    }
+
+    /// As `start_in`, with a policy engine instead of the built-in policy.
+    pub async fn start_with_policy(
         mut config: ServerConfig,
         executor: Arc<dyn Executor>,
         data_dir: tempfile::TempDir,
+        policy: Option<Arc<dyn ztee_server::policy::PolicyEngine>>,
     ) -> Gateway {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let dlp = ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
@@ -42,7 +52,7 @@ impl Gateway {
         let engines = ztee_server::Engines {
             executor,
             dlp: Arc::new(dlp),
-            policy: None,
+            policy,
             dlp_api: Some(dlp_api),
         };
         let (state, bootstrap) = ztee_server::build(config, data_dir.path(), engines)
