@@ -16,6 +16,7 @@ mod key;
 mod policy;
 mod run;
 mod sandbox;
+mod secret;
 mod serve;
 mod vulndb;
 
@@ -56,6 +57,9 @@ pub enum Command {
     /// Create, list and revoke API keys for service accounts.
     #[command(subcommand)]
     Apikey(apikey::Command),
+    /// Store, list, remove secrets in the encrypted built-in store; rotate its master key.
+    #[command(subcommand)]
+    Secret(secret::Command),
 }
 
 pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
@@ -73,5 +77,6 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Guard(cmd) => guard::run(cmd, globals),
         Command::Serve(args) => serve::run(args, globals),
         Command::Apikey(cmd) => apikey::run(cmd, globals),
+        Command::Secret(cmd) => secret::run(cmd, globals),
     }
 }
