@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// The secrets broker (see docs/secrets.md). Off unless a master key or Vault is configured.
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// Human approval of held requests (see docs/approvals.md).
+    #[serde(default)]
+    pub approvals: crate::approvals::ApprovalsConfig,
 }
 
 /// `[secrets]`: where injected secrets come from.
@@ -187,6 +190,7 @@ impl Default for ServerConfig {
             sandbox_defaults: SandboxDefaults::default(),
             dlp: DlpConfig::default(),
             secrets: SecretsConfig::default(),
+            approvals: crate::approvals::ApprovalsConfig::default(),
         }
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod apikey;
+pub mod approvals;
 pub mod audit;
 pub mod audit_outbox;
 pub mod auth;

@@ -56,6 +56,8 @@ pub enum ServerError {
     Outbox(String),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("[approvals]: {0}")]
+    Approvals(String),
     #[error("[secrets]: {0}")]
     Secrets(#[from] ztee_secrets::SecretError),
 }
@@ -194,6 +196,13 @@ pub async fn build(
         tracing::info!(events = drained, "moved queued audit events into the log");
     }
     crate::audit_outbox::spawn_drainer(store.clone(), Arc::downgrade(&pipeline.audit));
+    let approvals = crate::approvals::Approvals::open(
+        config.approvals.clone(),
+        store.clone(),
+        data_dir,
+        config.listen,
+    )
+    .map_err(ServerError::Approvals)?;
     let state = Arc::new(AppState {
         limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
         config,
@@ -205,7 +214,9 @@ pub async fn build(
         audit_dir,
         dlp_api: engines.dlp_api,
         secrets,
+        approvals,
     });
+    crate::approvals::spawn_expiry(Arc::downgrade(&state));
     Ok((state, Bootstrap { admin_key }))
 }
 

@@ -26,6 +26,8 @@ pub struct AppState {
     pub dlp_api: Option<Arc<ztee_dlp::http::DlpState>>,
     /// The secrets broker, when `[secrets]` configures a store or Vault.
     pub secrets: Option<Arc<ztee_secrets::SecretBroker>>,
+    /// Requests held for a human approver.
+    pub approvals: crate::approvals::Approvals,
 }
 
 /// Running sandboxes by gateway id. Ownership (tenant) lives in the store; this only holds the

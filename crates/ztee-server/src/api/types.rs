@@ -41,7 +41,7 @@ pub struct SandboxView {
 }
 
 /// A command: an argument vector, or a shell string run with `/bin/sh -c`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Cmd {
     Argv(Vec<String>),
@@ -73,7 +73,7 @@ pub struct RunCommand {
     pub timeout_s: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpload {
     pub path: String,
@@ -81,7 +81,7 @@ pub struct FileUpload {
     pub content: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OneShotRun {
     pub cmd: Option<Cmd>,
