@@ -152,6 +152,9 @@ pub struct Target<'a> {
     pub image: Option<&'a str>,
     /// `run/<id>` or `sandbox/<id>`.
     pub resource: &'a str,
+    /// The request was approved by a human who saw these secret names: a grant that asks for
+    /// approval is satisfied.
+    pub approved: bool,
 }
 
 /// Policy, lease and DLP registration for `requests`; `None` when nothing was asked for.
@@ -199,6 +202,7 @@ pub async fn checkout(
     };
     match decision.kind {
         DecisionKind::Allow => {}
+        DecisionKind::RequireApproval if target.approved => {}
         DecisionKind::Deny => {
             audit_all(Outcome::Denied).await?;
             return Err(ApiError::policy_denied(format!(

@@ -196,7 +196,7 @@ pub async fn build(
         tracing::info!(events = drained, "moved queued audit events into the log");
     }
     crate::audit_outbox::spawn_drainer(store.clone(), Arc::downgrade(&pipeline.audit));
-    let approvals = crate::approvals::Approvals::open(
+    let (approvals, stale_approvals) = crate::approvals::Approvals::open(
         config.approvals.clone(),
         store.clone(),
         data_dir,
@@ -216,6 +216,9 @@ pub async fn build(
         secrets,
         approvals,
     });
+    for id in &stale_approvals {
+        crate::approvals::record_expiry(&state, id).await;
+    }
     crate::approvals::spawn_expiry(Arc::downgrade(&state));
     Ok((state, Bootstrap { admin_key }))
 }

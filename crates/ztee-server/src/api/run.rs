@@ -216,6 +216,7 @@ async fn run_once(
             caller: &caller,
             image: req.image.as_deref(),
             resource: &format!("run/{id}"),
+            approved: approved.is_some(),
         },
         &req.secrets,
     )

@@ -196,6 +196,7 @@ pub async fn create(
             caller: &caller,
             image: req.image.as_deref(),
             resource: &format!("sandbox/{id}"),
+            approved: false,
         },
         &req.secrets,
     )

@@ -117,7 +117,7 @@ impl Approvals {
         store: Store,
         data_dir: &Path,
         listen: std::net::SocketAddr,
-    ) -> Result<Self, String> {
+    ) -> Result<(Self, Vec<String>), String> {
         record::create_table(&store).map_err(|e| e.to_string())?;
         let callback_key =
             callback::CallbackKey::load_or_create(&data_dir.join("approvals-callback.key"))?;
@@ -137,19 +137,25 @@ impl Approvals {
             "the gateway restarted while this request waited; request content is kept in memory only (so card data never reaches a disk): submit it again",
         )
         .map_err(|e| e.to_string())?;
-        if stale > 0 {
-            tracing::info!(stale, "expired approvals left pending by a previous run");
+        if !stale.is_empty() {
+            tracing::info!(
+                stale = stale.len(),
+                "expired approvals left pending by a previous run"
+            );
         }
         let (changed, _) = tokio::sync::watch::channel(0);
-        Ok(Self {
-            config,
-            store,
-            parked: Mutex::new(HashMap::new()),
-            changed,
-            callback_key,
-            webhooks,
-            public_url,
-        })
+        Ok((
+            Self {
+                config,
+                store,
+                parked: Mutex::new(HashMap::new()),
+                changed,
+                callback_key,
+                webhooks,
+                public_url,
+            },
+            stale,
+        ))
     }
 
     fn bump(&self) {
@@ -188,7 +194,7 @@ impl Approvals {
     }
 
     pub async fn get_visible(&self, caller: &Caller, id: &str) -> Result<ApprovalRecord, ApiError> {
-        let record = self.expire_if_due(self.load(id).await?).await?;
+        let record = self.load(id).await?;
         if !Self::visible(caller, &record) {
             return Err(ApiError::not_found("no such approval (or not visible)"));
         }
@@ -208,12 +214,10 @@ impl Approvals {
             .await
             .map_err(store_error)?;
         let mut out = Vec::new();
-        for r in all {
-            let r = self.expire_if_due(r).await?;
-            if Self::visible(caller, &r) && status.is_none_or(|s| s == r.status) {
-                out.push(r);
-            }
-        }
+        out.extend(
+            all.into_iter()
+                .filter(|r| Self::visible(caller, r) && status.is_none_or(|s| s == r.status)),
+        );
         Ok(out)
     }
 
@@ -235,13 +239,12 @@ impl Approvals {
         }
     }
 
-    async fn expire_if_due(&self, mut record: ApprovalRecord) -> Result<ApprovalRecord, ApiError> {
-        if record.status == Status::Pending && now() >= record.expires_at {
-            record.status = Status::Expired;
-            record.status_reason = Some("no decision before the approval expired".into());
-            self.forget(&record.id);
-            self.save(&record).await?;
-        }
+    /// Expires a pending approval past its time (the expiry task calls this; it audits).
+    async fn expire(&self, mut record: ApprovalRecord) -> Result<ApprovalRecord, ApiError> {
+        record.status = Status::Expired;
+        record.status_reason = Some("no decision before the approval expired".into());
+        self.forget(&record.id);
+        self.save(&record).await?;
         Ok(record)
     }
 
@@ -341,7 +344,7 @@ pub async fn decide(
     comment: Option<String>,
 ) -> Result<ApprovalRecord, ApiError> {
     let approvals = &state.approvals;
-    let mut record = approvals.expire_if_due(approvals.load(id).await?).await?;
+    let mut record = approvals.load(id).await?;
     let by = match &approver {
         Approver::Caller(caller) => {
             caller.principal.require(Permission::ApprovalDecide)?;
@@ -363,6 +366,10 @@ pub async fn decide(
         if c.len() > 1000 {
             return Err(ApiError::bad_request("comment: at most 1000 bytes"));
         }
+    }
+    if record.status == Status::Pending && now() >= record.expires_at {
+        // The expiry task marks it within a second; a late decision never counts.
+        return Err(conflict(format!("approval {id} has expired")));
     }
     if record.status != Status::Pending {
         return Err(conflict(format!(
@@ -471,23 +478,28 @@ pub fn spawn_expiry(state: Weak<AppState>) {
                 .unwrap_or_default();
             for r in due {
                 let id = r.id.clone();
-                if let Ok(r) = state.approvals.expire_if_due(r).await {
-                    let event = audit::event(
-                        EventType::ApprovalReject,
-                        Outcome::Failure,
-                        ztee_audit::Principal::system(),
-                        &format!("expiry-{id}"),
-                        None,
-                        Some(&format!("approval/{id}")),
-                    );
-                    if let Err(e) = state.pipeline.record(event).await {
-                        tracing::error!(approval = %id, error = %e.message, "recording an expiry");
-                    }
+                if let Ok(r) = state.approvals.expire(r).await {
+                    record_expiry(&state, &id).await;
                     notify(&state, &r, "approval.expired");
                 }
             }
         }
     });
+}
+
+/// Audits an approval that ended without a decision (expired, or lost to a restart).
+pub async fn record_expiry(state: &AppState, id: &str) {
+    let event = audit::event(
+        EventType::ApprovalReject,
+        Outcome::Failure,
+        ztee_audit::Principal::system(),
+        &format!("expiry-{id}"),
+        None,
+        Some(&format!("approval/{id}")),
+    );
+    if let Err(e) = state.pipeline.record(event).await {
+        tracing::error!(approval = %id, error = %e.message, "recording an expired approval");
+    }
 }
 
 /// Checks a signed callback link and decides with it.

@@ -194,7 +194,7 @@ pub fn due(store: &Store, now: u64) -> Result<Vec<ApprovalRecord>, StoreError> {
 }
 
 /// At start-up: nothing pending or approved from a previous run can still run.
-pub fn expire_all_pending(store: &Store, reason: &str) -> Result<usize, StoreError> {
+pub fn expire_all_pending(store: &Store, reason: &str) -> Result<Vec<String>, StoreError> {
     let stale: Vec<ApprovalRecord> = store.with_connection(|c| {
         let mut stmt =
             c.prepare("SELECT record FROM approvals WHERE status IN ('pending', 'approved')")?;
@@ -210,5 +210,5 @@ pub fn expire_all_pending(store: &Store, reason: &str) -> Result<usize, StoreErr
         r.status_reason = Some(reason.to_owned());
         put(store, &r)?;
     }
-    Ok(stale.len())
+    Ok(stale.into_iter().map(|r| r.id).collect())
 }

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use crate::globals::GlobalArgs;
 
 mod apikey;
+mod approvals;
 mod audit;
 mod bench;
 mod dlp;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Create, list and revoke API keys for service accounts.
     #[command(subcommand)]
     Apikey(apikey::Command),
+    /// List, inspect, approve and deny requests held for a human approver (on a gateway).
+    #[command(subcommand)]
+    Approvals(approvals::Command),
     /// Store, list, remove secrets in the encrypted built-in store; rotate its master key.
     #[command(subcommand)]
     Secret(secret::Command),
@@ -78,5 +82,6 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Serve(args) => serve::run(args, globals),
         Command::Apikey(cmd) => apikey::run(cmd, globals),
         Command::Secret(cmd) => secret::run(cmd, globals),
+        Command::Approvals(cmd) => approvals::run(cmd, globals),
     }
 }
