@@ -7,11 +7,13 @@
 #   deny      - never allowed: SAD present, raw PAN to an external model, a provider the tenant's
 #               tier may not use, egress outside the allowlist, an unpinned image, a near-certain
 #               prompt injection.
-#   HIGH      - needs a human approver: code with raw card data, code with secrets, egress
-#               (unless the operator pre-approved the destination), secret use, destructive
-#               tools, a suspected prompt injection.
-#   MEDIUM    - runs and is logged: code execution, tools not known to be read-only, content
-#               with (masked) DLP findings.
+#   HIGH      - needs a human approver: code with raw card data, egress (unless the operator
+#               pre-approved the destination), a secret whose grant asks for approval,
+#               destructive tools, a suspected prompt injection.
+#   MEDIUM    - runs and is logged: code execution, granted secrets, pre-approved egress,
+#               tools not known to be read-only, content with (masked) DLP findings.
+# Secrets: a secret reaches a sandbox only when a grant in data.ztee.config.secret_grants
+# matches the caller, the secret's name and the sandbox's image (deny by default).
 #   LOW       - runs: read-only tools, plain chat, sandbox creation.
 # Messages never quote request content: they are recorded in the audit trail.
 # Lists and thresholds live in data.json (data.ztee.config) so operators can tune them without
@@ -23,6 +25,10 @@ import rego.v1
 cfg := data.ztee.config
 
 code_actions := {"run", "sandbox.exec", "sandbox.create"}
+
+secret_actions := {"secret.use", "run", "sandbox.exec", "sandbox.create"}
+
+requested_secrets := object.get(input.request, "secrets", [])
 
 # ----------------------------------------------------------------------------------------------
 # Deny.
@@ -62,6 +68,12 @@ deny contains {"rule": "egress.too_many_targets", "message": sprintf("%d egress 
 	count(object.get(input.request, "egress", [])) > cfg.egress_max_targets
 }
 
+deny contains {"rule": "secret.not_granted", "message": sprintf("no grant lets this caller give secret %q to this sandbox", [name])} if {
+	input.action in secret_actions
+	some name in requested_secrets
+	not secret_granted(name)
+}
+
 deny contains {"rule": "image.not_pinned", "message": "images must be referenced by digest (name@sha256:...)"} if {
 	input.action == "image.admit"
 	not pinned_image
@@ -84,13 +96,11 @@ high contains {"rule": "pci.raw_pan_in_tool_call", "message": "the tool call car
 	input.dlp.raw_pan
 }
 
-high contains {"rule": "risk.code_with_secrets", "message": "code execution with secrets injected"} if {
-	input.action in code_actions
-	count(object.get(input.request, "secrets", [])) > 0
-}
-
-high contains {"rule": "risk.secret_use", "message": "a secret is requested"} if {
-	input.action == "secret.use"
+high contains {"rule": "secret.approval_required", "message": sprintf("the grant for secret %q requires a human approval", [name])} if {
+	input.action in secret_actions
+	some name in requested_secrets
+	secret_granted(name)
+	not secret_granted_without_approval(name)
 }
 
 high contains {"rule": "risk.egress", "message": sprintf("network egress to %s:%d requested", [target.host, target.port])} if {
@@ -118,6 +128,15 @@ medium contains {"rule": "risk.code_execution", "message": "code execution in a 
 medium contains {"rule": "risk.egress_preapproved", "message": sprintf("egress to %s:%d (pre-approved)", [target.host, target.port])} if {
 	some target in input.request.egress
 	egress_preapproved(target)
+}
+
+medium contains {"rule": "risk.code_with_secrets", "message": "code execution with secrets injected"} if {
+	input.action in code_actions
+	count(requested_secrets) > 0
+}
+
+medium contains {"rule": "risk.secret_use", "message": sprintf("%d secret(s) given to a sandbox", [count(requested_secrets)])} if {
+	input.action == "secret.use"
 }
 
 medium contains {"rule": "risk.unknown_tool", "message": sprintf("tool %q is not known to be read-only", [input.request.tool.name])} if {
@@ -180,6 +199,46 @@ egress_matches(allowed, target) if {
 	allowed.port == target.port
 	startswith(allowed.host, "*.")
 	endswith(trim_prefix(lower(target.host), "*"), lower(trim_prefix(allowed.host, "*")))
+}
+
+# A grant: {"secret": "<name or glob, e.g. stripe.*>", "tenants": [...], "roles": [...],
+#           "subjects": [...], "images": [<glob>...], "approval": <bool>}. Every criterion given
+# must match; a criterion left out matches everything.
+secret_granted(name) if {
+	some grant in object.get(cfg, "secret_grants", [])
+	grant_matches(grant, name)
+}
+
+secret_granted_without_approval(name) if {
+	some grant in object.get(cfg, "secret_grants", [])
+	grant_matches(grant, name)
+	not object.get(grant, "approval", false)
+}
+
+grant_matches(grant, name) if {
+	glob.match(grant.secret, [], name)
+	listed_or_open(grant, "tenants", input.principal.tenant)
+	listed_or_open(grant, "subjects", input.principal.subject)
+	grant_roles_match(grant)
+	grant_image_matches(grant)
+}
+
+listed_or_open(grant, key, _) if not grant[key]
+
+listed_or_open(grant, key, value) if value in grant[key]
+
+grant_roles_match(grant) if not grant.roles
+
+grant_roles_match(grant) if {
+	some role in input.principal.roles
+	role in grant.roles
+}
+
+grant_image_matches(grant) if not grant.images
+
+grant_image_matches(grant) if {
+	some pattern in grant.images
+	glob.match(pattern, [], object.get(input.request, "image", "default"))
 }
 
 pinned_image if regex.match(`^[^@ ]+@sha256:[0-9a-f]{64}$`, input.request.image)

@@ -60,10 +60,53 @@ test_raw_pan_in_code_requires_approval if {
 	"pci.raw_pan_in_code" in rule_ids(d)
 }
 
-test_code_with_secrets_requires_approval if {
+grants := [
+	{"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["sandbox:run"]},
+	{"secret": "stripe.*", "tenants": ["acme"], "approval": true},
+	{"secret": "DEPLOY_KEY", "subjects": ["agent-7"], "images": ["registry.local/deploy@*"]},
+]
+
+test_granted_secret_in_code_runs_at_medium_risk if {
 	d := main.decision with input as req("sandbox.exec", {"cmd": ["deploy"], "secrets": ["DB_PASSWORD"]})
-	d.verdict == "require_approval"
-	rule_ids(d) == {"risk.code_with_secrets"}
+		with data.ztee.config.secret_grants as grants
+	d.verdict == "allow"
+	d.risk == "MEDIUM"
+	"risk.code_with_secrets" in rule_ids(d)
+}
+
+test_secrets_are_denied_without_a_grant if {
+	d := main.decision with input as req("sandbox.exec", {"cmd": ["deploy"], "secrets": ["DB_PASSWORD"]})
+	d.verdict == "deny"
+	rule_ids(d) == {"secret.not_granted"}
+}
+
+test_a_grant_is_for_its_tenant_only if {
+	other := object.union(req("secret.use", {"secrets": ["DB_PASSWORD"]}), {"principal": object.union(agent, {"tenant": "globex"})})
+	d := main.decision with input as other with data.ztee.config.secret_grants as grants
+	d.verdict == "deny"
+	"secret.not_granted" in rule_ids(d)
+}
+
+test_a_grant_is_for_its_roles_only if {
+	auditor := object.union(req("secret.use", {"secrets": ["DB_PASSWORD"]}), {"principal": object.union(agent, {"roles": ["auditor"]})})
+	d := main.decision with input as auditor with data.ztee.config.secret_grants as grants
+	d.verdict == "deny"
+}
+
+test_a_grant_is_for_its_images_only if {
+	d := main.decision with input as req("secret.use", {"secrets": ["DEPLOY_KEY"], "image": "python"})
+		with data.ztee.config.secret_grants as grants
+	d.verdict == "deny"
+	ok := main.decision with input as req("secret.use", {"secrets": ["DEPLOY_KEY"], "image": "registry.local/deploy@sha256:ab"})
+		with data.ztee.config.secret_grants as grants
+	ok.verdict == "allow"
+}
+
+test_one_ungranted_secret_denies_the_whole_request if {
+	d := main.decision with input as req("secret.use", {"secrets": ["DB_PASSWORD", "ROOT_TOKEN"]})
+		with data.ztee.config.secret_grants as grants
+	d.verdict == "deny"
+	d.reasons == [{"rule": "secret.not_granted", "message": "no grant lets this caller give secret \"ROOT_TOKEN\" to this sandbox"}]
 }
 
 test_allowlisted_egress_requires_approval if {
@@ -198,9 +241,18 @@ test_pinned_image_is_admitted if {
 	d.verdict == "allow"
 }
 
-test_secret_use_requires_approval if {
-	d := main.decision with input as req("secret.use", {"secrets": ["STRIPE_KEY"]})
+test_granted_secret_use_is_logged if {
+	d := main.decision with input as req("secret.use", {"secrets": ["DB_PASSWORD"]})
+		with data.ztee.config.secret_grants as grants
+	d.verdict == "allow"
+	"risk.secret_use" in rule_ids(d)
+}
+
+test_a_grant_may_require_approval if {
+	d := main.decision with input as req("secret.use", {"secrets": ["stripe.live"]})
+		with data.ztee.config.secret_grants as grants
 	d.verdict == "require_approval"
+	rule_ids(d) == {"secret.approval_required"}
 }
 
 test_deny_outranks_approval if {

@@ -3,7 +3,8 @@
 //! ```text
 //! initramfs (agent, per-VM secret)      /newroot (what user code sees)
 //!   /mnt/image  <- /dev/vda, read-only    overlay: lower = /mnt/image, upper = /mnt/scratch
-//!   /mnt/scratch <- tmpfs (size limit)    + proc, a minimal /dev, devpts, /dev/shm
+//!   /mnt/scratch <- tmpfs (size limit)    + proc, a minimal /dev, devpts, /dev/shm,
+//!                                          /run/secrets (0700, sandbox user)
 //! ```
 //! Nothing writable is backed by a disk, so nothing survives the VM.
 
@@ -193,6 +194,18 @@ fn populate_root() -> Result<(), String> {
         Some(nix::unistd::Gid::from_raw(sandbox::GID)),
     )
     .map_err(|e| format!("chown {home}: {e}"))?;
+    // Injected secrets land here: on the scratch tmpfs (never a disk), and only the sandbox
+    // user may enter the directory; the host writes each file 0400.
+    let secrets = format!("{root}/run/secrets");
+    fs::create_dir_all(&secrets).map_err(|e| format!("mkdir {secrets}: {e}"))?;
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("chmod {secrets}: {e}"))?;
+    nix::unistd::chown(
+        secrets.as_str(),
+        Some(nix::unistd::Uid::from_raw(sandbox::UID)),
+        Some(nix::unistd::Gid::from_raw(sandbox::GID)),
+    )
+    .map_err(|e| format!("chown {secrets}: {e}"))?;
     let tmp = format!("{root}/tmp");
     fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {tmp}: {e}"))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))

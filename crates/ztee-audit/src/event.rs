@@ -62,6 +62,9 @@ pub enum EventType {
     Egress,
     #[serde(rename = "secret.use")]
     SecretUse,
+    /// A secret was stored, replaced or removed in the built-in store.
+    #[serde(rename = "secret.change")]
+    SecretChange,
     #[serde(rename = "apikey.create")]
     ApiKeyCreate,
     #[serde(rename = "apikey.revoke")]
@@ -76,7 +79,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 24] = [
+    pub const ALL: [EventType; 25] = [
         EventType::AuthLogin,
         EventType::AuthFailure,
         EventType::AuthzDenied,
@@ -96,6 +99,7 @@ impl EventType {
         EventType::ImageAdmit,
         EventType::Egress,
         EventType::SecretUse,
+        EventType::SecretChange,
         EventType::ApiKeyCreate,
         EventType::ApiKeyRevoke,
         EventType::AuditAccess,
@@ -125,6 +129,7 @@ impl EventType {
             EventType::ImageAdmit => "image.admit",
             EventType::Egress => "egress",
             EventType::SecretUse => "secret.use",
+            EventType::SecretChange => "secret.change",
             EventType::ApiKeyCreate => "apikey.create",
             EventType::ApiKeyRevoke => "apikey.revoke",
             EventType::AuditAccess => "audit.access",

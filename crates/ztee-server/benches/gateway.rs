@@ -227,6 +227,7 @@ async fn stages() {
         timeout_s: Some(60),
         findings: Vec::new(),
         cmd: vec!["python3".into(), "-c".into(), code.clone()],
+        secrets: Vec::new(),
     };
     let mut rows: Vec<(&str, Samples)> = Vec::new();
     let time = |f: &mut dyn FnMut()| {

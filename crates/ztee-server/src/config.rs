@@ -37,6 +37,28 @@ pub struct ServerConfig {
     /// The egress proxy: non-public networks it may reach, DNS servers, timeouts.
     #[serde(default)]
     pub egress: ztee_egress::EgressConfig,
+    /// The secrets broker (see docs/secrets.md). Off unless a master key or Vault is configured.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// Human approval of held requests (see docs/approvals.md).
+    #[serde(default)]
+    pub approvals: crate::approvals::ApprovalsConfig,
+}
+
+/// `[secrets]`: where injected secrets come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The built-in store file (default `<data-dir>/secrets.json`).
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// The built-in store's master key: `{ file = "..." }`, `{ env = "VAR" }` or
+    /// `{ command = ["prog", "arg"] }`. Without it the built-in store is off.
+    #[serde(default)]
+    pub master_key: Option<ztee_secrets::MasterKeySource>,
+    /// HashiCorp Vault / OpenBao.
+    #[serde(default)]
+    pub vault: Option<ztee_secrets::VaultConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +198,8 @@ impl Default for ServerConfig {
             sandbox_defaults: SandboxDefaults::default(),
             dlp: DlpConfig::default(),
             egress: ztee_egress::EgressConfig::default(),
+            secrets: SecretsConfig::default(),
+            approvals: crate::approvals::ApprovalsConfig::default(),
         }
     }
 }

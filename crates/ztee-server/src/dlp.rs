@@ -51,6 +51,17 @@ pub trait DlpEngine: Send + Sync + 'static {
     fn redact(&self, text: &str) -> Redacted;
     /// A redactor for output that arrives in chunks, where a card number may span two chunks.
     fn stream(&self) -> Box<dyn StreamRedactor>;
+    /// Redacts `value` (and its base64, hex and URL-encoded forms) exactly from everything this
+    /// engine scans from now on, under the registration `id`. An engine that cannot do this
+    /// refuses, and the gateway then refuses to inject secrets.
+    fn register_secret(&self, id: &str, value: &[u8]) -> Result<(), String> {
+        let _ = (id, value);
+        Err("this DLP engine cannot redact exact secret values".into())
+    }
+    /// Ends a registration made by `register_secret`.
+    fn unregister_secret(&self, id: &str) {
+        let _ = id;
+    }
 }
 
 pub trait StreamRedactor: Send {

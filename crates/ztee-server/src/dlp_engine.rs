@@ -75,6 +75,16 @@ impl DlpEngine for ZteeDlp {
             failed: false,
         })
     }
+
+    fn register_secret(&self, id: &str, value: &[u8]) -> Result<(), String> {
+        self.scanner
+            .register_secret(id, value)
+            .map_err(|e| e.to_string())
+    }
+
+    fn unregister_secret(&self, id: &str) {
+        self.scanner.unregister_secret(id);
+    }
 }
 
 struct ZteeStream {

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod apikey;
+pub mod approvals;
 pub mod audit;
 pub mod audit_outbox;
 pub mod auth;
@@ -40,6 +41,7 @@ pub mod principal;
 pub mod quota;
 pub mod rego_policy;
 pub mod request_id;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -58,6 +58,73 @@ fn path_param() -> Value {
     json!({"name": "path", "in": "query", "required": true, "description": "Absolute path in the guest", "schema": {"type": "string"}})
 }
 
+/// The approval and secret routes (a separate `json!` to stay within the macro's recursion
+/// limit).
+fn approval_and_secret_paths() -> Value {
+    json!({
+            "/v1/approvals": {
+                "get": {"summary": "List approvals: an approver sees the tenant's, a requester their own",
+                        "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "approved", "executed", "failed", "denied", "expired"]}}],
+                        "responses": std_errors(json!({"200": {"description": "Approvals", "content": {"application/json": {"schema": {"type": "object", "properties": {"approvals": {"type": "array", "items": {"$ref": "#/components/schemas/Approval"}}}}}}}}))}
+            },
+            "/v1/approvals/{id}": {
+                "parameters": [id_param()],
+                "get": {"summary": "Show an approval (DLP-masked request, decisions, result); ?wait=N long-polls up to 60 s for a final status",
+                        "parameters": [{"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 60}}],
+                        "responses": std_errors(json!({"200": ok_json("Approval", "Approval"), "404": error_response("No such approval (or not visible)")}))}
+            },
+            "/v1/approvals/{id}/approve": {
+                "parameters": [id_param()],
+                "post": {"summary": "Approve (needs approval:decide; never the requester)", "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApprovalDecision"}}}},
+                         "responses": std_errors(json!({"200": ok_json("Approval", "Approval"), "404": error_response("No such approval (or not visible)"), "409": error_response("Not pending, or already decided by this approver")}))}
+            },
+            "/v1/approvals/{id}/deny": {
+                "parameters": [id_param()],
+                "post": {"summary": "Deny (needs approval:decide)", "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApprovalDecision"}}}},
+                         "responses": std_errors(json!({"200": ok_json("Approval", "Approval"), "404": error_response("No such approval (or not visible)"), "409": error_response("Not pending")}))}
+            },
+            "/v1/approvals/{id}/callback": {
+                "parameters": [id_param(),
+                    {"name": "decision", "in": "query", "required": true, "schema": {"type": "string", "enum": ["approve", "deny"]}},
+                    {"name": "expires", "in": "query", "required": true, "schema": {"type": "integer"}},
+                    {"name": "sig", "in": "query", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "Decide with a signed link from a webhook (no API key: the HMAC signature is the credential)", "security": [],
+                        "responses": std_errors(json!({"200": {"description": "Decision recorded"}, "409": error_response("Not pending")}))},
+                "post": {"summary": "Same as GET, for workflow tools that POST", "security": [],
+                         "responses": std_errors(json!({"200": {"description": "Decision recorded"}, "409": error_response("Not pending")}))}
+            },
+            "/v1/secrets": {
+                "get": {"summary": "List secret names in the built-in store and Vault mappings (admin; never values)",
+                        "responses": std_errors(json!({"200": ok_json("Secret names", "SecretList")}))}
+            },
+            "/v1/secrets/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"}}],
+                "put": {"summary": "Store or replace a secret in the built-in store (admin)", "requestBody": json_body("PutSecret"),
+                        "responses": std_errors(json!({"204": {"description": "Stored"}}))},
+                "delete": {"summary": "Remove a secret from the built-in store (admin)",
+                           "responses": std_errors(json!({"204": {"description": "Removed"}, "404": error_response("No such secret")}))}
+            }
+    })
+}
+
+fn approval_and_secret_schemas() -> Value {
+    json!({
+                "Approval": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "tenant": {"type": "string"}, "requester": {"type": "string"}, "action": {"type": "string"},
+                    "status": {"type": "string", "enum": ["pending", "approved", "executed", "failed", "denied", "expired"]},
+                    "status_reason": {"type": "string"}, "created_at": {"type": "integer"}, "expires_at": {"type": "integer"},
+                    "risk": {"type": "string"}, "rule_ids": {"type": "array", "items": {"type": "string"}}, "reasons": {"type": "array", "items": {"type": "string"}},
+                    "required_approvals": {"type": "integer"}, "request": {"type": "object", "description": "The held request, DLP-masked"},
+                    "decisions": {"type": "array", "items": {"type": "object", "properties": {"by": {"type": "string"}, "approve": {"type": "boolean"}, "comment": {"type": "string"}, "at": {"type": "integer"}}}},
+                    "result": {"type": "object", "description": "CommandResult once executed, or {error}"}}},
+                "ApprovalDecision": {"type": "object", "additionalProperties": false, "properties": {"comment": {"type": "string", "maxLength": 1000}}},
+                "PutSecret": {"type": "object", "additionalProperties": false, "required": ["value"], "properties": {
+                    "value": {"type": "string"}, "encoding": {"type": "string", "enum": ["utf-8", "base64"]}}},
+                "SecretList": {"type": "object", "properties": {"secrets": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "source": {"type": "string", "enum": ["store", "vault"]}, "updated_at": {"type": "integer"}}}}}}
+    })
+}
+
 pub fn document() -> Value {
     let string_map = json!({"type": "object", "additionalProperties": {"type": "string"}});
     // Destinations for the egress proxy; policy (action `egress`) decides. Empty: no network.
@@ -67,8 +134,11 @@ pub fn document() -> Value {
         {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "argv"},
         {"type": "string", "description": "run with /bin/sh -c"}
     ]});
+    let secret_requests = json!({"type": "array", "maxItems": 16, "items": {"type": "string"},
+        "description": "Secrets to inject: \"NAME\" (file /run/secrets/NAME) or \"NAME=ENVVAR\" (file and environment variable); policy action secret.use decides"});
+    let extra_paths = approval_and_secret_paths();
     let redactions = json!({"type": "object", "additionalProperties": {"type": "integer"}, "description": "Redacted values per entity type, e.g. {\"CREDIT_CARD\": 2}"});
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "ztee gateway",
@@ -117,7 +187,8 @@ pub fn document() -> Value {
                          "requestBody": json_body("Run"),
                          "responses": std_errors(json!({"200": {"description": "Result, or a stream", "content": {
                              "application/json": {"schema": {"$ref": "#/components/schemas/CommandResult"}},
-                             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}}}))}
+                             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}},
+                             "202": {"description": "Held for a human approval: {\"approval\": {id, status, link, wait, ...}}; Location is the approval"}}))}
             },
             "/v1/audit": {
                 "get": {"summary": "Read the tenant's audit events (needs audit:read; the read is audited)",
@@ -140,7 +211,8 @@ pub fn document() -> Value {
                 "CreateSandbox": {"type": "object", "additionalProperties": false, "properties": {
                     "image": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
                     "memory_mib": {"type": "integer", "minimum": 64}, "vcpus": {"type": "integer", "minimum": 1},
-                    "env": string_map.clone(), "metadata": string_map.clone(), "egress": egress.clone()}},
+                    "env": string_map.clone(), "metadata": string_map.clone(), "egress": egress.clone(),
+                    "secrets": secret_requests.clone()}},
                 "Sandbox": {"type": "object", "properties": {
                     "id": {"type": "string"}, "tenant": {"type": "string"}, "owner": {"type": "string"}, "image": {"type": "string"},
                     "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"}, "timeout_s": {"type": "integer"},
@@ -155,7 +227,7 @@ pub fn document() -> Value {
                         "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}},
                     "env": string_map, "stdin": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
                     "image": {"type": "string"}, "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"},
-                    "egress": egress}},
+                    "egress": egress, "secrets": secret_requests}},
                 "CommandResult": {"type": "object", "properties": {
                     "stdout": {"type": "string"}, "stderr": {"type": "string"},
                     "exit_code": {"type": "integer", "nullable": true}, "timed_out": {"type": "boolean"},
@@ -168,7 +240,17 @@ pub fn document() -> Value {
                 "FileWritten": {"type": "object", "properties": {"path": {"type": "string"}, "size": {"type": "integer"}, "redactions": {"type": "object"}}}
             }
         }
-    })
+    });
+    if let (Some(paths), Value::Object(extra)) = (doc["paths"].as_object_mut(), extra_paths) {
+        paths.extend(extra);
+    }
+    if let (Some(schemas), Value::Object(extra)) = (
+        doc["components"]["schemas"].as_object_mut(),
+        approval_and_secret_schemas(),
+    ) {
+        schemas.extend(extra);
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -195,7 +277,7 @@ mod tests {
             };
             assert!(op.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(doc.paths.paths.len(), 10);
+        assert_eq!(doc.paths.paths.len(), 17);
         // Every $ref points at a defined schema.
         let text = document().to_string();
         let schemas = doc.components.unwrap().schemas;

@@ -140,6 +140,24 @@ pub struct Admitted {
     pub input_digest: Vec<u8>,
 }
 
+/// What the policy stage made of a request: go ahead, or hold it for a human approver.
+pub enum Gate {
+    Admitted(Admitted),
+    Held(Decision),
+}
+
+/// The answer to a held request where no approval can be parked (streams, sandbox commands).
+pub fn approval_required(decision: &Decision) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "approval_required",
+        format!(
+            "policy requires a human approval for this request; it was not run ({})",
+            decision.reasons.join(", ")
+        ),
+    )
+}
+
 /// Describes the action for policy and audit.
 pub struct ActionContext<'a> {
     pub caller: &'a Caller,
@@ -154,8 +172,23 @@ impl Pipeline {
     pub async fn admit(
         &self,
         ctx: &mut ActionContext<'_>,
-        mut work: Work,
+        work: Work,
     ) -> Result<Admitted, ApiError> {
+        match self.admit_or_hold(ctx, work, false).await? {
+            Gate::Admitted(admitted) => Ok(admitted),
+            Gate::Held(decision) => Err(approval_required(&decision)),
+        }
+    }
+
+    /// As [`Pipeline::admit`], but a hold for approval is returned as [`Gate::Held`] (audited
+    /// as pending) for the caller to park. With `approved`, a decision that requires approval
+    /// goes ahead: a human approved exactly this request. A denial is never overridden.
+    pub async fn admit_or_hold(
+        &self,
+        ctx: &mut ActionContext<'_>,
+        mut work: Work,
+        approved: bool,
+    ) -> Result<Gate, ApiError> {
         let input_digest = work.digest_input(&self.content_key);
         let fields = work.fields();
         let findings = scan_fields(
@@ -173,34 +206,25 @@ impl Pipeline {
         });
         match decision.kind {
             DecisionKind::Allow => {}
-            DecisionKind::Deny | DecisionKind::RequireApproval => {
-                let (outcome, err) = if decision.kind == DecisionKind::Deny {
-                    (
-                        Outcome::Denied,
-                        ApiError::policy_denied(format!(
-                            "policy denied this request: {}",
-                            decision.reasons.join(", ")
-                        )),
-                    )
-                } else {
-                    (
-                        Outcome::PendingApproval,
-                        ApiError::new(
-                            axum::http::StatusCode::FORBIDDEN,
-                            "approval_required",
-                            format!(
-                                "policy requires a human approval for this request; it was not run ({})",
-                                decision.reasons.join(", ")
-                            ),
-                        ),
-                    )
-                };
+            DecisionKind::RequireApproval if approved => {}
+            DecisionKind::Deny => {
                 let event = self
-                    .event(ctx, outcome)
+                    .event(ctx, Outcome::Denied)
                     .with_decision(audit::decision_record(&decision))
                     .with_code(&input_digest);
                 self.record(event).await?;
-                return Err(err);
+                return Err(ApiError::policy_denied(format!(
+                    "policy denied this request: {}",
+                    decision.reasons.join(", ")
+                )));
+            }
+            DecisionKind::RequireApproval => {
+                let event = self
+                    .event(ctx, Outcome::PendingApproval)
+                    .with_decision(audit::decision_record(&decision))
+                    .with_code(&input_digest);
+                self.record(event).await?;
+                return Ok(Gate::Held(decision));
             }
         }
         let inbound_redactions = if decision.redact_inbound {
@@ -210,12 +234,12 @@ impl Pipeline {
         } else {
             RedactionCounts::new()
         };
-        Ok(Admitted {
+        Ok(Gate::Admitted(Admitted {
             work,
             decision,
             inbound_redactions,
             input_digest,
-        })
+        }))
     }
 
     /// Stages 3-5 for a non-streaming call: run, mask the output, record, answer.

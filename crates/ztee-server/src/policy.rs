@@ -25,6 +25,8 @@ pub struct PolicyInput {
     /// process and never recorded.
     #[serde(skip)]
     pub cmd: Vec<String>,
+    /// Names of the secrets the action asks to have injected (never their values).
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,6 +92,16 @@ pub struct BuiltinPolicy {
 
 impl PolicyEngine for BuiltinPolicy {
     fn decide(&self, input: &PolicyInput) -> Decision {
+        if input.action == "secret.use" {
+            // Grants need a policy that names principals and secrets: the Rego bundle.
+            return Decision {
+                kind: DecisionKind::Deny,
+                reasons: vec!["secret.no_grants".into()],
+                messages: vec!["the built-in policy grants no secrets; use a Rego policy bundle with secret_grants".into()],
+                risk: "HIGH",
+                redact_inbound: false,
+            };
+        }
         if input.findings.is_empty() {
             return Decision::allow();
         }
@@ -147,6 +159,7 @@ mod tests {
             timeout_s: Some(10),
             findings,
             cmd: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 

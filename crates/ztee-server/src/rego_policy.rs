@@ -38,6 +38,7 @@ fn action(name: &str) -> Option<Action> {
         "sandbox.create" => Action::SandboxCreate,
         "sandbox.exec" | "file.write" | "file.read" => Action::SandboxExec,
         "run" => Action::Run,
+        "secret.use" => Action::SecretUse,
         _ => return None,
     })
 }
@@ -105,6 +106,7 @@ impl PolicyEngine for RegoPolicy {
             request: PolicyRequest {
                 cmd: input.cmd.clone(),
                 image: input.image.clone(),
+                secrets: input.secrets.clone(),
                 ..Default::default()
             },
             dlp,
@@ -165,6 +167,7 @@ mod tests {
                 })
                 .collect(),
             cmd: vec!["python3".into()],
+            secrets: Vec::new(),
         }
     }
 

@@ -56,6 +56,40 @@ pub enum ServerError {
     Outbox(String),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("[approvals]: {0}")]
+    Approvals(String),
+    #[error("[secrets]: {0}")]
+    Secrets(#[from] ztee_secrets::SecretError),
+}
+
+/// The secrets broker `[secrets]` asks for: the built-in store when a master key is set (a
+/// wrong key stops the start with a clear error), Vault when configured, else none.
+fn secret_broker(
+    config: &crate::config::SecretsConfig,
+    data_dir: &Path,
+) -> Result<Option<Arc<ztee_secrets::SecretBroker>>, ServerError> {
+    let store = match &config.master_key {
+        Some(source) => {
+            let key = ztee_secrets::MasterKey::load(source)?;
+            let path = config
+                .store
+                .clone()
+                .unwrap_or_else(|| data_dir.join("secrets.json"));
+            Some(ztee_secrets::LocalStore::open(path, key)?)
+        }
+        None => None,
+    };
+    let vault = config
+        .vault
+        .clone()
+        .map(ztee_secrets::VaultClient::new)
+        .transpose()?;
+    if store.is_none() && vault.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(ztee_secrets::SecretBroker::new(
+        store, vault,
+    ))))
 }
 
 /// The parts of the gateway that are chosen by whoever starts it.
@@ -89,6 +123,8 @@ pub async fn build(
         source,
     })?;
     restrict_permissions(data_dir);
+    // First: a wrong master key must stop the start before anything else is touched.
+    let secrets = secret_broker(&config.secrets, data_dir)?;
     let store = Store::open_for_server(&state_db_path(data_dir))?;
     // No VM outlives the process that started it, so sandbox rows from a previous run are stale.
     let stale = store.clear_sandboxes()?;
@@ -163,6 +199,13 @@ pub async fn build(
         tracing::info!(events = drained, "moved queued audit events into the log");
     }
     crate::audit_outbox::spawn_drainer(store.clone(), Arc::downgrade(&pipeline.audit));
+    let (approvals, stale_approvals) = crate::approvals::Approvals::open(
+        config.approvals.clone(),
+        store.clone(),
+        data_dir,
+        config.listen,
+    )
+    .map_err(ServerError::Approvals)?;
     let state = Arc::new(AppState {
         limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
         config,
@@ -173,7 +216,13 @@ pub async fn build(
         sandboxes: LiveSandboxes::default(),
         audit_dir,
         dlp_api: engines.dlp_api,
+        secrets,
+        approvals,
     });
+    for id in &stale_approvals {
+        crate::approvals::record_expiry(&state, id).await;
+    }
+    crate::approvals::spawn_expiry(Arc::downgrade(&state));
     Ok((state, Bootstrap { admin_key }))
 }
 

@@ -24,6 +24,10 @@ pub struct AppState {
     pub audit_dir: PathBuf,
     /// State of the Presidio-compatible DLP API at `/v1/dlp/`, if served.
     pub dlp_api: Option<Arc<ztee_dlp::http::DlpState>>,
+    /// The secrets broker, when `[secrets]` configures a store or Vault.
+    pub secrets: Option<Arc<ztee_secrets::SecretBroker>>,
+    /// Requests held for a human approver.
+    pub approvals: crate::approvals::Approvals,
 }
 
 /// Running sandboxes by gateway id. Ownership (tenant) lives in the store; this only holds the
@@ -38,6 +42,9 @@ pub struct LiveSandboxes {
 pub struct LiveSandbox {
     pub handle: Arc<dyn SandboxHandle>,
     pub env: std::collections::BTreeMap<String, String>,
+    /// Secrets injected at creation; their DLP registrations and backend leases end with the
+    /// sandbox (when the last reference to it is dropped).
+    pub secrets: Option<crate::secrets::InjectedSecrets>,
 }
 
 impl LiveSandboxes {

@@ -1,9 +1,14 @@
 //! The HTTP API: routes, and the checks every handler shares.
 
+mod approvals;
 mod ops;
 mod run;
 mod sandboxes;
+mod secrets;
 pub mod types;
+
+pub(crate) use run::run_approved;
+pub(crate) use sandboxes::policy_input as policy_input_for;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/sandboxes/{id}/files"),
     ("post", "/v1/run"),
     ("get", "/v1/audit"),
+    ("get", "/v1/approvals"),
+    ("get", "/v1/approvals/{id}"),
+    ("post", "/v1/approvals/{id}/approve"),
+    ("post", "/v1/approvals/{id}/deny"),
+    ("get", "/v1/approvals/{id}/callback"),
+    ("post", "/v1/approvals/{id}/callback"),
+    ("get", "/v1/secrets"),
+    ("put", "/v1/secrets/{name}"),
+    ("delete", "/v1/secrets/{name}"),
 ];
 
 /// The Presidio-compatible DLP API (ztee-dlp), mounted under `/v1/dlp` and documented by it.
@@ -75,6 +89,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sandboxes/{id}/commands", post(sandboxes::command))
         .route("/v1/run", post(run::run))
         .route("/v1/audit", get(ops::audit))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::show))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
+        .route(
+            "/v1/approvals/{id}/callback",
+            get(approvals::callback).post(approvals::callback),
+        )
+        .route("/v1/secrets", get(secrets::list))
+        .route(
+            "/v1/secrets/{name}",
+            axum::routing::put(secrets::put).delete(secrets::delete),
+        )
         .layer(DefaultBodyLimit::max(json_limit))
         .merge(files);
     if let Some(dlp) = dlp {

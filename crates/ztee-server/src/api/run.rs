@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -16,8 +16,9 @@ use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_st
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::exec::CommandResult;
 use crate::exec::{CreateSpec, SandboxHandle};
-use crate::pipeline::{exec_error, ActionContext, StreamContext, Work};
+use crate::pipeline::{exec_error, ActionContext, Gate, StreamContext, Work};
 use crate::principal::Permission;
 use crate::state::AppState;
 use crate::store::{now_rfc3339, SandboxRecord};
@@ -86,6 +87,40 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let req = json_body(body)?;
+    match run_once(state, caller, req, wants_stream(&headers), None).await? {
+        RunOutcome::Done(result) => Ok(Json(result).into_response()),
+        RunOutcome::Answered(response) => Ok(response),
+    }
+}
+
+/// Runs a request an approver approved, as its requester, and returns the masked result.
+pub async fn run_approved(
+    state: Arc<AppState>,
+    caller: Caller,
+    req: OneShotRun,
+    approval_id: &str,
+) -> Result<CommandResult, ApiError> {
+    match run_once(state, caller, req, false, Some(approval_id)).await? {
+        RunOutcome::Done(result) => Ok(result),
+        RunOutcome::Answered(_) => Err(ApiError::internal("an approved run was answered early")),
+    }
+}
+
+enum RunOutcome {
+    Done(CommandResult),
+    /// A stream, or a 202 for a request parked for approval.
+    Answered(Response),
+}
+
+async fn run_once(
+    state: Arc<AppState>,
+    caller: Caller,
+    req: OneShotRun,
+    stream: bool,
+    approved: Option<&str>,
+) -> Result<RunOutcome, ApiError> {
+    // What an approver would approve: the request exactly as sent.
+    let original = req.clone();
     check_image(req.image.as_deref())?;
     check_env(&req.env)?;
     let egress = crate::egress::parse(&req.egress)?;
@@ -131,6 +166,8 @@ pub async fn run(
     policy.memory_mib = Some(memory_mib);
     policy.vcpus = Some(vcpus);
     policy.timeout_s = Some(limit.as_secs());
+    policy.secrets = req.secrets.iter().map(|r| r.name.to_string()).collect();
+    crate::secrets::check_requests(&req.secrets)?;
     let resource = Some(format!("run/{id}"));
     let mut ctx = ActionContext {
         caller: &caller,
@@ -145,10 +182,49 @@ pub async fn run(
         stdin: req.stdin,
         files,
     };
-    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let mut admitted = match state
+        .pipeline
+        .admit_or_hold(&mut ctx, work, approved.is_some())
+        .await?
+    {
+        Gate::Admitted(admitted) => admitted,
+        Gate::Held(decision) => {
+            let record = crate::approvals::park(&state, &caller, original, &decision).await?;
+            let link = state.approvals.link(&record.id);
+            let body = serde_json::json!({"approval": {
+                "id": record.id,
+                "status": record.status,
+                "expires_at": record.expires_at,
+                "required_approvals": record.required_approvals,
+                "rule_ids": record.rule_ids,
+                "reasons": record.reasons,
+                "link": link,
+                "wait": format!("{link}?wait=30"),
+            }});
+            return Ok(RunOutcome::Answered(
+                (
+                    StatusCode::ACCEPTED,
+                    [(axum::http::header::LOCATION, link)],
+                    Json(body),
+                )
+                    .into_response(),
+            ));
+        }
+    };
     if !egress.is_empty() {
         crate::egress::authorize(&state.pipeline, &ctx, &egress).await?;
     }
+    let injected = crate::secrets::checkout(
+        &state,
+        &crate::secrets::Target {
+            caller: &caller,
+            image: req.image.as_deref(),
+            resource: &format!("run/{id}"),
+            approved: approved.is_some(),
+        },
+        &req.secrets,
+    )
+    .await?;
 
     let record = SandboxRecord {
         id: id.clone(),
@@ -198,8 +274,23 @@ pub async fn run(
         one_shot.finish().await;
         return Err(exec_error(e));
     }
+    if let Some(secrets) = &injected {
+        if let Err(e) = secrets.write_files(handle.as_ref()).await {
+            let event = state
+                .pipeline
+                .event(&ctx, Outcome::Failure)
+                .with_decision(audit::decision_record(&admitted.decision))
+                .with_code(&admitted.input_digest);
+            drop(handle);
+            one_shot.finish().await;
+            state.pipeline.record(event).await?;
+            return Err(exec_error(e));
+        }
+        // Added after inbound DLP and policy: values never enter findings or digests.
+        admitted.work.env.extend(secrets.env());
+    }
 
-    if wants_stream(&headers) {
+    if stream {
         let stream_ctx = StreamContext {
             caller: caller.clone(),
             event_type: EventType::Run,
@@ -209,9 +300,16 @@ pub async fn run(
         let rx = state
             .pipeline
             .clone()
-            .stream(stream_ctx, handle, admitted, limit, Box::new(one_shot))
+            .stream(
+                stream_ctx,
+                handle,
+                admitted,
+                limit,
+                // The VM goes first, then the secrets' DLP registrations and leases.
+                Box::new((one_shot, injected)),
+            )
             .await?;
-        return Ok(ndjson(rx));
+        return Ok(RunOutcome::Answered(ndjson(rx)));
     }
     let result = state
         .pipeline
@@ -219,5 +317,8 @@ pub async fn run(
         .await;
     drop(handle);
     one_shot.finish().await;
-    Ok(Json(result?).into_response())
+    if let Some(secrets) = injected {
+        secrets.end().await;
+    }
+    Ok(RunOutcome::Done(result?))
 }

@@ -40,6 +40,7 @@ pub(crate) fn policy_input(caller: &Caller, action: &'static str) -> PolicyInput
         timeout_s: None,
         findings: Vec::new(),
         cmd: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 
@@ -174,6 +175,8 @@ pub async fn create(
     policy.memory_mib = Some(memory_mib);
     policy.vcpus = Some(vcpus);
     policy.timeout_s = Some(lifetime.as_secs());
+    policy.secrets = req.secrets.iter().map(|r| r.name.to_string()).collect();
+    crate::secrets::check_requests(&req.secrets)?;
     let mut ctx = ActionContext {
         caller: &caller,
         event_type: EventType::SandboxCreate,
@@ -191,6 +194,17 @@ pub async fn create(
         crate::egress::authorize(&state.pipeline, &ctx, &egress).await?;
     }
     let env = admitted.work.env.clone();
+    let injected = crate::secrets::checkout(
+        &state,
+        &crate::secrets::Target {
+            caller: &caller,
+            image: req.image.as_deref(),
+            resource: &format!("sandbox/{id}"),
+            approved: false,
+        },
+        &req.secrets,
+    )
+    .await?;
 
     let record = SandboxRecord {
         id: id.clone(),
@@ -240,9 +254,28 @@ pub async fn create(
             return Err(exec_error(e));
         }
     };
-    state
-        .sandboxes
-        .insert(id.clone(), Arc::new(LiveSandbox { handle, env }));
+    if let Some(secrets) = &injected {
+        if let Err(e) = secrets.write_files(handle.as_ref()).await {
+            if let Err(d) = handle.destroy().await {
+                tracing::warn!(sandbox = %id, error = %d, "destroying a sandbox's VM");
+            }
+            release(&state, &id).await;
+            let event = state
+                .pipeline
+                .event(&ctx, Outcome::Failure)
+                .with_decision(audit::decision_record(&admitted.decision));
+            state.pipeline.record(event).await?;
+            return Err(exec_error(e));
+        }
+    }
+    state.sandboxes.insert(
+        id.clone(),
+        Arc::new(LiveSandbox {
+            handle,
+            env,
+            secrets: injected,
+        }),
+    );
     state.metrics.sandboxes_active.inc();
     schedule_expiry(Arc::downgrade(&state), id.clone(), lifetime);
     let event = state
@@ -365,6 +398,11 @@ pub async fn command(
     let mut policy = policy_input(&caller, "sandbox.exec");
     policy.image = Some(record.image.clone());
     policy.timeout_s = Some(limit.as_secs());
+    let secret_env = sandbox
+        .secrets
+        .as_ref()
+        .map(|s| s.env())
+        .unwrap_or_default();
     let work = Work {
         argv,
         env,
@@ -380,22 +418,26 @@ pub async fn command(
             resource: resource.clone(),
             policy,
         };
-        let admitted = state.pipeline.admit(&mut ctx, work).await?;
+        let mut admitted = state.pipeline.admit(&mut ctx, work).await?;
+        // Secret values join the environment after inbound DLP and policy.
+        admitted.work.env.extend(secret_env);
         let stream_ctx = StreamContext {
             caller: caller.clone(),
             event_type: EventType::SandboxExec,
             resource,
             policy: ctx.policy,
         };
+        let handle = sandbox.handle.clone();
         let rx = state
             .pipeline
             .clone()
             .stream(
                 stream_ctx,
-                sandbox.handle.clone(),
+                handle,
                 admitted,
                 limit,
-                Box::new(()),
+                // Keeps the sandbox's secrets registered with DLP until the stream ends.
+                Box::new(sandbox),
             )
             .await?;
         return Ok(ndjson(rx));
@@ -406,7 +448,8 @@ pub async fn command(
         resource,
         policy,
     };
-    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let mut admitted = state.pipeline.admit(&mut ctx, work).await?;
+    admitted.work.env.extend(secret_env);
     let result = state
         .pipeline
         .collect(

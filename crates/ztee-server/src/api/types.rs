@@ -23,6 +23,9 @@ pub struct CreateSandbox {
     /// `*.DOMAIN:PORT`. Empty (the default): no network at all. Policy decides (action `egress`).
     #[serde(default)]
     pub egress: Vec<String>,
+    /// Secrets for every command in the sandbox: `NAME` or `NAME=ENVVAR`.
+    #[serde(default)]
+    pub secrets: Vec<ztee_secrets::SecretRequest>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,7 +45,7 @@ pub struct SandboxView {
 }
 
 /// A command: an argument vector, or a shell string run with `/bin/sh -c`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Cmd {
     Argv(Vec<String>),
@@ -74,7 +77,7 @@ pub struct RunCommand {
     pub timeout_s: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpload {
     pub path: String,
@@ -82,7 +85,7 @@ pub struct FileUpload {
     pub content: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OneShotRun {
     pub cmd: Option<Cmd>,
@@ -101,6 +104,9 @@ pub struct OneShotRun {
     /// Destinations the command may reach through the egress proxy, as for sandboxes.
     #[serde(default)]
     pub egress: Vec<String>,
+    /// Secrets for the command: `NAME` or `NAME=ENVVAR`.
+    #[serde(default)]
+    pub secrets: Vec<ztee_secrets::SecretRequest>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use crate::globals::GlobalArgs;
 
 mod apikey;
+mod approvals;
 mod audit;
 mod bench;
 mod compliance;
@@ -17,6 +18,7 @@ mod key;
 mod policy;
 mod run;
 mod sandbox;
+mod secret;
 mod serve;
 mod vulndb;
 
@@ -60,6 +62,12 @@ pub enum Command {
     /// Gather PCI DSS evidence from this installation for an assessor.
     #[command(subcommand)]
     Compliance(compliance::Command),
+    /// List, inspect, approve and deny requests held for a human approver (on a gateway).
+    #[command(subcommand)]
+    Approvals(approvals::Command),
+    /// Store, list, remove secrets in the encrypted built-in store; rotate its master key.
+    #[command(subcommand)]
+    Secret(secret::Command),
 }
 
 pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
@@ -78,5 +86,7 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Serve(args) => serve::run(args, globals),
         Command::Apikey(cmd) => apikey::run(cmd, globals),
         Command::Compliance(cmd) => compliance::run(cmd, globals),
+        Command::Secret(cmd) => secret::run(cmd, globals),
+        Command::Approvals(cmd) => approvals::run(cmd, globals),
     }
 }

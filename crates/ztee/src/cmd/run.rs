@@ -19,6 +19,7 @@ use crate::vm;
 ///   ztee run --file ./job.py:/home/user/job.py -- python3 /home/user/job.py
 ///   echo hello | ztee run -- tr a-z A-Z
 ///   ztee run --allow-egress pypi.org:443 --allow-egress files.pythonhosted.org:443 -- pip download requests
+///   ztee run --secret DB_PASSWORD=PGPASSWORD -- sh -c 'test -n "$PGPASSWORD" && cat /run/secrets/DB_PASSWORD'
 ///
 /// The exit code is the command's own (128+N when killed by signal N, 124 on timeout, 125 when
 /// its output passed the limit, 3 when `--image` was refused by the admission policy). stdout
@@ -56,9 +57,81 @@ pub struct Args {
     #[arg(long, short = 'i')]
     pub interactive: bool,
 
+    /// Give the command a secret from the built-in store (repeatable): NAME puts it in the file
+    /// /run/secrets/NAME (mode 0400, tmpfs); NAME=ENVVAR also sets the environment variable
+    /// ENVVAR. Its value (and its base64, hex and URL-encoded forms) is redacted from the
+    /// output. The store is unlocked with the master key options below.
+    #[arg(long = "secret", value_name = "NAME[=ENVVAR]", value_parser = parse_secret)]
+    pub secrets: Vec<ztee_secrets::SecretRequest>,
+
+    #[command(flatten)]
+    pub secret_store: crate::cmd::secret::StoreArgs,
+
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+fn parse_secret(text: &str) -> Result<ztee_secrets::SecretRequest, String> {
+    ztee_secrets::SecretRequest::parse(text).map_err(|e| e.to_string())
+}
+
+/// Secret values leased for one run, and the scanner that redacts them from its output.
+pub struct RunSecrets {
+    files: Vec<(String, Vec<u8>)>,
+    env: Vec<(String, String)>,
+    pub redactor: Option<std::sync::Arc<ztee_dlp::Scanner>>,
+}
+
+impl RunSecrets {
+    fn none() -> Self {
+        Self {
+            files: Vec::new(),
+            env: Vec::new(),
+            redactor: None,
+        }
+    }
+
+    fn load(args: &Args, globals: &GlobalArgs) -> anyhow::Result<Self> {
+        if args.secrets.is_empty() {
+            return Ok(Self::none());
+        }
+        let store = args.secret_store.open(globals)?;
+        let scanner = ztee_dlp::Scanner::new(ztee_dlp::ScannerConfig {
+            entities: vec![ztee_dlp::Entity::Secret],
+            ..Default::default()
+        })?;
+        let mut secrets = Self::none();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, request) in args.secrets.iter().enumerate() {
+            if !names.insert(request.name.clone()) {
+                bail!("--secret {} is given twice", request.name);
+            }
+            let value = store.get(&request.name)?;
+            scanner
+                .register_secret(&format!("run/{i}"), value.expose())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "secret {} cannot be redacted from the output, so it is not injected: {e}",
+                        request.name
+                    )
+                })?;
+            if let Some(var) = &request.env {
+                let text = value.expose_str().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "secret {} is not UTF-8 text and cannot be an environment variable",
+                        request.name
+                    )
+                })?;
+                secrets.env.push((var.to_string(), text.to_owned()));
+            }
+            secrets
+                .files
+                .push((request.guest_path(), value.expose().to_vec()));
+        }
+        secrets.redactor = Some(std::sync::Arc::new(scanner));
+        Ok(secrets)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +183,7 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         uploads.push((copy.remote.clone(), data, file_mode(&copy.local)));
     }
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
+    let secrets = RunSecrets::load(&args, globals)?;
     let mut spec = args.shape.spec();
     match vm::admit(globals, &args.image)? {
         vm::Admission::Default => {}
@@ -139,7 +213,7 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
             }
         }
         let result = tokio::select! {
-            result = run_in(&sandbox, &args, uploads, forward_stdin) => result,
+            result = run_in(&sandbox, &args, uploads, &secrets, forward_stdin) => result,
             signal = vm::interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; the sandbox was destroyed")),
         };
         let egressed = sandbox.egress().is_some();
@@ -194,6 +268,7 @@ async fn run_in(
     sandbox: &Sandbox,
     args: &Args,
     uploads: Vec<(String, Vec<u8>, u32)>,
+    secrets: &RunSecrets,
     forward_stdin: bool,
 ) -> anyhow::Result<u8> {
     for (remote, data, mode) in uploads {
@@ -202,30 +277,59 @@ async fn run_in(
             .await
             .with_context(|| format!("cannot copy a file to {remote}"))?;
     }
+    for (path, value) in &secrets.files {
+        sandbox
+            .write_file(path, value, 0o400)
+            .await
+            .with_context(|| format!("cannot write the secret file {path}"))?;
+    }
     let mut spec = ExecSpec::new(args.command.clone());
     spec.env = args.env.clone();
+    spec.env.extend(secrets.env.iter().cloned());
     spec.cwd = args.cwd.clone();
     spec.timeout = args.timeout;
     spec.stdin = forward_stdin;
     let execution = sandbox.exec(spec).await?;
-    let status = stream(execution, forward_stdin).await?;
+    let status = stream(execution, forward_stdin, secrets.redactor.clone()).await?;
     exit_code(status, args.timeout)
 }
 
-/// Copies the command's output to ours as it arrives, and our stdin to it.
+/// Copies the command's output to ours as it arrives, and our stdin to it. With `redact`, the
+/// values registered with that scanner are masked in both output streams (which are then
+/// passed as UTF-8 text).
 pub async fn stream(
     mut execution: impl CommandStream,
     forward_stdin: bool,
+    redact: Option<std::sync::Arc<ztee_dlp::Scanner>>,
 ) -> anyhow::Result<ExitStatus> {
     let mut stdin_open = forward_stdin;
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 64 * 1024];
+    let operators = ztee_dlp::Operators::new(ztee_dlp::Operator::Mask(ztee_dlp::MaskStyle::Pci));
+    let mut redactors = redact.map(|scanner| {
+        (
+            ztee_dlp::StreamScanner::new(scanner.clone(), operators.clone()),
+            ztee_dlp::StreamScanner::new(scanner, operators),
+        )
+    });
     loop {
         tokio::select! {
             event = execution.next_event() => match event? {
-                Some(ExecEvent::Stdout(data)) => write_all(&mut std::io::stdout(), &data)?,
-                Some(ExecEvent::Stderr(data)) => write_all(&mut std::io::stderr(), &data)?,
-                Some(ExecEvent::Exit(status)) => return Ok(status),
+                Some(ExecEvent::Stdout(data)) => match redactors.as_mut() {
+                    Some((out, _)) => write_all(&mut std::io::stdout(), out.feed_bytes(&data)?.as_bytes())?,
+                    None => write_all(&mut std::io::stdout(), &data)?,
+                },
+                Some(ExecEvent::Stderr(data)) => match redactors.as_mut() {
+                    Some((_, err)) => write_all(&mut std::io::stderr(), err.feed_bytes(&data)?.as_bytes())?,
+                    None => write_all(&mut std::io::stderr(), &data)?,
+                },
+                Some(ExecEvent::Exit(status)) => {
+                    if let Some((out, err)) = redactors.as_mut() {
+                        write_all(&mut std::io::stdout(), out.finish()?.as_bytes())?;
+                        write_all(&mut std::io::stderr(), err.finish()?.as_bytes())?;
+                    }
+                    return Ok(status);
+                }
                 None => bail!("the command's output ended without an exit status"),
             },
             read = stdin.read(&mut buf), if stdin_open => match read {

@@ -292,7 +292,7 @@ fn exec(args: ExecArgs, registry: Registry) -> anyhow::Result<u8> {
     spec.stdin = forward_stdin;
     vm::block_on(async {
         let execution = client.exec(spec).await?;
-        let status = stream(execution, forward_stdin).await?;
+        let status = stream(execution, forward_stdin, None).await?;
         exit_code(status, args.timeout)
     })
 }

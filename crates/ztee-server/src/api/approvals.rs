@@ -1,0 +1,149 @@
+//! `/v1/approvals`: requests held by policy for a human, their decisions and results.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::approvals::{self, callback::CallbackQuery, Approver, Status};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest long-poll, in seconds.
+const MAX_WAIT_S: u64 = 60;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `pending`, `approved`, `executed`, `failed`, `denied` or `expired`.
+    status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    /// Seconds to wait for a final status (long-poll), at most 60.
+    wait: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    comment: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            Status::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "status {s:?} is not one of pending, approved, executed, failed, denied, expired"
+                ))
+            })
+        })
+        .transpose()?;
+    let records = state.approvals.list_visible(&caller, status).await?;
+    Ok(Json(serde_json::json!({ "approvals": records })).into_response())
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<ShowQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let record = match q.wait {
+        Some(w) if w > MAX_WAIT_S => {
+            return Err(ApiError::bad_request(format!(
+                "wait = {w} is out of range; allowed: 0 to {MAX_WAIT_S}"
+            )))
+        }
+        Some(w) => {
+            state
+                .approvals
+                .wait(&caller, &id, Duration::from_secs(w))
+                .await?
+        }
+        None => state.approvals.get_visible(&caller, &id).await?,
+    };
+    Ok(Json(record).into_response())
+}
+
+async fn decide(
+    state: Arc<AppState>,
+    caller: Caller,
+    id: String,
+    body: axum::body::Bytes,
+    approve: bool,
+) -> Result<Response, ApiError> {
+    let body: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("expected {{\"comment\": \"...\"}} or no body: {e}"),
+            )
+        })?
+    };
+    let record = approvals::decide(
+        &state,
+        Approver::Caller(&caller),
+        &id,
+        approve,
+        body.comment,
+    )
+    .await?;
+    Ok(Json(record).into_response())
+}
+
+/// `POST /v1/approvals/{id}/approve` with an optional `{"comment": "..."}`.
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    decide(state, caller, id, body, true).await
+}
+
+pub async fn deny(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    decide(state, caller, id, body, false).await
+}
+
+/// `GET|POST /v1/approvals/{id}/callback?decision=...&expires=...&sig=...`: the signed link
+/// is the credential (no API key); a bad or expired signature is a 403.
+pub async fn callback(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let record = approvals::decide_by_callback(&state, &id, &q).await?;
+    Ok(Json(serde_json::json!({
+        "id": record.id,
+        "status": record.status,
+        "decisions": record.decisions.len(),
+        "required_approvals": record.required_approvals,
+    }))
+    .into_response())
+}

@@ -1,0 +1,510 @@
+//! Secrets end to end over real HTTP with real microVMs: stored through the API, granted by the
+//! Rego policy, injected as a file and an environment variable, redacted from every output in
+//! every encoding, gone when the sandbox ends, refused for a principal without a grant.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::{client, error_body, EchoExecutor, Gateway};
+use serde_json::json;
+use ztee_server::vm::VmExecutor;
+use ztee_server::ServerConfig;
+
+const DB_PASSWORD: &str = "pg-Pa55/word+with spaces&more";
+const API_TOKEN: &str = "tok_live_51HqLyjWDarjtT1zdp7dc";
+
+fn guest_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
+}
+
+/// The repository's policy with grants: acme's agents may use both secrets; nobody else any.
+fn policy_with_grants() -> Arc<dyn ztee_server::policy::PolicyEngine> {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    std::fs::create_dir_all(dir.path().join("ztee")).unwrap();
+    std::fs::copy(
+        repo.join("ztee/main.rego"),
+        dir.path().join("ztee/main.rego"),
+    )
+    .unwrap();
+    let mut data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join("data.json")).unwrap()).unwrap();
+    data["ztee"]["config"]["secret_grants"] = json!([
+        {"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]},
+        {"secret": "API_TOKEN", "tenants": ["acme"], "roles": ["agent"]},
+        {"secret": "SHORT", "tenants": ["acme"]},
+        {"secret": "NOT_STORED", "tenants": ["acme"]}
+    ]);
+    std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
+    let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
+    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+        ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
+        Default::default(),
+    ))
+}
+
+fn secrets_config(key_var: &str) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.secrets.master_key = Some(ztee_secrets::MasterKeySource::Env(key_var.into()));
+    config
+}
+
+async fn vm_gateway() -> Option<Gateway> {
+    if ztee_vm::backend::qemu::version().is_none() {
+        eprintln!(
+            "SKIPPED: qemu-system-x86_64 cannot start on this machine; secret VM tests did not run"
+        );
+        return None;
+    }
+    let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
+        .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
+    let data_dir = tempfile::Builder::new()
+        .prefix("ztee-s")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
+        assets,
+        runtime_dir: data_dir.path().join("run"),
+        cache_dir: data_dir.path().join("cache"),
+        accelerator: std::env::var("ZTEE_ACCEL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ztee_vm::AccelChoice::Tcg),
+        boot_timeout: std::time::Duration::from_secs(90),
+        snapshots: false,
+        jail: ztee_vm::JailConfig::default(),
+        vmm: ztee_vm::VmmSettings::default(),
+    })
+    .unwrap();
+    std::env::set_var(
+        "ZTEE_TEST_MASTER_KEY_VM",
+        ztee_secrets::MasterKey::generate().to_text().as_str(),
+    );
+    let executor = VmExecutor::new(engine).with_admission(data_dir.path());
+    Some(
+        Gateway::start_with_policy(
+            secrets_config("ZTEE_TEST_MASTER_KEY_VM"),
+            Arc::new(executor),
+            data_dir,
+            Some(policy_with_grants()),
+        )
+        .await,
+    )
+}
+
+/// Every form the DLP redacts a value in: raw, base64 (standard/URL-safe, padded or not), hex
+/// (both cases), URL-encoded (with `%20` or `+`).
+fn encodings(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let e = base64::engine::general_purpose::STANDARD.encode(value);
+    let u = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value);
+    let mut url = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    vec![
+        value.to_owned(),
+        e,
+        u,
+        hex::encode(value),
+        hex::encode_upper(value),
+        url.clone(),
+        url.replace("%20", "+"),
+    ]
+}
+
+fn assert_clean(what: &str, text: &str) {
+    for secret in [DB_PASSWORD, API_TOKEN] {
+        for form in encodings(secret) {
+            assert!(
+                !text.contains(&form),
+                "{what} leaks a secret as {form:?}: {text}"
+            );
+        }
+    }
+}
+
+/// Prints the secret in every encoding, on stdout and on stderr.
+const PRINT_ALL_FORMS: &str = r#"
+import base64, binascii, os, sys, urllib.parse
+v = open(sys.argv[1], 'rb').read()
+forms = [v, base64.b64encode(v), base64.urlsafe_b64encode(v).rstrip(b'='), binascii.hexlify(v),
+         binascii.hexlify(v).upper(), urllib.parse.quote(v, safe='').encode(), urllib.parse.quote_plus(v).encode()]
+for f in forms:
+    print('out', f.decode())
+    print('err', f.decode(), file=sys.stderr)
+print('env', os.environ.get(sys.argv[2], '<unset>'))
+st = os.stat(sys.argv[1]); d = os.stat(os.path.dirname(sys.argv[1]))
+print('mode', oct(st.st_mode & 0o777), st.st_uid, 'dir', oct(d.st_mode & 0o777), d.st_uid, 'me', os.getuid())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
+    let Some(gw) = vm_gateway().await else { return };
+    let c = client();
+    let admin = gw.admin_key.clone();
+    let acme = gw.key("acme", "agent");
+    let globex = gw.key("globex", "agent");
+    let scanner = gw.state.dlp_api.as_ref().unwrap().scanner.clone();
+
+    // Operators store secrets; agents cannot; nobody reads a value back.
+    for (name, value) in [
+        ("DB_PASSWORD", DB_PASSWORD),
+        ("API_TOKEN", API_TOKEN),
+        ("SHORT", "abc"),
+    ] {
+        let r = c
+            .put(format!("{}/v1/secrets/{name}", gw.url))
+            .bearer_auth(&admin)
+            .json(&json!({ "value": value }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{name}");
+    }
+    let r = c
+        .put(format!("{}/v1/secrets/X", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"value": "whatever-value"}))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 403, "forbidden").await;
+    let r = c
+        .put(format!("{}/v1/secrets/..%2Fetc", gw.url))
+        .bearer_auth(&admin)
+        .json(&json!({"value": "whatever-value"}))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 400, "bad_request").await;
+    let list = c
+        .get(format!("{}/v1/secrets", gw.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        list.contains("\"DB_PASSWORD\"") && list.contains("\"API_TOKEN\""),
+        "{list}"
+    );
+    assert_clean("GET /v1/secrets", &list);
+    let store = std::fs::read_to_string(gw.data_dir.path().join("secrets.json")).unwrap();
+    assert_clean("the store file", &store);
+
+    // One-shot run: file and environment variable inside the VM; every encoding redacted from
+    // stdout and stderr.
+    let r: serde_json::Value = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({
+            "cmd": ["python3", "-c", PRINT_ALL_FORMS, "/run/secrets/DB_PASSWORD", "PGPASSWORD"],
+            "secrets": ["DB_PASSWORD=PGPASSWORD"]
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let stdout = r["stdout"].as_str().unwrap();
+    let stderr = r["stderr"].as_str().unwrap();
+    assert_clean("run stdout", stdout);
+    assert_clean("run stderr", stderr);
+    assert_eq!(stdout.matches("out ").count(), 7, "{stdout}");
+    assert_eq!(stderr.matches("err ").count(), 7, "{stderr}");
+    // Set (and masked: letters and digits become `*`, punctuation stays).
+    assert!(
+        stdout.contains("env **-****/****+**** ******&****\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mode 0o400 1000 dir 0o700 1000 me 1000"),
+        "{stdout}"
+    );
+    assert!(r["redactions"]["SECRET"].as_u64().unwrap() >= 15, "{r}");
+    assert!(
+        scanner.secret_names().is_empty(),
+        "{:?}",
+        scanner.secret_names()
+    );
+
+    // A long-lived sandbox with a file-only secret: no env var, redacted from commands,
+    // streams and files read back.
+    let r = c
+        .post(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"secrets": ["API_TOKEN"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(scanner.secret_names().len(), 1);
+    let cmd_url = format!("{}/v1/sandboxes/{id}/commands", gw.url);
+    let r: serde_json::Value = c
+        .post(&cmd_url)
+        .bearer_auth(&acme)
+        .json(&json!({"cmd": ["python3", "-c", PRINT_ALL_FORMS, "/run/secrets/API_TOKEN", "API_TOKEN"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_clean("sandbox stdout", r["stdout"].as_str().unwrap());
+    assert_clean("sandbox stderr", r["stderr"].as_str().unwrap());
+    assert!(r["stdout"].as_str().unwrap().contains("env <unset>"), "{r}");
+    let streamed = c
+        .post(&cmd_url)
+        .bearer_auth(&acme)
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"cmd": "cat /run/secrets/API_TOKEN; echo; base64 /run/secrets/API_TOKEN >&2; base64 -w0 /run/secrets/API_TOKEN > /tmp/copy.b64; od -An -tx1 /run/secrets/API_TOKEN | tr -d ' \\n' > /tmp/copy.hex"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(streamed.contains("\"exit\""), "{streamed}");
+    assert_clean("stream", &streamed);
+    for path in ["/run/secrets/API_TOKEN", "/tmp/copy.b64", "/tmp/copy.hex"] {
+        let r = c
+            .get(format!("{}/v1/sandboxes/{id}/files?path={path}", gw.url))
+            .bearer_auth(&acme)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(!body.is_empty(), "{path}");
+        assert_clean(path, &body);
+    }
+    let r = c
+        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        scanner.secret_names().is_empty(),
+        "the DLP registration ends with the sandbox"
+    );
+
+    // A new sandbox has no trace of the earlier secrets.
+    let r: serde_json::Value = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&acme)
+        .json(
+            &json!({"cmd": "ls -A /run/secrets | wc -l; env | grep -c -e PGPASSWORD -e API_TOKEN"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["stdout"], "0\n0\n", "{r}");
+
+    // Policy: another tenant's agent gets nothing, and no VM boots.
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&globex)
+        .json(&json!({"cmd": ["true"], "secrets": ["DB_PASSWORD"]}))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(r, 403, "policy_denied").await;
+    assert!(body.to_string().contains("secret.not_granted"), "{body}");
+    // Unknown, too short to redact, or malformed: precise 4xx.
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"cmd": ["true"], "secrets": ["NOT_STORED"]}))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 400, "unknown_secret").await;
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"cmd": ["true"], "secrets": ["SHORT"]}))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(r, 400, "bad_request").await;
+    assert!(body.to_string().contains("cannot be redacted"), "{body}");
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"cmd": ["true"], "secrets": ["DB_PASSWORD=1BAD"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(scanner.secret_names().is_empty());
+
+    // The audit trail records every use and refusal by name, and never a value.
+    let audit: serde_json::Value = c
+        .get(format!("{}/v1/audit?type=secret.use&tenant=acme", gw.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = audit["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["event"]["outcome"] == "success"
+            && e["event"]["resource"]
+                .as_str()
+                .unwrap()
+                .starts_with("secret/DB_PASSWORD@run/")),
+        "{audit}"
+    );
+    // The refusal is decided (and audited) with the run itself, before any secret is touched.
+    let denied: serde_json::Value = c
+        .get(format!("{}/v1/audit?type=run&tenant=globex", gw.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        denied["events"][0]["event"]["outcome"], "denied",
+        "{denied}"
+    );
+    assert_eq!(
+        denied["events"][0]["event"]["decision"]["rule_ids"][0],
+        "secret.not_granted"
+    );
+    let data_dir = gw.stop().await;
+    let mut stack = vec![data_dir.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let text = String::from_utf8_lossy(&bytes);
+                if path.file_name().is_some_and(|n| n == "secrets.json") {
+                    continue;
+                }
+                assert_clean(&path.display().to_string(), &text);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_stops_the_gateway_with_a_clear_error() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let first = ztee_secrets::MasterKey::generate();
+    let store = ztee_secrets::LocalStore::open(
+        data_dir.path().join("secrets.json"),
+        ztee_secrets::MasterKey::parse(&first.to_text()).unwrap(),
+    )
+    .unwrap();
+    store
+        .put(
+            &ztee_secrets::SecretName::parse("K").unwrap(),
+            &ztee_secrets::SecretValue::new(b"value-123".to_vec()).unwrap(),
+        )
+        .unwrap();
+    std::env::set_var(
+        "ZTEE_TEST_MASTER_KEY_WRONG",
+        ztee_secrets::MasterKey::generate().to_text().as_str(),
+    );
+    let engines = ztee_server::Engines {
+        executor: Arc::new(EchoExecutor::default()),
+        dlp: Arc::new(ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap()),
+        policy: None,
+        dlp_api: None,
+    };
+    let err = match ztee_server::build(
+        secrets_config("ZTEE_TEST_MASTER_KEY_WRONG"),
+        data_dir.path(),
+        engines,
+    )
+    .await
+    {
+        Ok(_) => panic!("the gateway started with the wrong master key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("master key does not match the secret store"),
+        "{err}"
+    );
+    assert!(!err.contains("value-123"));
+    assert!(
+        !data_dir.path().join("state.db").exists(),
+        "nothing else was touched"
+    );
+}
+
+#[tokio::test]
+async fn the_built_in_policy_grants_no_secrets() {
+    std::env::set_var(
+        "ZTEE_TEST_MASTER_KEY_BUILTIN",
+        ztee_secrets::MasterKey::generate().to_text().as_str(),
+    );
+    let gw = Gateway::start(
+        secrets_config("ZTEE_TEST_MASTER_KEY_BUILTIN"),
+        Arc::new(EchoExecutor::default()),
+    )
+    .await;
+    let c = client();
+    let r = c
+        .put(format!("{}/v1/secrets/DB_PASSWORD", gw.url))
+        .bearer_auth(&gw.admin_key)
+        .json(&json!({"value": DB_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c
+        .post(format!("{}/v1/run", gw.url))
+        .bearer_auth(&gw.admin_key)
+        .json(&json!({"cmd": ["true"], "secrets": ["DB_PASSWORD"]}))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(r, 403, "policy_denied").await;
+    assert!(body.to_string().contains("secret.no_grants"), "{body}");
+    let r = c
+        .delete(format!("{}/v1/secrets/DB_PASSWORD", gw.url))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c
+        .delete(format!("{}/v1/secrets/DB_PASSWORD", gw.url))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 404, "not_found").await;
+}

@@ -1,0 +1,227 @@
+//! `ztee secret` and `ztee run --secret` as an operator runs them: the real binary, a real
+//! store on disk, real microVMs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const VALUE: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
+
+fn guest_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
+}
+
+fn ztee(data_dir: &Path, key_file: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ztee"));
+    command
+        .args(args)
+        .env("ZTEE_DATA_DIR", data_dir)
+        .env("ZTEE_GUEST_DIR", guest_dir())
+        .env("ZTEE_MASTER_KEY_FILE", key_file)
+        .env_remove("ZTEE_LOG")
+        .env_remove("ZTEE_MASTER_KEY_COMMAND")
+        .env_remove("ZTEE_SECRETS_STORE")
+        .stdin(Stdio::null());
+    command
+}
+
+fn with_stdin(mut command: Command, input: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn store_list_rotate_and_refuse_a_wrong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let o = ztee(
+        dir.path(),
+        &key,
+        &["secret", "keygen", key.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // An existing key file is never replaced.
+    let again = ztee(
+        dir.path(),
+        &key,
+        &["secret", "keygen", key.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+
+    let o = with_stdin(
+        ztee(dir.path(), &key, &["secret", "put", "STRIPE_KEY"]),
+        &format!("{VALUE}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = ztee(dir.path(), &key, &["--format", "json", "secret", "ls"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        listed.contains("STRIPE_KEY") && !listed.contains(VALUE),
+        "{listed}"
+    );
+    let store = std::fs::read_to_string(dir.path().join("secrets.json")).unwrap();
+    assert!(!store.contains(VALUE));
+
+    // Names are validated; values never come from argv (there is no argument for one).
+    let o = with_stdin(
+        ztee(dir.path(), &key, &["secret", "put", "../x"]),
+        "value-123",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("invalid secret name"), "{}", text(&o));
+    let o = ztee(dir.path(), &key, &["secret", "put", "A", "value-on-argv"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // Rotation: the old key stops working, the new one reads everything.
+    let new_key = dir.path().join("master.key.new");
+    assert!(ztee(
+        dir.path(),
+        &key,
+        &["secret", "keygen", new_key.to_str().unwrap()]
+    )
+    .status()
+    .unwrap()
+    .success());
+    let o = ztee(
+        dir.path(),
+        &key,
+        &[
+            "secret",
+            "rotate-key",
+            "--new-master-key-file",
+            new_key.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("1 secret(s)"), "{}", text(&o));
+    let o = ztee(dir.path(), &key, &["secret", "ls"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o);
+    assert!(
+        err.contains("master key does not match the secret store"),
+        "{err}"
+    );
+    assert!(!err.contains(VALUE));
+    let o = ztee(dir.path(), &new_key, &["secret", "rm", "STRIPE_KEY"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = ztee(dir.path(), &new_key, &["secret", "rm", "STRIPE_KEY"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("does not exist"), "{}", text(&o));
+}
+
+#[test]
+fn run_injects_a_secret_and_redacts_it_from_the_output() {
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+    if !qemu.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("ztee-k")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let key = dir.path().join("master.key");
+    assert!(ztee(
+        dir.path(),
+        &key,
+        &["secret", "keygen", key.to_str().unwrap()]
+    )
+    .status()
+    .unwrap()
+    .success());
+    let o = with_stdin(
+        ztee(dir.path(), &key, &["secret", "put", "STRIPE_KEY"]),
+        VALUE,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    let script = "echo env=$STRIPE; cat /run/secrets/STRIPE_KEY; echo; base64 /run/secrets/STRIPE_KEY >&2; \
+                  od -An -tx1 /run/secrets/STRIPE_KEY | tr -d ' \\n'; echo; stat -c '%a %u' /run/secrets/STRIPE_KEY";
+    let o = ztee(
+        dir.path(),
+        &key,
+        &[
+            "run",
+            "--secret",
+            "STRIPE_KEY=STRIPE",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .output()
+    .unwrap();
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    use base64::Engine as _;
+    for form in [
+        VALUE.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(VALUE),
+        hex::encode(VALUE),
+    ] {
+        assert!(!all.contains(&form), "{form} leaked: {all}");
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("env=**_****_"), "{all}");
+    assert!(stdout.ends_with("400 1000\n"), "{all}");
+
+    // Without --secret nothing is there.
+    let o = ztee(
+        dir.path(),
+        &key,
+        &["run", "--", "sh", "-c", "ls -A /run/secrets | wc -l"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n", "{}", text(&o));
+    // An unknown secret fails before any VM boots.
+    let o = ztee(dir.path(), &key, &["run", "--secret", "NOPE", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("secret \"NOPE\" does not exist"),
+        "{}",
+        text(&o)
+    );
+}
