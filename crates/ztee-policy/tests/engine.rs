@@ -175,26 +175,26 @@ fn one_engine_serves_many_threads() {
         .map(|t| {
             let engine = Arc::clone(&engine);
             std::thread::spawn(move || {
-                let action = if t % 2 == 0 {
-                    Action::SecretUse
+                // Even threads ask for a secret nobody granted (denied); odd ones create a sandbox.
+                let (action, request) = if t % 2 == 0 {
+                    let request = PolicyRequest {
+                        secrets: vec!["stripe.live".into()],
+                        ..PolicyRequest::default()
+                    };
+                    (Action::SecretUse, request)
                 } else {
-                    Action::SandboxCreate
+                    (Action::SandboxCreate, PolicyRequest::default())
                 };
                 (0..50)
-                    .map(|_| {
-                        engine
-                            .evaluate(&input(action, PolicyRequest::default()))
-                            .verdict
-                    })
+                    .map(|_| engine.evaluate(&input(action, request.clone())).verdict)
                     .collect::<Vec<_>>()
             })
         })
         .collect();
     for (t, thread) in threads.into_iter().enumerate() {
         let verdicts = thread.join().unwrap_or_else(|_| panic!("thread panicked"));
-        // Secret use with no secret named and no grant: nothing to deny, nothing to approve.
         let expected = if t % 2 == 0 {
-            Verdict::Allow
+            Verdict::Deny
         } else {
             Verdict::Allow
         };

@@ -22,6 +22,8 @@ mod secret;
 mod serve;
 mod vulndb;
 
+// Parsed once per process and moved once: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run one command in a fresh microVM that is destroyed afterwards.
