@@ -357,6 +357,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn egress_section_parses_and_refuses_typos() {
+        let c = ServerConfig::from_toml(
+            "[egress]\nallowed_networks = [\"10.20.0.0/16\"]\ndns_servers = [\"10.20.0.53:53\"]\nmax_body_bytes = 4096",
+        )
+        .unwrap();
+        assert_eq!(c.egress.allowed_networks[0].to_string(), "10.20.0.0/16");
+        assert_eq!(c.egress.dns_servers[0].port(), 53);
+        assert_eq!(c.egress.max_body_bytes, 4096);
+        assert_eq!(c.egress.connect_timeout_secs, 10);
+        assert!(ServerConfig::default().egress.allowed_networks.is_empty());
+        let err = ServerConfig::from_toml("[egress]\nallowed_network = []").unwrap_err();
+        assert!(err.contains("allowed_network"), "{err}");
+        let err =
+            ServerConfig::from_toml("[egress]\nallowed_networks = [\"10.0.0.0/33\"]").unwrap_err();
+        assert!(
+            err.contains("allowed_networks") && err.contains("invalid IP address"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_named_and_env_overrides_file() {
         let err = ServerConfig::from_toml("listen = \"127.0.0.1:1\"\nlisten_port = 3").unwrap_err();
         assert!(err.contains("listen_port"), "{err}");

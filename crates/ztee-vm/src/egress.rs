@@ -280,3 +280,200 @@ impl StreamTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The host relay against a fake guest on a real Unix socket (authenticated like the agent)
+    //! and the real egress proxy: bytes flow with credit, and a guest that breaks the rules loses
+    //! the stream.
+
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{UnixListener, UnixStream};
+    use ztee_egress::{Allowlist, EgressConfig, EgressGrant, EgressLog, EgressProxy};
+    use ztee_wire::{BootSecret, FrameDecoder, Opener, Sealer, SessionKeys, PROTOCOL_VERSION};
+
+    use super::*;
+
+    /// The guest end of an authenticated session.
+    struct FakeGuest {
+        stream: UnixStream,
+        sealer: Sealer,
+        opener: Opener,
+        decoder: FrameDecoder,
+    }
+
+    impl FakeGuest {
+        async fn send(&mut self, message: &GuestMessage) {
+            let frame = self.sealer.seal(message).unwrap();
+            self.stream.write_all(&frame).await.unwrap();
+        }
+
+        async fn next(&mut self) -> HostMessage {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if let Some(frame) = self.decoder.next_frame().unwrap() {
+                    return self.opener.open(&frame).unwrap();
+                }
+                let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut buf))
+                    .await
+                    .expect("a host message in time")
+                    .unwrap();
+                assert!(n > 0, "host closed the channel");
+                self.decoder.push(&buf[..n]);
+            }
+        }
+    }
+
+    async fn session() -> (Arc<Channel>, FakeGuest, Arc<EgressLog>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let secret = BootSecret::from_bytes([5; 32]);
+        let guest = tokio::spawn(async move {
+            let secret = BootSecret::from_bytes([5; 32]);
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut decoder = FrameDecoder::new();
+            let mut opener = Opener::unauthenticated();
+            let mut buf = vec![0u8; 4096];
+            let next = |decoder: &mut FrameDecoder| decoder.next_frame().unwrap();
+            let hello = loop {
+                if let Some(frame) = next(&mut decoder) {
+                    break frame;
+                }
+                let n = stream.read(&mut buf).await.unwrap();
+                decoder.push(&buf[..n]);
+            };
+            let HostMessage::Hello {
+                nonce: host_nonce, ..
+            } = opener.open(&hello).unwrap()
+            else {
+                panic!("expected Hello")
+            };
+            let guest_nonce = [7u8; 32];
+            let ack = Sealer::unauthenticated()
+                .seal(&GuestMessage::HelloAck {
+                    version: PROTOCOL_VERSION,
+                    nonce: guest_nonce,
+                    proof: secret.agent_proof(&host_nonce, &guest_nonce),
+                })
+                .unwrap();
+            stream.write_all(&ack).await.unwrap();
+            let confirm = loop {
+                if let Some(frame) = next(&mut decoder) {
+                    break frame;
+                }
+                let n = stream.read(&mut buf).await.unwrap();
+                decoder.push(&buf[..n]);
+            };
+            let _: HostMessage = opener.open(&confirm).unwrap();
+            let keys = SessionKeys::derive(&secret, &host_nonce, &guest_nonce);
+            let mut guest = FakeGuest {
+                stream,
+                sealer: Sealer::keyed(keys.guest_to_host),
+                opener: Opener::keyed(keys.host_to_guest),
+                decoder,
+            };
+            guest
+                .send(&GuestMessage::Ready {
+                    agent_version: "test".into(),
+                    kernel_release: "test".into(),
+                })
+                .await;
+            guest
+        });
+        let channel = Arc::new(
+            Channel::connect(&socket, &secret, Instant::now() + Duration::from_secs(10))
+                .await
+                .unwrap(),
+        );
+        let guest = guest.await.unwrap();
+        let log = Arc::new(EgressLog::default());
+        let proxy = Arc::new(EgressProxy::from_config(EgressConfig::default()).unwrap());
+        let grant = EgressGrant {
+            sandbox: "sbx-test".into(),
+            allowlist: Allowlist::new(vec!["allowed.example:443".parse().unwrap()]),
+            audit: log.clone(),
+        };
+        channel.set_egress(Arc::new(EgressRelay::new(
+            proxy,
+            grant,
+            Arc::downgrade(&channel),
+        )));
+        (channel, guest, log, dir)
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_relayed_with_credit_and_closed_after_the_guest_drained_it() {
+        let (_channel, mut guest, log, _dir) = session().await;
+        let request = b"GET http://elsewhere.example/ HTTP/1.1\r\n\r\n".to_vec();
+        guest.send(&GuestMessage::EgressOpen { stream: 9 }).await;
+        guest
+            .send(&GuestMessage::EgressData {
+                stream: 9,
+                data: request.clone(),
+            })
+            .await;
+        let mut answer = Vec::new();
+        let mut credited = 0;
+        loop {
+            match guest.next().await {
+                HostMessage::EgressCredit { stream: 9, bytes } => credited += bytes as usize,
+                HostMessage::EgressData { stream: 9, data } => {
+                    answer.extend_from_slice(&data);
+                    // Written to the program: credit it back, as the agent does.
+                    guest
+                        .send(&GuestMessage::EgressCredit {
+                            stream: 9,
+                            bytes: data.len() as u32,
+                        })
+                        .await;
+                }
+                HostMessage::EgressShutdown { stream: 9 } => {}
+                HostMessage::EgressClose { stream: 9 } => break,
+                other => panic!("unexpected {}", other.name()),
+            }
+        }
+        assert_eq!(credited, request.len());
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+        assert!(answer.contains("elsewhere.example:80 is not on this sandbox's egress allowlist"));
+        assert_eq!(log.records().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_sends_more_than_a_chunk_loses_the_stream() {
+        let (_channel, mut guest, _log, _dir) = session().await;
+        guest.send(&GuestMessage::EgressOpen { stream: 3 }).await;
+        guest
+            .send(&GuestMessage::EgressData {
+                stream: 3,
+                data: vec![b'A'; EGRESS_CHUNK + 1],
+            })
+            .await;
+        loop {
+            match guest.next().await {
+                HostMessage::EgressClose { stream: 3 } => break,
+                HostMessage::EgressCredit { .. } => panic!("oversized data was accepted"),
+                _ => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_limit_are_closed_at_once() {
+        let (_channel, mut guest, _log, _dir) = session().await;
+        for stream in 1..=(MAX_EGRESS_STREAMS as u32 + 1) {
+            guest.send(&GuestMessage::EgressOpen { stream }).await;
+        }
+        match guest.next().await {
+            HostMessage::EgressClose { stream } => {
+                assert_eq!(stream, MAX_EGRESS_STREAMS as u32 + 1)
+            }
+            other => panic!("unexpected {}", other.name()),
+        }
+    }
+}

@@ -18,7 +18,7 @@ use crate::vm;
 ///   ztee run --timeout 2 -- sleep 30
 ///   ztee run --file ./job.py:/home/user/job.py -- python3 /home/user/job.py
 ///   echo hello | ztee run -- tr a-z A-Z
-///   ztee run --allow-egress pypi.org:443 --allow-egress files.pythonhosted.org:443 -- pip download requests
+///   ztee run --allow-egress pypi.org:443 -- python3 -c "import urllib.request as u; print(u.urlopen('https://pypi.org/simple/').status)"
 ///   ztee run --secret DB_PASSWORD=PGPASSWORD -- sh -c 'test -n "$PGPASSWORD" && cat /run/secrets/DB_PASSWORD'
 ///
 /// The exit code is the command's own (128+N when killed by signal N, 124 on timeout, 125 when
