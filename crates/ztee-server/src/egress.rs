@@ -61,13 +61,22 @@ pub fn targets(allowlist: &Allowlist) -> Vec<EgressTarget> {
         .collect()
 }
 
+/// The egress decision as the request handler acts on it.
+pub enum EgressGate {
+    Allowed,
+    /// Policy wants a human to approve this egress first; nothing has run.
+    Held(Decision),
+}
+
 /// Asks policy whether the sandbox of `ctx` may have this egress, and records the answer as an
-/// `egress` event. A denial or a hold for approval is the error the caller sees.
+/// `egress` event. A denial is the error the caller sees; a hold for approval is returned for
+/// the caller to park (or, with `approved`, goes ahead: a human approved exactly this request).
 pub async fn authorize(
     pipeline: &Pipeline,
     ctx: &ActionContext<'_>,
     allowlist: &Allowlist,
-) -> Result<Decision, ApiError> {
+    approved: bool,
+) -> Result<EgressGate, ApiError> {
     let mut input = ctx.policy.clone();
     input.action = "egress";
     input.findings = Vec::new();
@@ -75,6 +84,7 @@ pub async fn authorize(
     let outcome = match decision.kind {
         DecisionKind::Allow => Outcome::Success,
         DecisionKind::Deny => Outcome::Denied,
+        DecisionKind::RequireApproval if approved => Outcome::Success,
         DecisionKind::RequireApproval => Outcome::PendingApproval,
     };
     let egress_ctx = ActionContext {
@@ -88,19 +98,13 @@ pub async fn authorize(
         .with_decision(audit::decision_record(&decision));
     pipeline.record(event).await?;
     match decision.kind {
-        DecisionKind::Allow => Ok(decision),
+        DecisionKind::Allow => Ok(EgressGate::Allowed),
+        DecisionKind::RequireApproval if approved => Ok(EgressGate::Allowed),
         DecisionKind::Deny => Err(ApiError::policy_denied(format!(
             "policy denied the requested egress: {}",
             decision.reasons.join(", ")
         ))),
-        DecisionKind::RequireApproval => Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "approval_required",
-            format!(
-                "policy requires a human approval for the requested egress; nothing was run ({})",
-                decision.reasons.join(", ")
-            ),
-        )),
+        DecisionKind::RequireApproval => Ok(EgressGate::Held(decision)),
     }
 }
 

@@ -65,6 +65,7 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     let dns = TestDns::start(vec![
         ("mirror.test", vec![vec![Ipv4Addr::LOCALHOST]]),
         ("other.test", vec![vec![Ipv4Addr::LOCALHOST]]),
+        ("review.test", vec![vec![Ipv4Addr::LOCALHOST]]),
     ])
     .await;
     let data_dir = tempfile::Builder::new()
@@ -157,15 +158,50 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
             .contains("egress.not_allowlisted"),
         "{e}"
     );
-    // Allowlisted but not pre-approved: held for a human.
+    // Allowlisted but not pre-approved: parked for a human; once approved it runs with the
+    // egress it asked for.
+    let review_url = format!("http://review.test:{port}/simple/");
     let r = c
         .post(format!("{}/v1/run", gw.url))
         .bearer_auth(&agent)
-        .json(&json!({"cmd": ["true"], "egress": [format!("review.test:{port}")]}))
+        .json(&json!({
+            "cmd": ["python3", "-c", FETCH, review_url],
+            "egress": [format!("review.test:{port}")],
+        }))
         .send()
         .await
         .unwrap();
-    error_body(r, 403, "approval_required").await;
+    assert_eq!(r.status(), 202);
+    let held: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        held["approval"]["rule_ids"]
+            .to_string()
+            .contains("risk.egress"),
+        "{held}"
+    );
+    assert_eq!(origin.received().len(), 1, "nothing ran while held");
+    let link = format!("/v1/approvals/{}", held["approval"]["id"].as_str().unwrap());
+    let approver = gw.key("acme", "approver");
+    let r = c
+        .post(format!("{}{link}/approve", gw.url))
+        .bearer_auth(&approver)
+        .json(&json!({"comment": "mirror review"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let done: serde_json::Value = c
+        .get(format!("{}{link}?wait=60", gw.url))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(done["result"]["stdout"], "hello via egress\n", "{done}");
+    assert_eq!(origin.received().len(), 2);
     // A malformed destination is the caller's error.
     let r = c
         .post(format!("{}/v1/run", gw.url))
@@ -238,10 +274,17 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         .collect();
     assert_eq!(
         outcomes,
-        ["success", "denied", "pending_approval", "success"],
+        // run, refused run, held run, the held run once approved, sandbox
+        [
+            "success",
+            "denied",
+            "pending_approval",
+            "success",
+            "success"
+        ],
         "{events:#?}"
     );
-    assert_eq!(connections.len(), 3, "{events:#?}");
+    assert_eq!(connections.len(), 4, "{events:#?}");
     let first = connections
         .iter()
         .find(|e| e["request_id"] == "req-egress-run" && e["outcome"] == "success")

@@ -106,6 +106,35 @@ pub async fn run_approved(
     }
 }
 
+/// Parks a held request for an approver and answers 202 with where to wait for it.
+async fn park(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    original: OneShotRun,
+    decision: &crate::policy::Decision,
+) -> Result<RunOutcome, ApiError> {
+    let record = crate::approvals::park(state, caller, original, decision).await?;
+    let link = state.approvals.link(&record.id);
+    let body = serde_json::json!({"approval": {
+        "id": record.id,
+        "status": record.status,
+        "expires_at": record.expires_at,
+        "required_approvals": record.required_approvals,
+        "rule_ids": record.rule_ids,
+        "reasons": record.reasons,
+        "link": link,
+        "wait": format!("{link}?wait=30"),
+    }});
+    Ok(RunOutcome::Answered(
+        (
+            StatusCode::ACCEPTED,
+            [(axum::http::header::LOCATION, link)],
+            Json(body),
+        )
+            .into_response(),
+    ))
+}
+
 enum RunOutcome {
     Done(CommandResult),
     /// A stream, or a 202 for a request parked for approval.
@@ -188,31 +217,14 @@ async fn run_once(
         .await?
     {
         Gate::Admitted(admitted) => admitted,
-        Gate::Held(decision) => {
-            let record = crate::approvals::park(&state, &caller, original, &decision).await?;
-            let link = state.approvals.link(&record.id);
-            let body = serde_json::json!({"approval": {
-                "id": record.id,
-                "status": record.status,
-                "expires_at": record.expires_at,
-                "required_approvals": record.required_approvals,
-                "rule_ids": record.rule_ids,
-                "reasons": record.reasons,
-                "link": link,
-                "wait": format!("{link}?wait=30"),
-            }});
-            return Ok(RunOutcome::Answered(
-                (
-                    StatusCode::ACCEPTED,
-                    [(axum::http::header::LOCATION, link)],
-                    Json(body),
-                )
-                    .into_response(),
-            ));
-        }
+        Gate::Held(decision) => return park(&state, &caller, original, &decision).await,
     };
     if !egress.is_empty() {
-        crate::egress::authorize(&state.pipeline, &ctx, &egress).await?;
+        let gate =
+            crate::egress::authorize(&state.pipeline, &ctx, &egress, approved.is_some()).await?;
+        if let crate::egress::EgressGate::Held(decision) = gate {
+            return park(&state, &caller, original, &decision).await;
+        }
     }
     let injected = crate::secrets::checkout(
         &state,

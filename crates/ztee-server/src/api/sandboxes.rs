@@ -191,7 +191,13 @@ pub async fn create(
     };
     let admitted = state.pipeline.admit(&mut ctx, work).await?;
     if !egress.is_empty() {
-        crate::egress::authorize(&state.pipeline, &ctx, &egress).await?;
+        // Sandbox creation is not parked for approval (only one-shot runs are): a hold is
+        // answered like the main gate's.
+        if let crate::egress::EgressGate::Held(decision) =
+            crate::egress::authorize(&state.pipeline, &ctx, &egress, false).await?
+        {
+            return Err(crate::pipeline::approval_required(&decision));
+        }
     }
     let env = admitted.work.env.clone();
     let injected = crate::secrets::checkout(
