@@ -180,11 +180,19 @@ fn one_engine_serves_many_threads() {
                 } else {
                     Action::SandboxCreate
                 };
+                // A secret no grant covers: the default bundle denies its use.
+                let request = PolicyRequest {
+                    secrets: vec!["DB_PASSWORD".into()],
+                    ..PolicyRequest::default()
+                };
                 (0..50)
                     .map(|_| {
-                        engine
-                            .evaluate(&input(action, PolicyRequest::default()))
-                            .verdict
+                        let request = if action == Action::SecretUse {
+                            request.clone()
+                        } else {
+                            PolicyRequest::default()
+                        };
+                        engine.evaluate(&input(action, request)).verdict
                     })
                     .collect::<Vec<_>>()
             })
@@ -192,9 +200,8 @@ fn one_engine_serves_many_threads() {
         .collect();
     for (t, thread) in threads.into_iter().enumerate() {
         let verdicts = thread.join().unwrap_or_else(|_| panic!("thread panicked"));
-        // Secret use with no secret named and no grant: nothing to deny, nothing to approve.
         let expected = if t % 2 == 0 {
-            Verdict::Allow
+            Verdict::Deny
         } else {
             Verdict::Allow
         };
