@@ -175,18 +175,25 @@ fn one_engine_serves_many_threads() {
         .map(|t| {
             let engine = Arc::clone(&engine);
             std::thread::spawn(move || {
-                // Even threads ask for a secret nobody granted (denied); odd ones create a sandbox.
-                let (action, request) = if t % 2 == 0 {
-                    let request = PolicyRequest {
-                        secrets: vec!["stripe.live".into()],
-                        ..PolicyRequest::default()
-                    };
-                    (Action::SecretUse, request)
+                let action = if t % 2 == 0 {
+                    Action::SecretUse
                 } else {
-                    (Action::SandboxCreate, PolicyRequest::default())
+                    Action::SandboxCreate
+                };
+                // A secret no grant covers: the default bundle denies its use.
+                let request = PolicyRequest {
+                    secrets: vec!["DB_PASSWORD".into()],
+                    ..PolicyRequest::default()
                 };
                 (0..50)
-                    .map(|_| engine.evaluate(&input(action, request.clone())).verdict)
+                    .map(|_| {
+                        let request = if action == Action::SecretUse {
+                            request.clone()
+                        } else {
+                            PolicyRequest::default()
+                        };
+                        engine.evaluate(&input(action, request)).verdict
+                    })
                     .collect::<Vec<_>>()
             })
         })

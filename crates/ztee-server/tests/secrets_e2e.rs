@@ -508,3 +508,103 @@ async fn the_built_in_policy_grants_no_secrets() {
         .unwrap();
     error_body(r, 404, "not_found").await;
 }
+
+/// A dynamic Vault secret leased for a sandbox is revoked at Vault when the sandbox is deleted.
+/// Vault here is a local HTTP server implementing the three endpoints used (token auth).
+#[tokio::test]
+async fn a_dynamic_vault_lease_is_revoked_when_the_sandbox_ends() {
+    type Revoked = Arc<std::sync::Mutex<Vec<String>>>;
+    let revoked: Revoked = Arc::default();
+    let keep = revoked.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/database/creds/readonly",
+            axum::routing::get(|headers: axum::http::HeaderMap| async move {
+                if headers["x-vault-token"] != "hvs.test-token" {
+                    return (axum::http::StatusCode::FORBIDDEN, axum::Json(json!({"errors": ["permission denied"]})));
+                }
+                (axum::http::StatusCode::OK, axum::Json(json!({
+                    "lease_id": "database/creds/readonly/abc123", "renewable": true, "lease_duration": 3600,
+                    "data": {"username": "v-ztee-ro", "password": "dyn-Pa55-9f8e7d6c"}})))
+            }),
+        )
+        .route(
+            "/v1/sys/leases/revoke",
+            axum::routing::put(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let keep = keep.clone();
+                async move {
+                    keep.lock().unwrap().push(body["lease_id"].as_str().unwrap().to_owned());
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vault_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    std::env::set_var("ZTEE_TEST_VAULT_TOKEN_GW", "hvs.test-token");
+    let mut config = ServerConfig::default();
+    config.secrets.vault = Some(
+        serde_json::from_value(json!({
+            "address": format!("http://{vault_addr}"),
+            "auth": {"method": "token", "token_env": "ZTEE_TEST_VAULT_TOKEN_GW"},
+            "secrets": {"DB_PASSWORD": {"dynamic": "database/creds/readonly", "field": "password"}}
+        }))
+        .unwrap(),
+    );
+    let executor = Arc::new(EchoExecutor::default());
+    let gw = Gateway::start_with_policy(
+        config,
+        executor.clone(),
+        tempfile::tempdir().unwrap(),
+        Some(policy_with_grants()),
+    )
+    .await;
+    let acme = gw.key("acme", "agent");
+    let c = client();
+    let r = c
+        .post(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"secrets": ["DB_PASSWORD=ERR"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The echo engine prints the variable ERR on stderr: the value comes back masked.
+    let r: serde_json::Value = c
+        .post(format!("{}/v1/sandboxes/{id}/commands", gw.url))
+        .bearer_auth(&acme)
+        .json(&json!({"cmd": ["echo", "hello"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["stderr"], "stderr: ***-****-********", "{r}");
+    let executed = executor.executed.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        executed.env["ERR"], "dyn-Pa55-9f8e7d6c",
+        "the command got the value"
+    );
+    assert!(revoked.lock().unwrap().is_empty());
+
+    let r = c
+        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for _ in 0..50 {
+        if !revoked.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(*revoked.lock().unwrap(), ["database/creds/readonly/abc123"]);
+}

@@ -65,10 +65,16 @@ pub enum Command {
     #[command(subcommand)]
     Compliance(compliance::Command),
     /// List, inspect, approve and deny requests held for a human approver (on a gateway).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  export ZTEE_GATEWAY=https://ztee.internal:8443 ZTEE_API_KEY_FILE=~/.config/ztee/approver.key\n  ztee approvals ls\n  ztee approvals show apr_3f9a...\n  ztee approvals approve apr_3f9a... --comment \"reviewed the job\"\n  ztee approvals deny apr_3f9a... --comment \"use the tokenized PAN\""
+    )]
     Approvals(approvals::Command),
     /// Store, list, remove secrets in the encrypted built-in store; rotate its master key.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  ztee secret keygen /etc/ztee/master.key\n  export ZTEE_MASTER_KEY_FILE=/etc/ztee/master.key\n  printf %s \"$DB_PASSWORD\" | ztee secret put DB_PASSWORD\n  ztee secret ls\n  ztee run --secret DB_PASSWORD=PGPASSWORD -- psql -c 'select 1'\n  ztee secret rotate-key --new-master-key-file /etc/ztee/master.key.new\n  ztee secret rm DB_PASSWORD"
+    )]
     Secret(secret::Command),
 }
 
