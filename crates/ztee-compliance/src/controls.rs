@@ -101,8 +101,11 @@ fn segmentation(e: &Evidence) -> Control {
         ));
     }
     findings.push(format!(
-        "egress in the period: {} connections allowed, {} refused",
-        e.activity.egress_allowed, e.activity.egress_denied
+        "egress in the period: {} requests granted by policy, {} refused; {} connections relayed, {} refused by the proxy",
+        e.activity.egress_grants,
+        e.activity.egress_grants_refused,
+        e.activity.egress_allowed,
+        e.activity.egress_denied
     ));
     Control {
         requirement: "1.3.1, 1.3.2, 1.4.1",
@@ -508,8 +511,12 @@ fn review(e: &Evidence) -> Control {
                 if top_rules.is_empty() { "none" } else { &top_rules }
             ),
             format!(
-                "approvals: {} requested, {} granted, {} rejected, {} undecided",
-                a.approvals.requested, a.approvals.granted, a.approvals.rejected, a.approvals.undecided
+                "approvals: {} requested, {} granted, {} rejected, {} expired, {} still open",
+                a.approvals.requested,
+                a.approvals.granted,
+                a.approvals.rejected,
+                a.approvals.expired,
+                a.approvals.undecided
             ),
         ],
         operator: "Run this report daily (systemd timer in docs/operations.md) and act on exceptions; alert on ztee_auth_failures_total.",

@@ -169,7 +169,7 @@ fn write_activity(out: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(out, "| figure | count |")?;
     writeln!(out, "|---|---|")?;
-    let rows: [(&str, u64); 13] = [
+    let rows: [(&str, u64); 16] = [
         ("events", a.events),
         ("sandboxes and runs started", a.sandboxes_started),
         ("logins", a.logins),
@@ -179,8 +179,11 @@ fn write_activity(out: &mut String, r: &Report) -> std::fmt::Result {
         ("approvals requested", a.approvals.requested),
         ("approvals granted", a.approvals.granted),
         ("approvals rejected", a.approvals.rejected),
-        ("egress connections allowed", a.egress_allowed),
-        ("egress connections refused", a.egress_denied),
+        ("approvals expired undecided", a.approvals.expired),
+        ("egress requests granted", a.egress_grants),
+        ("egress requests refused", a.egress_grants_refused),
+        ("egress connections relayed", a.egress_allowed),
+        ("egress connections refused by the proxy", a.egress_denied),
         ("secrets injected", a.secrets_injected),
         ("reads of the audit trail", a.audit_accesses),
     ];

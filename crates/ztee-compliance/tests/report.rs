@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use ztee_audit::{
-    AuditConfig, AuditEvent, AuditLog, DecisionKind, DecisionRecord, EventType, NodeKey, Outcome,
-    Principal, PrincipalKind,
+    AuditConfig, AuditEvent, AuditLog, DecisionKind, DecisionRecord, EventType, NetworkRecord,
+    NodeKey, Outcome, Principal, PrincipalKind,
 };
 use ztee_compliance::{gather_with_proc, Installation, Report, Status, Window};
 use ztee_supply::dsse::{self, PREDICATE_CYCLONEDX};
@@ -90,8 +90,12 @@ async fn write_trail(data_dir: &Path) {
     let denied = AuditEvent::new(EventType::Run, Outcome::Denied, user("alice"))
         .with_decision(decision(DecisionKind::Deny, "pci.raw_pan_in_code"));
     log.append(denied).await.unwrap();
-    // An approval asked for and granted; another asked for and left waiting.
-    for (id, decided) in [("approval/ap_1", true), ("approval/ap_2", false)] {
+    // An approval asked for and granted; one left waiting; one that expired.
+    for (id, decided) in [
+        ("approval/ap_1", true),
+        ("approval/ap_2", false),
+        ("approval/ap_3", false),
+    ] {
         let ask = AuditEvent::new(
             EventType::ApprovalRequest,
             Outcome::PendingApproval,
@@ -107,10 +111,28 @@ async fn write_trail(data_dir: &Path) {
             log.append(grant).await.unwrap();
         }
     }
+    let expired = AuditEvent::new(
+        EventType::ApprovalReject,
+        Outcome::Failure,
+        Principal::system(),
+    )
+    .with_resource("approval/ap_3")
+    .unwrap();
+    log.append(expired).await.unwrap();
     let egress = AuditEvent::new(EventType::Egress, Outcome::Denied, user("alice"))
-        .with_resource("egress/169.254.169.254:80")
+        .with_resource("run/run_1")
+        .unwrap()
+        .with_network(NetworkRecord {
+            host: "169.254.169.254".into(),
+            port: 80,
+            address: Some("169.254.169.254".parse().unwrap()),
+            bytes_up: 0,
+            bytes_down: 0,
+        })
         .unwrap();
     log.append(egress).await.unwrap();
+    let granted = AuditEvent::new(EventType::Egress, Outcome::Success, user("alice"));
+    log.append(granted).await.unwrap();
     drop(log); // writes the final signed checkpoint
 }
 
@@ -214,11 +236,15 @@ async fn report_reflects_the_installation_and_flags_what_is_wrong() {
     assert_eq!(a.policy_denials, 1);
     assert_eq!(a.decisions_by_rule.get("pci.raw_pan_in_code"), Some(&1));
     assert_eq!(a.redactions.get("CREDIT_CARD"), Some(&2));
-    assert_eq!(a.approvals.requested, 2);
+    assert_eq!(a.approvals.requested, 3);
     assert_eq!(a.approvals.granted, 1);
+    assert_eq!(a.approvals.rejected, 0);
+    assert_eq!(a.approvals.expired, 1);
     assert_eq!(a.approvals.undecided, 1);
     assert!(a.approvals.median_decision_s.is_some());
     assert_eq!(a.egress_denied, 1);
+    assert_eq!(a.egress_allowed, 0);
+    assert_eq!(a.egress_grants, 1);
     assert_eq!(a.sandboxes_started, 1);
 
     assert!(

@@ -36,8 +36,12 @@ pub struct Activity {
     pub redactions: BTreeMap<String, u64>,
     pub sandboxes_started: u64,
     pub approvals: ApprovalStats,
+    /// Connections the egress proxy relayed / refused.
     pub egress_allowed: u64,
     pub egress_denied: u64,
+    /// Requests for egress that policy granted / refused (before any VM ran).
+    pub egress_grants: u64,
+    pub egress_grants_refused: u64,
     pub secrets_injected: u64,
     pub secrets_refused: u64,
     pub images_admitted: u64,
@@ -57,6 +61,8 @@ pub struct ApprovalStats {
     pub requested: u64,
     pub granted: u64,
     pub rejected: u64,
+    /// Ended without a decision (expired, or lost to a gateway restart).
+    pub expired: u64,
     /// Requested in the window and not (yet) decided in it.
     pub undecided: u64,
     /// Median time from request to decision, in seconds.
@@ -122,8 +128,10 @@ impl Activity {
             }
             EventType::AuthzDenied => self.authorization_denials += 1,
             EventType::SandboxCreate | EventType::Run if succeeded => self.sandboxes_started += 1,
-            EventType::Egress if succeeded => self.egress_allowed += 1,
-            EventType::Egress if denied => self.egress_denied += 1,
+            EventType::Egress if event.network.is_some() && succeeded => self.egress_allowed += 1,
+            EventType::Egress if event.network.is_some() && denied => self.egress_denied += 1,
+            EventType::Egress if succeeded => self.egress_grants += 1,
+            EventType::Egress if denied => self.egress_grants_refused += 1,
             EventType::SecretUse if succeeded => self.secrets_injected += 1,
             EventType::SecretUse if denied => self.secrets_refused += 1,
             EventType::ImageAdmit if succeeded => self.images_admitted += 1,
@@ -159,6 +167,7 @@ struct ApprovalTracker {
     decided: HashMap<String, SystemTime>,
     granted: u64,
     rejected: u64,
+    expired: u64,
     requested: u64,
 }
 
@@ -194,6 +203,11 @@ impl ApprovalTracker {
         }
         if is_grant {
             self.granted += 1;
+        } else if event.outcome == Outcome::Failure {
+            // The gateway records an expiry as a rejection that failed: nobody decided.
+            self.expired += 1;
+            self.requested_at.remove(&key);
+            return;
         } else {
             self.rejected += 1;
         }
@@ -219,6 +233,7 @@ impl ApprovalTracker {
             requested: self.requested,
             granted: self.granted,
             rejected: self.rejected,
+            expired: self.expired,
             undecided,
             median_decision_s: waits.get(waits.len() / 2).copied(),
         }
