@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub sandbox_defaults: SandboxDefaults,
     #[serde(default)]
     pub dlp: DlpConfig,
+    /// The LLM proxy's providers and tenant tiers (`[llm]`, see `llm/config.rs`).
+    #[serde(default)]
+    pub llm: crate::llm::LlmConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +170,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             sandbox_defaults: SandboxDefaults::default(),
             dlp: DlpConfig::default(),
+            llm: crate::llm::LlmConfig::default(),
         }
     }
 }
@@ -305,6 +309,7 @@ impl ServerConfig {
                 "sandbox_defaults exceed limits (memory_mib, vcpus or timeout_s)".into(),
             ));
         }
+        self.llm.validate().map_err(ConfigError::Invalid)?;
         if self.quotas.requests_per_second.is_nan() || self.quotas.requests_per_second <= 0.0 {
             return Err(ConfigError::Invalid(
                 "quotas.requests_per_second must be greater than 0".into(),

@@ -51,6 +51,10 @@ pub trait DlpEngine: Send + Sync + 'static {
     fn redact(&self, text: &str) -> Redacted;
     /// A redactor for output that arrives in chunks, where a card number may span two chunks.
     fn stream(&self) -> Box<dyn StreamRedactor>;
+    /// The `ztee-dlp` scanner behind this engine, for stages that tokenize (the LLM proxy).
+    fn ztee_scanner(&self) -> Option<std::sync::Arc<ztee_dlp::Scanner>> {
+        None
+    }
 }
 
 pub trait StreamRedactor: Send {

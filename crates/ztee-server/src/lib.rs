@@ -30,6 +30,7 @@ pub mod dlp_engine;
 pub mod error;
 pub mod exec;
 pub mod launcher;
+pub mod llm;
 pub mod metrics;
 pub mod oidc;
 pub mod openapi;

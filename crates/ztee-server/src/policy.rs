@@ -62,6 +62,11 @@ impl Decision {
 
 pub trait PolicyEngine: Send + Sync + 'static {
     fn decide(&self, input: &PolicyInput) -> Decision;
+    /// The Rego engine behind this policy, for decisions the gateway makes in Rego terms
+    /// (`llm.chat`, `tool.call`). `None` for the built-in rules.
+    fn rego(&self) -> Option<&ztee_policy::PolicyEngine> {
+        None
+    }
 }
 
 /// The built-in rules: what to do with inbound card data, per configuration.

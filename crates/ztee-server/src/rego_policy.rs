@@ -43,6 +43,10 @@ fn action(name: &str) -> Option<Action> {
 }
 
 impl PolicyEngine for RegoPolicy {
+    fn rego(&self) -> Option<&ztee_policy::PolicyEngine> {
+        Some(&self.engine)
+    }
+
     fn decide(&self, input: &PolicyInput) -> Decision {
         let Some(rego_action) = action(input.action) else {
             // Actions without a Rego counterpart (sandbox deletion) only need the permission

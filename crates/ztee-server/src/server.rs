@@ -54,6 +54,8 @@ pub enum ServerError {
     },
     #[error("queued audit events: {0}")]
     Outbox(String),
+    #[error("LLM proxy: {0}")]
+    Llm(#[from] crate::llm::LlmSetupError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
@@ -160,6 +162,12 @@ pub async fn build(
         tracing::info!(events = drained, "moved queued audit events into the log");
     }
     crate::audit_outbox::spawn_drainer(store.clone(), Arc::downgrade(&pipeline.audit));
+    let llm = Arc::new(crate::llm::LlmProxy::new(
+        config.llm.clone(),
+        data_dir,
+        pipeline.dlp.as_ref(),
+        pipeline.policy.clone(),
+    )?);
     let state = Arc::new(AppState {
         limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
         config,
@@ -170,6 +178,7 @@ pub async fn build(
         sandboxes: LiveSandboxes::default(),
         audit_dir,
         dlp_api: engines.dlp_api,
+        llm,
     });
     Ok((state, Bootstrap { admin_key }))
 }

@@ -24,6 +24,8 @@ pub struct AppState {
     pub audit_dir: PathBuf,
     /// State of the Presidio-compatible DLP API at `/v1/dlp/`, if served.
     pub dlp_api: Option<Arc<ztee_dlp::http::DlpState>>,
+    /// The LLM proxy (`/v1/openai`, `/v1/anthropic`) and its traces.
+    pub llm: Arc<crate::llm::LlmProxy>,
 }
 
 /// Running sandboxes by gateway id. Ownership (tenant) lives in the store; this only holds the

@@ -77,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(ops::audit))
         .layer(DefaultBodyLimit::max(json_limit))
         .merge(files);
+    router = router.merge(crate::llm::router(state.clone()));
     if let Some(dlp) = dlp {
         router = router.nest_service("/v1/dlp", dlp);
     }
