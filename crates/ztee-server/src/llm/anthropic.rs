@@ -97,17 +97,17 @@ impl Dialect for Anthropic {
         let Some(obj) = body.as_object_mut() else {
             return Err("the request body must be a JSON object".into());
         };
-        if !obj
+        if obj
             .get("model")
             .and_then(Value::as_str)
-            .is_some_and(|m| !m.is_empty())
+            .is_none_or(str::is_empty)
         {
             return Err("`model` must be a non-empty string".into());
         }
-        if !obj
+        if obj
             .get("max_tokens")
             .and_then(Value::as_u64)
-            .is_some_and(|n| n > 0)
+            .is_none_or(|n| n == 0)
         {
             return Err("`max_tokens` must be a positive integer".into());
         }

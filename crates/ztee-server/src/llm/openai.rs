@@ -73,10 +73,10 @@ impl Dialect for OpenAi {
         let Some(obj) = body.as_object_mut() else {
             return Err("the request body must be a JSON object".into());
         };
-        if !obj
+        if obj
             .get("model")
             .and_then(Value::as_str)
-            .is_some_and(|m| !m.is_empty())
+            .is_none_or(str::is_empty)
         {
             return Err("`model` must be a non-empty string".into());
         }
