@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -130,48 +129,7 @@ async fn start_upstream() -> (String, Received) {
 
 /// The SDKs in a virtualenv under the cache directory, keyed by the requirement list.
 fn python() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm");
-    let requirements = dir.join("requirements.txt");
-    let text = std::fs::read(&requirements).unwrap();
-    let key = requirements_digest(&text);
-    let cache = std::env::var_os("ZTEE_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/ztee"));
-    let venv = cache.join(format!("venv-llm-{key}"));
-    let python = venv.join("bin/python");
-    if !python.is_file() {
-        let tmp = cache.join(format!("venv-llm-{key}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&tmp)
-            .status()
-            .unwrap()
-            .success()
-            && Command::new(tmp.join("bin/pip"))
-                .args(["install", "-q", "-r"])
-                .arg(&requirements)
-                .status()
-                .unwrap()
-                .success();
-        assert!(
-            ok,
-            "installing {} failed (needs python3-venv and PyPI)",
-            requirements.display()
-        );
-        // Complete venvs only under the final name: a failed install never looks ready. Only
-        // `bin/python` is used afterwards, which works from the renamed directory.
-        if std::fs::rename(&tmp, &venv).is_err() {
-            // Another test process finished first; use its venv.
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-    }
-    python
-}
-
-fn requirements_digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(bytes)[..6])
+    common::venv::python(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm/requirements.txt"))
 }
 
 /// Runs one scenario of client.py; returns its JSON output.

@@ -107,6 +107,32 @@ impl TraceStore {
         })
     }
 
+    /// A store over an existing directory, for reading (`ztee traces export`).
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Tenants that have traces, sorted.
+    pub fn tenants(&self) -> std::io::Result<Vec<String>> {
+        let mut tenants = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(tenants),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(tenant) = name.to_str().and_then(|n| n.strip_suffix(".jsonl")) {
+                tenants.push(tenant.to_owned());
+            }
+        }
+        tenants.sort();
+        Ok(tenants)
+    }
+
     fn file(&self, tenant: &str) -> PathBuf {
         // Tenant names are validated path-safe identifiers (principal::validate_tenant).
         self.dir.join(format!("{tenant}.jsonl"))
@@ -141,6 +167,12 @@ impl TraceStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
+        let since = match &filter.since {
+            Some(s) => Some(humantime::parse_rfc3339_weak(s).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("since: {e}"))
+            })?),
+            None => None,
+        };
         let mut out = Vec::new();
         for line in std::io::BufReader::new(file).lines() {
             let line = line?;
@@ -151,10 +183,9 @@ impl TraceStore {
                 .request_id
                 .as_deref()
                 .is_some_and(|id| id != record.request_id)
-                || filter
-                    .since
-                    .as_deref()
-                    .is_some_and(|since| record.time.as_str() < since)
+                || since.is_some_and(|since| {
+                    humantime::parse_rfc3339_weak(&record.time).is_ok_and(|t| t < since)
+                })
             {
                 continue;
             }

@@ -17,6 +17,7 @@ mod policy;
 mod run;
 mod sandbox;
 mod serve;
+mod traces;
 mod vulndb;
 
 #[derive(Subcommand)]
@@ -56,6 +57,9 @@ pub enum Command {
     /// Create, list and revoke API keys for service accounts.
     #[command(subcommand)]
     Apikey(apikey::Command),
+    /// Export the LLM proxy's traces (JSON lines).
+    #[command(subcommand)]
+    Traces(traces::Command),
 }
 
 pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
@@ -73,5 +77,6 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Guard(cmd) => guard::run(cmd, globals),
         Command::Serve(args) => serve::run(args, globals),
         Command::Apikey(cmd) => apikey::run(cmd, globals),
+        Command::Traces(cmd) => traces::run(cmd, globals),
     }
 }
