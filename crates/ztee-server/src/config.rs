@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// The LLM proxy's providers and tenant tiers (`[llm]`, see `llm/config.rs`).
     #[serde(default)]
     pub llm: crate::llm::LlmConfig,
+    /// Third-party MCP servers behind the MCP guard (`[[mcp.upstreams]]`).
+    #[serde(default)]
+    pub mcp: crate::mcp::guard::McpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +174,7 @@ impl Default for ServerConfig {
             sandbox_defaults: SandboxDefaults::default(),
             dlp: DlpConfig::default(),
             llm: crate::llm::LlmConfig::default(),
+            mcp: crate::mcp::guard::McpConfig::default(),
         }
     }
 }
@@ -310,6 +314,7 @@ impl ServerConfig {
             ));
         }
         self.llm.validate().map_err(ConfigError::Invalid)?;
+        self.mcp.validate().map_err(ConfigError::Invalid)?;
         if self.quotas.requests_per_second.is_nan() || self.quotas.requests_per_second <= 0.0 {
             return Err(ConfigError::Invalid(
                 "quotas.requests_per_second must be greater than 0".into(),

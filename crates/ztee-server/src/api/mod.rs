@@ -90,7 +90,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             ops::require_caller,
         ));
-    router = router.merge(mcp);
+    router = router.merge(mcp).route(
+        "/v1/mcp-guard/{name}",
+        axum::routing::any(crate::mcp::guard::relay),
+    );
     if let Some(dlp) = dlp {
         router = router.nest_service("/v1/dlp", dlp);
     }

@@ -125,7 +125,11 @@ impl LlmProxy {
         }
     }
 
-    fn decide(&self, input: &ztee_policy::PolicyInput) -> ztee_policy::Decision {
+    pub(crate) fn scanner(&self) -> Arc<Scanner> {
+        self.scanner.clone()
+    }
+
+    pub(crate) fn decide(&self, input: &ztee_policy::PolicyInput) -> ztee_policy::Decision {
         match self.rego() {
             Some(engine) => engine.evaluate(input),
             None => ztee_policy::Decision::deny_on_error("no policy engine"),

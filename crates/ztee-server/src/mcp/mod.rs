@@ -14,6 +14,8 @@
 //! | `write_file` | `PUT /v1/sandboxes/{id}/files?path=` |
 //! | `sandbox_close` | `DELETE /v1/sandboxes/{id}` |
 
+pub mod guard;
+
 use std::sync::Arc;
 
 use axum::body::Body;
