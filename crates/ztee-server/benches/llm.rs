@@ -55,7 +55,7 @@ async fn upstream() -> String {
 fn request_4k() -> serde_json::Value {
     let mut notes = String::new();
     let mut i = 0;
-    while notes.len() < 3300 {
+    while notes.len() < 3700 {
         notes.push_str(&format!(
             "Order {i}: 2 items shipped to the warehouse in zone {}, status delivered. ",
             i % 7
@@ -271,7 +271,7 @@ fn detector_throughput() -> Vec<(String, usize, Duration, usize)> {
     for (name, text) in [
         ("benign prompt", short.to_string()),
         ("injection", attack.to_string()),
-        ("4 KiB tool output", long),
+        ("tool output (order notes)", long),
     ] {
         let n = 2000;
         let t = Instant::now();
