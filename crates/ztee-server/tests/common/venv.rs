@@ -15,6 +15,9 @@ pub fn python(requirements: &Path) -> PathBuf {
     std::fs::create_dir_all(&cache).unwrap();
     let venv = cache.join(format!("venv-py-{key}"));
     let python = venv.join("bin/python");
+    // Tests of one binary run in parallel threads: one of them installs, the others wait.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if python.is_file() {
         return python;
     }
