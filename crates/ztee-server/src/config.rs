@@ -43,6 +43,12 @@ pub struct ServerConfig {
     /// Human approval of held requests (see docs/approvals.md).
     #[serde(default)]
     pub approvals: crate::approvals::ApprovalsConfig,
+    /// The LLM proxy's providers and tenant tiers (`[llm]`, see `llm/config.rs`).
+    #[serde(default)]
+    pub llm: crate::llm::LlmConfig,
+    /// Third-party MCP servers behind the MCP guard (`[[mcp.upstreams]]`).
+    #[serde(default)]
+    pub mcp: crate::mcp::guard::McpConfig,
 }
 
 /// `[secrets]`: where injected secrets come from.
@@ -200,6 +206,8 @@ impl Default for ServerConfig {
             egress: ztee_egress::EgressConfig::default(),
             secrets: SecretsConfig::default(),
             approvals: crate::approvals::ApprovalsConfig::default(),
+            llm: crate::llm::LlmConfig::default(),
+            mcp: crate::mcp::guard::McpConfig::default(),
         }
     }
 }
@@ -338,6 +346,8 @@ impl ServerConfig {
                 "sandbox_defaults exceed limits (memory_mib, vcpus or timeout_s)".into(),
             ));
         }
+        self.llm.validate().map_err(ConfigError::Invalid)?;
+        self.mcp.validate().map_err(ConfigError::Invalid)?;
         if self.quotas.requests_per_second.is_nan() || self.quotas.requests_per_second <= 0.0 {
             return Err(ConfigError::Invalid(
                 "quotas.requests_per_second must be greater than 0".into(),

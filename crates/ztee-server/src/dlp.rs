@@ -62,6 +62,11 @@ pub trait DlpEngine: Send + Sync + 'static {
     fn unregister_secret(&self, id: &str) {
         let _ = id;
     }
+
+    /// The `ztee-dlp` scanner behind this engine, for stages that tokenize (the LLM proxy).
+    fn ztee_scanner(&self) -> Option<std::sync::Arc<ztee_dlp::Scanner>> {
+        None
+    }
 }
 
 pub trait StreamRedactor: Send {

@@ -69,6 +69,10 @@ impl DlpEngine for ZteeDlp {
         }
     }
 
+    fn ztee_scanner(&self) -> Option<Arc<Scanner>> {
+        Some(self.scanner.clone())
+    }
+
     fn stream(&self) -> Box<dyn StreamRedactor> {
         Box::new(ZteeStream {
             inner: StreamScanner::new(self.scanner.clone(), self.operators.clone()),

@@ -32,6 +32,8 @@ pub mod egress;
 pub mod error;
 pub mod exec;
 pub mod launcher;
+pub mod llm;
+pub mod mcp;
 pub mod metrics;
 pub mod oidc;
 pub mod openapi;

@@ -83,6 +83,12 @@ pub trait PolicyEngine: Send + Sync + 'static {
             redact_inbound: false,
         }
     }
+
+    /// The Rego engine behind this policy, for decisions the gateway makes in Rego terms
+    /// (`llm.chat`, `tool.call`). `None` for the built-in rules.
+    fn rego(&self) -> Option<&ztee_policy::PolicyEngine> {
+        None
+    }
 }
 
 /// The built-in rules: what to do with inbound card data, per configuration.

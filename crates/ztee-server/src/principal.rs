@@ -26,6 +26,12 @@ pub enum Permission {
     /// Operator: manage API keys, see every tenant.
     #[serde(rename = "admin")]
     Admin,
+    /// Use the LLM proxy (`/v1/openai`, `/v1/anthropic`).
+    #[serde(rename = "llm:chat")]
+    LlmChat,
+    /// See card numbers restored in model answers instead of `<CREDIT_CARD_n>` placeholders.
+    #[serde(rename = "pan:detokenize")]
+    PanDetokenize,
 }
 
 impl Permission {
@@ -36,6 +42,8 @@ impl Permission {
             Self::AuditRead => "audit:read",
             Self::ApprovalDecide => "approval:decide",
             Self::Admin => "admin",
+            Self::LlmChat => "llm:chat",
+            Self::PanDetokenize => "pan:detokenize",
         }
     }
 }
@@ -49,10 +57,20 @@ impl fmt::Display for Permission {
 /// The roles ztee knows, with the permissions each grants. Role names are what identity providers
 /// put in the roles claim and what `ztee apikey create --role` accepts.
 pub const ROLES: &[(&str, &[Permission])] = &[
-    ("agent", &[Permission::SandboxRun]),
+    ("agent", &[Permission::SandboxRun, Permission::LlmChat]),
     (
         "developer",
-        &[Permission::SandboxRun, Permission::SandboxAdmin],
+        &[
+            Permission::SandboxRun,
+            Permission::SandboxAdmin,
+            Permission::LlmChat,
+        ],
+    ),
+    // The only role that sees card numbers in model answers: for the payment operations staff
+    // who need them, never for agents. Admin does not include it.
+    (
+        "pci-operator",
+        &[Permission::LlmChat, Permission::PanDetokenize],
     ),
     ("auditor", &[Permission::AuditRead]),
     ("approver", &[Permission::ApprovalDecide]),
@@ -64,6 +82,7 @@ pub const ROLES: &[(&str, &[Permission])] = &[
             Permission::AuditRead,
             Permission::ApprovalDecide,
             Permission::Admin,
+            Permission::LlmChat,
         ],
     ),
 ];

@@ -83,6 +83,10 @@ impl PolicyEngine for RegoPolicy {
         }
     }
 
+    fn rego(&self) -> Option<&ztee_policy::PolicyEngine> {
+        Some(&self.engine)
+    }
+
     fn decide(&self, input: &PolicyInput) -> Decision {
         let Some(rego_action) = action(input.action) else {
             // Actions without a Rego counterpart (sandbox deletion) only need the permission

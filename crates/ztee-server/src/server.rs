@@ -54,6 +54,8 @@ pub enum ServerError {
     },
     #[error("queued audit events: {0}")]
     Outbox(String),
+    #[error("LLM proxy: {0}")]
+    Llm(#[from] crate::llm::LlmSetupError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
     #[error("[approvals]: {0}")]
@@ -206,6 +208,12 @@ pub async fn build(
         config.listen,
     )
     .map_err(ServerError::Approvals)?;
+    let llm = Arc::new(crate::llm::LlmProxy::new(
+        config.llm.clone(),
+        data_dir,
+        pipeline.dlp.as_ref(),
+        pipeline.policy.clone(),
+    )?);
     let state = Arc::new(AppState {
         limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
         config,
@@ -218,6 +226,7 @@ pub async fn build(
         dlp_api: engines.dlp_api,
         secrets,
         approvals,
+        llm,
     });
     for id in &stale_approvals {
         crate::approvals::record_expiry(&state, id).await;

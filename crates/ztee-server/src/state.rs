@@ -28,6 +28,8 @@ pub struct AppState {
     pub secrets: Option<Arc<ztee_secrets::SecretBroker>>,
     /// Requests held for a human approver.
     pub approvals: crate::approvals::Approvals,
+    /// The LLM proxy (`/v1/openai`, `/v1/anthropic`) and its traces.
+    pub llm: Arc<crate::llm::LlmProxy>,
 }
 
 /// Running sandboxes by gateway id. Ownership (tenant) lives in the store; this only holds the

@@ -104,6 +104,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .layer(DefaultBodyLimit::max(json_limit))
         .merge(files);
+    router = router.merge(crate::llm::router(state.clone()));
+    // MCP tools call into the REST routes above, in process.
+    let rest = router
+        .clone()
+        .fallback(ops::not_found)
+        .with_state(state.clone());
+    let mcp = Router::new()
+        .nest_service("/v1/mcp", crate::mcp::service(rest))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(json_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::require_caller,
+        ));
+    router = router.merge(mcp).route(
+        "/v1/mcp-guard/{name}",
+        axum::routing::any(crate::mcp::guard::relay),
+    );
     if let Some(dlp) = dlp {
         router = router.nest_service("/v1/dlp", dlp);
     }

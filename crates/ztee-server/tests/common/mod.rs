@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod oidc;
+pub mod venv;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -20,6 +20,7 @@ mod run;
 mod sandbox;
 mod secret;
 mod serve;
+mod traces;
 mod vulndb;
 
 // Parsed once per process and moved once: the size difference between variants costs nothing.
@@ -76,6 +77,9 @@ pub enum Command {
         after_help = "Examples:\n  ztee secret keygen /etc/ztee/master.key\n  export ZTEE_MASTER_KEY_FILE=/etc/ztee/master.key\n  printf %s \"$DB_PASSWORD\" | ztee secret put DB_PASSWORD\n  ztee secret ls\n  ztee run --secret DB_PASSWORD=PGPASSWORD -- psql -c 'select 1'\n  ztee secret rotate-key --new-master-key-file /etc/ztee/master.key.new\n  ztee secret rm DB_PASSWORD"
     )]
     Secret(secret::Command),
+    /// Export the LLM proxy's traces (JSON lines).
+    #[command(subcommand)]
+    Traces(traces::Command),
 }
 
 pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
@@ -96,5 +100,6 @@ pub fn dispatch(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         Command::Compliance(cmd) => compliance::run(cmd, globals),
         Command::Secret(cmd) => secret::run(cmd, globals),
         Command::Approvals(cmd) => approvals::run(cmd, globals),
+        Command::Traces(cmd) => traces::run(cmd, globals),
     }
 }

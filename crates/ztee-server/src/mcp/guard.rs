@@ -1,0 +1,467 @@
+//! The MCP guard: ztee in front of a third-party MCP server (streamable HTTP).
+//!
+//! `ANY /v1/mcp-guard/{name}` relays the MCP wire protocol to the configured upstream `name`,
+//! with the gateway's authentication in front. Every JSON-RPC message is looked at on the way:
+//!
+//! - `tools/call` requests are decided by policy (`tool.call`: the tool's name, DLP findings in
+//!   its arguments) *before* anything is forwarded; a refusal (deny, or a required approval,
+//!   which this relay cannot hold) is answered by ztee as a JSON-RPC error and audited.
+//! - tool results coming back (JSON or server-sent events) are DLP-masked string by string and
+//!   scored for prompt injection; when policy refuses the result (an injection), the caller gets
+//!   an error result instead of the text.
+//!
+//! The caller's ztee credentials are never forwarded upstream.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use ztee_audit::{EventType, Outcome};
+use ztee_policy::{Action, PolicyPrincipal, PolicyRequest, Verdict};
+
+use crate::audit;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::llm::sse::{SseEvent, SseParser};
+use crate::principal::Permission;
+use crate::state::AppState;
+
+/// `[[mcp.upstreams]]` in the server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardUpstream {
+    /// Path segment: the guard serves it at `/v1/mcp-guard/{name}`.
+    pub name: String,
+    /// The upstream's streamable HTTP endpoint, e.g. `http://127.0.0.1:9000/mcp`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    #[serde(default)]
+    pub upstreams: Vec<GuardUpstream>,
+}
+
+impl McpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let ok = !u.name.is_empty()
+                && u.name.len() <= 64
+                && u.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "mcp.upstreams[{i}].name {:?} must be 1 to 64 of A-Z a-z 0-9 - _",
+                    u.name
+                ));
+            }
+            if !seen.insert(u.name.as_str()) {
+                return Err(format!(
+                    "mcp.upstreams[{i}].name {:?} is used twice",
+                    u.name
+                ));
+            }
+            let url = reqwest::Url::parse(&u.url)
+                .map_err(|e| format!("mcp.upstreams[{i}].url {:?}: {e}", u.url))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(format!(
+                    "mcp.upstreams[{i}].url must be http:// or https://"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Headers of the MCP transport that pass through in both directions.
+const PASSED: &[&str] = &[
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "accept",
+    "content-type",
+];
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+fn jsonrpc_error(id: &Value, code: i64, message: String) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// JSON-RPC error code for a call ztee refused (implementation-defined server error range).
+const REFUSED: i64 = -32001;
+
+pub async fn relay(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::SandboxRun)?;
+    let Some(upstream) = state.config.mcp.upstreams.iter().find(|u| u.name == name) else {
+        return Err(ApiError::not_found(format!(
+            "no MCP upstream named {name:?} is configured ([[mcp.upstreams]])"
+        )));
+    };
+    let mut tool_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut forward_body = body.clone();
+    let mut refused: Vec<Value> = Vec::new();
+    if method == Method::POST {
+        let parsed: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not JSON-RPC JSON: {e}")))?;
+        let (mut messages, batch) = match parsed {
+            Value::Array(items) => (items, true),
+            single => (vec![single], false),
+        };
+        let mut kept = Vec::new();
+        for message in messages.drain(..) {
+            if message.get("method").and_then(Value::as_str) == Some("tools/call") {
+                let id = message.get("id").cloned().unwrap_or(Value::Null);
+                let tool = message
+                    .pointer("/params/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let args = message
+                    .pointer("/params/arguments")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let decision = decide_call(&state, &caller, &tool, &args);
+                let allowed = decision.verdict == Verdict::Allow;
+                record(&state, &caller, &name, &tool, &decision, allowed).await?;
+                if !allowed {
+                    let what = if decision.verdict == Verdict::RequireApproval {
+                        "needs a human approval, which this relay cannot hold"
+                    } else {
+                        "was denied"
+                    };
+                    refused.push(jsonrpc_error(
+                        &id,
+                        REFUSED,
+                        format!(
+                            "ztee policy: the call to tool {tool:?} {what}: {} (request id {})",
+                            decision
+                                .reasons
+                                .iter()
+                                .map(|r| format!("{} ({})", r.message, r.rule))
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                            caller.request_id.as_str()
+                        ),
+                    ));
+                    continue;
+                }
+                tool_names.insert(id.to_string(), tool);
+            }
+            kept.push(message);
+        }
+        if kept.is_empty() {
+            let answer = if batch || refused.len() != 1 {
+                Value::Array(refused)
+            } else {
+                refused.pop().unwrap_or(Value::Null)
+            };
+            return Ok(axum::Json(answer).into_response());
+        }
+        let out = if batch {
+            Value::Array(kept)
+        } else {
+            kept.pop().unwrap_or(Value::Null)
+        };
+        forward_body = Bytes::from(out.to_string());
+    }
+
+    let mut request = client().request(
+        reqwest::Method::from_bytes(method.as_str().as_bytes())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        &upstream.url,
+    );
+    for name in PASSED {
+        if let Some(v) = headers.get(*name) {
+            request = request.header(*name, v.as_bytes());
+        }
+    }
+    let mut response = request.body(forward_body).send().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            format!(
+                "the MCP upstream {name:?} cannot be reached: {}",
+                e.without_url()
+            ),
+        )
+    })?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out_headers = HeaderMap::new();
+    for name in PASSED {
+        if let Some(v) = response.headers().get(*name) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                out_headers.insert(n, v);
+            }
+        }
+    }
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let guard = Arc::new(ResultGuard {
+        state: state.clone(),
+        caller: caller.clone(),
+        tools: tool_names,
+    });
+    if content_type.starts_with("text/event-stream") {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+        tokio::spawn(async move {
+            let mut parser = SseParser::default();
+            loop {
+                let chunk = match response.chunk().await {
+                    Ok(Some(c)) => c,
+                    _ => break,
+                };
+                let Ok(events) = parser.push(&chunk) else {
+                    break;
+                };
+                let mut out = Vec::new();
+                for ev in events {
+                    guard.event(ev).encode(&mut out);
+                }
+                if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(ev) = parser.finish() {
+                let mut out = Vec::new();
+                guard.event(ev).encode(&mut out);
+                let _ = tx.send(Ok(Bytes::from(out))).await;
+            }
+        });
+        let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        return Ok((status, out_headers, body).into_response());
+    }
+    let bytes = response.bytes().await.map_err(|e| {
+        ApiError::unavailable(format!("reading the MCP upstream: {}", e.without_url()))
+    })?;
+    if content_type.starts_with("application/json") {
+        if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
+            let mut value = guard.message(value);
+            if !refused.is_empty() {
+                value = match value {
+                    Value::Array(mut items) => {
+                        items.extend(refused);
+                        Value::Array(items)
+                    }
+                    one => {
+                        let mut items = vec![one];
+                        items.extend(refused);
+                        Value::Array(items)
+                    }
+                };
+            }
+            return Ok((status, out_headers, value.to_string()).into_response());
+        }
+    }
+    Ok((status, out_headers, bytes).into_response())
+}
+
+fn summary(scan: ztee_policy::injection::Scan) -> ztee_policy::InjectionSummary {
+    ztee_policy::InjectionSummary {
+        score: scan.score,
+        rules: scan.rules,
+    }
+}
+
+fn principal(state: &AppState, caller: &Caller) -> PolicyPrincipal {
+    PolicyPrincipal {
+        subject: caller.principal.subject.clone(),
+        tenant: caller.principal.tenant.clone(),
+        roles: caller.principal.roles.clone(),
+        tier: state
+            .llm
+            .config
+            .tier_of(&caller.principal.tenant)
+            .to_owned(),
+    }
+}
+
+fn decide_call(
+    state: &AppState,
+    caller: &Caller,
+    tool: &str,
+    args: &Value,
+) -> ztee_policy::Decision {
+    let text = args.to_string();
+    let mut dlp = ztee_policy::DlpSummary::default();
+    for f in state.llm.scanner().scan(&text) {
+        *dlp.counts
+            .entry(f.entity_type.as_str().to_owned())
+            .or_default() += 1;
+        dlp.raw_pan |= f.entity_type == ztee_dlp::Entity::CreditCard;
+        dlp.sad |= f.entity_type.is_card_data() && f.entity_type != ztee_dlp::Entity::CreditCard;
+    }
+    let input = ztee_policy::PolicyInput {
+        principal: principal(state, caller),
+        action: Action::ToolCall,
+        request: PolicyRequest {
+            tool: Some(ztee_policy::ToolCall {
+                name: tool.to_owned(),
+                args: args.clone(),
+            }),
+            ..Default::default()
+        },
+        dlp,
+        // Arguments are the model's own output; injections arrive in results, scored there.
+        injection: Default::default(),
+    };
+    state.llm.decide(&input)
+}
+
+async fn record(
+    state: &AppState,
+    caller: &Caller,
+    upstream: &str,
+    tool: &str,
+    decision: &ztee_policy::Decision,
+    allowed: bool,
+) -> Result<(), ApiError> {
+    let record = ztee_audit::DecisionRecord {
+        decision: match decision.verdict {
+            Verdict::Allow => ztee_audit::DecisionKind::Allow,
+            Verdict::Deny => ztee_audit::DecisionKind::Deny,
+            Verdict::RequireApproval => ztee_audit::DecisionKind::RequireApproval,
+        },
+        risk: decision.risk.as_str().to_owned(),
+        rule_ids: decision.reasons.iter().map(|r| r.rule.clone()).collect(),
+        reasons: decision.reasons.iter().map(|r| r.message.clone()).collect(),
+    };
+    let safe_tool: String = tool
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(64)
+        .collect();
+    let event = audit::event(
+        EventType::ToolCall,
+        if allowed {
+            Outcome::Success
+        } else {
+            Outcome::Denied
+        },
+        audit::audit_principal(&caller.principal),
+        caller.request_id.as_str(),
+        caller.origin_ip,
+        Some(&format!("mcp/{upstream}/{safe_tool}")),
+    )
+    .with_decision(record);
+    state.pipeline.record(event).await
+}
+
+/// Masks and scores tool results on their way back.
+struct ResultGuard {
+    state: Arc<AppState>,
+    caller: Caller,
+    /// JSON-RPC id (as JSON text) -> tool name, for the calls of this request.
+    tools: BTreeMap<String, String>,
+}
+
+impl ResultGuard {
+    fn event(&self, event: SseEvent) -> SseEvent {
+        match serde_json::from_str::<Value>(&event.data) {
+            Ok(v) => SseEvent {
+                event: event.event,
+                data: self.message(v).to_string(),
+            },
+            Err(_) => event,
+        }
+    }
+
+    fn message(&self, value: Value) -> Value {
+        match value {
+            Value::Array(items) => Value::Array(items.into_iter().map(|m| self.one(m)).collect()),
+            one => self.one(one),
+        }
+    }
+
+    fn one(&self, mut message: Value) -> Value {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let Some(tool) = self.tools.get(&id.to_string()) else {
+            return message;
+        };
+        let Some(result) = message.get_mut("result") else {
+            return message;
+        };
+        let scanner = self.state.llm.scanner();
+        let mut counts = BTreeMap::new();
+        let mut text = String::new();
+        crate::llm::walk_strings(
+            result,
+            crate::llm::tokenize::SlotKind::ToolOutput,
+            "result",
+            &mut |s, _, _| {
+                text.push_str(s);
+                text.push('\n');
+                *s = crate::llm::tokenize::outbound_text(&scanner, None, s, &mut counts);
+            },
+        );
+        self.state.metrics.redactions("outbound", &counts);
+        let scan = ztee_policy::injection::scan(&text);
+        let input = ztee_policy::PolicyInput {
+            principal: principal(&self.state, &self.caller),
+            action: Action::ToolCall,
+            request: PolicyRequest {
+                tool: Some(ztee_policy::ToolCall {
+                    name: tool.clone(),
+                    args: Value::Null,
+                }),
+                ..Default::default()
+            },
+            dlp: Default::default(),
+            injection: summary(scan),
+        };
+        let decision = self.state.llm.decide(&input);
+        let injection_rules: Vec<&str> = decision
+            .reasons
+            .iter()
+            .map(|r| r.rule.as_str())
+            .filter(|r| r.starts_with("injection."))
+            .collect();
+        if !injection_rules.is_empty() && decision.verdict != Verdict::Allow {
+            tracing::info!(tool = %tool, rules = ?injection_rules, "MCP tool result withheld");
+            *result = json!({
+                "content": [{"type": "text", "text": format!(
+                    "ztee withheld this tool result: {} (request id {})",
+                    injection_rules.join(", "),
+                    self.caller.request_id.as_str()
+                )}],
+                "isError": true
+            });
+        }
+        message
+    }
+}

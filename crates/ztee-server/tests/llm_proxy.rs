@@ -1,0 +1,419 @@
+//! The LLM proxy end to end: the official `openai` and `anthropic` Python SDKs, changed only in
+//! base URL and key, talk to `ztee serve`, which forwards to a real HTTP server on loopback that
+//! records what it receives and answers in each provider's shape (streaming and not).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, Uri};
+use axum::response::{IntoResponse, Response};
+use common::{EchoExecutor, Gateway};
+use ztee_server::ServerConfig;
+
+const PAN: &str = "4111 1111 1111 1111";
+/// A card number the "model" writes on its own; the proxy must mask it.
+const MODEL_PAN: &str = "5500 0000 0000 0004";
+
+/// What the upstream received: (path, body).
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A provider stand-in on loopback: real HTTP, records every request, answers like the provider.
+/// The answer echoes the placeholder the request carried (as a model would) and writes a card
+/// number of its own, split across stream chunks.
+async fn upstream(State(received): State<Received>, uri: Uri, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    received.lock().unwrap().push((uri.path().to_owned(), text));
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let pieces = [
+        "Refunded <CREDIT_",
+        "CARD_1>. Replacement card 5500 00",
+        "00 0000 0004 issued.",
+    ];
+    if uri.path().ends_with("/chat/completions") {
+        if !stream {
+            return axum::Json(serde_json::json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "test-model",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": pieces.concat(),
+                    "tool_calls": [{"id": "call_9", "type": "function", "function": {
+                        "name": "issue_refund",
+                        "arguments": "{\"card\": \"<CREDIT_CARD_1>\", \"new\": \"5500000000000004\"}"}}]}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+            }))
+            .into_response();
+        }
+        let mut sse = String::new();
+        let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                    "model": "test-model", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        sse.push_str(&chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            serde_json::Value::Null,
+        ));
+        for p in pieces {
+            sse.push_str(&chunk(
+                serde_json::json!({"content": p}),
+                serde_json::Value::Null,
+            ));
+        }
+        sse.push_str(&chunk(serde_json::json!({}), "stop".into()));
+        sse.push_str("data: [DONE]\n\n");
+        return ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response();
+    }
+    // Anthropic messages.
+    if !stream {
+        return axum::Json(serde_json::json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "test-model",
+            "content": [{"type": "text", "text": pieces.concat()}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 1, "output_tokens": 1}
+        }))
+        .into_response();
+    }
+    let mut sse = String::new();
+    let mut event = |name: &str, data: serde_json::Value| {
+        sse.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    };
+    event(
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "test-model", "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 1, "output_tokens": 0}}}),
+    );
+    event(
+        "content_block_start",
+        serde_json::json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}}),
+    );
+    event("ping", serde_json::json!({"type": "ping"}));
+    for p in pieces {
+        event(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": p}}),
+        );
+    }
+    event(
+        "content_block_stop",
+        serde_json::json!({"type": "content_block_stop", "index": 0}),
+    );
+    event(
+        "message_delta",
+        serde_json::json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 3}}),
+    );
+    event("message_stop", serde_json::json!({"type": "message_stop"}));
+    ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
+}
+
+async fn start_upstream() -> (String, Received) {
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(upstream))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), received)
+}
+
+/// The SDKs in a virtualenv under the cache directory, keyed by the requirement list.
+fn python() -> PathBuf {
+    common::venv::python(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm/requirements.txt"))
+}
+
+/// Runs one scenario of client.py; returns its JSON output.
+async fn sdk(gw: &Gateway, key: &str, scenario: &str, provider: Option<&str>) -> serde_json::Value {
+    let python = python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/llm/client.py");
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(script)
+        .arg(scenario)
+        .env("ZTEE_URL", &gw.url)
+        .env("ZTEE_KEY", key)
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("ANTHROPIC_BASE_URL");
+    if let Some(p) = provider {
+        cmd.env("ZTEE_PROVIDER", p);
+    }
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "client.py {scenario} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client.py {scenario} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn config(upstream: &str) -> ServerConfig {
+    ServerConfig::from_toml(&format!(
+        r#"
+[llm]
+tenant_tiers = {{ pay = "pci" }}
+
+[[llm.providers]]
+name = "openai"
+api = "openai"
+base_url = "{upstream}/ext/v1"
+external = true
+
+[[llm.providers]]
+name = "local"
+api = "openai"
+base_url = "{upstream}/local/v1"
+external = false
+
+[[llm.providers]]
+name = "anthropic"
+api = "anthropic"
+base_url = "{upstream}/anthropic"
+external = true
+"#
+    ))
+    .unwrap()
+}
+
+fn all_received(received: &Received) -> String {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, b)| format!("{p} {b}\n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_sdks_through_the_proxy() {
+    let (up, received) = start_upstream().await;
+    let gw = Gateway::start(config(&up), Arc::new(EchoExecutor::default())).await;
+    let agent = gw.key("default", "agent");
+    let operator = gw.key("default", "pci-operator");
+
+    for api in ["openai", "anthropic"] {
+        for stream in [false, true] {
+            let scenario = if stream {
+                format!("{api}-stream")
+            } else {
+                api.to_string()
+            };
+            // An agent sees placeholders; the model's own card number is masked.
+            let out = sdk(&gw, &agent, &scenario, None).await;
+            let text = out["text"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{scenario}: {out}"));
+            assert!(
+                text.contains("Refunded <CREDIT_CARD_1>."),
+                "{scenario}: {text}"
+            );
+            assert!(
+                !text.contains(MODEL_PAN),
+                "{scenario}: model PAN not masked: {text}"
+            );
+            assert!(text.contains("0004 issued."), "{scenario}: {text}");
+            // The pci-operator role gets the number back.
+            let out = sdk(&gw, &operator, &scenario, None).await;
+            let text = out["text"].as_str().unwrap();
+            assert!(
+                text.contains(&format!("Refunded {PAN}.")),
+                "{scenario}: {text}"
+            );
+            assert!(!text.contains(MODEL_PAN), "{scenario}: {text}");
+        }
+    }
+    // Tool-call arguments in the answer are scanned too.
+    let out = sdk(&gw, &agent, "openai", None).await;
+    let args = out["tool_calls"][0]["arguments"].as_str().unwrap();
+    assert!(
+        args.contains("<CREDIT_CARD_1>") && !args.contains("5500000000000004"),
+        "{args}"
+    );
+
+    let seen = all_received(&received);
+    assert!(!seen.is_empty());
+    assert!(
+        !seen.contains("4111"),
+        "the upstream received a PAN: {seen}"
+    );
+    assert!(seen.contains("<CREDIT_CARD_1>"), "{seen}");
+    assert!(
+        seen.contains("/ext/v1/chat/completions"),
+        "standard tier goes to the first provider"
+    );
+    assert!(seen.contains("/anthropic/v1/messages"));
+
+    // Traces: masked, in OpenAI message format, with decisions, linked by request id.
+    let resp = common::client()
+        .get(format!("{}/v1/traces", gw.url))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(
+        !body.contains("4111") && !body.contains(MODEL_PAN),
+        "{body}"
+    );
+    let traces: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(traces.len(), 9, "{body}");
+    let t = &traces[0];
+    assert_eq!(t["kind"], "llm.chat");
+    assert_eq!(t["provider"], "openai");
+    assert_eq!(t["decisions"][0]["action"], "llm.chat");
+    assert_eq!(t["decisions"][0]["verdict"], "allow");
+    assert_eq!(t["messages"][0]["role"], "user");
+    assert_eq!(
+        t["messages"].as_array().unwrap().last().unwrap()["role"],
+        "assistant"
+    );
+    assert!(traces.iter().any(|t| t["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["action"] == "tool.call" && d["target"] == "issue_refund")));
+    let rid = t["request_id"].as_str().unwrap();
+    let audit = common::client()
+        .get(format!("{}/v1/audit", gw.url))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit.contains(rid) && audit.contains("llm.chat"),
+        "audit has the exchange"
+    );
+    // An agent cannot read traces.
+    let resp = common::client()
+        .get(format!("{}/v1/traces", gw.url))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_injection_and_malformed_requests() {
+    let (up, received) = start_upstream().await;
+    let gw = Gateway::start(config(&up), Arc::new(EchoExecutor::default())).await;
+    let pci_agent = gw.key("pay", "agent");
+    let agent = gw.key("default", "agent");
+
+    // The PCI tier goes to the local endpoint, never the external one.
+    let out = sdk(&gw, &pci_agent, "openai", None).await;
+    assert!(out["text"].as_str().is_some(), "{out}");
+    assert!(all_received(&received).contains("/local/v1/chat/completions"));
+    let before = received.lock().unwrap().len();
+    let out = sdk(&gw, &pci_agent, "openai", Some("openai")).await;
+    assert_eq!(out["status"], 403, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tier.provider_not_allowed"),
+        "{out}"
+    );
+    let out = sdk(&gw, &pci_agent, "anthropic", None).await;
+    assert_eq!(out["status"], 403, "{out}");
+    assert_eq!(
+        out["error"]["type"], "error",
+        "Anthropic's error shape: {out}"
+    );
+    assert_eq!(
+        received.lock().unwrap().len(),
+        before,
+        "nothing reached an external provider"
+    );
+
+    // An injection in a tool result is refused before anything leaves.
+    for scenario in ["openai-tool-result", "anthropic-tool-result"] {
+        let out = sdk(&gw, &agent, scenario, None).await;
+        assert_eq!(out["status"], 403, "{scenario}: {out}");
+        let text = out.to_string();
+        assert!(text.contains("injection.detected"), "{scenario}: {text}");
+    }
+    assert_eq!(received.lock().unwrap().len(), before);
+
+    // Malformed bodies: 4xx in the provider's shape.
+    let client = common::client();
+    let cases: [(&str, &str, &str); 5] = [
+        ("/v1/openai/chat/completions", "not json", "not valid JSON"),
+        ("/v1/openai/chat/completions", "[1]", "JSON object"),
+        (
+            "/v1/openai/chat/completions",
+            r#"{"model":"m","messages":[]}"#,
+            "at least one",
+        ),
+        (
+            "/v1/openai/chat/completions",
+            r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+            "wizard",
+        ),
+        (
+            "/v1/anthropic/v1/messages",
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+            "max_tokens",
+        ),
+    ];
+    for (path, body, expect) in cases {
+        let resp = client
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&agent)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{path} {body}");
+        let err: serde_json::Value = resp.json().await.unwrap();
+        let message = if path.contains("anthropic") {
+            assert_eq!(err["type"], "error");
+            err["error"]["message"].as_str().unwrap().to_owned()
+        } else {
+            assert_eq!(err["error"]["type"], "invalid_request_error");
+            err["error"]["message"].as_str().unwrap().to_owned()
+        };
+        assert!(message.contains(expect), "{body}: {message}");
+    }
+    // No key: 401; auditor role: no llm:chat.
+    let resp = client
+        .post(format!("{}/v1/openai/chat/completions", gw.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let auditor = gw.key("default", "auditor");
+    let resp = client
+        .post(format!("{}/v1/openai/chat/completions", gw.url))
+        .bearer_auth(&auditor)
+        .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(received.lock().unwrap().len(), before);
+    gw.stop().await;
+}
