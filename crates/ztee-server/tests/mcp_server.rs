@@ -41,6 +41,7 @@ async fn vm_gateway() -> Option<Gateway> {
         boot_timeout: std::time::Duration::from_secs(90),
         snapshots: false,
         jail: ztee_vm::JailConfig::default(),
+        vmm: ztee_vm::VmmSettings::default(),
     })
     .unwrap();
     let executor = VmExecutor::new(engine).with_admission(data_dir.path());

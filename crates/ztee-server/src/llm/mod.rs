@@ -285,9 +285,18 @@ impl Exchange {
             Some(&resource),
         )
         .with_decision(self.audit_decision())
-        .with_code(&self.request_digest);
+        // Keyed like every content digest in the trail: a short prompt holding a PAN could
+        // otherwise be recovered by guessing.
+        .with_code(&state.pipeline.content_key.digest(&self.request_digest))
+        .with_redactions(
+            &self
+                .inbound
+                .iter()
+                .map(|(entity, n)| (entity.clone(), u64::from(*n)))
+                .collect(),
+        );
         if let Some(d) = output_digest {
-            event = event.with_output(d);
+            event = event.with_output(&state.pipeline.content_key.digest(d));
         }
         state.pipeline.audit.append(event).await
     }
