@@ -238,15 +238,25 @@ fn transport(e: &Evidence) -> Control {
             format!("plain HTTP on a non-loopback address {}", c.listen),
         )
     };
+    let mut findings = vec![
+        finding,
+        "host <-> guest traffic is HMAC-authenticated per frame and never leaves the host"
+            .to_string(),
+    ];
+    let mut status = status;
+    for p in &c.llm_providers {
+        let place = if p.external { "external" } else { "internal" };
+        let link = if p.tls { "https" } else { "plain http" };
+        findings.push(format!("LLM provider {} ({place}) over {link}", p.name));
+        if p.external && !p.tls {
+            status = Status::NotMet;
+        }
+    }
     Control {
         requirement: "4.2.1",
         title: "Strong cryptography for card data in transit",
         status,
-        findings: vec![
-            finding,
-            "host <-> guest traffic is HMAC-authenticated per frame and never leaves the host"
-                .to_string(),
-        ],
+        findings,
         operator:
             "Use certificates from a trusted CA; keep TLS keys readable only by the ztee user.",
         command: "ztee compliance report; curl -v https://GATEWAY/healthz",

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,13 +19,6 @@ use ztee_server::ServerConfig;
 
 const HOOK_SECRET: &str = "webhook-signing-secret-0123456789";
 const PAN_CMD: &str = "echo 4111111111111111 | tr -d '\\n' | wc -c";
-
-fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
-}
 
 type Received = Arc<Mutex<Vec<(String, HeaderMap, String)>>>;
 
@@ -75,30 +67,11 @@ fn default_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
 }
 
 async fn vm_gateway(hooks: &str) -> Option<Gateway> {
-    if ztee_vm::backend::qemu::version().is_none() {
-        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; approval VM tests did not run");
+    if !common::vm::available("approval VM tests") {
         return None;
     }
-    let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
-        .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
-    let data_dir = tempfile::Builder::new()
-        .prefix("ztee-a")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
-        assets,
-        runtime_dir: data_dir.path().join("run"),
-        cache_dir: data_dir.path().join("cache"),
-        accelerator: std::env::var("ZTEE_ACCEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ztee_vm::AccelChoice::Tcg),
-        boot_timeout: Duration::from_secs(90),
-        snapshots: false,
-        jail: ztee_vm::JailConfig::default(),
-        vmm: ztee_vm::VmmSettings::default(),
-    })
-    .unwrap();
+    let data_dir = common::vm::data_dir("ztee-a");
+    let engine = common::vm::engine(data_dir.path());
     let executor = VmExecutor::new(engine).with_admission(data_dir.path());
     Some(
         Gateway::start_with_policy(

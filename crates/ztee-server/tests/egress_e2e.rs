@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::{client, error_body, Gateway};
@@ -23,13 +23,6 @@ for url in sys.argv[1:]:
     except urllib.error.HTTPError as e:
         print(e.code, e.read().decode().strip())
 ";
-
-fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
-}
 
 /// The repository's default bundle, with `allowlist` and `preapproved` added to its data.
 fn bundle_with(dir: &Path, allowlist: &[(&str, u16)], preapproved: &[(&str, u16)]) {
@@ -56,8 +49,7 @@ fn bundle_with(dir: &Path, allowlist: &[(&str, u16)], preapproved: &[(&str, u16)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
-    if ztee_vm::backend::qemu::version().is_none() {
-        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; gateway VM tests did not run");
+    if !common::vm::available("gateway VM tests") {
         return;
     }
     let origin = Origin::http(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, "hello via egress").await;
@@ -68,10 +60,7 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         ("review.test", vec![vec![Ipv4Addr::LOCALHOST]]),
     ])
     .await;
-    let data_dir = tempfile::Builder::new()
-        .prefix("ztee-g")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let data_dir = common::vm::data_dir("ztee-g");
     let policy_dir = data_dir.path().join("bundle");
     // mirror.test is pre-approved; review.test is allowed but needs a human approval.
     bundle_with(
@@ -84,22 +73,7 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
         ztee_server::dlp::InboundAction::Block,
     );
-    let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
-        .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
-    let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
-        assets,
-        runtime_dir: data_dir.path().join("run"),
-        cache_dir: data_dir.path().join("cache"),
-        accelerator: std::env::var("ZTEE_ACCEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ztee_vm::AccelChoice::Tcg),
-        boot_timeout: std::time::Duration::from_secs(90),
-        snapshots: false,
-        jail: ztee_vm::JailConfig::default(),
-        vmm: ztee_vm::VmmSettings::default(),
-    })
-    .unwrap();
+    let engine = common::vm::engine(data_dir.path());
     let config = ServerConfig {
         egress: ztee_egress::EgressConfig {
             // The test's server listens on 127.0.0.1: allowed as an operator allows a mirror.

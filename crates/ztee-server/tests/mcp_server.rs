@@ -3,47 +3,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::Gateway;
 use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
 
-fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
-}
-
 async fn vm_gateway() -> Option<Gateway> {
-    if ztee_vm::backend::qemu::version().is_none() {
-        eprintln!(
-            "SKIPPED: qemu-system-x86_64 cannot start on this machine; MCP VM test did not run"
-        );
+    if !common::vm::available("MCP VM test") {
         return None;
     }
-    let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
-        .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
-    let data_dir = tempfile::Builder::new()
-        .prefix("ztee-m")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
-        assets,
-        runtime_dir: data_dir.path().join("run"),
-        cache_dir: data_dir.path().join("cache"),
-        accelerator: std::env::var("ZTEE_ACCEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ztee_vm::AccelChoice::Tcg),
-        boot_timeout: std::time::Duration::from_secs(90),
-        snapshots: false,
-        jail: ztee_vm::JailConfig::default(),
-        vmm: ztee_vm::VmmSettings::default(),
-    })
-    .unwrap();
+    let data_dir = common::vm::data_dir("ztee-m");
+    let engine = common::vm::engine(data_dir.path());
     let executor = VmExecutor::new(engine).with_admission(data_dir.path());
     Some(Gateway::start_in(ServerConfig::default(), Arc::new(executor), data_dir).await)
 }

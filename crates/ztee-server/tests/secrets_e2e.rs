@@ -16,13 +16,6 @@ use ztee_server::ServerConfig;
 const DB_PASSWORD: &str = "pg-Pa55/word+with spaces&more";
 const API_TOKEN: &str = "tok_live_51HqLyjWDarjtT1zdp7dc";
 
-fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
-}
-
 /// The repository's policy with grants: acme's agents may use both secrets; nobody else any.
 fn policy_with_grants() -> Arc<dyn ztee_server::policy::PolicyEngine> {
     let dir = tempfile::tempdir().unwrap();
@@ -56,32 +49,11 @@ fn secrets_config(key_var: &str) -> ServerConfig {
 }
 
 async fn vm_gateway() -> Option<Gateway> {
-    if ztee_vm::backend::qemu::version().is_none() {
-        eprintln!(
-            "SKIPPED: qemu-system-x86_64 cannot start on this machine; secret VM tests did not run"
-        );
+    if !common::vm::available("secret VM tests") {
         return None;
     }
-    let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
-        .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
-    let data_dir = tempfile::Builder::new()
-        .prefix("ztee-s")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
-        assets,
-        runtime_dir: data_dir.path().join("run"),
-        cache_dir: data_dir.path().join("cache"),
-        accelerator: std::env::var("ZTEE_ACCEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ztee_vm::AccelChoice::Tcg),
-        boot_timeout: std::time::Duration::from_secs(90),
-        snapshots: false,
-        jail: ztee_vm::JailConfig::default(),
-        vmm: ztee_vm::VmmSettings::default(),
-    })
-    .unwrap();
+    let data_dir = common::vm::data_dir("ztee-s");
+    let engine = common::vm::engine(data_dir.path());
     std::env::set_var(
         "ZTEE_TEST_MASTER_KEY_VM",
         ztee_secrets::MasterKey::generate().to_text().as_str(),

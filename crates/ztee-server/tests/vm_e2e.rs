@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{client, error_body, Gateway};
@@ -13,42 +12,14 @@ use serde_json::json;
 use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
 
-fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
-}
-
 /// A gateway over the real VM engine, or `None` (after a loud SKIPPED line) when QEMU cannot
 /// start here. Missing guest assets fail the test: `scripts/guest.sh` builds them.
 async fn vm_gateway() -> Option<Gateway> {
-    if ztee_vm::backend::qemu::version().is_none() {
-        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; gateway VM tests did not run");
+    if !common::vm::available("gateway VM tests") {
         return None;
     }
-    let assets = ztee_vm::GuestAssets::in_dir(&guest_dir())
-        .unwrap_or_else(|e| panic!("{e} — run scripts/guest.sh before the tests"));
-    // Short path: the VM's unix sockets live under it (108-byte limit).
-    let data_dir = tempfile::Builder::new()
-        .prefix("ztee-g")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let engine = ztee_vm::Engine::new(ztee_vm::EngineConfig {
-        assets,
-        runtime_dir: data_dir.path().join("run"),
-        cache_dir: data_dir.path().join("cache"),
-        accelerator: std::env::var("ZTEE_ACCEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ztee_vm::AccelChoice::Tcg),
-        boot_timeout: std::time::Duration::from_secs(90),
-        // Every VM boots from scratch: two boots, no snapshot template.
-        snapshots: false,
-        jail: ztee_vm::JailConfig::default(),
-        vmm: ztee_vm::VmmSettings::default(),
-    })
-    .unwrap();
+    let data_dir = common::vm::data_dir("ztee-g");
+    let engine = common::vm::engine(data_dir.path());
     let config = ServerConfig::default();
     let executor = VmExecutor::new(engine).with_admission(data_dir.path());
     Some(Gateway::start_in(config, Arc::new(executor), data_dir).await)

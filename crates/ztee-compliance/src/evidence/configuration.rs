@@ -26,6 +26,18 @@ pub struct ConfigurationEvidence {
     pub default_sandbox_timeout_s: u64,
     pub api_keys: ApiKeyEvidence,
     pub policy: PolicyEvidence,
+    /// LLM providers behind the proxy: where card-derived content may travel.
+    pub llm_providers: Vec<LlmProviderEvidence>,
+    /// Tenants mapped to a tier (e.g. `pci`), which policy uses to route providers.
+    pub tenant_tiers: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LlmProviderEvidence {
+    pub name: String,
+    pub external: bool,
+    /// The endpoint is reached over TLS (`https://`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +100,17 @@ pub fn gather(installation: &Installation) -> Result<ConfigurationEvidence, Comp
         default_sandbox_timeout_s: config.sandbox_defaults.timeout_s,
         api_keys: api_keys(&installation.data_dir)?,
         policy: policy(installation)?,
+        llm_providers: config
+            .llm
+            .providers
+            .iter()
+            .map(|p| LlmProviderEvidence {
+                name: p.name.clone(),
+                external: p.external,
+                tls: p.base_url.starts_with("https://"),
+            })
+            .collect(),
+        tenant_tiers: config.llm.tenant_tiers.clone(),
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod oidc;
 pub mod venv;
+pub mod vm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
