@@ -169,7 +169,7 @@ fn write_activity(out: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(out, "| figure | count |")?;
     writeln!(out, "|---|---|")?;
-    let rows: [(&str, u64); 16] = [
+    let rows: [(&str, u64); 17] = [
         ("events", a.events),
         ("sandboxes and runs started", a.sandboxes_started),
         ("logins", a.logins),
@@ -180,6 +180,7 @@ fn write_activity(out: &mut String, r: &Report) -> std::fmt::Result {
         ("approvals granted", a.approvals.granted),
         ("approvals rejected", a.approvals.rejected),
         ("approvals expired undecided", a.approvals.expired),
+        ("approvals still open", a.approvals.undecided),
         ("egress requests granted", a.egress_grants),
         ("egress requests refused", a.egress_grants_refused),
         ("egress connections relayed", a.egress_allowed),
