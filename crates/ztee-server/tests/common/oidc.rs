@@ -12,6 +12,9 @@ const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
 
 static INSTALL: Mutex<Option<PathBuf>> = Mutex::new(None);
 
+/// How long a starting provider may take to print its READY line.
+const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+
 fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ZTEE_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
@@ -78,10 +81,25 @@ impl Provider {
             .spawn()
             .map_err(|e| format!("node: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        // A provider that never says READY (node stuck on a loaded machine) must not hang the
+        // suite: wait a generous, bounded time for the line.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        let line = match rx.recv_timeout(READY_DEADLINE) {
+            Ok(read) => read.map_err(|e| e.to_string())?,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "provider did not say READY within {} s",
+                    READY_DEADLINE.as_secs()
+                ));
+            }
+        };
         let issuer = line
             .trim()
             .strip_prefix("READY ")
@@ -92,7 +110,10 @@ impl Provider {
 
     /// An access token for `client` (client credentials grant) for the audience `resource`.
     pub async fn token(&self, client: &str, resource: &str) -> String {
-        let resp: serde_json::Value = reqwest::Client::new()
+        let resp: serde_json::Value = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap()
             .post(format!("{}/token", self.issuer))
             .form(&[
                 ("grant_type", "client_credentials"),
