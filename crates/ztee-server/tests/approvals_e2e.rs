@@ -337,3 +337,64 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
         "{lost}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
+    let (hooks, _got) = receiver().await;
+    let Some(gw) = vm_gateway(&hooks).await else {
+        return;
+    };
+    let agent = gw.key("acme", "agent");
+    let alice = gw.key("acme", "approver");
+    let bob = gw.key("acme", "approver");
+    let r = post(&gw, &agent, "/v1/sandboxes", json!({})).await;
+    assert_eq!(r.status(), 201);
+    let sbx = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let commands = format!("/v1/sandboxes/{sbx}/commands");
+    // State the approved command will find: it runs in this sandbox, not a fresh one.
+    let r = post(&gw, &agent, &commands, json!({"cmd": "echo kept > mark"})).await;
+    assert_eq!(r.status(), 200);
+
+    let held = json!({"cmd": format!("cat mark; {PAN_CMD}")});
+    // A stream cannot wait for a human.
+    let r = client()
+        .post(format!("{}{commands}", gw.url))
+        .bearer_auth(&agent)
+        .header("accept", "application/x-ndjson")
+        .json(&held)
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 403, "approval_required").await;
+    // Without streaming it is parked.
+    let r = post(&gw, &agent, &commands, held).await;
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let apr = format!("/v1/approvals/{}", body["approval"]["id"].as_str().unwrap());
+    let shown = get(&gw, &alice, &apr).await;
+    assert_eq!(shown["action"], "sandbox.exec", "{shown}");
+    assert_eq!(shown["request"]["sandbox"], sbx.as_str());
+    assert!(
+        !shown["request"].to_string().contains("4111111111111111"),
+        "{shown}"
+    );
+
+    // Two approvers (the rule is on the two-person list), then the command runs.
+    let r = post(&gw, &alice, &format!("{apr}/approve"), json!({})).await;
+    assert_eq!(r.status(), 200);
+    let r = post(&gw, &bob, &format!("{apr}/approve"), json!({"comment": "ok"})).await;
+    assert_eq!(r.status(), 200);
+    let done = get(&gw, &agent, &format!("{apr}?wait=60")).await;
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(done["result"]["stdout"], "kept\n16\n", "{done}");
+    let r = client()
+        .delete(format!("{}/v1/sandboxes/{sbx}", gw.url))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}

@@ -8,6 +8,7 @@ mod secrets;
 pub mod types;
 
 pub(crate) use run::run_approved;
+pub(crate) use sandboxes::command_approved;
 pub(crate) use sandboxes::policy_input as policy_input_for;
 
 use std::sync::Arc;

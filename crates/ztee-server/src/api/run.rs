@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use ztee_audit::{EventType, Outcome};
 use super::sandboxes::{json_body, ndjson, policy_input, release, reserve};
 use super::types::OneShotRun;
 use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
+use crate::approvals::HeldRequest;
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -106,35 +107,6 @@ pub async fn run_approved(
     }
 }
 
-/// Parks a held request for an approver and answers 202 with where to wait for it.
-async fn park(
-    state: &Arc<AppState>,
-    caller: &Caller,
-    original: OneShotRun,
-    decision: &crate::policy::Decision,
-) -> Result<RunOutcome, ApiError> {
-    let record = crate::approvals::park(state, caller, original, decision).await?;
-    let link = state.approvals.link(&record.id);
-    let body = serde_json::json!({"approval": {
-        "id": record.id,
-        "status": record.status,
-        "expires_at": record.expires_at,
-        "required_approvals": record.required_approvals,
-        "rule_ids": record.rule_ids,
-        "reasons": record.reasons,
-        "link": link,
-        "wait": format!("{link}?wait=30"),
-    }});
-    Ok(RunOutcome::Answered(
-        (
-            StatusCode::ACCEPTED,
-            [(axum::http::header::LOCATION, link)],
-            Json(body),
-        )
-            .into_response(),
-    ))
-}
-
 enum RunOutcome {
     Done(CommandResult),
     /// A stream, or a 202 for a request parked for approval.
@@ -217,13 +189,31 @@ async fn run_once(
         .await?
     {
         Gate::Admitted(admitted) => admitted,
-        Gate::Held(decision) => return park(&state, &caller, original, &decision).await,
+        Gate::Held(decision) => {
+            return Ok(RunOutcome::Answered(
+                crate::approvals::park_answer(
+                    &state,
+                    &caller,
+                    HeldRequest::Run(original),
+                    &decision,
+                )
+                .await?,
+            ))
+        }
     };
     if !egress.is_empty() {
         let gate =
             crate::egress::authorize(&state.pipeline, &ctx, &egress, approved.is_some()).await?;
         if let crate::egress::EgressGate::Held(decision) = gate {
-            return park(&state, &caller, original, &decision).await;
+            return Ok(RunOutcome::Answered(
+                crate::approvals::park_answer(
+                    &state,
+                    &caller,
+                    HeldRequest::Run(original),
+                    &decision,
+                )
+                .await?,
+            ));
         }
     }
     let injected = crate::secrets::checkout(

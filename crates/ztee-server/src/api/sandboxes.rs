@@ -18,11 +18,12 @@ use ztee_audit::{EventType, Outcome};
 
 use super::types::{CreateSandbox, FileQuery, RunCommand, SandboxView};
 use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
+use crate::approvals::HeldRequest;
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::exec::CreateSpec;
-use crate::pipeline::{exec_error, ActionContext, StreamContext, Work};
+use crate::exec::{CommandResult, CreateSpec};
+use crate::pipeline::{exec_error, ActionContext, Gate, StreamContext, Work};
 use crate::policy::PolicyInput;
 use crate::principal::Permission;
 use crate::state::{AppState, LiveSandbox};
@@ -387,7 +388,46 @@ pub async fn command(
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let req = json_body(body)?;
-    let record = find(&state, &caller, &id).await?;
+    match command_once(state, caller, &id, req, wants_stream(&headers), None).await? {
+        CommandOutcome::Done(result) => Ok(Json(result).into_response()),
+        CommandOutcome::Answered(response) => Ok(response),
+    }
+}
+
+/// Runs a sandbox command an approver approved, as its requester, and returns the masked
+/// result. The sandbox must still exist (and still be the requester's to use).
+pub async fn command_approved(
+    state: Arc<AppState>,
+    caller: Caller,
+    sandbox: &str,
+    req: RunCommand,
+    approval_id: &str,
+) -> Result<CommandResult, ApiError> {
+    match command_once(state, caller, sandbox, req, false, Some(approval_id)).await? {
+        CommandOutcome::Done(result) => Ok(result),
+        CommandOutcome::Answered(_) => {
+            Err(ApiError::internal("an approved command was answered early"))
+        }
+    }
+}
+
+enum CommandOutcome {
+    Done(CommandResult),
+    /// A stream, or a 202 for a command parked for approval.
+    Answered(Response),
+}
+
+async fn command_once(
+    state: Arc<AppState>,
+    caller: Caller,
+    id: &str,
+    req: RunCommand,
+    stream: bool,
+    approved: Option<&str>,
+) -> Result<CommandOutcome, ApiError> {
+    // What an approver would approve: the command exactly as sent.
+    let original = req.clone();
+    let record = find(&state, &caller, id).await?;
     let sandbox = live(&state, &record.id)?;
     let argv = req.cmd.into_argv().map_err(ApiError::bad_request)?;
     check_env(&req.env)?;
@@ -417,16 +457,36 @@ pub async fn command(
         files: Vec::new(),
     };
     let resource = Some(format!("sandbox/{}", record.id));
-    if wants_stream(&headers) {
-        let mut ctx = ActionContext {
-            caller: &caller,
-            event_type: EventType::SandboxExec,
-            resource: resource.clone(),
-            policy,
-        };
-        let mut admitted = state.pipeline.admit(&mut ctx, work).await?;
-        // Secret values join the environment after inbound DLP and policy.
-        admitted.work.env.extend(secret_env);
+    let mut ctx = ActionContext {
+        caller: &caller,
+        event_type: EventType::SandboxExec,
+        resource: resource.clone(),
+        policy,
+    };
+    // A stream cannot wait for a human: a hold answers 403 there, and the caller may send the
+    // command again without streaming to have it parked.
+    let gate = if stream {
+        Gate::Admitted(state.pipeline.admit(&mut ctx, work).await?)
+    } else {
+        state
+            .pipeline
+            .admit_or_hold(&mut ctx, work, approved.is_some())
+            .await?
+    };
+    let mut admitted = match gate {
+        Gate::Admitted(admitted) => admitted,
+        Gate::Held(decision) => {
+            let held = HeldRequest::Command {
+                sandbox: record.id.clone(),
+                request: original,
+            };
+            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
+            return Ok(CommandOutcome::Answered(answer));
+        }
+    };
+    // Secret values join the environment after inbound DLP and policy.
+    admitted.work.env.extend(secret_env);
+    if stream {
         let stream_ctx = StreamContext {
             caller: caller.clone(),
             event_type: EventType::SandboxExec,
@@ -446,16 +506,8 @@ pub async fn command(
                 Box::new(sandbox),
             )
             .await?;
-        return Ok(ndjson(rx));
+        return Ok(CommandOutcome::Answered(ndjson(rx)));
     }
-    let mut ctx = ActionContext {
-        caller: &caller,
-        event_type: EventType::SandboxExec,
-        resource,
-        policy,
-    };
-    let mut admitted = state.pipeline.admit(&mut ctx, work).await?;
-    admitted.work.env.extend(secret_env);
     let result = state
         .pipeline
         .collect(
@@ -466,7 +518,7 @@ pub async fn command(
             state.config.limits.max_output_bytes,
         )
         .await?;
-    Ok(Json(result).into_response())
+    Ok(CommandOutcome::Done(result))
 }
 
 /// An NDJSON response: one JSON object per line, flushed as produced.

@@ -66,7 +66,7 @@ impl Cmd {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunCommand {
     pub cmd: Cmd,

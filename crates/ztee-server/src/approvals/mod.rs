@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use ztee_audit::{EventType, Outcome};
 
-use crate::api::types::OneShotRun;
+use crate::api::types::{OneShotRun, RunCommand};
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -71,10 +71,31 @@ impl Default for ApprovalsConfig {
     }
 }
 
+/// What a pending approval will run once approved.
+#[derive(Clone)]
+pub enum HeldRequest {
+    /// A one-shot run (`POST /v1/run`).
+    Run(OneShotRun),
+    /// A command in an existing sandbox (`POST /v1/sandboxes/{id}/commands`).
+    Command {
+        sandbox: String,
+        request: RunCommand,
+    },
+}
+
+impl HeldRequest {
+    fn action(&self) -> &'static str {
+        match self {
+            HeldRequest::Run(_) => "run",
+            HeldRequest::Command { .. } => "sandbox.exec",
+        }
+    }
+}
+
 /// The request a pending approval will run, with the identity it runs as. Memory only.
 struct Parked {
     caller: Caller,
-    request: OneShotRun,
+    request: HeldRequest,
 }
 
 /// Who decides: an authenticated approver, or the holder of a signed callback link.
@@ -253,11 +274,39 @@ impl Approvals {
     }
 }
 
-/// Parks a held `run` and announces it. Returns the record the 202 answer shows.
+/// Parks a held request and answers `202 Accepted` with the approval and where to wait for it.
+pub async fn park_answer(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    request: HeldRequest,
+    decision: &Decision,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let record = park(state, caller, request, decision).await?;
+    let link = state.approvals.link(&record.id);
+    let body = serde_json::json!({"approval": {
+        "id": record.id,
+        "status": record.status,
+        "expires_at": record.expires_at,
+        "required_approvals": record.required_approvals,
+        "rule_ids": record.rule_ids,
+        "reasons": record.reasons,
+        "link": link,
+        "wait": format!("{link}?wait=30"),
+    }});
+    Ok((
+        StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, link)],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+/// Parks a held request and announces it. Returns the record the 202 answer shows.
 pub async fn park(
     state: &Arc<AppState>,
     caller: &Caller,
-    request: OneShotRun,
+    request: HeldRequest,
     decision: &Decision,
 ) -> Result<ApprovalRecord, ApiError> {
     let approvals = &state.approvals;
@@ -271,7 +320,7 @@ pub async fn park(
         id: id.clone(),
         tenant: caller.principal.tenant.clone(),
         requester: caller.principal.subject.clone(),
-        action: "run".into(),
+        action: request.action().into(),
         status: Status::Pending,
         status_reason: None,
         created_at,
@@ -438,9 +487,14 @@ async fn execute(state: Arc<AppState>, id: String) {
         return;
     };
     let outcome = match approvals.forget(&id) {
-        Some(parked) => {
-            crate::api::run_approved(state.clone(), parked.caller, parked.request, &id).await
-        }
+        Some(Parked {
+            caller,
+            request: HeldRequest::Run(request),
+        }) => crate::api::run_approved(state.clone(), caller, request, &id).await,
+        Some(Parked {
+            caller,
+            request: HeldRequest::Command { sandbox, request },
+        }) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &id).await,
         None => Err(ApiError::unavailable(
             "the request content is no longer held (the gateway restarted); submit it again",
         )),

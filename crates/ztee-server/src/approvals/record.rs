@@ -3,7 +3,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::api::types::OneShotRun;
+use super::HeldRequest;
 use crate::dlp::DlpEngine;
 use crate::store::{Store, StoreError};
 
@@ -91,20 +91,30 @@ pub struct ApprovalRecord {
 }
 
 /// The request with every string value passed through DLP redaction.
-pub fn masked_view(dlp: &dyn DlpEngine, request: &OneShotRun) -> serde_json::Value {
-    let mut view = serde_json::json!({
-        "cmd": request.cmd,
-        "language": request.language,
-        "code": request.code,
-        "files": request.files,
-        "env": request.env,
-        "stdin": request.stdin,
-        "timeout_s": request.timeout_s,
-        "image": request.image,
-        "memory_mib": request.memory_mib,
-        "vcpus": request.vcpus,
-        "secrets": request.secrets,
-    });
+pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value {
+    let mut view = match held {
+        HeldRequest::Run(request) => serde_json::json!({
+            "cmd": request.cmd,
+            "language": request.language,
+            "code": request.code,
+            "files": request.files,
+            "env": request.env,
+            "stdin": request.stdin,
+            "timeout_s": request.timeout_s,
+            "image": request.image,
+            "memory_mib": request.memory_mib,
+            "vcpus": request.vcpus,
+            "secrets": request.secrets,
+        }),
+        HeldRequest::Command { sandbox, request } => serde_json::json!({
+            "sandbox": sandbox,
+            "cmd": request.cmd,
+            "env": request.env,
+            "cwd": request.cwd,
+            "stdin": request.stdin,
+            "timeout_s": request.timeout_s,
+        }),
+    };
     mask(dlp, &mut view);
     view
 }
