@@ -385,7 +385,13 @@ async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
     // Two approvers (the rule is on the two-person list), then the command runs.
     let r = post(&gw, &alice, &format!("{apr}/approve"), json!({})).await;
     assert_eq!(r.status(), 200);
-    let r = post(&gw, &bob, &format!("{apr}/approve"), json!({"comment": "ok"})).await;
+    let r = post(
+        &gw,
+        &bob,
+        &format!("{apr}/approve"),
+        json!({"comment": "ok"}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let done = get(&gw, &agent, &format!("{apr}?wait=60")).await;
     assert_eq!(done["status"], "executed", "{done}");
