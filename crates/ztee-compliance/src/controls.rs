@@ -2,6 +2,8 @@
 //! found, what the operator must still do (ztee cannot do it for them), and the command that
 //! shows the evidence again. docs/pci-dss.md explains each one at length.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::report::Evidence;
@@ -73,8 +75,27 @@ pub fn evaluate(e: &Evidence) -> Vec<Control> {
     ]
 }
 
-fn count(map: &std::collections::BTreeMap<String, u64>, key: &str) -> u64 {
+fn count(map: &BTreeMap<String, u64>, key: &str) -> u64 {
     map.get(key).copied().unwrap_or(0)
+}
+
+/// `name count, name count, ...` of the `most` largest counts (all with `usize::MAX`), or
+/// `none`.
+fn listing(map: &BTreeMap<String, u64>, most: usize) -> String {
+    let mut entries: Vec<(&String, &u64)> = map.iter().collect();
+    // Stable: equal counts keep their (alphabetical) order.
+    entries.sort_by(|a, b| b.1.cmp(a.1));
+    let text = entries
+        .iter()
+        .take(most)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if text.is_empty() {
+        "none".to_string()
+    } else {
+        text
+    }
 }
 
 fn segmentation(e: &Evidence) -> Control {
@@ -187,18 +208,10 @@ fn masking(e: &Evidence) -> Control {
         count(&e.activity.redactions, "CREDIT_CARD")
     )];
     let total: u64 = e.activity.redactions.values().sum();
-    let by_entity = e
-        .activity
-        .redactions
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    findings.push(if by_entity.is_empty() {
-        format!("all values masked in the period: {total}")
-    } else {
-        format!("all values masked in the period: {total} ({by_entity})")
-    });
+    findings.push(format!(
+        "all values masked in the period: {total} (by entity: {})",
+        listing(&e.activity.redactions, usize::MAX)
+    ));
     Control {
         requirement: "3.4.1",
         title: "PAN is masked in every output (stdout, stderr, files, LLM traffic)",
@@ -324,19 +337,13 @@ fn patching(e: &Evidence) -> Control {
 }
 
 fn least_privilege(e: &Evidence) -> Control {
-    let keys = &e.configuration.api_keys;
-    let roles = keys
-        .by_role
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let roles = listing(&e.configuration.api_keys.by_role, usize::MAX);
     Control {
         requirement: "7.2.1, 7.2.2, 7.2.5",
         title: "Least privilege: roles per action, tenant scoping, service accounts",
         status: Status::Met,
         findings: vec![
-            format!("active API keys by role: {}", if roles.is_empty() { "none".to_string() } else { roles }),
+            format!("active API keys by role: {roles}"),
             format!(
                 "authorization refusals in the period: {}; policy denials: {}",
                 e.activity.authorization_denials, e.activity.policy_denials
@@ -400,13 +407,7 @@ fn authentication(e: &Evidence) -> Control {
 }
 
 fn audit_content(e: &Evidence) -> Control {
-    let types = e
-        .activity
-        .by_type
-        .iter()
-        .map(|(t, n)| format!("{t} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let types = listing(&e.activity.by_type, usize::MAX);
     Control {
         requirement: "10.2.1, 10.2.1.1-10.2.1.7, 10.2.2",
         title: "Audit events for every action, with who, what, when, where, outcome",
@@ -489,22 +490,6 @@ fn log_protection(e: &Evidence) -> Control {
 
 fn review(e: &Evidence) -> Control {
     let a = &e.activity;
-    let mut origins: Vec<(&String, &u64)> = a.failed_logins_by_origin.iter().collect();
-    origins.sort_by(|x, y| y.1.cmp(x.1));
-    let top = origins
-        .iter()
-        .take(5)
-        .map(|(ip, n)| format!("{ip} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut rules: Vec<(&String, &u64)> = a.decisions_by_rule.iter().collect();
-    rules.sort_by(|x, y| y.1.cmp(x.1));
-    let top_rules = rules
-        .iter()
-        .take(5)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     Control {
         requirement: "10.4.1, 10.4.1.1, 10.4.2",
         title: "Automated review of audit events",
@@ -513,12 +498,12 @@ fn review(e: &Evidence) -> Control {
             format!(
                 "failed logins {} (top origins: {})",
                 a.failed_logins,
-                if top.is_empty() { "none" } else { &top }
+                listing(&a.failed_logins_by_origin, 5)
             ),
             format!(
                 "policy denials {}, refusals by rule: {}",
                 a.policy_denials,
-                if top_rules.is_empty() { "none" } else { &top_rules }
+                listing(&a.decisions_by_rule, 5)
             ),
             format!(
                 "approvals: {} requested, {} granted, {} rejected, {} expired, {} still open",
@@ -598,5 +583,20 @@ fn change_detection(e: &Evidence) -> Control {
         ],
         operator: "Compare the policy digest with the approved one at each review; watch ztee's own binaries with the host's file-integrity monitor.",
         command: "ztee policy test; ztee audit verify",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_shows_the_largest_counts_first_or_none() {
+        let map: BTreeMap<String, u64> = [("a".into(), 1), ("b".into(), 5), ("c".into(), 5)]
+            .into_iter()
+            .collect();
+        assert_eq!(listing(&map, usize::MAX), "b 5, c 5, a 1");
+        assert_eq!(listing(&map, 1), "b 5");
+        assert_eq!(listing(&BTreeMap::new(), 5), "none");
     }
 }
