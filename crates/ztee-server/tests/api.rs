@@ -157,13 +157,13 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
     let globex = gw.key("globex", "agent");
     let auditor = gw.key("acme", "auditor");
 
-    let r = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"metadata": {"purpose": "test"}, "memory_mib": 64}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &acme,
+            "/v1/sandboxes",
+            &json!({"metadata": {"purpose": "test"}, "memory_mib": 64}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let sbx: serde_json::Value = r.json().await.unwrap();
     let id = sbx["id"].as_str().unwrap().to_owned();
@@ -172,20 +172,15 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
 
     // Another tenant, and another agent of the same tenant: 404, as if it did not exist.
     for key in [&globex, &acme2] {
-        let r = c
-            .get(format!("{}/v1/sandboxes/{id}", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.get(key, &format!("/v1/sandboxes/{id}")).await;
         error_body(r, 404, "not_found").await;
-        let r = c
-            .post(format!("{}/v1/sandboxes/{id}/commands", gw.url))
-            .bearer_auth(key)
-            .json(&json!({"cmd": ["echo", "hi"]}))
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .post(
+                key,
+                &format!("/v1/sandboxes/{id}/commands"),
+                &json!({"cmd": ["echo", "hi"]}),
+            )
+            .await;
         error_body(r, 404, "not_found").await;
         let r = c
             .delete(format!("{}/v1/sandboxes/{id}", gw.url))
@@ -194,58 +189,33 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
             .await
             .unwrap();
         error_body(r, 404, "not_found").await;
-        let list: serde_json::Value = c
-            .get(format!("{}/v1/sandboxes", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: serde_json::Value = gw.get_json(key, "/v1/sandboxes").await;
         assert_eq!(list["sandboxes"].as_array().unwrap().len(), 0);
     }
     // A developer (sandbox:admin) of the tenant sees it.
-    let r = c
-        .get(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&acme_dev)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&acme_dev, &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(r.status(), 200);
     // An auditor may not run code.
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&auditor)
-        .json(&json!({"cmd": ["echo"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(&auditor, "/v1/run", &json!({"cmd": ["echo"]}))
+        .await;
     let body = error_body(r, 403, "forbidden").await;
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("sandbox:run"));
     // ... and an agent may not read the audit trail.
-    let r = c
-        .get(format!("{}/v1/audit", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&acme, "/v1/audit").await;
     error_body(r, 403, "forbidden").await;
 
     // The owner runs a command; output is returned.
-    let r: serde_json::Value = c
-        .post(format!("{}/v1/sandboxes/{id}/commands", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"cmd": ["echo", "hello"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = gw
+        .post_json(
+            &acme,
+            &format!("/v1/sandboxes/{id}/commands"),
+            &json!({"cmd": ["echo", "hello"]}),
+        )
+        .await;
     assert_eq!(r["stdout"], "hello");
     assert_eq!(r["exit_code"], 0);
     // Delete, then it is gone.
@@ -256,12 +226,7 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = c
-        .get(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&acme, &format!("/v1/sandboxes/{id}")).await;
     error_body(r, 404, "not_found").await;
     let _ = gw.stop().await;
 }
@@ -269,22 +234,11 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
 #[tokio::test]
 async fn revoked_keys_stop_working_immediately() {
     let (gw, _exec) = gateway().await;
-    let c = client();
     let new = ztee_server::apikey::create(&gw.state.store, "acme", "agent", "").unwrap();
-    let r = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&new.key)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&new.key, "/v1/sandboxes").await;
     assert_eq!(r.status(), 200);
     ztee_server::apikey::revoke(&gw.state.store, &new.record.id).unwrap();
-    let r = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&new.key)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&new.key, "/v1/sandboxes").await;
     error_body(r, 401, "unauthenticated").await;
     let _ = gw.stop().await;
 }
@@ -322,24 +276,9 @@ async fn tenant_quotas_and_rate_limits_answer_429_with_retry_after() {
     // Another tenant has its own quota.
     assert_eq!(create(&globex, 64).await.unwrap().status(), 201);
     // acme has now made 4 requests of its burst of 6; the 7th is rate limited.
-    let _ = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
-    let _ = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
-    let r = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let _ = gw.get(&acme, "/v1/sandboxes").await;
+    let _ = gw.get(&acme, "/v1/sandboxes").await;
+    let r = gw.get(&acme, "/v1/sandboxes").await;
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -348,12 +287,7 @@ async fn tenant_quotas_and_rate_limits_answer_429_with_retry_after() {
     assert!((1..=5).contains(&retry), "{retry}");
     error_body(r, 429, "rate_limited").await;
     // globex is not affected by acme's rate.
-    let r = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&globex)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&globex, "/v1/sandboxes").await;
     assert_eq!(r.status(), 200);
     let _ = gw.stop().await;
 }
@@ -361,16 +295,15 @@ async fn tenant_quotas_and_rate_limits_answer_429_with_retry_after() {
 #[tokio::test]
 async fn card_data_in_input_is_blocked_before_any_vm_and_output_is_masked() {
     let (gw, exec) = gateway().await;
-    let c = client();
     let key = gw.key("acme", "agent");
     // Inbound: PAN in code -> policy denies (default inbound action: block); no VM is created.
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&key)
-        .json(&json!({"language": "python", "code": format!("print('{PAN}')")}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &key,
+            "/v1/run",
+            &json!({"language": "python", "code": format!("print('{PAN}')")}),
+        )
+        .await;
     let body = error_body(r, 403, "policy_denied").await;
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("CREDIT_CARD"), "{msg}");
@@ -380,13 +313,7 @@ async fn card_data_in_input_is_blocked_before_any_vm_and_output_is_masked() {
         json!({"cmd": ["echo"], "env": {"C": PAN}}),
         json!({"cmd": ["cat"], "stdin": PAN}),
     ] {
-        let r = c
-            .post(format!("{}/v1/run", gw.url))
-            .bearer_auth(&key)
-            .json(&field)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.post(&key, "/v1/run", &field).await;
         error_body(r, 403, "policy_denied").await;
     }
     assert!(
@@ -395,16 +322,13 @@ async fn card_data_in_input_is_blocked_before_any_vm_and_output_is_masked() {
     );
 
     // Outbound: the "program" prints a PAN it computed (here: from two halves).
-    let r: serde_json::Value = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&key)
-        .json(&json!({"cmd": ["x", "41111111"], "stdin": "11111111", "env": {"ERR": "warn"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = gw
+        .post_json(
+            &key,
+            "/v1/run",
+            &json!({"cmd": ["x", "41111111"], "stdin": "11111111", "env": {"ERR": "warn"}}),
+        )
+        .await;
     // The echo double prints args then stdin: the PAN assembles only in the output.
     let stdout = r["stdout"].as_str().unwrap();
     let stderr = r["stderr"].as_str().unwrap();
@@ -423,16 +347,13 @@ async fn redact_mode_masks_input_before_the_vm_sees_it() {
     let exec = Arc::new(EchoExecutor::default());
     let gw = Gateway::start(config, exec.clone()).await;
     let key = gw.key("acme", "agent");
-    let r: serde_json::Value = client()
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&key)
-        .json(&json!({"cmd": ["echo", format!("card {PAN}")]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = gw
+        .post_json(
+            &key,
+            "/v1/run",
+            &json!({"cmd": ["echo", format!("card {PAN}")]}),
+        )
+        .await;
     let seen = exec.executed.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert!(
@@ -482,15 +403,9 @@ async fn streaming_output_is_masked_across_chunks_and_ends_with_exit() {
     assert_eq!(last["redactions"]["CREDIT_CARD"], 1);
     // The audit event counts what was masked (evidence for PCI DSS 3.4.1), never the value.
     let auditor = gw.key("acme", "auditor");
-    let events: serde_json::Value = client()
-        .get(format!("{}/v1/audit?request_id=req-stream", gw.url))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: serde_json::Value = gw
+        .get_json(&auditor, "/v1/audit?request_id=req-stream")
+        .await;
     let event = &events["events"][0]["event"];
     assert_eq!(event["redactions"]["CREDIT_CARD"], 1, "{events}");
     assert!(!events.to_string().contains("4111111111111111"));
@@ -502,16 +417,7 @@ async fn files_are_scanned_both_ways() {
     let (gw, _exec) = gateway().await;
     let c = client();
     let key = gw.key("acme", "agent");
-    let sbx: serde_json::Value = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sbx: serde_json::Value = gw.post_json(&key, "/v1/sandboxes", &json!({})).await;
     let id = sbx["id"].as_str().unwrap();
     let files = format!("{}/v1/sandboxes/{id}/files", gw.url);
     let r = c
@@ -604,22 +510,16 @@ async fn the_audit_trail_records_decisions_verifies_and_audits_its_readers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let _ = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth("ztee_000000000000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
-        .send()
-        .await
-        .unwrap();
+    let _ = gw
+        .get(
+            "ztee_000000000000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "/v1/sandboxes",
+        )
+        .await;
 
-    let events: serde_json::Value = c
-        .get(format!("{}/v1/audit?request_id=req-denied", gw.url))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: serde_json::Value = gw
+        .get_json(&auditor, "/v1/audit?request_id=req-denied")
+        .await;
     let events = events["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0]["event"];
@@ -630,42 +530,18 @@ async fn the_audit_trail_records_decisions_verifies_and_audits_its_readers() {
     assert_eq!(e["origin_ip"], "127.0.0.1");
     assert_eq!(e["decision"]["decision"], "deny");
     assert!(e["code_sha256"].as_str().unwrap().starts_with("sha256:"));
-    let ok: serde_json::Value = c
-        .get(format!("{}/v1/audit?request_id=req-ok", gw.url))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ok: serde_json::Value = gw.get_json(&auditor, "/v1/audit?request_id=req-ok").await;
     assert_eq!(ok["events"][0]["event"]["outcome"], "success");
     assert!(ok["events"][0]["event"]["output_sha256"].is_string());
     // Another tenant's auditor sees none of it.
-    let theirs: serde_json::Value = c
-        .get(format!("{}/v1/audit?request_id=req-denied", gw.url))
-        .bearer_auth(&other_auditor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: serde_json::Value = gw
+        .get_json(&other_auditor, "/v1/audit?request_id=req-denied")
+        .await;
     assert_eq!(theirs["events"].as_array().unwrap().len(), 0);
     // Bad filters are 400s.
-    let r = c
-        .get(format!("{}/v1/audit?since=yesterday", gw.url))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&auditor, "/v1/audit?since=yesterday").await;
     error_body(r, 400, "bad_request").await;
-    let r = c
-        .get(format!("{}/v1/audit?tenant=globex", gw.url))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&auditor, "/v1/audit?tenant=globex").await;
     error_body(r, 403, "forbidden").await;
 
     let audit_dir = gw.state.audit_dir.clone();
@@ -756,13 +632,7 @@ async fn a_failing_vm_engine_is_a_503_and_frees_the_quota() {
     let gw = Gateway::start(config, exec.clone()).await;
     let key = gw.key("acme", "agent");
     for _ in 0..2 {
-        let r = client()
-            .post(format!("{}/v1/sandboxes", gw.url))
-            .bearer_auth(&key)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.post(&key, "/v1/sandboxes", &json!({})).await;
         let body = error_body(r, 503, "unavailable").await;
         assert!(
             !body["error"]["message"].as_str().unwrap().contains("qemu"),
@@ -786,13 +656,7 @@ async fn the_presidio_compatible_dlp_api_is_mounted_behind_authentication() {
         .unwrap();
     error_body(r, 401, "unauthenticated").await;
     let key = gw.key("acme", "agent");
-    let r = c
-        .post(format!("{}/v1/dlp/analyze", gw.url))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post(&key, "/v1/dlp/analyze", &body).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("x-request-id").is_some());
     let findings: serde_json::Value = r.json().await.unwrap();
@@ -804,27 +668,14 @@ async fn the_presidio_compatible_dlp_api_is_mounted_behind_authentication() {
 #[tokio::test]
 async fn sandboxes_are_destroyed_when_their_lifetime_ends() {
     let (gw, exec) = gateway().await;
-    let c = client();
     let key = gw.key("acme", "agent");
-    let sbx: serde_json::Value = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&key)
-        .json(&json!({"timeout_s": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sbx: serde_json::Value = gw
+        .post_json(&key, "/v1/sandboxes", &json!({"timeout_s": 1}))
+        .await;
     let id = sbx["id"].as_str().unwrap();
     assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 1);
     tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
-    let r = c
-        .get(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&key, &format!("/v1/sandboxes/{id}")).await;
     error_body(r, 404, "not_found").await;
     assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 0);
     assert_eq!(*exec.destroyed.lock().unwrap(), 1);
@@ -843,15 +694,12 @@ async fn code_digest(gw: &Gateway, request_id: &str, cmd: &[&str]) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let events: serde_json::Value = c
-        .get(format!("{}/v1/audit?request_id={request_id}", gw.url))
-        .bearer_auth(gw.key("acme", "auditor"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: serde_json::Value = gw
+        .get_json(
+            &gw.key("acme", "auditor"),
+            &format!("/v1/audit?request_id={request_id}"),
+        )
+        .await;
     events["events"][0]["event"]["code_sha256"]
         .as_str()
         .unwrap()

@@ -109,13 +109,7 @@ async fn delivery(got: &Received, path: &str, kind: &str, id: &str) -> (HeaderMa
 }
 
 async fn hold(gw: &Gateway, key: &str) -> String {
-    let r = client()
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(key)
-        .json(&json!({"cmd": PAN_CMD}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post(key, "/v1/run", &json!({"cmd": PAN_CMD})).await;
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let body: serde_json::Value = r.json().await.unwrap();
@@ -132,23 +126,8 @@ async fn hold(gw: &Gateway, key: &str) -> String {
     id
 }
 
-async fn post(gw: &Gateway, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
-    client()
-        .post(format!("{}{path}", gw.url))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn get(gw: &Gateway, key: &str, path: &str) -> serde_json::Value {
-    let r = client()
-        .get(format!("{}{path}", gw.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(key, path).await;
     assert_eq!(r.status(), 200, "{path}");
     r.json().await.unwrap()
 }
@@ -188,7 +167,7 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     );
 
     // Who may see and decide.
-    let r = post(&gw, &agent, &format!("{apr}/approve"), json!({})).await;
+    let r = gw.post(&agent, &format!("{apr}/approve"), &json!({})).await;
     error_body(r, 403, "forbidden").await;
     let r = client()
         .get(format!("{}{apr}", gw.url))
@@ -207,17 +186,17 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     );
 
     // Two-person rule: the first approval leaves it pending; nobody decides twice.
-    let r = post(
-        &gw,
-        &alice,
-        &format!("{apr}/approve"),
-        json!({"comment": "checked the job"}),
-    )
-    .await;
+    let r = gw
+        .post(
+            &alice,
+            &format!("{apr}/approve"),
+            &json!({"comment": "checked the job"}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let after_one: serde_json::Value = r.json().await.unwrap();
     assert_eq!(after_one["status"], "pending", "{after_one}");
-    let r = post(&gw, &alice, &format!("{apr}/approve"), json!({})).await;
+    let r = gw.post(&alice, &format!("{apr}/approve"), &json!({})).await;
     error_body(r, 409, "approval_not_pending").await;
 
     // The signed callback: tampering is refused; the genuine link is the second approval.
@@ -250,36 +229,36 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
 
     // A denial.
     let denied = hold(&gw, &agent).await;
-    let r = post(
-        &gw,
-        &bob,
-        &format!("/v1/approvals/{denied}/deny"),
-        json!({"comment": "not today"}),
-    )
-    .await;
+    let r = gw
+        .post(
+            &bob,
+            &format!("/v1/approvals/{denied}/deny"),
+            &json!({"comment": "not today"}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let shown = get(&gw, &agent, &format!("/v1/approvals/{denied}?wait=5")).await;
     assert_eq!(shown["status"], "denied");
     assert_eq!(shown["decisions"][0]["comment"], "not today");
     assert!(shown.get("result").is_none(), "{shown}");
-    let r = post(
-        &gw,
-        &alice,
-        &format!("/v1/approvals/{denied}/approve"),
-        json!({}),
-    )
-    .await;
+    let r = gw
+        .post(
+            &alice,
+            &format!("/v1/approvals/{denied}/approve"),
+            &json!({}),
+        )
+        .await;
     error_body(r, 409, "approval_not_pending").await;
 
     // The requester can never approve their own request, whatever their roles.
     let own = hold(&gw, &acme_admin).await;
-    let r = post(
-        &gw,
-        &acme_admin,
-        &format!("/v1/approvals/{own}/approve"),
-        json!({}),
-    )
-    .await;
+    let r = gw
+        .post(
+            &acme_admin,
+            &format!("/v1/approvals/{own}/approve"),
+            &json!({}),
+        )
+        .await;
     error_body(r, 403, "self_approval").await;
 
     // An expiry: nobody decides within the 6 s TTL.
@@ -287,13 +266,13 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let shown = get(&gw, &agent, &format!("/v1/approvals/{expiring}")).await;
     assert_eq!(shown["status"], "expired", "{shown}");
-    let r = post(
-        &gw,
-        &alice,
-        &format!("/v1/approvals/{expiring}/approve"),
-        json!({}),
-    )
-    .await;
+    let r = gw
+        .post(
+            &alice,
+            &format!("/v1/approvals/{expiring}/approve"),
+            &json!({}),
+        )
+        .await;
     error_body(r, 409, "approval_not_pending").await;
     // The self-approval one expired as well by now.
 
@@ -347,7 +326,7 @@ async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
     let agent = gw.key("acme", "agent");
     let alice = gw.key("acme", "approver");
     let bob = gw.key("acme", "approver");
-    let r = post(&gw, &agent, "/v1/sandboxes", json!({})).await;
+    let r = gw.post(&agent, "/v1/sandboxes", &json!({})).await;
     assert_eq!(r.status(), 201);
     let sbx = r.json::<serde_json::Value>().await.unwrap()["id"]
         .as_str()
@@ -355,7 +334,9 @@ async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
         .to_owned();
     let commands = format!("/v1/sandboxes/{sbx}/commands");
     // State the approved command will find: it runs in this sandbox, not a fresh one.
-    let r = post(&gw, &agent, &commands, json!({"cmd": "echo kept > mark"})).await;
+    let r = gw
+        .post(&agent, &commands, &json!({"cmd": "echo kept > mark"}))
+        .await;
     assert_eq!(r.status(), 200);
 
     let held = json!({"cmd": format!("cat mark; {PAN_CMD}")});
@@ -370,7 +351,7 @@ async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
         .unwrap();
     error_body(r, 403, "approval_required").await;
     // Without streaming it is parked.
-    let r = post(&gw, &agent, &commands, held).await;
+    let r = gw.post(&agent, &commands, &held).await;
     assert_eq!(r.status(), 202);
     let body: serde_json::Value = r.json().await.unwrap();
     let apr = format!("/v1/approvals/{}", body["approval"]["id"].as_str().unwrap());
@@ -383,15 +364,11 @@ async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
     );
 
     // Two approvers (the rule is on the two-person list), then the command runs.
-    let r = post(&gw, &alice, &format!("{apr}/approve"), json!({})).await;
+    let r = gw.post(&alice, &format!("{apr}/approve"), &json!({})).await;
     assert_eq!(r.status(), 200);
-    let r = post(
-        &gw,
-        &bob,
-        &format!("{apr}/approve"),
-        json!({"comment": "ok"}),
-    )
-    .await;
+    let r = gw
+        .post(&bob, &format!("{apr}/approve"), &json!({"comment": "ok"}))
+        .await;
     assert_eq!(r.status(), 200);
     let done = get(&gw, &agent, &format!("{apr}?wait=60")).await;
     assert_eq!(done["status"], "executed", "{done}");

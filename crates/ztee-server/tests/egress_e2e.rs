@@ -117,13 +117,13 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     assert_eq!(origin.received().len(), 1);
 
     // Not on the bundle's allowlist: denied by policy before any VM boots.
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&agent)
-        .json(&json!({"cmd": ["true"], "egress": [format!("other.test:{port}")]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &agent,
+            "/v1/run",
+            &json!({"cmd": ["true"], "egress": [format!("other.test:{port}")]}),
+        )
+        .await;
     let e = error_body(r, 403, "policy_denied").await;
     assert!(
         e["error"]["message"]
@@ -135,16 +135,16 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     // Allowlisted but not pre-approved: parked for a human; once approved it runs with the
     // egress it asked for.
     let review_url = format!("http://review.test:{port}/simple/");
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&agent)
-        .json(&json!({
-            "cmd": ["python3", "-c", FETCH, review_url],
-            "egress": [format!("review.test:{port}")],
-        }))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &agent,
+            "/v1/run",
+            &json!({
+                "cmd": ["python3", "-c", FETCH, review_url],
+                "egress": [format!("review.test:{port}")],
+            }),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let held: serde_json::Value = r.json().await.unwrap();
     assert!(
@@ -177,13 +177,13 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     assert_eq!(done["result"]["stdout"], "hello via egress\n", "{done}");
     assert_eq!(origin.received().len(), 2);
     // A malformed destination is the caller's error.
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&agent)
-        .json(&json!({"cmd": ["true"], "egress": ["mirror.test"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &agent,
+            "/v1/run",
+            &json!({"cmd": ["true"], "egress": ["mirror.test"]}),
+        )
+        .await;
     let e = error_body(r, 400, "bad_request").await;
     assert!(
         e["error"]["message"]
@@ -194,26 +194,23 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     );
 
     // A sandbox with egress: every command in it gets the proxy.
-    let r = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&agent)
-        .json(&json!({"egress": [format!("mirror.test:{port}")]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &agent,
+            "/v1/sandboxes",
+            &json!({"egress": [format!("mirror.test:{port}")]}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let sbx: serde_json::Value = r.json().await.unwrap();
     let id = sbx["id"].as_str().unwrap().to_owned();
-    let r: serde_json::Value = c
-        .post(format!("{}/v1/sandboxes/{id}/commands", gw.url))
-        .bearer_auth(&agent)
-        .json(&json!({"cmd": ["python3", "-c", FETCH, allowed_url]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = gw
+        .post_json(
+            &agent,
+            &format!("/v1/sandboxes/{id}/commands"),
+            &json!({"cmd": ["python3", "-c", FETCH, allowed_url]}),
+        )
+        .await;
     assert_eq!(r["stdout"], "hello via egress\n", "{r}");
     let r = c
         .delete(format!("{}/v1/sandboxes/{id}", gw.url))
@@ -225,15 +222,9 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
 
     // The audit trail: the policy decisions and one event per connection.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let events: serde_json::Value = c
-        .get(format!("{}/v1/audit?type=egress&limit=100", gw.url))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: serde_json::Value = gw
+        .get_json(&auditor, "/v1/audit?type=egress&limit=100")
+        .await;
     let events: Vec<&serde_json::Value> = events["events"]
         .as_array()
         .unwrap()

@@ -257,12 +257,7 @@ async fn official_sdks_through_the_proxy() {
     assert!(seen.contains("/anthropic/v1/messages"));
 
     // Traces: masked, in OpenAI message format, with decisions, linked by request id.
-    let resp = common::client()
-        .get(format!("{}/v1/traces", gw.url))
-        .bearer_auth(&gw.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.get(&gw.admin_key, "/v1/traces").await;
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.unwrap();
     assert!(
@@ -290,12 +285,9 @@ async fn official_sdks_through_the_proxy() {
         .iter()
         .any(|d| d["action"] == "tool.call" && d["target"] == "issue_refund")));
     let rid = t["request_id"].as_str().unwrap();
-    let audit = common::client()
-        .get(format!("{}/v1/audit", gw.url))
-        .bearer_auth(&gw.admin_key)
-        .send()
+    let audit = gw
+        .get(&gw.admin_key, "/v1/audit")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -304,12 +296,7 @@ async fn official_sdks_through_the_proxy() {
         "audit has the exchange"
     );
     // An agent cannot read traces.
-    let resp = common::client()
-        .get(format!("{}/v1/traces", gw.url))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.get(&agent, "/v1/traces").await;
     assert_eq!(resp.status(), 403);
     gw.stop().await;
 }

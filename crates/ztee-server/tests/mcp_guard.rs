@@ -107,12 +107,9 @@ async fn tool_calls_are_checked_before_and_results_after() {
     );
 
     // Every decision is in the audit trail.
-    let audit = common::client()
-        .get(format!("{}/v1/audit?type=tool.call&limit=100", gw.url))
-        .bearer_auth(&gw.admin_key)
-        .send()
+    let audit = gw
+        .get(&gw.admin_key, "/v1/audit?type=tool.call&limit=100")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

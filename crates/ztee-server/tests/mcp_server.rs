@@ -104,12 +104,9 @@ async fn mcp_tools_run_in_microvms_through_the_gateway() {
     assert_eq!(r["anonymous_status"], 401);
 
     // The same audit trail as REST: the tool calls are there as run and sandbox events.
-    let audit = common::client()
-        .get(format!("{}/v1/audit?limit=1000", gw.url))
-        .bearer_auth(&gw.admin_key)
-        .send()
+    let audit = gw
+        .get(&gw.admin_key, "/v1/audit?limit=1000")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

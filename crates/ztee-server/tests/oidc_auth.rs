@@ -52,13 +52,9 @@ async fn tokens_from_a_real_provider_are_accepted_and_bad_ones_refused() {
     let acme = idp.token("agent-acme", "urn:ztee").await;
     let r = list(acme.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(&acme, "/v1/sandboxes", &serde_json::json!({}))
+        .await;
     assert_eq!(r.status(), 201);
     let sbx: serde_json::Value = r.json().await.unwrap();
     assert_eq!(sbx["tenant"], "acme");
@@ -66,29 +62,15 @@ async fn tokens_from_a_real_provider_are_accepted_and_bad_ones_refused() {
     let id = sbx["id"].as_str().unwrap();
     // Tenant isolation holds for OIDC principals too.
     let globex = idp.token("agent-globex", "urn:ztee").await;
-    let r = c
-        .get(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&globex)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&globex, &format!("/v1/sandboxes/{id}")).await;
     error_body(r, 404, "not_found").await;
     // Roles map to permissions: the auditor reads the audit trail, and may not run code.
     let auditor = idp.token("auditor-acme", "urn:ztee").await;
-    let r = c
-        .get(format!("{}/v1/audit", gw.url))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&auditor, "/v1/audit").await;
     assert_eq!(r.status(), 200);
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&auditor)
-        .json(&serde_json::json!({"cmd": ["x"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(&auditor, "/v1/run", &serde_json::json!({"cmd": ["x"]}))
+        .await;
     error_body(r, 403, "forbidden").await;
 
     // Wrong audience.
@@ -218,13 +200,7 @@ async fn a_rotated_signing_key_is_picked_up_on_an_unknown_kid() {
     )
     .await;
     let token = first.token("agent-acme", "urn:ztee").await;
-    let c = client();
-    let r = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&token, "/v1/sandboxes").await;
     assert_eq!(r.status(), 200);
     // Restart the provider on the same port with a new key: same issuer, new kid.
     let port = first.issuer.rsplit(':').next().unwrap().to_owned();
@@ -236,20 +212,10 @@ async fn a_rotated_signing_key_is_picked_up_on_an_unknown_kid() {
         jsonwebtoken::decode_header(&rotated).unwrap().kid,
         jsonwebtoken::decode_header(&token).unwrap().kid
     );
-    let r = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&rotated)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&rotated, "/v1/sandboxes").await;
     assert_eq!(r.status(), 200, "new kid fetched from the issuer");
     // The old key is gone from the issuer's set, so its tokens no longer validate.
-    let r = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get(&token, "/v1/sandboxes").await;
     error_body(r, 401, "unauthenticated").await;
     let _ = gw.stop().await;
 }

@@ -160,15 +160,7 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
         .await
         .unwrap();
     error_body(r, 400, "bad_request").await;
-    let list = c
-        .get(format!("{}/v1/secrets", gw.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let list = gw.get(&admin, "/v1/secrets").await.text().await.unwrap();
     assert!(
         list.contains("\"DB_PASSWORD\"") && list.contains("\"API_TOKEN\""),
         "{list}"
@@ -179,19 +171,16 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
 
     // One-shot run: file and environment variable inside the VM; every encoding redacted from
     // stdout and stderr.
-    let r: serde_json::Value = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({
-            "cmd": ["python3", "-c", PRINT_ALL_FORMS, "/run/secrets/DB_PASSWORD", "PGPASSWORD"],
-            "secrets": ["DB_PASSWORD=PGPASSWORD"]
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = gw
+        .post_json(
+            &acme,
+            "/v1/run",
+            &json!({
+                "cmd": ["python3", "-c", PRINT_ALL_FORMS, "/run/secrets/DB_PASSWORD", "PGPASSWORD"],
+                "secrets": ["DB_PASSWORD=PGPASSWORD"]
+            }),
+        )
+        .await;
     assert_eq!(r["exit_code"], 0, "{r}");
     let stdout = r["stdout"].as_str().unwrap();
     let stderr = r["stderr"].as_str().unwrap();
@@ -217,13 +206,9 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
 
     // A long-lived sandbox with a file-only secret: no env var, redacted from commands,
     // streams and files read back.
-    let r = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"secrets": ["API_TOKEN"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(&acme, "/v1/sandboxes", &json!({"secrets": ["API_TOKEN"]}))
+        .await;
     assert_eq!(r.status(), 201);
     let id = r.json::<serde_json::Value>().await.unwrap()["id"]
         .as_str()
@@ -259,12 +244,9 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
     assert!(streamed.contains("\"exit\""), "{streamed}");
     assert_clean("stream", &streamed);
     for path in ["/run/secrets/API_TOKEN", "/tmp/copy.b64", "/tmp/copy.hex"] {
-        let r = c
-            .get(format!("{}/v1/sandboxes/{id}/files?path={path}", gw.url))
-            .bearer_auth(&acme)
-            .send()
-            .await
-            .unwrap();
+        let r = gw
+            .get(&acme, &format!("/v1/sandboxes/{id}/files?path={path}"))
+            .await;
         assert_eq!(r.status(), 200, "{path}");
         let body = r.text().await.unwrap();
         assert!(!body.is_empty(), "{path}");
@@ -283,68 +265,57 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
     );
 
     // A new sandbox has no trace of the earlier secrets.
-    let r: serde_json::Value = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&acme)
-        .json(
+    let r: serde_json::Value = gw
+        .post_json(
+            &acme,
+            "/v1/run",
             &json!({"cmd": "ls -A /run/secrets | wc -l; env | grep -c -e PGPASSWORD -e API_TOKEN"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r["stdout"], "0\n0\n", "{r}");
 
     // Policy: another tenant's agent gets nothing, and no VM boots.
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&globex)
-        .json(&json!({"cmd": ["true"], "secrets": ["DB_PASSWORD"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &globex,
+            "/v1/run",
+            &json!({"cmd": ["true"], "secrets": ["DB_PASSWORD"]}),
+        )
+        .await;
     let body = error_body(r, 403, "policy_denied").await;
     assert!(body.to_string().contains("secret.not_granted"), "{body}");
     // Unknown, too short to redact, or malformed: precise 4xx.
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"cmd": ["true"], "secrets": ["NOT_STORED"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &acme,
+            "/v1/run",
+            &json!({"cmd": ["true"], "secrets": ["NOT_STORED"]}),
+        )
+        .await;
     error_body(r, 400, "unknown_secret").await;
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"cmd": ["true"], "secrets": ["SHORT"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &acme,
+            "/v1/run",
+            &json!({"cmd": ["true"], "secrets": ["SHORT"]}),
+        )
+        .await;
     let body = error_body(r, 400, "bad_request").await;
     assert!(body.to_string().contains("cannot be redacted"), "{body}");
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"cmd": ["true"], "secrets": ["DB_PASSWORD=1BAD"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &acme,
+            "/v1/run",
+            &json!({"cmd": ["true"], "secrets": ["DB_PASSWORD=1BAD"]}),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     assert!(scanner.secret_names().is_empty());
 
     // The audit trail records every use and refusal by name, and never a value.
-    let audit: serde_json::Value = c
-        .get(format!("{}/v1/audit?type=secret.use&tenant=acme", gw.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: serde_json::Value = gw
+        .get_json(&admin, "/v1/audit?type=secret.use&tenant=acme")
+        .await;
     let events = audit["events"].as_array().unwrap();
     assert!(
         events.iter().any(|e| e["event"]["outcome"] == "success"
@@ -355,15 +326,9 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
         "{audit}"
     );
     // The refusal is decided (and audited) with the run itself, before any secret is touched.
-    let denied: serde_json::Value = c
-        .get(format!("{}/v1/audit?type=run&tenant=globex", gw.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let denied: serde_json::Value = gw
+        .get_json(&admin, "/v1/audit?type=run&tenant=globex")
+        .await;
     assert_eq!(
         denied["events"][0]["event"]["outcome"], "denied",
         "{denied}"
@@ -456,13 +421,13 @@ async fn the_built_in_policy_grants_no_secrets() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&gw.admin_key)
-        .json(&json!({"cmd": ["true"], "secrets": ["DB_PASSWORD"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &gw.admin_key,
+            "/v1/run",
+            &json!({"cmd": ["true"], "secrets": ["DB_PASSWORD"]}),
+        )
+        .await;
     let body = error_body(r, 403, "policy_denied").await;
     assert!(body.to_string().contains("secret.no_grants"), "{body}");
     let r = c
@@ -534,29 +499,26 @@ async fn a_dynamic_vault_lease_is_revoked_when_the_sandbox_ends() {
     .await;
     let acme = gw.key("acme", "agent");
     let c = client();
-    let r = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"secrets": ["DB_PASSWORD=ERR"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &acme,
+            "/v1/sandboxes",
+            &json!({"secrets": ["DB_PASSWORD=ERR"]}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let id = r.json::<serde_json::Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
     // The echo engine prints the variable ERR on stderr: the value comes back masked.
-    let r: serde_json::Value = c
-        .post(format!("{}/v1/sandboxes/{id}/commands", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"cmd": ["echo", "hello"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = gw
+        .post_json(
+            &acme,
+            &format!("/v1/sandboxes/{id}/commands"),
+            &json!({"cmd": ["echo", "hello"]}),
+        )
+        .await;
     assert_eq!(r["stderr"], "stderr: ***-****-********", "{r}");
     let executed = executor.executed.lock().unwrap().last().cloned().unwrap();
     assert_eq!(

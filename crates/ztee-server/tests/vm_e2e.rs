@@ -43,25 +43,21 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
     let globex = gw.key("globex", "agent");
 
     // An image that no admission policy admits boots nothing: 403, naming the rule.
-    let r = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"image": "python:1"}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(&acme, "/v1/sandboxes", &json!({"image": "python:1"}))
+        .await;
     assert_eq!(r.status(), 403);
     let body = r.text().await.unwrap();
     assert!(body.contains("no-policy"), "{body}");
 
     // A long-lived sandbox.
-    let r = c
-        .post(format!("{}/v1/sandboxes", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"memory_mib": 128, "env": {"GREETING": "hi"}}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &acme,
+            "/v1/sandboxes",
+            &json!({"memory_mib": 128, "env": {"GREETING": "hi"}}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let sbx: serde_json::Value = r.json().await.unwrap();
     let id = sbx["id"].as_str().unwrap().to_owned();
@@ -214,16 +210,7 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
     );
 
     // One-shot run: code in, result out, VM destroyed, quota released.
-    let r: serde_json::Value = c
-        .post(format!("{}/v1/run", gw.url))
-        .bearer_auth(&acme)
-        .json(&json!({"language": "python", "code": "import sys\nprint(sum(range(10)))\nprint(open('/tmp/data.txt').read())", "files": [{"path": "/tmp/data.txt", "content": "payload"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = gw.post_json(&acme, "/v1/run", &json!({"language": "python", "code": "import sys\nprint(sum(range(10)))\nprint(open('/tmp/data.txt').read())", "files": [{"path": "/tmp/data.txt", "content": "payload"}]})).await;
     assert_eq!(r["exit_code"], 0, "{r}");
     assert_eq!(r["stdout"], "45\npayload\n");
     assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 0);

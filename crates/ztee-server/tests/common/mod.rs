@@ -88,6 +88,47 @@ impl Gateway {
             .key
     }
 
+    /// `POST {path}` with a JSON body, as the holder of `key`.
+    pub async fn post(
+        &self,
+        key: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> reqwest::Response {
+        client()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// [`Gateway::post`], answered with JSON (whatever the status).
+    pub async fn post_json(
+        &self,
+        key: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> serde_json::Value {
+        self.post(key, path, body).await.json().await.unwrap()
+    }
+
+    /// `GET {path}` as the holder of `key`.
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        client()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// [`Gateway::get`], answered with JSON (whatever the status).
+    pub async fn get_json(&self, key: &str, path: &str) -> serde_json::Value {
+        self.get(key, path).await.json().await.unwrap()
+    }
+
     /// Stops the server and drops its state (closing the audit log with a checkpoint); returns
     /// the data directory for inspection.
     pub async fn stop(mut self) -> tempfile::TempDir {
