@@ -65,22 +65,7 @@ impl PolicyEngine for RegoPolicy {
             dlp: DlpSummary::default(),
             injection: Default::default(),
         };
-        let d = self.engine.evaluate(&rego_input);
-        Decision {
-            kind: match d.verdict {
-                Verdict::Allow => DecisionKind::Allow,
-                Verdict::Deny => DecisionKind::Deny,
-                Verdict::RequireApproval => DecisionKind::RequireApproval,
-            },
-            reasons: d.reasons.iter().map(|r| r.rule.clone()).collect(),
-            messages: d.reasons.iter().map(|r| r.message.clone()).collect(),
-            risk: match d.risk {
-                Risk::Low => "LOW",
-                Risk::Medium => "MEDIUM",
-                Risk::High => "HIGH",
-            },
-            redact_inbound: false,
-        }
+        gateway_decision(&self.engine.evaluate(&rego_input))
     }
 
     fn rego(&self) -> Option<&ztee_policy::PolicyEngine> {
@@ -117,12 +102,8 @@ impl PolicyEngine for RegoPolicy {
             injection: Default::default(),
         };
         let d = self.engine.evaluate(&rego_input);
-        let kind = match d.verdict {
-            Verdict::Allow => DecisionKind::Allow,
-            Verdict::Deny => DecisionKind::Deny,
-            Verdict::RequireApproval => DecisionKind::RequireApproval,
-        };
-        if kind == DecisionKind::Allow && !input.findings.is_empty() {
+        let decision = gateway_decision(&d);
+        if decision.kind == DecisionKind::Allow && !input.findings.is_empty() {
             let mut reasons: Vec<String> = d.reasons.iter().map(|r| r.rule.clone()).collect();
             reasons.extend(
                 input
@@ -133,17 +114,26 @@ impl PolicyEngine for RegoPolicy {
             reasons.dedup();
             return inbound_decision(self.inbound, reasons);
         }
-        Decision {
-            kind,
-            reasons: d.reasons.iter().map(|r| r.rule.clone()).collect(),
-            messages: d.reasons.iter().map(|r| r.message.clone()).collect(),
-            risk: match d.risk {
-                Risk::Low => "LOW",
-                Risk::Medium => "MEDIUM",
-                Risk::High => "HIGH",
-            },
-            redact_inbound: false,
-        }
+        decision
+    }
+}
+
+/// A Rego decision in the gateway's terms: verdict, rule ids as reasons, their messages, risk.
+fn gateway_decision(d: &ztee_policy::Decision) -> Decision {
+    Decision {
+        kind: match d.verdict {
+            Verdict::Allow => DecisionKind::Allow,
+            Verdict::Deny => DecisionKind::Deny,
+            Verdict::RequireApproval => DecisionKind::RequireApproval,
+        },
+        reasons: d.reasons.iter().map(|r| r.rule.clone()).collect(),
+        messages: d.reasons.iter().map(|r| r.message.clone()).collect(),
+        risk: match d.risk {
+            Risk::Low => "LOW",
+            Risk::Medium => "MEDIUM",
+            Risk::High => "HIGH",
+        },
+        redact_inbound: false,
     }
 }
 

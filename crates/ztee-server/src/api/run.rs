@@ -183,39 +183,31 @@ async fn run_once(
         stdin: req.stdin,
         files,
     };
-    let mut admitted = match state
+    // The request and, when it asks for one, its egress: either may hold it for an approver,
+    // and an approval covers the request exactly as sent.
+    let gate = match state
         .pipeline
         .admit_or_hold(&mut ctx, work, approved.is_some())
         .await?
     {
+        Gate::Admitted(admitted) if !egress.is_empty() => {
+            match crate::egress::authorize(&state.pipeline, &ctx, &egress, approved.is_some())
+                .await?
+            {
+                crate::egress::EgressGate::Allowed => Gate::Admitted(admitted),
+                crate::egress::EgressGate::Held(decision) => Gate::Held(decision),
+            }
+        }
+        gate => gate,
+    };
+    let mut admitted = match gate {
         Gate::Admitted(admitted) => admitted,
         Gate::Held(decision) => {
-            return Ok(RunOutcome::Answered(
-                crate::approvals::park_answer(
-                    &state,
-                    &caller,
-                    HeldRequest::Run(original),
-                    &decision,
-                )
-                .await?,
-            ))
+            let held = HeldRequest::Run(original);
+            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
+            return Ok(RunOutcome::Answered(answer));
         }
     };
-    if !egress.is_empty() {
-        let gate =
-            crate::egress::authorize(&state.pipeline, &ctx, &egress, approved.is_some()).await?;
-        if let crate::egress::EgressGate::Held(decision) = gate {
-            return Ok(RunOutcome::Answered(
-                crate::approvals::park_answer(
-                    &state,
-                    &caller,
-                    HeldRequest::Run(original),
-                    &decision,
-                )
-                .await?,
-            ));
-        }
-    }
     let injected = crate::secrets::checkout(
         &state,
         &crate::secrets::Target {

@@ -74,12 +74,18 @@ async fn with_store<T: Send + 'static>(
     result.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
-async fn audit_change(
+/// Records a change to the store (whether it succeeded), then answers with its result.
+async fn audit_change<T>(
     state: &AppState,
     caller: &Caller,
     name: &str,
-    outcome: Outcome,
-) -> Result<(), ApiError> {
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let outcome = if result.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
     let event = audit::event(
         EventType::SecretChange,
         outcome,
@@ -88,7 +94,8 @@ async fn audit_change(
         caller.origin_ip,
         Some(&format!("secret/{name}")),
     );
-    state.pipeline.record(event).await
+    state.pipeline.record(event).await?;
+    result
 }
 
 /// `GET /v1/secrets`: names in the built-in store and names mapped to Vault; never values.
@@ -147,13 +154,7 @@ pub async fn put(
     let broker = broker(&state)?;
     let stored = name.clone();
     let result = with_store(broker, move |s| s.put(&stored, &value)).await;
-    let outcome = if result.is_ok() {
-        Outcome::Success
-    } else {
-        Outcome::Failure
-    };
-    audit_change(&state, &caller, name.as_str(), outcome).await?;
-    result?;
+    audit_change(&state, &caller, name.as_str(), result).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -168,12 +169,6 @@ pub async fn delete(
     let broker = broker(&state)?;
     let removed = name.clone();
     let result = with_store(broker, move |s| s.remove(&removed)).await;
-    let outcome = if result.is_ok() {
-        Outcome::Success
-    } else {
-        Outcome::Failure
-    };
-    audit_change(&state, &caller, name.as_str(), outcome).await?;
-    result?;
+    audit_change(&state, &caller, name.as_str(), result).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
