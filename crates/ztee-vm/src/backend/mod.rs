@@ -160,3 +160,17 @@ pub struct VmmDecision {
     pub vmm: Vmm,
     pub reason: String,
 }
+
+/// The first line `binary --version` prints, or `None` when it does not run or prints nothing.
+pub(crate) fn version_line(binary: &std::path::Path) -> Option<String> {
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+        .filter(|line| !line.is_empty())
+}

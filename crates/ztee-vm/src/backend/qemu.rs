@@ -228,14 +228,7 @@ fn jailed_binary() -> Result<OsString, VmError> {
 
 /// `qemu-system-x86_64 --version`, first line.
 pub fn version() -> Option<String> {
-    let output = std::process::Command::new(binary())
-        .arg("--version")
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()
-        .map(str::to_string)
+    super::version_line(std::path::Path::new(&binary()))
 }
 
 #[cfg(test)]

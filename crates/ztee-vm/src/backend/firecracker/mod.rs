@@ -18,9 +18,7 @@ pub mod jailer;
 pub mod model;
 pub mod vsock;
 
-use std::ffi::OsString;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Instant;
 
 use tokio::net::UnixStream;
@@ -53,23 +51,10 @@ pub async fn connect_agent(uds: &Path, deadline: Instant) -> Result<UnixStream, 
 
 /// `firecracker --version`, first line.
 pub fn version(binary: &Path) -> Option<String> {
-    first_line_of(binary, "--version")
+    super::version_line(binary)
 }
 
 /// `jailer --version`, first line.
 pub fn jailer_version(binary: &Path) -> Option<String> {
-    first_line_of(binary, "--version")
-}
-
-fn first_line_of(binary: &Path, arg: &str) -> Option<String> {
-    let output = std::process::Command::new(binary)
-        .arg(OsString::from(arg))
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()
-        .map(str::to_string)
-        .filter(|line| !line.is_empty())
+    super::version_line(binary)
 }
