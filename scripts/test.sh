@@ -8,7 +8,7 @@ trap 'rm -f "$log"' EXIT
 
 "$repo/guest/test-guest.sh" 2>&1 | tee -a "$log"
 guest_status=${PIPESTATUS[0]}
-cargo test --workspace --locked --manifest-path "$repo/Cargo.toml" 2>&1 | tee -a "$log"
+cargo test --workspace --locked --no-fail-fast --manifest-path "$repo/Cargo.toml" 2>&1 | tee -a "$log"
 cargo_status=${PIPESTATUS[0]}
 
 awk '

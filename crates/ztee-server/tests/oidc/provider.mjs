@@ -4,7 +4,7 @@
 //
 // Environment: PORT (0 = any), KEY_FILE (a private RSA JWK; generated when absent, so two
 // providers can share a signing key). Prints `READY <issuer>` on stdout when listening.
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -14,8 +14,16 @@ let jwk;
 if (keyFile && existsSync(keyFile)) {
   jwk = JSON.parse(readFileSync(keyFile, 'utf8'));
 } else {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  jwk = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig' };
+  // The key leaves the generator as PEM and is re-imported before the JWK export: Node 20 can
+  // deadlock when a garbage collection during `export({ format: 'jwk' })` of a freshly generated
+  // key object destroys the generator job, which takes the same key's lock.
+  const { privateKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  const exported = createPrivateKey(privateKey).export({ format: 'jwk' });
+  jwk = { ...exported, kid: randomUUID(), alg: 'RS256', use: 'sig' };
   if (keyFile) writeFileSync(keyFile, JSON.stringify(jwk), { mode: 0o600 });
 }
 
