@@ -348,6 +348,29 @@ pub struct NetworkRecord {
     pub bytes_up: u64,
     /// Bytes from the destination to the sandbox.
     pub bytes_down: u64,
+    /// Whether this is the record written before the first byte left (`opened`) or the one
+    /// with the totals when the connection ended (`closed`, the default and the only phase a
+    /// refused connection has).
+    #[serde(default, skip_serializing_if = "ConnectionPhase::is_closed")]
+    pub phase: ConnectionPhase,
+}
+
+/// Where in its life a connection was when its [`NetworkRecord`] was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionPhase {
+    /// Admitted and connected, nothing relayed yet; written before any byte leaves, so a
+    /// connection the audit trail cannot record never carries data.
+    Opened,
+    /// Ended (or refused), with the byte counts.
+    #[default]
+    Closed,
+}
+
+impl ConnectionPhase {
+    pub fn is_closed(&self) -> bool {
+        *self == ConnectionPhase::Closed
+    }
 }
 
 impl AuditEvent {

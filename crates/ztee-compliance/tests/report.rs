@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use ztee_audit::{
-    AuditConfig, AuditEvent, AuditLog, DecisionKind, DecisionRecord, EventType, NetworkRecord,
-    NodeKey, Outcome, Principal, PrincipalKind,
+    AuditConfig, AuditEvent, AuditLog, ConnectionPhase, DecisionKind, DecisionRecord, EventType,
+    NetworkRecord, NodeKey, Outcome, Principal, PrincipalKind,
 };
 use ztee_compliance::{gather_with_proc, Installation, Report, Status, Window};
 use ztee_supply::dsse::{self, PREDICATE_CYCLONEDX};
@@ -128,9 +128,24 @@ async fn write_trail(data_dir: &Path) {
             address: Some("169.254.169.254".parse().unwrap()),
             bytes_up: 0,
             bytes_down: 0,
+            phase: ConnectionPhase::Closed,
         })
         .unwrap();
     log.append(egress).await.unwrap();
+    // An allowed connection is written twice, when it opens and when it closes: counted once.
+    for phase in [ConnectionPhase::Opened, ConnectionPhase::Closed] {
+        let connection = AuditEvent::new(EventType::Egress, Outcome::Success, user("alice"))
+            .with_network(NetworkRecord {
+                host: "pypi.org".into(),
+                port: 443,
+                address: Some("151.101.0.223".parse().unwrap()),
+                bytes_up: 0,
+                bytes_down: 0,
+                phase,
+            })
+            .unwrap();
+        log.append(connection).await.unwrap();
+    }
     let granted = AuditEvent::new(EventType::Egress, Outcome::Success, user("alice"));
     log.append(granted).await.unwrap();
     drop(log); // writes the final signed checkpoint
@@ -243,7 +258,7 @@ async fn report_reflects_the_installation_and_flags_what_is_wrong() {
     assert_eq!(a.approvals.undecided, 1);
     assert!(a.approvals.median_decision_s.is_some());
     assert_eq!(a.egress_denied, 1);
-    assert_eq!(a.egress_allowed, 0);
+    assert_eq!(a.egress_allowed, 1);
     assert_eq!(a.egress_grants, 1);
     assert_eq!(a.sandboxes_started, 1);
 

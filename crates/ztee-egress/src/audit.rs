@@ -2,7 +2,9 @@
 //! reasons, never payload bytes: a refused body with card data is reported as "card data in the
 //! request", not quoted.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -40,8 +42,24 @@ pub struct EgressRecord {
     pub duration_ms: u64,
 }
 
+/// The audit trail could not record that a connection opened; the connection is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit trail cannot record the connection: {0}")]
+pub struct AuditUnavailable(pub String);
+
+/// The pending write of an opening record.
+pub type OpeningWrite<'a> = Pin<Box<dyn Future<Output = Result<(), AuditUnavailable>> + Send + 'a>>;
+
 /// Where records go: the gateway's audit trail, a log, a test's list.
 pub trait EgressAudit: Send + Sync {
+    /// Called when a connection is admitted and connected, before any byte is relayed. An error
+    /// refuses the connection: what the audit trail cannot record does not leave. Sinks that
+    /// only log accept every opening.
+    fn opened<'a>(&'a self, _record: &'a EgressRecord) -> OpeningWrite<'a> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Called once when the connection has ended or was refused, with the totals.
     fn record(&self, record: &EgressRecord);
 }
 

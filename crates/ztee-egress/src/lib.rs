@@ -27,7 +27,9 @@ pub mod testing;
 
 pub use address::{classify, AddressClass, AddressPolicy};
 pub use allowlist::{Allowlist, EgressRule, Host, HostPattern};
-pub use audit::{Decision, EgressAudit, EgressLog, EgressRecord, EgressTracing};
+pub use audit::{
+    AuditUnavailable, Decision, EgressAudit, EgressLog, EgressRecord, EgressTracing, OpeningWrite,
+};
 pub use config::EgressConfig;
 pub use proxy::{EgressGrant, EgressProxy};
 pub use resolver::{DnsResolver, ResolveError, Resolver, SystemResolver};

@@ -165,12 +165,13 @@ impl EgressProxy {
                 record.method = "CONNECT".into();
                 self.admit(grant, &host, port, record)?;
                 let upstream = self.connect(&host, port, record).await?;
+                audit_opening(grant, record).await?;
                 self.tunnel(client, upstream, &host, leftover, record).await
             }
             ProxyRequest::Plain(request) => {
                 record.method = request.method.clone();
                 self.admit(grant, &request.host, request.port, record)?;
-                self.forward(client, request, leftover, record).await
+                self.forward(grant, client, request, leftover, record).await
             }
         }
     }
@@ -326,6 +327,7 @@ impl EgressProxy {
     /// Plain HTTP: read and scan the whole request, then send it and relay the response.
     async fn forward<S>(
         &self,
+        grant: &EgressGrant,
         client: &mut S,
         request: PlainRequest,
         mut body: Vec<u8>,
@@ -378,6 +380,7 @@ impl EgressProxy {
             )));
         }
         let upstream = self.connect(&request.host, request.port, record).await?;
+        audit_opening(grant, record).await?;
         let (read_half, mut write_half) = upstream.into_split();
         let sent = async {
             write_half.write_all(&head).await?;
@@ -410,6 +413,25 @@ impl EgressProxy {
         let _ = client.shutdown().await;
         Ok("response relayed".into())
     }
+}
+
+/// Records that an admitted, connected connection opens; refuses it when that cannot be
+/// recorded. The sandbox program learns only that the audit trail is unavailable.
+async fn audit_opening(grant: &EgressGrant, record: &EgressRecord) -> Result<(), Denial> {
+    let mut opening = record.clone();
+    opening.decision = Decision::Allowed;
+    opening.reason = "connection opened".into();
+    grant.audit.opened(&opening).await.map_err(|err| {
+        tracing::error!(
+            target: "ztee::egress", sandbox = %record.sandbox, host = %record.host,
+            port = record.port, error = %err, "refusing a connection the audit trail cannot record"
+        );
+        Denial::http(
+            503,
+            "Service Unavailable",
+            "the audit trail cannot record this connection; it was refused",
+        )
+    })
 }
 
 async fn read_head<S: AsyncRead + Unpin>(

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use ztee_egress::testing::{Origin, TestDns};
 use ztee_egress::{
-    Allowlist, Decision, DnsResolver, EgressConfig, EgressGrant, EgressLog, EgressProxy,
-    EgressRecord,
+    Allowlist, AuditUnavailable, Decision, DnsResolver, EgressAudit, EgressConfig, EgressGrant,
+    EgressLog, EgressProxy, EgressRecord, OpeningWrite,
 };
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -364,4 +364,73 @@ async fn tunnels_must_carry_tls() {
         record.reason,
         "the tunnel did not start with a TLS handshake"
     );
+}
+
+/// An audit trail that keeps final records but cannot record openings (a full disk, a broken
+/// log): nothing may be relayed.
+#[derive(Default)]
+struct BrokenTrail {
+    openings: std::sync::Mutex<usize>,
+    log: EgressLog,
+}
+
+impl EgressAudit for BrokenTrail {
+    fn opened<'a>(&'a self, record: &'a EgressRecord) -> OpeningWrite<'a> {
+        assert_eq!(record.decision, Decision::Allowed);
+        assert_eq!((record.bytes_up, record.bytes_down), (0, 0));
+        *self.openings.lock().unwrap() += 1;
+        Box::pin(async { Err(AuditUnavailable("disk full".into())) })
+    }
+
+    fn record(&self, record: &EgressRecord) {
+        self.log.record(record);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_the_audit_trail_cannot_record_is_refused_before_any_byte_leaves() {
+    let origin = Origin::http(LOOPBACK, 0, "should not be reached").await;
+    let port = origin.addr.port();
+    let mut s = setup(
+        vec![("api.test", vec![vec![Ipv4Addr::LOCALHOST]])],
+        &[format!("api.test:{port}")],
+    )
+    .await;
+    let trail = Arc::new(BrokenTrail::default());
+    s.grant.audit = trail.clone();
+
+    let response = s.exchange(&get("api.test", port, "/")).await;
+    assert!(
+        response.starts_with("HTTP/1.1 503 Service Unavailable"),
+        "{response}"
+    );
+    assert!(response.contains("the audit trail cannot record this connection"));
+    assert!(
+        !response.contains("disk full"),
+        "internal detail leaked: {response}"
+    );
+    let response = s
+        .exchange(&format!(
+            "CONNECT api.test:{port} HTTP/1.1\r\n\r\n\x16\x03\x01\x00\x05hello"
+        ))
+        .await;
+    assert!(
+        response.starts_with("HTTP/1.1 503 Service Unavailable"),
+        "a tunnel is not established: {response}"
+    );
+    assert_eq!(*trail.openings.lock().unwrap(), 2);
+    assert!(
+        origin.received().is_empty(),
+        "no request reached the origin"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let records = trail.log.records();
+    assert_eq!(records.len(), 2);
+    for record in records {
+        assert_eq!(record.decision, Decision::Denied);
+        assert_eq!(
+            record.reason,
+            "the audit trail cannot record this connection; it was refused"
+        );
+    }
 }

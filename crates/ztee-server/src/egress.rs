@@ -6,17 +6,23 @@
 //!   -> parse (400 on a bad rule)
 //!   -> policy, action `egress`, input.request.egress = [{host, port}]  (audited; deny -> 403)
 //!   -> VM created -> Sandbox::enable_egress (guest proxy on 127.0.0.1:3128)
-//!   -> each connection: ztee-egress proxy decides -> one `egress` audit event
+//!   -> each connection: ztee-egress proxy decides
+//!        -> allowed: `egress` event, phase `opened`, written before any byte is relayed
+//!           (cannot be written -> the connection is refused)
+//!        -> when it ends (or is refused): `egress` event with the byte counts
 //! ```
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ztee_audit::{
-    DecisionKind as AuditDecisionKind, DecisionRecord, EventType, NetworkRecord, Outcome,
-    Principal as AuditPrincipal,
+    AuditEvent, ConnectionPhase, DecisionKind as AuditDecisionKind, DecisionRecord, EventType,
+    NetworkRecord, Outcome, Principal as AuditPrincipal,
 };
-use ztee_egress::{Allowlist, Decision as ProxyDecision, EgressAudit, EgressRecord, HostPattern};
+use ztee_egress::{
+    Allowlist, AuditUnavailable, Decision as ProxyDecision, EgressAudit, EgressRecord, HostPattern,
+    OpeningWrite,
+};
 use ztee_policy::EgressTarget;
 
 use crate::audit::{self, AuditSink};
@@ -123,8 +129,9 @@ pub async fn grant(
     sandbox.enable_egress(allowlist, audit).await
 }
 
-/// Writes one `egress` audit event per relayed connection, under the principal and request
-/// that created the sandbox.
+/// Writes the `egress` audit events of relayed connections (one when an allowed connection
+/// opens, one when any connection ends), under the principal and request that created the
+/// sandbox.
 pub struct GatewayEgressAudit {
     sink: Arc<dyn AuditSink>,
     principal: AuditPrincipal,
@@ -143,9 +150,8 @@ impl GatewayEgressAudit {
     }
 }
 
-impl EgressAudit for GatewayEgressAudit {
-    fn record(&self, record: &EgressRecord) {
-        ztee_egress::audit::log_record(record);
+impl GatewayEgressAudit {
+    fn event(&self, record: &EgressRecord, phase: ConnectionPhase) -> AuditEvent {
         let (outcome, decision) = match record.decision {
             ProxyDecision::Allowed => (Outcome::Success, AuditDecisionKind::Allow),
             ProxyDecision::Denied => (Outcome::Denied, AuditDecisionKind::Deny),
@@ -155,7 +161,7 @@ impl EgressAudit for GatewayEgressAudit {
             .clone()
             .unwrap_or_else(|| "egress.proxy".to_owned());
         let resource = format!("sandbox/{}", record.sandbox);
-        let mut event = audit::event(
+        let event = audit::event(
             EventType::Egress,
             outcome,
             self.principal.clone(),
@@ -179,13 +185,29 @@ impl EgressAudit for GatewayEgressAudit {
             address: record.resolved,
             bytes_up: record.bytes_up,
             bytes_down: record.bytes_down,
+            phase,
         };
-        if let Ok(with_network) = event.clone().with_network(network) {
-            event = with_network;
-        }
+        event.clone().with_network(network).unwrap_or(event)
+    }
+}
+
+impl EgressAudit for GatewayEgressAudit {
+    fn opened<'a>(&'a self, record: &'a EgressRecord) -> OpeningWrite<'a> {
+        let event = self.event(record, ConnectionPhase::Opened);
+        Box::pin(async move {
+            self.sink.append(event).await.map_err(|err| {
+                tracing::error!(error = %err, "cannot write an egress audit event; refusing the connection");
+                AuditUnavailable(err.to_string())
+            })
+        })
+    }
+
+    fn record(&self, record: &EgressRecord) {
+        ztee_egress::audit::log_record(record);
+        let event = self.event(record, ConnectionPhase::Closed);
         let sink = self.sink.clone();
-        // The connection is over; the record cannot stop it any more, so it is written in the
-        // background and a failure is logged loudly.
+        // The connection is over (its opening is already on record); the closing record cannot
+        // stop it any more, so it is written in the background and a failure is logged loudly.
         tokio::spawn(async move {
             if let Err(err) = sink.append(event).await {
                 tracing::error!(error = %err, "cannot write an egress audit event");

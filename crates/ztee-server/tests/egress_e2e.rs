@@ -232,7 +232,21 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         .map(|e| &e["event"])
         .collect();
     let decisions: Vec<_> = events.iter().filter(|e| e["network"].is_null()).collect();
-    let connections: Vec<_> = events.iter().filter(|e| !e["network"].is_null()).collect();
+    let phase = |e: &serde_json::Value| {
+        e["network"]["phase"]
+            .as_str()
+            .unwrap_or("closed")
+            .to_owned()
+    };
+    let connections: Vec<_> = events
+        .iter()
+        .filter(|e| !e["network"].is_null() && phase(e) == "closed")
+        .collect();
+    let openings: Vec<_> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e["network"].is_null() && phase(e) == "opened")
+        .collect();
     let outcomes: Vec<&str> = decisions
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())
@@ -259,6 +273,23 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     assert_eq!(first["network"]["address"], "127.0.0.1");
     assert!(first["network"]["bytes_up"].as_u64().unwrap() > 0);
     assert!(first["network"]["bytes_down"].as_u64().unwrap() > 0);
+    // Each allowed connection was on record before it carried a byte; a refused one never
+    // opened.
+    assert_eq!(openings.len(), 3, "{events:#?}");
+    let (opened_at, opening) = openings
+        .iter()
+        .find(|(_, e)| e["request_id"] == "req-egress-run")
+        .expect("the opening of the run's connection");
+    let closed_at = events
+        .iter()
+        .position(|e| std::ptr::eq(*e, **first))
+        .unwrap();
+    assert!(opened_at < &closed_at, "opened before closed");
+    assert_eq!(opening["outcome"], "success");
+    assert_eq!(opening["network"]["host"], "mirror.test");
+    assert_eq!(opening["network"]["address"], "127.0.0.1");
+    assert_eq!(opening["network"]["bytes_up"], 0);
+    assert_eq!(opening["network"]["bytes_down"], 0);
     assert_eq!(
         first["decision"]["rule_ids"][0],
         format!("mirror.test:{port}")

@@ -128,6 +128,8 @@ impl Activity {
             }
             EventType::AuthzDenied => self.authorization_denials += 1,
             EventType::SandboxCreate | EventType::Run if succeeded => self.sandboxes_started += 1,
+            // An allowed connection also has a record from when it opened; count its close.
+            EventType::Egress if event.network.as_ref().is_some_and(|n| !n.phase.is_closed()) => {}
             EventType::Egress if event.network.is_some() && succeeded => self.egress_allowed += 1,
             EventType::Egress if event.network.is_some() && denied => self.egress_denied += 1,
             EventType::Egress if succeeded => self.egress_grants += 1,
