@@ -216,7 +216,10 @@ pub fn document() -> Value {
                 "Sandbox": {"type": "object", "properties": {
                     "id": {"type": "string"}, "tenant": {"type": "string"}, "owner": {"type": "string"}, "image": {"type": "string"},
                     "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"}, "timeout_s": {"type": "integer"},
-                    "created_at": {"type": "string", "format": "date-time"}, "metadata": {"type": "object"}, "vm": {"type": "object"}}},
+                    "created_at": {"type": "string", "format": "date-time"}, "metadata": {"type": "object"}, "vm": {"type": "object"},
+                    "egress": {"type": "array", "items": {"type": "string"}, "description": "granted destinations while the sandbox runs; [] means no network"},
+                    "secrets": {"type": "array", "description": "secrets injected while the sandbox runs, by name; never values",
+                        "items": {"type": "object", "properties": {"name": {"type": "string"}, "env": {"type": "string", "nullable": true}}}}}},
                 "SandboxList": {"type": "object", "properties": {"sandboxes": {"type": "array", "items": {"$ref": "#/components/schemas/Sandbox"}}}},
                 "RunCommand": {"type": "object", "additionalProperties": false, "required": ["cmd"], "properties": {
                     "cmd": cmd.clone(), "stdin": {"type": "string"}, "env": string_map.clone(), "cwd": {"type": "string"},

@@ -86,6 +86,21 @@ impl InjectedSecrets {
         env
     }
 
+    /// What was injected: names and environment variables, never values.
+    pub fn requests(&self) -> Vec<SecretRequest> {
+        self.inner
+            .as_ref()
+            .map(|inner| {
+                inner
+                    .lease
+                    .secrets
+                    .iter()
+                    .map(|s| s.request.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Writes every secret to `/run/secrets/NAME`, mode 0400, owned by the sandbox user.
     pub async fn write_files(&self, sandbox: &dyn SandboxHandle) -> Result<(), ExecError> {
         if let Some(inner) = &self.inner {

@@ -47,6 +47,8 @@ pub struct LiveSandbox {
     /// Secrets injected at creation; their DLP registrations and backend leases end with the
     /// sandbox (when the last reference to it is dropped).
     pub secrets: Option<crate::secrets::InjectedSecrets>,
+    /// The egress granted to it (empty: no network).
+    pub egress: Vec<ztee_egress::EgressRule>,
 }
 
 impl LiveSandboxes {

@@ -204,6 +204,12 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     assert_eq!(r.status(), 201);
     let sbx: serde_json::Value = r.json().await.unwrap();
     let id = sbx["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sbx["egress"],
+        json!([format!("mirror.test:{port}")]),
+        "{sbx}"
+    );
+    assert_eq!(sbx["secrets"], json!([]), "{sbx}");
     let r: serde_json::Value = gw
         .post_json(
             &agent,

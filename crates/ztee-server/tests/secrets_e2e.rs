@@ -210,10 +210,25 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
         .post(&acme, "/v1/sandboxes", &json!({"secrets": ["API_TOKEN"]}))
         .await;
     assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let created = r.text().await.unwrap();
+    assert_clean("the created sandbox", &created);
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The sandbox's view names what it holds, never the value.
+    assert_eq!(
+        created["secrets"],
+        json!([{"name": "API_TOKEN", "env": null}]),
+        "{created}"
+    );
+    assert_eq!(created["egress"], json!([]), "no network: {created}");
+    let shown = gw
+        .get(&acme, &format!("/v1/sandboxes/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_clean("GET /v1/sandboxes/{id}", &shown);
+    assert!(shown.contains("\"API_TOKEN\""), "{shown}");
     assert_eq!(scanner.secret_names().len(), 1);
     let cmd_url = format!("{}/v1/sandboxes/{id}/commands", gw.url);
     let r: serde_json::Value = c

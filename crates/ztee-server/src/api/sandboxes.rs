@@ -93,7 +93,12 @@ fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ApiError> {
 }
 
 fn view(state: &AppState, r: SandboxRecord) -> SandboxView {
-    let vm = state.sandboxes.get(&r.id).map(|l| l.handle.info());
+    let live = state.sandboxes.get(&r.id);
+    let vm = live.as_ref().map(|l| l.handle.info());
+    let egress = live.as_ref().map(|l| l.egress.clone());
+    let secrets = live
+        .as_ref()
+        .map(|l| l.secrets.as_ref().map(|s| s.requests()).unwrap_or_default());
     SandboxView {
         id: r.id,
         tenant: r.tenant,
@@ -105,6 +110,8 @@ fn view(state: &AppState, r: SandboxRecord) -> SandboxView {
         created_at: r.created_at,
         metadata: r.metadata,
         vm,
+        egress,
+        secrets,
     }
 }
 
@@ -237,7 +244,9 @@ pub async fn create(
     let created = match created {
         Ok(h) => {
             let handle = Arc::<dyn crate::exec::SandboxHandle>::from(h);
-            match crate::egress::grant(&state.pipeline, &caller, handle.as_ref(), egress).await {
+            match crate::egress::grant(&state.pipeline, &caller, handle.as_ref(), egress.clone())
+                .await
+            {
                 Ok(()) => Ok(handle),
                 Err(e) => {
                     let _ = handle.destroy().await;
@@ -281,6 +290,7 @@ pub async fn create(
             handle,
             env,
             secrets: injected,
+            egress: egress.rules().to_vec(),
         }),
     );
     state.metrics.sandboxes_active.inc();

@@ -42,6 +42,14 @@ pub struct SandboxView {
     /// Engine facts (VM id, backend, accelerator); present while the VM runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<serde_json::Value>,
+    /// Destinations granted through the egress proxy (`[]`: no network); present while the VM
+    /// runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<ztee_egress::EgressRule>>,
+    /// Secrets injected (names and environment variables, never values); present while the VM
+    /// runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<ztee_secrets::SecretRequest>>,
 }
 
 /// A command: an argument vector, or a shell string run with `/bin/sh -c`.
