@@ -154,10 +154,21 @@ fn sandbox_create_with_allow_egress_gives_every_exec_the_proxy() {
     let out = f.ztee(&["sandbox", "create", "--allow-egress", &rule]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_string();
+    let inspected = f.ztee(&["sandbox", "inspect", &id, "--format", "json"]);
+    let shown = text(&f.ztee(&["sandbox", "inspect", &id]).stdout);
     let url = format!("http://pkg.mirror.test:{port}/a");
     let out = f.ztee(&["sandbox", "exec", &id, "--", "python3", "-c", FETCH, &url]);
     let _ = f.ztee(&["sandbox", "rm", &id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello via egress\n");
     assert_eq!(f.origin.received().len(), 1);
+    // The grant is on the sandbox's record.
+    let record: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(record["egress"], serde_json::json!([rule]), "{record}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("│ egress ") && l.contains(&rule)),
+        "{shown}"
+    );
 }

@@ -256,6 +256,11 @@ fn sandbox_lifecycle_create_exec_cp_ls_inspect_rm() {
     let out = cli.run(&["sandbox", "inspect", &id, "--format", "json"]);
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let vmm_pid = record["vm"]["vmm_pid"].as_u64().unwrap();
+    assert_eq!(
+        record["egress"],
+        serde_json::json!([]),
+        "no network: {record}"
+    );
     assert!(std::path::Path::new(&format!("/proc/{vmm_pid}")).exists());
 
     let out = cli.run(&["sandbox", "rm", &id]);

@@ -18,6 +18,9 @@ pub struct LocalRecord {
     /// Seconds since the Unix epoch after which the sandbox is destroyed.
     pub expires_at: u64,
     pub vm: RecordedInfo,
+    /// Destinations granted through the egress proxy; empty: no network.
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 /// A stored copy of [`SandboxInfo`].

@@ -44,7 +44,17 @@ pub async fn supervise_with_egress(
     egress: Option<LocalEgress>,
     ready: impl FnOnce(Result<&LocalRecord, &VmError>),
 ) -> Result<(), VmError> {
-    let sandbox = match start(&engine, &spec, lifetime, &registry).await {
+    let granted: Vec<String> = egress
+        .as_ref()
+        .map(|e| {
+            e.allowlist
+                .rules()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let sandbox = match start(&engine, &spec, lifetime, &registry, granted).await {
         Ok(started) => started,
         Err(err) => {
             ready(Err(&err));
@@ -116,6 +126,7 @@ async fn start(
     spec: &SandboxSpec,
     lifetime: Duration,
     registry: &Registry,
+    egress: Vec<String>,
 ) -> Result<(Sandbox, LocalRecord, UnixListener), VmError> {
     let sandbox = engine.create(spec.clone()).await?;
     let id = sandbox.id().to_string();
@@ -136,6 +147,7 @@ async fn start(
         supervisor_start: process_start_time(me).unwrap_or(0),
         expires_at: now + lifetime.as_secs(),
         vm: sandbox.info().into(),
+        egress,
     };
     if let Err(err) = registry.write(&record) {
         let _ = std::fs::remove_dir_all(&dir);

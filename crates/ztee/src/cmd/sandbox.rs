@@ -369,6 +369,14 @@ fn inspect(format: Format, record: &LocalRecord) -> anyhow::Result<()> {
         ("image", record.vm.image.clone()),
         ("started from", record.vm.start.clone()),
         ("ready in", format!("{} ms", record.vm.ready_ms)),
+        (
+            "egress",
+            if record.egress.is_empty() {
+                "none (no network)".to_string()
+            } else {
+                record.egress.join(" ")
+            },
+        ),
     ];
     match &record.vm.jail {
         Some(jail) => {
