@@ -35,6 +35,9 @@ async fn upstream(State(received): State<Received>, uri: Uri, body: Bytes) -> Re
         "CARD_1>. Replacement card 5500 00",
         "00 0000 0004 issued.",
     ];
+    if uri.path().ends_with("/responses") {
+        return responses_answer(stream, &pieces);
+    }
     if uri.path().ends_with("/chat/completions") {
         if !stream {
             return axum::Json(serde_json::json!({
@@ -113,6 +116,99 @@ async fn upstream(State(received): State<Received>, uri: Uri, body: Bytes) -> Re
         "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 3}}),
     );
     event("message_stop", serde_json::json!({"type": "message_stop"}));
+    ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
+}
+
+/// An answer of OpenAI's Responses API: a message and a function call whose arguments carry a
+/// card number split across two deltas.
+fn responses_answer(stream: bool, pieces: &[&str]) -> Response {
+    let args = [
+        "{\"card\": \"<CREDIT_CARD_1>\", \"new\": \"55000000",
+        "00000004\"}",
+    ];
+    let message = |text: &str| {
+        serde_json::json!({"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    let call = |arguments: &str| {
+        serde_json::json!({"id": "fc_1", "type": "function_call", "call_id": "call_9",
+            "name": "issue_refund", "arguments": arguments, "status": "completed"})
+    };
+    let response = |status: &str, output: serde_json::Value| {
+        serde_json::json!({"id": "resp_1", "object": "response", "created_at": 1, "status": status,
+            "model": "test-model", "output": output, "parallel_tool_calls": true, "tool_choice": "auto",
+            "tools": [], "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}})
+    };
+    let full_text = pieces.concat();
+    let full_args = args.concat();
+    let done = response(
+        "completed",
+        serde_json::json!([message(&full_text), call(&full_args)]),
+    );
+    if !stream {
+        return axum::Json(done).into_response();
+    }
+    let mut sse = String::new();
+    let mut seq = 0;
+    let mut event = |data: serde_json::Value| {
+        let mut data = data;
+        data["sequence_number"] = seq.into();
+        seq += 1;
+        sse.push_str(&format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        ));
+    };
+    event(
+        serde_json::json!({"type": "response.created", "response": response("in_progress", serde_json::json!([]))}),
+    );
+    event(
+        serde_json::json!({"type": "response.in_progress", "response": response("in_progress", serde_json::json!([]))}),
+    );
+    let mut empty = message("");
+    empty["content"] = serde_json::json!([]);
+    empty["status"] = "in_progress".into();
+    event(
+        serde_json::json!({"type": "response.output_item.added", "output_index": 0, "item": empty}),
+    );
+    event(
+        serde_json::json!({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+    );
+    for p in pieces {
+        event(
+            serde_json::json!({"type": "response.output_text.delta", "item_id": "msg_1",
+            "output_index": 0, "content_index": 0, "delta": p, "logprobs": []}),
+        );
+    }
+    event(
+        serde_json::json!({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "text": full_text, "logprobs": []}),
+    );
+    event(
+        serde_json::json!({"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0,
+        "content_index": 0, "part": {"type": "output_text", "text": full_text, "annotations": []}}),
+    );
+    event(
+        serde_json::json!({"type": "response.output_item.done", "output_index": 0, "item": message(&full_text)}),
+    );
+    event(
+        serde_json::json!({"type": "response.output_item.added", "output_index": 1, "item": call("")}),
+    );
+    for a in args {
+        event(
+            serde_json::json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1",
+            "output_index": 1, "delta": a}),
+        );
+    }
+    event(
+        serde_json::json!({"type": "response.function_call_arguments.done", "item_id": "fc_1",
+        "output_index": 1, "arguments": full_args}),
+    );
+    event(
+        serde_json::json!({"type": "response.output_item.done", "output_index": 1, "item": call(&full_args)}),
+    );
+    event(serde_json::json!({"type": "response.completed", "response": done}));
     ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
 }
 
@@ -298,6 +394,138 @@ async fn official_sdks_through_the_proxy() {
     // An agent cannot read traces.
     let resp = gw.get(&agent, "/v1/traces").await;
     assert_eq!(resp.status(), 403);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_api_through_the_proxy() {
+    let (up, received) = start_upstream().await;
+    let gw = Gateway::start(config(&up), Arc::new(EchoExecutor::default())).await;
+    let agent = gw.key("default", "agent");
+    let operator = gw.key("default", "pci-operator");
+
+    for scenario in ["openai-responses", "openai-responses-stream"] {
+        let out = sdk(&gw, &agent, scenario, None).await;
+        let text = out["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{scenario}: {out}"));
+        assert_eq!(
+            text, "Refunded <CREDIT_CARD_1>. Replacement card 5500 0000 **** 0004 issued.",
+            "{scenario}: {out}"
+        );
+        let args = out["tool_calls"][0]["arguments"].as_str().unwrap();
+        assert_eq!(out["tool_calls"][0]["name"], "issue_refund", "{out}");
+        assert!(
+            args.contains("<CREDIT_CARD_1>") && !args.contains("5500000000000004"),
+            "{scenario}: {args}"
+        );
+        if scenario.ends_with("stream") {
+            // What the SDK accumulated from the deltas is what the final response says.
+            assert_eq!(out["final_text"], text, "{out}");
+            assert_eq!(out["streamed_arguments"], args, "{out}");
+        }
+        // The pci-operator role gets the caller's number back, never the model's own.
+        let out = sdk(&gw, &operator, scenario, None).await;
+        let text = out["text"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("Refunded {PAN}.")),
+            "{scenario}: {text}"
+        );
+        assert!(!text.contains(MODEL_PAN), "{scenario}: {text}");
+    }
+
+    // The upstream saw placeholders in the user message, the tool call and the tool output.
+    let seen = all_received(&received);
+    assert!(seen.contains("/ext/v1/responses"), "{seen}");
+    assert!(
+        !seen.contains("4111"),
+        "the upstream received a PAN: {seen}"
+    );
+    let first: serde_json::Value = serde_json::from_str(&received.lock().unwrap()[0].1).unwrap();
+    assert_eq!(first["instructions"], "You issue refunds.");
+    assert!(first["input"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("<CREDIT_CARD_1>"));
+    assert!(first["input"][1]["arguments"]
+        .as_str()
+        .unwrap()
+        .contains("<CREDIT_CARD_1>"));
+    assert_eq!(
+        first["input"][2]["output"],
+        "Order 42 found, paid with <CREDIT_CARD_1>."
+    );
+
+    // Traced in OpenAI message format with the tool-call decision; nothing unmasked.
+    let body = gw
+        .get(&gw.admin_key, "/v1/traces")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !body.contains("4111") && !body.contains(MODEL_PAN),
+        "{body}"
+    );
+    let traces: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(traces.len(), 4, "{body}");
+    for t in &traces {
+        let roles: Vec<&str> = t["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "assistant", "tool", "assistant"],
+            "{t}"
+        );
+        assert!(
+            t["decisions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["action"] == "tool.call" && d["target"] == "issue_refund"),
+            "{t}"
+        );
+    }
+
+    // Malformed input is refused before anything leaves, in OpenAI's error shape.
+    let before = received.lock().unwrap().len();
+    for (body, expected) in [
+        (r#"{"model": "m"}"#, "`input` must be a string or an array"),
+        (r#"{"model": "m", "input": []}"#, "at least one item"),
+        (
+            r#"{"model": "m", "input": [{"role": "wizard", "content": "x"}]}"#,
+            "input[0].role \"wizard\"",
+        ),
+        (
+            r#"{"model": "m", "input": [{"type": "function_call", "arguments": 7}]}"#,
+            "input[0].arguments must be a string",
+        ),
+        (
+            r#"{"model": "m", "input": "x", "instructions": 1}"#,
+            "`instructions` must be a string",
+        ),
+    ] {
+        let r = gw
+            .post(
+                &agent,
+                "/v1/openai/responses",
+                &serde_json::from_str::<serde_json::Value>(body).unwrap(),
+            )
+            .await;
+        assert_eq!(r.status(), 400, "{body}");
+        let err: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    assert_eq!(received.lock().unwrap().len(), before);
     gw.stop().await;
 }
 

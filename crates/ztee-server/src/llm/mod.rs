@@ -2,9 +2,9 @@
 //! providers, with the gateway's guardrails on every exchange.
 //!
 //! ```text
-//! POST /v1/openai/chat/completions | /v1/anthropic/messages
+//! POST /v1/openai/chat/completions | /v1/openai/responses | /v1/anthropic/messages
 //!   -> authn (auth.rs; Anthropic clients may send `x-api-key`)   -> `llm:chat` permission
-//!   -> parse + validate the provider's request shape             (openai.rs / anthropic.rs)
+//!   -> parse + validate the provider's request shape  (openai.rs, openai_responses.rs, anthropic.rs)
 //!   -> inbound guard: tokenize card data, DLP counts, injection score (tokenize.rs)
 //!   -> policy `llm.chat` per candidate provider: first allowed wins (tier routing)
 //!   -> upstream (upstream.rs)
@@ -19,6 +19,7 @@
 pub mod anthropic;
 pub mod config;
 pub mod openai;
+pub mod openai_responses;
 pub mod sse;
 pub mod tokenize;
 pub mod trace;
@@ -53,6 +54,7 @@ use upstream::{Upstream, UpstreamReply};
 /// The proxy's routes (the SDKs' paths; Anthropic's SDK appends `/v1/messages` to its base URL).
 pub const LLM_ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/openai/chat/completions"),
+    ("post", "/v1/openai/responses"),
     ("post", "/v1/anthropic/messages"),
     ("post", "/v1/anthropic/v1/messages"),
     ("get", "/v1/traces"),
@@ -148,6 +150,10 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(axum::middleware::from_fn(x_api_key_as_bearer));
     Router::new()
         .route("/v1/openai/chat/completions", post(chat::<openai::OpenAi>))
+        .route(
+            "/v1/openai/responses",
+            post(chat::<openai_responses::OpenAiResponses>),
+        )
         .merge(anthropic)
         .layer(DefaultBodyLimit::max(limit))
         .route("/v1/traces", axum::routing::get(trace::export))

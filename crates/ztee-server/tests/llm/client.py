@@ -50,8 +50,42 @@ def anthropic_messages():
     return msgs
 
 
+def responses_input():
+    return [
+        {"role": "user", "content": f"Refund the order paid with card {PAN}, please."},
+        {"type": "function_call", "call_id": "call_1", "name": "lookup_order",
+         "arguments": json.dumps({"card": PAN})},
+        {"type": "function_call_output", "call_id": "call_1",
+         "output": f"Order 42 found, paid with {PAN}."},
+    ]
+
+
+def responses_tool_calls(response):
+    return [{"name": i.name, "arguments": i.arguments}
+            for i in response.output if i.type == "function_call"]
+
+
 try:
-    if scenario.startswith("openai"):
+    if scenario.startswith("openai-responses"):
+        client = openai.OpenAI(base_url=base + "/v1/openai", api_key=key,
+                               default_headers=headers, max_retries=0)
+        args = dict(model="test-model", instructions="You issue refunds.",
+                    input=responses_input())
+        if scenario == "openai-responses-stream":
+            text, arguments = "", ""
+            with client.responses.stream(**args) as stream:
+                for event in stream:
+                    if event.type == "response.output_text.delta":
+                        text += event.delta
+                    elif event.type == "response.function_call_arguments.delta":
+                        arguments += event.delta
+                final = stream.get_final_response()
+            out = {"text": text, "final_text": final.output_text, "streamed_arguments": arguments,
+                   "tool_calls": responses_tool_calls(final)}
+        else:
+            r = client.responses.create(**args)
+            out = {"text": r.output_text, "tool_calls": responses_tool_calls(r)}
+    elif scenario.startswith("openai"):
         client = openai.OpenAI(base_url=base + "/v1/openai", api_key=key,
                                default_headers=headers, max_retries=0)
         if scenario == "openai-stream":
