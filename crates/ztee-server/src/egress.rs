@@ -29,7 +29,7 @@ use crate::audit::{self, AuditSink};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::exec::{ExecError, SandboxHandle};
-use crate::pipeline::{ActionContext, Pipeline};
+use crate::pipeline::{ActionContext, Gate, Pipeline, Work};
 use crate::policy::{Decision, DecisionKind};
 
 /// Most egress rules one request may ask for.
@@ -111,6 +111,28 @@ pub async fn authorize(
             decision.reasons.join(", ")
         ))),
         DecisionKind::RequireApproval => Ok(EgressGate::Held(decision)),
+    }
+}
+
+/// The policy gate of a request that may ask for egress: the request itself, then (when it
+/// lists destinations) its egress. Either may hold it for an approver; an approval covers the
+/// request exactly as sent, so with `approved` neither hold applies again. A denial of either is
+/// the caller's 403.
+pub async fn admit_with_egress(
+    pipeline: &Pipeline,
+    ctx: &mut ActionContext<'_>,
+    work: Work,
+    allowlist: &Allowlist,
+    approved: bool,
+) -> Result<Gate, ApiError> {
+    match pipeline.admit_or_hold(ctx, work, approved).await? {
+        Gate::Admitted(admitted) if !allowlist.is_empty() => {
+            match authorize(pipeline, ctx, allowlist, approved).await? {
+                EgressGate::Allowed => Ok(Gate::Admitted(admitted)),
+                EgressGate::Held(decision) => Ok(Gate::Held(decision)),
+            }
+        }
+        gate => Ok(gate),
     }
 }
 

@@ -154,7 +154,8 @@ pub fn document() -> Value {
             "/v1/sandboxes": {
                 "get": {"summary": "List visible sandboxes", "responses": std_errors(json!({"200": ok_json("Sandboxes", "SandboxList")}))},
                 "post": {"summary": "Create a sandbox (boots a microVM)", "requestBody": json_body("CreateSandbox"),
-                         "responses": std_errors(json!({"201": ok_json("Created", "Sandbox")}))}
+                         "responses": std_errors(json!({"201": ok_json("Created", "Sandbox"),
+                             "202": {"description": "Held for a human approval: {\"approval\": {id, status, link, wait, ...}}; Location is the approval"}}))}
             },
             "/v1/sandboxes/{id}": {
                 "parameters": [id_param()],
@@ -170,6 +171,7 @@ pub fn document() -> Value {
                              "200": {"description": "Result, or a stream", "content": {
                                  "application/json": {"schema": {"$ref": "#/components/schemas/CommandResult"}},
                                  "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}},
+                             "202": {"description": "Held for a human approval: {\"approval\": {id, status, link, wait, ...}}; Location is the approval"},
                              "404": error_response("No such sandbox (or not visible)")}))}
             },
             "/v1/sandboxes/{id}/files": {

@@ -146,7 +146,8 @@ pub enum Gate {
     Held(Decision),
 }
 
-/// The answer to a held request where no approval can be parked (streams, sandbox commands).
+/// The answer to a held request that is not parked: a stream (it cannot wait for a human) or a
+/// file upload (its body is not kept).
 pub fn approval_required(decision: &Decision) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::FORBIDDEN,

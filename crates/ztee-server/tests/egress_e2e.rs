@@ -310,5 +310,63 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         .as_str()
         .unwrap()
         .contains("not on this sandbox's egress allowlist"));
+
+    // A sandbox asking for egress that needs a human: parked like a run; once approved it is
+    // created for its requester, with the egress it asked for.
+    let r = gw
+        .post(
+            &agent,
+            "/v1/sandboxes",
+            &json!({"egress": [format!("review.test:{port}")], "metadata": {"ticket": "T-7"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let held: serde_json::Value = r.json().await.unwrap();
+    let link = format!("/v1/approvals/{}", held["approval"]["id"].as_str().unwrap());
+    let shown = gw.get_json(&approver, &link).await;
+    assert_eq!(shown["action"], "sandbox.create", "{shown}");
+    assert_eq!(
+        shown["request"]["egress"],
+        json!([format!("review.test:{port}")]),
+        "the approver sees what the sandbox could reach: {shown}"
+    );
+    let listed = gw.get_json(&agent, "/v1/sandboxes").await;
+    assert_eq!(
+        listed["sandboxes"].as_array().unwrap().len(),
+        0,
+        "nothing created while held: {listed}"
+    );
+    let r = gw
+        .post(&approver, &format!("{link}/approve"), &json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let done = gw.get_json(&agent, &format!("{link}?wait=60")).await;
+    assert_eq!(done["status"], "executed", "{done}");
+    let sbx = &done["result"];
+    assert_eq!(
+        sbx["egress"],
+        json!([format!("review.test:{port}")]),
+        "{done}"
+    );
+    assert_eq!(sbx["metadata"]["ticket"], "T-7");
+    let id = sbx["id"].as_str().unwrap().to_owned();
+    let r = gw
+        .post_json(
+            &agent,
+            &format!("/v1/sandboxes/{id}/commands"),
+            &json!({"cmd": ["python3", "-c", FETCH, review_url]}),
+        )
+        .await;
+    assert_eq!(
+        r["stdout"], "hello via egress\n",
+        "the requester uses it: {r}"
+    );
+    let r = c
+        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
     gw.stop().await;
 }

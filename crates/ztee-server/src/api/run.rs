@@ -183,23 +183,14 @@ async fn run_once(
         stdin: req.stdin,
         files,
     };
-    // The request and, when it asks for one, its egress: either may hold it for an approver,
-    // and an approval covers the request exactly as sent.
-    let gate = match state
-        .pipeline
-        .admit_or_hold(&mut ctx, work, approved.is_some())
-        .await?
-    {
-        Gate::Admitted(admitted) if !egress.is_empty() => {
-            match crate::egress::authorize(&state.pipeline, &ctx, &egress, approved.is_some())
-                .await?
-            {
-                crate::egress::EgressGate::Allowed => Gate::Admitted(admitted),
-                crate::egress::EgressGate::Held(decision) => Gate::Held(decision),
-            }
-        }
-        gate => gate,
-    };
+    let gate = crate::egress::admit_with_egress(
+        &state.pipeline,
+        &mut ctx,
+        work,
+        &egress,
+        approved.is_some(),
+    )
+    .await?;
     let mut admitted = match gate {
         Gate::Admitted(admitted) => admitted,
         Gate::Held(decision) => {

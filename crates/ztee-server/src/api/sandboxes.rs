@@ -152,6 +152,41 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let req = json_body(body)?;
+    match create_once(state.clone(), caller, req, None).await? {
+        CreateOutcome::Created(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
+        CreateOutcome::Parked(response) => Ok(response),
+    }
+}
+
+/// Creates a sandbox an approver approved, for its requester; returns its view.
+pub async fn create_approved(
+    state: Arc<AppState>,
+    caller: Caller,
+    req: CreateSandbox,
+    approval_id: &str,
+) -> Result<SandboxView, ApiError> {
+    match create_once(state, caller, req, Some(approval_id)).await? {
+        CreateOutcome::Created(view) => Ok(view),
+        CreateOutcome::Parked(_) => Err(ApiError::internal(
+            "an approved sandbox creation was parked again",
+        )),
+    }
+}
+
+enum CreateOutcome {
+    Created(SandboxView),
+    /// The 202 for a creation parked for approval.
+    Parked(Response),
+}
+
+async fn create_once(
+    state: Arc<AppState>,
+    caller: Caller,
+    req: CreateSandbox,
+    approved: Option<&str>,
+) -> Result<CreateOutcome, ApiError> {
+    // What an approver would approve: the request exactly as sent.
+    let original = req.clone();
     let d = &state.config.sandbox_defaults;
     let l = &state.config.limits;
     check_image(req.image.as_deref())?;
@@ -197,16 +232,22 @@ pub async fn create(
         argv: req.metadata.values().cloned().collect(),
         ..Work::default()
     };
-    let admitted = state.pipeline.admit(&mut ctx, work).await?;
-    if !egress.is_empty() {
-        // Sandbox creation is not parked for approval (only one-shot runs are): a hold is
-        // answered like the main gate's.
-        if let crate::egress::EgressGate::Held(decision) =
-            crate::egress::authorize(&state.pipeline, &ctx, &egress, false).await?
-        {
-            return Err(crate::pipeline::approval_required(&decision));
+    let gate = crate::egress::admit_with_egress(
+        &state.pipeline,
+        &mut ctx,
+        work,
+        &egress,
+        approved.is_some(),
+    )
+    .await?;
+    let admitted = match gate {
+        Gate::Admitted(admitted) => admitted,
+        Gate::Held(decision) => {
+            let held = HeldRequest::SandboxCreate(original);
+            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
+            return Ok(CreateOutcome::Parked(answer));
         }
-    }
+    };
     let env = admitted.work.env.clone();
     let injected = crate::secrets::checkout(
         &state,
@@ -214,7 +255,7 @@ pub async fn create(
             caller: &caller,
             image: req.image.as_deref(),
             resource: &format!("sandbox/{id}"),
-            approved: false,
+            approved: approved.is_some(),
         },
         &req.secrets,
     )
@@ -303,7 +344,7 @@ pub async fn create(
         destroy(&state, &id).await;
         return Err(e);
     }
-    Ok((StatusCode::CREATED, Json(view(&state, record))).into_response())
+    Ok(CreateOutcome::Created(view(&state, record)))
 }
 
 /// Takes quota for a sandbox, or answers 429 with the tenant's usage.

@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use ztee_audit::{EventType, Outcome};
 
-use crate::api::types::{OneShotRun, RunCommand};
+use crate::api::types::{CreateSandbox, OneShotRun, RunCommand};
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -81,6 +81,8 @@ pub enum HeldRequest {
         sandbox: String,
         request: RunCommand,
     },
+    /// A new sandbox (`POST /v1/sandboxes`), for example one that asks for egress.
+    SandboxCreate(CreateSandbox),
 }
 
 impl HeldRequest {
@@ -88,6 +90,7 @@ impl HeldRequest {
         match self {
             HeldRequest::Run(_) => "run",
             HeldRequest::Command { .. } => "sandbox.exec",
+            HeldRequest::SandboxCreate(_) => "sandbox.create",
         }
     }
 }
@@ -486,15 +489,28 @@ async fn execute(state: Arc<AppState>, id: String) {
     let Ok(mut record) = approvals.load(&id).await else {
         return;
     };
+    fn json(result: impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(result).unwrap_or_default()
+    }
     let outcome = match approvals.forget(&id) {
         Some(Parked {
             caller,
             request: HeldRequest::Run(request),
-        }) => crate::api::run_approved(state.clone(), caller, request, &id).await,
+        }) => crate::api::run_approved(state.clone(), caller, request, &id)
+            .await
+            .map(json),
         Some(Parked {
             caller,
             request: HeldRequest::Command { sandbox, request },
-        }) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &id).await,
+        }) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &id)
+            .await
+            .map(json),
+        Some(Parked {
+            caller,
+            request: HeldRequest::SandboxCreate(request),
+        }) => crate::api::create_approved(state.clone(), caller, request, &id)
+            .await
+            .map(json),
         None => Err(ApiError::unavailable(
             "the request content is no longer held (the gateway restarted); submit it again",
         )),
@@ -502,7 +518,7 @@ async fn execute(state: Arc<AppState>, id: String) {
     match outcome {
         Ok(result) => {
             record.status = Status::Executed;
-            record.result = serde_json::to_value(result).ok();
+            record.result = Some(result);
         }
         Err(e) => {
             record.status = Status::Failed;

@@ -105,6 +105,7 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "memory_mib": request.memory_mib,
             "vcpus": request.vcpus,
             "secrets": request.secrets,
+            "egress": request.egress,
         }),
         HeldRequest::Command { sandbox, request } => serde_json::json!({
             "sandbox": sandbox,
@@ -113,6 +114,16 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "cwd": request.cwd,
             "stdin": request.stdin,
             "timeout_s": request.timeout_s,
+        }),
+        HeldRequest::SandboxCreate(request) => serde_json::json!({
+            "image": request.image,
+            "timeout_s": request.timeout_s,
+            "memory_mib": request.memory_mib,
+            "vcpus": request.vcpus,
+            "env": request.env,
+            "metadata": request.metadata,
+            "egress": request.egress,
+            "secrets": request.secrets,
         }),
     };
     mask(dlp, &mut view);
