@@ -5,13 +5,15 @@
 #    "reasons": [{"rule": "<stable id>", "message": "<text>"}]}
 # Routing, strongest first:
 #   deny      - never allowed: SAD present, raw PAN to an external model, a provider the tenant's
-#               tier may not use, egress outside the allowlist, an unpinned image, a near-certain
-#               prompt injection.
+#               tier may not use, images/audio/files to an external model (DLP cannot read
+#               them; unless the tier is in unscanned_content_tiers), egress outside the
+#               allowlist, an unpinned image, a near-certain prompt injection.
 #   HIGH      - needs a human approver: code with raw card data, egress (unless the operator
 #               pre-approved the destination), a secret whose grant asks for approval,
 #               destructive tools, a suspected prompt injection.
 #   MEDIUM    - runs and is logged: code execution, granted secrets, pre-approved egress,
-#               tools not known to be read-only, content with (masked) DLP findings.
+#               tools not known to be read-only, content with (masked) DLP findings, images,
+#               audio or files to a local model.
 # Secrets: a secret reaches a sandbox only when a grant in data.ztee.config.secret_grants
 # matches the caller, the secret's name and the sandbox's image (deny by default).
 #   LOW       - runs: read-only tools, plain chat, sandbox creation.
@@ -41,6 +43,15 @@ deny contains {"rule": "pci.raw_pan_external_model", "message": "raw card number
 	input.action == "llm.chat"
 	input.dlp.raw_pan
 	external_provider
+}
+
+# Images, audio and files cannot be scanned: one may show a card. They go to an external model
+# only from tiers the operator lists in `unscanned_content_tiers`.
+deny contains {"rule": "llm.unscanned_content_external", "message": sprintf("%s content at %s cannot be scanned for card data; it is not sent to an external model", [part.kind, part.field])} if {
+	input.action == "llm.chat"
+	external_provider
+	some part in object.get(input.request, "attachments", [])
+	not input.principal.tier in object.get(cfg, "unscanned_content_tiers", [])
 }
 
 deny contains {"rule": "llm.provider_missing", "message": "an LLM request must name its provider"} if {
@@ -147,6 +158,11 @@ medium contains {"rule": "risk.unknown_tool", "message": sprintf("tool %q is not
 
 medium contains {"rule": "dlp.findings", "message": sprintf("content has %d DLP finding(s)", [finding_count])} if {
 	finding_count > 0
+}
+
+medium contains {"rule": "llm.unscanned_content", "message": sprintf("%d part(s) of the request could not be scanned (images, audio, files)", [count(input.request.attachments)])} if {
+	input.action == "llm.chat"
+	count(object.get(input.request, "attachments", [])) > 0
 }
 
 medium contains {"rule": "pci.raw_pan_local_model", "message": "raw card numbers sent to a local model"} if {

@@ -214,6 +214,24 @@ test_unknown_tier_is_denied_for_llm if {
 	d.verdict == "deny"
 }
 
+test_images_do_not_go_to_an_external_model if {
+	d := main.decision with input as req("llm.chat", {"provider": openai, "messages": [], "attachments": [{"kind": "image", "field": "messages[0].content[1]"}]})
+	d.verdict == "deny"
+	"llm.unscanned_content_external" in rule_ids(d)
+}
+
+test_images_go_to_a_local_model_and_are_logged if {
+	d := main.decision with input as req("llm.chat", {"provider": local_model, "messages": [], "attachments": [{"kind": "image", "field": "messages[0].content[1]"}]})
+	d.verdict == "allow"
+	rule_ids(d) == {"llm.unscanned_content"}
+}
+
+test_an_operator_may_let_a_tier_send_images_out if {
+	d := main.decision with input as req("llm.chat", {"provider": openai, "messages": [], "attachments": [{"kind": "file", "field": "input[0].content[0]"}]})
+		with data.ztee.config.unscanned_content_tiers as ["standard"]
+	d.verdict == "allow"
+}
+
 test_chat_without_provider_is_denied if {
 	d := main.decision with input as req("llm.chat", {"messages": []})
 	"llm.provider_missing" in rule_ids(d)

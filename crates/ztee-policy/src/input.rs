@@ -118,6 +118,20 @@ pub struct PolicyRequest {
     pub messages: Vec<Message>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<Provider>,
+    /// Parts of an LLM request that DLP cannot read (images, audio, files): they could carry
+    /// card data no scanner saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A part of a chat request that is not text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// `image`, `audio` or `file`.
+    pub kind: String,
+    /// Where it is in the request, e.g. `messages[0].content[1]`.
+    pub field: String,
 }
 
 /// What DLP found in the content as it would leave (after any tokenization the gateway applied).

@@ -36,7 +36,7 @@ pub use decision::{Decision, Reason, Risk, Verdict, POLICY_ERROR_RULE};
 pub use engine::{PolicyEngine, ENTRY_POINT};
 pub use error::PolicyError;
 pub use input::{
-    Action, DlpSummary, EgressTarget, InjectionSummary, Message, PolicyInput, PolicyPrincipal,
-    PolicyRequest, Provider, ToolCall,
+    Action, Attachment, DlpSummary, EgressTarget, InjectionSummary, Message, PolicyInput,
+    PolicyPrincipal, PolicyRequest, Provider, ToolCall,
 };
 pub use testing::{run_tests, TestResult, TestStatus};

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
-use common::{EchoExecutor, Gateway};
+use common::{client, EchoExecutor, Gateway};
 use ztee_server::ServerConfig;
 
 const PAN: &str = "4111 1111 1111 1111";
@@ -526,6 +526,57 @@ async fn responses_api_through_the_proxy() {
         assert!(message.contains(expected), "{body}: {message}");
     }
     assert_eq!(received.lock().unwrap().len(), before);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_dlp_cannot_read_stays_off_external_models() {
+    let (up, received) = start_upstream().await;
+    let gw = Gateway::start(config(&up), Arc::new(EchoExecutor::default())).await;
+    let agent = gw.key("default", "agent");
+    let with_image = serde_json::json!({"model": "test-model", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What does this card say?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]});
+    // The first provider is external: refused for the image; the local one takes it.
+    let r = gw
+        .post(&agent, "/v1/openai/chat/completions", &with_image)
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let paths: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert_eq!(paths, ["/local/v1/chat/completions"]);
+    // Pinned to the external provider: refused, naming the part and the rule; nothing sent.
+    let r = client()
+        .post(format!("{}/v1/openai/chat/completions", gw.url))
+        .bearer_auth(&agent)
+        .header("x-ztee-provider", "openai")
+        .json(&with_image)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let err: serde_json::Value = r.json().await.unwrap();
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("image content at messages[0].content[1] cannot be scanned")
+            && message.contains("llm.unscanned_content_external"),
+        "{message}"
+    );
+    assert_eq!(received.lock().unwrap().len(), 1);
+    // Text alone still goes to the first provider.
+    let r = gw
+        .post(
+            &agent,
+            "/v1/openai/chat/completions",
+            &serde_json::json!({"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(received.lock().unwrap()[1].0, "/ext/v1/chat/completions");
     gw.stop().await;
 }
 

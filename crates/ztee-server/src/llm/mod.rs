@@ -5,7 +5,8 @@
 //! POST /v1/openai/chat/completions | /v1/openai/responses | /v1/anthropic/messages
 //!   -> authn (auth.rs; Anthropic clients may send `x-api-key`)   -> `llm:chat` permission
 //!   -> parse + validate the provider's request shape  (openai.rs, openai_responses.rs, anthropic.rs)
-//!   -> inbound guard: tokenize card data, DLP counts, injection score (tokenize.rs)
+//!   -> inbound guard: tokenize card data, DLP counts, injection score (tokenize.rs); images,
+//!      audio and files located for policy (attachments.rs)
 //!   -> policy `llm.chat` per candidate provider: first allowed wins (tier routing)
 //!   -> upstream (upstream.rs)
 //!   -> outbound guard: DLP, placeholders restored for `pan:detokenize`; SSE rewritten event by
@@ -17,6 +18,7 @@
 //! exceptions.
 
 pub mod anthropic;
+pub mod attachments;
 pub mod config;
 pub mod openai;
 pub mod openai_responses;
@@ -399,6 +401,7 @@ async fn chat<D: Dialect>(
     if let Err(message) = walked {
         return error_response::<D>(StatusCode::BAD_REQUEST, &message, &rid);
     }
+    let unscanned = attachments::find(&request);
     let forwarded = match serde_json::to_vec(&request) {
         Ok(b) => b,
         Err(e) => {
@@ -475,6 +478,7 @@ async fn chat<D: Dialect>(
             action: Action::LlmChat,
             request: PolicyRequest {
                 messages: policy_messages.clone(),
+                attachments: unscanned.clone(),
                 provider: Some(Provider {
                     name: provider.name.clone(),
                     external: provider.external,
