@@ -71,8 +71,19 @@ impl Setup {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// The `n`th record (from 1), once it is written.
+    async fn nth_record(&self, n: usize) -> EgressRecord {
+        for _ in 0..500 {
+            if let Some(record) = self.log.records().get(n - 1) {
+                return record.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no audit record number {n}")
+    }
+
     async fn last_record(&self) -> EgressRecord {
-        for _ in 0..100 {
+        for _ in 0..500 {
             if let Some(record) = self.log.records().last() {
                 return record.clone();
             }
@@ -332,8 +343,7 @@ async fn connect_checks_the_tls_server_name() {
         .await
         .unwrap_err();
     assert!(err.starts_with("TLS"), "{err}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let record = s.log.records().last().cloned().unwrap();
+    let record = s.nth_record(2).await;
     assert_eq!(record.decision, Decision::Denied);
     assert_eq!(
         record.reason,
@@ -423,7 +433,10 @@ async fn a_connection_the_audit_trail_cannot_record_is_refused_before_any_byte_l
         origin.received().is_empty(),
         "no request reached the origin"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while trail.log.records().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let records = trail.log.records();
     assert_eq!(records.len(), 2);
     for record in records {

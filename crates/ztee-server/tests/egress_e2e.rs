@@ -226,11 +226,26 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         .unwrap();
     assert!(r.status().is_success());
 
-    // The audit trail: the policy decisions and one event per connection.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let events: serde_json::Value = gw
-        .get_json(&auditor, "/v1/audit?type=egress&limit=100")
-        .await;
+    // The audit trail: the policy decisions and the events of every connection. A connection's
+    // closing event is written after it ends, so wait (bounded) for all four.
+    let mut events = serde_json::Value::Null;
+    for _ in 0..200 {
+        events = gw
+            .get_json(&auditor, "/v1/audit?type=egress&limit=100")
+            .await;
+        let closed = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                !e["event"]["network"].is_null() && e["event"]["network"]["phase"].is_null()
+            })
+            .count();
+        if closed >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let events: Vec<&serde_json::Value> = events["events"]
         .as_array()
         .unwrap()
