@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test command behind `make test`: the guest boot check, then every crate's tests, then one
-# summary line over all of them.
+# The test command behind `make test`: the test tools (scripts/test-tools.sh), the guest boot check,
+# then every crate's tests, then one summary line over all of them.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+"$repo/scripts/test-tools.sh"
 "$repo/guest/test-guest.sh" 2>&1 | tee -a "$log"
 guest_status=${PIPESTATUS[0]}
 cargo test --workspace --locked --no-fail-fast --manifest-path "$repo/Cargo.toml" 2>&1 | tee -a "$log"
