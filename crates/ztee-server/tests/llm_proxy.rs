@@ -69,7 +69,16 @@ async fn upstream(State(received): State<Received>, uri: Uri, body: Bytes) -> Re
                 serde_json::Value::Null,
             ));
         }
-        sse.push_str(&chunk(serde_json::json!({}), "stop".into()));
+        sse.push_str(&chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "id": "call_9", "type": "function",
+                "function": {"name": "issue_refund", "arguments": "{\"order\": "}}]}),
+            serde_json::Value::Null,
+        ));
+        sse.push_str(&chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": "42}"}}]}),
+            serde_json::Value::Null,
+        ));
+        sse.push_str(&chunk(serde_json::json!({}), "tool_calls".into()));
         sse.push_str("data: [DONE]\n\n");
         return ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response();
     }
@@ -526,6 +535,84 @@ async fn responses_api_through_the_proxy() {
         assert!(message.contains(expected), "{body}: {message}");
     }
     assert_eq!(received.lock().unwrap().len(), before);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_tool_call_withholds_the_answer_streamed_or_not() {
+    // The default bundle plus an operator's rule: agents may not issue refunds.
+    let data_dir = tempfile::tempdir().unwrap();
+    let bundle_dir = data_dir.path().join("bundle");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    std::fs::create_dir_all(bundle_dir.join("ztee")).unwrap();
+    std::fs::copy(source.join("data.json"), bundle_dir.join("data.json")).unwrap();
+    std::fs::copy(
+        source.join("ztee/main.rego"),
+        bundle_dir.join("ztee/main.rego"),
+    )
+    .unwrap();
+    std::fs::write(
+        bundle_dir.join("ztee/refunds.rego"),
+        r#"package ztee.main
+
+import rego.v1
+
+deny contains {"rule": "ops.no_agent_refunds", "message": "agents do not issue refunds"} if {
+	input.action == "tool.call"
+	input.request.tool.name == "issue_refund"
+}
+"#,
+    )
+    .unwrap();
+    let bundle = ztee_policy::Bundle::from_dir(&bundle_dir).unwrap();
+    let policy = ztee_server::rego_policy::RegoPolicy::new(
+        ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
+        ztee_server::dlp::InboundAction::Block,
+    );
+    let (up, _received) = start_upstream().await;
+    let gw = Gateway::start_with_policy(
+        config(&up),
+        Arc::new(EchoExecutor::default()),
+        data_dir,
+        Some(Arc::new(policy)),
+    )
+    .await;
+    let agent = gw.key("default", "agent");
+    // Not streamed: the answer is withheld (403 in the provider's shape).
+    for scenario in ["openai", "openai-responses"] {
+        let out = sdk(&gw, &agent, scenario, None).await;
+        assert_eq!(out["status"], 403, "{scenario}: {out}");
+        let message = out["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("policy denied a tool call")
+                && message.contains("ops.no_agent_refunds"),
+            "{scenario}: {message}"
+        );
+    }
+    // Streamed: the stream ends with the provider's error event, not with `[DONE]` or
+    // `response.completed`; the SDK raises instead of handing over the answer.
+    for scenario in ["openai-stream", "openai-responses-stream"] {
+        let out = sdk(&gw, &agent, scenario, None).await;
+        let error = out["stream_error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{scenario}: the SDK completed the stream: {out}"));
+        assert!(
+            error.contains("policy denied a tool call") && error.contains("ops.no_agent_refunds"),
+            "{scenario}: {error}"
+        );
+    }
+    // Audited as denied, traced with the decision.
+    let traces = gw
+        .get(&gw.admin_key, "/v1/traces")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let outcomes: Vec<String> = traces
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["outcome"].to_string())
+        .collect();
+    assert_eq!(outcomes, ["\"tool_call_denied\""; 4], "{traces}");
     gw.stop().await;
 }
 

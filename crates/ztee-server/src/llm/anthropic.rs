@@ -93,6 +93,14 @@ impl Dialect for Anthropic {
         json!({"type": "error", "error": {"type": error_type(status), "message": message}})
     }
 
+    fn stream_error(status: StatusCode, message: &str) -> Vec<SseEvent> {
+        // Anthropic's own `error` event: the SDK raises on it.
+        vec![SseEvent::named(
+            "error",
+            Self::error_body(status, message).to_string(),
+        )]
+    }
+
     fn walk_request(body: &mut Value, visit: &mut Visit<'_>) -> Result<(), String> {
         let Some(obj) = body.as_object_mut() else {
             return Err("the request body must be a JSON object".into());

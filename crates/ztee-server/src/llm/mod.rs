@@ -192,6 +192,9 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// The provider's error body.
     fn error_body(status: StatusCode, message: &str) -> serde_json::Value;
+    /// The events that end a stream with an error instead of its terminal event: the SDKs raise
+    /// on them, so the caller never sees a completed answer.
+    fn stream_error(status: StatusCode, message: &str) -> Vec<SseEvent>;
     /// Checks the request's shape (a precise message on failure) and visits every text in it.
     fn walk_request(body: &mut serde_json::Value, visit: &mut Visit<'_>) -> Result<(), String>;
     /// Visits every text in a non-streaming answer.
@@ -815,8 +818,9 @@ fn streamed<D: Dialect>(
         let outbound = rewriter.counts();
         state.metrics.redactions("outbound", &outbound);
         let answer = openai_answer_for_tools(&assistant);
-        let _ = tool_call_decisions::<openai::OpenAi>(&state.llm, &mut exchange, &answer);
+        let blocked = tool_call_decisions::<openai::OpenAi>(&state.llm, &mut exchange, &answer);
         let outcome = match (&failed, status.is_success()) {
+            _ if !blocked.is_empty() => Outcome::Denied,
             (None, true) => Outcome::Success,
             _ => Outcome::Failure,
         };
@@ -829,16 +833,29 @@ fn streamed<D: Dialect>(
         let mut messages = D::trace_messages(&request, None);
         messages.push(assistant);
         state.llm.traces.append(&exchange.trace(
-            if outcome == Outcome::Success {
-                "success"
-            } else {
-                "upstream_error"
+            match outcome {
+                Outcome::Success => "success",
+                Outcome::Denied => "tool_call_denied",
+                _ => "upstream_error",
             },
             messages,
             outbound,
         ));
         if client_gone {
             return;
+        }
+        // A denied tool call: the deltas already sent cannot be taken back, but the stream ends
+        // with the provider's error instead of its terminal event, so no SDK hands the caller a
+        // completed answer to act on.
+        if !blocked.is_empty() {
+            let rid = exchange.caller.request_id.as_str().to_owned();
+            terminal = D::stream_error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "policy denied a tool call in the model's answer; the answer is withheld: {} (request id {rid})",
+                    blocked.join("; ")
+                ),
+            );
         }
         match recorded {
             Ok(()) => {

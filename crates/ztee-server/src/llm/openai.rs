@@ -69,6 +69,13 @@ impl Dialect for OpenAi {
         }})
     }
 
+    fn stream_error(status: StatusCode, message: &str) -> Vec<SseEvent> {
+        // A chunk carrying `error`: the SDK raises `APIError` on it.
+        vec![SseEvent::data(
+            Self::error_body(status, message).to_string(),
+        )]
+    }
+
     fn walk_request(body: &mut Value, visit: &mut Visit<'_>) -> Result<(), String> {
         let Some(obj) = body.as_object_mut() else {
             return Err("the request body must be a JSON object".into());

@@ -167,6 +167,17 @@ impl Dialect for OpenAiResponses {
         OpenAi::error_body(status, message)
     }
 
+    fn stream_error(status: StatusCode, message: &str) -> Vec<SseEvent> {
+        // The Responses API's `error` event, with the `error` object the SDK raises `APIError`
+        // on.
+        let mut event = OpenAi::error_body(status, message);
+        event["type"] = Value::String("error".into());
+        event["code"] = Value::String(super::openai::error_type(status).into());
+        event["message"] = Value::String(message.into());
+        event["param"] = Value::Null;
+        vec![SseEvent::named("error", event.to_string())]
+    }
+
     fn walk_request(body: &mut Value, visit: &mut Visit<'_>) -> Result<(), String> {
         let Some(obj) = body.as_object_mut() else {
             return Err("the request body must be a JSON object".into());

@@ -117,4 +117,7 @@ try:
                                   for b in r.content if b.type == "tool_use"]}
 except (openai.APIStatusError, anthropic.APIStatusError) as e:
     out = {"status": e.status_code, "error": e.body}
+except (openai.APIError, anthropic.APIError) as e:
+    # An error event in the middle of a stream.
+    out = {"stream_error": str(e)}
 print(json.dumps(out))
