@@ -102,28 +102,13 @@ impl Dialect for Anthropic {
     }
 
     fn walk_request(body: &mut Value, visit: &mut Visit<'_>) -> Result<(), String> {
-        let Some(obj) = body.as_object_mut() else {
-            return Err("the request body must be a JSON object".into());
-        };
-        if obj
-            .get("model")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err("`model` must be a non-empty string".into());
-        }
+        let obj = super::request_object(body)?;
         if obj
             .get("max_tokens")
             .and_then(Value::as_u64)
             .is_none_or(|n| n == 0)
         {
             return Err("`max_tokens` must be a positive integer".into());
-        }
-        if obj
-            .get("stream")
-            .is_some_and(|s| !s.is_boolean() && !s.is_null())
-        {
-            return Err("`stream` must be true or false".into());
         }
         if let Some(system) = obj.get_mut("system") {
             blocks(system, SlotKind::System, "system", visit)?;

@@ -896,6 +896,41 @@ fn openai_answer_for_tools(assistant: &serde_json::Value) -> serde_json::Value {
     serde_json::json!({"choices": [{"index": 0, "message": assistant}]})
 }
 
+/// The checks every request shape shares: a JSON object with a non-empty `model` and a boolean
+/// (or absent) `stream`.
+pub(crate) fn request_object(
+    body: &mut serde_json::Value,
+) -> Result<&mut serde_json::Map<String, serde_json::Value>, String> {
+    let Some(obj) = body.as_object_mut() else {
+        return Err("the request body must be a JSON object".into());
+    };
+    if obj
+        .get("model")
+        .and_then(serde_json::Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err("`model` must be a non-empty string".into());
+    }
+    if obj
+        .get("stream")
+        .is_some_and(|s| !s.is_boolean() && !s.is_null())
+    {
+        return Err("`stream` must be true or false".into());
+    }
+    Ok(obj)
+}
+
+/// A tool call's arguments for policy: the JSON a string holds, else the value as given.
+pub(crate) fn tool_arguments(arguments: Option<&serde_json::Value>) -> serde_json::Value {
+    match arguments {
+        Some(serde_json::Value::String(s)) => {
+            serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone()))
+        }
+        Some(v) => v.clone(),
+        None => serde_json::Value::Null,
+    }
+}
+
 /// Walks every string inside a JSON value (tool inputs), depth first.
 pub(crate) fn walk_strings(
     value: &mut serde_json::Value,

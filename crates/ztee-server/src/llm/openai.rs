@@ -77,22 +77,7 @@ impl Dialect for OpenAi {
     }
 
     fn walk_request(body: &mut Value, visit: &mut Visit<'_>) -> Result<(), String> {
-        let Some(obj) = body.as_object_mut() else {
-            return Err("the request body must be a JSON object".into());
-        };
-        if obj
-            .get("model")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err("`model` must be a non-empty string".into());
-        }
-        if obj
-            .get("stream")
-            .is_some_and(|s| !s.is_boolean() && !s.is_null())
-        {
-            return Err("`stream` must be true or false".into());
-        }
+        let obj = super::request_object(body)?;
         let Some(messages) = obj.get_mut("messages").and_then(Value::as_array_mut) else {
             return Err("`messages` must be an array of messages".into());
         };
@@ -182,13 +167,7 @@ impl Dialect for OpenAi {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                let arguments = match call.pointer("/function/arguments") {
-                    Some(Value::String(s)) => {
-                        serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
-                    }
-                    Some(v) => v.clone(),
-                    None => Value::Null,
-                };
+                let arguments = super::tool_arguments(call.pointer("/function/arguments"));
                 found.push(FoundToolCall { name, arguments });
             }
         }

@@ -179,22 +179,7 @@ impl Dialect for OpenAiResponses {
     }
 
     fn walk_request(body: &mut Value, visit: &mut Visit<'_>) -> Result<(), String> {
-        let Some(obj) = body.as_object_mut() else {
-            return Err("the request body must be a JSON object".into());
-        };
-        if obj
-            .get("model")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err("`model` must be a non-empty string".into());
-        }
-        if obj
-            .get("stream")
-            .is_some_and(|s| !s.is_boolean() && !s.is_null())
-        {
-            return Err("`stream` must be true or false".into());
-        }
+        let obj = super::request_object(body)?;
         match obj.get_mut("instructions") {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => visit(s, SlotKind::System, "instructions"),
@@ -241,13 +226,7 @@ impl Dialect for OpenAiResponses {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned(),
-                arguments: match item.get("arguments") {
-                    Some(Value::String(s)) => {
-                        serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
-                    }
-                    Some(v) => v.clone(),
-                    None => Value::Null,
-                },
+                arguments: super::tool_arguments(item.get("arguments")),
             })
             .collect()
     }
