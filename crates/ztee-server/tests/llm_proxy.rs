@@ -293,6 +293,20 @@ external = true
     .unwrap()
 }
 
+/// Every trace, as the admin exports them; none holds a card number.
+async fn traces(gw: &Gateway) -> Vec<serde_json::Value> {
+    let resp = gw.get(&gw.admin_key, "/v1/traces").await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(
+        !body.contains("4111") && !body.contains(MODEL_PAN),
+        "{body}"
+    );
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn all_received(received: &Received) -> String {
     received
         .lock()
@@ -362,18 +376,8 @@ async fn official_sdks_through_the_proxy() {
     assert!(seen.contains("/anthropic/v1/messages"));
 
     // Traces: masked, in OpenAI message format, with decisions, linked by request id.
-    let resp = gw.get(&gw.admin_key, "/v1/traces").await;
-    assert_eq!(resp.status(), 200);
-    let body = resp.text().await.unwrap();
-    assert!(
-        !body.contains("4111") && !body.contains(MODEL_PAN),
-        "{body}"
-    );
-    let traces: Vec<serde_json::Value> = body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(traces.len(), 9, "{body}");
+    let traces = traces(&gw).await;
+    assert_eq!(traces.len(), 9, "{traces:#?}");
     let t = &traces[0];
     assert_eq!(t["kind"], "llm.chat");
     assert_eq!(t["provider"], "openai");
@@ -466,21 +470,8 @@ async fn responses_api_through_the_proxy() {
     );
 
     // Traced in OpenAI message format with the tool-call decision; nothing unmasked.
-    let body = gw
-        .get(&gw.admin_key, "/v1/traces")
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        !body.contains("4111") && !body.contains(MODEL_PAN),
-        "{body}"
-    );
-    let traces: Vec<serde_json::Value> = body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(traces.len(), 4, "{body}");
+    let traces = traces(&gw).await;
+    assert_eq!(traces.len(), 4, "{traces:#?}");
     for t in &traces {
         let roles: Vec<&str> = t["messages"]
             .as_array()
@@ -601,18 +592,13 @@ deny contains {"rule": "ops.no_agent_refunds", "message": "agents do not issue r
             "{scenario}: {error}"
         );
     }
-    // Audited as denied, traced with the decision.
-    let traces = gw
-        .get(&gw.admin_key, "/v1/traces")
+    // Traced as denied, with the decision.
+    let outcomes: Vec<serde_json::Value> = traces(&gw)
         .await
-        .text()
-        .await
-        .unwrap();
-    let outcomes: Vec<String> = traces
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["outcome"].to_string())
+        .into_iter()
+        .map(|t| t["outcome"].clone())
         .collect();
-    assert_eq!(outcomes, ["\"tool_call_denied\""; 4], "{traces}");
+    assert_eq!(outcomes, vec![serde_json::json!("tool_call_denied"); 4]);
     gw.stop().await;
 }
 
