@@ -1,5 +1,6 @@
 //! The OpenAPI 3.0 document served at `/openapi.json`, written by hand so it says exactly what
-//! the handlers do. A test parses it and checks that it covers every route in `api::ROUTES`.
+//! the handlers do. A test parses it and checks that it covers every route in `api::ROUTES` and
+//! `llm::LLM_ROUTES`.
 
 use serde_json::{json, Value};
 
@@ -104,6 +105,37 @@ fn approval_and_secret_paths() -> Value {
                 "delete": {"summary": "Remove a secret from the built-in store (admin)",
                            "responses": std_errors(json!({"204": {"description": "Removed"}, "404": error_response("No such secret")}))}
             }
+    })
+}
+
+/// The LLM proxy's routes. Their bodies are the providers' own (OpenAI, Anthropic), documented
+/// by them; what ztee adds is said in each description.
+fn llm_paths() -> Value {
+    let provider_body =
+        json!({"required": true, "content": {"application/json": {"schema": {"type": "object"}}}});
+    let answer = json!({"description": "The provider's answer, masked (placeholders restored for pan:detokenize); with \"stream\": true, server-sent events in the provider's format",
+        "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}});
+    let errors = json!({
+        "400": {"description": "Malformed request, in the provider's error shape (nothing was forwarded)"},
+        "401": error_response("Missing or refused credentials"),
+        "403": {"description": "Missing llm:chat, or denied by policy (the rules are named), in the provider's error shape"},
+        "404": {"description": "No provider of this shape is configured (or none by the x-ztee-provider name)"},
+        "502": {"description": "The upstream provider failed"},
+        "503": {"description": "The audit trail cannot be written; the answer is withheld"}});
+    let chat = |summary: &str| {
+        let mut responses = errors.clone();
+        responses["200"] = answer.clone();
+        json!({"post": {"summary": summary,
+            "description": "Card data and secrets in every message, tool argument and tool result are tokenized before anything leaves; policy (llm.chat) picks the provider; tool calls in the answer are decided by policy (tool.call). Header x-ztee-provider pins a provider.",
+            "requestBody": provider_body.clone(), "responses": responses}})
+    };
+    json!({
+        "/v1/openai/chat/completions": chat("OpenAI chat completions through the guardrails"),
+        "/v1/openai/responses": chat("OpenAI Responses API through the guardrails"),
+        "/v1/anthropic/messages": chat("Anthropic messages through the guardrails (x-api-key accepted)"),
+        "/v1/anthropic/v1/messages": chat("Anthropic messages, at the path the Anthropic SDK appends to its base URL"),
+        "/v1/traces": {"get": {"summary": "Export LLM and tool-call traces (audit:read), JSON lines in OpenAI message format, masked",
+            "responses": std_errors(json!({"200": {"description": "One trace per line", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}))}}
     })
 }
 
@@ -246,8 +278,10 @@ pub fn document() -> Value {
             }
         }
     });
-    if let (Some(paths), Value::Object(extra)) = (doc["paths"].as_object_mut(), extra_paths) {
-        paths.extend(extra);
+    for extra in [extra_paths, llm_paths()] {
+        if let (Some(paths), Value::Object(extra)) = (doc["paths"].as_object_mut(), extra) {
+            paths.extend(extra);
+        }
     }
     if let (Some(schemas), Value::Object(extra)) = (
         doc["components"]["schemas"].as_object_mut(),
@@ -266,7 +300,7 @@ mod tests {
     #[test]
     fn document_is_valid_openapi_and_covers_every_route() {
         let doc: openapiv3::OpenAPI = serde_json::from_value(document()).unwrap();
-        for (method, path) in crate::api::ROUTES {
+        for (method, path) in crate::api::ROUTES.iter().chain(crate::llm::LLM_ROUTES) {
             let item = doc
                 .paths
                 .paths
@@ -282,7 +316,7 @@ mod tests {
             };
             assert!(op.is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(doc.paths.paths.len(), 17);
+        assert_eq!(doc.paths.paths.len(), 22);
         // Every $ref points at a defined schema.
         let text = document().to_string();
         let schemas = doc.components.unwrap().schemas;
