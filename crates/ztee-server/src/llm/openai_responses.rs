@@ -156,6 +156,18 @@ fn walk_output_item(item: &mut Value, field: &str, visit: &mut Visit<'_>) {
                 visit(args, SlotKind::ToolArguments, &format!("{field}.arguments"));
             }
         }
+        // Only the summary is text: `encrypted_content` is the provider's opaque state, handed
+        // back on the next turn, and must reach the client byte for byte.
+        Some("reasoning") => {
+            if let Some(summary) = item.get_mut("summary") {
+                let _ = content_texts(
+                    summary,
+                    SlotKind::Assistant,
+                    &format!("{field}.summary"),
+                    visit,
+                );
+            }
+        }
         _ => walk_strings(item, SlotKind::Assistant, field, visit),
     }
 }
@@ -449,7 +461,7 @@ impl ResponsesStream {
             }
             _ => {
                 let (scanner, tokens, loose) = (&self.scanner, &self.tokens, &mut self.loose);
-                walk_strings(item, SlotKind::Assistant, "item", &mut |t, _, _| {
+                walk_output_item(item, "item", &mut |t, _, _| {
                     *t = outbound_text(scanner, tokens.as_ref(), t, loose);
                 });
             }
@@ -654,5 +666,95 @@ impl StreamRewriter for ResponsesStream {
             message["tool_calls"] = Value::Array(calls);
         }
         message
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const PAN: &str = "4111 1111 1111 1111";
+
+    fn scanner() -> Arc<Scanner> {
+        Arc::new(Scanner::new(Default::default()).unwrap())
+    }
+
+    fn event(data: Value) -> SseEvent {
+        SseEvent::named(data["type"].as_str().unwrap().to_owned(), data.to_string())
+    }
+
+    fn data(events: &[SseEvent]) -> Vec<Value> {
+        events
+            .iter()
+            .map(|e| serde_json::from_str(&e.data).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn reasoning_state_passes_untouched_and_its_summary_is_masked() {
+        let opaque = "gAAAAABo4111111111111111Zm9vYmFyYmF6cXV4";
+        let mut answer = json!({"output": [{"type": "reasoning", "id": "rs_1",
+            "encrypted_content": opaque,
+            "summary": [{"type": "summary_text", "text": format!("card {PAN}")}]}]});
+        let mut seen = Vec::new();
+        OpenAiResponses::walk_response(&mut answer, &mut |t, _, field| {
+            seen.push(field.to_owned());
+            *t = outbound_text(&scanner(), None, t, &mut BTreeMap::new());
+        });
+        assert_eq!(seen, ["output[0].summary[0].text"]);
+        assert_eq!(answer["output"][0]["encrypted_content"], opaque);
+        assert!(!answer.to_string().contains(PAN));
+    }
+
+    #[test]
+    fn a_held_back_tail_is_sent_before_done_and_done_says_what_was_sent() {
+        let mut stream = OpenAiResponses::stream_rewriter(scanner(), None);
+        let mut out = Vec::new();
+        for piece in ["card 4111 1111 ", "1111 1111 ok"] {
+            out.extend(
+                stream.event(event(json!({"type": "response.output_text.delta",
+                "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": piece}))),
+            );
+        }
+        out.extend(
+            stream.event(event(json!({"type": "response.output_text.done",
+            "item_id": "msg_1", "output_index": 0, "content_index": 0,
+            "text": format!("card {PAN} ok")}))),
+        );
+        let events = data(&out);
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds.last(), Some(&"response.output_text.done"));
+        let streamed: String = events
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(events.last().unwrap()["text"], streamed.as_str());
+        assert!(
+            !streamed.contains(PAN) && streamed.ends_with("1111 ok"),
+            "{streamed}"
+        );
+        assert_eq!(stream.counts().get("CREDIT_CARD"), Some(&1));
+        // The final response repeats the text that was sent, not the model's.
+        let done = stream.event(event(json!({"type": "response.completed", "response": {
+            "output": [{"type": "message", "content": [
+                {"type": "output_text", "text": format!("card {PAN} ok")}]}]}})));
+        assert!(stream.is_terminal(&done[0]));
+        let done = data(&done);
+        assert_eq!(
+            done[0]["response"]["output"][0]["content"][0]["text"],
+            streamed.as_str()
+        );
+    }
+
+    #[test]
+    fn unknown_events_are_masked_whole() {
+        let mut stream = OpenAiResponses::stream_rewriter(scanner(), None);
+        let out = stream.event(event(
+            json!({"type": "response.reasoning_summary_text.done",
+            "text": format!("the card is {PAN}")}),
+        ));
+        assert!(!out[0].data.contains(PAN), "{}", out[0].data);
     }
 }
