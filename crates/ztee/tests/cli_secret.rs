@@ -225,3 +225,128 @@ fn run_injects_a_secret_and_redacts_it_from_the_output() {
         text(&o)
     );
 }
+
+#[test]
+fn a_sandbox_keeps_its_secret_for_every_command_and_redacts_it_everywhere() {
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+    if !qemu.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("ztee-k")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let key = dir.path().join("master.key");
+    assert!(ztee(
+        dir.path(),
+        &key,
+        &["secret", "keygen", key.to_str().unwrap()]
+    )
+    .status()
+    .unwrap()
+    .success());
+    let o = with_stdin(
+        ztee(dir.path(), &key, &["secret", "put", "STRIPE_KEY"]),
+        VALUE,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = ztee(
+        dir.path(),
+        &key,
+        &["sandbox", "create", "--secret", "STRIPE_KEY=STRIPE"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let exec = |script: &str| {
+        ztee(
+            dir.path(),
+            &key,
+            &["sandbox", "exec", &id, "--", "sh", "-c", script],
+        )
+        .output()
+        .unwrap()
+    };
+    // Every command has the variable and the file; its own env wins over the secret's.
+    let first = exec(
+        "echo env=$STRIPE; cat /run/secrets/STRIPE_KEY; echo; base64 /run/secrets/STRIPE_KEY >&2",
+    );
+    let second = exec("od -An -tx1 /run/secrets/STRIPE_KEY | tr -d ' \\n'; echo; stat -c '%a %u' /run/secrets/STRIPE_KEY; cp /run/secrets/STRIPE_KEY /home/user/copy.txt");
+    let own = ztee(
+        dir.path(),
+        &key,
+        &[
+            "sandbox",
+            "exec",
+            &id,
+            "-e",
+            "STRIPE=mine",
+            "--",
+            "sh",
+            "-c",
+            "echo $STRIPE",
+        ],
+    )
+    .output()
+    .unwrap();
+    let copied = dir.path().join("copy.txt");
+    let cp = ztee(
+        dir.path(),
+        &key,
+        &[
+            "sandbox",
+            "cp",
+            &format!("{id}:/home/user/copy.txt"),
+            copied.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let inspected = ztee(
+        dir.path(),
+        &key,
+        &["sandbox", "inspect", &id, "--format", "json"],
+    )
+    .output()
+    .unwrap();
+    let rm = ztee(dir.path(), &key, &["sandbox", "rm", &id])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", text(&rm));
+
+    use base64::Engine as _;
+    let copy = std::fs::read_to_string(&copied).unwrap_or_default();
+    let all = [&first, &second, &own, &cp, &inspected]
+        .iter()
+        .map(|o| text(o))
+        .collect::<String>()
+        + &copy;
+    for form in [
+        VALUE.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(VALUE),
+        hex::encode(VALUE),
+    ] {
+        assert!(!all.contains(&form), "{form} leaked: {all}");
+    }
+    assert!(first.status.success() && second.status.success(), "{all}");
+    assert!(
+        String::from_utf8_lossy(&first.stdout).starts_with("env=**_****_"),
+        "{all}"
+    );
+    assert!(
+        String::from_utf8_lossy(&second.stdout).ends_with("400 1000\n"),
+        "{all}"
+    );
+    assert_eq!(String::from_utf8_lossy(&own.stdout), "mine\n", "{all}");
+    assert!(cp.status.success(), "{all}");
+    assert!(copy.starts_with("**_****_"), "the copy is masked: {copy:?}");
+    let record: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(
+        record["secrets"],
+        serde_json::json!(["STRIPE_KEY=STRIPE"]),
+        "{all}"
+    );
+}

@@ -11,7 +11,9 @@
 
 pub mod client;
 pub mod registry;
+pub mod secrets;
 pub mod supervisor;
 
 pub use client::LocalClient;
 pub use registry::{LocalRecord, Registry};
+pub use secrets::LocalSecrets;

@@ -21,6 +21,9 @@ pub struct LocalRecord {
     /// Destinations granted through the egress proxy; empty: no network.
     #[serde(default)]
     pub egress: Vec<String>,
+    /// Secrets injected, by name (`NAME` or `NAME=ENVVAR`); never values.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// A stored copy of [`SandboxInfo`].

@@ -10,6 +10,7 @@ use ztee_wire::message::FailureKind;
 use ztee_wire::{FrameDecoder, GuestMessage, HostMessage, Opener, Sealer, MAX_DATA_CHUNK};
 
 use super::registry::{LocalRecord, Registry};
+use super::secrets::{redaction_failed, LocalSecrets};
 use crate::runtime::process_start_time;
 use crate::{Engine, ExecEvent, ExecSpec, ExitStatus, Sandbox, SandboxSpec, VmError};
 
@@ -25,7 +26,14 @@ pub async fn supervise(
     registry: Registry,
     ready: impl FnOnce(Result<&LocalRecord, &VmError>),
 ) -> Result<(), VmError> {
-    supervise_with_egress(engine, spec, lifetime, registry, None, ready).await
+    supervise_with(engine, spec, lifetime, registry, Grants::default(), ready).await
+}
+
+/// What a CLI-held sandbox is given beyond its VM.
+#[derive(Default)]
+pub struct Grants {
+    pub egress: Option<LocalEgress>,
+    pub secrets: Option<LocalSecrets>,
 }
 
 /// Egress for a CLI-held sandbox: the proxy and the destinations the sandbox may reach. Every
@@ -35,15 +43,16 @@ pub struct LocalEgress {
     pub allowlist: ztee_egress::Allowlist,
 }
 
-/// [`supervise`], granting `egress` before the sandbox is reported ready.
-pub async fn supervise_with_egress(
+/// [`supervise`], granting egress and writing secrets before the sandbox is reported ready.
+pub async fn supervise_with(
     engine: Engine,
     spec: SandboxSpec,
     lifetime: Duration,
     registry: Registry,
-    egress: Option<LocalEgress>,
+    grants: Grants,
     ready: impl FnOnce(Result<&LocalRecord, &VmError>),
 ) -> Result<(), VmError> {
+    let Grants { egress, secrets } = grants;
     let granted: Vec<String> = egress
         .as_ref()
         .map(|e| {
@@ -54,7 +63,11 @@ pub async fn supervise_with_egress(
                 .collect()
         })
         .unwrap_or_default();
-    let sandbox = match start(&engine, &spec, lifetime, &registry, granted).await {
+    let names = secrets
+        .as_ref()
+        .map(|s| s.names.clone())
+        .unwrap_or_default();
+    let sandbox = match start(&engine, &spec, lifetime, &registry, granted, names).await {
         Ok(started) => started,
         Err(err) => {
             ready(Err(&err));
@@ -75,8 +88,19 @@ pub async fn supervise_with_egress(
             return Err(err);
         }
     }
+    if let Some(secrets) = &secrets {
+        for (path, value) in &secrets.files {
+            if let Err(err) = sandbox.write_file(path, value, 0o400).await {
+                ready(Err(&err));
+                registry.remove(&record.id);
+                let _ = sandbox.destroy().await;
+                return Err(err);
+            }
+        }
+    }
     ready(Ok(&record));
     let sandbox = Arc::new(sandbox);
+    let secrets = secrets.map(Arc::new);
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
     let expiry = tokio::time::sleep(lifetime);
     tokio::pin!(expiry);
@@ -90,8 +114,9 @@ pub async fn supervise_with_egress(
                 }
                 let sandbox = sandbox.clone();
                 let stop = stop_tx.clone();
+                let secrets = secrets.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = serve_client(stream, &sandbox, stop).await {
+                    if let Err(err) = serve_client(stream, &sandbox, secrets.as_deref(), stop).await {
                         tracing::debug!(%err, "control client failed");
                     }
                 });
@@ -127,6 +152,7 @@ async fn start(
     lifetime: Duration,
     registry: &Registry,
     egress: Vec<String>,
+    secrets: Vec<String>,
 ) -> Result<(Sandbox, LocalRecord, UnixListener), VmError> {
     let sandbox = engine.create(spec.clone()).await?;
     let id = sandbox.id().to_string();
@@ -148,6 +174,7 @@ async fn start(
         expires_at: now + lifetime.as_secs(),
         vm: sandbox.info().into(),
         egress,
+        secrets,
     };
     if let Err(err) = registry.write(&record) {
         let _ = std::fs::remove_dir_all(&dir);
@@ -214,6 +241,7 @@ impl Conn {
 async fn serve_client(
     stream: UnixStream,
     sandbox: &Sandbox,
+    secrets: Option<&LocalSecrets>,
     stop: tokio::sync::mpsc::Sender<()>,
 ) -> Result<(), VmError> {
     let mut conn = Conn::new(stream);
@@ -221,7 +249,7 @@ async fn serve_client(
         return Ok(());
     };
     match request {
-        HostMessage::Exec(request) => serve_exec(&mut conn, sandbox, request).await,
+        HostMessage::Exec(request) => serve_exec(&mut conn, sandbox, secrets, request).await,
         HostMessage::WriteFile { id, path, mode } => {
             let mut data = Vec::new();
             loop {
@@ -248,7 +276,12 @@ async fn serve_client(
             conn.send(&reply).await
         }
         HostMessage::ReadFile { id, path } => {
-            match sandbox.read_file(&path, crate::DEFAULT_READ_LIMIT).await {
+            let read = sandbox.read_file(&path, crate::DEFAULT_READ_LIMIT).await;
+            let read = match (read, secrets) {
+                (Ok(data), Some(secrets)) => secrets.redact_file(data),
+                (read, _) => read,
+            };
+            match read {
                 Ok(data) => {
                     for chunk in data.chunks(MAX_DATA_CHUNK) {
                         conn.send(&GuestMessage::FileChunk {
@@ -277,12 +310,17 @@ async fn serve_client(
 async fn serve_exec(
     conn: &mut Conn,
     sandbox: &Sandbox,
+    secrets: Option<&LocalSecrets>,
     request: ztee_wire::message::ExecRequest,
 ) -> Result<(), VmError> {
     let id = request.id;
+    // The secrets' variables first: the command's own entries come later and win.
+    let mut env = secrets.map(|s| s.env.clone()).unwrap_or_default();
+    env.extend(request.env);
+    let mut redactors = secrets.map(LocalSecrets::streams);
     let spec = ExecSpec {
         argv: request.argv,
-        env: request.env,
+        env,
         cwd: request.cwd,
         timeout: request.timeout_ms.map(Duration::from_millis),
         max_output_bytes: request.max_output_bytes,
@@ -302,9 +340,32 @@ async fn serve_exec(
         tokio::select! {
             event = execution.next_event() => {
                 let message = match event {
-                    Ok(Some(ExecEvent::Stdout(data))) => GuestMessage::Stdout { id, data },
-                    Ok(Some(ExecEvent::Stderr(data))) => GuestMessage::Stderr { id, data },
+                    Ok(Some(ExecEvent::Stdout(data))) => match redactors.as_mut() {
+                        Some((out, _)) => GuestMessage::Stdout {
+                            id,
+                            data: out.feed_bytes(&data).map_err(redaction_failed)?.into_bytes(),
+                        },
+                        None => GuestMessage::Stdout { id, data },
+                    },
+                    Ok(Some(ExecEvent::Stderr(data))) => match redactors.as_mut() {
+                        Some((_, err)) => GuestMessage::Stderr {
+                            id,
+                            data: err.feed_bytes(&data).map_err(redaction_failed)?.into_bytes(),
+                        },
+                        None => GuestMessage::Stderr { id, data },
+                    },
                     Ok(Some(ExecEvent::Exit(status))) => {
+                        // What the redactors held back goes out before the exit.
+                        if let Some((out, err)) = redactors.as_mut() {
+                            let tail = out.finish().map_err(redaction_failed)?;
+                            if !tail.is_empty() {
+                                conn.send(&GuestMessage::Stdout { id, data: tail.into_bytes() }).await?;
+                            }
+                            let tail = err.finish().map_err(redaction_failed)?;
+                            if !tail.is_empty() {
+                                conn.send(&GuestMessage::Stderr { id, data: tail.into_bytes() }).await?;
+                            }
+                        }
                         let status = match status {
                             ExitStatus::Code(c) => ztee_wire::ExitKind::Code(c),
                             ExitStatus::Signal(s) => ztee_wire::ExitKind::Signal(s),
@@ -316,6 +377,12 @@ async fn serve_exec(
                     Ok(None) => return Ok(()),
                     Err(err) => return conn.send(&failed(id, &err)).await,
                 };
+                // A redactor may hold a whole chunk back.
+                if let GuestMessage::Stdout { data, .. } | GuestMessage::Stderr { data, .. } = &message {
+                    if data.is_empty() {
+                        continue;
+                    }
+                }
                 conn.send(&message).await?;
             }
             incoming = conn.recv::<HostMessage>(), if client_open => match incoming {

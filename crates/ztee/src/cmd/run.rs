@@ -72,38 +72,58 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
-fn parse_secret(text: &str) -> Result<ztee_secrets::SecretRequest, String> {
+pub fn parse_secret(text: &str) -> Result<ztee_secrets::SecretRequest, String> {
     ztee_secrets::SecretRequest::parse(text).map_err(|e| e.to_string())
 }
 
-/// Secret values leased for one run, and the scanner that redacts them from its output.
+/// Secret values leased for one run (or one CLI-held sandbox), and the scanner that redacts them
+/// from its output.
 pub struct RunSecrets {
     files: Vec<(String, Vec<u8>)>,
     env: Vec<(String, String)>,
+    names: Vec<String>,
     pub redactor: Option<std::sync::Arc<ztee_dlp::Scanner>>,
 }
 
 impl RunSecrets {
+    /// The secrets for a CLI-held sandbox's supervisor; `None` when there are none.
+    pub fn into_local(self) -> Option<ztee_vm::local::LocalSecrets> {
+        let redactor = self.redactor?;
+        Some(ztee_vm::local::LocalSecrets {
+            files: self.files,
+            env: self.env,
+            names: self.names,
+            redactor,
+        })
+    }
+
     fn none() -> Self {
         Self {
             files: Vec::new(),
             env: Vec::new(),
+            names: Vec::new(),
             redactor: None,
         }
     }
 
-    fn load(args: &Args, globals: &GlobalArgs) -> anyhow::Result<Self> {
-        if args.secrets.is_empty() {
+    /// Reads each requested secret from the built-in store and registers every value for
+    /// redaction; nothing when none is requested.
+    pub fn load(
+        requests: &[ztee_secrets::SecretRequest],
+        store: &crate::cmd::secret::StoreArgs,
+        globals: &GlobalArgs,
+    ) -> anyhow::Result<Self> {
+        if requests.is_empty() {
             return Ok(Self::none());
         }
-        let store = args.secret_store.open(globals)?;
+        let store = store.open(globals)?;
         let scanner = ztee_dlp::Scanner::new(ztee_dlp::ScannerConfig {
             entities: vec![ztee_dlp::Entity::Secret],
             ..Default::default()
         })?;
         let mut secrets = Self::none();
         let mut names = std::collections::BTreeSet::new();
-        for (i, request) in args.secrets.iter().enumerate() {
+        for (i, request) in requests.iter().enumerate() {
             if !names.insert(request.name.clone()) {
                 bail!("--secret {} is given twice", request.name);
             }
@@ -128,6 +148,10 @@ impl RunSecrets {
             secrets
                 .files
                 .push((request.guest_path(), value.expose().to_vec()));
+            secrets.names.push(match &request.env {
+                Some(var) => format!("{}={var}", request.name),
+                None => request.name.to_string(),
+            });
         }
         secrets.redactor = Some(std::sync::Arc::new(scanner));
         Ok(secrets)
@@ -183,7 +207,7 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         uploads.push((copy.remote.clone(), data, file_mode(&copy.local)));
     }
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
-    let secrets = RunSecrets::load(&args, globals)?;
+    let secrets = RunSecrets::load(&args.secrets, &args.secret_store, globals)?;
     let mut spec = args.shape.spec();
     match vm::admit(globals, &args.image)? {
         vm::Admission::Default => {}

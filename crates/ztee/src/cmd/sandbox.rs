@@ -10,13 +10,14 @@ use clap::Subcommand;
 use ztee_vm::local::{LocalClient, LocalRecord, Registry};
 use ztee_vm::ExecSpec;
 
-use crate::cmd::run::{exit_code, parse_env, parse_seconds, stream};
+use crate::cmd::run::{exit_code, parse_env, parse_seconds, parse_secret, stream, RunSecrets};
 use crate::globals::{Format, GlobalArgs};
 use crate::output;
 use crate::vm;
 
 /// Examples:
 ///   id=$(ztee sandbox create)
+///   id=$(ztee sandbox create --secret DB_PASSWORD=PGPASSWORD --allow-egress db.internal:5432)
 ///   ztee sandbox exec $id -- ls /home/user
 ///   ztee sandbox cp ./data.csv $id:/home/user/data.csv
 ///   ztee sandbox cp $id:/home/user/out.json ./out.json
@@ -60,6 +61,16 @@ pub struct CreateArgs {
 
     #[command(flatten)]
     pub egress: vm::EgressArgs,
+
+    /// Give every command in the sandbox a secret from the built-in store (repeatable): NAME
+    /// puts it in the file /run/secrets/NAME (mode 0400, tmpfs); NAME=ENVVAR also sets the
+    /// environment variable ENVVAR for every command. Its value (and its base64, hex and
+    /// URL-encoded forms) is redacted from `exec` output and from files copied out.
+    #[arg(long = "secret", value_name = "NAME[=ENVVAR]", value_parser = parse_secret)]
+    pub secrets: Vec<ztee_secrets::SecretRequest>,
+
+    #[command(flatten)]
+    pub secret_store: crate::cmd::secret::StoreArgs,
 }
 
 #[derive(clap::Args)]
@@ -180,6 +191,14 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 .flat_map(|policy| [std::ffi::OsStr::new("--policy"), policy.as_os_str()]),
         )
         .args(args.egress.to_args())
+        .args(args.secrets.iter().flat_map(|request| {
+            let text = match &request.env {
+                Some(var) => format!("{}={var}", request.name),
+                None => request.name.to_string(),
+            };
+            ["--secret".to_string(), text]
+        }))
+        .args(args.secret_store.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -257,6 +276,13 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
             return Err(err);
         }
     };
+    let secrets = match RunSecrets::load(&args.secrets, &args.secret_store, globals) {
+        Ok(secrets) => secrets.into_local(),
+        Err(err) => {
+            report(serde_json::json!({ "error": output::one_line_error(&err) }));
+            return Err(err);
+        }
+    };
     vm::block_on(async {
         let engine = match vm::engine(globals) {
             Ok(engine) => engine,
@@ -265,12 +291,12 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
                 return Err(err);
             }
         };
-        ztee_vm::local::supervisor::supervise_with_egress(
+        ztee_vm::local::supervisor::supervise_with(
             engine,
             spec,
             args.timeout,
             registry,
-            egress,
+            ztee_vm::local::supervisor::Grants { egress, secrets },
             |result| match result {
                 Ok(record) => report(serde_json::json!({ "id": record.id })),
                 Err(err) => report(serde_json::json!({ "error": err.to_string() })),
@@ -375,6 +401,14 @@ fn inspect(format: Format, record: &LocalRecord) -> anyhow::Result<()> {
                 "none (no network)".to_string()
             } else {
                 record.egress.join(" ")
+            },
+        ),
+        (
+            "secrets",
+            if record.secrets.is_empty() {
+                "none".to_string()
+            } else {
+                record.secrets.join(" ")
             },
         ),
     ];

@@ -83,6 +83,31 @@ pub struct StoreArgs {
     pub master_key_command: Option<String>,
 }
 
+impl StoreArgs {
+    /// The same options as command-line arguments, for a child `ztee` process (options taken
+    /// from the environment reach it through the environment).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: std::ffi::OsString| {
+            args.push(flag.into());
+            args.push(value);
+        };
+        if let Some(path) = &self.secrets_store {
+            push("--secrets-store", path.clone().into_os_string());
+        }
+        if let Some(path) = &self.master_key_file {
+            push("--master-key-file", path.clone().into_os_string());
+        }
+        if let Some(var) = &self.master_key_env {
+            push("--master-key-env", var.into());
+        }
+        if let Some(command) = &self.master_key_command {
+            push("--master-key-command", command.into());
+        }
+        args
+    }
+}
+
 fn source(
     file: &Option<PathBuf>,
     env: &Option<String>,
