@@ -148,12 +148,13 @@ fn store_list_rotate_and_refuse_a_wrong_key() {
     assert!(text(&o).contains("does not exist"), "{}", text(&o));
 }
 
-#[test]
-fn run_injects_a_secret_and_redacts_it_from_the_output() {
+/// A data directory whose store holds `STRIPE_KEY` = [`VALUE`], and its master key file; `None`
+/// (after a loud message) when QEMU cannot start here.
+fn store_holding_the_secret() -> Option<(tempfile::TempDir, PathBuf)> {
     let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
     if !qemu.is_ok_and(|o| o.status.success()) {
         eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run");
-        return;
+        return None;
     }
     let dir = tempfile::Builder::new()
         .prefix("ztee-k")
@@ -173,6 +174,14 @@ fn run_injects_a_secret_and_redacts_it_from_the_output() {
         VALUE,
     );
     assert!(o.status.success(), "{}", text(&o));
+    Some((dir, key))
+}
+
+#[test]
+fn run_injects_a_secret_and_redacts_it_from_the_output() {
+    let Some((dir, key)) = store_holding_the_secret() else {
+        return;
+    };
 
     let script = "echo env=$STRIPE; cat /run/secrets/STRIPE_KEY; echo; base64 /run/secrets/STRIPE_KEY >&2; \
                   od -An -tx1 /run/secrets/STRIPE_KEY | tr -d ' \\n'; echo; stat -c '%a %u' /run/secrets/STRIPE_KEY";
@@ -228,29 +237,9 @@ fn run_injects_a_secret_and_redacts_it_from_the_output() {
 
 #[test]
 fn a_sandbox_keeps_its_secret_for_every_command_and_redacts_it_everywhere() {
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
-    if !qemu.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run");
+    let Some((dir, key)) = store_holding_the_secret() else {
         return;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("ztee-k")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let key = dir.path().join("master.key");
-    assert!(ztee(
-        dir.path(),
-        &key,
-        &["secret", "keygen", key.to_str().unwrap()]
-    )
-    .status()
-    .unwrap()
-    .success());
-    let o = with_stdin(
-        ztee(dir.path(), &key, &["secret", "put", "STRIPE_KEY"]),
-        VALUE,
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    };
 
     let o = ztee(
         dir.path(),
