@@ -134,6 +134,16 @@ impl SecretRequest {
     }
 }
 
+/// The written form, `NAME` or `NAME=ENVVAR`, which [`SecretRequest::parse`] reads back.
+impl fmt::Display for SecretRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.env {
+            Some(var) => write!(f, "{}={var}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
 impl FromStr for SecretRequest {
     type Err = SecretError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -152,6 +162,13 @@ impl<'de> Deserialize<'de> for SecretRequest {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_written_as_they_are_read() {
+        for text in ["DB_PASSWORD", "DB_PASSWORD=PGPASSWORD"] {
+            assert_eq!(SecretRequest::parse(text).unwrap().to_string(), text);
+        }
+    }
 
     #[test]
     fn names_are_path_safe() {

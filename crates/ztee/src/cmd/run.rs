@@ -148,10 +148,7 @@ impl RunSecrets {
             secrets
                 .files
                 .push((request.guest_path(), value.expose().to_vec()));
-            secrets.names.push(match &request.env {
-                Some(var) => format!("{}={var}", request.name),
-                None => request.name.to_string(),
-            });
+            secrets.names.push(request.to_string());
         }
         secrets.redactor = Some(std::sync::Arc::new(scanner));
         Ok(secrets)

@@ -191,13 +191,11 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 .flat_map(|policy| [std::ffi::OsStr::new("--policy"), policy.as_os_str()]),
         )
         .args(args.egress.to_args())
-        .args(args.secrets.iter().flat_map(|request| {
-            let text = match &request.env {
-                Some(var) => format!("{}={var}", request.name),
-                None => request.name.to_string(),
-            };
-            ["--secret".to_string(), text]
-        }))
+        .args(
+            args.secrets
+                .iter()
+                .flat_map(|request| ["--secret".to_string(), request.to_string()]),
+        )
         .args(args.secret_store.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
