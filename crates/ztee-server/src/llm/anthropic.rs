@@ -11,7 +11,7 @@ use ztee_dlp::{Scanner, TokenMap};
 
 use super::openai::error_type;
 use super::sse::SseEvent;
-use super::tokenize::{outbound_text, OutboundStream, SlotKind};
+use super::tokenize::{outbound_raw_event, outbound_value, OutboundStream, SlotKind};
 use super::{walk_strings, Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
 
 pub struct Anthropic;
@@ -336,11 +336,7 @@ impl AnthropicStream {
 impl StreamRewriter for AnthropicStream {
     fn event(&mut self, event: SseEvent) -> Vec<SseEvent> {
         let Ok(mut data) = serde_json::from_str::<Value>(&event.data) else {
-            let masked = outbound_text(&self.scanner, None, &event.data, &mut self.loose);
-            return vec![SseEvent {
-                event: event.event,
-                data: masked,
-            }];
+            return vec![outbound_raw_event(&self.scanner, event, &mut self.loose)];
         };
         let kind = data
             .get("type")
@@ -402,9 +398,7 @@ impl StreamRewriter for AnthropicStream {
             "message_start" | "message_delta" | "ping" => {}
             _ => {
                 // `error` and anything newer: every string is scanned whole.
-                walk_strings(&mut data, SlotKind::Assistant, "event", &mut |t, _, _| {
-                    *t = outbound_text(&self.scanner, None, t, &mut self.loose);
-                });
+                outbound_value(&self.scanner, None, &mut data, &mut self.loose);
             }
         }
         out.push(SseEvent {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use ztee_dlp::{Scanner, TokenMap};
 
 use super::sse::SseEvent;
-use super::tokenize::{outbound_text, OutboundStream, SlotKind};
+use super::tokenize::{outbound_raw_event, outbound_text, OutboundStream, SlotKind};
 use super::{Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
 
 pub struct OpenAi;
@@ -318,11 +318,7 @@ impl StreamRewriter for OpenAiStream {
             return out;
         }
         let Ok(mut chunk) = serde_json::from_str::<Value>(&event.data) else {
-            let masked = outbound_text(&self.scanner, None, &event.data, &mut self.loose);
-            return vec![SseEvent {
-                event: event.event,
-                data: masked,
-            }];
+            return vec![outbound_raw_event(&self.scanner, event, &mut self.loose)];
         };
         for key in ["id", "created", "model", "system_fingerprint"] {
             if let Some(v) = chunk.get(key) {

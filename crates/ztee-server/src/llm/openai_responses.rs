@@ -17,7 +17,9 @@ use ztee_dlp::{Scanner, TokenMap};
 
 use super::openai::OpenAi;
 use super::sse::SseEvent;
-use super::tokenize::{outbound_text, OutboundStream, SlotKind};
+use super::tokenize::{
+    outbound_raw_event, outbound_text, outbound_value, OutboundStream, SlotKind,
+};
 use super::{walk_strings, Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
 
 pub struct OpenAiResponses;
@@ -488,11 +490,7 @@ impl ResponsesStream {
 impl StreamRewriter for ResponsesStream {
     fn event(&mut self, event: SseEvent) -> Vec<SseEvent> {
         let Ok(mut data) = serde_json::from_str::<Value>(&event.data) else {
-            let masked = outbound_text(&self.scanner, None, &event.data, &mut self.loose);
-            return vec![SseEvent {
-                event: event.event,
-                data: masked,
-            }];
+            return vec![outbound_raw_event(&self.scanner, event, &mut self.loose)];
         };
         let kind = data
             .get("type")
@@ -580,10 +578,12 @@ impl StreamRewriter for ResponsesStream {
             _ => {
                 // Anything else (annotations, reasoning summaries, errors): every string is
                 // masked whole.
-                let (scanner, tokens, loose) = (&self.scanner, &self.tokens, &mut self.loose);
-                walk_strings(&mut data, SlotKind::Assistant, "event", &mut |t, _, _| {
-                    *t = outbound_text(scanner, tokens.as_ref(), t, loose);
-                });
+                outbound_value(
+                    &self.scanner,
+                    self.tokens.as_ref(),
+                    &mut data,
+                    &mut self.loose,
+                );
             }
         }
         out.push(SseEvent {

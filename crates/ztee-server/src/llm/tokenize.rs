@@ -133,6 +133,31 @@ fn outbound_operators() -> Operators {
     Operators::new(Operator::Mask(MaskStyle::Pci))
 }
 
+/// The outbound stage for every string in a JSON value, each masked whole (events the stream
+/// rewriters do not take apart: errors, annotations, newer event types).
+pub fn outbound_value(
+    scanner: &Scanner,
+    tokens: Option<&TokenMap>,
+    value: &mut serde_json::Value,
+    counts: &mut BTreeMap<String, u64>,
+) {
+    super::walk_strings(value, SlotKind::Assistant, "event", &mut |t, _, _| {
+        *t = outbound_text(scanner, tokens, t, counts);
+    });
+}
+
+/// An upstream stream event whose data is not JSON, masked as one text.
+pub fn outbound_raw_event(
+    scanner: &Scanner,
+    event: super::sse::SseEvent,
+    counts: &mut BTreeMap<String, u64>,
+) -> super::sse::SseEvent {
+    super::sse::SseEvent {
+        data: outbound_text(scanner, None, &event.data, counts),
+        event: event.event,
+    }
+}
+
 /// The outbound stage for a whole (non-streaming) text.
 pub fn outbound_text(
     scanner: &Scanner,
