@@ -150,7 +150,6 @@ async fn every_error_is_json_with_the_request_id_and_never_a_500() {
 #[tokio::test]
 async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
     let (gw, _exec) = gateway().await;
-    let c = client();
     let acme = gw.key("acme", "agent");
     let acme2 = gw.key("acme", "agent");
     let acme_dev = gw.key("acme", "developer");
@@ -182,12 +181,7 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
             )
             .await;
         error_body(r, 404, "not_found").await;
-        let r = c
-            .delete(format!("{}/v1/sandboxes/{id}", gw.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.delete(key, &format!("/v1/sandboxes/{id}")).await;
         error_body(r, 404, "not_found").await;
         let list: serde_json::Value = gw.get_json(key, "/v1/sandboxes").await;
         assert_eq!(list["sandboxes"].as_array().unwrap().len(), 0);
@@ -219,12 +213,7 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
     assert_eq!(r["stdout"], "hello");
     assert_eq!(r["exit_code"], 0);
     // Delete, then it is gone.
-    let r = c
-        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&acme, &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(r.status(), 204);
     let r = gw.get(&acme, &format!("/v1/sandboxes/{id}")).await;
     error_body(r, 404, "not_found").await;

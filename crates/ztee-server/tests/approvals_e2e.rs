@@ -373,11 +373,6 @@ async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
     let done = get(&gw, &agent, &format!("{apr}?wait=60")).await;
     assert_eq!(done["status"], "executed", "{done}");
     assert_eq!(done["result"]["stdout"], "kept\n16\n", "{done}");
-    let r = client()
-        .delete(format!("{}/v1/sandboxes/{sbx}", gw.url))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&agent, &format!("/v1/sandboxes/{sbx}")).await;
     assert!(r.status().is_success(), "{}", r.status());
 }

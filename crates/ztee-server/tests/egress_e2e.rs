@@ -156,23 +156,15 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     assert_eq!(origin.received().len(), 1, "nothing ran while held");
     let link = format!("/v1/approvals/{}", held["approval"]["id"].as_str().unwrap());
     let approver = gw.key("acme", "approver");
-    let r = c
-        .post(format!("{}{link}/approve", gw.url))
-        .bearer_auth(&approver)
-        .json(&json!({"comment": "mirror review"}))
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post(
+            &approver,
+            &format!("{link}/approve"),
+            &json!({"comment": "mirror review"}),
+        )
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let done: serde_json::Value = c
-        .get(format!("{}{link}?wait=60", gw.url))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done = gw.get_json(&agent, &format!("{link}?wait=60")).await;
     assert_eq!(done["status"], "executed", "{done}");
     assert_eq!(done["result"]["stdout"], "hello via egress\n", "{done}");
     assert_eq!(origin.received().len(), 2);
@@ -218,12 +210,7 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         )
         .await;
     assert_eq!(r["stdout"], "hello via egress\n", "{r}");
-    let r = c
-        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&agent, &format!("/v1/sandboxes/{id}")).await;
     assert!(r.status().is_success());
 
     // The audit trail: the policy decisions and the events of every connection. A connection's
@@ -376,12 +363,7 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         r["stdout"], "hello via egress\n",
         "the requester uses it: {r}"
     );
-    let r = c
-        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&agent, &format!("/v1/sandboxes/{id}")).await;
     assert!(r.status().is_success());
     gw.stop().await;
 }

@@ -267,12 +267,7 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
         assert!(!body.is_empty(), "{path}");
         assert_clean(path, &body);
     }
-    let r = c
-        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&acme, &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(r.status(), 204);
     assert!(
         scanner.secret_names().is_empty(),
@@ -289,42 +284,35 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
         .await;
     assert_eq!(r["stdout"], "0\n0\n", "{r}");
 
-    // Policy: another tenant's agent gets nothing, and no VM boots.
-    let r = gw
-        .post(
+    // Policy: another tenant's agent gets nothing, and no VM boots. Unknown, too short to
+    // redact, or malformed: precise 4xx.
+    let refusals: [(&str, &str, u16, &str, &str); 4] = [
+        (
             &globex,
-            "/v1/run",
-            &json!({"cmd": ["true"], "secrets": ["DB_PASSWORD"]}),
-        )
-        .await;
-    let body = error_body(r, 403, "policy_denied").await;
-    assert!(body.to_string().contains("secret.not_granted"), "{body}");
-    // Unknown, too short to redact, or malformed: precise 4xx.
-    let r = gw
-        .post(
-            &acme,
-            "/v1/run",
-            &json!({"cmd": ["true"], "secrets": ["NOT_STORED"]}),
-        )
-        .await;
-    error_body(r, 400, "unknown_secret").await;
-    let r = gw
-        .post(
-            &acme,
-            "/v1/run",
-            &json!({"cmd": ["true"], "secrets": ["SHORT"]}),
-        )
-        .await;
-    let body = error_body(r, 400, "bad_request").await;
-    assert!(body.to_string().contains("cannot be redacted"), "{body}");
-    let r = gw
-        .post(
-            &acme,
-            "/v1/run",
-            &json!({"cmd": ["true"], "secrets": ["DB_PASSWORD=1BAD"]}),
-        )
-        .await;
-    assert_eq!(r.status(), 422);
+            "DB_PASSWORD",
+            403,
+            "policy_denied",
+            "secret.not_granted",
+        ),
+        (&acme, "NOT_STORED", 400, "unknown_secret", ""),
+        (&acme, "SHORT", 400, "bad_request", "cannot be redacted"),
+        (&acme, "DB_PASSWORD=1BAD", 422, "", ""),
+    ];
+    for (key, secret, status, code, says) in refusals {
+        let r = gw
+            .post(
+                key,
+                "/v1/run",
+                &json!({"cmd": ["true"], "secrets": [secret]}),
+            )
+            .await;
+        if code.is_empty() {
+            assert_eq!(r.status(), status, "{secret}");
+            continue;
+        }
+        let body = error_body(r, status, code).await;
+        assert!(body.to_string().contains(says), "{secret}: {body}");
+    }
     assert!(scanner.secret_names().is_empty());
 
     // The audit trail records every use and refusal by name, and never a value.
@@ -445,19 +433,9 @@ async fn the_built_in_policy_grants_no_secrets() {
         .await;
     let body = error_body(r, 403, "policy_denied").await;
     assert!(body.to_string().contains("secret.no_grants"), "{body}");
-    let r = c
-        .delete(format!("{}/v1/secrets/DB_PASSWORD", gw.url))
-        .bearer_auth(&gw.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&gw.admin_key, "/v1/secrets/DB_PASSWORD").await;
     assert_eq!(r.status(), 204);
-    let r = c
-        .delete(format!("{}/v1/secrets/DB_PASSWORD", gw.url))
-        .bearer_auth(&gw.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&gw.admin_key, "/v1/secrets/DB_PASSWORD").await;
     error_body(r, 404, "not_found").await;
 }
 
@@ -513,7 +491,6 @@ async fn a_dynamic_vault_lease_is_revoked_when_the_sandbox_ends() {
     )
     .await;
     let acme = gw.key("acme", "agent");
-    let c = client();
     let r = gw
         .post(
             &acme,
@@ -542,12 +519,7 @@ async fn a_dynamic_vault_lease_is_revoked_when_the_sandbox_ends() {
     );
     assert!(revoked.lock().unwrap().is_empty());
 
-    let r = c
-        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&acme, &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(r.status(), 204);
     for _ in 0..50 {
         if !revoked.lock().unwrap().is_empty() {

@@ -197,12 +197,7 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
     error_body(r, 404, "not_found").await;
 
     // Delete: the VMM process is gone.
-    let r = c
-        .delete(format!("{}/v1/sandboxes/{id}", gw.url))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete(&acme, &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(r.status(), 204);
     assert!(
         !process_alive(vmm_pid),

@@ -124,6 +124,16 @@ impl Gateway {
             .unwrap()
     }
 
+    /// `DELETE {path}` as the holder of `key`.
+    pub async fn delete(&self, key: &str, path: &str) -> reqwest::Response {
+        client()
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// [`Gateway::get`], answered with JSON (whatever the status).
     pub async fn get_json(&self, key: &str, path: &str) -> serde_json::Value {
         self.get(key, path).await.json().await.unwrap()
