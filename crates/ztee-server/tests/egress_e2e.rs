@@ -156,6 +156,12 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
     assert_eq!(origin.received().len(), 1, "nothing ran while held");
     let link = format!("/v1/approvals/{}", held["approval"]["id"].as_str().unwrap());
     let approver = gw.key("acme", "approver");
+    let shown = gw.get_json(&approver, &link).await;
+    assert_eq!(
+        shown["request"]["egress"],
+        json!([format!("review.test:{port}")]),
+        "the approver sees where the run would connect: {shown}"
+    );
     let r = gw
         .post(
             &approver,
