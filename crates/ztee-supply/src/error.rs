@@ -19,6 +19,22 @@ pub enum Error {
     },
     #[error("{what}: {reason}")]
     Malformed { what: String, reason: String },
+    /// A layer entry that unpacking refuses because of where or what it is: a path through a
+    /// symbolic link or with `..`, a device node, a whiteout naming no file. `path` is the
+    /// entry's name with control characters escaped.
+    #[error("layer {layer}: refused entry \"{path}\": {reason}")]
+    UnsafeLayerEntry {
+        layer: String,
+        path: String,
+        reason: String,
+    },
+    /// A layer that would unpack to more bytes or entries than the limits allow (a tar bomb).
+    #[error("layer {layer}: refused entry \"{path}\": {reason}")]
+    LayerLimit {
+        layer: String,
+        path: String,
+        reason: String,
+    },
     #[error("image {0:?} is not in the local store (see `ztee image ls`)")]
     NotFound(String),
     #[error("blob {expected} failed its integrity check: content hashes to {actual}")]
