@@ -73,7 +73,7 @@ impl fmt::Debug for KeyedHasher {
     }
 }
 
-/// Digits of a card number as written (ASCII and full-width), in ASCII.
+/// Digits of a card number as written (decimal digits of any script), in ASCII.
 pub(crate) fn digits_of(s: &str) -> String {
     s.chars()
         .filter_map(decimal_value)
@@ -81,13 +81,10 @@ pub(crate) fn digits_of(s: &str) -> String {
         .collect()
 }
 
-/// The value of an ASCII or full-width (U+FF10..U+FF19) decimal digit.
+/// The value of a decimal digit of any script (ASCII, full-width, Arabic-Indic...): the same
+/// digits the detector reads a card number from.
 pub(crate) fn decimal_value(c: char) -> Option<u32> {
-    match c {
-        '0'..='9' => c.to_digit(10),
-        '\u{FF10}'..='\u{FF19}' => Some(c as u32 - 0xFF10),
-        _ => None,
-    }
+    crate::detect::chars::nd_value(c).map(u32::from)
 }
 
 /// An AES-GCM key (128 or 256 bit). Ciphertexts are URL-safe base64 of nonce || ciphertext || tag.

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::detect::digits::MAX_CARD_BYTES;
 use crate::entity::Entity;
 use crate::error::DlpError;
 use crate::finding::Finding;
@@ -16,11 +17,13 @@ use crate::operators::{anonymize_with, Operators};
 use crate::scanner::Scanner;
 use crate::tokens::TokenMap;
 
-/// Longer than any card number with separators (19 digits, 3 separators of 3 bytes between each)
-/// and than the near-PAN window.
-const DEFAULT_HOLD: usize = 256;
+/// Longer than any card number with separators ([`MAX_CARD_BYTES`]: 19 digits of up to four bytes,
+/// three separators of up to four bytes between every two) and than the near-PAN window.
+const DEFAULT_HOLD: usize = 320;
+const _: () = assert!(DEFAULT_HOLD >= MAX_CARD_BYTES);
 /// Release in batches of at least this much, so tiny chunks do not rescan the held text each time.
-const MIN_EMIT: usize = 256;
+/// With the hold, this bounds the delay at 512 bytes.
+const MIN_EMIT: usize = 192;
 /// A finding still open after this much pending text (an unterminated private key block) is
 /// released redacted up to the cut, and redaction continues until the block ends.
 pub const MAX_PENDING: usize = 64 * 1024;

@@ -557,3 +557,174 @@ fn a_card_after_a_very_long_digit_run_is_still_found() {
         f.len()
     );
 }
+
+// ---- Separators and digits outside ASCII --------------------------------------------------
+
+/// Test PANs of three networks and lengths (16, 16, 15 digits).
+const REVIEW_PANS: &[&str] = &["4111111111111111", "5555555555554444", "378282246310005"];
+
+/// Separators people and programs put between digits that are neither spaces nor the usual
+/// punctuation: `_`, `,`, `+`, and characters that are invisible when rendered (soft hyphen,
+/// zero-width space, word joiner, BOM, bidi marks, the Mongolian vowel separator, a variation
+/// selector, a tag character), other dashes (Pd) and spaces (Zs).
+const REVIEW_SEPARATORS: &[&str] = &[
+    "_",
+    ",",
+    "+",
+    ", ",
+    "\u{ad}",
+    "\u{200b}",
+    "\u{200e}",
+    "\u{200f}",
+    "\u{2060}",
+    "\u{2063}",
+    "\u{feff}",
+    "\u{61c}",
+    "\u{180e}",
+    "\u{fe0f}",
+    "\u{e0020}",
+    "\u{2011}",
+    "\u{2e3a}",
+    "\u{fe63}",
+    "\u{30a0}",
+    "\u{205f}",
+    "\u{1680}",
+    "\u{ff0c}",
+    "\u{66c}",
+];
+
+/// Zero code points of decimal digit (Nd) scripts: Arabic-Indic, Extended Arabic-Indic, NKo,
+/// Devanagari, Bengali, Tamil, Thai, Myanmar, Khmer, Mongolian, Osmanya, mathematical bold and
+/// monospace, Adlam, segmented.
+const REVIEW_ZEROS: &[u32] = &[
+    0x660, 0x6f0, 0x7c0, 0x966, 0x9e6, 0xbe6, 0xe50, 0x1040, 0x17e0, 0x1810, 0x104a0, 0x1d7ce,
+    0x1d7f6, 0x1e950, 0x1fbf0,
+];
+
+/// The PAN in its usual groups (4-4-4-4, or 4-6-5 for 15 digits) joined by `sep`.
+fn grouped(pan: &str, sep: &str) -> String {
+    let sizes: &[usize] = if pan.len() == 15 {
+        &[4, 6, 5]
+    } else {
+        &[4, 4, 4, 4]
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &n in sizes {
+        out.push(&pan[at..at + n]);
+        at += n;
+    }
+    out.join(sep)
+}
+
+/// `sep` between every two digits.
+fn every_digit(pan: &str, sep: &str) -> String {
+    pan.chars().map(String::from).collect::<Vec<_>>().join(sep)
+}
+
+/// Each ASCII digit of `text` written as the digit of the same value in the script of `zero`.
+fn in_script(text: &str, zero: u32) -> String {
+    text.chars()
+        .map(|c| match c.to_digit(10) {
+            Some(d) => char::from_u32(zero + d).unwrap_or(c),
+            None => c,
+        })
+        .collect()
+}
+
+fn assert_one_card(s: &Scanner, written: &str) {
+    let text = format!("card: {written} ok");
+    let got = texts_of(s, &text, Entity::CreditCard);
+    assert_eq!(
+        got,
+        vec![written.to_string()],
+        "{written:?}: {:?}",
+        found(s, &text)
+    );
+}
+
+#[test]
+fn pans_with_underscore_comma_plus_and_invisible_separators_are_found() {
+    let s = scanner();
+    for pan in REVIEW_PANS {
+        for sep in REVIEW_SEPARATORS {
+            assert_one_card(&s, &grouped(pan, sep));
+            assert_one_card(&s, &every_digit(pan, sep));
+        }
+    }
+}
+
+#[test]
+fn pans_in_every_decimal_digit_script_are_found() {
+    let s = scanner();
+    for pan in REVIEW_PANS {
+        for &zero in REVIEW_ZEROS {
+            assert_one_card(&s, &in_script(pan, zero));
+            assert_one_card(&s, &in_script(&grouped(pan, " "), zero));
+            assert_one_card(&s, &in_script(&grouped(pan, "-"), zero));
+            assert_one_card(&s, &in_script(&every_digit(pan, "\u{ad}"), zero));
+            assert_one_card(&s, &in_script(&grouped(pan, "\u{66c}"), zero));
+        }
+        // Scripts mixed inside one number.
+        let mixed: String = pan
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                let zero = REVIEW_ZEROS[i % REVIEW_ZEROS.len()];
+                in_script(&c.to_string(), zero)
+            })
+            .collect();
+        assert_one_card(&s, &mixed);
+    }
+}
+
+#[test]
+fn new_separators_do_not_make_lists_of_numbers_into_cards() {
+    let s = scanner();
+    for text in [
+        // Luhn failures, written with the new separators.
+        "4111_1111_1111_1112",
+        "4,1,1,1,1,1,1,1,1,1,1,1,1,1,1,2",
+        "\u{664}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{662}",
+        // Comma lists in unusual groupings (thousands separators, CSV columns).
+        "4,111,111,111,111,111",
+        "411111,1111111111",
+        "totals 4111,11111,1111111",
+        // A spaced-digit sequence longer than any card.
+        "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+        // Sums are not cards unless grouped like one.
+        "41+11+11+11+11+11+11+11",
+    ] {
+        assert!(
+            texts_of(&s, text, Entity::CreditCard).is_empty(),
+            "{text}: {:?}",
+            found(&s, text)
+        );
+    }
+}
+
+#[test]
+fn comma_separated_values_keep_their_own_entities() {
+    let s = scanner();
+    // Before `,` joined digit groups, each of these was its own number; it still is.
+    let f = found(&s, "ssn 078-05-1121,219-09-9999 ip 10.0.0.1,10.0.0.2");
+    let kinds: Vec<_> = f.iter().map(|f| (f.0, f.1.as_str())).collect();
+    assert!(kinds.contains(&(Entity::UsSsn, "078-05-1121")), "{kinds:?}");
+    assert!(kinds.contains(&(Entity::UsSsn, "219-09-9999")), "{kinds:?}");
+    assert!(
+        kinds.contains(&(Entity::IpAddress, "10.0.0.1")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(Entity::IpAddress, "10.0.0.2")),
+        "{kinds:?}"
+    );
+    // A long CSV row: every SSN is still found, and a card in it too.
+    let row: String = (0..600).map(|_| "078-05-1121,").collect::<String>() + "4111,1111,1111,1111";
+    let f = found(&s, &row);
+    assert_eq!(f.iter().filter(|f| f.0 == Entity::UsSsn).count(), 600);
+    assert_eq!(
+        texts_of(&s, &row, Entity::CreditCard),
+        vec!["4111,1111,1111,1111"]
+    );
+}

@@ -39,11 +39,27 @@ const BRANDS: &[(&str, usize)] = &[
 
 /// Visible separators; one is used throughout a number, as people and systems write them.
 const SEPARATORS: &[&str] = &[
-    " ", "-", ".", "/", "  ", "\u{2013}", "\u{2014}", "\u{a0}", "\u{202f}", "\u{3000}",
+    " ", "-", ".", "/", "  ", "\u{2013}", "\u{2014}", "\u{a0}", "\u{202f}", "\u{3000}", "_", ",",
+    "+", ", ", "\u{2011}", "\u{fe63}", "\u{205f}", "\u{ff0c}", "\u{66c}",
 ];
 /// A line break in place of a separator, or after it (text wrapped inside the number).
 const LINE_BREAKS: &[&str] = &["\n", "\r\n", "\u{1}"];
-const ZERO_WIDTH: &[&str] = &["\u{200b}", "\u{200c}", "\u{200d}", "\u{2060}"];
+const ZERO_WIDTH: &[&str] = &[
+    "\u{200b}",
+    "\u{200c}",
+    "\u{200d}",
+    "\u{2060}",
+    "\u{ad}",
+    "\u{feff}",
+    "\u{200e}",
+    "\u{61c}",
+    "\u{180e}",
+    "\u{fe0f}",
+    "\u{e0020}",
+];
+/// Zeros of the decimal digit scripts a number is written in: ASCII, full-width, Arabic-Indic,
+/// Extended Arabic-Indic, Devanagari, Bengali, mathematical bold, Adlam.
+const SCRIPTS: &[u32] = &[0x30, 0xff10, 0x660, 0x6f0, 0x966, 0x9e6, 0x1d7ce, 0x1e950];
 
 fn with_check_digit(body: &[u8]) -> Vec<u8> {
     let mut v = body.to_vec();
@@ -68,14 +84,14 @@ fn valid_pan() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// How a number is written: digit groups, the separator between them, one optional line break
-/// in place of a separator, zero-width characters hidden anywhere, ASCII or full-width digits.
+/// in place of a separator, invisible characters hidden anywhere, the digits of one script.
 #[derive(Debug, Clone)]
 struct Style {
     grouping: usize,
     sep: usize,
     line_break: Option<(usize, usize)>,
     hidden: Vec<(usize, usize)>,
-    fullwidth: bool,
+    script: usize,
 }
 
 fn style() -> impl Strategy<Value = Style> {
@@ -84,14 +100,14 @@ fn style() -> impl Strategy<Value = Style> {
         0..SEPARATORS.len(),
         proptest::option::of((0usize..5, 0..LINE_BREAKS.len())),
         proptest::collection::vec((0usize..19, 0..ZERO_WIDTH.len()), 0..3),
-        any::<bool>(),
+        0..SCRIPTS.len(),
     )
-        .prop_map(|(grouping, sep, line_break, hidden, fullwidth)| Style {
+        .prop_map(|(grouping, sep, line_break, hidden, script)| Style {
             grouping,
             sep,
             line_break,
             hidden,
-            fullwidth,
+            script,
         })
 }
 
@@ -128,11 +144,7 @@ fn render(digits: &[u8], style: &Style) -> String {
         }
         for _ in 0..len {
             let d = digits[i];
-            if style.fullwidth {
-                s.push(char::from_u32(0xFF10 + u32::from(d)).unwrap_or('0'));
-            } else {
-                s.push(char::from(b'0' + d));
-            }
+            s.push(char::from_u32(SCRIPTS[style.script] + u32::from(d)).unwrap_or('0'));
             if let Some(&(_, z)) = style
                 .hidden
                 .iter()
@@ -185,7 +197,7 @@ proptest! {
 
     #[test]
     fn no_input_panics_and_offsets_are_consistent(
-        text in "(\\PC|[0-9 \\-./@:=^%;]|AKIA|4111|-----BEGIN PRIVATE KEY-----|password=|\u{200b}|\u{ff11}){0,200}",
+        text in "(\\PC|[0-9 \\-./@:=^%;]|AKIA|4111|-----BEGIN PRIVATE KEY-----|password=|\u{200b}|\u{ff11}|[,_+]|\u{ad}|\u{664}|\u{1d7cf}|\u{e0020}){0,200}",
         chunk in 1usize..64,
     ) {
         let s = Arc::new(scanner());
@@ -256,6 +268,10 @@ fn scan_time_is_linear_on_adversarial_inputs() {
         "cvv ",
         "\u{200b}1",
         "1.1.1.1.",
+        "1,",
+        "4_",
+        "\u{664}\u{ad}",
+        "\u{1d7cf} ",
     ];
     for unit in patterns {
         let small = unit.repeat(32_000 / unit.len());

@@ -261,3 +261,155 @@ fn json_mode_reports_paths_and_redacts_values() {
     let err = json::scan(&s, "{\"a\": [1,}").err().map(|e| e.to_string());
     assert!(err.is_some_and(|e| e.contains("line 1, column")));
 }
+
+// ---- Separators and digits outside ASCII --------------------------------------------------
+
+/// `4111111111111111` written in ways that hide it from a detector that knows only ASCII and
+/// full-width digits and the usual separators.
+fn unusual_pans() -> Vec<String> {
+    let arabic = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c.to_digit(10) {
+                Some(d) => char::from_u32(0x660 + d).unwrap_or(c),
+                None => c,
+            })
+            .collect()
+    };
+    vec![
+        "4111_1111_1111_1111".to_string(),
+        "4111,1111,1111,1111".to_string(),
+        "4111+1111+1111+1111".to_string(),
+        "4\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1\u{ad}1"
+            .to_string(),
+        "4111\u{200b}1111\u{2060}1111\u{feff}1111".to_string(),
+        "4_1_1_1_1_1_1_1_1_1_1_1_1_1_1_1".to_string(),
+        arabic("4111111111111111"),
+        arabic("4111 1111 1111 1111"),
+        // Extended Arabic-Indic, Devanagari and Bengali digits.
+        "\u{6f4}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}\u{6f1}"
+            .to_string(),
+        "\u{96a}\u{967}\u{967}\u{967}-\u{967}\u{967}\u{967}\u{967}-\u{967}\u{967}\u{967}\u{967}-\u{967}\u{967}\u{967}\u{967}"
+            .to_string(),
+        "\u{9ea}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}\u{9e7}"
+            .to_string(),
+    ]
+}
+
+/// No decimal digit of any script is left in `s`.
+fn has_no_digit(s: &str) -> bool {
+    !s.chars().any(|c| c.is_numeric())
+}
+
+#[test]
+fn unusual_pans_are_replaced_and_redacted_whole() {
+    for pan in unusual_pans() {
+        let text = format!("paid with {pan} today");
+        assert_eq!(
+            redact_with(&text, &Operators::default()),
+            "paid with <CREDIT_CARD> today",
+            "{pan:?}"
+        );
+        let removed = redact_with(&text, &Operators::new(Operator::Redact));
+        assert_eq!(removed, "paid with  today", "{pan:?}");
+        assert!(has_no_digit(&removed), "{pan:?}");
+    }
+}
+
+#[test]
+fn unusual_pans_are_masked_hashed_and_tokenized_by_their_digits() {
+    let ops = Operators::new(Operator::Mask(MaskStyle::Pci));
+    // The BIN and last four stay, in the script they were written in; the rest is masked.
+    assert_eq!(
+        redact_with("pan \u{664}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661}", &ops),
+        "pan \u{664}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} **** \u{661}\u{661}\u{661}\u{661}"
+    );
+    assert_eq!(
+        redact_with("pan 4111\u{ad}1111\u{ad}1111\u{ad}1111", &ops),
+        "pan 4111\u{ad}1111\u{ad}****\u{ad}1111"
+    );
+    assert_eq!(
+        redact_with("pan 4111_1111_1111_1111", &ops),
+        "pan 4111_1111_****_1111"
+    );
+    let key = KeyedHasher::new(b"audit-key-0123456789").unwrap_or_else(|e| panic!("{e}"));
+    let hash = Operators::new(Operator::Hash).with_hash_key(key.clone());
+    let tokenize = Operators::new(Operator::Tokenize);
+    let s = scanner();
+    for pan in unusual_pans() {
+        let text = format!("pan {pan}");
+        assert_eq!(
+            redact_with(&text, &hash),
+            format!("pan {}", key.hash_pan("4111111111111111")),
+            "{pan:?}"
+        );
+        // One PAN written two ways gets one placeholder.
+        let both = format!("{pan} and 4111 1111 1111 1111");
+        let out = anonymize(&both, &s.scan(&both), &tokenize).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.text, "<CREDIT_CARD_1> and <CREDIT_CARD_1>", "{pan:?}");
+    }
+}
+
+#[test]
+fn stream_finds_unusual_pans_split_anywhere() {
+    let s = Arc::new(scanner());
+    let ops = Operators::default();
+    for pan in unusual_pans() {
+        let text = format!(
+            "{}card {pan} done{}",
+            "log line\n".repeat(40),
+            " tail".repeat(80)
+        );
+        let whole = redact_with(&text, &ops);
+        assert!(whole.contains("card <CREDIT_CARD> done"), "{pan:?}");
+        let pan_at = text.find(&pan).unwrap_or(0);
+        for split in pan_at.saturating_sub(8)..pan_at + pan.len() + 8 {
+            // Byte chunks: the split may fall inside a multi-byte digit or separator.
+            let mut st = StreamScanner::new(Arc::clone(&s), ops.clone());
+            let mut out = st
+                .feed_bytes(&text.as_bytes()[..split])
+                .unwrap_or_else(|e| panic!("{e}"));
+            out.push_str(
+                &st.feed_bytes(&text.as_bytes()[split..])
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+            out.push_str(&st.finish().unwrap_or_else(|e| panic!("{e}")));
+            assert_eq!(out, whole, "{pan:?} split at byte {split}");
+        }
+    }
+}
+
+#[test]
+fn stream_holds_back_the_longest_pan_that_can_be_written() {
+    // 19 digits of four bytes each with three four-byte invisible characters between every two:
+    // the longest card number, in bytes, that the detector accepts.
+    let pan = "4111111111111111110";
+    assert!(ztee_dlp::luhn_valid(
+        &pan.bytes().map(|b| b - b'0').collect::<Vec<_>>()
+    ));
+    let written = pan
+        .chars()
+        .filter_map(|c| c.to_digit(10))
+        .filter_map(|d| char::from_u32(0x1d7ce + d))
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .join("\u{e0020}\u{e0020}\u{e0020}");
+    assert_eq!(written.len(), 19 * 4 + 18 * 12);
+    let s = Arc::new(scanner());
+    let ops = Operators::default();
+    let text = format!(
+        "{}card {written} done{}",
+        "x".repeat(600),
+        " tail".repeat(80)
+    );
+    let whole = redact_with(&text, &ops);
+    assert!(whole.contains("card <CREDIT_CARD> done"));
+    for chunk in [1, 7, 64, 255, 300] {
+        let mut st = StreamScanner::new(Arc::clone(&s), ops.clone());
+        let mut out = String::new();
+        for piece in text.as_bytes().chunks(chunk) {
+            out.push_str(&st.feed_bytes(piece).unwrap_or_else(|e| panic!("{e}")));
+        }
+        out.push_str(&st.finish().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(out, whole, "chunks of {chunk} bytes");
+    }
+}

@@ -2,14 +2,22 @@
 //! digit groups, then classifies each run: payment card, SSN, phone, routing, bank account, IPv4.
 //!
 //! A run ("cluster") is digit groups joined by at most [`MAX_SEPARATOR_CHARS`] separator
-//! characters: ASCII space, tab, line breaks, `-`, `.`, `/`, parentheses, no-break and zero-width
-//! spaces, en/em dashes and similar. ASCII and full-width digits both count. Each character is
-//! looked at a bounded number of times, so the pass is linear in the text.
+//! characters: every Unicode space and tab, line breaks, every Unicode dash and the minus sign,
+//! `.`, `/`, parentheses, `_`, `,`, `+`, and the characters that render as nothing (Unicode's
+//! default-ignorable code points: zero-width spaces and joiners, soft hyphen, bidi marks,
+//! variation selectors, tags). A digit is a decimal digit of any script (general category Nd):
+//! ASCII, full-width, Arabic-Indic, Devanagari, mathematical... Each character is looked at a
+//! bounded number of times, so the pass is linear in the text.
+//!
+//! `_`, `,` and `+` join digits into card numbers only. The other numbers (SSN, phone, routing,
+//! bank account, IPv4) are read from the parts of a run between them, exactly as if the run ended
+//! there, so that a list (`078-05-1121,219-09-9999`) is still read as its values.
 
 use crate::entity::Entity;
 use crate::finding::{Candidate, RuleId};
 
 use super::card::{luhn_valid, CardBrand};
+use super::chars::{char_at, nd_value, DIGIT_START};
 
 /// More than this many separator characters in a row end a run ("4111  1111" has two).
 const MAX_SEPARATOR_CHARS: usize = 3;
@@ -19,6 +27,13 @@ const MAX_SEPARATOR_CHARS: usize = 3;
 const MAX_RUN_DIGITS: usize = 4096;
 /// Digits recorded per group: a longer group cannot be part of any card, SSN or phone number.
 const MAX_GROUP_DIGITS: usize = 20;
+/// The most bytes a card number found here can span: 19 digits of up to four bytes each, with
+/// up to [`MAX_SEPARATOR_CHARS`] separators of up to four bytes between every two. A streaming
+/// scanner must hold back at least this much to see every card whole.
+pub(crate) const MAX_CARD_BYTES: usize = 19 * 4 + 18 * MAX_SEPARATOR_CHARS * 4;
+/// When a long run is classified in pieces, the groups within this many digits of its end are
+/// kept: a card (at most 19 digits) still open at the cut lies entirely within them.
+const KEEP_DIGITS: usize = 19;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sep {
@@ -28,86 +43,188 @@ enum Sep {
     Slash,
     LineBreak,
     Paren,
-    /// Zero-width spaces and joiners: invisible, so they do not even split a digit group.
+    /// `_`: joins digits into card numbers only.
+    Underscore,
+    /// `,` (also full-width, ideographic and Arabic commas and the Arabic thousands separator):
+    /// joins digits into card numbers only.
+    Comma,
+    /// `+`: joins digits into card numbers only.
+    Plus,
+    /// Characters that render as nothing: they do not even split a digit group.
     Invisible,
 }
 
-/// Bytes that may start a digit: ASCII digits and the lead byte of full-width digits (U+FF10..).
-static DIGIT_START: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = b'0';
-    while b <= b'9' {
-        t[b as usize] = true;
-        b += 1;
+impl Sep {
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
-    t[0xEF] = true;
-    t
-};
 
+    /// Separators that also write lists and sums of numbers; see the module comment.
+    fn card_only(self) -> bool {
+        matches!(self, Sep::Underscore | Sep::Comma | Sep::Plus)
+    }
+}
+
+/// A decimal digit of any script at byte `i`: its value and length in bytes.
 #[inline]
 fn digit_at(b: &[u8], i: usize) -> Option<(u8, usize)> {
     let c = *b.get(i)?;
     if c.is_ascii_digit() {
         return Some((c - b'0', 1));
     }
-    // Full-width digits U+FF10..U+FF19 are EF BC 90..99 in UTF-8.
-    if c == 0xEF && b.get(i + 1) == Some(&0xBC) {
-        if let Some(&t) = b.get(i + 2) {
-            if (0x90..=0x99).contains(&t) {
-                return Some((t - 0x90, 3));
-            }
-        }
+    if c.is_ascii() || !DIGIT_START[usize::from(c)] {
+        return None;
     }
-    None
+    let (ch, len) = char_at(b, i)?;
+    nd_value(ch).map(|d| (d, len))
 }
 
 #[inline]
 fn separator_at(b: &[u8], i: usize) -> Option<(Sep, usize)> {
     let c = *b.get(i)?;
-    match c {
-        b' ' | b'\t' => Some((Sep::Space, 1)),
-        b'-' => Some((Sep::Dash, 1)),
-        b'.' => Some((Sep::Dot, 1)),
-        b'/' => Some((Sep::Slash, 1)),
-        b'\n' | b'\r' => Some((Sep::LineBreak, 1)),
-        b'(' | b')' => Some((Sep::Paren, 1)),
-        // No-break space.
-        0xC2 if b.get(i + 1) == Some(&0xA0) => Some((Sep::Space, 2)),
-        0xE2 => match (b.get(i + 1), b.get(i + 2)) {
-            // U+2000..U+200A Unicode spaces, U+202F narrow no-break space.
-            (Some(0x80), Some(0x80..=0x8A | 0xAF)) => Some((Sep::Space, 3)),
-            // U+200B..U+200D zero-width space and joiners.
-            (Some(0x80), Some(0x8B..=0x8D)) => Some((Sep::Invisible, 3)),
-            // U+2010..U+2015 hyphens and dashes (en dash, em dash, figure dash...).
-            (Some(0x80), Some(0x90..=0x95)) => Some((Sep::Dash, 3)),
-            // U+2060 word joiner.
-            (Some(0x81), Some(0xA0)) => Some((Sep::Invisible, 3)),
-            // U+2212 minus sign.
-            (Some(0x88), Some(0x92)) => Some((Sep::Dash, 3)),
-            _ => None,
-        },
-        // U+3000 ideographic space.
-        0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x80) => Some((Sep::Space, 3)),
-        0xEF => match (b.get(i + 1), b.get(i + 2)) {
-            // U+FEFF zero-width no-break space.
-            (Some(0xBB), Some(0xBF)) => Some((Sep::Invisible, 3)),
-            // U+FF0D full-width hyphen-minus.
-            (Some(0xBC), Some(0x8D)) => Some((Sep::Dash, 3)),
-            _ => None,
-        },
-        _ => None,
-    }
+    let kind = match c {
+        b' ' | b'\t' => Sep::Space,
+        b'-' => Sep::Dash,
+        b'.' => Sep::Dot,
+        b'/' => Sep::Slash,
+        // Line feed, carriage return, vertical tab, form feed.
+        b'\n' | b'\r' | 0x0B | 0x0C => Sep::LineBreak,
+        b'(' | b')' => Sep::Paren,
+        b'_' => Sep::Underscore,
+        b',' => Sep::Comma,
+        b'+' => Sep::Plus,
+        0x80.. => {
+            let (ch, len) = char_at(b, i)?;
+            return unicode_separator(ch).map(|kind| (kind, len));
+        }
+        _ => return None,
+    };
+    Some((kind, 1))
+}
+
+/// The separator kind of a non-ASCII character, if it is one.
+fn unicode_separator(c: char) -> Option<Sep> {
+    Some(match c {
+        // Spaces (general category Zs).
+        '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}' => {
+            Sep::Space
+        }
+        // Next line, line and paragraph separators.
+        '\u{85}' | '\u{2028}' | '\u{2029}' => Sep::LineBreak,
+        // Dashes (general category Pd), the minus sign and the small/full-width hyphen-minus.
+        '\u{58A}'
+        | '\u{5BE}'
+        | '\u{1400}'
+        | '\u{1806}'
+        | '\u{2010}'..='\u{2015}'
+        | '\u{2212}'
+        | '\u{2E17}'
+        | '\u{2E1A}'
+        | '\u{2E3A}'
+        | '\u{2E3B}'
+        | '\u{2E40}'
+        | '\u{2E5D}'
+        | '\u{301C}'
+        | '\u{3030}'
+        | '\u{30A0}'
+        | '\u{FE31}'
+        | '\u{FE32}'
+        | '\u{FE58}'
+        | '\u{FE63}'
+        | '\u{FF0D}'
+        | '\u{10D6E}'
+        | '\u{10EAD}' => Sep::Dash,
+        // Full-width full stop, Arabic decimal separator.
+        '\u{FF0E}' | '\u{66B}' => Sep::Dot,
+        '\u{FF0F}' => Sep::Slash,
+        '\u{FF3F}' => Sep::Underscore,
+        // Full-width, ideographic, small and Arabic commas, Arabic thousands separator.
+        '\u{FF0C}' | '\u{3001}' | '\u{FE50}' | '\u{60C}' | '\u{66C}' => Sep::Comma,
+        '\u{FF0B}' | '\u{FE62}' => Sep::Plus,
+        // Default_Ignorable_Code_Point (DerivedCoreProperties.txt): soft hyphen, combining
+        // grapheme joiner, Arabic letter mark, Hangul fillers, Khmer inherent vowels, Mongolian
+        // variation selectors and vowel separator, zero-width space/joiners and bidi marks,
+        // bidi embeddings and isolates, word joiner and invisible operators, variation
+        // selectors, BOM, shorthand format controls, musical formatting, tags.
+        '\u{AD}'
+        | '\u{34F}'
+        | '\u{61C}'
+        | '\u{115F}'
+        | '\u{1160}'
+        | '\u{17B4}'
+        | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}'
+        | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}' => Sep::Invisible,
+        _ => return None,
+    })
 }
 
 /// A separator run between two digit groups.
 #[derive(Debug, Clone, Copy)]
 struct Gap {
-    /// The visible separator of the run; `LineBreak` only when the run is nothing else.
+    /// The visible separator of the run (a card-only one if there is one); `LineBreak` only
+    /// when the run is nothing else.
     kind: Sep,
     /// Exactly one separator character.
     single: bool,
-    /// Two different visible separators besides line breaks ("-." or ". ").
+    /// Two different visible separators besides line breaks ("-." or ". "); spaces next to a
+    /// card-only separator do not count (", " and " + " are how those are written).
     mixed: bool,
+    /// Holds `_`, `,` or `+`: other numbers than cards end here.
+    card_only: bool,
+}
+
+/// Reads the separator run at `i` (at most [`MAX_SEPARATOR_CHARS`] characters): the gap it makes
+/// and where it ends, or `None` when it is only invisible characters or nothing.
+fn gap_at(b: &[u8], i: usize) -> Option<(Gap, usize)> {
+    let mut j = i;
+    let mut count = 0;
+    let mut seen = 0u16;
+    let mut first_visible = None;
+    let mut first_card_only = None;
+    let mut line_break = false;
+    while count < MAX_SEPARATOR_CHARS {
+        let Some((kind, len)) = separator_at(b, j) else {
+            break;
+        };
+        match kind {
+            Sep::LineBreak => line_break = true,
+            Sep::Invisible => {}
+            _ => {
+                seen |= kind.bit();
+                first_visible = first_visible.or(Some(kind));
+                if kind.card_only() {
+                    first_card_only = first_card_only.or(Some(kind));
+                }
+            }
+        }
+        j += len;
+        count += 1;
+    }
+    let (kind, mixed) = match first_card_only {
+        Some(k) => (Some(k), seen & !(k.bit() | Sep::Space.bit()) != 0),
+        None => (first_visible, seen.count_ones() > 1),
+    };
+    let kind = kind.or(line_break.then_some(Sep::LineBreak))?;
+    Some((
+        Gap {
+            kind,
+            single: count == 1,
+            mixed,
+            card_only: first_card_only.is_some(),
+        },
+        j,
+    ))
 }
 
 /// The reusable buffers for one digit run.
@@ -120,6 +237,16 @@ struct Run {
     group_starts: Vec<usize>,
     /// `gaps[g]` sits between group `g` and `g + 1`.
     gaps: Vec<Gap>,
+    /// The current part of the run (since its start or its last card-only gap), from which the
+    /// other numbers than cards are read: its first group and its first byte.
+    part_first: usize,
+    part_start: usize,
+    /// The part lost its first groups to [`flush_partial`]: it has more digits than any number
+    /// but a card, so nothing else is read from it.
+    part_cut: bool,
+    /// After [`flush_partial`]: the gap before group 0, and whether the group before that gap
+    /// had one digit (so a one-digit-per-group card reaching group 0 started earlier).
+    head: Option<(Gap, bool)>,
 }
 
 impl Run {
@@ -128,6 +255,10 @@ impl Run {
         self.spans.clear();
         self.group_starts.clear();
         self.gaps.clear();
+        self.part_first = 0;
+        self.part_start = 0;
+        self.part_cut = false;
+        self.head = None;
     }
 
     fn group_end(&self, g: usize) -> usize {
@@ -184,7 +315,7 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
         };
         run.clear();
         let mut truncated = false;
-        let run_start = i;
+        run.part_start = i;
         run.group_starts.push(0);
         run.digits.push(d);
         run.spans.push((i, i + len));
@@ -201,7 +332,7 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
                 run_end = i;
                 continue;
             }
-            // Zero-width characters between digits are invisible: the group goes on.
+            // Invisible characters between digits: the group goes on.
             let mut j = i;
             let mut hidden = 0;
             while hidden < MAX_SEPARATOR_CHARS {
@@ -218,75 +349,53 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
                 continue;
             }
             // Try a separator run followed by a digit.
-            let mut j = i;
-            let mut count = 0;
-            let mut visible: Option<Sep> = None;
-            let mut line_break = false;
-            let mut mixed = false;
-            while count < MAX_SEPARATOR_CHARS {
-                match separator_at(b, j) {
-                    Some((kind, len)) => {
-                        match kind {
-                            Sep::LineBreak => line_break = true,
-                            Sep::Invisible => {}
-                            _ => match visible {
-                                None => visible = Some(kind),
-                                Some(k) if k != kind => mixed = true,
-                                Some(_) => {}
-                            },
-                        }
-                        j += len;
-                        count += 1;
-                    }
-                    None => break,
-                }
-            }
-            let first_kind = visible.or(line_break.then_some(Sep::LineBreak));
-            match (first_kind, digit_at(b, j)) {
-                (Some(kind), Some(_)) => {
+            match gap_at(b, i) {
+                Some((gap, j)) if digit_at(b, j).is_some() => {
                     if run.digits.len() >= MAX_RUN_DIGITS {
                         flush_partial(b, &mut run, want, out);
                         truncated = true;
                     }
-                    run.gaps.push(Gap {
-                        kind,
-                        single: count == 1,
-                        mixed,
-                    });
+                    if gap.card_only {
+                        close_part(text, &run, run_end, want, out);
+                        run.part_first = run.group_starts.len();
+                        run.part_start = j;
+                        run.part_cut = false;
+                    }
+                    run.gaps.push(gap);
                     run.group_starts.push(run.digits.len());
                     i = j;
                 }
                 _ => break,
             }
         }
-        if truncated {
-            // Only cards and addresses can sit inside a run this long.
-            if want.card {
-                cards(b, &run, out);
-            }
-            if want.ipv4 {
-                ipv4(b, &run, out);
-            }
-        } else {
-            classify(text, &run, run_start, run_end, want, out);
+        if want.card && (truncated || run.digits.len() >= 12) {
+            cards(b, &run, false, out);
         }
+        if truncated && want.ipv4 {
+            ipv4(b, &run, 0, run.group_starts.len() - 1, out);
+        }
+        close_part(text, &run, run_end, want, out);
         i = run_end.max(i);
     }
 }
 
-/// Classifies the recorded part of an over-long run and keeps only its last groups that could
-/// still begin a card number continuing into digits not read yet (the last 18 digits).
+/// Classifies the recorded part of an over-long run and keeps only its groups that could still
+/// belong to a card number continuing into digits not read yet (the last [`KEEP_DIGITS`]).
 fn flush_partial(b: &[u8], run: &mut Run, want: DigitEntities, out: &mut Vec<Candidate>) {
     if want.card {
-        cards(b, run, out);
+        cards(b, run, true, out);
     }
     if want.ipv4 {
-        ipv4(b, run, out);
+        ipv4(b, run, 0, run.group_starts.len() - 1, out);
     }
     let total = run.digits.len();
     let keep = (0..run.group_starts.len())
-        .find(|&g| total - run.group_starts[g] <= 18)
+        .find(|&g| total - run.group_starts[g] <= KEEP_DIGITS)
         .unwrap_or(run.group_starts.len() - 1);
+    if keep == 0 {
+        return;
+    }
+    run.head = Some((run.gaps[keep - 1], run.group_len(keep - 1) == 1));
     let offset = run.group_starts[keep];
     run.digits.drain(..offset);
     run.spans.drain(..offset);
@@ -295,6 +404,12 @@ fn flush_partial(b: &[u8], run: &mut Run, want: DigitEntities, out: &mut Vec<Can
         *s -= offset;
     }
     run.gaps.drain(..keep);
+    if run.part_first < keep {
+        run.part_cut = true;
+        run.part_first = 0;
+    } else {
+        run.part_first -= keep;
+    }
 }
 
 fn is_alnum_before(b: &[u8], pos: usize) -> bool {
@@ -305,40 +420,59 @@ fn is_alnum_after(b: &[u8], pos: usize) -> bool {
     b.get(pos).is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
+/// Reads SSN, routing, bank, phone and IPv4 numbers from the run's current part, which ends at
+/// byte `end`.
+fn close_part(text: &str, run: &Run, end: usize, want: DigitEntities, out: &mut Vec<Candidate>) {
+    if run.part_cut {
+        return;
+    }
+    let last = run.group_starts.len() - 1;
+    classify(
+        text,
+        run,
+        (run.part_first, last),
+        (run.part_start, end),
+        want,
+        out,
+    );
+}
+
+/// The other numbers than cards in groups `first..=last` of the run, spanning bytes
+/// `start..end`.
 fn classify(
     text: &str,
     run: &Run,
-    run_start: usize,
-    run_end: usize,
+    (first, last): (usize, usize),
+    (start, end): (usize, usize),
     want: DigitEntities,
     out: &mut Vec<Candidate>,
 ) {
     let b = text.as_bytes();
-    let total = run.digits.len();
-    if want.card && total >= 12 {
-        cards(b, run, out);
-    }
+    let digits = &run.digits[run.group_starts[first]..run.group_end(last)];
+    let total = digits.len();
     if want.ipv4 && total >= 4 {
-        ipv4(b, run, out);
+        ipv4(b, run, first, last, out);
     }
-    let groups = run.group_starts.len();
+    let groups = last - first + 1;
     // SSN, routing, bank and phone numbers have 8-17 digits and stand on their own.
     if !(want.ssn || want.aba || want.bank || want.phone) || !(8..=17).contains(&total) {
         return;
     }
-    let glued = is_alnum_before(b, run_start) || is_alnum_after(b, run_end);
+    let glued = is_alnum_before(b, start) || is_alnum_after(b, end);
     if glued {
         return;
     }
-    let plus_before = run_start > 0 && b[run_start - 1] == b'+';
-    let paren_before = run_start > 0 && b[run_start - 1] == b'(';
-    let sizes: Vec<usize> = (0..groups.min(8)).map(|g| run.group_len(g)).collect();
+    let plus_before = start > 0 && b[start - 1] == b'+';
+    let paren_before = start > 0 && b[start - 1] == b'(';
+    let gaps = &run.gaps[first..last];
+    let sizes: Vec<usize> = (first..=last.min(first + 7))
+        .map(|g| run.group_len(g))
+        .collect();
     let all_gaps_single = |kinds: &[Sep]| {
-        run.gaps
-            .iter()
+        gaps.iter()
             .all(|g| !g.mixed && g.single && kinds.contains(&g.kind))
     };
-    let whole = (run_start, run_end);
+    let whole = (start, end);
     let push = |out: &mut Vec<Candidate>, entity, score, rule| {
         out.push(Candidate {
             entity,
@@ -352,8 +486,8 @@ fn classify(
     if want.ssn {
         let dashed = sizes == [3, 2, 4]
             && all_gaps_single(&[Sep::Dash, Sep::Space, Sep::Dot])
-            && run.gaps[0].kind == run.gaps[1].kind;
-        if (dashed || (groups == 1 && total == 9)) && ssn_valid(&run.digits) {
+            && gaps[0].kind == gaps[1].kind;
+        if (dashed || (groups == 1 && total == 9)) && ssn_valid(digits) {
             if dashed {
                 push(out, Entity::UsSsn, 0.5, "us_ssn.delimited");
             } else {
@@ -363,7 +497,7 @@ fn classify(
     }
     if want.aba {
         let dashed = sizes == [4, 4, 1] && all_gaps_single(&[Sep::Dash]);
-        if (dashed || (groups == 1 && total == 9)) && aba_valid(&run.digits) {
+        if (dashed || (groups == 1 && total == 9)) && aba_valid(digits) {
             let (score, rule) = if dashed {
                 (0.5, "aba_routing.delimited")
             } else {
@@ -376,11 +510,13 @@ fn classify(
         push(out, Entity::UsBankNumber, 0.05, "us_bank.digits");
     }
     if want.phone {
-        phone(run, &sizes, plus_before, paren_before, whole, out);
+        phone(digits, gaps, &sizes, plus_before, paren_before, whole, out);
     }
 }
 
-fn cards(b: &[u8], run: &Run, out: &mut Vec<Candidate>) {
+/// Card numbers in the run. `open_end`: the run goes on past its last group (a piece of an
+/// over-long run), so what touches that group is read again with what follows.
+fn cards(b: &[u8], run: &Run, open_end: bool, out: &mut Vec<Candidate>) {
     let groups = run.group_starts.len();
     let mut g = 0;
     while g < groups {
@@ -427,6 +563,71 @@ fn cards(b: &[u8], run: &Run, out: &mut Vec<Candidate>) {
             None => g += 1,
         }
     }
+    spaced_cards(b, run, open_end, out);
+}
+
+/// Cards written with a separator between every two digits ("4 1 1 1 ...", "4_1_1_1 ..."): a
+/// stretch of one-digit groups with one kind of separator, read whole and only whole, so that a
+/// longer sequence of single digits (a list, a table) does not yield cards from its middle.
+fn spaced_cards(b: &[u8], run: &Run, open_end: bool, out: &mut Vec<Candidate>) {
+    let groups = run.group_starts.len();
+    let mut g = 0;
+    while g < groups {
+        if run.group_len(g) != 1 {
+            g += 1;
+            continue;
+        }
+        // Extend the stretch while groups have one digit and the separator stays the same; a
+        // line break may stand in for it, as in grouped numbers.
+        let mut last = g;
+        let mut kind: Option<Sep> = None;
+        let mut next = None;
+        while last + 1 < groups && run.group_len(last + 1) == 1 {
+            let gap = run.gaps[last];
+            if gap.mixed || gap.kind == Sep::Paren {
+                break;
+            }
+            if gap.kind != Sep::LineBreak {
+                match kind {
+                    None => kind = Some(gap.kind),
+                    // The digit between two kinds of separator may begin the next stretch.
+                    Some(k) if k != gap.kind => {
+                        next = Some(last);
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            last += 1;
+        }
+        let n = last - g + 1;
+        let touches_open_end = open_end && last + 1 == groups;
+        let continues_before = g == 0
+            && run.head.is_some_and(|(gap, one_digit)| {
+                one_digit && !gap.mixed && (gap.kind == Sep::LineBreak || Some(gap.kind) == kind)
+            });
+        if kind.is_some() && (12..=19).contains(&n) && !touches_open_end && !continues_before {
+            let digits = &run.digits[run.group_starts[g]..run.group_end(last)];
+            let (bs, be) = run.byte_span(g, last);
+            let inside_token = is_alnum_before(b, bs) && is_alnum_after(b, be);
+            if luhn_valid(digits) && CardBrand::of(digits).is_some() && !inside_token {
+                // "+4 1 1 1..." is how international phone numbers start.
+                let score = if bs > 0 && b[bs - 1] == b'+' {
+                    0.2
+                } else {
+                    0.6
+                };
+                out.push(Candidate {
+                    entity: Entity::CreditCard,
+                    start: bs,
+                    end: be,
+                    score,
+                    rule: RuleId::Static("credit_card.luhn_irregular"),
+                });
+            }
+        }
+        g = next.unwrap_or(last + 1);
+    }
 }
 
 /// Structure score of a Luhn- and range-valid candidate spanning groups `first..=last`.
@@ -468,6 +669,10 @@ fn card_score(b: &[u8], run: &Run, first: usize, last: usize) -> f64 {
     if canonical {
         return if glued { 0.8 } else { 1.0 };
     }
+    if kind.is_some_and(Sep::card_only) {
+        // Thousands separators, CSV columns and sums: only a card's own grouping counts.
+        return 0.0;
+    }
     // Other groupings happen ("411111 1111111111") but so do tables of short numbers: accept
     // only a few groups of three or more digits.
     if sizes.len() <= 4 && sizes.iter().all(|&s| s >= 3) && !glued {
@@ -477,20 +682,17 @@ fn card_score(b: &[u8], run: &Run, first: usize, last: usize) -> f64 {
     }
 }
 
-fn ipv4(b: &[u8], run: &Run, out: &mut Vec<Candidate>) {
-    let groups = run.group_starts.len();
-    if groups < 4 {
-        return;
-    }
-    let mut g = 0;
-    while g + 3 < groups {
+/// IPv4 addresses in groups `first..=last` of the run.
+fn ipv4(b: &[u8], run: &Run, first: usize, last: usize, out: &mut Vec<Candidate>) {
+    let mut g = first;
+    while g + 3 <= last {
         let window = g..g + 4;
         let dots = run.gaps[g..g + 3]
             .iter()
             .all(|gap| gap.single && gap.kind == Sep::Dot);
         // The address must not continue with another dotted group ("1.2.3.4.5" is a version).
-        let left_ok = g == 0 || run.gaps[g - 1].kind != Sep::Dot;
-        let right_ok = g + 4 == groups || run.gaps[g + 3].kind != Sep::Dot;
+        let left_ok = g == first || run.gaps[g - 1].kind != Sep::Dot;
+        let right_ok = g + 3 == last || run.gaps[g + 3].kind != Sep::Dot;
         let octets_ok = window.clone().all(|k| {
             let s = run.group_starts[k];
             let e = run.group_end(k);
@@ -522,17 +724,19 @@ fn ipv4(b: &[u8], run: &Run, out: &mut Vec<Candidate>) {
     }
 }
 
+/// A phone number made of `digits` in groups of `sizes` (the first eight) joined by `gaps`.
 fn phone(
-    run: &Run,
+    digits: &[u8],
+    gaps: &[Gap],
     sizes: &[usize],
     plus_before: bool,
     paren_before: bool,
     whole: (usize, usize),
     out: &mut Vec<Candidate>,
 ) {
-    let total = run.digits.len();
-    let groups = run.group_starts.len();
-    let gaps_ok = run.gaps.iter().all(|g| {
+    let total = digits.len();
+    let groups = gaps.len() + 1;
+    let gaps_ok = gaps.iter().all(|g| {
         matches!(
             g.kind,
             Sep::Space | Sep::Dash | Sep::Dot | Sep::Paren | Sep::Invisible
@@ -546,16 +750,16 @@ fn phone(
     } else {
         // North American numbering plan: optional 1, area code, exchange, four-digit line number.
         let nanp_at = |first: usize| {
-            let d = &run.digits[first..];
+            let d = &digits[first..];
             d.len() == 10 && d[0] >= 2 && d[3] >= 2
         };
         let nanp = match sizes {
             [3, 3, 4] => nanp_at(0),
-            [1, 3, 3, 4] => run.digits[0] == 1 && nanp_at(1),
+            [1, 3, 3, 4] => digits[0] == 1 && nanp_at(1),
             _ => false,
         };
         // National formats elsewhere start with a trunk 0: "020 7946 0958", "030 901820".
-        let national = groups >= 2 && run.digits[0] == 0 && (10..=11).contains(&total);
+        let national = groups >= 2 && digits[0] == 0 && (10..=11).contains(&total);
         if nanp {
             let start = if paren_before { whole.0 - 1 } else { whole.0 };
             (start, "phone.nanp")

@@ -2,6 +2,7 @@
 //! [`crate::Scanner`] combines them, scores context and converts offsets.
 
 pub mod card;
+pub(crate) mod chars;
 pub(crate) mod digits;
 pub(crate) mod exact;
 mod iban;
