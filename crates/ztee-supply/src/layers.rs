@@ -710,4 +710,15 @@ mod tests {
         assert!(!out.path().join("etc/a").exists());
         assert_eq!(std::fs::read(out.path().join("etc/c")).unwrap(), b"three");
     }
+
+    #[test]
+    fn entry_names_in_errors_are_escaped_and_cut() {
+        assert_eq!(display_name(b"etc/passwd"), "etc/passwd");
+        assert_eq!(display_name(b"a\x1b[2J\n\"b\\"), "a\\u{1b}[2J\\n\\\"b\\\\");
+        assert_eq!(display_name("x\u{202e}y".as_bytes()), "x\\u{202e}y");
+        assert_eq!(display_name(b"\xff"), "\u{fffd}");
+        let long = display_name(&[b'a'; 1000]);
+        assert_eq!(long.chars().count(), MAX_NAME_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
 }
