@@ -5,14 +5,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use ztee_wire::auth::proofs_match;
 use ztee_wire::{
     BootSecret, FrameDecoder, GuestMessage, HostMessage, Opener, RequestId, Sealer, SessionKeys,
@@ -25,6 +25,17 @@ use crate::VmError;
 /// Messages buffered per request before the reader waits for the consumer (backpressure).
 const ROUTE_DEPTH: usize = 64;
 
+/// Longest the host waits for the guest's next message where the guest owes one promptly: the
+/// answer to a lease, a ping, a file transfer's next chunk or its end, a command's start. The
+/// agent answers these in milliseconds even under TCG on a loaded host; a guest silent for this
+/// long is broken or hostile, and its VM is abandoned (docs/execution.md).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest one frame may wait to be written to the guest. The agent never stops reading its
+/// channel (input for commands is queued in the guest), so a full socket for this long means
+/// the guest stopped serving it.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 type Routes = Arc<Mutex<HashMap<RequestId, mpsc::Sender<GuestMessage>>>>;
 
 /// Where egress stream messages go once the sandbox has egress; `None` drops them.
@@ -35,7 +46,8 @@ pub struct Channel {
     routes: Routes,
     egress: EgressSlot,
     next_id: AtomicU32,
-    closed: Arc<AtomicBool>,
+    /// `true` once the channel is gone: the guest closed it, sent garbage, or was abandoned.
+    closed: Arc<watch::Sender<bool>>,
     reader: tokio::task::JoinHandle<()>,
     pub agent_version: String,
     pub kernel_release: String,
@@ -90,7 +102,7 @@ impl Channel {
                 .map_err(|_| VmError::BootTimeout(remaining))??;
         let routes: Routes = Arc::default();
         let egress: EgressSlot = Arc::default();
-        let closed = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(watch::Sender::new(false));
         let reader = tokio::spawn(read_loop(
             read,
             session.decoder,
@@ -113,7 +125,7 @@ impl Channel {
 
     /// Reserves a request id and the queue its guest messages arrive on.
     pub fn open_request(&self) -> Result<(RequestId, mpsc::Receiver<GuestMessage>), VmError> {
-        if self.closed.load(Ordering::SeqCst) {
+        if self.is_closed() {
             return Err(VmError::ChannelClosed);
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
@@ -126,18 +138,74 @@ impl Channel {
         lock(&self.routes).remove(&id);
     }
 
+    /// Sends one frame, waiting at most [`SEND_TIMEOUT`] for the guest to take it; a guest that
+    /// does not is abandoned.
     pub async fn send(&self, message: &HostMessage) -> Result<(), VmError> {
-        let mut writer = self.writer.lock().await;
-        let (stream, sealer) = &mut *writer;
-        let frame = sealer.seal(message)?;
-        stream
-            .write_all(&frame)
+        let written = tokio::time::timeout(SEND_TIMEOUT, async {
+            let mut writer = self.writer.lock().await;
+            let (stream, sealer) = &mut *writer;
+            let frame = sealer.seal(message)?;
+            stream
+                .write_all(&frame)
+                .await
+                .map_err(|_| VmError::ChannelClosed)
+        })
+        .await;
+        match written {
+            Ok(result) => result,
+            Err(_) => Err(self.abandon("take a message from the host", SEND_TIMEOUT)),
+        }
+    }
+
+    /// The guest's next message for a request it must answer promptly, waiting at most
+    /// [`REPLY_TIMEOUT`]. `what` names the answer awaited, for the error.
+    pub async fn reply(
+        &self,
+        replies: &mut mpsc::Receiver<GuestMessage>,
+        what: &'static str,
+    ) -> Result<GuestMessage, VmError> {
+        self.next_before(replies, tokio::time::Instant::now() + REPLY_TIMEOUT, what)
             .await
-            .map_err(|_| VmError::ChannelClosed)
+    }
+
+    /// The guest's next message for a request, or, once `deadline` passes, the channel is
+    /// abandoned (and the VM with it) and the wait fails.
+    pub async fn next_before(
+        &self,
+        replies: &mut mpsc::Receiver<GuestMessage>,
+        deadline: tokio::time::Instant,
+        what: &'static str,
+    ) -> Result<GuestMessage, VmError> {
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout_at(deadline, replies.recv()).await {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => Err(VmError::ChannelClosed),
+            Err(_) => Err(self.abandon(what, deadline.saturating_duration_since(started))),
+        }
+    }
+
+    /// Gives up on a guest that did not do `what` within `waited`: the channel closes, every
+    /// waiting request fails, and whoever holds the VM ([`crate::Sandbox`]) kills it.
+    fn abandon(&self, what: &'static str, waited: Duration) -> VmError {
+        tracing::warn!(
+            what,
+            waited_ms = waited.as_millis() as u64,
+            "the guest did not answer in time; abandoning its VM"
+        );
+        self.reader.abort();
+        shut(&self.closed, &self.routes, &self.egress);
+        VmError::GuestUnresponsive { what, waited }
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        *self.closed.borrow()
+    }
+
+    /// Resolves once the channel is gone, whatever the reason.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.subscribe();
+        // An error means the sender is gone, which only happens with `self`: closed too.
+        let _ = closed.wait_for(|closed| *closed).await;
     }
 
     /// Routes the guest's egress streams to `relay` from now on.
@@ -154,6 +222,16 @@ impl Drop for Channel {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks the channel closed and wakes everything waiting on it: dropping the routes' senders
+/// fails every waiting request with "channel closed", and egress streams end.
+fn shut(closed: &watch::Sender<bool>, routes: &Routes, egress: &EgressSlot) {
+    closed.send_replace(true);
+    lock(routes).clear();
+    if let Some(relay) = lock(egress).take() {
+        relay.close_all();
+    }
 }
 
 async fn handshake(
@@ -259,7 +337,7 @@ async fn read_loop(
     mut opener: Opener,
     routes: Routes,
     egress: EgressSlot,
-    closed: Arc<AtomicBool>,
+    closed: Arc<watch::Sender<bool>>,
 ) {
     let result: Result<(), VmError> = async {
         loop {
@@ -298,12 +376,7 @@ async fn read_loop(
             tracing::warn!(%err, "closing the agent channel");
         }
     }
-    closed.store(true, Ordering::SeqCst);
-    // Dropping the senders wakes every waiting request with "channel closed".
-    lock(&routes).clear();
-    if let Some(relay) = lock(&egress).take() {
-        relay.close_all();
-    }
+    shut(&closed, &routes, &egress);
 }
 
 fn is_egress(message: &GuestMessage) -> bool {

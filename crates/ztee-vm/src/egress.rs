@@ -289,108 +289,13 @@ mod tests {
 
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::time::{Duration, Instant};
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{UnixListener, UnixStream};
     use ztee_egress::{Allowlist, EgressConfig, EgressGrant, EgressLog, EgressProxy};
-    use ztee_wire::{BootSecret, FrameDecoder, Opener, Sealer, SessionKeys, PROTOCOL_VERSION};
 
     use super::*;
-
-    /// The guest end of an authenticated session.
-    struct FakeGuest {
-        stream: UnixStream,
-        sealer: Sealer,
-        opener: Opener,
-        decoder: FrameDecoder,
-    }
-
-    impl FakeGuest {
-        async fn send(&mut self, message: &GuestMessage) {
-            let frame = self.sealer.seal(message).unwrap();
-            self.stream.write_all(&frame).await.unwrap();
-        }
-
-        async fn next(&mut self) -> HostMessage {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                if let Some(frame) = self.decoder.next_frame().unwrap() {
-                    return self.opener.open(&frame).unwrap();
-                }
-                let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut buf))
-                    .await
-                    .expect("a host message in time")
-                    .unwrap();
-                assert!(n > 0, "host closed the channel");
-                self.decoder.push(&buf[..n]);
-            }
-        }
-    }
+    use crate::fake_guest::FakeGuest;
 
     async fn session() -> (Arc<Channel>, FakeGuest, Arc<EgressLog>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let secret = BootSecret::from_bytes([5; 32]);
-        let guest = tokio::spawn(async move {
-            let secret = BootSecret::from_bytes([5; 32]);
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut decoder = FrameDecoder::new();
-            let mut opener = Opener::unauthenticated();
-            let mut buf = vec![0u8; 4096];
-            let next = |decoder: &mut FrameDecoder| decoder.next_frame().unwrap();
-            let hello = loop {
-                if let Some(frame) = next(&mut decoder) {
-                    break frame;
-                }
-                let n = stream.read(&mut buf).await.unwrap();
-                decoder.push(&buf[..n]);
-            };
-            let HostMessage::Hello {
-                nonce: host_nonce, ..
-            } = opener.open(&hello).unwrap()
-            else {
-                panic!("expected Hello")
-            };
-            let guest_nonce = [7u8; 32];
-            let ack = Sealer::unauthenticated()
-                .seal(&GuestMessage::HelloAck {
-                    version: PROTOCOL_VERSION,
-                    nonce: guest_nonce,
-                    proof: secret.agent_proof(&host_nonce, &guest_nonce),
-                })
-                .unwrap();
-            stream.write_all(&ack).await.unwrap();
-            let confirm = loop {
-                if let Some(frame) = next(&mut decoder) {
-                    break frame;
-                }
-                let n = stream.read(&mut buf).await.unwrap();
-                decoder.push(&buf[..n]);
-            };
-            let _: HostMessage = opener.open(&confirm).unwrap();
-            let keys = SessionKeys::derive(&secret, &host_nonce, &guest_nonce);
-            let mut guest = FakeGuest {
-                stream,
-                sealer: Sealer::keyed(keys.guest_to_host),
-                opener: Opener::keyed(keys.host_to_guest),
-                decoder,
-            };
-            guest
-                .send(&GuestMessage::Ready {
-                    agent_version: "test".into(),
-                    kernel_release: "test".into(),
-                })
-                .await;
-            guest
-        });
-        let channel = Arc::new(
-            Channel::connect(&socket, &secret, Instant::now() + Duration::from_secs(10))
-                .await
-                .unwrap(),
-        );
-        let guest = guest.await.unwrap();
+        let (channel, guest, dir) = crate::fake_guest::session().await;
         let log = Arc::new(EgressLog::default());
         let proxy = Arc::new(EgressProxy::from_config(EgressConfig::default()).unwrap());
         let grant = EgressGrant {

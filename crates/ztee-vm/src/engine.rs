@@ -377,17 +377,17 @@ async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<S
             max_processes: spec.max_processes,
         })
         .await?;
-    let result = match replies.recv().await {
-        Some(GuestMessage::Done { .. }) => Ok(()),
-        Some(GuestMessage::Failed { message, .. }) => Err(VmError::Guest(format!(
+    let result = match channel.reply(&mut replies, "accept its lease").await {
+        Ok(GuestMessage::Done { .. }) => Ok(()),
+        Ok(GuestMessage::Failed { message, .. }) => Err(VmError::Guest(format!(
             "lease refused: {}",
             error::sanitize_guest_text(&message)
         ))),
-        Some(other) => Err(VmError::Guest(format!(
+        Ok(other) => Err(VmError::Guest(format!(
             "unexpected {} to a lease",
             other.name()
         ))),
-        None => Err(VmError::ChannelClosed),
+        Err(err) => Err(err),
     };
     channel.close_request(request);
     result?;

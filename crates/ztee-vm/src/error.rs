@@ -28,6 +28,13 @@ pub enum VmError {
     AgentAuthentication,
     #[error("the sandbox is gone (its VM stopped or its channel closed)")]
     ChannelClosed,
+    /// The host stopped waiting: the guest did not do `what` within `waited`, so its VM was
+    /// abandoned and killed.
+    #[error("the guest did not {what} within {waited:?}; its VM was stopped")]
+    GuestUnresponsive {
+        what: &'static str,
+        waited: std::time::Duration,
+    },
     #[error("command not found in the sandbox: {0}")]
     CommandNotFound(String),
     #[error("permission denied in the sandbox: {0}")]

@@ -15,6 +15,12 @@ use crate::VmError;
 /// Default cap on a command's combined stdout and stderr.
 pub const DEFAULT_MAX_OUTPUT: u64 = 64 * 1024 * 1024;
 
+/// How long past its time limit the host waits for a command's exit before it gives up on the
+/// guest and kills the VM. The agent enforces the limit itself and reports `TimedOut`; the grace
+/// covers killing the process group and reporting under a loaded host. The host does not rely
+/// on the guest for the limit: a guest that never reports an exit loses its VM.
+pub const EXIT_GRACE: Duration = Duration::from_secs(10);
+
 /// A command to run as the sandbox user.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -22,7 +28,8 @@ pub struct ExecSpec {
     pub env: Vec<(String, String)>,
     /// Working directory inside the sandbox; the user's home when `None`.
     pub cwd: Option<String>,
-    /// Wall-clock limit, enforced inside the guest.
+    /// Wall-clock limit, enforced inside the guest, and by the host [`EXIT_GRACE`] later.
+    /// `None` runs until the command ends: the caller bounds it (the gateway always sets one).
     pub timeout: Option<Duration>,
     pub max_output_bytes: u64,
     /// Keep stdin open for [`Execution::write_stdin`]; otherwise the command reads EOF.
@@ -79,6 +86,8 @@ pub struct Execution {
     events: mpsc::Receiver<GuestMessage>,
     channel: Arc<Channel>,
     finished: bool,
+    /// When the host stops waiting for the exit: the limit plus [`EXIT_GRACE`].
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// Everything a finished command produced.
@@ -95,6 +104,9 @@ impl Execution {
             return Err(VmError::InvalidRequest("empty command".into()));
         }
         let (id, mut events) = channel.open_request()?;
+        let deadline = spec
+            .timeout
+            .map(|limit| tokio::time::Instant::now() + limit.saturating_add(EXIT_GRACE));
         let request = ztee_wire::message::ExecRequest {
             id,
             argv: spec.argv.clone(),
@@ -108,16 +120,15 @@ impl Execution {
         };
         let started = async {
             channel.send(&HostMessage::Exec(request)).await?;
-            match events.recv().await {
-                Some(GuestMessage::Started { pid, .. }) => Ok(pid),
-                Some(GuestMessage::Failed { kind, message, .. }) => {
+            match channel.reply(&mut events, "start a command").await? {
+                GuestMessage::Started { pid, .. } => Ok(pid),
+                GuestMessage::Failed { kind, message, .. } => {
                     Err(failure(kind, &message, &spec.argv[0]))
                 }
-                Some(other) => Err(VmError::Guest(format!(
+                other => Err(VmError::Guest(format!(
                     "unexpected {} before the command started",
                     other.name()
                 ))),
-                None => Err(VmError::ChannelClosed),
             }
         }
         .await;
@@ -128,6 +139,7 @@ impl Execution {
                 events,
                 channel,
                 finished: false,
+                deadline,
             }),
             Err(err) => {
                 channel.close_request(id);
@@ -146,7 +158,27 @@ impl Execution {
         if self.finished {
             return Ok(None);
         }
-        match self.events.recv().await {
+        let next = match self.deadline {
+            Some(deadline) => {
+                self.channel
+                    .next_before(
+                        &mut self.events,
+                        deadline,
+                        "end a command within its time limit",
+                    )
+                    .await
+            }
+            None => self.events.recv().await.ok_or(VmError::ChannelClosed),
+        };
+        let next = match next {
+            Ok(message) => Some(message),
+            Err(VmError::ChannelClosed) => None,
+            Err(err) => {
+                self.finished = true;
+                return Err(err);
+            }
+        };
+        match next {
             Some(GuestMessage::Stdout { data, .. }) => Ok(Some(ExecEvent::Stdout(data))),
             Some(GuestMessage::Stderr { data, .. }) => Ok(Some(ExecEvent::Stderr(data))),
             Some(GuestMessage::Exited { status, .. }) => {
@@ -260,5 +292,79 @@ impl CommandStream for Execution {
     }
     async fn close_stdin(&mut self) -> Result<(), VmError> {
         Execution::close_stdin(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The host's own bound on a command: a guest that starts a command and then never reports
+    //! its exit loses the channel (and, through the sandbox's watchdog, its VM).
+
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::fake_guest;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_whose_exit_never_comes_fails_at_its_limit_plus_grace() {
+        let (channel, mut guest, _dir) = fake_guest::session().await;
+        let held = tokio::spawn(async move {
+            let HostMessage::Exec(request) = guest.next().await else {
+                panic!("expected Exec")
+            };
+            guest
+                .send(&GuestMessage::Started {
+                    id: request.id,
+                    pid: 42,
+                })
+                .await;
+            // Silent from here on, with the connection open: no output, no exit.
+            guest
+        });
+        let mut spec = ExecSpec::new(vec!["sleep".into(), "1000".into()]);
+        spec.timeout = Some(Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let mut execution = Execution::start(channel.clone(), spec).await.unwrap();
+        let _guest = held.await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(600), execution.next_event())
+            .await
+            .expect("the host must not wait on the guest past the command's limit")
+            .unwrap_err();
+        assert!(matches!(err, VmError::GuestUnresponsive { .. }), "{err}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) + EXIT_GRACE && waited < Duration::from_secs(60),
+            "{waited:?}"
+        );
+        assert!(channel.is_closed(), "the guest is abandoned");
+        assert!(matches!(execution.next_event().await, Ok(None)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guest_that_never_answers_a_request_fails_it_within_the_reply_timeout() {
+        let (channel, _guest, _dir) = fake_guest::session().await;
+        let (id, mut replies) = channel.open_request().unwrap();
+        channel.send(&HostMessage::Ping { id }).await.unwrap();
+        let err = tokio::time::timeout(
+            crate::channel::REPLY_TIMEOUT * 4,
+            channel.reply(&mut replies, "answer a ping"),
+        )
+        .await
+        .expect("bounded by the reply timeout")
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did not answer a ping within 30s; its VM was stopped"),
+            "{err}"
+        );
+        assert!(channel.is_closed());
+        assert!(matches!(
+            channel.open_request(),
+            Err(VmError::ChannelClosed)
+        ));
+        // Whoever watches the channel (the sandbox's watchdog) is woken.
+        tokio::time::timeout(Duration::from_secs(1), channel.closed())
+            .await
+            .expect("closed() resolves once the guest is abandoned");
     }
 }

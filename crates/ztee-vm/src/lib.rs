@@ -28,6 +28,8 @@ mod egress;
 pub mod engine;
 mod error;
 pub mod exec;
+#[cfg(test)]
+mod fake_guest;
 mod firecracker_vm;
 pub mod image;
 pub mod initramfs;

@@ -17,10 +17,14 @@ const MAX_LINE: usize = 1024 * 1024;
 pub struct Qmp {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::net::unix::OwnedWriteHalf,
+    /// Every exchange on this session ends by then: a QEMU that stops answering (stuck, or
+    /// stopped by a signal) fails the caller instead of holding it.
+    deadline: Instant,
 }
 
 impl Qmp {
-    /// Connects (retrying while QEMU creates the socket) and negotiates capabilities.
+    /// Connects (retrying while QEMU creates the socket) and negotiates capabilities. Every read
+    /// and write on the session is bounded by `deadline`.
     pub async fn connect(socket: &Path, deadline: Instant) -> Result<Self, VmError> {
         let stream = loop {
             match UnixStream::connect(socket).await {
@@ -35,6 +39,7 @@ impl Qmp {
         let mut qmp = Self {
             reader: BufReader::new(read),
             writer,
+            deadline,
         };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
@@ -45,6 +50,13 @@ impl Qmp {
     }
 
     async fn read_message(&mut self) -> Result<Value, VmError> {
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        tokio::time::timeout_at(deadline, self.read_message_unbounded())
+            .await
+            .map_err(|_| VmError::Qmp("QEMU did not answer before the deadline".into()))?
+    }
+
+    async fn read_message_unbounded(&mut self) -> Result<Value, VmError> {
         let mut line = String::new();
         loop {
             line.clear();
@@ -70,9 +82,10 @@ impl Qmp {
         let mut bytes = serde_json::to_vec(&request)
             .map_err(|e| VmError::Qmp(format!("encode {command}: {e}")))?;
         bytes.push(b'\n');
-        self.writer
-            .write_all(&bytes)
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        tokio::time::timeout_at(deadline, self.writer.write_all(&bytes))
             .await
+            .map_err(|_| VmError::Qmp(format!("QEMU did not take {command} before the deadline")))?
             .map_err(|e| VmError::Qmp(format!("write {command}: {e}")))?;
         loop {
             let reply = self.read_message().await?;

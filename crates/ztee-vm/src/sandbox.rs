@@ -64,7 +64,10 @@ impl std::fmt::Display for StartKind {
 pub struct Sandbox {
     info: SandboxInfo,
     channel: Arc<Channel>,
-    vmm: tokio::sync::Mutex<Child>,
+    vmm: Arc<tokio::sync::Mutex<Child>>,
+    /// Kills the VMM as soon as the channel is gone (the guest stopped, sent garbage, or was
+    /// abandoned for not answering in time), so a broken guest never holds its VM and quota.
+    watchdog: tokio::task::JoinHandle<()>,
     /// Set once egress is granted: commands started afterwards get the proxy environment.
     egress: OnceLock<ztee_egress::Allowlist>,
     // Dropped after the VMM is killed: it holds the VM's socket and secret-bearing initramfs.
@@ -81,10 +84,19 @@ impl Sandbox {
         vmm: Child,
         runtime: RuntimeDir,
     ) -> Self {
+        let vmm = Arc::new(tokio::sync::Mutex::new(vmm));
+        let watchdog = tokio::spawn({
+            let (channel, vmm) = (channel.clone(), vmm.clone());
+            async move {
+                channel.closed().await;
+                let _ = vmm.lock().await.start_kill();
+            }
+        });
         Self {
             info,
             channel,
-            vmm: tokio::sync::Mutex::new(vmm),
+            vmm,
+            watchdog,
             egress: OnceLock::new(),
             _runtime: runtime,
         }
@@ -146,13 +158,16 @@ impl Sandbox {
                     port: ztee_egress::GUEST_PROXY_PORT,
                 })
                 .await?;
-            match replies.recv().await {
-                Some(GuestMessage::Done { .. }) => Ok(()),
-                Some(GuestMessage::Failed { kind, message, .. }) => {
+            match self
+                .channel
+                .reply(&mut replies, "start the egress proxy")
+                .await?
+            {
+                GuestMessage::Done { .. } => Ok(()),
+                GuestMessage::Failed { kind, message, .. } => {
                     Err(failure(kind, &message, "egress proxy"))
                 }
-                Some(other) => Err(VmError::Guest(format!("unexpected {}", other.name()))),
-                None => Err(VmError::ChannelClosed),
+                other => Err(VmError::Guest(format!("unexpected {}", other.name()))),
             }
         }
         .await;
@@ -193,16 +208,17 @@ impl Sandbox {
                     .await?;
             }
             self.channel.send(&HostMessage::FileEnd { id }).await?;
-            match replies.recv().await {
-                Some(GuestMessage::Done { .. }) => Ok(()),
-                Some(GuestMessage::Failed { kind, message, .. }) => {
-                    Err(failure(kind, &message, path))
-                }
-                Some(other) => Err(VmError::Guest(format!(
+            match self
+                .channel
+                .reply(&mut replies, "finish a file write")
+                .await?
+            {
+                GuestMessage::Done { .. } => Ok(()),
+                GuestMessage::Failed { kind, message, .. } => Err(failure(kind, &message, path)),
+                other => Err(VmError::Guest(format!(
                     "unexpected {} during a file write",
                     other.name()
                 ))),
-                None => Err(VmError::ChannelClosed),
             }
         }
         .await;
@@ -223,25 +239,28 @@ impl Sandbox {
                 .await?;
             let mut data = Vec::new();
             loop {
-                match replies.recv().await {
-                    Some(GuestMessage::FileChunk { data: chunk, .. }) => {
+                match self
+                    .channel
+                    .reply(&mut replies, "send a file's next chunk")
+                    .await?
+                {
+                    GuestMessage::FileChunk { data: chunk, .. } => {
                         let size = (data.len() + chunk.len()) as u64;
                         if size > limit {
                             return Err(VmError::FileTooLarge { size, limit });
                         }
                         data.extend_from_slice(&chunk);
                     }
-                    Some(GuestMessage::FileEnd { .. }) => return Ok(data),
-                    Some(GuestMessage::Failed { kind, message, .. }) => {
+                    GuestMessage::FileEnd { .. } => return Ok(data),
+                    GuestMessage::Failed { kind, message, .. } => {
                         return Err(failure(kind, &message, path))
                     }
-                    Some(other) => {
+                    other => {
                         return Err(VmError::Guest(format!(
                             "unexpected {} during a file read",
                             other.name()
                         )))
                     }
-                    None => return Err(VmError::ChannelClosed),
                 }
             }
         }
@@ -255,10 +274,9 @@ impl Sandbox {
         let (id, mut replies) = self.channel.open_request()?;
         let result = async {
             self.channel.send(&HostMessage::Ping { id }).await?;
-            match replies.recv().await {
-                Some(GuestMessage::Done { .. }) => Ok(()),
-                Some(other) => Err(VmError::Guest(format!("unexpected {}", other.name()))),
-                None => Err(VmError::ChannelClosed),
+            match self.channel.reply(&mut replies, "answer a ping").await? {
+                GuestMessage::Done { .. } => Ok(()),
+                other => Err(VmError::Guest(format!("unexpected {}", other.name()))),
             }
         }
         .await;
@@ -268,6 +286,7 @@ impl Sandbox {
 
     /// Kills the VM and waits for the VMM to exit; the runtime directory goes with `self`.
     pub async fn destroy(self) -> Result<(), VmError> {
+        self.watchdog.abort();
         let mut vmm = self.vmm.lock().await;
         // The VM holds nothing worth a clean shutdown: every byte of it is discarded.
         let _ = vmm.start_kill();
@@ -275,6 +294,13 @@ impl Sandbox {
             .await
             .map_err(|e| VmError::io("wait for VMM", self._runtime.path(), e))?;
         Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // The watchdog holds the VMM too; without it the VMM's kill-on-drop applies.
+        self.watchdog.abort();
     }
 }
 

@@ -137,7 +137,7 @@ impl Template {
         )?;
         let state = self.dir.join("state");
         let loaded = tokio::select! {
-            loaded = load_state(&runtime, &state, deadline) => loaded,
+            loaded = bounded(deadline, "loading the snapshot", load_state(&runtime, &state, deadline)) => loaded,
             status = vmm.wait() => Err(vmm_exited(&mut vmm, &runtime, status).await),
         };
         loaded?;
@@ -217,7 +217,7 @@ async fn make(
     )?;
     let state = dir.join("state");
     let saved = tokio::select! {
-        saved = save_when_listening(&runtime, &state, deadline) => saved,
+        saved = bounded(deadline, "saving the snapshot", save_when_listening(&runtime, &state, deadline)) => saved,
         status = vmm.wait() => Err(vmm_exited(&mut vmm, &runtime, status).await),
     };
     let _ = vmm.start_kill();
@@ -232,6 +232,18 @@ async fn make(
         .map_err(|e| VmError::io("write snapshot secret", &secret_path, e))?;
     std::io::Write::write_all(&mut file, secret.to_hex().as_bytes())
         .map_err(|e| VmError::io("write snapshot secret", &secret_path, e))
+}
+
+/// `work`, or an error naming `what` once `deadline` passes: the migration socket's accept and
+/// copy wait on QEMU, which may never connect or finish.
+async fn bounded<T>(
+    deadline: Instant,
+    what: &'static str,
+    work: impl std::future::Future<Output = Result<T, VmError>>,
+) -> Result<T, VmError> {
+    tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), work)
+        .await
+        .map_err(|_| VmError::Snapshot(format!("{what} did not finish before the deadline")))?
 }
 
 /// Waits for the agent's "listening" line on the console, then pauses the VM and saves its

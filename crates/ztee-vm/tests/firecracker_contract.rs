@@ -531,9 +531,10 @@ async fn vsock_handshake_connects_to_the_agent_port() {
     let path = dir.path().join("v.sock");
     // The agent's answer may follow OK in the same write: it must not be eaten.
     let peer = vsock_peer(&path, vec![Some(b"OK 1073741824\nhello")]);
-    let (mut stream, host_port) = vsock::connect_once(&path, ztee_wire::VSOCK_PORT)
-        .await
-        .unwrap();
+    let (mut stream, host_port) =
+        vsock::connect_once(&path, ztee_wire::VSOCK_PORT, Duration::from_secs(20))
+            .await
+            .unwrap();
     assert_eq!(host_port, 1_073_741_824);
     let mut hello = [0u8; 5];
     stream.read_exact(&mut hello).await.unwrap();
@@ -559,19 +560,27 @@ async fn vsock_handshake_rejects_garbage_and_closed_peers() {
             Some(b"OK 11111111111111111111111111111111111111\n"),
         ],
     );
-    let err = vsock::connect_once(&path, 1024).await.unwrap_err();
+    let err = vsock::connect_once(&path, 1024, Duration::from_secs(20))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, HandshakeError::BadAnswer { answer, .. } if answer == "NOPE"),
         "{err}"
     );
-    let err = vsock::connect_once(&path, 1024).await.unwrap_err();
+    let err = vsock::connect_once(&path, 1024, Duration::from_secs(20))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, HandshakeError::Closed { port: 1024, .. }),
         "{err}"
     );
-    let err = vsock::connect_once(&path, 1024).await.unwrap_err();
+    let err = vsock::connect_once(&path, 1024, Duration::from_secs(20))
+        .await
+        .unwrap_err();
     assert!(matches!(err, HandshakeError::BadAnswer { .. }), "{err}");
-    let err = vsock::connect_once(&path, 1024).await.unwrap_err();
+    let err = vsock::connect_once(&path, 1024, Duration::from_secs(20))
+        .await
+        .unwrap_err();
     assert!(matches!(err, HandshakeError::BadAnswer { .. }), "{err}");
     assert_eq!(peer.await.unwrap().len(), 4);
 }
@@ -595,6 +604,67 @@ async fn vsock_connect_retries_until_the_agent_listens_or_the_deadline() {
         .unwrap_err();
     assert!(matches!(err, HandshakeError::Timeout { .. }), "{err}");
     assert!(err.to_string().contains("closed the connection"), "{err}");
+}
+
+/// A VMM that takes `CONNECT` and never answers for the first `silent` connections (as
+/// vhost-device-vsock does once its worker has stopped, and Firecracker can before the guest's
+/// driver is up), then answers like Firecracker.
+fn silent_vsock_peer(path: &Path, silent: usize) -> tokio::task::JoinHandle<usize> {
+    let listener = UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut served = 0;
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while stream.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+            served += 1;
+            if served <= silent {
+                held.push(stream);
+                continue;
+            }
+            stream.write_all(b"OK 1073741826\n").await.unwrap();
+            return served;
+        }
+    })
+}
+
+#[tokio::test]
+async fn vsock_connect_gives_up_on_an_attempt_that_is_never_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two attempts are taken and never answered; the third is answered within the deadline.
+    let path = dir.path().join("v.sock");
+    let peer = silent_vsock_peer(&path, 2);
+    let connected = tokio::time::timeout(
+        Duration::from_secs(30),
+        vsock::connect(&path, 1024, Instant::now() + Duration::from_secs(20)),
+    )
+    .await
+    .expect("an unanswered CONNECT must not hold connect past its deadline");
+    connected.unwrap();
+    assert_eq!(peer.await.unwrap(), 3);
+
+    // Never answered: the deadline holds and the error says why.
+    let never = dir.path().join("never.sock");
+    let _peer = silent_vsock_peer(&never, usize::MAX);
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        vsock::connect(&never, 1024, Instant::now() + Duration::from_millis(700)),
+    )
+    .await
+    .expect("an unanswered CONNECT must not hold connect past its deadline")
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, HandshakeError::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("did not answer"), "{err}");
 }
 
 /// Shutdown asks with Ctrl-Alt-Del, then kills a VMM that does not exit. The "VMM" is an
