@@ -190,3 +190,43 @@ async fn hostile_code_is_contained() {
         "host memory available fell from {memory_before} MiB to {memory_after} MiB"
     );
 }
+
+/// A guest that stops answering in the middle of a command (here: its VMM is frozen with
+/// SIGSTOP, which no guest code can undo) does not hold its VM: the host gives up at the
+/// command's limit plus the grace, the caller gets an error saying so, and the VMM is killed.
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_that_never_reports_an_exit_loses_its_vm() {
+    let Some(env) = common::env() else { return };
+    let sandbox = env.engine.create(SandboxSpec::default()).await.unwrap();
+    let vmm_pid = sandbox.info().vmm_pid;
+    let mut execution = sandbox.exec(sh("sleep 600", 1)).await.unwrap();
+    // SAFETY: kill(2) with a pid this test's engine started and has not reaped.
+    assert_eq!(unsafe { libc::kill(vmm_pid as i32, libc::SIGSTOP) }, 0);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(120), execution.next_event())
+        .await
+        .expect("the host must stop waiting at the command's limit plus the grace")
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        err.to_string()
+            .contains("did not end a command within its time limit"),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_secs(1)
+            && waited < Duration::from_secs(1) + ztee_vm::exec::EXIT_GRACE * 3,
+        "{waited:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::process_exists(vmm_pid) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !common::process_exists(vmm_pid),
+        "the unresponsive guest's VMM is still running"
+    );
+    assert!(!sandbox.is_alive());
+    sandbox.destroy().await.unwrap();
+    assert!(env.leftover_vm_dirs().is_empty());
+}
