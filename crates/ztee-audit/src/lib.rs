@@ -38,8 +38,10 @@ pub use event::{
 pub use key::{NodeKey, PublicKey, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 pub use read::{parse_since, read_records, Query};
 pub use record::{Checkpoint, Payload, Record};
-pub use verify::{verify, Problem, VerifyFailure, VerifyReport};
-pub use writer::{AuditConfig, AuditLog, Receipt};
+pub use verify::{
+    verify, verify_with, ExportedHead, Problem, VerifyFailure, VerifyOptions, VerifyReport,
+};
+pub use writer::{AuditConfig, AuditLog, Receipt, WITNESS_ENV};
 
 /// Formats a timestamp the way the log stores it (RFC 3339, UTC, microseconds).
 pub fn format_time(time: std::time::SystemTime) -> String {

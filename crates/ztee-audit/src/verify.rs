@@ -2,6 +2,13 @@
 //! links and sequence numbers, checks every checkpoint signature against the trusted node key, and
 //! checks that the signed `head.json` is still covered by the log (so a truncation back past the
 //! last checkpoint is caught). Stops at, and names, the first bad record.
+//!
+//! The log and `head.json` live in one directory, so a copy of that directory taken earlier is a
+//! valid, shorter log: a rollback of the whole directory passes [`verify`]. [`verify_with`] also
+//! checks the log against what was seen outside it: a witness file of every signed checkpoint
+//! (written by the writer to a place configured apart from the data directory), and a head
+//! exported earlier. The log must still contain every witnessed checkpoint, and the exported
+//! head, at their positions.
 
 use std::fmt;
 use std::fs;
@@ -37,6 +44,19 @@ pub enum Problem {
     HeadMismatch { checkpoint_seq: u64 },
     /// `head.json` is missing or unreadable although the log contains checkpoints.
     HeadMissing { reason: String },
+    /// The witness saw a checkpoint at `witnessed_seq`, but the log ends at `last_seq`.
+    RolledBack { witnessed_seq: u64, last_seq: u64 },
+    /// The record at a witnessed checkpoint's position is not the witnessed checkpoint.
+    WitnessMismatch { witnessed_seq: u64 },
+    /// The witness file cannot be read or holds something that is not a checkpoint.
+    WitnessInvalid { reason: String },
+    /// An exported head says the log had `expected_records`, but it ends at `last_seq`.
+    BehindExpectedHead {
+        expected_records: u64,
+        last_seq: u64,
+    },
+    /// The record at the exported head's position does not have the exported hash.
+    ExpectedHeadMismatch { expected_records: u64 },
 }
 
 impl fmt::Display for Problem {
@@ -81,6 +101,30 @@ impl fmt::Display for Problem {
                 f,
                 "the signed head ({HEAD_FILE}) is missing or invalid although the log has checkpoints: {reason}"
             ),
+            Problem::RolledBack {
+                witnessed_seq,
+                last_seq,
+            } => write!(
+                f,
+                "log rolled back: the witness saw a signed checkpoint at seq {witnessed_seq}, but the log ends at seq {last_seq} ({} record(s) gone)",
+                witnessed_seq.saturating_sub(*last_seq)
+            ),
+            Problem::WitnessMismatch { witnessed_seq } => write!(
+                f,
+                "record {witnessed_seq} is not the checkpoint the witness saw at that position: the log was rewritten from there or earlier"
+            ),
+            Problem::WitnessInvalid { reason } => write!(f, "witness unusable: {reason}"),
+            Problem::BehindExpectedHead {
+                expected_records,
+                last_seq,
+            } => write!(
+                f,
+                "log rolled back or truncated: the expected head has {expected_records} records, but the log ends at seq {last_seq}"
+            ),
+            Problem::ExpectedHeadMismatch { expected_records } => write!(
+                f,
+                "record {expected_records} does not have the expected head's hash: the log was rewritten from there or earlier"
+            ),
         }
     }
 }
@@ -122,6 +166,11 @@ pub struct VerifyReport {
     pub unsigned_tail: u64,
     /// Bytes of an incomplete final line (a write interrupted by a crash, never acknowledged).
     pub torn_tail_bytes: usize,
+    /// The last good record, to export and pass back later as an expected head (`None` for an
+    /// empty log).
+    pub head: Option<ExportedHead>,
+    /// The highest checkpoint sequence number in the witness, when one was checked.
+    pub witnessed_seq: Option<u64>,
     /// `None` when the log verified.
     pub failure: Option<VerifyFailure>,
 }
@@ -132,13 +181,88 @@ impl VerifyReport {
     }
 }
 
+/// The head of a log as exported for later comparison: how many records it had and the hash
+/// of the last one. Written `<records>:<hash hex>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportedHead {
+    pub records: u64,
+    pub hash: [u8; 32],
+}
+
+impl fmt::Display for ExportedHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.records, hex::encode(self.hash))
+    }
+}
+
+impl std::str::FromStr for ExportedHead {
+    type Err = AuditError;
+
+    fn from_str(text: &str) -> Result<Self, AuditError> {
+        let invalid = || AuditError::InvalidValue {
+            field: "exported head",
+            value: text.to_string(),
+            expected: "<records>:<64 hex digits>, as printed by `ztee audit verify`",
+        };
+        let (records, hash_hex) = text.trim().split_once(':').ok_or_else(invalid)?;
+        let records = records.parse::<u64>().map_err(|_| invalid())?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hash_hex, &mut hash).map_err(|_| invalid())?;
+        if records == 0 {
+            return Err(invalid());
+        }
+        Ok(ExportedHead { records, hash })
+    }
+}
+
+impl Serialize for ExportedHead {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// What to check beyond the log itself.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// A witness file (see [`crate::AuditConfig::witness`]).
+    pub witness: Option<PathBuf>,
+    /// A head exported earlier.
+    pub expected_head: Option<ExportedHead>,
+}
+
 /// Verifies the log in `dir` against the trusted node key.
 pub fn verify(dir: &Path, key: &PublicKey) -> Result<VerifyReport, AuditError> {
+    verify_with(dir, key, &VerifyOptions::default())
+}
+
+/// [`verify`], and also against a witness and an exported head. When the log itself verifies, a
+/// witnessed checkpoint beyond its end fails with [`Problem::RolledBack`] and one that differs
+/// from the log's record at its position with [`Problem::WitnessMismatch`]; an unreadable,
+/// edited or foreign-signed witness fails too. An exported head fails with
+/// [`Problem::BehindExpectedHead`] or [`Problem::ExpectedHeadMismatch`].
+pub fn verify_with(
+    dir: &Path,
+    key: &PublicKey,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
     let segments = list_segments(dir)?;
     let mut report = VerifyReport {
         files: segments.len(),
         ..VerifyReport::default()
     };
+    // Read the witness first: the walk below keeps the hashes of the records it names.
+    let witness = options
+        .witness
+        .as_deref()
+        .map(|path| read_witness(path, key));
+    let mut wanted: Vec<u64> = match &witness {
+        Some(Ok(entries)) => entries.iter().map(|e| e.seq).collect(),
+        _ => Vec::new(),
+    };
+    wanted.extend(options.expected_head.map(|h| h.records));
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut kept = Kept::default();
     let mut expected_seq = 1u64;
     let mut prev_hash = GENESIS_HASH;
     // The record at each checkpoint's position, to compare with the signed head afterwards.
@@ -222,14 +346,213 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<VerifyReport, AuditError> {
                     checkpoint_hashes.push((record.seq, record.hash, path.clone(), index + 1));
                 }
             }
+            if wanted.binary_search(&record.seq).is_ok() {
+                kept.records
+                    .push((record.seq, record.hash, path.clone(), index + 1));
+            }
             report.last_seq = record.seq;
             expected_seq = record.seq + 1;
             prev_hash = record.hash;
         }
     }
 
+    if report.last_seq > 0 {
+        report.head = Some(ExportedHead {
+            records: report.last_seq,
+            hash: prev_hash,
+        });
+    }
+    kept.last_file = segments
+        .last()
+        .map_or_else(|| dir.to_path_buf(), |(_, p)| p.clone());
     report.failure = check_head(dir, key, &report, &checkpoint_hashes);
+    if let Some(witness) = witness {
+        let entries = match witness {
+            Ok(entries) => entries,
+            Err(failure) => {
+                report.failure = report.failure.or(Some(*failure));
+                return Ok(report);
+            }
+        };
+        report.witnessed_seq = entries.iter().map(|e| e.seq).max();
+        if report.failure.is_none() {
+            report.failure = options
+                .witness
+                .as_deref()
+                .and_then(|path| check_witness(path, &entries, &report, &kept));
+        }
+    }
+    if let (None, Some(expected)) = (&report.failure, options.expected_head) {
+        report.failure = check_expected_head(expected, &report, &kept);
+    }
     Ok(report)
+}
+
+/// Records the walk kept for the checks after it: `(seq, hash, file, line)` of the records at
+/// the witnessed and expected positions, in log order, and the last segment.
+#[derive(Default)]
+struct Kept {
+    records: Vec<(u64, [u8; 32], PathBuf, usize)>,
+    last_file: PathBuf,
+}
+
+impl Kept {
+    /// The kept record at `seq`: its hash, file and line.
+    fn at(&self, seq: u64) -> Option<&(u64, [u8; 32], PathBuf, usize)> {
+        self.records
+            .binary_search_by_key(&seq, |r| r.0)
+            .ok()
+            .map(|i| &self.records[i])
+    }
+}
+
+/// One checkpoint the witness saw, and the witness line it is on.
+struct WitnessEntry {
+    seq: u64,
+    hash: [u8; 32],
+    line: usize,
+}
+
+/// Reads and checks every entry of a witness file: each must be a checkpoint record, intact, and
+/// signed by the trusted key. A final line without a newline is a write cut short by a crash and
+/// is not an entry.
+fn read_witness(path: &Path, key: &PublicKey) -> Result<Vec<WitnessEntry>, Box<VerifyFailure>> {
+    let fail = |line: usize, seq: Option<u64>, problem: Problem| {
+        Box::new(VerifyFailure {
+            file: path.to_path_buf(),
+            line,
+            seq,
+            problem,
+        })
+    };
+    let bytes = fs::read(path).map_err(|e| {
+        fail(
+            0,
+            None,
+            Problem::WitnessInvalid {
+                reason: format!("cannot read it: {e}"),
+            },
+        )
+    })?;
+    let (lines, _torn) = split_lines(&bytes);
+    let mut entries = Vec::with_capacity(lines.len());
+    for (index, line) in lines.iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let invalid = |reason: String| fail(index + 1, None, Problem::WitnessInvalid { reason });
+        let record = match record::decode(line) {
+            Ok(record) => record,
+            Err(LineError::HashMismatch) => {
+                return Err(invalid(
+                    "entry was edited (its content does not match its hash)".to_string(),
+                ))
+            }
+            Err(LineError::Malformed(reason)) => {
+                return Err(invalid(format!("not a checkpoint record: {reason}")))
+            }
+        };
+        let Payload::Checkpoint(checkpoint) = &record.payload else {
+            return Err(invalid(
+                "an event record; a witness holds only checkpoints".to_string(),
+            ));
+        };
+        if !checkpoint_signature_ok(&record, key) {
+            return Err(fail(
+                index + 1,
+                Some(record.seq),
+                Problem::BadSignature {
+                    key_id: checkpoint.key_id.clone(),
+                },
+            ));
+        }
+        entries.push(WitnessEntry {
+            seq: record.seq,
+            hash: record.hash,
+            line: index + 1,
+        });
+    }
+    Ok(entries)
+}
+
+/// Every checkpoint the witness saw must be in the log, at its position, byte for byte (equal
+/// hashes, and through the chain, an equal history before it).
+fn check_witness(
+    witness: &Path,
+    entries: &[WitnessEntry],
+    report: &VerifyReport,
+    kept: &Kept,
+) -> Option<VerifyFailure> {
+    let mut by_seq: Vec<&WitnessEntry> = entries.iter().collect();
+    by_seq.sort_by_key(|e| e.seq);
+    for entry in &by_seq {
+        if entry.seq > report.last_seq {
+            // Name the furthest point the witness saw: that is how far the log was rolled back.
+            let furthest = by_seq.last().unwrap_or(entry);
+            return Some(VerifyFailure {
+                file: witness.to_path_buf(),
+                line: furthest.line,
+                seq: Some(furthest.seq),
+                problem: Problem::RolledBack {
+                    witnessed_seq: furthest.seq,
+                    last_seq: report.last_seq,
+                },
+            });
+        }
+        match kept.at(entry.seq) {
+            Some((_, hash, ..)) if *hash == entry.hash => {}
+            found => {
+                let (file, line) = found
+                    .map(|(_, _, file, line)| (file.clone(), *line))
+                    .unwrap_or_else(|| (kept.last_file.clone(), 0));
+                return Some(VerifyFailure {
+                    file,
+                    line,
+                    seq: Some(entry.seq),
+                    problem: Problem::WitnessMismatch {
+                        witnessed_seq: entry.seq,
+                    },
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The log must hold the exported head: as many records at least, and the same hash at its
+/// position.
+fn check_expected_head(
+    expected: ExportedHead,
+    report: &VerifyReport,
+    kept: &Kept,
+) -> Option<VerifyFailure> {
+    if expected.records > report.last_seq {
+        return Some(VerifyFailure {
+            file: kept.last_file.clone(),
+            line: 0,
+            seq: Some(report.last_seq),
+            problem: Problem::BehindExpectedHead {
+                expected_records: expected.records,
+                last_seq: report.last_seq,
+            },
+        });
+    }
+    match kept.at(expected.records) {
+        Some((_, hash, ..)) if *hash == expected.hash => None,
+        found => {
+            let (file, line) = found
+                .map(|(_, _, file, line)| (file.clone(), *line))
+                .unwrap_or_else(|| (kept.last_file.clone(), 0));
+            Some(VerifyFailure {
+                file,
+                line,
+                seq: Some(expected.records),
+                problem: Problem::ExpectedHeadMismatch {
+                    expected_records: expected.records,
+                },
+            })
+        }
+    }
 }
 
 fn checkpoint_signature_ok(record: &Record, key: &PublicKey) -> bool {

@@ -37,10 +37,16 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// Upper bound on events written per fsync.
     pub max_batch: usize,
+    /// A file outside the data directory to which every signed checkpoint is also appended (the
+    /// "witness"). `verify_with` compares the log against it, so a data directory rolled back to
+    /// an older state is detected. `None` writes no witness.
+    pub witness: Option<PathBuf>,
 }
 
 impl AuditConfig {
-    /// Defaults: `<data_dir>/audit`, 64 MiB segments, a checkpoint every 1000 events or 60 s.
+    /// Defaults: `<data_dir>/audit`, 64 MiB segments, a checkpoint every 1000 events or 60 s,
+    /// and the witness file named by the environment variable [`WITNESS_ENV`] if it is set (so
+    /// every process writing this node's log witnesses it, whatever starts it).
     pub fn new(data_dir: &Path) -> Self {
         AuditConfig {
             dir: data_dir.join("audit"),
@@ -48,9 +54,15 @@ impl AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             max_batch: 4096,
+            witness: std::env::var_os(WITNESS_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
+
+/// The environment variable [`AuditConfig::new`] takes the witness file from.
+pub const WITNESS_ENV: &str = "ZTEE_AUDIT_WITNESS";
 
 /// Where an appended record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +192,9 @@ impl Writer {
             .create(dir)
             .map_err(|e| AuditError::io(dir, e))?;
         let lock = lock_dir(dir)?;
+        if let Some(witness) = &config.witness {
+            check_witness_location(dir, witness)?;
+        }
 
         let segments = list_segments(dir)?;
         let mut next_seq = 1;
@@ -365,6 +380,16 @@ impl Writer {
         self.last_checkpoint = Instant::now();
         // The head file lets `verify` detect a log truncated back past this checkpoint.
         write_new_file(&self.config.dir.join(HEAD_FILE), &line, 0o600)?;
+        // The witness lets it detect the whole directory rolled back to an older state. A
+        // witness that cannot be written stops the log like any other failed write: carrying on
+        // would leave a gap in what the operator relies on to catch a rollback.
+        if let Some(witness) = &self.config.witness {
+            if let Err(e) = append_witness(witness, &line) {
+                let reason = format!("witness {}: {e}", witness.display());
+                self.fail(reason.clone());
+                return Err(AuditError::WriteFailed(reason));
+            }
+        }
         Ok(Receipt { seq, hash })
     }
 
@@ -381,6 +406,36 @@ impl Writer {
         self.size = 0;
         Ok(())
     }
+}
+
+/// A witness inside the audit directory would be rolled back with it: refuse it. Its directory
+/// must exist (it is the operator's, on another disk or mount, not ours to create).
+fn check_witness_location(audit_dir: &Path, witness: &Path) -> Result<(), AuditError> {
+    let parent = match witness.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = fs::canonicalize(parent).map_err(|e| AuditError::io(parent, e))?;
+    let audit_dir = fs::canonicalize(audit_dir).map_err(|e| AuditError::io(audit_dir, e))?;
+    if parent.starts_with(&audit_dir) {
+        return Err(AuditError::InvalidValue {
+            field: "witness",
+            value: witness.display().to_string(),
+            expected: "a file outside the audit directory (a rollback of the directory would take it along)",
+        });
+    }
+    Ok(())
+}
+
+/// Appends one checkpoint line to the witness and fsyncs it.
+fn append_witness(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(line)?;
+    file.sync_data()
 }
 
 fn open_segment(path: &Path) -> Result<File, AuditError> {
