@@ -3,18 +3,22 @@
 //! pipe, while this module moves bytes between that pipe and the agent channel.
 //!
 //! The guest is untrusted here too: it may only send what the host credited (at most
-//! `EGRESS_WINDOW` bytes in flight per stream, else the stream is closed), and only
-//! `MAX_EGRESS_STREAMS` streams at once. The channel's reader never waits on a stream: messages
-//! are handed over without blocking, so a stalled stream cannot hold up command output.
+//! `EGRESS_WINDOW` bytes in flight per stream, else the stream is closed), only
+//! `MAX_EGRESS_STREAMS` streams at once, counted until the host's work for a stream has ended
+//! (its connect, relay and audit record, not merely until the guest closed it), and only
+//! `OPEN_RATE` new streams a second after a burst of `OPEN_BURST`. Refused opens are not
+//! recorded one by one (that would hand the guest the audit trail's disk): they are counted and
+//! reported as one record a second at most. The channel's reader never waits on a stream:
+//! messages are handed over without blocking, so a stalled stream cannot hold up command output.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch, Notify};
-use ztee_egress::{EgressGrant, EgressProxy};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use ztee_egress::{Decision, EgressGrant, EgressProxy, EgressRecord};
 use ztee_wire::{
     GuestMessage, HostMessage, StreamId, EGRESS_CHUNK, EGRESS_WINDOW, MAX_EGRESS_STREAMS,
 };
@@ -23,6 +27,14 @@ use crate::channel::Channel;
 
 /// Longest wait for the guest to write a finished stream's last bytes before it is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// New streams a sandbox may open per second, after a burst of [`OPEN_BURST`]. A program that
+/// fetches packages opens a handful; a guest opening hundreds a second is flooding.
+const OPEN_RATE: f64 = 32.0;
+const OPEN_BURST: f64 = 128.0;
+
+/// How often at most refused opens are reported, as one record with their count.
+const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the channel's reader hands to a stream's task.
 enum FromGuest {
@@ -46,6 +58,40 @@ pub(crate) struct EgressRelay {
     grant: EgressGrant,
     channel: Weak<Channel>,
     streams: Mutex<HashMap<StreamId, StreamHandle>>,
+    /// One permit per stream whose host task still runs, however the guest closed it.
+    slots: Arc<Semaphore>,
+    opens: Mutex<TokenBucket>,
+    refused: Arc<AtomicU64>,
+    report_pending: Arc<AtomicBool>,
+}
+
+/// Why an open was refused.
+#[derive(Clone, Copy)]
+enum Refusal {
+    TooMany,
+    TooFast,
+    IdInUse,
+}
+
+/// Opens allowed: refills at [`OPEN_RATE`] a second up to [`OPEN_BURST`].
+struct TokenBucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * OPEN_RATE;
+        self.tokens = (self.tokens + earned).min(OPEN_BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl EgressRelay {
@@ -55,6 +101,13 @@ impl EgressRelay {
             grant,
             channel,
             streams: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(MAX_EGRESS_STREAMS)),
+            opens: Mutex::new(TokenBucket {
+                tokens: OPEN_BURST,
+                refilled: Instant::now(),
+            }),
+            refused: Arc::new(AtomicU64::new(0)),
+            report_pending: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -128,6 +181,43 @@ impl EgressRelay {
         });
     }
 
+    /// Closes a stream the host will not serve, and counts it for the next aggregated report.
+    fn refuse(&self, stream: StreamId, why: Refusal) {
+        self.send_later(HostMessage::EgressClose { stream });
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        if self.report_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (refused, pending) = (self.refused.clone(), self.report_pending.clone());
+        let (audit, sandbox) = (self.grant.audit.clone(), self.grant.sandbox.clone());
+        let reason = match why {
+            Refusal::TooMany => "more streams open at once than a sandbox may have",
+            Refusal::TooFast => "streams opened faster than a sandbox may open them",
+            Refusal::IdInUse => "a stream id that is still in use",
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(REFUSAL_REPORT_INTERVAL).await;
+            pending.store(false, Ordering::SeqCst);
+            let count = refused.swap(0, Ordering::SeqCst);
+            tracing::warn!(count, reason, "refused egress streams of a sandbox");
+            audit.record(&EgressRecord {
+                sandbox,
+                method: String::new(),
+                host: String::new(),
+                port: 0,
+                resolved: None,
+                rule: Some("egress.streams".into()),
+                bytes_up: 0,
+                bytes_down: 0,
+                decision: Decision::Denied,
+                reason: format!(
+                    "{count} egress stream(s) refused in the last second; first: {reason}"
+                ),
+                duration_ms: 0,
+            });
+        });
+    }
+
     fn open(self: &Arc<Self>, stream: StreamId) {
         let (to_task, from_guest) = mpsc::unbounded_channel();
         let (abort, aborted) = watch::channel(false);
@@ -145,18 +235,39 @@ impl EgressRelay {
             credit: handle.credit.clone(),
             credit_added: handle.credit_added.clone(),
         };
-        {
+        let slot: OwnedSemaphorePermit = {
             let mut streams = self.streams();
-            if streams.len() >= MAX_EGRESS_STREAMS || streams.contains_key(&stream) {
-                drop(streams);
-                tracing::warn!(stream, "refusing an egress stream (too many, or id in use)");
-                self.send_later(HostMessage::EgressClose { stream });
-                return;
+            let refusal = if streams.contains_key(&stream) {
+                Some(Refusal::IdInUse)
+            } else if !self.opens.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(Refusal::TooFast)
+            } else {
+                None
+            };
+            let slot = match refusal {
+                Some(why) => Err(why),
+                None => self
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Refusal::TooMany),
+            };
+            match slot {
+                Ok(slot) => {
+                    streams.insert(stream, handle);
+                    slot
+                }
+                Err(why) => {
+                    drop(streams);
+                    self.refuse(stream, why);
+                    return;
+                }
             }
-            streams.insert(stream, handle);
-        }
+        };
         let relay = self.clone();
         tokio::spawn(async move {
+            // Held until the host's work for the stream is over, connect and record included.
+            let _slot = slot;
             let (client, pump) = tokio::io::duplex(EGRESS_WINDOW as usize);
             let (pump_read, pump_write) = tokio::io::split(pump);
             let (finished_tx, finished) = watch::channel(false);
@@ -172,7 +283,16 @@ impl EgressRelay {
             let drained = task.drained(aborted.clone());
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
             let guest_closed = *aborted.borrow();
-            relay.streams().remove(&stream);
+            {
+                // Only this stream's entry: the guest may have reused the id after closing it.
+                let mut streams = relay.streams();
+                if streams
+                    .get(&stream)
+                    .is_some_and(|h| Arc::ptr_eq(&h.in_flight, &task.in_flight))
+                {
+                    streams.remove(&stream);
+                }
+            }
             if !guest_closed {
                 task.send(HostMessage::EgressClose { stream }).await;
             }
@@ -295,9 +415,15 @@ mod tests {
     use crate::fake_guest::FakeGuest;
 
     async fn session() -> (Arc<Channel>, FakeGuest, Arc<EgressLog>, tempfile::TempDir) {
+        session_with(EgressConfig::default()).await
+    }
+
+    async fn session_with(
+        config: EgressConfig,
+    ) -> (Arc<Channel>, FakeGuest, Arc<EgressLog>, tempfile::TempDir) {
         let (channel, guest, dir) = crate::fake_guest::session().await;
         let log = Arc::new(EgressLog::default());
-        let proxy = Arc::new(EgressProxy::from_config(EgressConfig::default()).unwrap());
+        let proxy = Arc::new(EgressProxy::from_config(config).unwrap());
         let grant = EgressGrant {
             sandbox: "sbx-test".into(),
             allowlist: Allowlist::new(vec!["allowed.example:443".parse().unwrap()]),
@@ -380,5 +506,91 @@ mod tests {
             }
             other => panic!("unexpected {}", other.name()),
         }
+    }
+
+    /// The next `EgressClose` the host sends within `wait`, skipping credit and data.
+    async fn next_close(guest: &mut FakeGuest, wait: Duration) -> Option<StreamId> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, guest.next()).await {
+                Ok(HostMessage::EgressClose { stream }) => return Some(stream),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_guest_closed_keeps_its_slot_until_the_host_is_done_with_it() {
+        // A DNS server that never answers: each stream's host task waits on its connect.
+        let silent_dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = EgressConfig {
+            dns_servers: vec![silent_dns.local_addr().unwrap()],
+            connect_timeout_secs: 4,
+            ..EgressConfig::default()
+        };
+        let (_channel, mut guest, _log, _dir) = session_with(config).await;
+        let limit = MAX_EGRESS_STREAMS as u32;
+        for stream in 1..=limit {
+            guest.send(&GuestMessage::EgressOpen { stream }).await;
+            guest
+                .send(&GuestMessage::EgressData {
+                    stream,
+                    data: b"CONNECT allowed.example:443 HTTP/1.1\r\n\r\n".to_vec(),
+                })
+                .await;
+        }
+        // Let the requests reach the proxy, then close every stream from the guest's side.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for stream in 1..=limit {
+            guest.send(&GuestMessage::EgressClose { stream }).await;
+        }
+        // The host is still resolving for all of them: one more stream is refused at once.
+        guest
+            .send(&GuestMessage::EgressOpen { stream: limit + 1 })
+            .await;
+        assert_eq!(
+            next_close(&mut guest, Duration::from_secs(2)).await,
+            Some(limit + 1),
+            "a stream beyond the limit was accepted while the host still served the closed ones"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_opens_is_refused_and_reported_as_one_record() {
+        let (_channel, mut guest, log, _dir) = session().await;
+        let flood = (OPEN_BURST as u32) + 200;
+        for stream in 1..=flood {
+            guest.send(&GuestMessage::EgressOpen { stream }).await;
+            guest.send(&GuestMessage::EgressClose { stream }).await;
+        }
+        let mut refused = 0;
+        while next_close(&mut guest, Duration::from_millis(500))
+            .await
+            .is_some()
+        {
+            refused += 1;
+        }
+        assert!(
+            refused >= 150,
+            "only {refused} of {flood} opens were refused"
+        );
+        tokio::time::sleep(REFUSAL_REPORT_INTERVAL * 2).await;
+        let reports: Vec<_> = log
+            .records()
+            .into_iter()
+            .filter(|r| r.rule.as_deref() == Some("egress.streams"))
+            .collect();
+        assert!(
+            !reports.is_empty() && reports.len() <= 3,
+            "{} refusal records for {refused} refusals",
+            reports.len()
+        );
+        assert_eq!(reports[0].decision, Decision::Denied);
+        assert!(
+            reports[0].reason.contains("refused"),
+            "{}",
+            reports[0].reason
+        );
     }
 }
