@@ -8,6 +8,15 @@ vhost-device-vsock (rust-vmm), which speaks Firecracker's hybrid vsock protocol
 (`CONNECT <port>` / `OK <port>`) on the configured `uds_path`. The guest therefore runs the agent
 over real virtio-vsock, and ztee's Firecracker backend drives it unchanged.
 
+One difference from Firecracker is deliberate. vhost-device-vsock 0.3 accepts host connections
+as soon as QEMU has given it the guest's memory, before the guest's driver has set up the
+virtqueues; a `CONNECT` handled in that window makes its queue processing fail, which stops its
+worker thread for good, and every `CONNECT` after that is left unread. Firecracker instead
+answers (or closes) every connection. So vhost-device-vsock listens on a private path, and the
+stand-in moves that socket to `uds_path` only once the agent has said on the console that it
+listens on vsock, by which time the driver is up. Until then `uds_path` does not exist and the
+engine retries, as it does while a real Firecracker's guest has no listener.
+
 Paths in requests are resolved against the working directory (the VM's chroot, where the fake
 jailer starts this program). Firecracker resets through the keyboard controller (`reboot=k`),
 which QEMU's microvm lacks; the command line is given `reboot=t` instead, so the agent's final
@@ -28,6 +37,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 PR_SET_PDEATHSIG = 1
+READY_MARKER = b"ztee-agent: listening"
 config = {"drives": {}}
 children = []
 
@@ -60,8 +70,9 @@ def boot():
     run = inside("run")
     vhost_socket = os.path.join(run, "vhost-user-vsock.sock")
     uds = inside(config["vsock"]["uds_path"])
+    private_uds = os.path.join(run, "hybrid-vsock-backend.sock")
     vsock = spawn([os.environ["ZTEE_VHOST_DEVICE_VSOCK"], "--vm",
-                   f"guest-cid={config['vsock']['guest_cid']},socket={vhost_socket},uds-path={uds}"],
+                   f"guest-cid={config['vsock']['guest_cid']},socket={vhost_socket},uds-path={private_uds}"],
                   stdout=subprocess.DEVNULL, stderr=sys.stderr)
     for _ in range(500):
         if os.path.exists(vhost_socket) or vsock.poll() is not None:
@@ -86,9 +97,29 @@ def boot():
     if "entropy" in config:
         argv += ["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng"]
     argv += ["-chardev", f"socket,id=vsock,path={vhost_socket}", "-device", "vhost-user-vsock-device,chardev=vsock"]
-    qemu = spawn(argv)
+    qemu = spawn(argv, stdout=subprocess.PIPE)
+    threading.Thread(target=relay_console, args=(qemu.stdout, private_uds, uds), daemon=True).start()
     # Firecracker's process ends with its guest.
     threading.Thread(target=lambda: stop_all(qemu.wait()), daemon=True).start()
+
+
+def relay_console(console, private_uds, uds):
+    """Passes the guest console through, and publishes the hybrid vsock socket at `uds` once the
+    agent listens (see the module's docstring)."""
+    out = sys.stdout.buffer
+    seen = b""
+    published = False
+    while True:
+        chunk = console.read1(4096)
+        if not chunk:
+            return
+        out.write(chunk)
+        out.flush()
+        if not published:
+            seen = (seen + chunk)[-(len(READY_MARKER) + 4096):]
+            if READY_MARKER in seen:
+                os.rename(private_uds, uds)
+                published = True
 
 
 class Api(BaseHTTPRequestHandler):
