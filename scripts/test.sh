@@ -32,8 +32,11 @@ failed_binaries=()
 while IFS=$'\t' read -r dir exe label; do
   echo "     Running $label" | tee -a "$log"
   output=$(mktemp)
-  (cd "$dir" && timeout --kill-after=30 "$limit" "$exe") 2>&1 | tee "$output" | tee -a "$log"
-  status=${PIPESTATUS[0]}
+  # Into a file, not a pipe: a process a hung test left behind may hold its output open, and a
+  # pipe reader would wait for it.
+  (cd "$dir" && timeout --kill-after=30 "$limit" "$exe") >"$output" 2>&1
+  status=$?
+  tee -a "$log" <"$output"
   if ((status == 124 || status == 137)); then
     running=$(sed -n 's/^test \(.*\) has been running for over .*/\1/p' "$output" | tr '\n' ' ')
     echo "TIMEOUT: $label did not finish within ${limit}s and was killed; still running: ${running:-unknown}" |
