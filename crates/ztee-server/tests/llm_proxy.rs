@@ -756,3 +756,90 @@ async fn tiers_injection_and_malformed_requests() {
     assert_eq!(received.lock().unwrap().len(), before);
     gw.stop().await;
 }
+
+/// True when `body` holds `digits` in any form people write a card number in: plain, spaced or
+/// dashed.
+fn holds_digits(body: &str, digits: &str) -> bool {
+    let squeezed: String = body.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    squeezed.contains(digits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_is_tokenized_before_an_external_provider() {
+    let (up, received) = start_upstream().await;
+    let gw = Gateway::start(config(&up), Arc::new(EchoExecutor::default())).await;
+    let agent = gw.key("default", "agent");
+    let mut all_pans: Vec<String> = Vec::new();
+    for (scenario, path) in [
+        ("openai-fields", "/ext/v1/chat/completions"),
+        ("openai-responses-fields", "/ext/v1/responses"),
+        ("anthropic-fields", "/anthropic/v1/messages"),
+        ("anthropic-fields-system-string", "/anthropic/v1/messages"),
+    ] {
+        let before = received.lock().unwrap().len();
+        let out = sdk(&gw, &agent, scenario, None).await;
+        let text = out["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{scenario}: {out}"));
+        assert!(
+            text.contains("Refunded <CREDIT_CARD_"),
+            "{scenario}: {text}"
+        );
+        let sent = received.lock().unwrap()[before..].to_vec();
+        assert_eq!(sent.len(), 1, "{scenario}: {sent:?}");
+        let (got_path, body) = &sent[0];
+        assert_eq!(got_path, path, "{scenario}");
+        let pans = out["pans"].as_object().unwrap();
+        assert!(!pans.is_empty(), "{scenario}: {out}");
+        let leaked: Vec<&String> = pans
+            .iter()
+            .filter(|(_, digits)| holds_digits(body, digits.as_str().unwrap()))
+            .map(|(field, _)| field)
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "{scenario}: the external provider received raw card numbers in {leaked:?}: {body}"
+        );
+        assert!(body.contains("<CREDIT_CARD_"), "{scenario}: {body}");
+        all_pans.extend(pans.values().map(|d| d.as_str().unwrap().to_owned()));
+    }
+    // Opaque values reach the provider byte for byte.
+    let seen = all_received(&received);
+    assert!(seen.contains("\"EqQBCkYIARgCIkBzaWduYXR1cmU=\""), "{seen}");
+    assert!(seen.contains("\"gAAAAABoZm9vYmFyYmF6\""), "{seen}");
+
+    // A card number inside an opaque value cannot be tokenized: the request is refused, in the
+    // provider's error shape, naming the field but not the number.
+    let before = received.lock().unwrap().len();
+    for (scenario, field) in [
+        ("openai-responses-opaque", "input[1].encrypted_content"),
+        ("anthropic-opaque", "messages[1].content[0].signature"),
+    ] {
+        let out = sdk(&gw, &agent, scenario, None).await;
+        assert_eq!(out["status"], 400, "{scenario}: {out}");
+        let error = out["error"].to_string();
+        assert!(
+            error.contains(field) && error.contains("card number"),
+            "{scenario}: {error}"
+        );
+        let digits = out["pans"]["opaque"].as_str().unwrap();
+        assert!(!holds_digits(&error, digits), "{scenario}: {error}");
+        all_pans.push(digits.to_owned());
+    }
+    assert_eq!(
+        received.lock().unwrap().len(),
+        before,
+        "nothing reached a provider"
+    );
+
+    // No trace holds any of the numbers.
+    let resp = gw.get(&gw.admin_key, "/v1/traces").await;
+    let body = resp.text().await.unwrap();
+    for digits in &all_pans {
+        assert!(
+            !holds_digits(&body, digits),
+            "a trace holds {digits}: {body}"
+        );
+    }
+    gw.stop().await;
+}

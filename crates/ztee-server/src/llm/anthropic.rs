@@ -12,7 +12,7 @@ use ztee_dlp::{Scanner, TokenMap};
 use super::openai::error_type;
 use super::sse::SseEvent;
 use super::tokenize::{outbound_raw_event, outbound_value, OutboundStream, SlotKind};
-use super::{walk_strings, Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
+use super::{walk, walk_strings, Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
 
 pub struct Anthropic;
 
@@ -44,7 +44,7 @@ fn blocks(
                             visit(t, kind, &format!("{at}.text"));
                         }
                     }
-                    "tool_use" => {
+                    "tool_use" | "server_tool_use" => {
                         if let Some(input) = obj.get_mut("input") {
                             walk_strings(
                                 input,
@@ -59,20 +59,14 @@ fn blocks(
                             blocks(c, SlotKind::ToolOutput, &format!("{at}.content"), visit)?;
                         }
                     }
-                    "document" => {
-                        // Plain-text documents are scanned; base64 PDFs are not (documented).
-                        let source = obj.get_mut("source").and_then(Value::as_object_mut);
-                        if let Some(source) = source {
-                            let is_text =
-                                source.get("type").and_then(Value::as_str) == Some("text");
-                            if let (true, Some(Value::String(t))) =
-                                (is_text, source.get_mut("data"))
-                            {
-                                visit(t, SlotKind::ToolOutput, &format!("{at}.source.data"));
-                            }
-                        }
-                    }
-                    _ => {}
+                    // Pixels: nothing to read here; attachments.rs tells policy where they are.
+                    "image" => {}
+                    // A document's text (a text source, its title and context) is what a tool or
+                    // a retrieval put there; a base64 source is opaque and skipped.
+                    "document" => walk::texts(block, SlotKind::ToolOutput, &at, visit),
+                    // `search_result`, `thinking` and every block type newer than this code:
+                    // all their text is conversation, scored like the message it is in.
+                    _ => walk::texts(block, kind, &at, visit),
                 }
             }
         }

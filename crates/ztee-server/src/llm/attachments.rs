@@ -23,12 +23,25 @@ pub fn find(request: &Value) -> Vec<Attachment> {
     found
 }
 
+/// Anthropic documents whose source is text (`{"type": "text", "data": ...}`) or content blocks
+/// are read by DLP like any other text; only their other sources (base64, URL, file) are not.
+fn is_text_document(map: &serde_json::Map<String, Value>) -> bool {
+    map.get("type").and_then(Value::as_str) == Some("document")
+        && matches!(
+            map.get("source")
+                .and_then(|s| s.get("type"))
+                .and_then(Value::as_str),
+            Some("text" | "content")
+        )
+}
+
 fn walk(value: &Value, field: String, found: &mut Vec<Attachment>) {
     match value {
         Value::Object(map) => {
             if let Some(kind) = map
                 .get("type")
                 .and_then(Value::as_str)
+                .filter(|_| !is_text_document(map))
                 .and_then(non_text_kind)
             {
                 found.push(Attachment {
@@ -94,6 +107,25 @@ mod tests {
         assert_eq!(
             fields(anthropic),
             [("image".into(), "messages[0].content[0].content[0]".into())]
+        );
+    }
+
+    #[test]
+    fn text_documents_are_read_not_attached() {
+        let anthropic = json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}},
+            {"type": "document", "source": {"type": "content", "content": [
+                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}]}]});
+        assert_eq!(
+            fields(anthropic),
+            [
+                (
+                    "image".into(),
+                    "messages[0].content[1].source.content[0]".into()
+                ),
+                ("file".into(), "messages[0].content[2]".into())
+            ]
         );
     }
 

@@ -5,8 +5,9 @@
 //! POST /v1/openai/chat/completions | /v1/openai/responses | /v1/anthropic/messages
 //!   -> authn (auth.rs; Anthropic clients may send `x-api-key`)   -> `llm:chat` permission
 //!   -> parse + validate the provider's request shape  (openai.rs, openai_responses.rs, anthropic.rs)
-//!   -> inbound guard: tokenize card data, DLP counts, injection score (tokenize.rs); images,
-//!      audio and files located for policy (attachments.rs)
+//!   -> inbound guard: card data tokenized in every string of the body, keys included, opaque
+//!      blobs checked instead (walk.rs, tokenize.rs); DLP counts; injection score on the
+//!      conversation; images, audio and files located for policy (attachments.rs)
 //!   -> policy `llm.chat` per candidate provider: first allowed wins (tier routing)
 //!   -> upstream (upstream.rs)
 //!   -> outbound guard: DLP, placeholders restored for `pan:detokenize`; SSE rewritten event by
@@ -26,6 +27,7 @@ pub mod sse;
 pub mod tokenize;
 pub mod trace;
 pub mod upstream;
+pub mod walk;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -195,7 +197,9 @@ pub trait Dialect: Send + Sync + 'static {
     /// The events that end a stream with an error instead of its terminal event: the SDKs raise
     /// on them, so the caller never sees a completed answer.
     fn stream_error(status: StatusCode, message: &str) -> Vec<SseEvent>;
-    /// Checks the request's shape (a precise message on failure) and visits every text in it.
+    /// Checks the request's shape (a precise message on failure) and visits the conversation's
+    /// texts with their role, for policy and the injection score. DLP does not depend on it:
+    /// every string of the body has been tokenized before (see `walk.rs`).
     fn walk_request(body: &mut serde_json::Value, visit: &mut Visit<'_>) -> Result<(), String>;
     /// Visits every text in a non-streaming answer.
     fn walk_response(body: &mut serde_json::Value, visit: &mut Visit<'_>);
@@ -375,6 +379,15 @@ async fn chat<D: Dialect>(
             )
         }
     };
+
+    // Inbound DLP over every string of the body, whatever field it is in, before anything else
+    // reads it: the model name, the error messages and the trace below see placeholders only.
+    let detector = ztee_policy::injection::Detector::builtin().ok();
+    let mut guard = InboundGuard::new(&proxy.scanner, detector);
+    if let Err(e) = guard.request(&mut request) {
+        tracing::warn!(request_id = %rid, error = %e, "LLM request refused by the inbound DLP walk");
+        return error_response::<D>(StatusCode::BAD_REQUEST, &e.to_string(), &rid);
+    }
     let stream = request
         .get("stream")
         .and_then(serde_json::Value::as_bool)
@@ -384,12 +397,10 @@ async fn chat<D: Dialect>(
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned);
 
-    // Inbound guard over every text.
-    let detector = ztee_policy::injection::Detector::builtin().ok();
-    let mut guard = InboundGuard::new(&proxy.scanner, detector);
+    // The request's shape, and its conversation (by role) for policy and the injection score.
     let mut policy_messages: Vec<ztee_policy::Message> = Vec::new();
     let walked = D::walk_request(&mut request, &mut |text, kind, field| {
-        guard.text(text, kind, field);
+        guard.score(text, kind, field);
         policy_messages.push(ztee_policy::Message {
             role: match kind {
                 SlotKind::System => "system",

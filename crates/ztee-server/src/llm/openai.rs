@@ -103,6 +103,17 @@ impl Dialect for OpenAi {
             if let Some(content) = m.get_mut("content") {
                 content_texts(content, kind, &format!("messages[{i}].content"), visit)?;
             }
+            // The legacy form of a tool call (`functions` / `function_call`).
+            if let Some(Value::String(args)) = m
+                .get_mut("function_call")
+                .and_then(|call| call.get_mut("arguments"))
+            {
+                visit(
+                    args,
+                    SlotKind::ToolArguments,
+                    &format!("messages[{i}].function_call.arguments"),
+                );
+            }
             if let Some(calls) = m.get_mut("tool_calls") {
                 let Some(calls) = calls.as_array_mut() else {
                     return Err(format!("messages[{i}].tool_calls must be an array"));

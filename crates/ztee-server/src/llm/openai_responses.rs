@@ -79,8 +79,9 @@ fn role_kind(role: Option<&str>, field: &str) -> Result<SlotKind, String> {
     }
 }
 
-/// Visits one input item. Item types without a text field of their own (an item reference, a
-/// built-in tool's call) have every string in them scanned as user text.
+/// Visits one input item for policy and the injection score. Item types without a text field
+/// of their own (an item reference, a built-in tool's call) count every string in them (opaque
+/// values aside) as user text.
 fn walk_input_item(item: &mut Value, field: &str, visit: &mut Visit<'_>) -> Result<(), String> {
     let Some(obj) = item.as_object_mut() else {
         return Err(format!("{field} must be an object"));
@@ -134,7 +135,7 @@ fn walk_input_item(item: &mut Value, field: &str, visit: &mut Visit<'_>) -> Resu
             Ok(())
         }
         _ => {
-            walk_strings(item, SlotKind::User, field, visit);
+            super::walk::texts(item, SlotKind::User, field, visit);
             Ok(())
         }
     }

@@ -1,7 +1,8 @@
 //! Card data out of prompts, and back into answers for those allowed to see it.
 //!
-//! Inbound, every finding in every message, tool argument and tool result is replaced by a
-//! numbered placeholder (`<CREDIT_CARD_1>`), the same one for the same value anywhere in the
+//! Inbound, every finding in every string of the request (messages, tool arguments and results,
+//! tool schemas, metadata, keys: everything but a few opaque blobs) is replaced by a numbered
+//! placeholder (`<CREDIT_CARD_1>`), the same one for the same value anywhere in the
 //! request, so the model sees the structure of the conversation but never the number. Outbound,
 //! the model's text is scanned again (a number the model wrote itself is PCI-masked) and the
 //! placeholders are restored only for a caller with the `pan:detokenize` permission.
@@ -65,23 +66,42 @@ impl<'a> InboundGuard<'a> {
         }
     }
 
-    /// Replaces every finding in `text` by its placeholder and scores it for injection.
+    /// Tokenizes every string of a request body (values and keys, at any depth) except the
+    /// opaque values [`super::walk`] lists, which are checked for card numbers instead. This is
+    /// the request's only DLP pass: what it does not rewrite is sent as it is.
+    pub fn request(&mut self, body: &mut serde_json::Value) -> Result<(), super::walk::WalkError> {
+        super::walk::every_string(body, "", &mut |text, field| self.tokenize(text, field))
+    }
+
+    /// Scores one text and tokenizes it: the two stages for a single text outside a request
+    /// body (benchmarks, callers holding one string).
     pub fn text(&mut self, text: &mut String, kind: SlotKind, field: &str) {
-        if kind.injection_scanned() {
-            let scan = match self.detector {
-                Some(d) => d.scan(text),
-                None => ztee_policy::injection::scan(text),
-            };
-            for rule in scan.rules {
-                if !self.injection.rules.contains(&rule) {
-                    self.injection.rules.push(rule);
-                }
-            }
-            if scan.score > self.injection.score {
-                self.injection.score = scan.score;
-                self.injection_field = Some(field.to_owned());
+        self.score(text, kind, field);
+        self.tokenize(text, field);
+    }
+
+    /// Scores one conversation text for prompt injection, by what it is.
+    pub fn score(&mut self, text: &str, kind: SlotKind, field: &str) {
+        if !kind.injection_scanned() {
+            return;
+        }
+        let scan = match self.detector {
+            Some(d) => d.scan(text),
+            None => ztee_policy::injection::scan(text),
+        };
+        for rule in scan.rules {
+            if !self.injection.rules.contains(&rule) {
+                self.injection.rules.push(rule);
             }
         }
+        if scan.score > self.injection.score {
+            self.injection.score = scan.score;
+            self.injection_field = Some(field.to_owned());
+        }
+    }
+
+    /// Replaces every finding in `text` by its placeholder, counting what it replaced.
+    pub fn tokenize(&mut self, text: &mut String, field: &str) {
         let findings = self.scanner.scan(text);
         if findings.is_empty() {
             return;
@@ -321,8 +341,8 @@ mod tests {
         let mut g = InboundGuard::new(&s, None);
         let mut a = "charge 4111 1111 1111 1111 now".to_string();
         let mut b = "again 4111111111111111 and 5500 0000 0000 0004".to_string();
-        g.text(&mut a, SlotKind::User, "messages[0].content");
-        g.text(&mut b, SlotKind::ToolOutput, "messages[1].content");
+        g.tokenize(&mut a, "messages[0].content");
+        g.tokenize(&mut b, "messages[1].content");
         assert_eq!(a, "charge <CREDIT_CARD_1> now");
         assert_eq!(b, "again <CREDIT_CARD_1> and <CREDIT_CARD_2>");
         assert_eq!(g.dlp_summary().counts.get("CREDIT_CARD"), Some(&3));
@@ -339,7 +359,7 @@ mod tests {
         let s = scanner();
         let mut g = InboundGuard::new(&s, None);
         let mut a = "4111 1111 1111 1111".to_string();
-        g.text(&mut a, SlotKind::User, "m");
+        g.tokenize(&mut a, "m");
         let tokens = g.into_tokens();
 
         let mut out = OutboundStream::new(s.clone(), Some(tokens));
