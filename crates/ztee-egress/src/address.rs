@@ -1,6 +1,7 @@
 //! Which IP addresses the proxy connects to. Only globally routable unicast addresses by default:
 //! a sandbox must not reach the host, the operator's private networks or a cloud metadata service,
-//! whatever name it uses to get there.
+//! whatever name it uses to get there. The host's own interface addresses are refused too, public
+//! ones included, as they lead to whatever listens on the host.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -152,31 +153,144 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
-/// Which non-public addresses the operator allows anyway (e.g. an internal package mirror).
+/// `ip`, or the IPv4 address an IPv6 form leads to (mapped, compatible, NAT64, 6to4).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Where the host's own addresses come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HostAddresses {
+    /// The host's interfaces (getifaddrs), listed again at every check, so an address the host
+    /// gains later (DHCP, a new interface) is refused as soon as it is configured.
+    #[default]
+    System,
+    /// A fixed list (tests, or a host whose addresses are known).
+    Fixed(Vec<IpAddr>),
+}
+
+/// The host's interface addresses could not be listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot list this host's own addresses (getifaddrs): {0}")]
+pub struct HostAddressError(pub String);
+
+impl HostAddresses {
+    /// Every address of the host's interfaces, loopback and link-local included.
+    pub fn list(&self) -> Result<Vec<IpAddr>, HostAddressError> {
+        match self {
+            Self::Fixed(list) => Ok(list.clone()),
+            Self::System => {
+                let interfaces = nix::ifaddrs::getifaddrs()
+                    .map_err(|errno| HostAddressError(errno.desc().to_string()))?;
+                Ok(interfaces
+                    .filter_map(|interface| {
+                        let address = interface.address?;
+                        if let Some(v4) = address.as_sockaddr_in() {
+                            Some(IpAddr::V4(v4.ip()))
+                        } else {
+                            address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// Why the proxy does not connect to an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not public, and no allowed network contains it.
+    Class(AddressClass),
+    /// One of the host's own interface addresses (or an IPv6 form of one).
+    OwnAddress,
+    /// The host's own addresses could not be listed, so no address can be judged: fail closed.
+    HostUnknown(HostAddressError),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Class(class) => write!(f, "a {class} address"),
+            Self::OwnAddress => f.write_str("one of this host's own addresses"),
+            Self::HostUnknown(err) => write!(f, "refused because {err}"),
+        }
+    }
+}
+
+/// Which non-public addresses the operator allows anyway (e.g. an internal package mirror), and
+/// which addresses are the host's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressPolicy {
     allowed_networks: Vec<IpNet>,
+    host: HostAddresses,
 }
 
 impl AddressPolicy {
+    /// A policy that lists the host's own addresses from its interfaces at every check.
     pub fn new(allowed_networks: Vec<IpNet>) -> Self {
-        Self { allowed_networks }
+        Self {
+            allowed_networks,
+            host: HostAddresses::System,
+        }
+    }
+
+    /// The same policy with the host's addresses taken from `host`.
+    pub fn with_host_addresses(mut self, host: HostAddresses) -> Self {
+        self.host = host;
+        self
     }
 
     pub fn allowed_networks(&self) -> &[IpNet] {
         &self.allowed_networks
     }
 
-    /// `Ok` when the proxy may connect to `ip`; otherwise the class that forbids it.
-    pub fn check(&self, ip: IpAddr) -> Result<(), AddressClass> {
-        let class = classify(ip);
-        if class == AddressClass::Public
-            || self.allowed_networks.iter().any(|net| net.contains(&ip))
-        {
-            Ok(())
-        } else {
-            Err(class)
+    pub fn host_addresses(&self) -> &HostAddresses {
+        &self.host
+    }
+
+    /// `Ok` when the proxy may connect to `ip`; otherwise why not.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
+        self.check_all(&[ip]).map_err(|(_, refusal)| refusal)
+    }
+
+    /// `Ok` when the proxy may connect to every address in `ips`; otherwise the first refused
+    /// one and why. The host's addresses are listed once for all of them.
+    ///
+    /// An address is allowed when it is public or inside an allowed network, and is not one of
+    /// the host's own. A host address is allowed only when an allowed network names exactly that
+    /// address (`/32`, `/128`): opening the network the host sits on (say `10.20.0.0/16` for a
+    /// mirror) does not open the host itself.
+    pub fn check_all(&self, ips: &[IpAddr]) -> Result<(), (IpAddr, Refusal)> {
+        for &ip in ips {
+            let class = classify(ip);
+            if class != AddressClass::Public
+                && !self.allowed_networks.iter().any(|net| net.contains(&ip))
+            {
+                return Err((ip, Refusal::Class(class)));
+            }
         }
+        let Some(&first) = ips.first() else {
+            return Ok(());
+        };
+        let own: Vec<IpAddr> = match self.host.list() {
+            Ok(list) => list.into_iter().map(canonical).collect(),
+            Err(err) => return Err((first, Refusal::HostUnknown(err))),
+        };
+        for &ip in ips {
+            let target = canonical(ip);
+            let named = |net: &IpNet| {
+                net.prefix_len() == net.max_prefix_len()
+                    && (net.addr() == ip || net.addr() == target)
+            };
+            if own.contains(&target) && !self.allowed_networks.iter().any(named) {
+                return Err((ip, Refusal::OwnAddress));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -240,13 +354,71 @@ mod tests {
         assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
         assert_eq!(
             policy.check("127.0.0.2".parse().unwrap()),
-            Err(AddressClass::Loopback)
+            Err(Refusal::Class(AddressClass::Loopback))
         );
         assert!(policy.check("1.1.1.1".parse().unwrap()).is_ok());
         assert_eq!(
             AddressPolicy::default().check("169.254.169.254".parse().unwrap()),
-            Err(AddressClass::Metadata)
+            Err(Refusal::Class(AddressClass::Metadata))
         );
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_refused_public_ones_included() {
+        let host = HostAddresses::Fixed(vec![
+            ip("127.0.0.1"),
+            ip("93.184.216.34"),
+            ip("10.20.0.5"),
+            ip("2606:4700::1111"),
+        ]);
+        let policy = AddressPolicy::new(vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.20.0.0/16".parse().unwrap(),
+        ])
+        .with_host_addresses(host);
+        for own in [
+            "93.184.216.34",
+            "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
+            "2606:4700::1111",
+            // Inside the allowed 10.20.0.0/16, but the host itself.
+            "10.20.0.5",
+        ] {
+            assert_eq!(policy.check(ip(own)), Err(Refusal::OwnAddress), "{own}");
+        }
+        // Named exactly by an allowed network: the operator means it.
+        assert!(policy.check(ip("127.0.0.1")).is_ok());
+        // Neighbours are not the host.
+        assert!(policy.check(ip("93.184.216.35")).is_ok());
+        assert!(policy.check(ip("10.20.0.6")).is_ok());
+        // One own address among public answers refuses the lot, and says which.
+        assert_eq!(
+            policy.check_all(&[ip("8.8.8.8"), ip("93.184.216.34")]),
+            Err((ip("93.184.216.34"), Refusal::OwnAddress))
+        );
+        // A non-public address keeps its class as the reason.
+        assert_eq!(
+            policy.check(ip("192.168.1.1")),
+            Err(Refusal::Class(AddressClass::Private))
+        );
+        assert_eq!(
+            Refusal::OwnAddress.to_string(),
+            "one of this host's own addresses"
+        );
+    }
+
+    #[test]
+    fn this_machines_interfaces_are_listed() {
+        // (A network namespace whose loopback is down may list nothing at all.)
+        let own = HostAddresses::System.list().unwrap();
+        let policy = AddressPolicy::default();
+        for address in own {
+            assert!(policy.check(address).is_err(), "{address}");
+        }
     }
 
     proptest! {

@@ -8,8 +8,9 @@
 //!    request), bounded in size;
 //! 2. [`allowlist`]: the host name and port must match one of the sandbox's rules;
 //! 3. [`resolver`] and [`address`]: the proxy resolves the name itself, refuses it when any
-//!    answer is a private, loopback, link-local, CGNAT, unique-local or metadata address, and
-//!    connects to the very address it checked (no second lookup: no DNS rebinding);
+//!    answer is a private, loopback, link-local, CGNAT, unique-local or metadata address or one
+//!    of the host's own interface addresses, and connects to the very address it checked (no
+//!    second lookup: no DNS rebinding);
 //! 4. [`sni`]: in a tunnel, the TLS ClientHello must name the same host as the CONNECT;
 //! 5. plain HTTP requests (head and body) are scanned with ztee-dlp; card data does not leave;
 //! 6. [`audit`]: every connection ends with one [`EgressRecord`].
@@ -25,7 +26,9 @@ pub mod sni;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use address::{classify, AddressClass, AddressPolicy};
+pub use address::{
+    classify, AddressClass, AddressPolicy, HostAddressError, HostAddresses, Refusal,
+};
 pub use allowlist::{Allowlist, EgressRule, Host, HostPattern};
 pub use audit::{
     AuditUnavailable, Decision, EgressAudit, EgressLog, EgressRecord, EgressTracing, OpeningWrite,
@@ -59,4 +62,6 @@ pub enum EgressError {
     InvalidTarget(String),
     #[error("egress scanner: {0}")]
     Dlp(#[from] ztee_dlp::DlpError),
+    #[error("egress proxy: {0}")]
+    HostAddresses(#[from] HostAddressError),
 }

@@ -93,8 +93,13 @@ impl EgressProxy {
             entities: BLOCKED_ENTITIES.to_vec(),
             ..ScannerConfig::default()
         })?;
+        let addresses = AddressPolicy::new(config.allowed_networks.clone());
+        // Listed again at every connection; listing once here makes a host where that cannot
+        // work fail at start rather than refuse every connection later.
+        let own = addresses.host_addresses().list()?;
+        tracing::debug!(target: "ztee::egress", addresses = own.len(), "the host's own addresses are refused");
         Ok(Self {
-            addresses: AddressPolicy::new(config.allowed_networks.clone()),
+            addresses,
             config,
             resolver,
             scanner: Arc::new(scanner),
@@ -240,13 +245,11 @@ impl EgressProxy {
         }
         // One forbidden answer refuses the name: mixing public and internal answers is how
         // rebinding attacks start.
-        for ip in &addresses {
-            if let Err(class) = self.addresses.check(*ip) {
-                record.resolved = Some(*ip);
-                return Err(Denial::forbidden(format!(
-                    "{host} resolves to {ip}, a {class} address"
-                )));
-            }
+        if let Err((ip, refusal)) = self.addresses.check_all(&addresses) {
+            record.resolved = Some(ip);
+            return Err(Denial::forbidden(format!(
+                "{host} resolves to {ip}, {refusal}"
+            )));
         }
         let mut last_error = String::new();
         for ip in addresses {

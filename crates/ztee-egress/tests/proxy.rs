@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use ztee_egress::testing::{Origin, TestDns};
 use ztee_egress::{
@@ -27,9 +28,20 @@ struct Setup {
 
 /// A proxy that resolves through `dns` and may reach 127.0.0.1 (only), with `rules`.
 async fn setup(script: Vec<(&str, Vec<Vec<Ipv4Addr>>)>, rules: &[String]) -> Setup {
+    setup_with_networks(script, rules, &[]).await
+}
+
+/// Like [`setup`], with `networks` allowed besides 127.0.0.1.
+async fn setup_with_networks(
+    script: Vec<(&str, Vec<Vec<Ipv4Addr>>)>,
+    rules: &[String],
+    networks: &[IpNet],
+) -> Setup {
     let dns = TestDns::start(script).await;
+    let mut allowed_networks: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+    allowed_networks.extend_from_slice(networks);
     let config = EgressConfig {
-        allowed_networks: vec!["127.0.0.1/32".parse().unwrap()],
+        allowed_networks,
         connect_timeout_secs: 5,
         ..EgressConfig::default()
     };
@@ -199,6 +211,61 @@ async fn forbidden_addresses_are_refused_unless_configured() {
         assert!(response.starts_with("HTTP/1.1 403"), "{host}: {response}");
         assert!(response.contains(class), "{host}: {response}");
     }
+}
+
+/// A non-loopback IPv4 address of one of this machine's interfaces (the test DNS server answers
+/// A queries only).
+fn own_ipv4() -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|interface| Some(interface.address?.as_sockaddr_in()?.ip()))
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// #20: an allowed name that resolves to one of the host's own addresses does not reach the
+/// services listening on the host, even when the operator opened the network the host sits on;
+/// naming the address itself (`/32`) still opens it on purpose.
+#[tokio::test]
+async fn the_hosts_own_addresses_are_refused() {
+    let Some(own) = own_ipv4() else {
+        eprintln!("skipped: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let origin = Origin::http(IpAddr::V4(own), 0, "a service on the host").await;
+    let port = origin.addr.port();
+    let script = || vec![("host.test", vec![vec![own]])];
+    let rules = [format!("host.test:{port}"), format!("{own}:{port}")];
+    // The network the host sits on, as an operator would open it for an internal mirror (or a
+    // public address, which needs no opening at all).
+    let network = IpNet::new(IpAddr::V4(own), 16).unwrap().trunc();
+    let s = setup_with_networks(script(), &rules, &[network]).await;
+    let reason = format!("{own}, one of this host's own addresses");
+    let response = s.exchange(&get("host.test", port, "/")).await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.contains(&reason), "{response}");
+    let record = s.nth_record(1).await;
+    assert_eq!(record.decision, Decision::Denied);
+    assert_eq!(record.resolved, Some(IpAddr::V4(own)));
+    assert!(record.reason.contains(&reason), "{}", record.reason);
+    let response = s
+        .exchange(&format!(
+            "CONNECT host.test:{port} HTTP/1.1\r\nHost: host.test:{port}\r\n\r\n"
+        ))
+        .await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.contains(&reason), "{response}");
+    // By address, too.
+    let response = s.exchange(&get(&own.to_string(), port, "/")).await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.contains(&reason), "{response}");
+    assert_eq!(origin.connections(), 0);
+
+    // The operator names the host's address itself: allowed.
+    let own_only = IpNet::new(IpAddr::V4(own), 32).unwrap();
+    let s = setup_with_networks(script(), &rules, &[own_only]).await;
+    let response = s.exchange(&get("host.test", port, "/")).await;
+    assert!(response.ends_with("a service on the host"), "{response}");
+    assert_eq!(origin.connections(), 1);
 }
 
 #[tokio::test]
