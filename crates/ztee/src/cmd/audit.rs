@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use ztee_audit::{
-    format_time, parse_since, read_records, verify, EventType, Payload, PublicKey, Query, Record,
+    format_time, parse_since, read_records, verify_with, EventType, ExportedHead, Payload,
+    PublicKey, Query, Record, VerifyOptions,
 };
 
 use crate::globals::GlobalArgs;
@@ -20,6 +21,11 @@ pub enum Command {
     /// Examples:
     ///   ztee audit verify
     ///   ztee audit verify /mnt/copy/audit --public-key node-ed25519.pub.pem
+    ///   ztee audit verify --witness /mnt/worm/node-1.witness
+    ///   ztee audit verify --expect-head 120554:3b1f...   # a head printed by an earlier verify
+    ///
+    /// Without --witness or --expect-head, a data directory rolled back to an older copy of
+    /// itself verifies: it is a valid, shorter log. Those two catch it.
     ///
     /// Exit status: 0 when the log verifies, 1 when it was tampered with or cannot be read.
     #[command(verbatim_doc_comment)]
@@ -48,6 +54,18 @@ pub struct VerifyArgs {
     /// Trusted public key (PEM) [default: <data-dir>/keys/node-ed25519.pub.pem].
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// Witness file the writer appends every signed checkpoint to: the log must still contain
+    /// each of them (rollback detection).
+    #[arg(long, env = ztee_audit::WITNESS_ENV)]
+    witness: Option<PathBuf>,
+    /// A head printed by an earlier verify (RECORDS:HASH): the log must still contain it.
+    #[arg(long, value_name = "RECORDS:HASH", value_parser = parse_head)]
+    expect_head: Option<ExportedHead>,
+}
+
+fn parse_head(text: &str) -> Result<ExportedHead, String> {
+    text.parse()
+        .map_err(|e: ztee_audit::AuditError| e.to_string())
 }
 
 #[derive(Args)]
@@ -126,7 +144,11 @@ fn run_verify(args: VerifyArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         None => PublicKey::from_data_dir(&globals.data_dir)
             .context("reading the node's public key (pass --public-key to use another)")?,
     };
-    let report = verify(&dir, &key)?;
+    let options = VerifyOptions {
+        witness: args.witness.clone(),
+        expected_head: args.expect_head,
+    };
+    let report = verify_with(&dir, &key, &options)?;
     let status = match &report.failure {
         None => "OK".to_string(),
         Some(failure) => format!("TAMPERED: {failure}"),
@@ -151,6 +173,25 @@ fn run_verify(args: VerifyArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
             (
                 "events after last checkpoint",
                 report.unsigned_tail.to_string(),
+            ),
+            (
+                "head (to export)",
+                report
+                    .head
+                    .map_or("none (empty log)".to_string(), |h| h.to_string()),
+            ),
+            (
+                "witness",
+                match (&args.witness, report.witnessed_seq) {
+                    (None, _) => "not checked (rollback of the directory is not detected)".into(),
+                    (Some(path), Some(seq)) => format!("{} (up to seq {seq})", path.display()),
+                    (Some(path), None) => path.display().to_string(),
+                },
+            ),
+            (
+                "expected head",
+                args.expect_head
+                    .map_or("not checked".to_string(), |h| h.records.to_string()),
             ),
             (
                 "incomplete final line",
