@@ -352,27 +352,64 @@ fn copy(source: &str, destination: &str, registry: Registry) -> anyhow::Result<u
 }
 
 /// Writes next to `path` and renames, so a failure never leaves a partial file behind.
+///
+/// The temporary file gets an unpredictable name and is created with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600: a file or symbolic link another local user planted in
+/// the directory cannot redirect the write (a taken name is skipped, never opened). The rename
+/// replaces `path` itself, never the target of a link at `path`. A new file stays 0600 (it holds
+/// data from the sandbox); an existing regular file keeps its permission bits.
 fn write_atomically(path: &str, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
     let target = std::path::Path::new(path);
-    let target = if target.is_dir() {
+    if target.is_dir() {
         bail!("{path} is a directory; give the destination file name")
-    } else {
-        target
-    };
+    }
     let dir = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let temp = dir.join(format!(
-        ".{}.ztee-{}",
+    let prefix = format!(
+        ".{}.ztee-",
         target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&temp, data).with_context(|| format!("cannot write {}", temp.display()))?;
-    std::fs::rename(&temp, target).with_context(|| format!("cannot write {path}"))?;
+            .unwrap_or_default()
+    );
+    let mode = match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_file() => meta.permissions().mode() & 0o777,
+        _ => 0o600,
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .make_in(dir, |candidate| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(candidate)
+        })
+        .with_context(|| {
+            format!(
+                "cannot create a temporary file in {} for {path}",
+                dir.display()
+            )
+        })?;
+    temp.as_file_mut()
+        .write_all(data)
+        .and_then(|()| temp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", temp.path().display()))?;
+    if mode != 0o600 {
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", temp.path().display()))?;
+    }
+    // On failure the temporary file is removed when `PersistError` drops it.
+    temp.persist(target)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {path}"))?;
     Ok(())
 }
 
@@ -458,4 +495,72 @@ fn ago(at: u64) -> String {
 
 fn until(at: u64) -> String {
     format!("in {}s", at.saturating_sub(now()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// #21: a local user who pre-creates a symlink at the temporary name the copy used to write
+    /// to (`.NAME.ztee-PID` next to the destination) must not redirect the write.
+    #[test]
+    fn copy_out_does_not_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"victim's data").unwrap();
+        let destination = dir.path().join("out.json");
+        let predictable = dir
+            .path()
+            .join(format!(".out.json.ztee-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &predictable).unwrap();
+
+        write_atomically(destination.to_str().unwrap(), b"{\"from\":\"sandbox\"}").unwrap();
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim's data");
+        let meta = std::fs::symlink_metadata(&destination).unwrap();
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(
+            std::fs::read(&destination).unwrap(),
+            b"{\"from\":\"sandbox\"}"
+        );
+        // The planted link is left alone, and nothing else is left behind.
+        assert_eq!(std::fs::read_link(&predictable).unwrap(), victim);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!(".out.json.ztee-{}", std::process::id()),
+                "out.json".to_string(),
+                "victim".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn copy_out_replaces_the_destination_and_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh.txt");
+        write_atomically(fresh.to_str().unwrap(), b"new").unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
+        // A new file is private to the user: it may hold data from the sandbox.
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let existing = dir.path().join("existing.txt");
+        std::fs::write(&existing, b"old").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(existing.to_str().unwrap(), b"replaced").unwrap();
+        assert_eq!(std::fs::read(&existing).unwrap(), b"replaced");
+        let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+
+        let err = write_atomically(dir.path().to_str().unwrap(), b"x").unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
 }
