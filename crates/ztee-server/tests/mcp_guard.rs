@@ -5,8 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, Method};
+use axum::response::{IntoResponse, Response};
 
 use common::{EchoExecutor, Gateway};
 use ztee_server::ServerConfig;
@@ -133,4 +138,210 @@ async fn tool_calls_are_checked_before_and_results_after() {
     assert_eq!(resp.status(), 404);
     gw.stop().await;
     upstream.kill().await.unwrap();
+}
+
+/// What the recording upstream received: (method, body).
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+/// The digits of the card numbers these tests put in requests and results.
+const PAN_DIGITS: [&str; 4] = [
+    "4111111111111111",
+    "4916009824516534",
+    "4916019649033060",
+    "5500000000000004",
+];
+
+/// True when `body` holds one of [`PAN_DIGITS`] in any common form (spaced, dashed, plain).
+fn holds_a_pan(body: &str) -> bool {
+    let squeezed: String = body.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    PAN_DIGITS.iter().any(|d| squeezed.contains(d))
+}
+
+/// An MCP server stand-in that records every request and answers each JSON-RPC request with a
+/// result holding a card number (a tool, a prompt and a resource all answer alike); `ping` is
+/// answered in plain text.
+async fn recording_upstream(
+    State(received): State<Received>,
+    method: Method,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    received
+        .lock()
+        .unwrap()
+        .push((method.to_string(), text.clone()));
+    let Ok(message) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return (axum::http::StatusCode::ACCEPTED, "").into_response();
+    };
+    if message["method"] == "ping" {
+        return (
+            [(header::CONTENT_TYPE, "text/plain")],
+            "pong from card 5500 0000 0000 0004",
+        )
+            .into_response();
+    }
+    axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": message["id"], "result": {
+        "content": [{"type": "text", "text": "on file: card 5500 0000 0000 0004"}],
+        "messages": [{"role": "user", "content": {"type": "text", "text": "card 5500-0000-0000-0004"}}],
+        "_meta": {"card 5500 0000 0000 0004": true},
+    }}))
+    .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_string_of_a_relayed_message_is_scanned_and_bad_bodies_are_refused() {
+    let received: Received = Arc::default();
+    let app = axum::Router::new()
+        .fallback(recording_upstream)
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = ServerConfig::from_toml(&format!(
+        "[[mcp.upstreams]]\nname = \"rec\"\nurl = \"http://{addr}/mcp\"\n"
+    ))
+    .unwrap();
+    let gw = Gateway::start(config, Arc::new(EchoExecutor::default())).await;
+    let agent = gw.key("default", "agent");
+    let url = format!("{}/v1/mcp-guard/rec", gw.url);
+    let post = |content_type: &'static str, body: Vec<u8>| {
+        common::client()
+            .post(&url)
+            .bearer_auth(&agent)
+            .header("content-type", content_type)
+            .header("accept", "application/json, text/event-stream")
+            .body(body)
+    };
+
+    // Bodies that are not one JSON-RPC message (or a batch of them) are refused, not relayed.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"lookup","arguments":{{"q":"{}"}}}}}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    for (what, content_type, body, status) in [
+        (
+            "not JSON",
+            "application/json",
+            b"card 4111 1111 1111 1111".to_vec(),
+            400,
+        ),
+        (
+            "truncated JSON",
+            "application/json",
+            br#"{"jsonrpc":"2.0","id":1,"#.to_vec(),
+            400,
+        ),
+        (
+            "a bare string",
+            "application/json",
+            br#""card 4111 1111 1111 1111""#.to_vec(),
+            400,
+        ),
+        (
+            "a batch holding a number",
+            "application/json",
+            b"[1]".to_vec(),
+            400,
+        ),
+        (
+            "not declared JSON",
+            "text/plain",
+            br#"{"jsonrpc":"2.0","method":"ping","id":1}"#.to_vec(),
+            415,
+        ),
+    ] {
+        let resp = post(content_type, body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            !holds_a_pan(&text),
+            "{what}: the refusal echoes the card: {text}"
+        );
+    }
+    // Too large: a 413, or the connection closed while the rest was still being sent.
+    match post("application/json", big.into_bytes()).send().await {
+        Ok(resp) => assert_eq!(resp.status().as_u16(), 413, "too large"),
+        Err(e) => eprintln!("too large: the gateway closed the connection: {e}"),
+    }
+    let resp = common::client()
+        .delete(&url)
+        .bearer_auth(&agent)
+        .body("card 4111 1111 1111 1111")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400, "a DELETE with a body");
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "a refused body reached the upstream: {:?}",
+        received.lock().unwrap()
+    );
+
+    // Card numbers outside a tool's arguments are masked before the message is relayed:
+    // `_meta` of a tools/call, a prompt's arguments, a key, a notification.
+    let messages = [
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "lookup", "arguments": {"q": "Ada"},
+            "_meta": {"progressToken": "card 4916 0098 2451 6534",
+                      "card 4916-0196-4903-3060": "key"}}}),
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "prompts/get", "params": {
+            "name": "refund", "arguments": {"card": "4111111111111111"}}}),
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {
+            "level": "info", "data": {"text": "card 4111 1111 1111 1111"}}}),
+    ];
+    for message in &messages {
+        let resp = post("application/json", serde_json::to_vec(message).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{message}: {}", resp.status());
+        let text = resp.text().await.unwrap();
+        assert!(
+            !holds_a_pan(&text),
+            "{message}: the answer holds a card: {text}"
+        );
+    }
+    // A card number in the keys of a tool's arguments is decided like one in the values.
+    let keyed = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "lookup", "arguments": {"filter": {"card 4111 1111 1111 1111": true}}}});
+    let resp = post("application/json", serde_json::to_vec(&keyed).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("pci.raw_pan_in_tool_call"),
+        "a card in an argument key is refused: {text}"
+    );
+    assert!(!holds_a_pan(&text), "{text}");
+
+    // A plain-text answer from the upstream is masked too.
+    let resp = post(
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#.to_vec(),
+    )
+    .send()
+    .await
+    .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("pong") && !holds_a_pan(&text), "{text}");
+
+    let seen = received.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        4,
+        "three messages and the ping were relayed: {seen:?}"
+    );
+    for (_, body) in &seen {
+        assert!(
+            !holds_a_pan(body),
+            "the upstream received a card number: {body}"
+        );
+    }
+    assert!(
+        seen[0].1.contains("6534") && seen[0].1.contains("progressToken"),
+        "masked, last four kept: {}",
+        seen[0].1
+    );
+    gw.stop().await;
 }

@@ -56,6 +56,10 @@ pub fn opaque_reason(
         "data" if object_type == Some("base64") => Some("base64 media"),
         // OpenAI chat `input_audio` parts: `{"data": <base64>, "format": "wav"}`.
         "data" if parent_key == Some("input_audio") => Some("base64 audio"),
+        // MCP image and audio content `{"type": "image", "data": <base64>, "mimeType": ...}`
+        // and blob resource contents `{"uri": ..., "blob": <base64>}` (the MCP guard).
+        "data" if matches!(object_type, Some("image" | "audio")) => Some("base64 media"),
+        "blob" => Some("base64 resource content"),
         // OpenAI chat `file` parts and Responses `input_file` items: base64 file content.
         "file_data" => Some("base64 file content"),
         // Images inline as data URLs (OpenAI chat `image_url.url`, Responses `image_url`).

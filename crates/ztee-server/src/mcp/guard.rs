@@ -6,9 +6,16 @@
 //! - `tools/call` requests are decided by policy (`tool.call`: the tool's name, DLP findings in
 //!   its arguments) *before* anything is forwarded; a refusal (deny, or a required approval,
 //!   which this relay cannot hold) is answered by ztee as a JSON-RPC error and audited.
-//! - tool results coming back (JSON or server-sent events) are DLP-masked string by string and
-//!   scored for prompt injection; when policy refuses the result (an injection), the caller gets
-//!   an error result instead of the text.
+//! - every message relayed, in both directions, has every string DLP-masked: values and keys,
+//!   at any depth (`params._meta`, a prompt's arguments, notifications, results), not a chosen
+//!   list of fields. Opaque values (base64 blobs) cannot be masked; one holding a card number
+//!   refuses the request (see `llm/walk.rs`).
+//! - tool results coming back (JSON or server-sent events) are also scored for prompt injection;
+//!   when policy refuses the result (an injection), the caller gets an error result instead of
+//!   the text. An answer that is not JSON is masked as text.
+//! - a request body must be JSON-RPC (one message object or a batch of them) declared as
+//!   `application/json`, no larger than the gateway's JSON limit; anything else is refused with
+//!   a 4xx and not relayed. GET and DELETE carry no body.
 //!
 //! The caller's ztee credentials are never forwarded upstream.
 
@@ -17,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -109,13 +116,84 @@ fn jsonrpc_error(id: &Value, code: i64, message: String) -> Value {
 /// JSON-RPC error code for a call ztee refused (implementation-defined server error range).
 const REFUSED: i64 = -32001;
 
+/// Largest answer read from an upstream that is not a stream (a stream is masked as it flows).
+const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+
+/// Reads the caller's body, bounded, and checks it is JSON-RPC: a message object or a non-empty
+/// batch of them. Nothing that fails here is relayed.
+async fn read_messages(
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Option<(Vec<Value>, bool)>, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes (limits.max_json_body_bytes); it was not relayed"),
+        )
+    })?;
+    if *method != Method::POST {
+        if !bytes.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "a {method} to the MCP guard carries no body; it was not relayed"
+            )));
+        }
+        return Ok(None);
+    }
+    let declared_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !declared_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "an MCP message is sent as Content-Type: application/json; it was not relayed",
+        ));
+    }
+    // The parser's message gives a line and column, never the body's text.
+    let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("the body is not JSON ({e}); it was not relayed"))
+    })?;
+    let (messages, batch) = match parsed {
+        Value::Array(items) if !items.is_empty() => (items, true),
+        one @ Value::Object(_) => (vec![one], false),
+        _ => {
+            return Err(ApiError::bad_request(
+                "the body is not a JSON-RPC message (an object) or a non-empty batch of them; it was not relayed",
+            ))
+        }
+    };
+    if let Some(i) = messages.iter().position(|m| !m.is_object()) {
+        return Err(ApiError::bad_request(format!(
+            "message [{i}] of the batch is not a JSON-RPC message (an object); it was not relayed"
+        )));
+    }
+    Ok(Some((messages, batch)))
+}
+
+/// PCI-masks every string of a message, keys included, before it leaves for the other side.
+fn mask_message(
+    state: &AppState,
+    message: &mut Value,
+    counts: &mut BTreeMap<String, u64>,
+) -> Result<(), crate::llm::walk::WalkError> {
+    let scanner = state.llm.scanner();
+    crate::llm::walk::every_string(message, "", &mut |s, _| {
+        *s = crate::llm::tokenize::outbound_text(&scanner, None, s, counts);
+    })
+}
+
 pub async fn relay(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let Some(upstream) = state.config.mcp.upstreams.iter().find(|u| u.name == name) else {
@@ -123,18 +201,14 @@ pub async fn relay(
             "no MCP upstream named {name:?} is configured ([[mcp.upstreams]])"
         )));
     };
+    let limit = state.config.limits.max_json_body_bytes;
     let mut tool_names: BTreeMap<String, String> = BTreeMap::new();
-    let mut forward_body = body.clone();
+    let mut forward_body = Bytes::new();
     let mut refused: Vec<Value> = Vec::new();
-    if method == Method::POST {
-        let parsed: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the body is not JSON-RPC JSON: {e}")))?;
-        let (mut messages, batch) = match parsed {
-            Value::Array(items) => (items, true),
-            single => (vec![single], false),
-        };
+    if let Some((mut messages, batch)) = read_messages(&method, &headers, body, limit).await? {
         let mut kept = Vec::new();
-        for message in messages.drain(..) {
+        let mut inbound = BTreeMap::new();
+        for mut message in messages.drain(..) {
             if message.get("method").and_then(Value::as_str) == Some("tools/call") {
                 let id = message.get("id").cloned().unwrap_or(Value::Null);
                 let tool = message
@@ -146,6 +220,8 @@ pub async fn relay(
                     .pointer("/params/arguments")
                     .cloned()
                     .unwrap_or(Value::Null);
+                // Decided on the arguments as the caller sent them: a raw card number there is
+                // the policy's to refuse (`pci.raw_pan_in_tool_call`), not the mask's to hide.
                 let decision = decide_call(&state, &caller, &tool, &args);
                 let allowed = decision.verdict == Verdict::Allow;
                 record(&state, &caller, &name, &tool, &decision, allowed).await?;
@@ -159,7 +235,8 @@ pub async fn relay(
                         &id,
                         REFUSED,
                         format!(
-                            "ztee policy: the call to tool {tool:?} {what}: {} (request id {})",
+                            "ztee policy: the call to tool {:?} {what}: {} (request id {})",
+                            safe_name(&tool),
                             decision
                                 .reasons
                                 .iter()
@@ -173,8 +250,13 @@ pub async fn relay(
                 }
                 tool_names.insert(id.to_string(), tool);
             }
+            // Everything else in the message (`_meta`, other methods' params, notifications,
+            // answers to the server's requests) is masked before it is relayed.
+            mask_message(&state, &mut message, &mut inbound)
+                .map_err(|e| ApiError::bad_request(format!("{e}; it was not relayed")))?;
             kept.push(message);
         }
+        state.metrics.redactions("inbound", &inbound);
         if kept.is_empty() {
             let answer = if batch || refused.len() != 1 {
                 Value::Array(refused)
@@ -266,29 +348,49 @@ pub async fn relay(
         }));
         return Ok((status, out_headers, body).into_response());
     }
-    let bytes = response.bytes().await.map_err(|e| {
-        ApiError::unavailable(format!("reading the MCP upstream: {}", e.without_url()))
-    })?;
-    if content_type.starts_with("application/json") {
-        if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
-            let mut value = guard.message(value);
-            if !refused.is_empty() {
-                value = match value {
-                    Value::Array(mut items) => {
-                        items.extend(refused);
-                        Value::Array(items)
-                    }
-                    one => {
-                        let mut items = vec![one];
-                        items.extend(refused);
-                        Value::Array(items)
-                    }
-                };
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                bytes.extend_from_slice(&chunk)
             }
-            return Ok((status, out_headers, value.to_string()).into_response());
+            Ok(Some(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_too_large",
+                    format!(
+                        "the MCP upstream {name:?} answered with more than {MAX_ANSWER_BYTES} bytes; the answer is withheld"
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ApiError::unavailable(format!(
+                    "reading the MCP upstream: {}",
+                    e.without_url()
+                )))
+            }
         }
     }
-    Ok((status, out_headers, bytes).into_response())
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        // Not JSON (an error page, plain text): masked as one text.
+        return Ok((status, out_headers, guard.raw(&bytes)).into_response());
+    };
+    let mut value = guard.message(value);
+    if !refused.is_empty() {
+        value = match value {
+            Value::Array(mut items) => {
+                items.extend(refused);
+                Value::Array(items)
+            }
+            one => {
+                let mut items = vec![one];
+                items.extend(refused);
+                Value::Array(items)
+            }
+        };
+    }
+    Ok((status, out_headers, value.to_string()).into_response())
 }
 
 fn summary(scan: ztee_policy::injection::Scan) -> ztee_policy::InjectionSummary {
@@ -343,6 +445,21 @@ fn decide_call(
     state.llm.decide(&input)
 }
 
+/// A tool name as it may appear in the audit trail and in messages: a few safe characters, and
+/// never something that reads as a card number.
+fn safe_name(tool: &str) -> String {
+    let name: String = tool
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(64)
+        .collect();
+    if crate::llm::walk::card_like_run(&name).is_some() {
+        "(withheld: the name holds a card number)".into()
+    } else {
+        name
+    }
+}
+
 async fn record(
     state: &AppState,
     caller: &Caller,
@@ -361,11 +478,7 @@ async fn record(
         rule_ids: decision.reasons.iter().map(|r| r.rule.clone()).collect(),
         reasons: decision.reasons.iter().map(|r| r.message.clone()).collect(),
     };
-    let safe_tool: String = tool
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .take(64)
-        .collect();
+    let safe_tool = safe_name(tool);
     let event = audit::event(
         EventType::ToolCall,
         if allowed {
@@ -392,13 +505,27 @@ struct ResultGuard {
 
 impl ResultGuard {
     fn event(&self, event: SseEvent) -> SseEvent {
-        match serde_json::from_str::<Value>(&event.data) {
-            Ok(v) => SseEvent {
-                event: event.event,
-                data: self.message(v).to_string(),
-            },
-            Err(_) => event,
+        let data = match serde_json::from_str::<Value>(&event.data) {
+            Ok(v) => self.message(v).to_string(),
+            Err(_) => self.raw(event.data.as_bytes()),
+        };
+        SseEvent {
+            event: event.event,
+            data,
         }
+    }
+
+    /// An answer that is not JSON, masked as one text.
+    fn raw(&self, bytes: &[u8]) -> String {
+        let mut counts = BTreeMap::new();
+        let masked = crate::llm::tokenize::outbound_text(
+            &self.state.llm.scanner(),
+            None,
+            &String::from_utf8_lossy(bytes),
+            &mut counts,
+        );
+        self.state.metrics.redactions("outbound", &counts);
+        masked
     }
 
     fn message(&self, value: Value) -> Value {
@@ -410,26 +537,38 @@ impl ResultGuard {
 
     fn one(&self, mut message: Value) -> Value {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
-        let Some(tool) = self.tools.get(&id.to_string()) else {
-            return message;
-        };
-        let Some(result) = message.get_mut("result") else {
-            return message;
-        };
-        let scanner = self.state.llm.scanner();
-        let mut counts = BTreeMap::new();
+        // What the tool returned, read before masking, for the injection score.
         let mut text = String::new();
-        crate::llm::walk_strings(
-            result,
-            crate::llm::tokenize::SlotKind::ToolOutput,
-            "result",
-            &mut |s, _, _| {
-                text.push_str(s);
-                text.push('\n');
-                *s = crate::llm::tokenize::outbound_text(&scanner, None, s, &mut counts);
-            },
-        );
+        let tool = self.tools.get(&id.to_string()).cloned();
+        if let (Some(_), Some(result)) = (&tool, message.get("result")) {
+            let mut result = result.clone();
+            crate::llm::walk_strings(
+                &mut result,
+                crate::llm::tokenize::SlotKind::ToolOutput,
+                "result",
+                &mut |s, _, _| {
+                    text.push_str(s);
+                    text.push('\n');
+                },
+            );
+        }
+        // Every message, whatever it answers or announces, is masked string by string.
+        let mut counts = BTreeMap::new();
+        if let Err(e) = mask_message(&self.state, &mut message, &mut counts) {
+            tracing::warn!(error = %e, "MCP upstream message withheld");
+            return jsonrpc_error(
+                &id,
+                REFUSED,
+                format!(
+                    "ztee withheld this message from the MCP upstream: {e} (request id {})",
+                    self.caller.request_id.as_str()
+                ),
+            );
+        }
         self.state.metrics.redactions("outbound", &counts);
+        let (Some(tool), Some(result)) = (tool, message.get_mut("result")) else {
+            return message;
+        };
         let scan = ztee_policy::injection::scan(&text);
         let input = ztee_policy::PolicyInput {
             principal: principal(&self.state, &self.caller),
@@ -452,7 +591,7 @@ impl ResultGuard {
             .filter(|r| r.starts_with("injection."))
             .collect();
         if !injection_rules.is_empty() && decision.verdict != Verdict::Allow {
-            tracing::info!(tool = %tool, rules = ?injection_rules, "MCP tool result withheld");
+            tracing::info!(tool = %safe_name(&tool), rules = ?injection_rules, "MCP tool result withheld");
             *result = json!({
                 "content": [{"type": "text", "text": format!(
                     "ztee withheld this tool result: {} (request id {})",
