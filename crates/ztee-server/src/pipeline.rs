@@ -258,25 +258,21 @@ impl Pipeline {
         let (mut stdout, mut stderr) = (String::new(), String::new());
         let mut truncated = false;
         let mut exit = (None, false);
+        let mut keep = |released: Released| {
+            truncated |= push_capped(&mut stdout, &released.stdout, max_output_bytes);
+            truncated |= push_capped(&mut stderr, &released.stderr, max_output_bytes);
+        };
         while let Some(ev) = stream.next_event().await {
             match ev {
-                OutputEvent::Stdout(b) => {
-                    let text = outbound.stdout(&b);
-                    truncated |= push_capped(&mut stdout, &text, max_output_bytes);
-                }
-                OutputEvent::Stderr(b) => {
-                    let text = outbound.stderr(&b);
-                    truncated |= push_capped(&mut stderr, &text, max_output_bytes);
-                }
+                OutputEvent::Stdout(b) => keep(outbound.stdout(&b)),
+                OutputEvent::Stderr(b) => keep(outbound.stderr(&b)),
                 OutputEvent::Exit {
                     exit_code,
                     timed_out,
                 } => exit = (exit_code, timed_out),
             }
         }
-        let (out_tail, err_tail) = outbound.finish();
-        truncated |= push_capped(&mut stdout, &out_tail, max_output_bytes);
-        truncated |= push_capped(&mut stderr, &err_tail, max_output_bytes);
+        keep(outbound.finish());
         let mut redactions = outbound.counts();
         self.metrics.redactions("outbound", &redactions);
         merge_counts(&mut redactions, &admitted.inbound_redactions);
@@ -329,30 +325,23 @@ impl Pipeline {
             let mut exit = (None, false);
             let mut client_gone = false;
             while let Some(ev) = stream.next_event().await {
-                let line = match ev {
-                    OutputEvent::Stdout(b) => chunk_line("stdout", outbound.stdout(&b)),
-                    OutputEvent::Stderr(b) => chunk_line("stderr", outbound.stderr(&b)),
+                let released = match ev {
+                    OutputEvent::Stdout(b) => outbound.stdout(&b),
+                    OutputEvent::Stderr(b) => outbound.stderr(&b),
                     OutputEvent::Exit {
                         exit_code,
                         timed_out,
                     } => {
                         exit = (exit_code, timed_out);
-                        None
+                        continue;
                     }
                 };
-                if let Some(line) = line {
+                for line in chunk_lines(released) {
                     output_digest.update(line.to_string().as_bytes());
                     client_gone |= tx.send(line).await.is_err();
                 }
             }
-            let (out_tail, err_tail) = outbound.finish();
-            for line in [
-                chunk_line("stdout", out_tail),
-                chunk_line("stderr", err_tail),
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for line in chunk_lines(outbound.finish()) {
                 output_digest.update(line.to_string().as_bytes());
                 client_gone |= tx.send(line).await.is_err();
             }
@@ -497,6 +486,16 @@ fn chunk_line(stream: &str, text: String) -> Option<serde_json::Value> {
     (!text.is_empty()).then(|| serde_json::json!({"type": stream, "data": text}))
 }
 
+/// The stream lines for what the outbound stage released: stdout's first, then stderr's.
+fn chunk_lines(released: Released) -> impl Iterator<Item = serde_json::Value> {
+    [
+        chunk_line("stdout", released.stdout),
+        chunk_line("stderr", released.stderr),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Appends up to the cap (on a char boundary); returns true when something was cut.
 fn push_capped(out: &mut String, text: &str, cap: usize) -> bool {
     let room = cap.saturating_sub(out.len());
@@ -512,42 +511,115 @@ fn push_capped(out: &mut String, text: &str, cap: usize) -> bool {
     true
 }
 
-/// Stage 4: outbound DLP over both output streams, chunk by chunk.
+/// Stage 4: outbound DLP over a command's output, chunk by chunk. stdout and stderr are scanned as
+/// one stream in the order they arrived, so a card number a program splits between the two
+/// (`echo 4111 1111 >&1; echo 1111 1111 >&2`) is still found: each stream's text enters one
+/// redactor behind a mark naming the stream, and what the redactor releases is routed back by
+/// those marks. The marks are default-ignorable characters, which the detector reads through
+/// like any separator; the same characters in the output itself are replaced, so a program
+/// cannot move its text from one stream to the other.
 pub struct Outbound {
-    stdout: (Utf8Carry, Box<dyn StreamRedactor>),
-    stderr: (Utf8Carry, Box<dyn StreamRedactor>),
+    carry: [Utf8Carry; 2],
+    redactor: Box<dyn StreamRedactor>,
+    /// The stream whose text the redactor was fed last.
+    fed: Option<OutputStreamKind>,
+    /// The stream released text goes to until the next mark.
+    routed: OutputStreamKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OutputStreamKind {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+/// INVISIBLE TIMES and INVISIBLE SEPARATOR: default-ignorable, so they split no card number.
+const STDOUT_MARK: char = '\u{2062}';
+const STDERR_MARK: char = '\u{2063}';
+
+/// What one step of the outbound stage releases, per stream.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Outbound {
     pub fn new(dlp: &dyn DlpEngine) -> Self {
         Self {
-            stdout: (Utf8Carry::default(), dlp.stream()),
-            stderr: (Utf8Carry::default(), dlp.stream()),
+            carry: [Utf8Carry::default(), Utf8Carry::default()],
+            redactor: dlp.stream(),
+            fed: None,
+            routed: OutputStreamKind::Stdout,
         }
     }
 
-    pub fn stdout(&mut self, bytes: &[u8]) -> String {
-        let text = self.stdout.0.push(bytes);
-        self.stdout.1.push(&text)
+    pub fn stdout(&mut self, bytes: &[u8]) -> Released {
+        let text = self.carry[OutputStreamKind::Stdout as usize].push(bytes);
+        self.feed(OutputStreamKind::Stdout, &text)
     }
 
-    pub fn stderr(&mut self, bytes: &[u8]) -> String {
-        let text = self.stderr.0.push(bytes);
-        self.stderr.1.push(&text)
+    pub fn stderr(&mut self, bytes: &[u8]) -> Released {
+        let text = self.carry[OutputStreamKind::Stderr as usize].push(bytes);
+        self.feed(OutputStreamKind::Stderr, &text)
     }
 
-    pub fn finish(&mut self) -> (String, String) {
-        let mut out = self.stdout.1.push(&self.stdout.0.finish());
-        out.push_str(&self.stdout.1.finish());
-        let mut err = self.stderr.1.push(&self.stderr.0.finish());
-        err.push_str(&self.stderr.1.finish());
-        (out, err)
+    /// Everything still held back, at the end of the command.
+    pub fn finish(&mut self) -> Released {
+        let mut released = Released::default();
+        for kind in [OutputStreamKind::Stdout, OutputStreamKind::Stderr] {
+            let text = self.carry[kind as usize].finish();
+            released.append(self.feed(kind, &text));
+        }
+        let tail = self.redactor.finish();
+        released.append(self.route(&tail));
+        released
     }
 
     pub fn counts(&self) -> RedactionCounts {
-        let mut counts = self.stdout.1.counts();
-        merge_counts(&mut counts, &self.stderr.1.counts());
-        counts
+        self.redactor.counts()
+    }
+
+    fn feed(&mut self, kind: OutputStreamKind, text: &str) -> Released {
+        if text.is_empty() {
+            return Released::default();
+        }
+        let mut input = String::with_capacity(text.len() + 3);
+        if self.fed != Some(kind) {
+            input.push(match kind {
+                OutputStreamKind::Stdout => STDOUT_MARK,
+                OutputStreamKind::Stderr => STDERR_MARK,
+            });
+            self.fed = Some(kind);
+        }
+        input.extend(text.chars().map(|c| match c {
+            STDOUT_MARK | STDERR_MARK => char::REPLACEMENT_CHARACTER,
+            c => c,
+        }));
+        let released = self.redactor.push(&input);
+        self.route(&released)
+    }
+
+    fn route(&mut self, released: &str) -> Released {
+        let mut out = Released::default();
+        for c in released.chars() {
+            match c {
+                STDOUT_MARK => self.routed = OutputStreamKind::Stdout,
+                STDERR_MARK => self.routed = OutputStreamKind::Stderr,
+                c => match self.routed {
+                    OutputStreamKind::Stdout => out.stdout.push(c),
+                    OutputStreamKind::Stderr => out.stderr.push(c),
+                },
+            }
+        }
+        out
+    }
+}
+
+impl Released {
+    fn append(&mut self, more: Released) {
+        self.stdout.push_str(&more.stdout);
+        self.stderr.push_str(&more.stderr);
     }
 }
 
@@ -576,5 +648,81 @@ impl Utf8Carry {
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         text
+    }
+}
+
+#[cfg(test)]
+mod outbound_tests {
+    //! The outbound stage with the production detector: a card number split between stdout and
+    //! stderr is masked, and each stream keeps its own text.
+
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::dlp_engine::ZteeDlp;
+
+    fn run(chunks: &[(bool, &str)]) -> (String, String, RedactionCounts) {
+        let dlp = ZteeDlp::new(Default::default()).unwrap();
+        let mut outbound = Outbound::new(&dlp);
+        let mut all = Released::default();
+        for (is_stdout, text) in chunks {
+            all.append(if *is_stdout {
+                outbound.stdout(text.as_bytes())
+            } else {
+                outbound.stderr(text.as_bytes())
+            });
+        }
+        all.append(outbound.finish());
+        (all.stdout, all.stderr, outbound.counts())
+    }
+
+    fn digits(text: &str) -> String {
+        text.chars().filter(char::is_ascii_digit).collect()
+    }
+
+    #[test]
+    fn a_card_number_split_between_stdout_and_stderr_is_masked() {
+        let (out, err, counts) = run(&[
+            (true, "card: 4111 1111 "),
+            (false, "1111 1111\n"),
+            (true, "\ndone\n"),
+        ]);
+        // Unmasked, the two streams together would hold all sixteen digits.
+        let both = format!("{out}{err}");
+        assert!(!digits(&both).contains("4111111111111111"), "{out:?} {err:?}");
+        assert!(both.contains('*'), "{out:?} {err:?}");
+        assert_eq!(counts.get("CREDIT_CARD"), Some(&1), "{counts:?}");
+        assert!(out.starts_with("card: "), "{out:?}");
+        assert!(out.ends_with("\ndone\n"), "{out:?}");
+    }
+
+    #[test]
+    fn each_stream_keeps_its_own_text_in_order() {
+        let (out, err, counts) = run(&[
+            (true, "one "),
+            (false, "alpha "),
+            (true, "two "),
+            (false, "beta"),
+            (true, "three"),
+        ]);
+        assert_eq!(out, "one two three");
+        assert_eq!(err, "alpha beta");
+        assert!(counts.is_empty(), "{counts:?}");
+    }
+
+    #[test]
+    fn a_program_cannot_route_its_text_with_the_marks() {
+        let (out, err, _) = run(&[(true, "a\u{2063}b"), (false, "c\u{2062}d")]);
+        assert_eq!(out, "a\u{fffd}b");
+        assert_eq!(err, "c\u{fffd}d");
+    }
+
+    #[test]
+    fn a_card_number_within_one_stream_is_still_masked() {
+        let (out, err, counts) = run(&[(false, "x 5500 0000 "), (false, "0000 0004 y")]);
+        assert!(out.is_empty());
+        assert!(!digits(&err).contains("5500000000000004"), "{err:?}");
+        assert!(err.contains('*'), "{err:?}");
+        assert_eq!(counts.get("CREDIT_CARD"), Some(&1));
     }
 }
