@@ -93,13 +93,17 @@ fn separator_at(b: &[u8], i: usize) -> Option<(Sep, usize)> {
         b'_' => Sep::Underscore,
         b',' => Sep::Comma,
         b'+' => Sep::Plus,
-        0x80.. => {
-            let (ch, len) = char_at(b, i)?;
-            return unicode_separator(ch).map(|kind| (kind, len));
-        }
+        0x80.. => return unicode_separator_at(b, i),
         _ => return None,
     };
     Some((kind, 1))
+}
+
+/// The non-ASCII half of [`separator_at`], kept out of line so the ASCII path stays small.
+#[inline(never)]
+fn unicode_separator_at(b: &[u8], i: usize) -> Option<(Sep, usize)> {
+    let (ch, len) = char_at(b, i)?;
+    unicode_separator(ch).map(|kind| (kind, len))
 }
 
 /// The separator kind of a non-ASCII character, if it is one.
@@ -332,16 +336,18 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
                 run_end = i;
                 continue;
             }
-            // Invisible characters between digits: the group goes on.
+            // Invisible characters between digits: the group goes on. (None of them is ASCII.)
             let mut j = i;
             let mut hidden = 0;
-            while hidden < MAX_SEPARATOR_CHARS {
-                match separator_at(b, j) {
-                    Some((Sep::Invisible, len)) => {
-                        j += len;
-                        hidden += 1;
+            if b.get(i).is_some_and(|c| !c.is_ascii()) {
+                while hidden < MAX_SEPARATOR_CHARS {
+                    match separator_at(b, j) {
+                        Some((Sep::Invisible, len)) => {
+                            j += len;
+                            hidden += 1;
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
             }
             if hidden > 0 && digit_at(b, j).is_some() {
@@ -371,9 +377,6 @@ pub(crate) fn scan(text: &str, want: DigitEntities, out: &mut Vec<Candidate>) {
         if want.card && (truncated || run.digits.len() >= 12) {
             cards(b, &run, false, out);
         }
-        if truncated && want.ipv4 {
-            ipv4(b, &run, 0, run.group_starts.len() - 1, out);
-        }
         close_part(text, &run, run_end, want, out);
         i = run_end.max(i);
     }
@@ -386,7 +389,9 @@ fn flush_partial(b: &[u8], run: &mut Run, want: DigitEntities, out: &mut Vec<Can
         cards(b, run, true, out);
     }
     if want.ipv4 {
-        ipv4(b, run, 0, run.group_starts.len() - 1, out);
+        // Only the current part can be cut; the parts before it were classified when they
+        // ended. What this reads again when the part is not cut after all is deduplicated.
+        ipv4(b, run, run.part_first, run.group_starts.len() - 1, out);
     }
     let total = run.digits.len();
     let keep = (0..run.group_starts.len())
@@ -422,11 +427,21 @@ fn is_alnum_after(b: &[u8], pos: usize) -> bool {
 
 /// Reads SSN, routing, bank, phone and IPv4 numbers from the run's current part, which ends at
 /// byte `end`.
+#[inline]
 fn close_part(text: &str, run: &Run, end: usize, want: DigitEntities, out: &mut Vec<Candidate>) {
-    if run.part_cut {
+    let last = run.group_starts.len() - 1;
+    // Most parts of a table of numbers are too short for any of these: return before the call.
+    let total = run.digits.len() - run.group_starts[run.part_first];
+    if total < 4 || (total < 8 && (!want.ipv4 || last - run.part_first < 3)) {
         return;
     }
-    let last = run.group_starts.len() - 1;
+    if run.part_cut {
+        // Too long for anything but addresses, which are read in pieces like cards.
+        if want.ipv4 {
+            ipv4(text.as_bytes(), run, run.part_first, last, out);
+        }
+        return;
+    }
     classify(
         text,
         run,
@@ -523,7 +538,29 @@ fn cards(b: &[u8], run: &Run, open_end: bool, out: &mut Vec<Candidate>) {
         let start = run.group_starts[g];
         let mut best: Option<(f64, usize)> = None;
         let mut last = g;
+        // The separator so far; a window that [`card_score`] rejects for its separators is
+        // rejected with every longer one too, so stop there rather than check each (this keeps
+        // long comma- or newline-joined tables of numbers cheap).
+        let mut kind: Option<Sep> = None;
         while last < groups {
+            if last > g {
+                let gap = run.gaps[last - 1];
+                if gap.mixed || gap.kind == Sep::Paren {
+                    break;
+                }
+                if gap.kind != Sep::LineBreak {
+                    match kind {
+                        None => kind = Some(gap.kind),
+                        Some(k) if k != gap.kind => break,
+                        Some(_) => {}
+                    }
+                }
+                // With `_`, `,` or `+` only a card's own grouping counts, and every one of
+                // them starts with four digits.
+                if kind.is_some_and(Sep::card_only) && run.group_len(g) != 4 {
+                    break;
+                }
+            }
             let end = run.group_end(last);
             let count = end - start;
             if count > 19 {
@@ -571,6 +608,9 @@ fn cards(b: &[u8], run: &Run, open_end: bool, out: &mut Vec<Candidate>) {
 /// longer sequence of single digits (a list, a table) does not yield cards from its middle.
 fn spaced_cards(b: &[u8], run: &Run, open_end: bool, out: &mut Vec<Candidate>) {
     let groups = run.group_starts.len();
+    if groups < 12 {
+        return;
+    }
     let mut g = 0;
     while g < groups {
         if run.group_len(g) != 1 {
@@ -693,18 +733,20 @@ fn ipv4(b: &[u8], run: &Run, first: usize, last: usize, out: &mut Vec<Candidate>
         // The address must not continue with another dotted group ("1.2.3.4.5" is a version).
         let left_ok = g == first || run.gaps[g - 1].kind != Sep::Dot;
         let right_ok = g + 3 == last || run.gaps[g + 3].kind != Sep::Dot;
-        let octets_ok = window.clone().all(|k| {
-            let s = run.group_starts[k];
-            let e = run.group_end(k);
-            let len = e - s;
-            len <= 3
-                && run.digits[s..e]
-                    .iter()
-                    .fold(0u32, |a, &d| a * 10 + u32::from(d))
-                    <= 255
-                && !(len > 1 && run.digits[s] == 0)
-        });
-        if dots && left_ok && right_ok && octets_ok {
+        let octets_ok = || {
+            window.clone().all(|k| {
+                let s = run.group_starts[k];
+                let e = run.group_end(k);
+                let len = e - s;
+                len <= 3
+                    && run.digits[s..e]
+                        .iter()
+                        .fold(0u32, |a, &d| a * 10 + u32::from(d))
+                        <= 255
+                    && !(len > 1 && run.digits[s] == 0)
+            })
+        };
+        if dots && left_ok && right_ok && octets_ok() {
             let (bs, be) = run.byte_span(g, g + 3);
             let bounded = !(bs > 0 && (b[bs - 1].is_ascii_alphanumeric() || b[bs - 1] == b'.'))
                 && !is_alnum_after(b, be);
@@ -868,6 +910,40 @@ mod tests {
         assert!(cards("41111111111111111111111").is_empty());
         assert!(cards("4111111111111112").is_empty());
         assert!(cards("1700000000000 20240115123045").is_empty());
+    }
+
+    #[test]
+    fn entities_after_very_long_runs_are_found() {
+        let ips = |text: &str| -> Vec<String> {
+            found(text)
+                .into_iter()
+                .filter(|f| f.0 == Entity::IpAddress)
+                .map(|f| f.1)
+                .collect()
+        };
+        let long = "1 ".repeat(5000);
+        assert_eq!(ips(&format!("{long}10.0.0.1 x")), vec!["10.0.0.1"]);
+        assert_eq!(
+            ips(&format!("{long}10.0.0.1,10.0.0.2 x")),
+            vec!["10.0.0.1", "10.0.0.2"]
+        );
+        // A comma-joined table longer than a run is read in pieces: values after it still count.
+        let table = "12,".repeat(3000);
+        let f = found(&format!("{table}078-05-1121,10.0.0.3"));
+        assert!(
+            f.iter()
+                .any(|f| f.0 == Entity::UsSsn && f.1 == "078-05-1121"),
+            "{f:?}"
+        );
+        assert!(
+            f.iter()
+                .any(|f| f.0 == Entity::IpAddress && f.1 == "10.0.0.3"),
+            "{f:?}"
+        );
+        // One separator between every two digits, at the end of a long run.
+        let spaced = "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1";
+        let text = format!("{}, {spaced}", "12 ".repeat(3000));
+        assert_eq!(cards(&text), vec![spaced.to_string()]);
     }
 
     #[test]
