@@ -3,7 +3,10 @@
 //! Keys come from the issuer's discovery document (`/.well-known/openid-configuration` ->
 //! `jwks_uri`), are cached, and are fetched again when a token names a key id the cache does not
 //! hold (key rotation), at most once per `min_refresh_interval` so forged key ids cannot turn the
-//! gateway into a load generator against the issuer. Only asymmetric algorithms from the
+//! gateway into a load generator against the issuer. A failed fetch counts too: while the issuer
+//! is down, one request a `min_refresh_interval` waits on it (at most `FETCH_TIMEOUT`), and every
+//! other request is refused at once with that failure instead of queueing behind a fetch of its
+//! own. Only asymmetric algorithms from the
 //! configured allowlist are accepted: never `none`, never an HMAC algorithm (whose "secret" would
 //! be the public key).
 
@@ -127,7 +130,15 @@ impl TokenRejection {
 struct KeyCache {
     keys: HashMap<String, CachedKey>,
     fetched_at: Option<Instant>,
+    /// The last fetch that failed, and why: refused requests are answered from it until
+    /// `min_refresh_interval` has passed.
+    failed: Option<(Instant, String)>,
 }
+
+/// Longest wait for the issuer's discovery document or key set, each.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a TCP connection to the issuer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct CachedKey {
     key: DecodingKey,
@@ -162,7 +173,8 @@ impl OidcValidator {
             return Err(OidcConfigError::Audience);
         }
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(FETCH_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| OidcConfigError::Client(e.to_string()))?;
@@ -173,6 +185,7 @@ impl OidcValidator {
             cache: RwLock::new(KeyCache {
                 keys: HashMap::new(),
                 fetched_at: None,
+                failed: None,
             }),
             fetch_lock: Mutex::new(()),
         })
@@ -241,23 +254,45 @@ impl OidcValidator {
         Ok(Some(data.claims))
     }
 
-    /// Fetches discovery and JWKS. Without `force`, skips when the last fetch is too recent.
+    /// Fetches discovery and JWKS. Without `force`, skips when the last attempt is too recent:
+    /// after a success it answers from the cache, after a failure with that failure.
     async fn refresh(&self, force: bool) -> Result<usize, TokenRejection> {
         let _guard = self.fetch_lock.lock().await;
         {
             let cache = self.cache.read().await;
             let min = Duration::from_secs(self.config.min_refresh_interval_s);
-            if !force && cache.fetched_at.is_some_and(|t| t.elapsed() < min) {
-                return Ok(cache.keys.len());
+            if !force {
+                if let Some((at, why)) = &cache.failed {
+                    if at.elapsed() < min {
+                        return Err(TokenRejection::KeysUnavailable(why.clone()));
+                    }
+                }
+                if cache.fetched_at.is_some_and(|t| t.elapsed() < min) {
+                    return Ok(cache.keys.len());
+                }
             }
         }
-        let keys = self.fetch_keys().await?;
-        let count = keys.len();
+        let fetched = self.fetch_keys().await;
         let mut cache = self.cache.write().await;
-        cache.keys = keys;
-        cache.fetched_at = Some(Instant::now());
-        tracing::info!(issuer = %self.config.issuer, keys = count, "fetched issuer signing keys");
-        Ok(count)
+        match fetched {
+            Ok(keys) => {
+                let count = keys.len();
+                cache.keys = keys;
+                cache.fetched_at = Some(Instant::now());
+                cache.failed = None;
+                tracing::info!(issuer = %self.config.issuer, keys = count, "fetched issuer signing keys");
+                Ok(count)
+            }
+            Err(err) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %err, "cannot fetch issuer signing keys");
+                let why = match &err {
+                    TokenRejection::KeysUnavailable(why) => why.clone(),
+                    other => other.to_string(),
+                };
+                cache.failed = Some((Instant::now(), why));
+                Err(err)
+            }
+        }
     }
 
     async fn fetch_keys(&self) -> Result<HashMap<String, CachedKey>, TokenRejection> {
@@ -494,5 +529,48 @@ mod tests {
         // An unsigned token: header {"alg":"none"} does not even parse as an allowed algorithm.
         let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.";
         assert!(v.validate(none).await.is_err());
+    }
+
+    /// While the issuer does not answer, requests with an unknown key id do not queue behind one
+    /// 10-second fetch each: one waits on the issuer, the others get its failure at once.
+    #[tokio::test]
+    async fn an_issuer_that_does_not_answer_costs_one_fetch_not_one_per_request() {
+        // Accepts connections (the kernel's backlog) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", silent.local_addr().unwrap());
+        let config: OidcConfig = toml::from_str(&format!(
+            "issuer = \"{issuer}\"\naudience = \"ztee\"\nmin_refresh_interval_s = 60"
+        ))
+        .unwrap();
+        let validator = std::sync::Arc::new(OidcValidator::new(config).unwrap());
+        // Well-formed RS256 tokens naming a key id the cache has never seen.
+        let token = "eyJhbGciOiJSUzI1NiIsImtpZCI6InVua25vd24ifQ.eyJzdWIiOiJ4In0.c2ln";
+        let started = Instant::now();
+        let requests: Vec<_> = (0..6)
+            .map(|_| {
+                let validator = validator.clone();
+                tokio::spawn(async move { validator.validate(token).await })
+            })
+            .collect();
+        for request in requests {
+            let result = request.await.unwrap();
+            assert!(
+                matches!(result, Err(TokenRejection::KeysUnavailable(_))),
+                "{result:?}"
+            );
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited < FETCH_TIMEOUT * 2,
+            "six requests took {waited:?}: they queued behind a fetch each"
+        );
+        // Within the interval, the next request does not wait at all.
+        let again = Instant::now();
+        assert!(validator.validate(token).await.is_err());
+        assert!(
+            again.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            again.elapsed()
+        );
     }
 }
