@@ -37,6 +37,9 @@ pub enum SecretError {
     ValueTooLarge { len: usize, max: usize },
     #[error("Vault at {address}: {message}")]
     Vault { address: String, message: String },
+    /// A configured URL that ztee may not send credentials to (see [`crate::endpoint`]).
+    #[error(transparent)]
+    Endpoint(#[from] crate::endpoint::EndpointError),
     #[error("no secret backend serves {0:?}: it is not in the built-in store and no Vault mapping names it")]
     Unavailable(String),
 }

@@ -10,6 +10,7 @@
 //! Errors name secrets, paths and backends, never values.
 
 mod broker;
+pub mod endpoint;
 mod error;
 mod master_key;
 mod name;
@@ -18,6 +19,7 @@ mod value;
 pub mod vault;
 
 pub use broker::{Lease, LeasedSecret, SecretBroker, SecretSource};
+pub use endpoint::{check_endpoint, EndpointError};
 pub use error::SecretError;
 pub use master_key::{MasterKey, MasterKeySource};
 pub use name::{EnvVarName, SecretName, SecretRequest};

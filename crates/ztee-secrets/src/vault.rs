@@ -21,7 +21,8 @@ use crate::{SecretError, SecretName, SecretValue};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
-    /// Base URL, e.g. `https://vault.internal:8200`.
+    /// Base URL, e.g. `https://vault.internal:8200`. Plain `http://` only to a loopback host;
+    /// no user name or password in it.
     pub address: String,
     /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`.
     #[serde(default)]
@@ -125,15 +126,24 @@ struct ReadResponse {
     data: serde_json::Value,
 }
 
+impl VaultConfig {
+    /// Checks what serde cannot: `address` is `https://` (plain `http://` only to a loopback host:
+    /// the token travels in every request) and carries no user name or password (Vault takes
+    /// its token in a header; the address also appears in errors and logs).
+    pub fn validate(&self) -> Result<(), SecretError> {
+        const KEY: &str = "secrets.vault.address";
+        let url = crate::endpoint::check_endpoint(KEY, &self.address)?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(crate::endpoint::EndpointError::Credentials { key: KEY.into() }.into());
+        }
+        Ok(())
+    }
+}
+
 impl VaultClient {
     pub fn new(config: VaultConfig) -> Result<Self, SecretError> {
+        config.validate()?;
         let address = config.address.trim_end_matches('/').to_owned();
-        if !(address.starts_with("https://") || address.starts_with("http://")) {
-            return Err(SecretError::Vault {
-                address,
-                message: "address must be an http:// or https:// URL".into(),
-            });
-        }
         for (name, mapping) in &config.secrets {
             let path = match mapping {
                 VaultMapping::Kv { kv, mount, .. } => format!("{mount}/{kv}"),

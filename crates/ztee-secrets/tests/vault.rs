@@ -361,3 +361,59 @@ fn configuration_parses_from_toml_and_rejects_bad_paths() {
     }));
     assert!(wrong.is_err());
 }
+
+/// #22: a Vault token never travels in clear text to a remote host.
+#[test]
+fn plain_http_is_refused_unless_vault_is_on_loopback() {
+    let config = |address: &str| VaultConfig {
+        address: address.into(),
+        namespace: None,
+        auth: VaultAuth::Token {
+            token_env: Some("VAULT_TOKEN".into()),
+            token_file: None,
+        },
+        secrets: BTreeMap::new(),
+        timeout_s: 5,
+    };
+    let err = VaultClient::new(config("http://u5er:pw9@vault.example.com:8200/?x=q9zq"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("secrets.vault.address")
+            && err.contains("vault.example.com")
+            && err.contains("https://"),
+        "{err}"
+    );
+    for secret in ["u5er", "pw9", "q9zq"] {
+        assert!(!err.contains(secret), "{secret} in {err}");
+    }
+    for (bad, expect) in [
+        ("vault.example.com:8200", "https://"),
+        ("ftp://vault.example.com", "ftp"),
+        ("http://192.168.1.10:8200", "192.168.1.10"),
+    ] {
+        let err = VaultClient::new(config(bad)).unwrap_err().to_string();
+        assert!(
+            err.contains("secrets.vault.address") && err.contains(expect),
+            "{bad}: {err}"
+        );
+    }
+    for fine in [
+        "https://vault.example.com:8200",
+        "http://127.0.0.1:8200",
+        "http://localhost:8200/",
+        "http://[::1]:8200",
+    ] {
+        assert!(VaultClient::new(config(fine)).is_ok(), "{fine}");
+        assert!(config(fine).validate().is_ok(), "{fine}");
+    }
+    // Vault takes its token in a header; credentials in the address would only end up in logs.
+    let err = VaultClient::new(config("https://user:pw@vault.example.com"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("secrets.vault.address") && err.contains("user name or password"),
+        "{err}"
+    );
+    assert!(!err.contains("pw"), "{err}");
+}

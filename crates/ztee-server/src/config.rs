@@ -348,6 +348,17 @@ impl ServerConfig {
         }
         self.llm.validate().map_err(ConfigError::Invalid)?;
         self.mcp.validate().map_err(ConfigError::Invalid)?;
+        // Approval details, signed decision links and Vault tokens never cross the network in
+        // clear text: https://, or http:// to a loopback host only.
+        for (i, hook) in self.approvals.webhooks.iter().enumerate() {
+            ztee_secrets::check_endpoint(&format!("approvals.webhooks[{i}].url"), &hook.url)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if let Some(vault) = &self.secrets.vault {
+            vault
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if self.quotas.requests_per_second.is_nan() || self.quotas.requests_per_second <= 0.0 {
             return Err(ConfigError::Invalid(
                 "quotas.requests_per_second must be greater than 0".into(),
@@ -420,6 +431,68 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("TLS"));
         c.allow_insecure_http = true;
         assert!(c.validate().is_ok());
+    }
+
+    /// #22: approval details and Vault tokens do not travel in clear text to a remote host.
+    #[test]
+    fn webhook_and_vault_urls_need_https_off_loopback() {
+        let hook = |url: &str| {
+            ServerConfig::from_toml(&format!(
+                "[[approvals.webhooks]]\nurl = \"{url}\"\nsecret_env = \"HOOK_SECRET\""
+            ))
+            .unwrap()
+        };
+        let err = hook("http://alice:hunter2@example.com/hook?token=abc")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("approvals.webhooks[0].url")
+                && err.contains("example.com")
+                && err.contains("https://"),
+            "{err}"
+        );
+        for secret in ["alice", "hunter2", "token", "abc", "/hook"] {
+            assert!(!err.contains(secret), "{secret} in {err}");
+        }
+        for fine in [
+            "https://example.com/hook",
+            "http://127.0.0.1:9000/hook",
+            "http://127.8.0.1/hook",
+            "http://localhost:9000/hook",
+            "http://[::1]:9000/hook",
+        ] {
+            assert!(hook(fine).validate().is_ok(), "{fine}");
+        }
+        for (bad, expect) in [
+            ("ftp://example.com/hook", "ftp"),
+            ("file:///etc/passwd", "https://"),
+            ("not a url", "not a URL"),
+            ("http://10.0.0.1/hook", "10.0.0.1"),
+        ] {
+            let err = hook(bad).validate().unwrap_err().to_string();
+            assert!(
+                err.contains("approvals.webhooks[0].url") && err.contains(expect),
+                "{bad}: {err}"
+            );
+        }
+
+        let vault = |address: &str| {
+            ServerConfig::from_toml(&format!(
+                "[secrets.vault]\naddress = \"{address}\"\nauth = {{ method = \"token\", token_env = \"VAULT_TOKEN\" }}"
+            ))
+            .unwrap()
+        };
+        let err = vault("http://vault.example.com:8200")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("secrets.vault.address") && err.contains("vault.example.com"),
+            "{err}"
+        );
+        assert!(vault("https://vault.example.com:8200").validate().is_ok());
+        assert!(vault("http://127.0.0.1:8200").validate().is_ok());
     }
 
     #[test]
