@@ -11,7 +11,7 @@ use ztee_dlp::{Scanner, TokenMap};
 
 use super::openai::error_type;
 use super::sse::SseEvent;
-use super::tokenize::{outbound_raw_event, outbound_value, OutboundStream, SlotKind};
+use super::tokenize::{outbound_raw_event, outbound_rest, OutboundStream, SlotKind};
 use super::{walk, walk_strings, Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
 
 pub struct Anthropic;
@@ -133,28 +133,6 @@ impl Dialect for Anthropic {
             }
         }
         Ok(())
-    }
-
-    fn walk_response(body: &mut Value, visit: &mut Visit<'_>) {
-        let Some(content) = body.get_mut("content").and_then(Value::as_array_mut) else {
-            walk_strings(body, SlotKind::Assistant, "response", visit);
-            return;
-        };
-        for (k, block) in content.iter_mut().enumerate() {
-            for key in ["text", "thinking"] {
-                if let Some(Value::String(t)) = block.get_mut(key) {
-                    visit(t, SlotKind::Assistant, &format!("content[{k}].{key}"));
-                }
-            }
-            if let Some(input) = block.get_mut("input") {
-                walk_strings(
-                    input,
-                    SlotKind::ToolArguments,
-                    &format!("content[{k}].input"),
-                    visit,
-                );
-            }
-        }
     }
 
     fn tool_calls(response: &Value) -> Vec<FoundToolCall> {
@@ -389,12 +367,24 @@ impl StreamRewriter for AnthropicStream {
             "message_stop" => {
                 out.extend(self.finish());
             }
-            "message_start" | "message_delta" | "ping" => {}
-            _ => {
-                // `error` and anything newer: every string is scanned whole.
-                outbound_value(&self.scanner, None, &mut data, &mut self.loose);
-            }
+            _ => {}
         }
+        // The texts streamed on a block's channel stay as they are; every other string of the
+        // event (`message_start`, `error`, citations, server tool results, anything newer) is
+        // masked whole. Signatures pass: they are opaque.
+        let streamed: Vec<String> = match kind.as_str() {
+            "content_block_start" => vec![
+                "/content_block/text".into(),
+                "/content_block/thinking".into(),
+            ],
+            "content_block_delta" => vec![
+                "/delta/text".into(),
+                "/delta/partial_json".into(),
+                "/delta/thinking".into(),
+            ],
+            _ => Vec::new(),
+        };
+        outbound_rest(&self.scanner, None, &mut data, &streamed, &mut self.loose);
         out.push(SseEvent {
             event: event.event,
             data: data.to_string(),
@@ -447,5 +437,42 @@ impl StreamRewriter for AnthropicStream {
             m["tool_calls"] = Value::Array(calls);
         }
         m
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_the_rewriter_does_not_stream_are_masked_and_signatures_pass() {
+        let scanner = Arc::new(Scanner::new(Default::default()).unwrap());
+        let mut stream = Anthropic::stream_rewriter(scanner, None);
+        let mut all = String::new();
+        for (name, data) in [
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "m",
+                "content": [{"type": "text", "text": "card 5500 0000 0000 0004"}]}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "citations_delta", "citation": {
+                    "cited_text": "card 5500 0000 0000 0004"}}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1,
+                "delta": {"type": "signature_delta", "signature": "EqQB5500000000000004AA"}}),
+            ),
+        ] {
+            for ev in stream.event(SseEvent::named(name, data.to_string())) {
+                all.push_str(&ev.data);
+            }
+        }
+        assert!(!all.contains("card 5500 0000 0000 0004"), "{all}");
+        assert!(all.contains("EqQB5500000000000004AA"), "{all}");
     }
 }

@@ -201,8 +201,13 @@ pub trait Dialect: Send + Sync + 'static {
     /// texts with their role, for policy and the injection score. DLP does not depend on it:
     /// every string of the body has been tokenized before (see `walk.rs`).
     fn walk_request(body: &mut serde_json::Value, visit: &mut Visit<'_>) -> Result<(), String>;
-    /// Visits every text in a non-streaming answer.
-    fn walk_response(body: &mut serde_json::Value, visit: &mut Visit<'_>);
+    /// Visits every string of a non-streaming answer, keys included, whatever its shape;
+    /// opaque provider state passes as it is (see `walk.rs`).
+    fn walk_response(body: &mut serde_json::Value, visit: &mut Visit<'_>) {
+        walk::answer_strings(body, &mut |text, field| {
+            visit(text, SlotKind::Assistant, field)
+        });
+    }
     fn tool_calls(response: &serde_json::Value) -> Vec<FoundToolCall>;
     /// Rewrites a streamed answer event by event.
     fn stream_rewriter(scanner: Arc<Scanner>, tokens: Option<TokenMap>) -> Box<dyn StreamRewriter>;

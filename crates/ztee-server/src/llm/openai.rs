@@ -132,39 +132,6 @@ impl Dialect for OpenAi {
         Ok(())
     }
 
-    fn walk_response(body: &mut Value, visit: &mut Visit<'_>) {
-        let Some(choices) = body.get_mut("choices").and_then(Value::as_array_mut) else {
-            // An error body or something unexpected: every string in it is scanned.
-            super::walk_strings(body, SlotKind::Assistant, "response", visit);
-            return;
-        };
-        for (i, choice) in choices.iter_mut().enumerate() {
-            let Some(message) = choice.get_mut("message") else {
-                continue;
-            };
-            for key in ["content", "refusal"] {
-                if let Some(Value::String(s)) = message.get_mut(key) {
-                    visit(
-                        s,
-                        SlotKind::Assistant,
-                        &format!("choices[{i}].message.{key}"),
-                    );
-                }
-            }
-            if let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                for (j, call) in calls.iter_mut().enumerate() {
-                    if let Some(Value::String(args)) = call.pointer_mut("/function/arguments") {
-                        visit(
-                            args,
-                            SlotKind::ToolArguments,
-                            &format!("choices[{i}].message.tool_calls[{j}].function.arguments"),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
     fn tool_calls(response: &Value) -> Vec<FoundToolCall> {
         let mut found = Vec::new();
         let choices = response.get("choices").and_then(Value::as_array);
@@ -378,7 +345,28 @@ impl StreamRewriter for OpenAiStream {
                 }
             }
         }
+        // The texts just streamed on their channels stay as they are; every other string of
+        // the chunk is masked whole.
+        let mut streamed = Vec::new();
+        for (i, choice) in choices.iter().enumerate() {
+            streamed.push(format!("/choices/{i}/delta/content"));
+            let calls = choice
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array);
+            for j in 0..calls.map_or(0, Vec::len) {
+                streamed.push(format!(
+                    "/choices/{i}/delta/tool_calls/{j}/function/arguments"
+                ));
+            }
+        }
         chunk["choices"] = Value::Array(choices);
+        super::tokenize::outbound_rest(
+            &self.scanner,
+            self.tokens.as_ref(),
+            &mut chunk,
+            &streamed,
+            &mut self.loose,
+        );
         vec![SseEvent {
             event: event.event,
             data: chunk.to_string(),
@@ -427,5 +415,24 @@ impl StreamRewriter for OpenAiStream {
             message["tool_calls"] = Value::Array(calls);
         }
         message
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_of_a_chunk_is_masked_not_only_the_content() {
+        let scanner = Arc::new(Scanner::new(Default::default()).unwrap());
+        let mut stream = OpenAi::stream_rewriter(scanner, None);
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0,
+            "delta": {"content": "ok ", "audio": {"transcript": "card 5500 0000 0000 0004"}},
+            "finish_reason": null}]});
+        let out = stream.event(SseEvent::data(chunk.to_string()));
+        let text: String = out.iter().map(|e| e.data.clone()).collect();
+        assert!(!text.contains("5500 0000 0000 0004"), "{text}");
+        assert!(text.contains("0004"), "{text}");
     }
 }

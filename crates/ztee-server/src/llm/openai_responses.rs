@@ -17,10 +17,8 @@ use ztee_dlp::{Scanner, TokenMap};
 
 use super::openai::OpenAi;
 use super::sse::SseEvent;
-use super::tokenize::{
-    outbound_raw_event, outbound_text, outbound_value, OutboundStream, SlotKind,
-};
-use super::{walk_strings, Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
+use super::tokenize::{outbound_raw_event, outbound_rest, outbound_text, OutboundStream, SlotKind};
+use super::{Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
 
 pub struct OpenAiResponses;
 
@@ -141,40 +139,6 @@ fn walk_input_item(item: &mut Value, field: &str, visit: &mut Visit<'_>) -> Resu
     }
 }
 
-/// Visits one output item of an answer.
-fn walk_output_item(item: &mut Value, field: &str, visit: &mut Visit<'_>) {
-    match item.get("type").and_then(Value::as_str) {
-        Some("message") => {
-            if let Some(content) = item.get_mut("content") {
-                let _ = content_texts(
-                    content,
-                    SlotKind::Assistant,
-                    &format!("{field}.content"),
-                    visit,
-                );
-            }
-        }
-        Some("function_call") => {
-            if let Some(Value::String(args)) = item.get_mut("arguments") {
-                visit(args, SlotKind::ToolArguments, &format!("{field}.arguments"));
-            }
-        }
-        // Only the summary is text: `encrypted_content` is the provider's opaque state, handed
-        // back on the next turn, and must reach the client byte for byte.
-        Some("reasoning") => {
-            if let Some(summary) = item.get_mut("summary") {
-                let _ = content_texts(
-                    summary,
-                    SlotKind::Assistant,
-                    &format!("{field}.summary"),
-                    visit,
-                );
-            }
-        }
-        _ => walk_strings(item, SlotKind::Assistant, field, visit),
-    }
-}
-
 impl Dialect for OpenAiResponses {
     const API: ProviderApi = ProviderApi::Openai;
 
@@ -215,17 +179,6 @@ impl Dialect for OpenAiResponses {
                 Ok(())
             }
             _ => Err("`input` must be a string or an array of input items".into()),
-        }
-    }
-
-    fn walk_response(body: &mut Value, visit: &mut Visit<'_>) {
-        let Some(output) = body.get_mut("output").and_then(Value::as_array_mut) else {
-            // An error body or something unexpected: every string in it is scanned.
-            walk_strings(body, SlotKind::Assistant, "response", visit);
-            return;
-        };
-        for (i, item) in output.iter_mut().enumerate() {
-            walk_output_item(item, &format!("output[{i}]"), visit);
         }
     }
 
@@ -429,44 +382,54 @@ impl ResponsesStream {
     /// Rewrites an output item (in `.output_item.*` events and the final response): streamed
     /// texts become what was sent, every other string is masked whole.
     fn rewrite_item(&mut self, item: &mut Value, output_index: u64) {
+        let mut streamed = Vec::new();
         match item.get("type").and_then(Value::as_str) {
             Some("message") => {
-                let Some(parts) = item.get_mut("content").and_then(Value::as_array_mut) else {
-                    return;
-                };
-                for (k, part) in parts.iter_mut().enumerate() {
-                    let key = part_text_key(part.get("type").and_then(Value::as_str));
-                    let Some(key) = key else { continue };
-                    let channel = (output_index, Some(k as u64));
-                    let replacement = match self.channels.get(&channel) {
-                        Some(state) => state.sent.clone(),
-                        None => match part.get(key).and_then(Value::as_str) {
-                            Some(t) => self.mask(t),
-                            None => continue,
-                        },
-                    };
-                    part[key] = Value::String(replacement);
+                if let Some(parts) = item.get_mut("content").and_then(Value::as_array_mut) {
+                    for (k, part) in parts.iter_mut().enumerate() {
+                        let key = part_text_key(part.get("type").and_then(Value::as_str));
+                        let Some(key) = key else { continue };
+                        let channel = (output_index, Some(k as u64));
+                        let replacement = match self.channels.get(&channel) {
+                            Some(state) => state.sent.clone(),
+                            None => match part.get(key).and_then(Value::as_str) {
+                                Some(t) => self.mask(t),
+                                None => continue,
+                            },
+                        };
+                        part[key] = Value::String(replacement);
+                        streamed.push(format!("/content/{k}/{key}"));
+                    }
                 }
             }
             Some("function_call") => {
-                if let Some(name) = item.get("name").and_then(Value::as_str) {
-                    let id = item.get("call_id").cloned().unwrap_or(Value::Null);
-                    self.calls.insert(output_index, (id, name.to_owned()));
-                }
                 let replacement = match self.channels.get(&(output_index, None)) {
-                    Some(state) => state.sent.clone(),
-                    None => match item.get("arguments").and_then(Value::as_str) {
-                        Some(a) => self.mask(a),
-                        None => return,
-                    },
+                    Some(state) => Some(state.sent.clone()),
+                    None => item
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .map(|a| self.mask(a)),
                 };
-                item["arguments"] = Value::String(replacement);
+                if let Some(replacement) = replacement {
+                    item["arguments"] = Value::String(replacement);
+                    streamed.push("/arguments".to_owned());
+                }
             }
-            _ => {
-                let (scanner, tokens, loose) = (&self.scanner, &self.tokens, &mut self.loose);
-                walk_output_item(item, "item", &mut |t, _, _| {
-                    *t = outbound_text(scanner, tokens.as_ref(), t, loose);
-                });
+            _ => {}
+        }
+        // Everything else in the item (annotations, ids, a built-in tool's call, anything newer)
+        // is masked whole; a reasoning item's encrypted state passes, it is opaque.
+        outbound_rest(
+            &self.scanner,
+            self.tokens.as_ref(),
+            item,
+            &streamed,
+            &mut self.loose,
+        );
+        if item.get("type").and_then(Value::as_str) == Some("function_call") {
+            if let Some(name) = item.get("name").and_then(Value::as_str) {
+                let id = item.get("call_id").cloned().unwrap_or(Value::Null);
+                self.calls.insert(output_index, (id, name.to_owned()));
             }
         }
     }
@@ -576,17 +539,38 @@ impl StreamRewriter for ResponsesStream {
                     data["response"] = response;
                 }
             }
-            _ => {
-                // Anything else (annotations, reasoning summaries, errors): every string is
-                // masked whole.
-                outbound_value(
-                    &self.scanner,
-                    self.tokens.as_ref(),
-                    &mut data,
-                    &mut self.loose,
-                );
-            }
+            _ => {}
         }
+        // What was just rewritten on a channel, or as an output item, stays as it is; every
+        // other string of the event (annotations, reasoning summaries, errors, the request's
+        // echo in a response object, anything newer) is masked whole.
+        let streamed: Vec<String> = match kind.as_str() {
+            "response.output_text.delta"
+            | "response.refusal.delta"
+            | "response.function_call_arguments.delta" => vec!["/delta".into()],
+            "response.output_text.done" => vec!["/text".into()],
+            "response.refusal.done" => vec!["/refusal".into()],
+            "response.function_call_arguments.done" => vec!["/arguments".into()],
+            "response.content_part.added" | "response.content_part.done" => data
+                .get("part")
+                .and_then(|p| part_text_key(p.get("type").and_then(Value::as_str)))
+                .map(|key| vec![format!("/part/{key}")])
+                .unwrap_or_default(),
+            "response.output_item.added" | "response.output_item.done" => vec!["/item".into()],
+            "response.created"
+            | "response.in_progress"
+            | "response.completed"
+            | "response.incomplete"
+            | "response.failed" => vec!["/response/output".into()],
+            _ => Vec::new(),
+        };
+        outbound_rest(
+            &self.scanner,
+            self.tokens.as_ref(),
+            &mut data,
+            &streamed,
+            &mut self.loose,
+        );
         out.push(SseEvent {
             event: event.event,
             data: data.to_string(),
@@ -703,7 +687,14 @@ mod tests {
             seen.push(field.to_owned());
             *t = outbound_text(&scanner(), None, t, &mut BTreeMap::new());
         });
-        assert_eq!(seen, ["output[0].summary[0].text"]);
+        assert!(
+            seen.contains(&"output[0].summary[0].text".to_owned()),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|f| f.contains("encrypted_content")),
+            "{seen:?}"
+        );
         assert_eq!(answer["output"][0]["encrypted_content"], opaque);
         assert!(!answer.to_string().contains(PAN));
     }
@@ -757,5 +748,39 @@ mod tests {
             "text": format!("the card is {PAN}")}),
         ));
         assert!(!out[0].data.contains(PAN), "{}", out[0].data);
+    }
+
+    #[test]
+    fn fields_around_the_streamed_text_are_masked_and_the_text_is_restored_once() {
+        let s = scanner();
+        let mut guard = super::super::tokenize::InboundGuard::new(&s, None);
+        let mut prompt = format!("card {PAN}");
+        guard.tokenize(&mut prompt, "input");
+        let mut stream = OpenAiResponses::stream_rewriter(scanner(), Some(guard.into_tokens()));
+        let item = json!({"type": "message", "id": "msg_1", "content": [
+            {"type": "output_text", "text": "refunded <CREDIT_CARD_1>",
+             "annotations": [{"type": "url_citation", "title": "card 5500 0000 0000 0004",
+                              "url": "https://x.example/"}]}]});
+        let out = stream.event(event(
+            json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        ));
+        let done = data(&out);
+        let part = &done[0]["item"]["content"][0];
+        // The caller may see the number it sent; the model's own is masked, in any field.
+        assert_eq!(part["text"], format!("refunded {PAN}"));
+        let title = part["annotations"][0]["title"].as_str().unwrap();
+        assert!(
+            title.ends_with("0004") && !title.contains("5500 0000 0000 0004"),
+            "{title}"
+        );
+        // The request's echo in the final response object is masked too.
+        let out = stream.event(event(json!({"type": "response.completed", "response": {
+            "output": [], "instructions": "card 5500 0000 0000 0004",
+            "metadata": {"card 5500 0000 0000 0004": "x"}}})));
+        assert!(
+            !out[0].data.contains("5500 0000 0000 0004"),
+            "{}",
+            out[0].data
+        );
     }
 }

@@ -153,17 +153,45 @@ fn outbound_operators() -> Operators {
     Operators::new(Operator::Mask(MaskStyle::Pci))
 }
 
-/// The outbound stage for every string in a JSON value, each masked whole (events the stream
-/// rewriters do not take apart: errors, annotations, newer event types).
+/// The outbound stage for every string in a JSON value, keys included, each masked whole (events
+/// the stream rewriters do not take apart: errors, annotations, newer event types, and what is
+/// left of the others once their streamed texts are taken out). Opaque provider state passes.
 pub fn outbound_value(
     scanner: &Scanner,
     tokens: Option<&TokenMap>,
     value: &mut serde_json::Value,
     counts: &mut BTreeMap<String, u64>,
 ) {
-    super::walk_strings(value, SlotKind::Assistant, "event", &mut |t, _, _| {
+    super::walk::answer_strings(value, &mut |t, _| {
         *t = outbound_text(scanner, tokens, t, counts);
     });
+}
+
+/// The outbound stage for what a stream rewriter did not rewrite itself: every string of `value`
+/// except those at `streamed` (JSON pointers to the texts it masked, and maybe restored, on
+/// their channels), which are taken out, left alone and put back. So a field the rewriter does
+/// not know (a new delta type, a citation, an echo of the request) is masked all the same.
+pub fn outbound_rest(
+    scanner: &Scanner,
+    tokens: Option<&TokenMap>,
+    value: &mut serde_json::Value,
+    streamed: &[String],
+    counts: &mut BTreeMap<String, u64>,
+) {
+    let mut kept = Vec::new();
+    for pointer in streamed {
+        if let Some(slot) = value.pointer_mut(pointer) {
+            kept.push((pointer, slot.take()));
+        }
+    }
+    outbound_value(scanner, tokens, value, counts);
+    for (pointer, original) in kept {
+        // The pointers run through protocol keys (`choices`, `delta`, ...), which masking leaves
+        // as they are, so each slot is still there.
+        if let Some(slot) = value.pointer_mut(pointer) {
+            *slot = original;
+        }
+    }
 }
 
 /// An upstream stream event whose data is not JSON, masked as one text.

@@ -49,7 +49,9 @@ pub fn opaque_reason(
         // provider's encrypted state, handed back as it was received.
         "encrypted_content" | "encrypted_index" => Some("encrypted provider state"),
         // Anthropic: the signature over a thinking block (the thinking text itself is scanned).
-        "signature" if object_type == Some("thinking") => Some("a thinking block's signature"),
+        "signature" if matches!(object_type, Some("thinking" | "signature_delta")) => {
+            Some("a thinking block's signature")
+        }
         // Anthropic: thinking the provider redacted, encrypted.
         "data" if object_type == Some("redacted_thinking") => Some("redacted thinking"),
         // Anthropic image and document sources `{"type": "base64", "data": ...}`.
@@ -84,24 +86,41 @@ pub fn every_string(
     field: &str,
     visit: &mut dyn FnMut(&mut String, &str),
 ) -> Result<(), WalkError> {
-    walk(value, field, None, visit)
+    walk(value, field, None, Mode::Request, visit)
+}
+
+/// Like [`every_string`] for what comes back from a provider (answers, stream events): opaque
+/// values pass as they are (the provider's state, handed back by the client on its next turn),
+/// and keys that collide once masked are kept apart by a suffix rather than refused.
+pub fn answer_strings(value: &mut Value, visit: &mut dyn FnMut(&mut String, &str)) {
+    // Nothing in answer mode returns an error.
+    let _ = walk(value, "", None, Mode::Answer, visit);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A request about to leave: opaque values are checked, collisions refused.
+    Request,
+    /// An answer on its way back: nothing is refused.
+    Answer,
 }
 
 fn walk(
     value: &mut Value,
     field: &str,
     parent_key: Option<&str>,
+    mode: Mode,
     visit: &mut dyn FnMut(&mut String, &str),
 ) -> Result<(), WalkError> {
     match value {
         Value::String(s) => visit(s, field),
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                walk(item, &format!("{field}[{i}]"), None, visit)?;
+                walk(item, &format!("{field}[{i}]"), None, mode, visit)?;
             }
         }
         Value::Object(map) => {
-            rename_keys(map, field, visit)?;
+            rename_keys(map, field, mode, visit)?;
             // Decided before any value is rewritten: the rules read sibling `type` fields.
             let opaque: Vec<(String, &'static str)> = map
                 .iter()
@@ -113,6 +132,7 @@ fn walk(
             for (k, v) in map.iter_mut() {
                 let at = child(field, k);
                 match opaque.iter().find(|(key, _)| key == k) {
+                    Some(_) if mode == Mode::Answer => {}
                     Some((_, what)) => {
                         if let Some(digits) = v.as_str().and_then(card_like_run) {
                             return Err(WalkError::CardInOpaque {
@@ -122,7 +142,7 @@ fn walk(
                             });
                         }
                     }
-                    None => walk(v, &at, Some(k), visit)?,
+                    None => walk(v, &at, Some(k), mode, visit)?,
                 }
             }
         }
@@ -192,6 +212,7 @@ fn child(field: &str, key: &str) -> String {
 fn rename_keys(
     map: &mut Map<String, Value>,
     field: &str,
+    mode: Mode,
     visit: &mut dyn FnMut(&mut String, &str),
 ) -> Result<(), WalkError> {
     let keys_at = if field.is_empty() {
@@ -207,8 +228,16 @@ fn rename_keys(
             renamed.push((key.clone(), scanned));
         }
     }
-    for (old, new) in renamed {
+    for (old, mut new) in renamed {
         let Some(v) = map.remove(&old) else { continue };
+        if mode == Mode::Answer {
+            let base = new.clone();
+            let mut n = 2;
+            while map.contains_key(&new) {
+                new = format!("{base} ({n})");
+                n += 1;
+            }
+        }
         if map.contains_key(&new) {
             return Err(WalkError::KeyCollision {
                 field: if field.is_empty() {
@@ -462,6 +491,25 @@ mod tests {
                 ("b.title".to_owned(), "Refunds".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn answers_pass_opaque_values_and_keep_colliding_keys_apart() {
+        let blob = "gAAAAABo4111111111111111Zm9v";
+        let mut answer = json!({"output": [{"type": "reasoning", "encrypted_content": blob,
+            "summary": [{"type": "summary_text", "text": "card 4111 1111 1111 1111"}]}],
+            "input": {"4111 1111 1111 1111": 1, "<CREDIT_CARD_1>": 2}});
+        answer_strings(&mut answer, &mut |s, _| {
+            *s = s.replace("4111 1111 1111 1111", "<CREDIT_CARD_1>");
+        });
+        assert_eq!(answer["output"][0]["encrypted_content"], blob);
+        assert_eq!(
+            answer["output"][0]["summary"][0]["text"],
+            "card <CREDIT_CARD_1>"
+        );
+        let keys: Vec<&String> = answer["input"].as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(!answer.to_string().contains("4111 1111"), "{answer}");
     }
 
     #[test]
