@@ -333,3 +333,27 @@ fn an_exported_head_must_still_be_in_the_log() {
     );
     assert_eq!((failure.line, failure.seq), (12, Some(12)));
 }
+
+#[test]
+fn a_witness_that_cannot_be_written_stops_the_log() {
+    let s = setup();
+    let key = NodeKey::load_or_generate(&s.data_dir).unwrap_or_else(|e| panic!("{e}"));
+    let log = AuditLog::open(config(&s.data_dir, Some(&s.witness)), key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    log.append_blocking(event(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The witness location goes away (unmounted, removed): the next checkpoint cannot be
+    // witnessed, and the log refuses events from then on rather than leave a gap.
+    let parent = s.witness.parent().unwrap_or_else(|| panic!("no parent"));
+    fs::remove_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+    let checkpoint = log.checkpoint_blocking();
+    assert!(
+        matches!(&checkpoint, Err(AuditError::WriteFailed(reason)) if reason.contains("witness")),
+        "{checkpoint:?}"
+    );
+    let after = log.append_blocking(event(1));
+    assert!(
+        matches!(after, Err(AuditError::WriteFailed(_))),
+        "{after:?}"
+    );
+}
