@@ -411,6 +411,22 @@ fn conditions_hold(
 }
 
 /// `*` matches any run of characters, as in Kyverno's image reference patterns.
+/// Whether a signature's claimed `docker-reference` covers `reference`: the same repository, or
+/// a name the rule's `imageReferences` pattern admits (as a signer's custom identity may be).
+fn signed_for(docker_reference: &str, reference: &Reference, pattern: &str) -> bool {
+    if docker_reference == reference.name() {
+        return true;
+    }
+    match docker_reference.parse::<Reference>() {
+        Ok(signed) => {
+            signed.name() == reference.name()
+                || wildcard_match(pattern, docker_reference)
+                || wildcard_match(pattern, &signed.to_string())
+        }
+        Err(_) => false,
+    }
+}
+
 fn wildcard_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
@@ -578,8 +594,24 @@ pub fn verify(
                     match sign::verify(store, &reference.name(), &digest, std::slice::from_ref(key))
                     {
                         Ok(found) => {
+                            // A signature vouches for the digest under the name it claims; one
+                            // made for another repository does not admit this one.
+                            let (named, elsewhere): (Vec<_>, Vec<_>) =
+                                found.into_iter().partition(|sig| {
+                                    signed_for(&sig.docker_reference, reference, pattern)
+                                });
+                            if named.is_empty() {
+                                reasons.extend(elsewhere.iter().map(|sig| {
+                                    format!(
+                                        "the signature names docker-reference {:?}, which is neither {} nor matched by imageReferences {pattern:?}",
+                                        sig.docker_reference,
+                                        reference.name()
+                                    )
+                                }));
+                                continue;
+                            }
                             passed += 1;
-                            signatures.extend(found);
+                            signatures.extend(named);
                             trusted.push(*key);
                         }
                         Err(e) => reasons.push(e.to_string()),

@@ -240,6 +240,32 @@ fn a_signature_by_another_key_is_refused() {
 }
 
 #[test]
+fn a_signature_for_another_repository_is_refused() {
+    let f = fixture();
+    // The trusted key signed this digest, but as another repository's image.
+    let digest = f.store.resolve(&reference()).unwrap().digest;
+    f.store
+        .untag(&format!("python:{}", digest.cosign_tag("sig")))
+        .unwrap();
+    sign::sign(
+        &f.store,
+        &reference(),
+        &f.key,
+        Some("registry.example/payments/ledger"),
+        Default::default(),
+    )
+    .unwrap();
+    let d = denial(&f);
+    assert!(
+        d.reason.contains("0 of 1")
+            && d.reason
+                .contains("docker-reference \"registry.example/payments/ledger\""),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
 fn a_swapped_tag_with_a_copied_signature_is_refused() {
     let f = fixture();
     let signed = f.store.resolve(&reference()).unwrap();
