@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, Extensions, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use ztee_audit::{EventType, Outcome};
 
@@ -24,6 +24,36 @@ pub struct Caller {
     pub principal: Principal,
     pub request_id: RequestId,
     pub origin_ip: Option<IpAddr>,
+    /// When the credential stops being valid (an OIDC token's `exp`, seconds since the Unix
+    /// epoch); `None` for API keys, which are valid until revoked. A request held for approval
+    /// never outlives it.
+    pub credential_expires_at: Option<u64>,
+}
+
+impl Caller {
+    /// A caller whose principal was established another way than the `Authorization` header
+    /// (the named approver of a signed approval link, looked up in the key store).
+    pub fn resolved(principal: Principal, extensions: &Extensions) -> Self {
+        let (request_id, origin_ip) = request_context(extensions);
+        Self {
+            principal,
+            request_id,
+            origin_ip,
+            credential_expires_at: None,
+        }
+    }
+}
+
+/// The request id the request-id layer assigned and the peer address.
+fn request_context(extensions: &Extensions) -> (RequestId, Option<IpAddr>) {
+    let request_id = extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate);
+    let origin_ip = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip());
+    (request_id, origin_ip)
 }
 
 /// A refusal of authentication: 401 with a `WWW-Authenticate` challenge (RFC 6750).
@@ -50,17 +80,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate);
-        let origin_ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0.ip());
-        let principal = match authenticate(parts, state).await {
-            Ok(principal) => principal,
+        let (request_id, origin_ip) = request_context(&parts.extensions);
+        let (principal, credential_expires_at) = match authenticate(parts, state).await {
+            Ok(authenticated) => authenticated,
             Err((reason, err)) => {
                 state.metrics.auth_failure(reason);
                 let event = audit::event(
@@ -93,17 +115,18 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             principal,
             request_id,
             origin_ip,
+            credential_expires_at,
         })
     }
 }
 
-/// Returns the principal, or a metrics reason and the error to answer with. The error message
-/// does not say which check failed beyond the broad category: that detail helps attackers more
-/// than callers, and it is in the audit trail and metrics.
+/// Returns the principal and when its credential expires, or a metrics reason and the error to
+/// answer with. The error message does not say which check failed beyond the broad category:
+/// that detail helps attackers more than callers, and it is in the audit trail and metrics.
 async fn authenticate(
     parts: &Parts,
     state: &AppState,
-) -> Result<Principal, (&'static str, ApiError)> {
+) -> Result<(Principal, Option<u64>), (&'static str, ApiError)> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err((
             "missing_credentials",
@@ -133,7 +156,7 @@ async fn authenticate(
             .run(move |s| apikey::authenticate(s, &token))
             .await
             .map_err(|e| ("store_error", ApiError::internal(e)))?;
-        return verdict.map_err(|rejection| {
+        return verdict.map(|p| (p, None)).map_err(|rejection| {
             (
                 rejection.as_str(),
                 ApiError::unauthenticated("API key not accepted (unknown, revoked or wrong)"),
@@ -148,7 +171,7 @@ async fn authenticate(
             ),
         ));
     };
-    oidc.validate(token).await.map_err(|rejection| {
+    let principal = oidc.validate(token).await.map_err(|rejection| {
         let reason = rejection.as_str();
         tracing::info!(reason, detail = %rejection, "token refused");
         let err = match rejection {
@@ -158,5 +181,61 @@ async fn authenticate(
             other => ApiError::unauthenticated(format!("bearer token not accepted: {other}")),
         };
         (reason, err)
-    })
+    })?;
+    // The validator required and checked `exp`; reading it again from the validated token is
+    // safe. A token whose `exp` cannot be read here is refused rather than held without limit.
+    let expires_at = token_expiry(token).ok_or_else(|| {
+        (
+            "no_expiry",
+            ApiError::unauthenticated("bearer token not accepted: its exp claim is not readable"),
+        )
+    })?;
+    Ok((principal, Some(expires_at)))
+}
+
+/// The `exp` claim of a JWT whose signature and claims were already validated.
+fn token_expiry(token: &str) -> Option<u64> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match claims.get("exp")? {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use base64::Engine as _;
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            b64(br#"{"alg":"RS256"}"#),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn the_expiry_of_a_validated_token_is_read_from_its_exp_claim() {
+        let exp = |c| super::token_expiry(&jwt(&c));
+        assert_eq!(
+            exp(serde_json::json!({"exp": 1_800_000_000u64})),
+            Some(1_800_000_000)
+        );
+        assert_eq!(
+            exp(serde_json::json!({"exp": 1_800_000_000.5})),
+            Some(1_800_000_000)
+        );
+        assert_eq!(exp(serde_json::json!({"exp": "soon"})), None);
+        assert_eq!(exp(serde_json::json!({"sub": "x"})), None);
+        assert_eq!(super::token_expiry("not-a-jwt"), None);
+    }
 }
