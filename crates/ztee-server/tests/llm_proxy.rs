@@ -831,6 +831,21 @@ async fn every_field_is_tokenized_before_an_external_provider() {
         before,
         "nothing reached a provider"
     );
+    // Both refusals are in the audit trail, as denials with the gateway's rule, and no number.
+    let audit = gw
+        .get(&gw.admin_key, "/v1/audit?limit=1000")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.matches("dlp.untokenizable_card_data").count(),
+        2,
+        "{audit}"
+    );
+    for digits in &all_pans {
+        assert!(!holds_digits(&audit, digits), "the audit holds {digits}");
+    }
 
     // No trace holds any of the numbers.
     let resp = gw.get(&gw.admin_key, "/v1/traces").await;

@@ -178,6 +178,10 @@ async fn x_api_key_as_bearer(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// The rule id of a request the inbound DLP walk refuses (card data inside an opaque value, keys
+/// that collide once tokenized), in the error and the audit trail.
+pub const DLP_REFUSAL_RULE: &str = "dlp.untokenizable_card_data";
+
 /// A chat text visited in a request or response: where it is, what it is.
 pub type Visit<'v> = dyn FnMut(&mut String, SlotKind, &str) + 'v;
 
@@ -390,8 +394,37 @@ async fn chat<D: Dialect>(
     let detector = ztee_policy::injection::Detector::builtin().ok();
     let mut guard = InboundGuard::new(&proxy.scanner, detector);
     if let Err(e) = guard.request(&mut request) {
-        tracing::warn!(request_id = %rid, error = %e, "LLM request refused by the inbound DLP walk");
-        return error_response::<D>(StatusCode::BAD_REQUEST, &e.to_string(), &rid);
+        // Card data where it cannot be tokenized: refused by the gateway itself, and audited
+        // like a policy denial (the message names the field, never the value).
+        let refusal = ztee_policy::Decision {
+            verdict: Verdict::Deny,
+            risk: ztee_policy::Risk::High,
+            reasons: vec![ztee_policy::Reason {
+                rule: DLP_REFUSAL_RULE.into(),
+                message: e.to_string(),
+            }],
+        };
+        let exchange = Exchange {
+            api: D::API,
+            provider: None,
+            model: None,
+            stream: false,
+            decisions: vec![DecisionNote::new("llm.chat", None, &refusal)],
+            injection: Default::default(),
+            injection_field: None,
+            inbound: guard.counts().clone(),
+            request_digest: Sha256::digest(&body).to_vec(),
+            started: Instant::now(),
+            caller,
+        };
+        if let Err(e) = exchange.record(&state, Outcome::Denied, None).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
+        return error_response::<D>(
+            StatusCode::BAD_REQUEST,
+            &format!("{e} ({DLP_REFUSAL_RULE})"),
+            &rid,
+        );
     }
     let stream = request
         .get("stream")

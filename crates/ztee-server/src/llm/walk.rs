@@ -56,8 +56,9 @@ pub fn opaque_reason(
         "data" if object_type == Some("redacted_thinking") => Some("redacted thinking"),
         // Anthropic image and document sources `{"type": "base64", "data": ...}`.
         "data" if object_type == Some("base64") => Some("base64 media"),
-        // OpenAI chat `input_audio` parts: `{"data": <base64>, "format": "wav"}`.
-        "data" if parent_key == Some("input_audio") => Some("base64 audio"),
+        // OpenAI chat `input_audio` parts `{"data": <base64>, "format": "wav"}`, and the audio
+        // of an answer (`message.audio.data`).
+        "data" if matches!(parent_key, Some("input_audio" | "audio")) => Some("base64 audio"),
         // MCP image and audio content `{"type": "image", "data": <base64>, "mimeType": ...}`
         // and blob resource contents `{"uri": ..., "blob": <base64>}` (the MCP guard).
         "data" if matches!(object_type, Some("image" | "audio")) => Some("base64 media"),
