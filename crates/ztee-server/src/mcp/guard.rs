@@ -136,9 +136,9 @@ async fn read_messages(
     })?;
     if *method != Method::POST {
         if !bytes.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "a {method} to the MCP guard carries no body; it was not relayed"
-            )));
+            return Err(ApiError::bad_request(
+                "only a POST to the MCP guard carries a body (GET listens, DELETE ends the session); it was not relayed",
+            ));
         }
         return Ok(None);
     }
