@@ -27,6 +27,8 @@ pub enum ApiKeyError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the key is revoked, but recording the expiry of its pending approvals failed: {0}")]
+    Audit(#[from] crate::audit_outbox::OutboxError),
 }
 
 /// A key just created: the only moment the full key exists outside the caller's hands.
@@ -71,12 +73,53 @@ pub fn create(
     })
 }
 
+/// Revokes a key and expires every approval still pending for a request it made (so nothing
+/// held for it runs once approved); each expiry is queued for the audit trail.
 pub fn revoke(store: &Store, id: &str) -> Result<(), ApiKeyError> {
-    if store.revoke_api_key(id)? {
-        Ok(())
-    } else {
-        Err(ApiKeyError::NotFound(id.to_owned()))
+    if !store.revoke_api_key(id)? {
+        return Err(ApiKeyError::NotFound(id.to_owned()));
     }
+    let subject = format!("apikey:{id}");
+    let expired = crate::approvals::record::expire_pending_of(
+        store,
+        &subject,
+        &format!("the requester's API key {subject} was revoked while the request waited"),
+    )?;
+    for record in expired {
+        crate::audit_outbox::queue(
+            store,
+            &crate::approvals::requester_gone_event(&record, "apikey.revoked"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The principal an API key subject (`apikey:<id>`) stands for now, from the store: refused
+/// when the key is unknown or revoked. For principals that act without presenting the key
+/// (the named approver of a signed approval link, the requester of a held request when it
+/// runs).
+pub fn resolve(
+    store: &Store,
+    subject: &str,
+) -> Result<Result<Principal, KeyRejection>, StoreError> {
+    let Some(id) = subject
+        .strip_prefix("apikey:")
+        .filter(|id| id.len() == ID_BYTES * 2 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    else {
+        return Ok(Err(KeyRejection::Malformed));
+    };
+    let Some(record) = store.api_key(id)? else {
+        return Ok(Err(KeyRejection::Unknown));
+    };
+    if record.revoked_at.is_some() {
+        return Ok(Err(KeyRejection::Revoked));
+    }
+    Ok(Ok(Principal::new(
+        subject.to_owned(),
+        record.tenant,
+        vec![record.role],
+        AuthMethod::ApiKey,
+    )))
 }
 
 /// True when a bearer token has the API-key shape (so it is not sent to the JWT validator).
@@ -183,9 +226,24 @@ mod tests {
             KeyRejection::Unknown
         );
 
+        let subject = format!("apikey:{}", new.record.id);
+        assert_eq!(resolve(&store, &subject).unwrap().unwrap().tenant, "acme");
+        assert_eq!(
+            resolve(&store, "apikey:000000000000").unwrap().unwrap_err(),
+            KeyRejection::Unknown
+        );
+        assert_eq!(
+            resolve(&store, "oidc:alice").unwrap().unwrap_err(),
+            KeyRejection::Malformed
+        );
+
         revoke(&store, &new.record.id).unwrap();
         assert_eq!(
             authenticate(&store, &new.key).unwrap().unwrap_err(),
+            KeyRejection::Revoked
+        );
+        assert_eq!(
+            resolve(&store, &subject).unwrap().unwrap_err(),
             KeyRejection::Revoked
         );
         assert!(matches!(

@@ -1,8 +1,10 @@
 //! Approvals end to end over real HTTP with real microVMs: a held request (raw card data in the
 //! code) parks with 202, webhooks reach a real receiver on loopback with valid signatures, two
-//! approvers (one through the signed callback link) release it, and the requester long-polls
-//! the result of the real run. Also: a denial, an expiry, self-approval refused, a tampered
-//! callback refused, and the records surviving a gateway restart.
+//! approvers (one through the signed callback link named for them) release it, and the
+//! requester long-polls the result of the real run. Also: a denial, an expiry, self-approval
+//! refused, a tampered callback refused, and the records surviving a gateway restart.
+//! Then, on the echo executor (no VM): the four-eyes rule across API and links, links that ask
+//! on GET and decide on POST, approve/deny races, and requesters whose key is revoked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -46,17 +48,36 @@ async fn receiver() -> (String, Received) {
     (format!("http://{addr}"), got)
 }
 
-fn config(hooks: &str) -> ServerConfig {
+/// Both webhooks carry signed links acting for `approver` (an `apikey:<id>` subject).
+fn config(hooks: &str, approver: &str) -> ServerConfig {
     std::env::set_var("ZTEE_TEST_HOOK_SECRET", HOOK_SECRET);
     let mut config = ServerConfig::default();
     config.approvals.ttl_s = 6;
     config.approvals.two_person_rules = vec!["pci.raw_pan_in_code".into()];
     config.approvals.webhooks = serde_json::from_value(json!([
-        {"url": format!("{hooks}/n8n"), "secret_env": "ZTEE_TEST_HOOK_SECRET"},
-        {"url": format!("{hooks}/slack"), "secret_env": "ZTEE_TEST_HOOK_SECRET", "format": "slack"}
+        {"url": format!("{hooks}/n8n"), "secret_env": "ZTEE_TEST_HOOK_SECRET",
+         "approver": approver},
+        {"url": format!("{hooks}/slack"), "secret_env": "ZTEE_TEST_HOOK_SECRET", "format": "slack",
+         "approver": approver}
     ]))
     .unwrap();
     config
+}
+
+/// Keys written into `data_dir`'s state database before a gateway starts there (as
+/// `ztee apikey create` does), so the configuration can name one as a link approver: an
+/// operator key and an approver of tenant acme.
+fn keys_before_start(
+    data_dir: &std::path::Path,
+) -> (
+    ztee_server::apikey::NewApiKey,
+    ztee_server::apikey::NewApiKey,
+) {
+    let store =
+        ztee_server::store::Store::open(&ztee_server::server::state_db_path(data_dir)).unwrap();
+    let admin = ztee_server::apikey::create(&store, "default", "admin", "test").unwrap();
+    let approver = ztee_server::apikey::create(&store, "acme", "approver", "bob").unwrap();
+    (admin, approver)
 }
 
 fn default_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
@@ -66,22 +87,24 @@ fn default_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
     ))
 }
 
-async fn vm_gateway(hooks: &str) -> Option<Gateway> {
+/// A gateway on real VMs and the key of bob, the approver its webhooks' links act for.
+async fn vm_gateway(hooks: &str) -> Option<(Gateway, ztee_server::apikey::NewApiKey)> {
     if !common::vm::available("approval VM tests") {
         return None;
     }
     let data_dir = common::vm::data_dir("ztee-a");
+    let (admin, bob) = keys_before_start(data_dir.path());
     let engine = common::vm::engine(data_dir.path());
     let executor = VmExecutor::new(engine).with_admission(data_dir.path());
-    Some(
-        Gateway::start_with_policy(
-            config(hooks),
-            Arc::new(executor),
-            data_dir,
-            Some(default_policy()),
-        )
-        .await,
+    let mut gw = Gateway::start_with_policy(
+        config(hooks, &format!("apikey:{}", bob.record.id)),
+        Arc::new(executor),
+        data_dir,
+        Some(default_policy()),
     )
+    .await;
+    gw.admin_key = admin.key;
+    Some((gw, bob))
 }
 
 fn valid_signature(headers: &HeaderMap, body: &str) -> bool {
@@ -135,12 +158,13 @@ async fn get(gw: &Gateway, key: &str, path: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     let (hooks, got) = receiver().await;
-    let Some(gw) = vm_gateway(&hooks).await else {
+    let Some((gw, bob_key)) = vm_gateway(&hooks).await else {
         return;
     };
+    let bob_subject = format!("apikey:{}", bob_key.record.id);
+    let bob = bob_key.key.clone();
     let agent = gw.key("acme", "agent");
     let alice = gw.key("acme", "approver");
-    let bob = gw.key("acme", "approver");
     let acme_admin = gw.key("acme", "admin");
     let globex = gw.key("globex", "approver");
 
@@ -157,6 +181,7 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     );
     let payload: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(payload["approval"]["required_approvals"], 2);
+    assert_eq!(payload["links"]["approver"], bob_subject.as_str());
     let approve_link = payload["links"]["approve"].as_str().unwrap().to_owned();
     let (slack_headers, slack) = delivery(&got, "slack", "approval.requested", &id).await;
     assert!(valid_signature(&slack_headers, &slack));
@@ -199,7 +224,8 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     let r = gw.post(&alice, &format!("{apr}/approve"), &json!({})).await;
     error_body(r, 409, "approval_not_pending").await;
 
-    // The signed callback: tampering is refused; the genuine link is the second approval.
+    // The signed callback (bob's): tampering is refused; the genuine link, POSTed, is bob's
+    // approval, the second one.
     let callback = approve_link.replacen(
         &approve_link[..approve_link.find("/v1/").unwrap()],
         &gw.url,
@@ -216,11 +242,18 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
         .await
         .unwrap();
     error_body(r, 403, "invalid_callback").await;
+    let r = client()
+        .get(callback.replace(&bob_subject, &format!("apikey:{}", "0".repeat(12))))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 403, "invalid_callback").await;
     let r = client().post(&callback).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     // The requester long-polls the result of the real run.
     let done = get(&gw, &agent, &format!("{apr}?wait=60")).await;
+    assert_eq!(done["decisions"][1]["by"], bob_subject.as_str(), "{done}");
     assert_eq!(done["status"], "executed", "{done}");
     assert_eq!(done["result"]["exit_code"], 0, "{done}");
     assert_eq!(done["result"]["stdout"], "16\n", "{done}");
@@ -297,7 +330,7 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     let fresh = hold(&gw, &agent).await;
     let data_dir = gw.stop().await;
     let gw = Gateway::start_with_policy(
-        config(&hooks),
+        config(&hooks, &bob_subject),
         Arc::new(EchoExecutor::default()),
         data_dir,
         Some(default_policy()),
@@ -320,12 +353,12 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
     let (hooks, _got) = receiver().await;
-    let Some(gw) = vm_gateway(&hooks).await else {
+    let Some((gw, bob)) = vm_gateway(&hooks).await else {
         return;
     };
+    let bob = bob.key;
     let agent = gw.key("acme", "agent");
     let alice = gw.key("acme", "approver");
-    let bob = gw.key("acme", "approver");
     let r = gw.post(&agent, "/v1/sandboxes", &json!({})).await;
     assert_eq!(r.status(), 201);
     let sbx = r.json::<serde_json::Value>().await.unwrap()["id"]
@@ -375,4 +408,354 @@ async fn a_held_sandbox_command_runs_in_its_sandbox_once_approved() {
     assert_eq!(done["result"]["stdout"], "kept\n16\n", "{done}");
     let r = gw.delete(&agent, &format!("/v1/sandboxes/{sbx}")).await;
     assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// Keys made before the gateway starts, so a webhook can name the approver its links act for.
+struct EchoGateway {
+    gw: Gateway,
+    exec: Arc<EchoExecutor>,
+    agent: ztee_server::apikey::NewApiKey,
+    acme_admin: String,
+    alice: String,
+    alice_subject: String,
+    bob: String,
+    _hooks: Received,
+}
+
+/// A gateway on the echo executor (no VM) with the default policy. The `n8n` webhook's signed
+/// links act for alice; the `self` webhook's for acme's admin (to try a requester's own link).
+async fn echo_gateway(two_person: bool) -> EchoGateway {
+    use ztee_server::apikey::create;
+    let (hooks, got) = receiver().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let store =
+        ztee_server::store::Store::open(&ztee_server::server::state_db_path(data_dir.path()))
+            .unwrap();
+    let admin = create(&store, "default", "admin", "test").unwrap();
+    let agent = create(&store, "acme", "agent", "agent").unwrap();
+    let acme_admin = create(&store, "acme", "admin", "acme admin").unwrap();
+    let alice = create(&store, "acme", "approver", "alice").unwrap();
+    let bob = create(&store, "acme", "approver", "bob").unwrap();
+    drop(store);
+    let alice_subject = format!("apikey:{}", alice.record.id);
+    let mut config = config(&hooks, &alice_subject);
+    config.approvals.ttl_s = 300;
+    if !two_person {
+        config.approvals.two_person_rules.clear();
+    }
+    config.quotas.requests_per_second = 10_000.0;
+    config.quotas.burst = 10_000;
+    config.approvals.webhooks = serde_json::from_value(json!([
+        {"url": format!("{hooks}/n8n"), "secret_env": "ZTEE_TEST_HOOK_SECRET",
+         "approver": alice_subject},
+        {"url": format!("{hooks}/self"), "secret_env": "ZTEE_TEST_HOOK_SECRET",
+         "approver": format!("apikey:{}", acme_admin.record.id)},
+    ]))
+    .unwrap();
+    let exec = Arc::new(EchoExecutor::default());
+    let mut gw =
+        Gateway::start_with_policy(config, exec.clone(), data_dir, Some(default_policy())).await;
+    gw.admin_key = admin.key;
+    EchoGateway {
+        gw,
+        exec,
+        agent,
+        acme_admin: acme_admin.key,
+        alice: alice.key,
+        alice_subject,
+        bob: bob.key,
+        _hooks: got,
+    }
+}
+
+/// The signed link `which` (`approve` or `deny`) the webhook at `path` got for approval `id`,
+/// pointed at the test gateway.
+async fn signed_link(t: &EchoGateway, path: &str, id: &str, which: &str) -> String {
+    let (_, body) = delivery(&t._hooks, path, "approval.requested", id).await;
+    let payload: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let link = payload["links"][which]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {which} link in {payload}"))
+        .to_owned();
+    let at = link.find("/v1/").unwrap();
+    format!("{}{}", t.gw.url, &link[at..])
+}
+
+fn runs(t: &EchoGateway) -> usize {
+    t.exec.created.lock().unwrap().len()
+}
+
+/// Audit events of `kind` about approval `id`, as the admin reads them.
+async fn audit_events(t: &EchoGateway, kind: &str, id: &str) -> Vec<serde_json::Value> {
+    let audit = get(&t.gw, &t.gw.admin_key, "/v1/audit?tenant=acme&limit=1000").await;
+    audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["type"] == kind && e.to_string().contains(&format!("approval/{id}")))
+        .cloned()
+        .collect()
+}
+
+/// Review #4: one person approving through the API and again through a signed link is one
+/// approver, not two; and a requester's own link never approves their request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_counts_once_whether_it_approves_by_api_or_by_link() {
+    let t = echo_gateway(true).await;
+    let id = hold(&t.gw, &t.agent.key).await;
+    let apr = format!("/v1/approvals/{id}");
+    let link = signed_link(&t, "n8n", &id, "approve").await;
+
+    let r =
+        t.gw.post(&t.alice, &format!("{apr}/approve"), &json!({}))
+            .await;
+    assert_eq!(r.status(), 200);
+    // Alice's link is alice: she has decided already.
+    let r = client().post(&link).send().await.unwrap();
+    error_body(r, 409, "approval_not_pending").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shown = get(&t.gw, &t.alice, &apr).await;
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert_eq!(shown["decisions"].as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(runs(&t), 0, "the held request ran with one approver");
+
+    // A second, distinct approver completes the quorum.
+    let r =
+        t.gw.post(&t.bob, &format!("{apr}/approve"), &json!({}))
+            .await;
+    assert_eq!(r.status(), 200);
+    let done = get(&t.gw, &t.agent.key, &format!("{apr}?wait=30")).await;
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(runs(&t), 1);
+
+    // The requester's own link (acme's admin holds, the `self` webhook's links act for them).
+    let own = hold(&t.gw, &t.acme_admin).await;
+    let own_link = signed_link(&t, "self", &own, "approve").await;
+    let r = client().post(&own_link).send().await.unwrap();
+    error_body(r, 403, "self_approval").await;
+    let shown = get(&t.gw, &t.acme_admin, &format!("/v1/approvals/{own}")).await;
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert_eq!(shown["decisions"].as_array().unwrap().len(), 0, "{shown}");
+}
+
+/// Review #4: a GET on a link (a mail scanner, a chat unfurler) shows a page and decides
+/// nothing; the POST decides, and the record and the audit trail name the approver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_asks_on_get_and_decides_on_post_in_its_approvers_name() {
+    let t = echo_gateway(false).await;
+    let id = hold(&t.gw, &t.agent.key).await;
+    let apr = format!("/v1/approvals/{id}");
+    let link = signed_link(&t, "n8n", &id, "approve").await;
+
+    for _ in 0..3 {
+        let r = client().get(&link).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let html = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(html.starts_with("text/html"), "{html}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let page = r.text().await.unwrap();
+        assert!(
+            page.contains(&id) && page.contains(&t.alice_subject),
+            "{page}"
+        );
+        assert!(page.contains("method=\"post\""), "{page}");
+        assert!(!page.contains("4111111111111111"), "{page}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shown = get(&t.gw, &t.alice, &apr).await;
+    assert_eq!(shown["status"], "pending", "a GET decided: {shown}");
+    assert_eq!(runs(&t), 0);
+
+    let r = client().post(&link).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let done = get(&t.gw, &t.agent.key, &format!("{apr}?wait=30")).await;
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(
+        done["decisions"][0]["by"],
+        t.alice_subject.as_str(),
+        "{done}"
+    );
+    let grants = audit_events(&t, "approval.grant", &id).await;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(
+        grants[0]["event"]["principal"]["subject"],
+        t.alice_subject.as_str(),
+        "{grants:?}"
+    );
+}
+
+/// Review #19: the second decision on a decided approval is a 409 that says how it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_after_the_deciding_one_is_a_conflict_naming_the_final_state() {
+    let t = echo_gateway(false).await;
+    let id = hold(&t.gw, &t.agent.key).await;
+    let apr = format!("/v1/approvals/{id}");
+    let r =
+        t.gw.post(&t.alice, &format!("{apr}/approve"), &json!({}))
+            .await;
+    assert_eq!(r.status(), 200);
+    let r = t.gw.post(&t.bob, &format!("{apr}/deny"), &json!({})).await;
+    let body = error_body(r, 409, "approval_not_pending").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("approved") || message.contains("executed"),
+        "{message}"
+    );
+    let done = get(&t.gw, &t.agent.key, &format!("{apr}?wait=30")).await;
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(runs(&t), 1);
+}
+
+/// Review #19: an approve and a deny at the same moment: exactly one wins, the other is told
+/// 409, and the request runs if and only if the approval won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_approve_and_deny_have_exactly_one_winner() {
+    let t = echo_gateway(false).await;
+    let mut approvals_won = 0;
+    for round in 0..30 {
+        let id = hold(&t.gw, &t.agent.key).await;
+        let apr = format!("/v1/approvals/{id}");
+        let before = runs(&t);
+        let approve_path = format!("{apr}/approve");
+        let deny_path = format!("{apr}/deny");
+        let empty = json!({});
+        let (a, d) = tokio::join!(
+            t.gw.post(&t.alice, &approve_path, &empty),
+            t.gw.post(&t.bob, &deny_path, &empty),
+        );
+        let (a, d) = (a.status().as_u16(), d.status().as_u16());
+        assert!(
+            (a, d) == (200, 409) || (a, d) == (409, 200),
+            "round {round}: approve {a}, deny {d}"
+        );
+        let done = get(&t.gw, &t.agent.key, &format!("{apr}?wait=30")).await;
+        if a == 200 {
+            approvals_won += 1;
+            assert_eq!(done["status"], "executed", "round {round}: {done}");
+            assert_eq!(runs(&t), before + 1, "round {round}");
+        } else {
+            assert_eq!(done["status"], "denied", "round {round}: {done}");
+            assert_eq!(runs(&t), before, "round {round}: a denied request ran");
+        }
+    }
+    eprintln!("approve won {approvals_won} of 30 rounds");
+}
+
+/// Review #6: revoking the requester's key expires their pending approvals; an approval that
+/// reaches its run after the key was revoked does not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_requester_key_expires_its_holds_and_never_runs_approved_ones() {
+    let t = echo_gateway(false).await;
+    let first = hold(&t.gw, &t.agent.key).await;
+    let apr = format!("/v1/approvals/{first}");
+    ztee_server::apikey::revoke(&t.gw.state.store, &t.agent.record.id).unwrap();
+    let shown = get(&t.gw, &t.alice, &apr).await;
+    assert_eq!(shown["status"], "expired", "{shown}");
+    assert!(
+        shown["status_reason"].as_str().unwrap().contains("revoked"),
+        "{shown}"
+    );
+    let r =
+        t.gw.post(&t.alice, &format!("{apr}/approve"), &json!({}))
+            .await;
+    error_body(r, 409, "approval_not_pending").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runs(&t), 0, "a revoked key's request ran");
+
+    // A key revoked behind the approvals' back (the revocation lands between the approval and
+    // the run): the run re-checks the requester and refuses.
+    let other = ztee_server::apikey::create(&t.gw.state.store, "acme", "agent", "").unwrap();
+    let id = hold(&t.gw, &other.key).await;
+    let apr = format!("/v1/approvals/{id}");
+    assert!(t.gw.state.store.revoke_api_key(&other.record.id).unwrap());
+    let r =
+        t.gw.post(&t.alice, &format!("{apr}/approve"), &json!({}))
+            .await;
+    assert_eq!(r.status(), 200);
+    let done = get(&t.gw, &t.alice, &format!("{apr}?wait=30")).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done.to_string().contains("revoked"), "{done}");
+    assert_eq!(runs(&t), 0, "a revoked key's approved request ran");
+
+    // Both ends are audited as rejections by the system, with the reason's rule id (the
+    // revocation's through the audit outbox, which the gateway drains within seconds).
+    for id in [&first, &id] {
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = audit_events(&t, "approval.reject", id).await;
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(found.len(), 1, "{id}: {found:?}");
+        assert!(found[0].to_string().contains("apikey.revoked"), "{found:?}");
+    }
+}
+
+/// Review #6, OIDC: a request held for a token holder never outlives the token. Its approval
+/// expires when the token does; approving it after that is a 409 and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_for_an_oidc_token_expires_with_the_token() {
+    let keys = tempfile::tempdir().unwrap();
+    let idp = match common::oidc::Provider::start(&keys.path().join("signing.jwk")) {
+        Ok(p) => p,
+        Err(e) if std::env::var_os("ZTEE_REQUIRE_OIDC_TESTS").is_some() => panic!("{e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: OIDC provider cannot run here: {e}");
+            return;
+        }
+    };
+    let (hooks, _got) = receiver().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let (admin, alice) = keys_before_start(data_dir.path());
+    let mut config = config(&hooks, &format!("apikey:{}", alice.record.id));
+    config.approvals.ttl_s = 300;
+    config.approvals.two_person_rules.clear();
+    config.oidc = Some(
+        toml::from_str(&format!(
+            "issuer = \"{}\"\naudience = \"urn:ztee\"\nleeway_s = 0\nmin_refresh_interval_s = 0",
+            idp.issuer
+        ))
+        .unwrap(),
+    );
+    let exec = Arc::new(EchoExecutor::default());
+    let mut gw =
+        Gateway::start_with_policy(config, exec.clone(), data_dir, Some(default_policy())).await;
+    gw.admin_key = admin.key;
+
+    // A token valid for 2 s (the provider's `short-lived` client).
+    let token = idp.token("short-lived", "urn:ztee").await;
+    let id = hold(&gw, &token).await;
+    let apr = format!("/v1/approvals/{id}");
+    let shown = get(&gw, &alice.key, &apr).await;
+    let (created, expires) = (
+        shown["created_at"].as_u64().unwrap(),
+        shown["expires_at"].as_u64().unwrap(),
+    );
+    assert!(
+        expires <= created + 3,
+        "held past the token's expiry: {shown}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let shown = get(&gw, &alice.key, &apr).await;
+    assert_eq!(shown["status"], "expired", "{shown}");
+    let r = gw
+        .post(&alice.key, &format!("{apr}/approve"), &json!({}))
+        .await;
+    error_body(r, 409, "approval_not_pending").await;
+    assert!(
+        exec.created.lock().unwrap().is_empty(),
+        "an expired token's request ran"
+    );
+
+    // A token that outlives the approval window keeps the configured window.
+    let token = idp.token("agent-acme", "urn:ztee").await;
+    let id = hold(&gw, &token).await;
+    let shown = get(&gw, &alice.key, &format!("/v1/approvals/{id}")).await;
+    assert_eq!(
+        shown["expires_at"].as_u64().unwrap(),
+        shown["created_at"].as_u64().unwrap() + 300,
+        "{shown}"
+    );
 }

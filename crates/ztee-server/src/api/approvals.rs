@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::{header, Extensions, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -130,18 +131,42 @@ pub async fn deny(
     decide(state, caller, id, body, false).await
 }
 
-/// `GET|POST /v1/approvals/{id}/callback?decision=...&expires=...&sig=...`: the signed link
-/// is the credential (no API key); a bad or expired signature is a 403.
+/// `GET|POST /v1/approvals/{id}/callback?decision=...&expires=...&approver=...&sig=...`: the
+/// signed link names its approver (an API key) and is that approver's credential for this one
+/// approval; a bad or expired signature, or an approver key that is gone, is a 403. `GET` only
+/// answers a confirmation page (HTML, nothing decided: mail scanners and chat previews follow
+/// links); `POST` decides in the approver's name.
 pub async fn callback(
     State(state): State<Arc<AppState>>,
+    method: Method,
+    extensions: Extensions,
     Path(id): Path<String>,
     query: Result<Query<CallbackQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let record = approvals::decide_by_callback(&state, &id, &q).await?;
+    if method != Method::POST {
+        let page = approvals::callback_page(&state, &id, &q).await?;
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                // The URL is a credential: not cached, not sent on as a referrer, not framed.
+                (header::CACHE_CONTROL, "no-store"),
+                (header::REFERRER_POLICY, "no-referrer"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+                ),
+                (header::X_FRAME_OPTIONS, "DENY"),
+            ],
+            page,
+        )
+            .into_response());
+    }
+    let record = approvals::decide_by_callback(&state, &id, &q, &extensions).await?;
     Ok(Json(serde_json::json!({
         "id": record.id,
         "status": record.status,
+        "by": q.approver,
         "decisions": record.decisions.len(),
         "required_approvals": record.required_approvals,
     }))

@@ -1,7 +1,9 @@
 //! Signed callback links: an approve or deny URL that a webhook receiver (an n8n workflow, a
-//! Slack button) can call without an API key. The link carries the approval id, the decision
-//! and an expiry, signed with HMAC-SHA-256 under a key only the gateway holds; the signature
-//! is compared in constant time.
+//! Slack button) can use without presenting an API key. A link is minted for one named approver
+//! (the API key a webhook is configured to act for) and carries the approval id, the decision,
+//! an expiry and that approver's identity, signed with HMAC-SHA-256 under a key only the gateway
+//! holds; the signature is compared in constant time. `GET` on a link only shows a confirmation
+//! page; a `POST` decides, in the approver's name, as if that approver had called the API.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,7 +28,9 @@ pub struct CallbackQuery {
     pub decision: String,
     /// Seconds since the Unix epoch after which the link is refused.
     pub expires: u64,
-    /// Hex HMAC-SHA-256 of `<id>\n<decision>\n<expires>`.
+    /// The approver the link acts for: an API key subject, `apikey:<id>`.
+    pub approver: String,
+    /// Hex HMAC-SHA-256 over the id, decision, expiry and approver (length-prefixed).
     pub sig: String,
 }
 
@@ -78,27 +82,48 @@ impl CallbackKey {
         }
     }
 
-    fn mac(&self, id: &str, decision: &str, expires: u64) -> HmacSha256 {
+    fn mac(&self, id: &str, decision: &str, expires: u64, approver: &str) -> HmacSha256 {
         // HMAC accepts keys of any length; 32 bytes always works.
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(format!("{id}\n{decision}\n{expires}").as_bytes());
+        // A version tag, then every field length-prefixed: no two field lists sign alike, and
+        // links of the earlier format (without an approver) never verify.
+        mac.update(b"ztee-approval-link-v2");
+        for field in [id, decision, &expires.to_string(), approver] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
         mac
     }
 
-    pub fn url(&self, public_url: &str, id: &str, approve: bool, expires: u64) -> String {
+    /// The link for `approver` (an `apikey:<id>` subject, checked by [`valid_approver`]).
+    pub fn url(
+        &self,
+        public_url: &str,
+        id: &str,
+        approve: bool,
+        expires: u64,
+        approver: &str,
+    ) -> String {
         let decision = if approve { "approve" } else { "deny" };
-        let sig = hex::encode(self.mac(id, decision, expires).finalize().into_bytes());
-        format!("{public_url}/v1/approvals/{id}/callback?decision={decision}&expires={expires}&sig={sig}")
+        let sig = hex::encode(
+            self.mac(id, decision, expires, approver)
+                .finalize()
+                .into_bytes(),
+        );
+        format!("{public_url}/v1/approvals/{id}/callback?decision={decision}&expires={expires}&approver={approver}&sig={sig}")
     }
 
     pub fn verify(&self, id: &str, q: &CallbackQuery, now: u64) -> Result<(), ApiError> {
         if q.decision != "approve" && q.decision != "deny" {
             return Err(ApiError::bad_request("decision must be approve or deny"));
         }
+        if !valid_approver(&q.approver) {
+            return Err(refused("the link's approver is not an API key subject"));
+        }
         let sig = hex::decode(&q.sig).map_err(|_| refused("the link's signature is not valid"))?;
         // verify_slice compares in constant time.
-        self.mac(id, &q.decision, q.expires)
+        self.mac(id, &q.decision, q.expires, &q.approver)
             .verify_slice(&sig)
             .map_err(|_| refused("the link's signature is not valid"))?;
         if now > q.expires {
@@ -106,6 +131,77 @@ impl CallbackKey {
         }
         Ok(())
     }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What `GET` on a link answers: the approval (its request DLP-masked, as approvers see it)
+/// and a form that `POST`s the same link. Showing it changes nothing, so a mail scanner or a
+/// chat preview that follows the link decides nothing.
+pub fn confirmation_page(record: &super::ApprovalRecord, q: &CallbackQuery) -> String {
+    let verb = if q.decision == "approve" {
+        "Approve"
+    } else {
+        "Deny"
+    };
+    let request = serde_json::to_string_pretty(&record.request).unwrap_or_default();
+    let decided: Vec<String> = record
+        .decisions
+        .iter()
+        .map(|d| format!("{} {}", d.by, if d.approve { "approved" } else { "denied" }))
+        .collect();
+    let form = if record.status == super::Status::Pending {
+        format!(
+            "<form method=\"post\" action=\"\"><button type=\"submit\">{verb} as {}</button></form>",
+            escape(&q.approver)
+        )
+    } else {
+        "<p>This approval is no longer pending; nothing can be decided.</p>".to_owned()
+    };
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ztee approval {id}</title></head><body>\n\
+         <h1>{verb} approval {id}?</h1>\n\
+         <p>This link acts for <b>{approver}</b>: the decision is recorded in that name. \
+         Nothing has been decided yet.</p>\n\
+         <table>\n<tr><th>status</th><td>{status}</td></tr>\n<tr><th>action</th><td>{action}</td></tr>\n\
+         <tr><th>requester</th><td>{requester}</td></tr>\n<tr><th>tenant</th><td>{tenant}</td></tr>\n\
+         <tr><th>risk</th><td>{risk}</td></tr>\n<tr><th>why</th><td>{reasons}</td></tr>\n\
+         <tr><th>approvals needed</th><td>{required}</td></tr>\n<tr><th>decisions</th><td>{decided}</td></tr>\n\
+         </table>\n<h2>Request (card data masked)</h2>\n<pre>{request}</pre>\n{form}\n</body></html>\n",
+        id = escape(&record.id),
+        approver = escape(&q.approver),
+        status = record.status.as_str(),
+        action = escape(&record.action),
+        requester = escape(&record.requester),
+        tenant = escape(&record.tenant),
+        risk = escape(&record.risk),
+        reasons = escape(&record.reasons.join("; ")),
+        required = record.required_approvals,
+        decided = escape(&decided.join(", ")),
+        request = escape(&request),
+    )
+}
+
+/// Links act only for API keys (`apikey:` and 12 hex digits): the gateway can look such an
+/// approver up when the link is used (tenant, role, revocation), which it cannot do for an
+/// OIDC subject without its token.
+pub fn valid_approver(subject: &str) -> bool {
+    subject
+        .strip_prefix("apikey:")
+        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -117,11 +213,28 @@ mod tests {
     fn links_verify_and_tampering_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let key = CallbackKey::load_or_create(&dir.path().join("k")).unwrap();
-        let url = key.url("http://x", "apr_1", true, 2000);
+        let alice = "apikey:0123456789ab";
+        let url = key.url("http://x", "apr_1", true, 2000, alice);
         let q: CallbackQuery = serde_urlencoded_from(url.split_once('?').unwrap().1);
+        assert_eq!(q.approver, alice);
         assert!(key.verify("apr_1", &q, 1000).is_ok());
         assert!(key.verify("apr_2", &q, 1000).is_err(), "bound to the id");
         assert!(key.verify("apr_1", &q, 2001).is_err(), "expired");
+        let other = CallbackQuery {
+            approver: "apikey:ba9876543210".into(),
+            decision: q.decision.clone(),
+            expires: q.expires,
+            sig: q.sig.clone(),
+        };
+        assert!(
+            key.verify("apr_1", &other, 1000).is_err(),
+            "bound to the approver"
+        );
+        let not_a_key = CallbackQuery {
+            approver: "callback:signed-link".into(),
+            ..other
+        };
+        assert!(key.verify("apr_1", &not_a_key, 1000).is_err());
         let flipped = CallbackQuery {
             decision: "deny".into(),
             ..q
@@ -132,8 +245,16 @@ mod tests {
         );
         let again = CallbackKey::load_or_create(&dir.path().join("k")).unwrap();
         assert_eq!(
-            again.url("http://x", "a", false, 5),
-            key.url("http://x", "a", false, 5)
+            again.url("http://x", "a", false, 5, alice),
+            key.url("http://x", "a", false, 5, alice)
+        );
+    }
+
+    #[test]
+    fn the_confirmation_page_escapes_what_it_shows() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
     }
 
@@ -141,18 +262,21 @@ mod tests {
         let mut decision = String::new();
         let mut expires = 0;
         let mut sig = String::new();
+        let mut approver = String::new();
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap();
             match k {
                 "decision" => decision = v.into(),
                 "expires" => expires = v.parse().unwrap(),
                 "sig" => sig = v.into(),
+                "approver" => approver = v.into(),
                 _ => panic!("{k}"),
             }
         }
         CallbackQuery {
             decision,
             expires,
+            approver,
             sig,
         }
     }

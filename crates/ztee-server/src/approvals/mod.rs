@@ -3,12 +3,19 @@
 //!
 //! ```text
 //! POST /v1/run -> policy: require_approval -> park (202 + approval id and link)
-//!   -> webhooks (signed JSON, Slack template) with signed approve/deny callback links
-//!   -> approvers: GET /v1/approvals[/{id}], POST .../approve | .../deny   (or the callback)
-//!   -> approved (by enough distinct approvers, never the requester) -> the parked request runs
+//!   -> webhooks (signed JSON, Slack template), each with approve/deny links signed for the one
+//!      approver (an API key) the webhook is configured for
+//!   -> approvers: GET /v1/approvals[/{id}], POST .../approve | .../deny
+//!      (or POST on their signed link; GET on it only shows a confirmation page)
+//!   -> approved (by enough distinct identities, never the requester) -> the requester's
+//!      credential is checked again (a revoked key, an expired token: nothing runs)
+//!      -> the parked request runs
 //!   -> result stored with the approval; the requester long-polls GET /v1/approvals/{id}?wait=N
-//!   -> pending too long -> expired
+//!   -> pending too long (or the requester's key revoked, or their token expired) -> expired
 //! ```
+//! Every change of a stored approval is a compare-and-swap on the stored row
+//! ([`record::replace`]): of an approve and a deny that race, exactly one lands, and the other
+//! is answered 409 with the final state.
 //! Records (status, masked request, decisions, result) are kept in the state database and
 //! survive a restart. The request itself (code, env, files: possibly card data) is kept in
 //! memory only, so it never reaches a disk; a request still pending when the gateway stops
@@ -32,7 +39,7 @@ use crate::audit;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::policy::Decision;
-use crate::principal::Permission;
+use crate::principal::{AuthMethod, Permission, Principal};
 use crate::state::AppState;
 use crate::store::{Store, StoreError};
 pub use record::{ApprovalRecord, DecisionEntry, Status};
@@ -101,10 +108,27 @@ struct Parked {
     request: HeldRequest,
 }
 
-/// Who decides: an authenticated approver, or the holder of a signed callback link.
+/// Who decides, and through which door. Either way it is one identity, counted once.
 pub enum Approver<'a> {
+    /// An approver who called the API with their own credential.
     Caller(&'a Caller),
-    Callback,
+    /// The named approver of a signed link, looked up in the key store when the link was used.
+    Link(&'a Caller),
+}
+
+impl Approver<'_> {
+    fn caller(&self) -> &Caller {
+        match self {
+            Approver::Caller(c) | Approver::Link(c) => c,
+        }
+    }
+
+    fn via(&self) -> &'static str {
+        match self {
+            Approver::Caller(_) => "api",
+            Approver::Link(_) => "link",
+        }
+    }
 }
 
 pub struct Approvals {
@@ -191,27 +215,53 @@ impl Approvals {
     }
 
     async fn load(&self, id: &str) -> Result<ApprovalRecord, ApiError> {
+        Ok(self.load_versioned(id).await?.record)
+    }
+
+    async fn load_versioned(&self, id: &str) -> Result<record::Versioned, ApiError> {
         let id = id.to_owned();
         self.store
-            .run(move |s| record::get(s, &id))
+            .run(move |s| record::get_versioned(s, &id))
             .await
             .map_err(store_error)?
             .ok_or_else(|| ApiError::not_found("no such approval (or not visible)"))
     }
 
-    async fn save(&self, record: &ApprovalRecord) -> Result<(), ApiError> {
+    async fn insert(&self, record: &ApprovalRecord) -> Result<(), ApiError> {
         let r = record.clone();
         self.store
-            .run(move |s| record::put(s, &r))
+            .run(move |s| record::insert(s, &r))
             .await
             .map_err(store_error)?;
         self.bump();
         Ok(())
     }
 
+    /// Writes `new` if the stored approval is still the one `read` holds (compare-and-swap);
+    /// `Ok(false)` when another change landed first.
+    async fn replace(
+        &self,
+        read: &record::Versioned,
+        new: &ApprovalRecord,
+    ) -> Result<bool, ApiError> {
+        let (read, new) = (read.clone(), new.clone());
+        let swapped = self
+            .store
+            .run(move |s| record::replace(s, &read, &new))
+            .await
+            .map_err(store_error)?;
+        if swapped {
+            self.bump();
+        }
+        Ok(swapped)
+    }
+
     /// Whether `caller` may see `record`: its requester, an approver of its tenant, an admin.
     pub fn visible(caller: &Caller, record: &ApprovalRecord) -> bool {
-        let p = &caller.principal;
+        Self::visible_to(&caller.principal, record)
+    }
+
+    fn visible_to(p: &Principal, record: &ApprovalRecord) -> bool {
         p.has(Permission::Admin)
             || (p.tenant == record.tenant
                 && (p.subject == record.requester || p.has(Permission::ApprovalDecide)))
@@ -264,16 +314,41 @@ impl Approvals {
     }
 
     /// Expires a pending approval past its time (the expiry task calls this; it audits).
-    async fn expire(&self, mut record: ApprovalRecord) -> Result<ApprovalRecord, ApiError> {
+    /// `Ok(None)`: a decision landed first, which then stands.
+    async fn expire(&self, read: record::Versioned) -> Result<Option<ApprovalRecord>, ApiError> {
+        let mut record = read.record.clone();
         record.status = Status::Expired;
         record.status_reason = Some("no decision before the approval expired".into());
+        if !self.replace(&read, &record).await? {
+            return Ok(None);
+        }
         self.forget(&record.id);
-        self.save(&record).await?;
-        Ok(record)
+        Ok(Some(record))
     }
 
     fn forget(&self, id: &str) -> Option<Parked> {
         self.parked.lock().ok()?.remove(id)
+    }
+
+    /// Drops held requests whose approval ended without this process deciding it (expired by
+    /// `ztee apikey revoke` in another process, for example), so their content (possibly card
+    /// data) does not stay in memory.
+    async fn drop_ended(&self) {
+        let ids: Vec<String> = match self.parked.lock() {
+            Ok(parked) => parked.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        for id in ids {
+            let key = id.clone();
+            let ended = match self.store.run(move |s| record::get(s, &key)).await {
+                Ok(Some(r)) => r.status.is_final(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if ended {
+                self.forget(&id);
+            }
+        }
     }
 }
 
@@ -319,6 +394,12 @@ pub async fn park(
         .reasons
         .iter()
         .any(|r| approvals.config.two_person_rules.contains(r));
+    // A request held for an OIDC caller never outlives the caller's token: the approval
+    // expires when the token does (the requester can submit it again with a fresh token).
+    let expires_at = match caller.credential_expires_at {
+        Some(token_exp) => (created_at + approvals.config.ttl_s).min(token_exp),
+        None => created_at + approvals.config.ttl_s,
+    };
     let record = ApprovalRecord {
         id: id.clone(),
         tenant: caller.principal.tenant.clone(),
@@ -327,7 +408,7 @@ pub async fn park(
         status: Status::Pending,
         status_reason: None,
         created_at,
-        expires_at: created_at + approvals.config.ttl_s,
+        expires_at,
         risk: decision.risk.to_owned(),
         rule_ids: decision.reasons.clone(),
         reasons: decision.messages.clone(),
@@ -345,7 +426,7 @@ pub async fn park(
             },
         );
     }
-    if let Err(e) = approvals.save(&record).await {
+    if let Err(e) = approvals.insert(&record).await {
         approvals.forget(&id);
         return Err(e);
     }
@@ -368,26 +449,67 @@ fn notify(state: &Arc<AppState>, record: &ApprovalRecord, kind: &'static str) {
     if approvals.webhooks.is_empty() {
         return;
     }
-    let links = webhook::Links {
-        view: approvals.link(&record.id),
-        approve: (record.status == Status::Pending).then(|| {
-            approvals
-                .callback_key
-                .url(&approvals.public_url, &record.id, true, record.expires_at)
-        }),
-        deny: (record.status == Status::Pending).then(|| {
-            approvals
-                .callback_key
-                .url(&approvals.public_url, &record.id, false, record.expires_at)
-        }),
-    };
     for hook in &approvals.webhooks {
+        // Decision links only while pending, and only for the approver this webhook names:
+        // a link is that one identity, never an extra approver.
+        let approver = hook
+            .approver
+            .as_deref()
+            .filter(|_| record.status == Status::Pending);
+        let url = |approve| {
+            approver.map(|a| {
+                approvals.callback_key.url(
+                    &approvals.public_url,
+                    &record.id,
+                    approve,
+                    record.expires_at,
+                    a,
+                )
+            })
+        };
+        let links = webhook::Links {
+            view: approvals.link(&record.id),
+            approve: url(true),
+            deny: url(false),
+            approver: approver.map(str::to_owned),
+        };
         hook.send(kind, record, &links);
     }
 }
 
-/// An approve or deny. The requester can never approve their own request; an approver decides
-/// once; with the two-person rule, two distinct approvers must approve.
+/// The 409 for a decision on an approval that is no longer pending, saying how it ended.
+fn not_pending(record: &ApprovalRecord) -> ApiError {
+    let id = &record.id;
+    let status = record.status.as_str();
+    let how = match record.status {
+        Status::Approved | Status::Executed | Status::Failed => {
+            let by: Vec<&str> = record
+                .decisions
+                .iter()
+                .filter(|d| d.approve)
+                .map(|d| d.by.as_str())
+                .collect();
+            format!(" (approved by {})", by.join(", "))
+        }
+        _ => record
+            .status_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+    };
+    conflict(format!(
+        "approval {id} is already {status}{how}; only pending approvals can be decided"
+    ))
+}
+
+/// How many times a decision reads the approval again after another change landed first
+/// (another approver's decision on a two-person approval); the checks run again each time.
+const DECIDE_ATTEMPTS: usize = 16;
+
+/// An approve or deny. The requester can never approve their own request; an identity decides
+/// once, whether through the API or its signed link; with the two-person rule, two distinct
+/// identities must approve. The change is a compare-and-swap: of concurrent decisions exactly
+/// one ends the approval, the others get 409 with the final state.
 pub async fn decide(
     state: &Arc<AppState>,
     approver: Approver<'_>,
@@ -396,79 +518,81 @@ pub async fn decide(
     comment: Option<String>,
 ) -> Result<ApprovalRecord, ApiError> {
     let approvals = &state.approvals;
-    let mut record = approvals.load(id).await?;
-    let by = match &approver {
-        Approver::Caller(caller) => {
-            caller.principal.require(Permission::ApprovalDecide)?;
-            if !Approvals::visible(caller, &record) {
-                return Err(ApiError::not_found("no such approval (or not visible)"));
-            }
-            if approve && caller.principal.subject == record.requester {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "self_approval",
-                    "the requester of an approval can never approve it; another approver must",
-                ));
-            }
-            caller.principal.subject.clone()
-        }
-        Approver::Callback => "callback:signed-link".to_owned(),
-    };
+    let caller = approver.caller();
+    let principal = &caller.principal;
+    principal.require(Permission::ApprovalDecide)?;
     if let Some(c) = &comment {
         if c.len() > 1000 {
             return Err(ApiError::bad_request("comment: at most 1000 bytes"));
         }
     }
-    if record.status == Status::Pending && now() >= record.expires_at {
-        // The expiry task marks it within a second; a late decision never counts.
-        return Err(conflict(format!("approval {id} has expired")));
-    }
-    if record.status != Status::Pending {
-        return Err(conflict(format!(
-            "approval {id} is {}; only pending approvals can be decided",
-            record.status.as_str()
-        )));
-    }
-    if record.decisions.iter().any(|d| d.by == by) {
-        return Err(conflict(format!(
-            "{by} has already decided on approval {id}"
-        )));
-    }
     // Comments are shown to people and stored: mask what DLP finds in them.
     let comment = comment.map(|c| state.pipeline.dlp.redact(&c).text);
-    record.decisions.push(DecisionEntry {
-        by: by.clone(),
-        approve,
-        comment,
-        at: now(),
-    });
-    let approvals_given = record.decisions.iter().filter(|d| d.approve).count();
-    let (event_type, outcome) = if !approve {
-        record.status = Status::Denied;
-        record.status_reason = Some(format!("denied by {by}"));
+    let by = principal.subject.clone();
+    let mut decided = None;
+    for _ in 0..DECIDE_ATTEMPTS {
+        let read = approvals.load_versioned(id).await?;
+        let mut record = read.record.clone();
+        if !Approvals::visible_to(principal, &record) {
+            return Err(ApiError::not_found("no such approval (or not visible)"));
+        }
+        if approve && by == record.requester {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "self_approval",
+                "the requester of an approval can never approve it; another approver must",
+            ));
+        }
+        if record.status == Status::Pending && now() >= record.expires_at {
+            // The expiry task marks it within a second; a late decision never counts.
+            return Err(conflict(format!("approval {id} has expired")));
+        }
+        if record.status != Status::Pending {
+            return Err(not_pending(&record));
+        }
+        if record.decisions.iter().any(|d| d.by == by) {
+            return Err(conflict(format!(
+                "{by} has already decided on approval {id}; an identity counts once, through the API or a link"
+            )));
+        }
+        record.decisions.push(DecisionEntry {
+            by: by.clone(),
+            approve,
+            comment: comment.clone(),
+            at: now(),
+            via: Some(approver.via().to_owned()),
+        });
+        let approvals_given = record.decisions.iter().filter(|d| d.approve).count();
+        let outcome = if !approve {
+            record.status = Status::Denied;
+            record.status_reason = Some(format!("denied by {by}"));
+            (EventType::ApprovalReject, Outcome::Denied)
+        } else if approvals_given >= record.required_approvals as usize {
+            record.status = Status::Approved;
+            (EventType::ApprovalGrant, Outcome::Success)
+        } else {
+            (EventType::ApprovalGrant, Outcome::PendingApproval)
+        };
+        if approvals.replace(&read, &record).await? {
+            decided = Some((record, outcome));
+            break;
+        }
+        // Another change landed between the read and the write: read it again and check again.
+    }
+    let Some((record, (event_type, outcome))) = decided else {
+        return Err(conflict(format!(
+            "approval {id} kept changing while this decision was made; try again"
+        )));
+    };
+    if record.status == Status::Denied {
         approvals.forget(id);
-        (EventType::ApprovalReject, Outcome::Denied)
-    } else if approvals_given >= record.required_approvals as usize {
-        record.status = Status::Approved;
-        (EventType::ApprovalGrant, Outcome::Success)
-    } else {
-        (EventType::ApprovalGrant, Outcome::PendingApproval)
-    };
-    approvals.save(&record).await?;
-    let principal = match &approver {
-        Approver::Caller(c) => audit::audit_principal(&c.principal),
-        Approver::Callback => ztee_audit::Principal::system(),
-    };
-    let (request_id, origin) = match &approver {
-        Approver::Caller(c) => (c.request_id.as_str().to_owned(), c.origin_ip),
-        Approver::Callback => (format!("callback-{id}"), None),
-    };
+    }
     let event = audit::event(
         event_type,
         outcome,
-        principal,
-        &request_id,
-        origin,
+        audit::audit_principal(principal),
+        caller.request_id.as_str(),
+        caller.origin_ip,
         Some(&format!("approval/{id}")),
     );
     state.pipeline.record(event).await?;
@@ -483,35 +607,158 @@ pub async fn decide(
     Ok(record)
 }
 
-/// Runs an approved request as its requester and stores the (outbound-masked) result.
+/// Why a held request's requester can no longer act: a rule id for the audit trail and a
+/// sentence for the approval record.
+struct RequesterGone {
+    rule: &'static str,
+    reason: String,
+}
+
+/// Whether the requester of a held request may still act, checked when an approval releases
+/// it: an API key must still exist unrevoked in the same tenant (the principal it runs as is
+/// read again from the store), an OIDC token must not have expired.
+async fn requester_now(state: &AppState, caller: &Caller) -> Result<Caller, RequesterGone> {
+    let subject = caller.principal.subject.clone();
+    let gone = |rule, reason| Err(RequesterGone { rule, reason });
+    match caller.principal.method {
+        AuthMethod::ApiKey => {
+            let s = subject.clone();
+            let verdict = match state
+                .store
+                .run(move |store| crate::apikey::resolve(store, &s))
+                .await
+            {
+                Ok(verdict) => verdict,
+                Err(e) => {
+                    return gone(
+                        "apikey.unverifiable",
+                        format!("the requester's API key could not be checked ({e}); the request was not run"),
+                    )
+                }
+            };
+            match verdict {
+                Ok(principal) if principal.tenant == caller.principal.tenant => Ok(Caller {
+                    principal,
+                    ..caller.clone()
+                }),
+                Ok(_) => gone(
+                    "apikey.tenant_changed",
+                    format!(
+                        "the requester's API key {subject} no longer belongs to tenant {}; the request was not run",
+                        caller.principal.tenant
+                    ),
+                ),
+                Err(crate::apikey::KeyRejection::Revoked) => gone(
+                    "apikey.revoked",
+                    format!("the requester's API key {subject} was revoked after the request was held; it was not run"),
+                ),
+                Err(_) => gone(
+                    "apikey.unknown",
+                    format!("the requester's API key {subject} no longer exists; the request was not run"),
+                ),
+            }
+        }
+        AuthMethod::Oidc => match caller.credential_expires_at {
+            Some(exp) if now() < exp => Ok(caller.clone()),
+            Some(exp) => gone(
+                "oidc.token_expired",
+                format!("the requester's token expired (at {exp}) before the request could run; submit it again with a fresh token"),
+            ),
+            None => gone(
+                "oidc.token_expired",
+                "the requester's token has no known expiry; the request was not run".to_owned(),
+            ),
+        },
+    }
+}
+
+/// The audit event of an approval ended because its requester can no longer act (a revoked
+/// key, an expired token): `approval.reject` by ztee on behalf of the approval's tenant (so the
+/// tenant's auditors see it), with the reason as a rule id.
+pub fn requester_gone_event(record: &ApprovalRecord, rule: &str) -> ztee_audit::AuditEvent {
+    let id = &record.id;
+    let principal = ztee_audit::Principal::new(
+        ztee_audit::PrincipalKind::System,
+        "ztee",
+        record.tenant.clone(),
+    )
+    .unwrap_or_else(|_| ztee_audit::Principal::system());
+    audit::event(
+        EventType::ApprovalReject,
+        Outcome::Failure,
+        principal,
+        &format!("requester-{id}"),
+        None,
+        Some(&format!("approval/{id}")),
+    )
+    .with_decision(ztee_audit::DecisionRecord {
+        decision: ztee_audit::DecisionKind::Deny,
+        risk: record.risk.clone(),
+        rule_ids: vec![rule.to_owned()],
+        reasons: vec![format!(
+            "the requester {} can no longer act; the held request was not run",
+            record.requester
+        )],
+    })
+}
+
+/// Runs an approved request as its requester (checked again first) and stores the
+/// (outbound-masked) result.
 async fn execute(state: Arc<AppState>, id: String) {
     let approvals = &state.approvals;
-    let Ok(mut record) = approvals.load(&id).await else {
+    let Ok(read) = approvals.load_versioned(&id).await else {
         return;
     };
+    if read.record.status != Status::Approved {
+        approvals.forget(&id);
+        return;
+    }
     fn json(result: impl serde::Serialize) -> serde_json::Value {
         serde_json::to_value(result).unwrap_or_default()
     }
-    let outcome = match approvals.forget(&id) {
-        Some(Parked {
-            caller,
-            request: HeldRequest::Run(request),
-        }) => crate::api::run_approved(state.clone(), caller, request, &id)
+    let parked = approvals.forget(&id);
+    let checked = match &parked {
+        Some(p) => requester_now(&state, &p.caller).await.map(Some),
+        None => Ok(None),
+    };
+    let mut record = read.record.clone();
+    let outcome = match (parked, checked) {
+        (_, Err(gone)) => {
+            let event = requester_gone_event(&record, gone.rule);
+            if let Err(e) = state.pipeline.record(event).await {
+                tracing::error!(approval = %id, error = %e.message, "recording a refused run");
+            }
+            record.status_reason = Some(gone.reason.clone());
+            Err(ApiError::forbidden(gone.reason))
+        }
+        (
+            Some(Parked {
+                request: HeldRequest::Run(request),
+                ..
+            }),
+            Ok(Some(caller)),
+        ) => crate::api::run_approved(state.clone(), caller, request, &id)
             .await
             .map(json),
-        Some(Parked {
-            caller,
-            request: HeldRequest::Command { sandbox, request },
-        }) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &id)
+        (
+            Some(Parked {
+                request: HeldRequest::Command { sandbox, request },
+                ..
+            }),
+            Ok(Some(caller)),
+        ) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &id)
             .await
             .map(json),
-        Some(Parked {
-            caller,
-            request: HeldRequest::SandboxCreate(request),
-        }) => crate::api::create_approved(state.clone(), caller, request, &id)
+        (
+            Some(Parked {
+                request: HeldRequest::SandboxCreate(request),
+                ..
+            }),
+            Ok(Some(caller)),
+        ) => crate::api::create_approved(state.clone(), caller, request, &id)
             .await
             .map(json),
-        None => Err(ApiError::unavailable(
+        _ => Err(ApiError::unavailable(
             "the request content is no longer held (the gateway restarted); submit it again",
         )),
     };
@@ -526,8 +773,12 @@ async fn execute(state: Arc<AppState>, id: String) {
                 Some(serde_json::json!({"error": {"code": e.code, "message": e.message}}));
         }
     }
-    if let Err(e) = approvals.save(&record).await {
-        tracing::error!(approval = %id, error = %e.message, "storing an approval's result");
+    match approvals.replace(&read, &record).await {
+        Ok(true) => {}
+        Ok(false) => tracing::error!(approval = %id, "an approved approval changed while it ran"),
+        Err(e) => {
+            tracing::error!(approval = %id, error = %e.message, "storing an approval's result")
+        }
     }
     notify(&state, &record, "approval.executed");
 }
@@ -537,8 +788,10 @@ async fn execute(state: Arc<AppState>, id: String) {
 pub fn spawn_expiry(state: Weak<AppState>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
+            ticks = ticks.wrapping_add(1);
             let Some(state) = state.upgrade() else { return };
             let due = state
                 .approvals
@@ -547,11 +800,14 @@ pub fn spawn_expiry(state: Weak<AppState>) {
                 .await
                 .unwrap_or_default();
             for r in due {
-                let id = r.id.clone();
-                if let Ok(r) = state.approvals.expire(r).await {
+                let id = r.record.id.clone();
+                if let Ok(Some(r)) = state.approvals.expire(r).await {
                     record_expiry(&state, &id).await;
                     notify(&state, &r, "approval.expired");
                 }
+            }
+            if ticks % 10 == 0 {
+                state.approvals.drop_ended().await;
             }
         }
     });
@@ -572,14 +828,56 @@ pub async fn record_expiry(state: &AppState, id: &str) {
     }
 }
 
-/// Checks a signed callback link and decides with it.
+/// Checks a signed link and looks up the approver it names: an API key that is still active.
+async fn link_approver(
+    state: &Arc<AppState>,
+    id: &str,
+    query: &callback::CallbackQuery,
+) -> Result<Principal, ApiError> {
+    state.approvals.callback_key.verify(id, query, now())?;
+    let subject = query.approver.clone();
+    let verdict = state
+        .store
+        .run(move |s| crate::apikey::resolve(s, &subject))
+        .await
+        .map_err(store_error)?;
+    verdict.map_err(|_| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_callback",
+            format!(
+                "the link's approver {} is no longer an active API key",
+                query.approver
+            ),
+        )
+    })
+}
+
+/// `GET` on a signed link: the approval to confirm, with no side effect.
+pub async fn callback_page(
+    state: &Arc<AppState>,
+    id: &str,
+    query: &callback::CallbackQuery,
+) -> Result<String, ApiError> {
+    let approver = link_approver(state, id, query).await?;
+    let record = state.approvals.load(id).await?;
+    if !Approvals::visible_to(&approver, &record) {
+        return Err(ApiError::not_found("no such approval (or not visible)"));
+    }
+    Ok(callback::confirmation_page(&record, query))
+}
+
+/// `POST` on a signed link: decides as the approver the link names, exactly as that approver
+/// calling the API would (permission, tenant, requester exclusion, one decision per identity).
 pub async fn decide_by_callback(
     state: &Arc<AppState>,
     id: &str,
     query: &callback::CallbackQuery,
+    extensions: &axum::http::Extensions,
 ) -> Result<ApprovalRecord, ApiError> {
-    state.approvals.callback_key.verify(id, query, now())?;
-    decide(state, Approver::Callback, id, query.approve(), None).await
+    let approver = link_approver(state, id, query).await?;
+    let caller = Caller::resolved(approver, extensions);
+    decide(state, Approver::Link(&caller), id, query.approve(), None).await
 }
 
 pub fn key_path(data_dir: &Path) -> PathBuf {

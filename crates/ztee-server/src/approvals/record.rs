@@ -55,12 +55,15 @@ impl Status {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecisionEntry {
-    /// The approver's subject, or `callback:signed-link`.
+    /// The approver's subject (`apikey:<id>` or `oidc:<sub>`), however they decided.
     pub by: String,
     pub approve: bool,
     pub comment: Option<String>,
     /// Seconds since the Unix epoch.
     pub at: u64,
+    /// `api` or `link` (a signed link named for this approver); absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,22 +163,72 @@ pub fn create_table(store: &Store) -> Result<(), StoreError> {
     store.with_connection(|c| c.execute_batch(TABLE))
 }
 
-pub fn put(store: &Store, record: &ApprovalRecord) -> Result<(), StoreError> {
-    let json = serde_json::to_string(record).unwrap_or_default();
+fn encode(record: &ApprovalRecord) -> rusqlite::Result<String> {
+    serde_json::to_string(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn expires_at_sql(record: &ApprovalRecord) -> i64 {
+    i64::try_from(record.expires_at).unwrap_or(i64::MAX)
+}
+
+/// Stores a new record. An existing id is an error: every later change goes through
+/// [`replace`], so nothing overwrites a record it did not read.
+pub fn insert(store: &Store, record: &ApprovalRecord) -> Result<(), StoreError> {
     store.with_connection(|c| {
         c.execute(
-            "INSERT INTO approvals (id, tenant, status, expires_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at,
-             record = excluded.record",
+            "INSERT INTO approvals (id, tenant, status, expires_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 record.id,
                 record.tenant,
                 record.status.as_str(),
-                i64::try_from(record.expires_at).unwrap_or(i64::MAX),
-                json
+                expires_at_sql(record),
+                encode(record)?
             ],
         )
         .map(|_| ())
+    })
+}
+
+/// A record with the stored text it was read from: the version a [`replace`] compares with.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub record: ApprovalRecord,
+    stored: String,
+}
+
+pub fn get_versioned(store: &Store, id: &str) -> Result<Option<Versioned>, StoreError> {
+    store.with_connection(|c| {
+        c.query_row("SELECT record FROM approvals WHERE id = ?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .map(|stored| {
+            Ok(Versioned {
+                record: decode(stored.clone())?,
+                stored,
+            })
+        })
+        .transpose()
+    })
+}
+
+/// The compare-and-swap every change of a stored approval goes through: writes `new` only if
+/// the stored row is still exactly the one `read` came from, in one conditional `UPDATE`
+/// (atomic in SQLite, also against other processes on the same database). `Ok(false)`: someone
+/// changed it first; read it again and decide again.
+pub fn replace(store: &Store, read: &Versioned, new: &ApprovalRecord) -> Result<bool, StoreError> {
+    store.with_connection(|c| {
+        c.execute(
+            "UPDATE approvals SET status = ?2, expires_at = ?3, record = ?4 WHERE id = ?1 AND record = ?5",
+            params![
+                read.record.id,
+                new.status.as_str(),
+                expires_at_sql(new),
+                encode(new)?,
+                read.stored
+            ],
+        )
+        .map(|changed| changed == 1)
     })
 }
 
@@ -202,34 +255,188 @@ pub fn list(store: &Store, tenant: Option<&str>) -> Result<Vec<ApprovalRecord>, 
 }
 
 /// Pending approvals whose expiry has passed.
-pub fn due(store: &Store, now: u64) -> Result<Vec<ApprovalRecord>, StoreError> {
+pub fn due(store: &Store, now: u64) -> Result<Vec<Versioned>, StoreError> {
     store.with_connection(|c| {
-        let mut stmt = c.prepare(
-            "SELECT record FROM approvals WHERE status = 'pending' AND expires_at <= ?1",
-        )?;
-        let rows = stmt.query_map([i64::try_from(now).unwrap_or(i64::MAX)], |r| {
-            r.get::<_, String>(0)
-        })?;
-        rows.map(|r| r.and_then(decode)).collect()
+        versioned_where(
+            c,
+            "status = 'pending' AND expires_at <= ?1",
+            [i64::try_from(now).unwrap_or(i64::MAX)],
+        )
     })
+}
+
+fn versioned_where(
+    c: &rusqlite::Connection,
+    condition: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Versioned>> {
+    let mut stmt = c.prepare(&format!("SELECT record FROM approvals WHERE {condition}"))?;
+    let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?;
+    rows.map(|r| {
+        r.and_then(|stored| {
+            Ok(Versioned {
+                record: decode(stored.clone())?,
+                stored,
+            })
+        })
+    })
+    .collect()
 }
 
 /// At start-up: nothing pending or approved from a previous run can still run.
 pub fn expire_all_pending(store: &Store, reason: &str) -> Result<Vec<String>, StoreError> {
-    let stale: Vec<ApprovalRecord> = store.with_connection(|c| {
-        let mut stmt =
-            c.prepare("SELECT record FROM approvals WHERE status IN ('pending', 'approved')")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|r| r.and_then(decode)).collect()
-    })?;
-    for mut r in stale.iter().cloned() {
+    let stale = store
+        .with_connection(|c| versioned_where(c, "status IN ('pending', 'approved')", params![]))?;
+    let mut ids = Vec::new();
+    for read in stale {
+        let mut r = read.record.clone();
         r.status = if r.status == Status::Approved {
             Status::Failed
         } else {
             Status::Expired
         };
         r.status_reason = Some(reason.to_owned());
-        put(store, &r)?;
+        if replace(store, &read, &r)? {
+            ids.push(r.id);
+        }
     }
-    Ok(stale.into_iter().map(|r| r.id).collect())
+    Ok(ids)
+}
+
+/// Expires every pending approval `requester` asked for (their API key was revoked), each by
+/// compare-and-swap, so one an approver decides at the same moment is either decided first (and
+/// its run then refuses the revoked key) or expired here. Returns the records expired. Creates
+/// the table when missing: `ztee apikey revoke` may run against a database no gateway opened.
+pub fn expire_pending_of(
+    store: &Store,
+    requester: &str,
+    reason: &str,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
+    store.with_connection(|c| c.execute_batch(TABLE))?;
+    let mut expired = Vec::new();
+    for _ in 0..5 {
+        let pending =
+            store.with_connection(|c| versioned_where(c, "status = 'pending'", params![]))?;
+        let mut raced = false;
+        for read in pending.iter().filter(|v| v.record.requester == requester) {
+            let mut r = read.record.clone();
+            r.status = Status::Expired;
+            r.status_reason = Some(reason.to_owned());
+            if replace(store, read, &r)? {
+                expired.push(r);
+            } else {
+                raced = true;
+            }
+        }
+        if !raced {
+            break;
+        }
+    }
+    Ok(expired)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pending(id: &str, requester: &str) -> ApprovalRecord {
+        ApprovalRecord {
+            id: id.into(),
+            tenant: "acme".into(),
+            requester: requester.into(),
+            action: "run".into(),
+            status: Status::Pending,
+            status_reason: None,
+            created_at: 1,
+            expires_at: 4_000_000_000,
+            risk: "HIGH".into(),
+            rule_ids: vec!["pci.raw_pan_in_code".into()],
+            reasons: vec![],
+            required_approvals: 1,
+            request: serde_json::json!({}),
+            decisions: vec![],
+            result: None,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        create_table(&store).unwrap();
+        (dir, store)
+    }
+
+    /// The interleaving of an approve and a deny forced: both read the pending approval, the
+    /// approve writes first; the deny's write must not land on top of it.
+    #[test]
+    fn of_two_changes_made_from_the_same_read_only_the_first_lands() {
+        let (_dir, store) = store();
+        insert(&store, &pending("apr_1", "apikey:agent")).unwrap();
+        let approver_read = get_versioned(&store, "apr_1").unwrap().unwrap();
+        let denier_read = get_versioned(&store, "apr_1").unwrap().unwrap();
+        let mut approved = approver_read.record.clone();
+        approved.status = Status::Approved;
+        let mut denied = denier_read.record.clone();
+        denied.status = Status::Denied;
+        assert!(replace(&store, &approver_read, &approved).unwrap());
+        assert!(
+            !replace(&store, &denier_read, &denied).unwrap(),
+            "a deny made from a stale read overwrote the approval"
+        );
+        assert_eq!(
+            get(&store, "apr_1").unwrap().unwrap().status,
+            Status::Approved
+        );
+        // A change in a pending record (a first of two approvals) is a change too.
+        insert(&store, &pending("apr_2", "apikey:agent")).unwrap();
+        let first = get_versioned(&store, "apr_2").unwrap().unwrap();
+        let second = get_versioned(&store, "apr_2").unwrap().unwrap();
+        let mut one = first.record.clone();
+        one.decisions.push(DecisionEntry {
+            by: "apikey:alice".into(),
+            approve: true,
+            comment: None,
+            at: 2,
+            via: Some("api".into()),
+        });
+        assert!(replace(&store, &first, &one).unwrap());
+        assert!(!replace(&store, &second, &second.record).unwrap());
+        assert!(
+            insert(&store, &pending("apr_2", "x")).is_err(),
+            "no blind overwrite"
+        );
+    }
+
+    #[test]
+    fn a_revoked_requesters_pending_approvals_expire_and_only_theirs() {
+        let (_dir, store) = store();
+        insert(&store, &pending("apr_1", "apikey:gone")).unwrap();
+        insert(&store, &pending("apr_2", "apikey:other")).unwrap();
+        let mut done = pending("apr_3", "apikey:gone");
+        done.status = Status::Executed;
+        insert(&store, &done).unwrap();
+        let expired = expire_pending_of(&store, "apikey:gone", "revoked").unwrap();
+        assert_eq!(
+            expired.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["apr_1"]
+        );
+        let r = get(&store, "apr_1").unwrap().unwrap();
+        assert_eq!(r.status, Status::Expired);
+        assert_eq!(r.status_reason.as_deref(), Some("revoked"));
+        assert_eq!(
+            get(&store, "apr_2").unwrap().unwrap().status,
+            Status::Pending
+        );
+        assert_eq!(
+            get(&store, "apr_3").unwrap().unwrap().status,
+            Status::Executed
+        );
+        // Against a database no gateway opened yet (no approvals table): nothing to expire.
+        let dir = tempfile::tempdir().unwrap();
+        let bare = Store::open(&dir.path().join("s.db")).unwrap();
+        assert!(expire_pending_of(&bare, "apikey:gone", "revoked")
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -38,6 +38,11 @@ pub struct WebhookConfig {
     pub secret_file: Option<PathBuf>,
     #[serde(default)]
     pub format: WebhookFormat,
+    /// The approver this webhook's signed approve/deny links act for: an API key subject
+    /// (`apikey:<id>`, role `approver` or `admin` in the approval's tenant). Without it the
+    /// notifications carry no decision links (only `view`).
+    #[serde(default)]
+    pub approver: Option<String>,
 }
 
 pub struct Webhook {
@@ -45,6 +50,7 @@ pub struct Webhook {
     secret: Zeroizing<Vec<u8>>,
     format: WebhookFormat,
     http: reqwest::Client,
+    pub approver: Option<String>,
 }
 
 /// Links a notification carries.
@@ -52,6 +58,8 @@ pub struct Links {
     pub view: String,
     pub approve: Option<String>,
     pub deny: Option<String>,
+    /// Whom `approve` and `deny` act for.
+    pub approver: Option<String>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -90,6 +98,14 @@ impl Webhook {
                 ))
             }
         };
+        if let Some(approver) = &config.approver {
+            if !super::callback::valid_approver(approver) {
+                return Err(format!(
+                    "webhook {}: approver {approver:?} is not an API key subject (apikey:<12 hex digits>); signed links act only for API keys",
+                    config.url
+                ));
+            }
+        }
         if secret.len() < 16 {
             return Err(format!(
                 "webhook {}: the secret must be at least 16 bytes",
@@ -105,6 +121,7 @@ impl Webhook {
             secret: Zeroizing::new(secret),
             format: config.format,
             http,
+            approver: config.approver.clone(),
         })
     }
 
@@ -113,7 +130,8 @@ impl Webhook {
             WebhookFormat::Json => serde_json::json!({
                 "type": kind,
                 "approval": record,
-                "links": {"view": links.view, "approve": links.approve, "deny": links.deny},
+                "links": {"view": links.view, "approve": links.approve, "deny": links.deny,
+                          "approver": links.approver},
             }),
             WebhookFormat::Slack => {
                 let mut text = format!(
@@ -126,9 +144,11 @@ impl Webhook {
                     record.tenant,
                     record.reasons.join("; ")
                 );
-                if let (Some(a), Some(d)) = (&links.approve, &links.deny) {
+                if let (Some(a), Some(d), Some(who)) =
+                    (&links.approve, &links.deny, &links.approver)
+                {
                     text.push_str(&format!(
-                        "\n<{a}|Approve> · <{d}|Deny> · <{}|Details>",
+                        "\n<{a}|Approve> · <{d}|Deny> (as `{who}`; the link asks before it decides) · <{}|Details>",
                         links.view
                     ));
                 }
