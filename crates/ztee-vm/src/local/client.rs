@@ -16,10 +16,41 @@ pub struct LocalClient {
     record: LocalRecord,
 }
 
+/// How much longer than the supervisor's own bound on the guest the command line waits for the
+/// supervisor: it answers within its bound (with the guest's answer or an error), so silence past
+/// this means the supervisor itself is stuck.
+const SUPERVISOR_MARGIN: Duration = Duration::from_secs(15);
+
 /// A command running in a CLI-held sandbox.
 pub struct LocalExecution {
     conn: Conn,
     finished: bool,
+    /// When the command line stops waiting for the exit: the command's limit, the engine's grace
+    /// and [`SUPERVISOR_MARGIN`]. `None` for a command without a limit.
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// The supervisor's next message, or an error once `deadline` passes.
+async fn recv_before(
+    conn: &mut Conn,
+    deadline: Option<tokio::time::Instant>,
+    what: &'static str,
+) -> Result<Option<GuestMessage>, VmError> {
+    let Some(deadline) = deadline else {
+        return conn.recv::<GuestMessage>().await;
+    };
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout_at(deadline, conn.recv::<GuestMessage>())
+        .await
+        .map_err(|_| VmError::GuestUnresponsive {
+            what,
+            waited: deadline.saturating_duration_since(started),
+        })?
+}
+
+/// The deadline for an answer the guest owes promptly, relayed by the supervisor.
+fn reply_deadline() -> Option<tokio::time::Instant> {
+    Some(tokio::time::Instant::now() + crate::channel::REPLY_TIMEOUT + SUPERVISOR_MARGIN)
 }
 
 impl LocalClient {
@@ -43,6 +74,10 @@ impl LocalClient {
     pub async fn exec(&self, spec: ExecSpec) -> Result<LocalExecution, VmError> {
         let mut conn = self.connect().await?;
         let program = spec.argv.first().cloned().unwrap_or_default();
+        let deadline = spec.timeout.map(|limit| {
+            tokio::time::Instant::now()
+                + limit.saturating_add(crate::exec::EXIT_GRACE + SUPERVISOR_MARGIN)
+        });
         conn.send(&HostMessage::Exec(ExecRequest {
             id: 1,
             argv: spec.argv,
@@ -53,10 +88,11 @@ impl LocalClient {
             stdin: spec.stdin,
         }))
         .await?;
-        match conn.recv::<GuestMessage>().await? {
+        match recv_before(&mut conn, reply_deadline(), "start a command").await? {
             Some(GuestMessage::Started { .. }) => Ok(LocalExecution {
                 conn,
                 finished: false,
+                deadline,
             }),
             Some(GuestMessage::Failed { kind, message, .. }) => {
                 Err(failure(kind, &message, &program))
@@ -81,7 +117,7 @@ impl LocalClient {
             .await?;
         }
         conn.send(&HostMessage::FileEnd { id: 1 }).await?;
-        match conn.recv::<GuestMessage>().await? {
+        match recv_before(&mut conn, reply_deadline(), "finish a file write").await? {
             Some(GuestMessage::Done { .. }) => Ok(()),
             Some(GuestMessage::Failed { kind, message, .. }) => Err(failure(kind, &message, path)),
             _ => Err(VmError::ChannelClosed),
@@ -97,7 +133,7 @@ impl LocalClient {
         .await?;
         let mut data = Vec::new();
         loop {
-            match conn.recv::<GuestMessage>().await? {
+            match recv_before(&mut conn, reply_deadline(), "send a file's next chunk").await? {
                 Some(GuestMessage::FileChunk { data: chunk, .. }) => data.extend_from_slice(&chunk),
                 Some(GuestMessage::FileEnd { .. }) => return Ok(data),
                 Some(GuestMessage::Failed { kind, message, .. }) => {
@@ -112,7 +148,7 @@ impl LocalClient {
     pub async fn remove(self) -> Result<(), VmError> {
         let mut conn = self.connect().await?;
         conn.send(&HostMessage::PowerOff).await?;
-        let _ = conn.recv::<GuestMessage>().await;
+        let _ = recv_before(&mut conn, reply_deadline(), "stop the sandbox").await;
         for _ in 0..100 {
             if self.registry.get(&self.record.id).is_err() {
                 return Ok(());
@@ -131,7 +167,16 @@ impl crate::exec::CommandStream for LocalExecution {
         if self.finished {
             return Ok(None);
         }
-        match self.conn.recv::<GuestMessage>().await? {
+        let next = recv_before(
+            &mut self.conn,
+            self.deadline,
+            "end a command within its time limit",
+        )
+        .await;
+        if next.is_err() {
+            self.finished = true;
+        }
+        match next? {
             Some(GuestMessage::Stdout { data, .. }) => Ok(Some(ExecEvent::Stdout(data))),
             Some(GuestMessage::Stderr { data, .. }) => Ok(Some(ExecEvent::Stderr(data))),
             Some(GuestMessage::Exited { status, .. }) => {
@@ -168,5 +213,29 @@ impl crate::exec::CommandStream for LocalExecution {
 
     async fn close_stdin(&mut self) -> Result<(), VmError> {
         self.conn.send(&HostMessage::CloseStdin { id: 1 }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A supervisor that accepted the request and went silent does not hold the command line
+    /// past the bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_supervisor_fails_the_wait_at_its_bound() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours);
+        let started = tokio::time::Instant::now();
+        let err = recv_before(&mut conn, reply_deadline(), "start a command")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VmError::GuestUnresponsive { .. }), "{err}");
+        assert_eq!(
+            started.elapsed(),
+            crate::channel::REPLY_TIMEOUT + SUPERVISOR_MARGIN
+        );
     }
 }
