@@ -770,6 +770,7 @@ async fn every_field_is_tokenized_before_an_external_provider() {
     let gw = Gateway::start(config(&up), Arc::new(EchoExecutor::default())).await;
     let agent = gw.key("default", "agent");
     let mut all_pans: Vec<String> = Vec::new();
+    let mut expected_counts: Vec<usize> = Vec::new();
     for (scenario, path) in [
         ("openai-fields", "/ext/v1/chat/completions"),
         ("openai-responses-fields", "/ext/v1/responses"),
@@ -802,7 +803,19 @@ async fn every_field_is_tokenized_before_an_external_provider() {
         );
         assert!(body.contains("<CREDIT_CARD_"), "{scenario}: {body}");
         all_pans.extend(pans.values().map(|d| d.as_str().unwrap().to_owned()));
+        expected_counts.push(pans.len());
     }
+    // The DLP summary counts every field's number, as policy and the audit see it.
+    let counts: Vec<usize> = traces(&gw)
+        .await
+        .iter()
+        .map(|t| {
+            t["redactions"]["inbound"]["CREDIT_CARD"]
+                .as_u64()
+                .unwrap_or(0) as usize
+        })
+        .collect();
+    assert_eq!(counts, expected_counts);
     // Opaque values reach the provider byte for byte.
     let seen = all_received(&received);
     assert!(seen.contains("\"EqQBCkYIARgCIkBzaWduYXR1cmU=\""), "{seen}");
