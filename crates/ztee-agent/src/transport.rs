@@ -482,9 +482,10 @@ mod tests {
             }
             Err(err) => panic!("{err}"),
         };
-        // SAFETY (test): getsockname on the listener's descriptor into a local sockaddr_vm.
+        // SAFETY: sockaddr_vm is plain old data; all zeroes is a valid value.
         let mut address: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: getsockname on the listener's descriptor into a local sockaddr_vm of `len` bytes.
         let rc = unsafe {
             libc::getsockname(
                 listener.listener.as_raw_fd(),
@@ -509,7 +510,7 @@ mod tests {
 
     /// Connects to `port` on `VMADDR_CID_LOCAL`; true when a transport carried it.
     fn loopback_connects(port: u32) -> bool {
-        // SAFETY (test): a socket we own, connected to a local sockaddr_vm, then closed.
+        // SAFETY: a socket we own, connected to a local sockaddr_vm, then closed.
         unsafe {
             let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             if fd < 0 {

@@ -105,6 +105,11 @@ impl Spawner {
         }
     }
 
+    /// Makes the jail's mounts private, mounts its private root and enters it.
+    ///
+    /// # Safety
+    /// Only in the single-threaded child between `fork` and `exec`, in a mount namespace of its
+    /// own: it mounts and changes root without regard to other threads.
     unsafe fn build_root(&self) -> io::Result<()> {
         // SAFETY: system calls on descriptors and NUL-terminated strings owned by `self` or
         // this frame, made in the single-threaded child between fork and exec (the caller's
@@ -133,6 +138,11 @@ impl Spawner {
         }
     }
 
+    /// Drops to the jail's uid and gid with no supplementary groups and sets `no_new_privs`.
+    ///
+    /// # Safety
+    /// Only in the single-threaded child between `fork` and `exec`: changing ids with threads
+    /// alive would leave them with the old ones.
     unsafe fn drop_privileges(&self) -> io::Result<()> {
         // SAFETY: system calls on descriptors and NUL-terminated strings owned by `self` or
         // this frame, made in the single-threaded child between fork and exec (the caller's
@@ -150,6 +160,10 @@ impl Spawner {
 
 /// The waiter: closes everything but `keep` (in particular std's exec-status pipe, so the parent
 /// learns of QEMU's exec, not the waiter's exit), waits for `child` and exits with its status.
+///
+/// # Safety
+/// Only in the single-threaded child between `fork` and `exec`, with `child` a pid it forked: it
+/// closes descriptors it does not own and never returns.
 unsafe fn wait_and_exit(child: libc::pid_t, keep: libc::c_int) -> ! {
     // SAFETY: system calls on descriptors and NUL-terminated strings owned by `self` or
     // this frame, made in the single-threaded child between fork and exec (the caller's
