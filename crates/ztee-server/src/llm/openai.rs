@@ -298,11 +298,6 @@ impl StreamRewriter for OpenAiStream {
         let Ok(mut chunk) = serde_json::from_str::<Value>(&event.data) else {
             return vec![outbound_raw_event(&self.scanner, event, &mut self.loose)];
         };
-        for key in ["id", "created", "model", "system_fingerprint"] {
-            if let Some(v) = chunk.get(key) {
-                self.template[key] = v.clone();
-            }
-        }
         let mut choices = match chunk.get_mut("choices").map(Value::take) {
             Some(Value::Array(c)) => c,
             _ => Vec::new(),
@@ -367,6 +362,12 @@ impl StreamRewriter for OpenAiStream {
             &streamed,
             &mut self.loose,
         );
+        // Kept for the chunks `finish` adds, as masked.
+        for key in ["id", "created", "model", "system_fingerprint"] {
+            if let Some(v) = chunk.get(key) {
+                self.template[key] = v.clone();
+            }
+        }
         vec![SseEvent {
             event: event.event,
             data: chunk.to_string(),
