@@ -30,6 +30,7 @@ pub mod http;
 
 pub use crate::crypto::{EncryptionKey, KeyedHasher};
 pub use crate::detect::card::{luhn_valid, CardBrand};
+pub use crate::detect::exact::ExactValues;
 pub use crate::entity::Entity;
 pub use crate::error::DlpError;
 pub use crate::finding::Finding;

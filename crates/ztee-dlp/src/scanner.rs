@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
 use crate::detect::digits::{self, DigitEntities};
-use crate::detect::exact::ExactSecrets;
+use crate::detect::exact::{ExactSecrets, ExactValues};
 use crate::detect::near;
 use crate::detect::network;
 use crate::detect::patterns::Patterns;
@@ -119,9 +119,20 @@ impl Scanner {
         Ok(self.scan_filtered(text, set, threshold))
     }
 
+    /// Like [`Scanner::scan`], and also reports the exact values of one scope (one sandbox):
+    /// the shared detectors plus that scope's values, never another scope's.
+    pub fn scan_scoped(&self, text: &str, exact: &ExactValues) -> Vec<Finding> {
+        let candidates = self.candidates(text, self.enabled, 0, Some(exact));
+        to_findings(text, candidates, self.threshold)
+    }
+
     /// Registers a secret value: from now on every scan reports it (and its base64, hex and
     /// URL-encoded forms) as `SECRET` with rule id `secret.exact:<name>`. Re-registering a name
     /// replaces its value.
+    ///
+    /// Every caller of this scanner is then matched against the value, and can learn whether a
+    /// guess is registered by scanning it: use this only for a scanner that serves one principal.
+    /// A scanner shared between tenants keeps per-sandbox values in an [`ExactValues`] instead.
     pub fn register_secret(&self, name: &str, value: &[u8]) -> Result<(), DlpError> {
         self.exact.register(name, value)
     }
@@ -142,12 +153,18 @@ impl Scanner {
     }
 
     fn scan_filtered(&self, text: &str, set: EntitySet, threshold: f64) -> Vec<Finding> {
-        let candidates = self.candidates(text, set, 0);
+        let candidates = self.candidates(text, set, 0, None);
         to_findings(text, candidates, threshold)
     }
 
     /// Scored candidates (context applied), not yet filtered by threshold.
-    pub(crate) fn candidates(&self, text: &str, set: EntitySet, depth: usize) -> Vec<Candidate> {
+    pub(crate) fn candidates(
+        &self,
+        text: &str,
+        set: EntitySet,
+        depth: usize,
+        scoped: Option<&ExactValues>,
+    ) -> Vec<Candidate> {
         let mut out = Vec::new();
         let near_wanted = set.has(Entity::CardExpiry) || set.has(Entity::CardVerificationCode);
         let want_digits = DigitEntities {
@@ -197,6 +214,9 @@ impl Scanner {
         if set.has(Entity::Secret) && !self.exact.is_empty() {
             self.exact.scan(text, &mut out);
         }
+        if let Some(scoped) = scoped.filter(|s| set.has(Entity::Secret) && !s.is_empty()) {
+            scoped.scan(text, &mut out);
+        }
         out.retain(|c| set.has(c.entity));
         for c in &mut out {
             c.score = self.context.adjust(text, c);
@@ -205,7 +225,7 @@ impl Scanner {
             let Some(inner) = printable_text(&decoded) else {
                 continue;
             };
-            let mut inner_found = self.candidates(inner, set, depth + 1);
+            let mut inner_found = self.candidates(inner, set, depth + 1, scoped);
             inner_found.sort_by(|a, b| b.score.total_cmp(&a.score));
             let mut seen: Vec<Entity> = Vec::new();
             for c in inner_found {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::detect::digits::MAX_CARD_BYTES;
+use crate::detect::exact::ExactValues;
 use crate::entity::Entity;
 use crate::error::DlpError;
 use crate::finding::Finding;
@@ -30,6 +31,8 @@ pub const MAX_PENDING: usize = 64 * 1024;
 
 pub struct StreamScanner {
     scanner: Arc<Scanner>,
+    /// The exact values of the scope this stream belongs to (one sandbox's secrets).
+    exact: Option<Arc<ExactValues>>,
     operators: Operators,
     tokens: TokenMap,
     hold: usize,
@@ -51,11 +54,21 @@ impl StreamScanner {
         StreamScanner::with_tokens(scanner, operators, TokenMap::new())
     }
 
+    /// A stream of one scope (one sandbox's output): the shared detectors plus `exact`, the
+    /// values of that scope only.
+    pub fn scoped(scanner: Arc<Scanner>, operators: Operators, exact: Arc<ExactValues>) -> Self {
+        let mut stream = StreamScanner::with_tokens(scanner, operators, TokenMap::new());
+        stream.hold = stream.hold.max(exact.longest() + 16);
+        stream.exact = Some(exact);
+        stream
+    }
+
     /// Tokenizes with an existing map, e.g. the one used for the request this stream answers.
     pub fn with_tokens(scanner: Arc<Scanner>, operators: Operators, tokens: TokenMap) -> Self {
         let hold = DEFAULT_HOLD.max(scanner.longest_exact_secret() + 16);
         StreamScanner {
             scanner,
+            exact: None,
             operators,
             tokens,
             hold,
@@ -132,7 +145,10 @@ impl StreamScanner {
         let base = self.lookbehind.len();
         let mut text = std::mem::take(&mut self.lookbehind);
         text.push_str(&self.pending);
-        let mut findings = self.scanner.scan(&text);
+        let mut findings = match &self.exact {
+            Some(exact) => self.scanner.scan_scoped(&text, exact),
+            None => self.scanner.scan(&text),
+        };
 
         let mut key_block_until = None;
         if self.in_key_block {

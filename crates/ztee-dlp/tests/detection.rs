@@ -728,3 +728,69 @@ fn comma_separated_values_keep_their_own_entities() {
         vec!["4111,1111,1111,1111"]
     );
 }
+
+/// Values of one scope are found only by the scans given that scope: a plain scan (what the DLP
+/// API serves every caller) and another scope's scan do not know them.
+#[test]
+fn scoped_values_are_found_only_in_their_scope() {
+    use base64::Engine as _;
+    use std::sync::Arc;
+    let s = Arc::new(scanner());
+    let value = "Pa55:w0rd/with spaces";
+    let mine = ztee_dlp::ExactValues::new([("sandbox/0", value.as_bytes())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let theirs = ztee_dlp::ExactValues::new([("sandbox/0", b"other-value-123".as_slice())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!format!("{mine:?}").contains("Pa55"), "{mine:?}");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    for form in [value.to_string(), b64.clone(), hex::encode(value)] {
+        let text = format!("out: {form} end");
+        let hits: Vec<_> = s
+            .scan_scoped(&text, &mine)
+            .into_iter()
+            .filter(|f| f.rule_id == "secret.exact:sandbox/0")
+            .collect();
+        assert_eq!(hits.len(), 1, "{form}: {hits:?}");
+        assert_eq!(&text[hits[0].byte_start..hits[0].byte_end], form.as_str());
+        assert!(s
+            .scan(&text)
+            .iter()
+            .all(|f| f.entity_type != Entity::Secret));
+        assert!(s
+            .scan_scoped(&text, &theirs)
+            .iter()
+            .all(|f| f.entity_type != Entity::Secret));
+    }
+    // Padded base64 is one finding, the padded form: not the unpadded one besides.
+    let short = ztee_dlp::ExactValues::new([("sandbox/1", b"abcdefg".as_slice())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = "x YWJjZGVmZw== y";
+    let f = s.scan_scoped(text, &short);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(&text[f[0].byte_start..f[0].byte_end], "YWJjZGVmZw==");
+
+    // A stream of the scope masks the value split across chunks; a plain stream does not.
+    let ops = ztee_dlp::Operators::new(ztee_dlp::Operator::Redact);
+    let mut scoped = ztee_dlp::StreamScanner::scoped(s.clone(), ops.clone(), Arc::new(mine));
+    let mut plain = ztee_dlp::StreamScanner::new(s.clone(), ops);
+    let (mut a, mut b) = (String::new(), String::new());
+    for chunk in ["x Pa55:w0", "rd/with sp", "aces y"] {
+        a.push_str(&scoped.feed(chunk).unwrap_or_else(|e| panic!("{e}")));
+        b.push_str(&plain.feed(chunk).unwrap_or_else(|e| panic!("{e}")));
+    }
+    a.push_str(&scoped.finish().unwrap_or_else(|e| panic!("{e}")));
+    b.push_str(&plain.finish().unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        !a.contains("Pa55") && a.starts_with("x ") && a.ends_with(" y"),
+        "{a}"
+    );
+    assert_eq!(b, format!("x {value} y"));
+
+    assert!(ztee_dlp::ExactValues::new([("short", b"abc".as_slice())]).is_err());
+    assert!(ztee_dlp::ExactValues::new([("bad name!", b"abcdefgh".as_slice())]).is_err());
+    assert!(ztee_dlp::ExactValues::new([
+        ("a", b"abcdefgh".as_slice()),
+        ("a", b"ijklmnop".as_slice())
+    ])
+    .is_err());
+}

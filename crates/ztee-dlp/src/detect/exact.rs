@@ -1,6 +1,11 @@
 //! Exact values registered at run time (secrets the broker injects into sandboxes), found in their
 //! raw form and the encodings programs commonly print them in: base64 (standard and URL-safe,
 //! with or without padding), hex (both cases) and URL encoding.
+//!
+//! Two holders: [`ExactSecrets`], registered on a [`crate::Scanner`] and matched by every scan it
+//! makes (for a scanner that serves one principal, such as the CLI's run), and [`ExactValues`],
+//! the values of one scope (one sandbox of a multi-tenant gateway), matched only by the scans
+//! that are handed that scope, so no other caller can test a guess against them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -173,5 +178,111 @@ impl ExactSecrets {
                 rule: RuleId::Owned(rule.to_string()),
             });
         }
+    }
+}
+
+/// The exact values of one scope (one sandbox), in every encoding [`ExactSecrets`] knows, matched
+/// only by the scans given this set ([`crate::Scanner::scan_scoped`],
+/// [`crate::StreamScanner::scoped`]). Immutable once built; every copy of a value it holds is
+/// wiped when it is dropped. `Debug` shows names, never values.
+pub struct ExactValues {
+    /// Every encoded form with the rule id (`secret.exact:<name>`) it is reported under.
+    forms: Vec<(Zeroizing<Vec<u8>>, Arc<str>)>,
+    names: Vec<String>,
+    longest: usize,
+}
+
+impl ExactValues {
+    /// Builds the set from `(name, value)` pairs. Names follow the same rules as
+    /// [`crate::Scanner::register_secret`]: 1-64 characters of `A-Za-z0-9_-./`, unique; values
+    /// must be at least [`MIN_SECRET_LEN`] bytes.
+    pub fn new<'a>(
+        values: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<ExactValues, DlpError> {
+        let mut forms = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for (name, value) in values {
+            if !valid_name(name) || names.iter().any(|n| n == name) {
+                return Err(DlpError::SecretName(name.chars().take(64).collect()));
+            }
+            if value.len() < MIN_SECRET_LEN {
+                return Err(DlpError::SecretTooShort {
+                    name: name.to_string(),
+                    len: value.len(),
+                    min: MIN_SECRET_LEN,
+                });
+            }
+            let rule: Arc<str> = Arc::from(format!("secret.exact:{name}"));
+            for form in encodings(value) {
+                forms.push((form, rule.clone()));
+            }
+            names.push(name.to_string());
+        }
+        let longest = forms.iter().map(|(f, _)| f.len()).max().unwrap_or(0);
+        Ok(ExactValues {
+            forms,
+            names,
+            longest,
+        })
+    }
+
+    /// Names of the values (never the values).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.forms.is_empty()
+    }
+
+    /// Length in bytes of the longest encoded form.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// Leftmost-longest, non-overlapping matches, as [`ExactSecrets::scan`] reports them. Plain
+    /// substring search per form (a scope holds a few dozen forms at most), so no search
+    /// structure keeps a copy of a value that could not be wiped.
+    pub(crate) fn scan(&self, text: &str, out: &mut Vec<Candidate>) {
+        let bytes = text.as_bytes();
+        let mut found: Vec<(usize, usize, &Arc<str>)> = Vec::new();
+        for (form, rule) in &self.forms {
+            let finder = memchr::memmem::Finder::new(form.as_slice());
+            found.extend(
+                finder
+                    .find_iter(bytes)
+                    .map(|start| (start, start + form.len(), rule)),
+            );
+        }
+        // Leftmost first; at one start the longest form (padded base64 over unpadded) wins.
+        found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut taken_until = 0;
+        for (mut start, mut end, rule) in found {
+            if start < taken_until {
+                continue;
+            }
+            taken_until = end;
+            while start > 0 && !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            while end < text.len() && !text.is_char_boundary(end) {
+                end += 1;
+            }
+            out.push(Candidate {
+                entity: Entity::Secret,
+                start,
+                end,
+                score: 1.0,
+                rule: RuleId::Owned(rule.to_string()),
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for ExactValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExactValues")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
     }
 }
