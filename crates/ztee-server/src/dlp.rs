@@ -51,21 +51,57 @@ pub trait DlpEngine: Send + Sync + 'static {
     fn redact(&self, text: &str) -> Redacted;
     /// A redactor for output that arrives in chunks, where a card number may span two chunks.
     fn stream(&self) -> Box<dyn StreamRedactor>;
-    /// Redacts `value` (and its base64, hex and URL-encoded forms) exactly from everything this
-    /// engine scans from now on, under the registration `id`. An engine that cannot do this
-    /// refuses, and the gateway then refuses to inject secrets.
-    fn register_secret(&self, id: &str, value: &[u8]) -> Result<(), String> {
-        let _ = (id, value);
+    /// The exact values of one sandbox (its leased secrets) as a [`SecretScope`]: found, with
+    /// their base64, hex and URL-encoded forms, only by the scans given that scope
+    /// ([`DlpEngine::redact_in`], [`DlpEngine::stream_for`]), never by [`DlpEngine::scan`],
+    /// [`DlpEngine::redact`], the DLP API or another sandbox's output. An engine that cannot do
+    /// this refuses, and the gateway then refuses to inject secrets.
+    fn secret_scope(&self, values: &[(&str, &[u8])]) -> Result<SecretScope, String> {
+        let _ = values;
         Err("this DLP engine cannot redact exact secret values".into())
     }
-    /// Ends a registration made by `register_secret`.
-    fn unregister_secret(&self, id: &str) {
-        let _ = id;
-    }
+    /// [`DlpEngine::redact`] for one sandbox's output: the shared detectors plus `scope`.
+    fn redact_in(&self, scope: Option<&SecretScope>, text: &str) -> Redacted;
+    /// [`DlpEngine::scan`] for one sandbox's output: the shared detectors plus `scope`.
+    fn scan_in(&self, scope: Option<&SecretScope>, text: &str) -> Vec<String>;
+    /// [`DlpEngine::stream`] for one sandbox's output: the shared detectors plus `scope`.
+    fn stream_for(&self, scope: Option<&SecretScope>) -> Box<dyn StreamRedactor>;
 
     /// The `ztee-dlp` scanner behind this engine, for stages that tokenize (the LLM proxy).
     fn ztee_scanner(&self) -> Option<std::sync::Arc<ztee_dlp::Scanner>> {
         None
+    }
+}
+
+/// The exact secret values of one sandbox, for masking that sandbox's output and nothing else.
+/// Created when its secrets are leased, held by the sandbox (and by each output stream still
+/// running), and wiped from memory when the last holder drops it. Cloning shares it. `Debug`
+/// never shows a value.
+#[derive(Clone)]
+pub struct SecretScope {
+    values: std::sync::Arc<ztee_dlp::ExactValues>,
+}
+
+impl SecretScope {
+    /// `(name, value)` pairs; see [`ztee_dlp::ExactValues::new`] for what is refused.
+    pub fn new(values: &[(&str, &[u8])]) -> Result<SecretScope, ztee_dlp::DlpError> {
+        let values = ztee_dlp::ExactValues::new(values.iter().copied())?;
+        Ok(SecretScope {
+            values: std::sync::Arc::new(values),
+        })
+    }
+
+    /// The values, for an engine built on `ztee-dlp`.
+    pub fn exact_values(&self) -> &std::sync::Arc<ztee_dlp::ExactValues> {
+        &self.values
+    }
+}
+
+impl std::fmt::Debug for SecretScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretScope")
+            .field("names", &self.values.names())
+            .finish()
     }
 }
 

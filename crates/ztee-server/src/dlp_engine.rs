@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ztee_dlp::{anonymize, MaskStyle, Operator, Operators, Scanner, ScannerConfig, StreamScanner};
 
-use crate::dlp::{DlpEngine, Redacted, RedactionCounts, StreamRedactor};
+use crate::dlp::{DlpEngine, Redacted, RedactionCounts, SecretScope, StreamRedactor};
 
 pub struct ZteeDlp {
     scanner: Arc<Scanner>,
@@ -43,7 +43,14 @@ impl DlpEngine for ZteeDlp {
     }
 
     fn redact(&self, text: &str) -> Redacted {
-        let findings = self.scanner.scan(text);
+        self.redact_in(None, text)
+    }
+
+    fn redact_in(&self, scope: Option<&SecretScope>, text: &str) -> Redacted {
+        let findings = match scope {
+            Some(scope) => self.scanner.scan_scoped(text, scope.exact_values()),
+            None => self.scanner.scan(text),
+        };
         if findings.is_empty() {
             return Redacted {
                 text: text.to_owned(),
@@ -69,25 +76,43 @@ impl DlpEngine for ZteeDlp {
         }
     }
 
+    fn scan_in(&self, scope: Option<&SecretScope>, text: &str) -> Vec<String> {
+        match scope {
+            Some(scope) => self
+                .scanner
+                .scan_scoped(text, scope.exact_values())
+                .into_iter()
+                .map(|f| f.entity_type.as_str().to_owned())
+                .collect(),
+            None => self.scan(text),
+        }
+    }
+
     fn ztee_scanner(&self) -> Option<Arc<Scanner>> {
         Some(self.scanner.clone())
     }
 
     fn stream(&self) -> Box<dyn StreamRedactor> {
+        self.stream_for(None)
+    }
+
+    fn stream_for(&self, scope: Option<&SecretScope>) -> Box<dyn StreamRedactor> {
+        let inner = match scope {
+            Some(scope) => StreamScanner::scoped(
+                self.scanner.clone(),
+                self.operators.clone(),
+                scope.exact_values().clone(),
+            ),
+            None => StreamScanner::new(self.scanner.clone(), self.operators.clone()),
+        };
         Box::new(ZteeStream {
-            inner: StreamScanner::new(self.scanner.clone(), self.operators.clone()),
+            inner,
             failed: false,
         })
     }
 
-    fn register_secret(&self, id: &str, value: &[u8]) -> Result<(), String> {
-        self.scanner
-            .register_secret(id, value)
-            .map_err(|e| e.to_string())
-    }
-
-    fn unregister_secret(&self, id: &str) {
-        self.scanner.unregister_secret(id);
+    fn secret_scope(&self, values: &[(&str, &[u8])]) -> Result<SecretScope, String> {
+        SecretScope::new(values).map_err(|e| e.to_string())
     }
 }
 
@@ -151,5 +176,36 @@ mod tests {
         assert!(!out.contains("4111111111111111"), "{out}");
         assert!(out.ends_with("now\n"), "{out}");
         assert_eq!(s.counts().get("CREDIT_CARD"), Some(&1));
+    }
+
+    #[test]
+    fn a_scope_masks_its_values_only_where_it_is_given() {
+        let dlp = ZteeDlp::new(ScannerConfig::default()).unwrap();
+        let value: &[u8] = b"s3cr3t-Value-42";
+        let scope = dlp.secret_scope(&[("sandbox/0", value)]).unwrap();
+        assert!(!format!("{scope:?}").contains("s3cr3t"));
+        let text = "say s3cr3t-Value-42 and czNjcjN0LVZhbHVlLTQy";
+        let r = dlp.redact_in(Some(&scope), text);
+        assert!(
+            !r.text.contains("s3cr3t") && !r.text.contains("czNjcjN0"),
+            "{}",
+            r.text
+        );
+        assert_eq!(r.counts.get("SECRET"), Some(&2));
+        assert_eq!(dlp.scan_in(Some(&scope), text), ["SECRET", "SECRET"]);
+        // Everything without the scope: the engine knows nothing of the value.
+        assert_eq!(dlp.redact(text).text, text);
+        assert!(dlp.scan(text).is_empty());
+        assert!(dlp.scanner().scan(text).is_empty());
+        let mut plain = dlp.stream();
+        let mut out = plain.push(text);
+        out.push_str(&plain.finish());
+        assert_eq!(out, text);
+        let mut scoped = dlp.stream_for(Some(&scope));
+        let mut out = scoped.push("say s3cr3t-Va");
+        out.push_str(&scoped.push("lue-42 end"));
+        out.push_str(&scoped.finish());
+        assert!(!out.contains("s3cr3t") && out.ends_with(" end"), "{out}");
+        assert!(dlp.secret_scope(&[("sandbox/0", b"abc")]).is_err());
     }
 }

@@ -22,7 +22,9 @@ use ztee_audit::{AuditEvent, ContentKey, EventType, Outcome};
 
 use crate::audit::{self, AuditSink};
 use crate::auth::Caller;
-use crate::dlp::{merge_counts, scan_fields, DlpEngine, RedactionCounts, StreamRedactor};
+use crate::dlp::{
+    merge_counts, scan_fields, DlpEngine, RedactionCounts, SecretScope, StreamRedactor,
+};
 use crate::error::ApiError;
 use crate::exec::{CommandResult, ExecSpec, Executor, OutputEvent, OutputStream, SandboxHandle};
 use crate::metrics::Metrics;
@@ -243,7 +245,8 @@ impl Pipeline {
         }))
     }
 
-    /// Stages 3-5 for a non-streaming call: run, mask the output, record, answer.
+    /// Stages 3-5 for a non-streaming call: run, mask the output, record, answer. `secrets` is
+    /// the scope of the sandbox's own secrets: its values are masked in this output only.
     pub async fn collect(
         &self,
         ctx: &ActionContext<'_>,
@@ -251,9 +254,10 @@ impl Pipeline {
         admitted: Admitted,
         timeout: std::time::Duration,
         max_output_bytes: usize,
+        secrets: Option<&SecretScope>,
     ) -> Result<CommandResult, ApiError> {
         let start = Instant::now();
-        let mut outbound = Outbound::new(self.dlp.as_ref());
+        let mut outbound = Outbound::new(self.dlp.as_ref(), secrets);
         let mut stream = self.execute(ctx, sandbox, &admitted, timeout).await?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
         let mut truncated = false;
@@ -299,13 +303,15 @@ impl Pipeline {
     }
 
     /// Stages 3-5 for a streaming call: every output chunk is masked before it is sent; the
-    /// final `exit` line is sent only after the audit event is durable.
+    /// final `exit` line is sent only after the audit event is durable. `secrets` is the scope
+    /// of the sandbox's own secrets, held until the stream ends.
     pub async fn stream(
         self: Arc<Self>,
         ctx: StreamContext,
         sandbox: Arc<dyn SandboxHandle>,
         admitted: Admitted,
         timeout: std::time::Duration,
+        secrets: Option<SecretScope>,
         keep_alive: Box<dyn std::any::Any + Send>,
     ) -> Result<tokio::sync::mpsc::Receiver<serde_json::Value>, ApiError> {
         let action = ctx.as_action();
@@ -320,7 +326,7 @@ impl Pipeline {
             // Whatever the caller needs released after the stream (a one-shot VM) goes last.
             let _keep_alive = keep_alive;
             let start = Instant::now();
-            let mut outbound = Outbound::new(pipeline.dlp.as_ref());
+            let mut outbound = Outbound::new(pipeline.dlp.as_ref(), secrets.as_ref());
             let mut output_digest = pipeline.content_key.hasher();
             let mut exit = (None, false);
             let mut client_gone = false;
@@ -545,10 +551,12 @@ pub struct Released {
 }
 
 impl Outbound {
-    pub fn new(dlp: &dyn DlpEngine) -> Self {
+    /// The outbound stage of one sandbox's command: the shared detectors plus the exact values
+    /// of that sandbox's secrets (`secrets`), never another sandbox's.
+    pub fn new(dlp: &dyn DlpEngine, secrets: Option<&SecretScope>) -> Self {
         Self {
             carry: [Utf8Carry::default(), Utf8Carry::default()],
-            redactor: dlp.stream(),
+            redactor: dlp.stream_for(secrets),
             fed: None,
             routed: OutputStreamKind::Stdout,
         }
@@ -663,7 +671,7 @@ mod outbound_tests {
 
     fn run(chunks: &[(bool, &str)]) -> (String, String, RedactionCounts) {
         let dlp = ZteeDlp::new(Default::default()).unwrap();
-        let mut outbound = Outbound::new(&dlp);
+        let mut outbound = Outbound::new(&dlp, None);
         let mut all = Released::default();
         for (is_stdout, text) in chunks {
             all.append(if *is_stdout {
@@ -689,7 +697,10 @@ mod outbound_tests {
         ]);
         // Unmasked, the two streams together would hold all sixteen digits.
         let both = format!("{out}{err}");
-        assert!(!digits(&both).contains("4111111111111111"), "{out:?} {err:?}");
+        assert!(
+            !digits(&both).contains("4111111111111111"),
+            "{out:?} {err:?}"
+        );
         assert!(both.contains('*'), "{out:?} {err:?}");
         assert_eq!(counts.get("CREDIT_CARD"), Some(&1), "{counts:?}");
         assert!(out.starts_with("card: "), "{out:?}");

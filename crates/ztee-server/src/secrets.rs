@@ -5,9 +5,11 @@
 //! request.secrets ["NAME" | "NAME=ENVVAR"]
 //!   -> policy: action secret.use, request.secrets = names      (deny -> 403, audited)
 //!   -> broker.lease (built-in store / Vault KV / Vault dynamic) (failure -> 4xx/503, audited)
-//!   -> DLP: every value registered for exact redaction (raw, base64, hex, URL forms)
+//!   -> DLP: the values become the sandbox's SecretScope (raw, base64, hex, URL forms), which
+//!      masks that sandbox's output only: the DLP API, inbound scans and every other sandbox
+//!      never consult it, so nobody can test a guess against a live secret
 //!   -> guest: /run/secrets/NAME (0400, tmpfs, sandbox user) and ENVVAR of the commands
-//!   -> sandbox ends: InjectedSecrets dropped -> DLP registrations removed, dynamic leases revoked
+//!   -> sandbox ends: InjectedSecrets dropped -> scope wiped, dynamic leases revoked
 //! ```
 //! Secret values are added to a command's environment only after inbound DLP and policy have
 //! run, so they never appear in policy input, findings or the audit digest of the request.
@@ -21,7 +23,7 @@ use ztee_secrets::{Lease, SecretBroker, SecretError, SecretRequest};
 
 use crate::audit;
 use crate::auth::Caller;
-use crate::dlp::DlpEngine;
+use crate::dlp::SecretScope;
 use crate::error::ApiError;
 use crate::exec::{ExecError, SandboxHandle};
 use crate::policy::DecisionKind;
@@ -58,18 +60,18 @@ pub fn check_requests(requests: &[SecretRequest]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Secrets injected into one sandbox. Dropping it removes the values from DLP and ends the
-/// backend lease (dynamic secrets are revoked), so it must live exactly as long as the sandbox
-/// and every output stream of it.
+/// Secrets injected into one sandbox. Dropping it ends the backend lease (dynamic secrets are
+/// revoked) and its hold on the DLP scope (wiped once no output stream holds it either), so it
+/// must live exactly as long as the sandbox and every output stream of it.
 pub struct InjectedSecrets {
     inner: Option<Inner>,
 }
 
 struct Inner {
     broker: Arc<SecretBroker>,
-    dlp: Arc<dyn DlpEngine>,
     lease: Lease,
-    dlp_ids: Vec<String>,
+    /// The values as the DLP engine masks them in this sandbox's output.
+    scope: SecretScope,
 }
 
 impl InjectedSecrets {
@@ -84,6 +86,11 @@ impl InjectedSecrets {
             }
         }
         env
+    }
+
+    /// The scope that masks these values in the sandbox's output, and nowhere else.
+    pub fn scope(&self) -> Option<SecretScope> {
+        self.inner.as_ref().map(|inner| inner.scope.clone())
     }
 
     /// What was injected: names and environment variables, never values.
@@ -126,14 +133,7 @@ impl InjectedSecrets {
 }
 
 impl Inner {
-    fn unregister(&self) {
-        for id in &self.dlp_ids {
-            self.dlp.unregister_secret(id);
-        }
-    }
-
     async fn finish(self) {
-        self.unregister();
         let Inner { broker, lease, .. } = self;
         if lease.backend_leases() > 0 {
             broker.release(lease).await;
@@ -146,7 +146,6 @@ impl Drop for InjectedSecrets {
         let Some(inner) = self.inner.take() else {
             return;
         };
-        inner.unregister();
         if inner.lease.backend_leases() == 0 {
             return;
         }
@@ -244,40 +243,69 @@ pub async fn checkout(
             return Err(lease_error(e));
         }
     };
-    let mut injected = InjectedSecrets {
-        inner: Some(Inner {
-            broker,
-            dlp: pipeline.dlp.clone(),
-            lease,
-            dlp_ids: Vec::new(),
-        }),
-    };
-    let registration = uuid::Uuid::new_v4().simple().to_string();
-    if let Some(inner) = injected.inner.as_mut() {
-        for (i, s) in inner.lease.secrets.iter().enumerate() {
-            if s.request.env.is_some() && s.value.expose_str().is_none() {
-                let name = s.request.name.to_string();
-                drop(injected);
-                audit_all(Outcome::Failure).await?;
-                return Err(ApiError::bad_request(format!(
-                    "secret {name} is not UTF-8 text and cannot be an environment variable; \
-                     request it without =ENVVAR to get it as /run/secrets/{name}"
-                )));
-            }
-            let id = format!("lease/{}/{i}", &registration[..16]);
-            if let Err(why) = pipeline.dlp.register_secret(&id, s.value.expose()) {
-                let name = s.request.name.to_string();
-                drop(injected);
-                audit_all(Outcome::Failure).await?;
-                return Err(ApiError::bad_request(format!(
-                    "secret {name} cannot be redacted from outputs, so it is not injected: {why}"
-                )));
-            }
-            inner.dlp_ids.push(id);
+    // Checked before anything is kept: a value that cannot be an environment variable, or that
+    // cannot be masked, is not injected at all. Errors name the secret, never its value.
+    for s in &lease.secrets {
+        if s.request.env.is_some() && s.value.expose_str().is_none() {
+            let name = s.request.name.to_string();
+            release_now(&broker, lease).await;
+            audit_all(Outcome::Failure).await?;
+            return Err(ApiError::bad_request(format!(
+                "secret {name} is not UTF-8 text and cannot be an environment variable; \
+                 request it without =ENVVAR to get it as /run/secrets/{name}"
+            )));
         }
     }
+    let ids: Vec<String> = (0..lease.secrets.len())
+        .map(|i| format!("sandbox/{i}"))
+        .collect();
+    let values: Vec<(&str, &[u8])> = ids
+        .iter()
+        .zip(&lease.secrets)
+        .map(|(id, s)| (id.as_str(), s.value.expose()))
+        .collect();
+    let scope = pipeline.dlp.secret_scope(&values);
+    drop(values);
+    let scope = match scope {
+        Ok(scope) => scope,
+        Err(why) => {
+            // Which secret: the first one the engine would not take on its own.
+            let name = lease
+                .secrets
+                .iter()
+                .find(|s| {
+                    pipeline
+                        .dlp
+                        .secret_scope(&[("sandbox/0", s.value.expose())])
+                        .is_err()
+                })
+                .map_or_else(
+                    || "of this request".to_owned(),
+                    |s| s.request.name.to_string(),
+                );
+            release_now(&broker, lease).await;
+            audit_all(Outcome::Failure).await?;
+            return Err(ApiError::bad_request(format!(
+                "secret {name} cannot be redacted from outputs, so it is not injected: {why}"
+            )));
+        }
+    };
+    let injected = InjectedSecrets {
+        inner: Some(Inner {
+            broker,
+            lease,
+            scope,
+        }),
+    };
     audit_all(Outcome::Success).await?;
     Ok(Some(injected))
+}
+
+/// Ends a lease that is not used (its dynamic credentials are revoked).
+async fn release_now(broker: &Arc<SecretBroker>, lease: Lease) {
+    if lease.backend_leases() > 0 {
+        broker.release(lease).await;
+    }
 }
 
 fn lease_error(e: SecretError) -> ApiError {

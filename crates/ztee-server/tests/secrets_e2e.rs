@@ -32,7 +32,8 @@ fn policy_with_grants() -> Arc<dyn ztee_server::policy::PolicyEngine> {
         {"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]},
         {"secret": "API_TOKEN", "tenants": ["acme"], "roles": ["agent"]},
         {"secret": "SHORT", "tenants": ["acme"]},
-        {"secret": "NOT_STORED", "tenants": ["acme"]}
+        {"secret": "NOT_STORED", "tenants": ["acme"]},
+        {"secret": "TEAM_TOKEN", "tenants": ["acme"]}
     ]);
     std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
     let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
@@ -229,7 +230,13 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
         .unwrap();
     assert_clean("GET /v1/sandboxes/{id}", &shown);
     assert!(shown.contains("\"API_TOKEN\""), "{shown}");
-    assert_eq!(scanner.secret_names().len(), 1);
+    // The value masks this sandbox's output only: the shared scanner (the DLP API, every other
+    // caller) never holds it.
+    assert!(
+        scanner.secret_names().is_empty(),
+        "{:?}",
+        scanner.secret_names()
+    );
     let cmd_url = format!("{}/v1/sandboxes/{id}/commands", gw.url);
     let r: serde_json::Value = c
         .post(&cmd_url)
@@ -270,8 +277,8 @@ async fn secrets_reach_the_vm_redacted_everywhere_and_end_with_the_sandbox() {
     let r = gw.delete(&acme, &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(r.status(), 204);
     assert!(
-        scanner.secret_names().is_empty(),
-        "the DLP registration ends with the sandbox"
+        gw.state.sandboxes.get(&id).is_none(),
+        "the sandbox, its lease and its DLP scope are gone"
     );
 
     // A new sandbox has no trace of the earlier secrets.
@@ -528,4 +535,153 @@ async fn a_dynamic_vault_lease_is_revoked_when_the_sandbox_ends() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(*revoked.lock().unwrap(), ["database/creds/readonly/abc123"]);
+}
+
+/// A gateway with the built-in store, the grants above and the echo engine (no VM).
+async fn echo_gateway(key_var: &str) -> (Gateway, Arc<EchoExecutor>) {
+    std::env::set_var(
+        key_var,
+        ztee_secrets::MasterKey::generate().to_text().as_str(),
+    );
+    let executor = Arc::new(EchoExecutor::default());
+    let gw = Gateway::start_with_policy(
+        secrets_config(key_var),
+        executor.clone(),
+        tempfile::tempdir().unwrap(),
+        Some(policy_with_grants()),
+    )
+    .await;
+    for (name, value) in [("DB_PASSWORD", DB_PASSWORD), ("TEAM_TOKEN", API_TOKEN)] {
+        let r = client()
+            .put(format!("{}/v1/secrets/{name}", gw.url))
+            .bearer_auth(&gw.admin_key)
+            .json(&json!({ "value": value }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{name}");
+    }
+    (gw, executor)
+}
+
+async fn create_sandbox(gw: &Gateway, key: &str, secrets: serde_json::Value) -> String {
+    let r = gw
+        .post(key, "/v1/sandboxes", &json!({ "secrets": secrets }))
+        .await;
+    assert_eq!(r.status(), 201, "{secrets}");
+    r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A leased value is masked in the output of the sandbox that holds it, and nowhere else: the
+/// DLP API and other sandboxes' traffic are not an oracle for it (guess a value, see whether it
+/// is flagged), and another tenant's own text is not rewritten because of it.
+#[tokio::test]
+async fn a_sandbox_secret_is_masked_only_in_that_sandbox() {
+    let (gw, _executor) = echo_gateway("ZTEE_TEST_MASTER_KEY_SCOPE").await;
+    let acme = gw.key("acme", "agent");
+    let globex = gw.key("globex", "agent");
+    let holder = create_sandbox(&gw, &acme, json!(["DB_PASSWORD=ERR"])).await;
+
+    // The holder's own output: the value is masked on stderr (the echo engine prints ERR there)
+    // and on stdout, and in a file read back.
+    let r: serde_json::Value = gw
+        .post_json(
+            &acme,
+            &format!("/v1/sandboxes/{holder}/commands"),
+            &json!({"cmd": ["echo", "hello"]}),
+        )
+        .await;
+    assert_eq!(r["stderr"], "stderr: **-****/****+**** ******&****", "{r}");
+    let r = gw
+        .get(
+            &acme,
+            &format!("/v1/sandboxes/{holder}/files?path=/run/secrets/DB_PASSWORD"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(DB_PASSWORD), "{body}");
+    assert_eq!(body, "**-****/****+**** ******&****");
+
+    // Another tenant asks the DLP API whether its guess is flagged: it is not.
+    let r = gw
+        .post(
+            &globex,
+            "/v1/dlp/analyze",
+            &json!({"text": format!("guess: {DB_PASSWORD}"), "language": "en"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let found: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["entity_type"] != "SECRET"),
+        "the DLP API reveals that a guess is a live secret: {found}"
+    );
+
+    // Another tenant's own command carrying the same text: admitted (not flagged inbound) and
+    // its output not rewritten.
+    let other = create_sandbox(&gw, &globex, json!([])).await;
+    let r = gw
+        .post(
+            &globex,
+            &format!("/v1/sandboxes/{other}/commands"),
+            &json!({"cmd": ["echo", DB_PASSWORD]}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "another tenant's command is judged by A's secret"
+    );
+    let r: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(r["stdout"], DB_PASSWORD, "{r}");
+    assert!(r["redactions"].as_object().unwrap().is_empty(), "{r}");
+    // A one-shot run of the same tenant is not masked by the holder's lease either.
+    let r: serde_json::Value = gw
+        .post_json(&acme, "/v1/run", &json!({"cmd": ["echo", DB_PASSWORD]}))
+        .await;
+    assert_eq!(r["stdout"], DB_PASSWORD, "{r}");
+
+    // The holder still masks the value however it reaches its output.
+    let r: serde_json::Value = gw
+        .post_json(
+            &acme,
+            &format!("/v1/sandboxes/{holder}/commands"),
+            &json!({"cmd": ["echo", DB_PASSWORD]}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "**-****/****+**** ******&****", "{r}");
+    assert!(r["redactions"]["SECRET"].as_u64().unwrap() >= 2, "{r}");
+    let streamed = client()
+        .post(format!("{}/v1/sandboxes/{holder}/commands", gw.url))
+        .bearer_auth(&acme)
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"cmd": ["echo", DB_PASSWORD]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(streamed.contains("\"exit\""), "{streamed}");
+    assert!(!streamed.contains(DB_PASSWORD), "{streamed}");
+
+    // Once the sandbox is gone, nothing is masked for its old value anywhere.
+    let r = gw.delete(&acme, &format!("/v1/sandboxes/{holder}")).await;
+    assert_eq!(r.status(), 204);
+    let r: serde_json::Value = gw
+        .post_json(
+            &globex,
+            &format!("/v1/sandboxes/{other}/commands"),
+            &json!({"cmd": ["echo", DB_PASSWORD]}),
+        )
+        .await;
+    assert_eq!(r["stdout"], DB_PASSWORD, "{r}");
 }

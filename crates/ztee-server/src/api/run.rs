@@ -290,7 +290,8 @@ async fn run_once(
                 handle,
                 admitted,
                 limit,
-                // The VM goes first, then the secrets' DLP registrations and leases.
+                injected.as_ref().and_then(|s| s.scope()),
+                // The VM goes first, then the secrets' leases.
                 Box::new((one_shot, injected)),
             )
             .await?;
@@ -298,7 +299,14 @@ async fn run_once(
     }
     let result = state
         .pipeline
-        .collect(&ctx, handle.as_ref(), admitted, limit, l.max_output_bytes)
+        .collect(
+            &ctx,
+            handle.as_ref(),
+            admitted,
+            limit,
+            l.max_output_bytes,
+            injected.as_ref().and_then(|s| s.scope()).as_ref(),
+        )
         .await;
     drop(handle);
     one_shot.finish().await;

@@ -545,6 +545,7 @@ async fn command_once(
             policy: ctx.policy,
         };
         let handle = sandbox.handle.clone();
+        let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
         let rx = state
             .pipeline
             .clone()
@@ -553,7 +554,8 @@ async fn command_once(
                 handle,
                 admitted,
                 limit,
-                // Keeps the sandbox's secrets registered with DLP until the stream ends.
+                scope,
+                // Keeps the sandbox's secrets leased until the stream ends.
                 Box::new(sandbox),
             )
             .await?;
@@ -567,6 +569,7 @@ async fn command_once(
             admitted,
             limit,
             state.config.limits.max_output_bytes,
+            sandbox.secrets.as_ref().and_then(|s| s.scope()).as_ref(),
         )
         .await?;
     Ok(CommandOutcome::Done(result))
@@ -674,14 +677,19 @@ pub async fn download(
             return Err(exec_error(e));
         }
     };
-    // Outbound DLP on the file: masked if text, refused if binary with findings.
+    // Outbound DLP on the file: masked if text, refused if binary with findings. The sandbox's
+    // own secrets are masked here, and nowhere else.
+    let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
     let (body, counts) = match std::str::from_utf8(&content) {
         Ok(text) => {
-            let r = state.pipeline.dlp.redact(text);
+            let r = state.pipeline.dlp.redact_in(scope.as_ref(), text);
             (Bytes::from(r.text), r.counts)
         }
         Err(_) => {
-            let found = state.pipeline.dlp.scan(&String::from_utf8_lossy(&content));
+            let found = state
+                .pipeline
+                .dlp
+                .scan_in(scope.as_ref(), &String::from_utf8_lossy(&content));
             if !found.is_empty() {
                 let event = state
                     .pipeline
