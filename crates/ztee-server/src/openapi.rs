@@ -87,12 +87,13 @@ fn approval_and_secret_paths() -> Value {
             "/v1/approvals/{id}/callback": {
                 "parameters": [id_param(),
                     {"name": "decision", "in": "query", "required": true, "schema": {"type": "string", "enum": ["approve", "deny"]}},
+                    {"name": "approver", "in": "query", "required": true, "schema": {"type": "string"}, "description": "The API key subject (`apikey:<id>`) the link was minted for; bound in the signature"},
                     {"name": "expires", "in": "query", "required": true, "schema": {"type": "integer"}},
                     {"name": "sig", "in": "query", "required": true, "schema": {"type": "string"}}],
-                "get": {"summary": "Decide with a signed link from a webhook (no API key: the HMAC signature is the credential)", "security": [],
-                        "responses": std_errors(json!({"200": {"description": "Decision recorded"}, "409": error_response("Not pending")}))},
-                "post": {"summary": "Same as GET, for workflow tools that POST", "security": [],
-                         "responses": std_errors(json!({"200": {"description": "Decision recorded"}, "409": error_response("Not pending")}))}
+                "get": {"summary": "Confirmation page for a signed decision link (HTML; decides nothing, since mail scanners and chat previews follow links)", "security": [],
+                        "responses": std_errors(json!({"200": {"description": "Confirmation page", "content": {"text/html": {}}}, "403": error_response("Bad or expired signature, or the approver's key is gone")}))},
+                "post": {"summary": "Decide in the named approver's name with a signed link (the HMAC signature is the credential; the approver's key must still be active)", "security": [],
+                         "responses": std_errors(json!({"200": {"description": "Decision recorded"}, "403": error_response("Bad or expired signature, the approver's key is gone, or the approver is the requester"), "409": error_response("Not pending, or already decided by this approver")}))}
             },
             "/v1/secrets": {
                 "get": {"summary": "List secret names in the built-in store and Vault mappings (admin; never values)",
