@@ -97,6 +97,10 @@ const PASSED: &[&str] = &[
     "content-type",
 ];
 
+/// Longest silence from an upstream MCP server within one answer. An answer may be a long event
+/// stream, so the whole exchange is not bounded, but a server that stops sending is.
+const UPSTREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
@@ -104,6 +108,7 @@ fn client() -> &'static reqwest::Client {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(UPSTREAM_IDLE)
             .build()
             .unwrap_or_default()
     })
