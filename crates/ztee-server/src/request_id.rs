@@ -2,14 +2,19 @@
 //!
 //! The id comes from the caller's `X-Request-ID` header when it is a sane token (so a caller can
 //! tie its own logs to ours), and is generated otherwise. Ids from callers are limited in length
-//! and character set because they end up in logs and the audit trail.
+//! and character set because they end up in logs and the audit trail, and an id that looks like a
+//! card number (a run of 13 or more digits) or holds anything the DLP engine finds is replaced by
+//! a generated one: it is neither echoed, logged nor recorded.
 
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::BodyExt;
 
+use crate::dlp::DlpEngine;
 use crate::error::ApiError;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -25,14 +30,22 @@ impl RequestId {
         Self(uuid::Uuid::new_v4().to_string())
     }
 
-    /// Accepts a caller-supplied id made of `[A-Za-z0-9._:-]`, 1 to 128 characters.
+    /// Accepts a caller-supplied id made of `[A-Za-z0-9._:-]`, 1 to 128 characters, without a
+    /// run of 13 or more digits (the length of a card number).
     pub fn from_caller(value: &str) -> Option<Self> {
         let ok = !value.is_empty()
             && value.len() <= MAX_LEN
             && value
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+            && !crate::audit::has_pan_like_digits(value);
         ok.then(|| Self(value.to_owned()))
+    }
+
+    /// [`RequestId::from_caller`], and refused when the DLP engine finds anything in it (a card
+    /// number written with separators, a secret).
+    pub fn from_caller_scanned(value: &str, dlp: &dyn DlpEngine) -> Option<Self> {
+        Self::from_caller(value).filter(|id| dlp.scan(id.as_str()).is_empty())
     }
 
     pub fn as_str(&self) -> &str {
@@ -42,12 +55,16 @@ impl RequestId {
 
 /// Middleware: assigns the id, then makes sure every error response carries the JSON error body
 /// with that id, whichever layer produced it.
-pub async fn layer(mut request: Request, next: Next) -> Response {
+pub async fn layer(
+    State(dlp): State<Arc<dyn DlpEngine>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let id = request
         .headers()
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .and_then(RequestId::from_caller)
+        .and_then(|v| RequestId::from_caller_scanned(v, dlp.as_ref()))
         .unwrap_or_else(RequestId::generate);
     request.extensions_mut().insert(id.clone());
 
@@ -100,5 +117,25 @@ fn copy_auth_headers(from: &Response, to: &mut Response) {
         if name == header::WWW_AUTHENTICATE || name == header::ALLOW {
             to.headers_mut().insert(name.clone(), value.clone());
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn caller_ids_that_look_like_card_numbers_are_refused() {
+        let dlp = crate::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
+        let ok = |v: &str| RequestId::from_caller_scanned(v, &dlp).is_some();
+        assert!(ok("trace-42"));
+        assert!(ok("550e8400-e29b-41d4-a716-446655440000"));
+        assert!(!ok("4111111111111111"));
+        assert!(!ok("1234567890123456"));
+        assert!(!ok("4111-1111-1111-1111"));
+        assert!(!ok("ref:5500000000000004"));
+        assert!(!ok(""));
+        assert!(!ok("a b"));
     }
 }

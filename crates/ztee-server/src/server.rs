@@ -148,7 +148,9 @@ pub async fn build(
     let node_key = NodeKey::load_or_generate(data_dir)?;
     let content_key = Arc::new(node_key.content_key());
     let log = AuditLog::open(audit_config, node_key)?;
-    let audit_sink: Arc<dyn AuditSink> = Arc::new(log);
+    // Every event passes DLP on its way to the log: caller-controlled text is masked there.
+    let audit_sink: Arc<dyn AuditSink> =
+        Arc::new(audit::MaskingSink::new(Arc::new(log), engines.dlp.clone()));
     let oidc = match &config.oidc {
         Some(c) => {
             let validator = OidcValidator::new(c.clone())?;
@@ -238,12 +240,13 @@ pub async fn build(
 /// The full HTTP application: routes plus the request-id and metrics layers.
 pub fn app(state: Arc<AppState>) -> Router {
     let metrics = state.metrics.clone();
+    let dlp = state.pipeline.dlp.clone();
     api::router(state)
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::layer,
         ))
-        .layer(axum::middleware::from_fn(request_id::layer))
+        .layer(axum::middleware::from_fn_with_state(dlp, request_id::layer))
 }
 
 /// Serves until `shutdown` resolves, then destroys every running sandbox.
