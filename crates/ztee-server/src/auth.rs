@@ -5,14 +5,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use ztee_audit::{EventType, Outcome};
 
 use crate::apikey;
-use crate::audit;
 use crate::error::ApiError;
 use crate::principal::Principal;
 use crate::request_id::RequestId;
@@ -85,19 +83,14 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             Ok(authenticated) => authenticated,
             Err((reason, err)) => {
                 state.metrics.auth_failure(reason);
-                let event = audit::event(
-                    EventType::AuthFailure,
-                    Outcome::Denied,
-                    audit::anonymous(),
-                    request_id.as_str(),
-                    origin_ip,
-                    Some(parts.uri.path()),
-                );
-                // A failed login that cannot be recorded is still refused; the refusal is the
-                // safe outcome, so the audit error is logged rather than turned into a 503.
-                if let Err(e) = state.pipeline.audit.append(event).await {
-                    tracing::error!(error = %e, "could not record an authentication failure");
-                }
+                // The route template, never the raw path (which may hold anything, card numbers
+                // included); recorded per address, reason and interval, not per request.
+                let route = parts
+                    .extensions
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                crate::source_guard::auth_failed(state, &request_id, origin_ip, reason, route)
+                    .await;
                 return Err(AuthRejection(err));
             }
         };

@@ -364,6 +364,13 @@ impl ServerConfig {
                 "quotas.requests_per_second must be greater than 0".into(),
             ));
         }
+        if self.quotas.source_requests_per_second.is_nan()
+            || self.quotas.source_requests_per_second <= 0.0
+        {
+            return Err(ConfigError::Invalid(
+                "quotas.source_requests_per_second must be greater than 0".into(),
+            ));
+        }
         Ok(())
     }
 }

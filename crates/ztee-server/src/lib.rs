@@ -45,6 +45,7 @@ pub mod rego_policy;
 pub mod request_id;
 pub mod secrets;
 pub mod server;
+pub mod source_guard;
 pub mod state;
 pub mod store;
 pub mod vm;

@@ -42,6 +42,7 @@ pub struct Metrics {
     request_seconds: Histogram,
     auth_failures: Family<ReasonLabels, Counter>,
     rate_limited: Counter,
+    source_rate_limited: Counter,
     decisions: Family<DecisionLabels, Counter>,
     redactions: Family<RedactionLabels, Counter>,
     pub sandboxes_active: Gauge,
@@ -62,6 +63,7 @@ impl Metrics {
         ]);
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         let rate_limited = Counter::default();
+        let source_rate_limited = Counter::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         let redactions = Family::<RedactionLabels, Counter>::default();
         let sandboxes_active = Gauge::default();
@@ -80,6 +82,11 @@ impl Metrics {
             "rate_limited",
             "Requests refused by the per-principal rate limit",
             rate_limited.clone(),
+        );
+        registry.register(
+            "source_rate_limited",
+            "Requests refused by the per-source-address rate limit, before authentication",
+            source_rate_limited.clone(),
         );
         registry.register(
             "policy_decisions",
@@ -102,6 +109,7 @@ impl Metrics {
             request_seconds,
             auth_failures,
             rate_limited,
+            source_rate_limited,
             decisions,
             redactions,
             sandboxes_active,
@@ -118,6 +126,10 @@ impl Metrics {
 
     pub fn rate_limited(&self) {
         self.rate_limited.inc();
+    }
+
+    pub fn source_rate_limited(&self) {
+        self.source_rate_limited.inc();
     }
 
     pub fn decision(&self, decision: &str) {

@@ -1,9 +1,11 @@
-//! Per-principal request rate limiting: a token bucket per subject, in memory.
+//! Request rate limiting in memory: a token bucket per principal (after authentication) and one
+//! per source address (before it, see [`SourceLimiter`]).
 //!
 //! Tenant-wide limits on concurrent sandboxes and memory live in the state database (see
 //! [`crate::store::Store::reserve_sandbox`]) because they must hold across restarts of a request.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -24,6 +26,20 @@ pub struct QuotaConfig {
     /// Guest memory one tenant may hold at once, in MiB.
     #[serde(default = "default_max_memory")]
     pub max_memory_mib_per_tenant: u64,
+    /// Sustained requests per second one source address (an IPv6 /64) may make, checked before
+    /// authentication.
+    #[serde(default = "default_source_rate")]
+    pub source_requests_per_second: f64,
+    /// Requests one source address may make in a burst above its sustained rate.
+    #[serde(default = "default_source_burst")]
+    pub source_burst: u32,
+    /// Source addresses tracked at once; beyond it the least recently seen are forgotten.
+    #[serde(default = "default_max_sources")]
+    pub max_tracked_sources: usize,
+    /// Failed authentications from one address for one reason are recorded as one audit event
+    /// per this many seconds, with their count.
+    #[serde(default = "default_auth_failure_window")]
+    pub auth_failure_window_s: u64,
 }
 
 fn default_rate() -> f64 {
@@ -38,6 +54,18 @@ fn default_max_sandboxes() -> u32 {
 fn default_max_memory() -> u64 {
     2048
 }
+fn default_source_rate() -> f64 {
+    50.0
+}
+fn default_source_burst() -> u32 {
+    100
+}
+fn default_max_sources() -> usize {
+    65_536
+}
+fn default_auth_failure_window() -> u64 {
+    10
+}
 
 impl Default for QuotaConfig {
     fn default() -> Self {
@@ -46,6 +74,10 @@ impl Default for QuotaConfig {
             burst: default_burst(),
             max_sandboxes_per_tenant: default_max_sandboxes(),
             max_memory_mib_per_tenant: default_max_memory(),
+            source_requests_per_second: default_source_rate(),
+            source_burst: default_source_burst(),
+            max_tracked_sources: default_max_sources(),
+            auth_failure_window_s: default_auth_failure_window(),
         }
     }
 }
@@ -106,6 +138,92 @@ impl RateLimiter {
     }
 }
 
+/// Requests per source address, checked before authentication so that unauthenticated traffic
+/// is limited too. IPv6 addresses count per /64 (what one host is usually given). The map holds
+/// at most `capacity` addresses: when full, buckets that have refilled are dropped, and if that is
+/// not enough the least recently seen eighth is forgotten (a forgotten address starts again with a
+/// full burst, which is the permissive direction), so a flood of distinct addresses costs bounded
+/// memory and amortized constant time.
+pub struct SourceLimiter {
+    rate: f64,
+    burst: f64,
+    capacity: usize,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// The key an address is limited under: itself for IPv4 (and IPv4-mapped IPv6), its /64 prefix
+/// for IPv6.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+impl SourceLimiter {
+    pub fn new(rate: f64, burst: u32, capacity: usize) -> Self {
+        Self {
+            rate: rate.max(0.001),
+            burst: f64::from(burst.max(1)),
+            capacity: capacity.max(16),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `ip`. `Err(seconds)` says when the next token will be there.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let key = source_key(ip);
+        let now = Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= self.capacity && !buckets.contains_key(&key) {
+            self.evict(&mut buckets, now);
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - bucket.tokens) / self.rate;
+            Err(wait.ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Addresses currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.buckets.lock().map_or(0, |b| b.len())
+    }
+
+    fn evict(&self, buckets: &mut HashMap<IpAddr, Bucket>, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        buckets
+            .retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst);
+        if buckets.len() < self.capacity {
+            return;
+        }
+        let mut ages: Vec<(Instant, IpAddr)> =
+            buckets.iter().map(|(k, b)| (b.updated, *k)).collect();
+        let drop = (self.capacity / 8).max(1).min(ages.len());
+        ages.select_nth_unstable_by_key(drop - 1, |(updated, _)| *updated);
+        for (_, key) in &ages[..drop] {
+            buckets.remove(key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +237,33 @@ mod tests {
         // 1 token at 0.5/s is 2 s away.
         assert_eq!(limiter.check("a"), Err(2));
         assert!(limiter.check("b").is_ok());
+    }
+
+    #[test]
+    fn sources_are_limited_per_address_and_ipv6_per_64() {
+        let limiter = SourceLimiter::new(0.5, 2, 100);
+        let a: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::V4(0.into()));
+        assert!(limiter.check(a).is_ok());
+        assert!(limiter.check(a).is_ok());
+        assert_eq!(limiter.check(a), Err(2));
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::V4(0.into()));
+        assert!(limiter.check(v6("2001:db8::1")).is_ok());
+        assert!(limiter.check(v6("2001:db8::2")).is_ok());
+        assert!(limiter.check(v6("2001:db8::3")).is_err());
+        assert!(limiter.check(v6("2001:db8:0:1::1")).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_distinct_addresses_stays_within_the_bound() {
+        let limiter = SourceLimiter::new(0.001, 5, 64);
+        let victim: IpAddr = "198.51.100.7".parse().unwrap_or(IpAddr::V4(0.into()));
+        for _ in 0..5 {
+            assert!(limiter.check(victim).is_ok());
+        }
+        assert!(limiter.check(victim).is_err());
+        for i in 0..10_000u32 {
+            let _ = limiter.check(IpAddr::V4((0x0a00_0000 + i).into()));
+            assert!(limiter.tracked() <= 64);
+        }
     }
 }

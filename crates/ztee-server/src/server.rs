@@ -19,8 +19,9 @@ use crate::metrics::Metrics;
 use crate::oidc::OidcValidator;
 use crate::pipeline::Pipeline;
 use crate::policy::{BuiltinPolicy, PolicyEngine};
-use crate::quota::RateLimiter;
+use crate::quota::{RateLimiter, SourceLimiter};
 use crate::request_id;
+use crate::source_guard::{self, AuthFailures};
 use crate::state::{AppState, LiveSandboxes};
 use crate::store::Store;
 
@@ -218,6 +219,15 @@ pub async fn build(
     )?);
     let state = Arc::new(AppState {
         limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
+        source_limiter: SourceLimiter::new(
+            config.quotas.source_requests_per_second,
+            config.quotas.source_burst,
+            config.quotas.max_tracked_sources,
+        ),
+        auth_failures: AuthFailures::new(
+            Duration::from_secs(config.quotas.auth_failure_window_s),
+            config.quotas.max_tracked_sources,
+        ),
         config,
         store,
         oidc,
@@ -234,14 +244,20 @@ pub async fn build(
         crate::approvals::record_expiry(&state, id).await;
     }
     crate::approvals::spawn_expiry(Arc::downgrade(&state));
+    source_guard::spawn_flusher(Arc::downgrade(&state), state.auth_failures.window());
     Ok((state, Bootstrap { admin_key }))
 }
 
-/// The full HTTP application: routes plus the request-id and metrics layers.
+/// The full HTTP application: routes plus the per-source rate limit (before authentication),
+/// metrics and request-id layers.
 pub fn app(state: Arc<AppState>) -> Router {
     let metrics = state.metrics.clone();
     let dlp = state.pipeline.dlp.clone();
-    api::router(state)
+    api::router(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            source_guard::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::layer,
@@ -304,6 +320,7 @@ pub async fn serve(
             tracing::warn!(error = %e, "destroying a sandbox at shutdown");
         }
     }
+    source_guard::flush(&state, true).await;
     let stop = audit::event(
         EventType::ServiceStop,
         Outcome::Success,

@@ -17,6 +17,10 @@ pub struct AppState {
     pub store: Store,
     pub oidc: Option<OidcValidator>,
     pub limiter: RateLimiter,
+    /// Requests per source address, before authentication.
+    pub source_limiter: crate::quota::SourceLimiter,
+    /// Failed authentications, recorded per address, reason and interval.
+    pub auth_failures: crate::source_guard::AuthFailures,
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
     pub sandboxes: LiveSandboxes,

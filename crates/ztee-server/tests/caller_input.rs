@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use common::{client, EchoExecutor, Gateway};
@@ -46,6 +47,15 @@ fn assert_not_on_disk(dir: &std::path::Path, needle: &str) {
     }
 }
 
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address is loopback on Linux).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<IpAddr>().unwrap())
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_card_number_in_the_path_of_a_failed_login_is_not_in_the_audit_trail() {
     let gw = gateway(ServerConfig::default()).await;
@@ -77,6 +87,18 @@ async fn a_card_number_in_the_path_of_a_failed_login_is_not_in_the_audit_trail()
     for event in audit_events(&gw) {
         assert!(!event.to_string().contains(PAN), "{event}");
     }
+    // The route template is recorded, not the path the caller sent.
+    let failures: Vec<_> = audit_events(&gw)
+        .into_iter()
+        .filter(|e| e["type"] == "auth.failure")
+        .collect();
+    assert!(!failures.is_empty());
+    assert!(
+        failures
+            .iter()
+            .any(|e| e["resource"] == "/v1/sandboxes/{id}"),
+        "{failures:?}"
+    );
     let dir = gw.stop().await;
     assert_not_on_disk(dir.path(), PAN);
 }
@@ -205,6 +227,137 @@ async fn a_request_id_that_looks_like_a_card_number_is_replaced() {
         assert!(!text.contains(PAN), "{text}");
         assert!(!text.contains("5500000000000004"), "{text}");
         assert!(!text.contains("1234567890123456"), "{text}");
+    }
+    let dir = gw.stop().await;
+    assert_not_on_disk(dir.path(), PAN);
+}
+
+#[tokio::test]
+async fn an_unauthenticated_flood_is_rate_limited_per_address_and_not_audited_per_request() {
+    let mut config = ServerConfig::default();
+    config.quotas.source_requests_per_second = 2.0;
+    config.quotas.source_burst = 50;
+    let gw = gateway(config).await;
+    let attacker = client_from("127.0.0.2");
+    let before = audit_events(&gw).len();
+    let (mut refused, mut limited) = (0, 0);
+    for _ in 0..200 {
+        let r = attacker
+            .get(format!("{}/v1/sandboxes/sbx_x", gw.url))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            401 => refused += 1,
+            429 => {
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                limited += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        limited > 0,
+        "no request was rate limited ({refused} refused)"
+    );
+    // Later requests from that address are still refused before authentication.
+    let r = attacker
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let added: Vec<_> = audit_events(&gw)
+        .into_iter()
+        .skip(before)
+        .filter(|e| e["origin_ip"] == "127.0.0.2")
+        .collect();
+    assert!(
+        added.len() <= 3,
+        "{} audit records for {refused} failed logins: {added:?}",
+        added.len()
+    );
+    // Another caller, from another address, is not affected.
+    let r = client_from("127.0.0.1")
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .bearer_auth(&gw.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = gw.stop().await;
+}
+
+/// The `count=N` of an aggregated `auth.failure` event.
+fn failure_count(event: &serde_json::Value) -> u64 {
+    event["decision"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|r| r.as_str()?.strip_prefix("count=")?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn failed_logins_are_recorded_per_address_and_reason_with_a_count() {
+    let mut config = ServerConfig::default();
+    config.quotas.auth_failure_window_s = 1;
+    let gw = gateway(config).await;
+    let attacker = client_from("127.0.0.3");
+    for _ in 0..30 {
+        let r = attacker
+            .get(format!("{}/v1/sandboxes/{PAN}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    for _ in 0..5 {
+        let r = attacker
+            .post(format!("{}/v1/run", gw.url))
+            .bearer_auth("ztee_000000000000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+            .json(&json!({"cmd": ["true"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // The interval ends; its summary is written within half an interval.
+    let mut failures = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        failures = audit_events(&gw)
+            .into_iter()
+            .filter(|e| e["type"] == "auth.failure" && e["origin_ip"] == "127.0.0.3")
+            .collect();
+        if failures.iter().map(failure_count).sum::<u64>() == 35 {
+            break;
+        }
+    }
+    assert_eq!(
+        failures.iter().map(failure_count).sum::<u64>(),
+        35,
+        "{failures:?}"
+    );
+    // One event when each (address, reason) first failed, one summary each after the interval.
+    assert!(failures.len() <= 4, "{failures:?}");
+    let rules: std::collections::BTreeSet<_> = failures
+        .iter()
+        .map(|e| e["decision"]["rule_ids"][0].as_str().unwrap().to_owned())
+        .collect();
+    assert!(rules.contains("auth.missing_credentials"), "{rules:?}");
+    assert!(rules.contains("auth.unknown_api_key"), "{rules:?}");
+    for e in &failures {
+        let resource = e["resource"].as_str().unwrap();
+        assert!(
+            resource == "/v1/sandboxes/{id}" || resource == "/v1/run",
+            "{resource}"
+        );
     }
     let dir = gw.stop().await;
     assert_not_on_disk(dir.path(), PAN);
