@@ -9,6 +9,8 @@
 //!      masks that sandbox's output only: the DLP API, inbound scans and every other sandbox
 //!      never consult it, so nobody can test a guess against a live secret
 //!   -> guest: /run/secrets/NAME (0400, tmpfs, sandbox user) and ENVVAR of the commands
+//!   -> every later exec, file read or write: only the sandbox's owner, decided by policy with
+//!      the secret names (see `api/sandboxes.rs`)
 //!   -> sandbox ends: InjectedSecrets dropped -> scope wiped, dynamic leases revoked
 //! ```
 //! Secret values are added to a command's environment only after inbound DLP and policy have
@@ -91,6 +93,14 @@ impl InjectedSecrets {
     /// The scope that masks these values in the sandbox's output, and nowhere else.
     pub fn scope(&self) -> Option<SecretScope> {
         self.inner.as_ref().map(|inner| inner.scope.clone())
+    }
+
+    /// Names of the injected secrets, never values (for policy input).
+    pub fn names(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .map(|r| r.name.to_string())
+            .collect()
     }
 
     /// What was injected: names and environment variables, never values.

@@ -685,3 +685,134 @@ async fn a_sandbox_secret_is_masked_only_in_that_sandbox() {
         .await;
     assert_eq!(r["stdout"], DB_PASSWORD, "{r}");
 }
+
+/// A colleague who may manage every sandbox of the tenant (`developer`: sandbox:admin) cannot
+/// run code or read or write files in a sandbox someone else created with secrets, even when a
+/// grant would let them use the same secret in a sandbox of their own. The holder still can,
+/// and a sandbox without secrets stays open to the tenant's sandbox admins.
+#[tokio::test]
+async fn only_the_holder_runs_code_or_reads_files_where_secrets_are() {
+    let (gw, executor) = echo_gateway("ZTEE_TEST_MASTER_KEY_OWNER").await;
+    let owner = gw.key("acme", "agent");
+    let colleague = gw.key("acme", "developer");
+    let outsider = gw.key("globex", "developer");
+
+    for secrets in [json!(["DB_PASSWORD=ERR"]), json!(["TEAM_TOKEN=ERR"])] {
+        let id = create_sandbox(&gw, &owner, secrets.clone()).await;
+        let name = secrets[0].as_str().unwrap().split('=').next().unwrap();
+        let commands = format!("/v1/sandboxes/{id}/commands");
+        let ran = executor.executed.lock().unwrap().len();
+
+        // Exec, as a plain command and as a stream: refused before anything runs.
+        let r = gw
+            .post(
+                &colleague,
+                &commands,
+                &json!({"cmd": ["rev", format!("/run/secrets/{name}")]}),
+            )
+            .await;
+        let body = error_body(r, 403, "secrets_owner_only").await;
+        assert!(!body.to_string().contains(DB_PASSWORD), "{body}");
+        let r = client()
+            .post(format!("{}{commands}", gw.url))
+            .bearer_auth(&colleague)
+            .header("accept", "application/x-ndjson")
+            .json(&json!({"cmd": "base32 /run/secrets/X"}))
+            .send()
+            .await
+            .unwrap();
+        error_body(r, 403, "secrets_owner_only").await;
+        // Files: no download, no upload (a planted script would run with the secrets).
+        let r = gw
+            .get(
+                &colleague,
+                &format!("/v1/sandboxes/{id}/files?path=/run/secrets/{name}"),
+            )
+            .await;
+        error_body(r, 403, "secrets_owner_only").await;
+        let r = client()
+            .put(format!("{}/v1/sandboxes/{id}/files?path=/tmp/x.sh", gw.url))
+            .bearer_auth(&colleague)
+            .body("cat /run/secrets/*")
+            .send()
+            .await
+            .unwrap();
+        error_body(r, 403, "secrets_owner_only").await;
+        assert_eq!(
+            executor.executed.lock().unwrap().len(),
+            ran,
+            "nothing ran for the colleague"
+        );
+        // Another tenant does not even see the sandbox.
+        let r = gw
+            .post(&outsider, &commands, &json!({"cmd": ["true"]}))
+            .await;
+        error_body(r, 404, "not_found").await;
+
+        // The holder still runs commands and reads files.
+        let r = gw
+            .post(&owner, &commands, &json!({"cmd": ["echo", "hi"]}))
+            .await;
+        assert_eq!(r.status(), 200, "{name}");
+        let r = gw
+            .get(
+                &owner,
+                &format!("/v1/sandboxes/{id}/files?path=/run/secrets/{name}"),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{name}");
+        // The colleague still manages it: sees it (names only) and may delete it.
+        let shown = gw
+            .get(&colleague, &format!("/v1/sandboxes/{id}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            shown.contains(name) && !shown.contains(DB_PASSWORD),
+            "{shown}"
+        );
+        let r = gw.delete(&colleague, &format!("/v1/sandboxes/{id}")).await;
+        assert_eq!(r.status(), 204);
+    }
+
+    // The refusals are in the audit trail, by name of the rule.
+    let audit: serde_json::Value = gw
+        .get_json(&gw.admin_key, "/v1/audit?type=sandbox.exec&tenant=acme")
+        .await;
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"]["outcome"] == "denied"
+                && e["event"]["decision"]["rule_ids"][0] == "secret.owner_only"),
+        "{audit}"
+    );
+
+    // The holder's own commands are decided by policy with the secret names too.
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"]["outcome"] == "success"
+                && e["event"]["decision"]["rule_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r == "risk.code_with_secrets")),
+        "{audit}"
+    );
+
+    // Without secrets, a sandbox admin may still exec into a colleague's sandbox.
+    let plain = create_sandbox(&gw, &owner, json!([])).await;
+    let r = gw
+        .post(
+            &colleague,
+            &format!("/v1/sandboxes/{plain}/commands"),
+            &json!({"cmd": ["echo", "hi"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}

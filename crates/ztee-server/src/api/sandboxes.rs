@@ -3,6 +3,15 @@
 //! Visibility: a principal with `sandbox:run` sees the sandboxes it created; `sandbox:admin` sees
 //! every sandbox of its tenant; `admin` sees all. Anything else answers 404, so the existence of
 //! another tenant's sandbox is never revealed.
+//!
+//! A sandbox holding secrets is different: code runs and files move in it (commands, file
+//! reads, file writes) only for its owner, the principal that created it and was granted its
+//! secrets. Anyone else who can see it (a sandbox admin, an operator) gets 403
+//! `secrets_owner_only`: a command can print a secret in a form masking does not know (`rev`,
+//! `base32`), a planted file can run with it, and a dynamic credential names its lease holder.
+//! They may still list, show (names, never values) and delete it. The owner's own commands and
+//! file operations are decided by policy with the secret names as well, so a grant withdrawn
+//! (or one that asks for approval) applies to every use, not only to the creation.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -83,6 +92,53 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<SandboxReco
     record
         .filter(|r| visible(caller, r))
         .ok_or_else(|| ApiError::not_found(format!("no sandbox {id:?}")))
+}
+
+/// Names of the secrets a sandbox holds (never values), for the policy input of every action
+/// in it.
+fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
+    sandbox
+        .secrets
+        .as_ref()
+        .map(|s| s.names())
+        .unwrap_or_default()
+}
+
+/// The owner rule for a sandbox holding secrets (see the module comment): anyone but its owner
+/// is refused, and the refusal is audited as a denial before anything runs.
+async fn only_owner_where_secrets(
+    state: &AppState,
+    ctx: &ActionContext<'_>,
+    record: &SandboxRecord,
+    sandbox: &LiveSandbox,
+) -> Result<(), ApiError> {
+    let p = &ctx.caller.principal;
+    if ctx.policy.secrets.is_empty() || (p.tenant == record.tenant && p.subject == record.owner) {
+        return Ok(());
+    }
+    let message = format!(
+        "sandbox {} holds secrets ({}); only the principal that created it may run commands or \
+         read or write files in it",
+        record.id,
+        secret_names(sandbox).join(", ")
+    );
+    let decision = crate::policy::Decision {
+        kind: crate::policy::DecisionKind::Deny,
+        reasons: vec!["secret.owner_only".into()],
+        messages: vec![message.clone()],
+        risk: "HIGH",
+        redact_inbound: false,
+    };
+    let event = state
+        .pipeline
+        .event(ctx, Outcome::Denied)
+        .with_decision(audit::decision_record(&decision));
+    state.pipeline.record(event).await?;
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "secrets_owner_only",
+        message,
+    ))
 }
 
 fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ApiError> {
@@ -495,6 +551,8 @@ async fn command_once(
     let mut policy = policy_input(&caller, "sandbox.exec");
     policy.image = Some(record.image.clone());
     policy.timeout_s = Some(limit.as_secs());
+    // The command can read every secret of the sandbox: it is a use of each of them.
+    policy.secrets = secret_names(&sandbox);
     let secret_env = sandbox
         .secrets
         .as_ref()
@@ -514,6 +572,7 @@ async fn command_once(
         resource: resource.clone(),
         policy,
     };
+    only_owner_where_secrets(&state, &ctx, &record, &sandbox).await?;
     // A stream cannot wait for a human: a hold answers 403 there, and the caller may send the
     // command again without streaming to have it parked.
     let gate = if stream {
@@ -602,12 +661,16 @@ pub async fn upload(
     check_guest_path("path", &q.path)?;
     let record = find(&state, &caller, &id).await?;
     let sandbox = live(&state, &record.id)?;
+    let mut policy = policy_input(&caller, "file.write");
+    policy.image = Some(record.image.clone());
+    policy.secrets = secret_names(&sandbox);
     let mut ctx = ActionContext {
         caller: &caller,
         event_type: EventType::FileWrite,
         resource: Some(format!("sandbox/{}{}", record.id, q.path)),
-        policy: policy_input(&caller, "file.write"),
+        policy,
     };
+    only_owner_where_secrets(&state, &ctx, &record, &sandbox).await?;
     let work = Work {
         files: vec![(q.path, body)],
         ..Work::default()
@@ -653,12 +716,16 @@ pub async fn download(
     check_guest_path("path", &q.path)?;
     let record = find(&state, &caller, &id).await?;
     let sandbox = live(&state, &record.id)?;
+    let mut policy = policy_input(&caller, "file.read");
+    policy.image = Some(record.image.clone());
+    policy.secrets = secret_names(&sandbox);
     let mut ctx = ActionContext {
         caller: &caller,
         event_type: EventType::FileRead,
         resource: Some(format!("sandbox/{}{}", record.id, q.path)),
-        policy: policy_input(&caller, "file.read"),
+        policy,
     };
+    only_owner_where_secrets(&state, &ctx, &record, &sandbox).await?;
     let admitted = state
         .pipeline
         .admit(
