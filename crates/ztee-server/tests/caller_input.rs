@@ -362,3 +362,30 @@ async fn failed_logins_are_recorded_per_address_and_reason_with_a_count() {
     let dir = gw.stop().await;
     assert_not_on_disk(dir.path(), PAN);
 }
+
+#[tokio::test]
+async fn card_numbers_in_sandbox_metadata_are_not_stored_in_clear() {
+    for inbound in [
+        ztee_server::dlp::InboundAction::Block,
+        ztee_server::dlp::InboundAction::Redact,
+    ] {
+        let mut config = ServerConfig::default();
+        config.dlp.inbound = inbound;
+        let gw = gateway(config).await;
+        let key = gw.key("acme", "agent");
+        // A card number as a metadata key (keys were not scanned) and as a value.
+        for metadata in [json!({ PAN: "x" }), json!({"note": format!("card {PAN}")})] {
+            let r = gw
+                .post(&key, "/v1/sandboxes", &json!({"metadata": metadata}))
+                .await;
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert!(status == 201 || status == 403, "{status} {body}");
+            assert!(!body.contains(PAN), "{inbound:?}: {body}");
+        }
+        let listed = gw.get(&key, "/v1/sandboxes").await.text().await.unwrap();
+        assert!(!listed.contains(PAN), "{inbound:?}: {listed}");
+        let dir = gw.stop().await;
+        assert_not_on_disk(dir.path(), PAN);
+    }
+}

@@ -282,10 +282,14 @@ async fn create_once(
         resource: Some(resource),
         policy,
     };
-    // Metadata is returned to callers and stored: scan it like any other input.
+    // Metadata is returned to callers and stored: scan it, keys and values, like any other input.
     let work = Work {
         env: req.env,
-        argv: req.metadata.values().cloned().collect(),
+        argv: req
+            .metadata
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .collect(),
         ..Work::default()
     };
     let gate = crate::egress::admit_with_egress(
@@ -326,7 +330,18 @@ async fn create_once(
         vcpus,
         timeout_s: lifetime.as_secs(),
         created_at: now_rfc3339(),
-        metadata: serde_json::to_value(&req.metadata).unwrap_or_default(),
+        // What DLP finds is masked before it reaches the state database (under `redact`, or
+        // findings the policy let through), like every caller-controlled string we keep.
+        metadata: serde_json::to_value(
+            req.metadata
+                .iter()
+                .map(|(k, v)| {
+                    let dlp = state.pipeline.dlp.as_ref();
+                    (audit::caller_text(dlp, k), audit::caller_text(dlp, v))
+                })
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .unwrap_or_default(),
     };
     reserve(&state, &record).await?;
     let created = state
