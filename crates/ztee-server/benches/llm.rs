@@ -83,6 +83,9 @@ async fn over_http() -> Vec<(String, Samples)> {
     .unwrap();
     config.quotas.requests_per_second = 1e9;
     config.quotas.burst = 1_000_000;
+    // One loopback address sends everything: lift the per-source limit too.
+    config.quotas.source_requests_per_second = 1e9;
+    config.quotas.source_burst = 1_000_000;
     config.listen = "127.0.0.1:0".parse().unwrap();
     let bundle = ztee_policy::Bundle::builtin().unwrap();
     let policy = ztee_server::rego_policy::RegoPolicy::new(
