@@ -37,10 +37,27 @@ impl AuditSink for ztee_audit::AuditLog {
     }
 }
 
-/// The one gate for caller-controlled text on its way into an audit event: everything the DLP
-/// engine finds is masked (card numbers keep at most their first six and last four digits).
+/// Entities DLP finds that are not withheld from the audit trail: network addresses are what it
+/// records anyway (`origin_ip`, egress destinations, listeners), and are not cardholder data.
+const KEPT_ENTITIES: &[&str] = &["IP_ADDRESS"];
+
+/// True when DLP finds something in `text` that must not be recorded as it is.
+pub fn has_sensitive_data(dlp: &dyn DlpEngine, text: &str) -> bool {
+    dlp.scan(text)
+        .iter()
+        .any(|entity| !KEPT_ENTITIES.contains(&entity.as_str()))
+}
+
+/// The one gate for caller-controlled text on its way into an audit event (or the state
+/// database): when DLP finds card data, a secret or personal data in it, the text is masked by
+/// the DLP engine (card numbers keep at most their first six and last four digits); text with
+/// nothing but network addresses in it is kept as it is.
 pub fn caller_text(dlp: &dyn DlpEngine, text: &str) -> String {
-    dlp.redact(text).text
+    if has_sensitive_data(dlp, text) {
+        dlp.redact(text).text
+    } else {
+        text.to_owned()
+    }
 }
 
 /// Shortest run of digits treated as a possible card number even when it fails the Luhn check.
@@ -63,7 +80,7 @@ pub fn has_pan_like_digits(text: &str) -> bool {
 /// card-number-length run of digits, otherwise a fixed marker. The request-id layer already
 /// replaces such ids at the edge; this is the same rule for events built elsewhere.
 pub fn request_id_text(dlp: &dyn DlpEngine, id: &str) -> String {
-    if has_pan_like_digits(id) || !dlp.scan(id).is_empty() {
+    if has_pan_like_digits(id) || has_sensitive_data(dlp, id) {
         "withheld-request-id".to_owned()
     } else {
         id.to_owned()
@@ -234,5 +251,24 @@ mod tests {
         );
         assert_eq!(clean.resource.as_deref(), Some("sandbox/sbx_1"));
         assert_eq!(clean.request_id.as_deref(), Some("trace-42"));
+    }
+
+    #[test]
+    fn identifiers_and_network_addresses_are_recorded_as_they_are() {
+        let dlp = dlp();
+        for text in [
+            "listener/127.0.0.1:8443",
+            "10.0.0.5",
+            "pypi.org",
+            "sandbox/sbx_12345678901234567890123456789012",
+            "apikey/2f0ee389f0bc",
+            "audit/tenant/acme",
+        ] {
+            assert_eq!(caller_text(&dlp, text), text);
+        }
+        assert_eq!(
+            caller_text(&dlp, "sandbox/sbx_1/home/alice@example.com/x"),
+            "sandbox/sbx_1/home/*****@*******.***/x"
+        );
     }
 }
