@@ -389,3 +389,30 @@ async fn card_numbers_in_sandbox_metadata_are_not_stored_in_clear() {
         assert_not_on_disk(dir.path(), PAN);
     }
 }
+
+#[tokio::test]
+async fn failures_still_being_counted_are_recorded_at_shutdown() {
+    let gw = gateway(ServerConfig::default()).await;
+    let attacker = client_from("127.0.0.4");
+    for _ in 0..5 {
+        let r = attacker
+            .get(format!("{}/v1/audit", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let audit_dir = gw.state.audit_dir.clone();
+    let _dir = gw.stop().await;
+    let mut total = 0;
+    ztee_audit::read_records(&audit_dir, &ztee_audit::Query::default(), |r| {
+        if let ztee_audit::Payload::Event(e) = r.payload {
+            let e = serde_json::to_value(&e).unwrap();
+            if e["type"] == "auth.failure" && e["origin_ip"] == "127.0.0.4" {
+                total += failure_count(&e);
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(total, 5);
+}
