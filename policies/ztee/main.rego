@@ -3,15 +3,19 @@
 # The gateway evaluates data.ztee.main.decision for every action. The result is an object
 #   {"verdict": "allow" | "deny" | "require_approval", "risk": "LOW" | "MEDIUM" | "HIGH",
 #    "reasons": [{"rule": "<stable id>", "message": "<text>"}]}
+# Deny by default: a request is allowed only when an `allow` rule below names its action (and no
+# deny or approval rule fires). Any other action, e.g. one a new front door invents, is denied
+# with `policy.no_allow_rule`. Actions: sandbox.create, sandbox.exec, sandbox.delete, run,
+# file.write (upload), file.read (download), llm.chat, tool.call, egress, secret.use, image.admit.
 # Routing, strongest first:
-#   deny      - never allowed: SAD present, raw PAN to an external model, a provider the tenant's
+#   deny      - never allowed: no allow rule for the action, SAD present, raw PAN to an external model, a provider the tenant's
 #               tier may not use, images/audio/files to an external model (DLP cannot read
 #               them; unless the tier is in unscanned_content_tiers), egress outside the
 #               allowlist, an unpinned image, a near-certain prompt injection.
 #   HIGH      - needs a human approver: code with raw card data, egress (unless the operator
 #               pre-approved the destination), a secret whose grant asks for approval,
 #               destructive tools, a suspected prompt injection.
-#   MEDIUM    - runs and is logged: code execution, granted secrets, pre-approved egress,
+#   MEDIUM    - runs and is logged: code execution, file transfers, granted secrets, pre-approved egress,
 #               tools not known to be read-only, content with (masked) DLP findings, images,
 #               audio or files to a local model.
 # Secrets: a secret reaches a sandbox only when a grant in data.ztee.config.secret_grants
@@ -28,12 +32,39 @@ cfg := data.ztee.config
 
 code_actions := {"run", "sandbox.exec", "sandbox.create"}
 
-secret_actions := {"secret.use", "run", "sandbox.exec", "sandbox.create"}
+# Copying a file into or out of a sandbox: content crosses the boundary as it does with a command,
+# so the same card-data and secret checks apply.
+file_actions := {"file.write", "file.read"}
+
+secret_actions := {"secret.use", "run", "sandbox.exec", "sandbox.create", "file.write", "file.read"}
 
 requested_secrets := object.get(input.request, "secrets", [])
 
 # ----------------------------------------------------------------------------------------------
+# Allow: the actions this bundle knows, one rule each. What may not run within an allowed action
+# (card data, providers, egress, secrets, unpinned images...) is left to the deny and risk rules
+# below, which then route it. An action no rule here names is denied.
+
+allow if input.action in {"sandbox.create", "sandbox.exec", "sandbox.delete", "run"}
+
+allow if input.action in file_actions
+
+allow if input.action == "llm.chat"
+
+allow if input.action == "tool.call"
+
+allow if input.action == "egress"
+
+allow if input.action == "secret.use"
+
+allow if input.action == "image.admit"
+
+# ----------------------------------------------------------------------------------------------
 # Deny.
+
+deny contains {"rule": "policy.no_allow_rule", "message": "no allow rule of the policy covers this action"} if {
+	not allow
+}
 
 deny contains {"rule": "pci.sad_present", "message": "sensitive authentication data (CVV, track data or PIN) must never be processed"} if {
 	input.dlp.sad
@@ -102,6 +133,11 @@ high contains {"rule": "pci.raw_pan_in_code", "message": "the code or command co
 	input.dlp.raw_pan
 }
 
+high contains {"rule": "pci.raw_pan_in_code", "message": "the file transferred (or its path) contains a raw card number"} if {
+	input.action in file_actions
+	input.dlp.raw_pan
+}
+
 high contains {"rule": "pci.raw_pan_in_tool_call", "message": "the tool call carries a raw card number"} if {
 	input.action == "tool.call"
 	input.dlp.raw_pan
@@ -134,6 +170,15 @@ high contains {"rule": "injection.suspected", "message": sprintf("possible promp
 
 medium contains {"rule": "risk.code_execution", "message": "code execution in a sandbox"} if {
 	input.action in {"run", "sandbox.exec"}
+}
+
+medium contains {"rule": "risk.file_transfer", "message": "a file copied into or out of a sandbox"} if {
+	input.action in file_actions
+}
+
+medium contains {"rule": "risk.file_transfer_with_secrets", "message": "a file transfer with a sandbox that holds secrets"} if {
+	input.action in file_actions
+	count(requested_secrets) > 0
 }
 
 medium contains {"rule": "risk.egress_preapproved", "message": sprintf("egress to %s:%d (pre-approved)", [target.host, target.port])} if {

@@ -286,3 +286,87 @@ test_masked_findings_are_medium if {
 	d.risk == "MEDIUM"
 	"dlp.findings" in rule_ids(d)
 }
+
+# ----------------------------------------------------------------------------------------------
+# Deny by default: an action is allowed only when an allow rule names it.
+
+benign := {
+	"sandbox.create": {"image": "python"},
+	"sandbox.exec": {"cmd": ["ls"], "image": "python"},
+	"sandbox.delete": {},
+	"run": {"code": "print(1)"},
+	"file.write": {"image": "python"},
+	"file.read": {"image": "python"},
+	"llm.chat": {"provider": local_model, "messages": [{"role": "user", "content": "hi"}]},
+	"tool.call": {"tool": {"name": "read_file", "args": {}}},
+	"egress": {"egress": [{"host": "pypi.org", "port": 443}]},
+	"secret.use": {"secrets": ["DB_PASSWORD"]},
+	"image.admit": {"image": concat("", ["python@sha256:", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"])},
+}
+
+test_every_known_action_is_allowed if {
+	denied := {action |
+		some action, request in benign
+		d := main.decision with input as req(action, request)
+			with data.ztee.config.secret_grants as grants
+			with data.ztee.config.egress_preapproved as [{"host": "pypi.org", "port": 443}]
+		d.verdict != "allow"
+	}
+	count(denied) == 0
+}
+
+test_an_unknown_action_is_denied if {
+	d := main.decision with input as req("frobnicate", {})
+	d.verdict == "deny"
+	rule_ids(d) == {"policy.no_allow_rule"}
+}
+
+test_an_input_without_an_action_is_denied if {
+	d := main.decision with input as {"principal": agent, "request": {}}
+	d.verdict == "deny"
+	rule_ids(d) == {"policy.no_allow_rule"}
+}
+
+test_file_transfers_are_their_own_actions if {
+	every action in ["file.write", "file.read"] {
+		d := main.decision with input as req(action, {"image": "python"})
+		d.verdict == "allow"
+		d.risk == "MEDIUM"
+		rule_ids(d) == {"risk.file_transfer"}
+	}
+}
+
+test_sad_in_a_file_transfer_is_denied if {
+	every action in ["file.write", "file.read"] {
+		inp := with_dlp(req(action, {}), {"counts": {"CARD_VERIFICATION_CODE": 1}, "raw_pan": false, "sad": true})
+		d := main.decision with input as inp
+		d.verdict == "deny"
+		"pci.sad_present" in rule_ids(d)
+	}
+}
+
+test_raw_pan_in_a_file_transfer_requires_approval if {
+	every action in ["file.write", "file.read"] {
+		inp := with_dlp(req(action, {}), {"counts": {"CREDIT_CARD": 1}, "raw_pan": true, "sad": false})
+		d := main.decision with input as inp
+		d.verdict == "require_approval"
+		"pci.raw_pan_in_code" in rule_ids(d)
+	}
+}
+
+test_a_file_transfer_into_a_sandbox_with_ungranted_secrets_is_denied if {
+	every action in ["file.write", "file.read"] {
+		d := main.decision with input as req(action, {"secrets": ["DB_PASSWORD"]})
+		d.verdict == "deny"
+		rule_ids(d) == {"secret.not_granted"}
+	}
+}
+
+test_a_file_transfer_with_granted_secrets_is_logged if {
+	every action in ["file.write", "file.read"] {
+		d := main.decision with input as req(action, {"secrets": ["DB_PASSWORD"]})
+			with data.ztee.config.secret_grants as grants
+		d.verdict == "allow"
+		"risk.file_transfer_with_secrets" in rule_ids(d)
+	}
+}

@@ -19,13 +19,22 @@ pub struct PolicyPrincipal {
     pub tier: String,
 }
 
-/// The action being decided.
+/// The action being decided. The default bundle denies any action it has no allow rule for, so
+/// a new variant needs one (`policies/ztee/main.rego`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Action {
     #[serde(rename = "sandbox.create")]
     SandboxCreate,
     #[serde(rename = "sandbox.exec")]
     SandboxExec,
+    #[serde(rename = "sandbox.delete")]
+    SandboxDelete,
+    /// A file copied into a sandbox (upload).
+    #[serde(rename = "file.write")]
+    FileWrite,
+    /// A file copied out of a sandbox (download).
+    #[serde(rename = "file.read")]
+    FileRead,
     #[serde(rename = "run")]
     Run,
     #[serde(rename = "llm.chat")]
@@ -45,6 +54,9 @@ impl Action {
         match self {
             Action::SandboxCreate => "sandbox.create",
             Action::SandboxExec => "sandbox.exec",
+            Action::SandboxDelete => "sandbox.delete",
+            Action::FileWrite => "file.write",
+            Action::FileRead => "file.read",
             Action::Run => "run",
             Action::LlmChat => "llm.chat",
             Action::ToolCall => "tool.call",

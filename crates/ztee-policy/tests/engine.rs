@@ -208,3 +208,83 @@ fn one_engine_serves_many_threads() {
         assert!(verdicts.iter().all(|v| *v == expected));
     }
 }
+
+#[test]
+fn an_action_the_bundle_does_not_know_is_denied() {
+    let engine = PolicyEngine::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let mut raw = serde_json::to_value(input(Action::SandboxCreate, PolicyRequest::default()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    raw["action"] = "frobnicate".into();
+    let decision = engine.evaluate_json(raw);
+    assert_eq!(decision.verdict, Verdict::Deny);
+    assert_eq!(decision.rule_ids(), vec!["policy.no_allow_rule"]);
+}
+
+#[test]
+fn file_transfers_are_decided_as_their_own_actions() {
+    // The default bundle plus an operator rule that forbids uploads.
+    let repo = repo_policies();
+    let main =
+        std::fs::read_to_string(repo.join("ztee/main.rego")).unwrap_or_else(|e| panic!("{e}"));
+    let data = std::fs::read_to_string(repo.join("data.json")).unwrap_or_else(|e| panic!("{e}"));
+    let dir = bundle_of(&[
+        ("ztee/main.rego", &main),
+        ("data.json", &data),
+        (
+            "ztee/no_uploads.rego",
+            "package ztee.main\nimport rego.v1\ndeny contains {\"rule\": \"operator.no_uploads\", \"message\": \"uploads are disabled\"} if input.action == \"file.write\"\n",
+        ),
+    ]);
+    let engine =
+        PolicyEngine::compile(&Bundle::from_dir(dir.path()).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let upload = engine.evaluate(&input(Action::FileWrite, PolicyRequest::default()));
+    assert_eq!(upload.verdict, Verdict::Deny);
+    assert_eq!(upload.rule_ids(), vec!["operator.no_uploads"]);
+    let download = engine.evaluate(&input(Action::FileRead, PolicyRequest::default()));
+    assert_eq!(download.verdict, Verdict::Allow);
+    assert_eq!(download.rule_ids(), vec!["risk.file_transfer"]);
+    let exec = engine.evaluate(&input(
+        Action::SandboxExec,
+        PolicyRequest {
+            cmd: vec!["ls".into()],
+            ..Default::default()
+        },
+    ));
+    assert_eq!(exec.verdict, Verdict::Allow);
+    assert_eq!(exec.rule_ids(), vec!["risk.code_execution"]);
+}
+
+#[test]
+fn every_known_action_with_a_benign_input_is_allowed() {
+    let engine = PolicyEngine::builtin().unwrap_or_else(|e| panic!("{e}"));
+    let image = Some(format!("python@sha256:{}", "ab".repeat(32)));
+    for action in [
+        Action::SandboxCreate,
+        Action::SandboxExec,
+        Action::SandboxDelete,
+        Action::Run,
+        Action::FileWrite,
+        Action::FileRead,
+        Action::LlmChat,
+        Action::ToolCall,
+        Action::ImageAdmit,
+        Action::Egress,
+        Action::SecretUse,
+    ] {
+        let request = PolicyRequest {
+            image: image.clone(),
+            provider: (action == Action::LlmChat).then(|| ztee_policy::Provider {
+                name: "local".into(),
+                external: false,
+            }),
+            tool: (action == Action::ToolCall).then(|| ztee_policy::ToolCall {
+                name: "read_file".into(),
+                args: serde_json::Value::Null,
+            }),
+            ..Default::default()
+        };
+        let decision = engine.evaluate(&input(action, request));
+        assert_eq!(decision.verdict, Verdict::Allow, "{action}: {decision:?}");
+    }
+}
