@@ -10,7 +10,8 @@ use crate::dlp::{Detection, InboundAction};
 /// What the policy sees about a request.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyInput {
-    /// `sandbox.create`, `sandbox.exec`, `run`, `file.write`, `file.read`.
+    /// `sandbox.create`, `sandbox.exec`, `sandbox.delete`, `run`, `file.write`, `file.read`,
+    /// `secret.use`. The Rego policy denies a name it has no action for.
     pub action: &'static str,
     pub subject: String,
     pub tenant: String,

@@ -33,10 +33,15 @@ impl RegoPolicy {
     }
 }
 
+/// The bundle's action for a gateway action name. `None` for a name the bundle has no action for:
+/// such a request is denied (deny by default), like an action the bundle has no allow rule for.
 fn action(name: &str) -> Option<Action> {
     Some(match name {
         "sandbox.create" => Action::SandboxCreate,
-        "sandbox.exec" | "file.write" | "file.read" => Action::SandboxExec,
+        "sandbox.exec" => Action::SandboxExec,
+        "sandbox.delete" => Action::SandboxDelete,
+        "file.write" => Action::FileWrite,
+        "file.read" => Action::FileRead,
         "run" => Action::Run,
         "secret.use" => Action::SecretUse,
         _ => return None,
@@ -74,9 +79,13 @@ impl PolicyEngine for RegoPolicy {
 
     fn decide(&self, input: &PolicyInput) -> Decision {
         let Some(rego_action) = action(input.action) else {
-            // Actions without a Rego counterpart (sandbox deletion) only need the permission
-            // checked before the pipeline.
-            return Decision::allow();
+            return Decision {
+                kind: DecisionKind::Deny,
+                reasons: vec!["policy.no_allow_rule".into()],
+                messages: vec!["no allow rule of the policy covers this action".into()],
+                risk: "HIGH",
+                redact_inbound: false,
+            };
         };
         let mut dlp = DlpSummary::default();
         for d in &input.findings {
@@ -190,5 +199,28 @@ mod tests {
         let d = p.decide(&input("run", &["EMAIL_ADDRESS"]));
         assert_eq!(d.kind, DecisionKind::Allow);
         assert!(d.redact_inbound);
+    }
+
+    #[test]
+    fn file_transfers_are_their_own_actions_and_unknown_actions_are_denied() {
+        let p = RegoPolicy::new(
+            ztee_policy::PolicyEngine::builtin().unwrap(),
+            InboundAction::Redact,
+        );
+        for name in ["file.write", "file.read"] {
+            let d = p.decide(&input(name, &[]));
+            assert_eq!(d.kind, DecisionKind::Allow, "{name}");
+            assert_eq!(d.reasons, vec!["risk.file_transfer".to_string()], "{name}");
+            // The card-data checks of sandbox.exec apply.
+            let d = p.decide(&input(name, &["CREDIT_CARD"]));
+            assert_eq!(d.kind, DecisionKind::RequireApproval, "{name}");
+            let d = p.decide(&input(name, &["CARD_VERIFICATION_CODE"]));
+            assert_eq!(d.kind, DecisionKind::Deny, "{name}");
+        }
+        let d = p.decide(&input("sandbox.delete", &[]));
+        assert_eq!(d.kind, DecisionKind::Allow);
+        let d = p.decide(&input("frobnicate", &[]));
+        assert_eq!(d.kind, DecisionKind::Deny);
+        assert_eq!(d.reasons, vec!["policy.no_allow_rule".to_string()]);
     }
 }

@@ -19,8 +19,9 @@ pub enum Command {
     ///   ztee policy eval --input - --bundle ./policies --format json < request.json
     ///
     /// The input is a JSON object with `principal` {subject, tenant, roles, tier}, `action`
-    /// (sandbox.create, sandbox.exec, run, llm.chat, tool.call, image.admit, egress,
-    /// secret.use), `request`, `dlp` and `injection`; see docs/policy.md.
+    /// (sandbox.create, sandbox.exec, sandbox.delete, run, file.write, file.read, llm.chat,
+    /// tool.call, image.admit, egress, secret.use), `request`, `dlp` and `injection`; see
+    /// docs/policy.md. The default bundle denies any other action (policy.no_allow_rule).
     /// Exit status 0 whatever the verdict; non-zero only on an error.
     #[command(verbatim_doc_comment)]
     Eval(EvalArgs),
