@@ -51,6 +51,12 @@ pub struct OidcConfig {
     /// authentication (PCI DSS 8.4.2). Empty (the default) accepts tokens without `amr`.
     #[serde(default)]
     pub required_amr: Vec<String>,
+    /// Dot-separated path of a claim that makes the caller a platform admin (every tenant, the
+    /// global secret store, metrics) when its value is the JSON boolean `true`, e.g.
+    /// `ztee_platform_admin`. Unset (the default), no OIDC token is a platform admin, whatever
+    /// its roles claim says: platform admins then use API keys with role `platform-admin`.
+    #[serde(default)]
+    pub platform_admin_claim: Option<String>,
 }
 
 fn default_roles_claim() -> String {
@@ -402,12 +408,22 @@ impl OidcValidator {
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Ok(Principal::new(
+        let mut principal = Principal::new(
             format!("oidc:{subject}"),
             tenant.to_owned(),
             roles,
             AuthMethod::Oidc,
-        ))
+        );
+        let platform_admin = self
+            .config
+            .platform_admin_claim
+            .as_deref()
+            .and_then(|path| claim_at(claims, path))
+            .is_some_and(|v| *v == serde_json::Value::Bool(true));
+        if platform_admin {
+            principal.grant_platform_admin();
+        }
+        Ok(principal)
     }
 }
 
@@ -511,6 +527,54 @@ mod tests {
         let claims = serde_json::json!({"realm_access": {"roles": ["agent"]}, "t": "acme"});
         assert_eq!(claim_at(&claims, "realm_access.roles").unwrap()[0], "agent");
         assert!(claim_at(&claims, "realm_access.missing").is_none());
+    }
+
+    /// Review #12: a roles claim saying `admin` makes a tenant admin, one saying `platform-admin`
+    /// grants nothing; only the operator's dedicated claim, when configured and `true`, makes a
+    /// platform admin.
+    #[test]
+    fn platform_admin_comes_only_from_the_configured_claim() {
+        use crate::principal::Permission;
+        let claims = |roles: &[&str], flag: serde_json::Value| {
+            serde_json::json!({
+                "sub": "u", "tenant": "acme", "realm_access": {"roles": roles},
+                "ztee_platform_admin": flag,
+            })
+        };
+        let v = OidcValidator::new(config()).unwrap();
+        let admin = v
+            .principal_from_claims(&claims(&["admin"], serde_json::json!(true)))
+            .unwrap();
+        assert!(admin.has(Permission::Admin));
+        assert!(admin.has(Permission::AuditRead));
+        assert!(!admin.has(Permission::PlatformAdmin), "no claim configured");
+        let claimed = v
+            .principal_from_claims(&claims(
+                &["platform-admin", "metrics"],
+                serde_json::json!(true),
+            ))
+            .unwrap();
+        assert!(claimed.permissions.is_empty(), "{:?}", claimed.permissions);
+
+        let mut c = config();
+        c.platform_admin_claim = Some("ztee_platform_admin".into());
+        let v = OidcValidator::new(c).unwrap();
+        let operator = v
+            .principal_from_claims(&claims(&["agent"], serde_json::json!(true)))
+            .unwrap();
+        assert!(operator.has(Permission::PlatformAdmin));
+        assert!(operator.has(Permission::MetricsRead));
+        for not_true in [
+            serde_json::json!(false),
+            serde_json::json!("true"),
+            serde_json::json!(1),
+            serde_json::Value::Null,
+        ] {
+            let p = v
+                .principal_from_claims(&claims(&["admin"], not_true.clone()))
+                .unwrap();
+            assert!(!p.has(Permission::PlatformAdmin), "{not_true}");
+        }
     }
 
     #[tokio::test]

@@ -96,14 +96,14 @@ fn approval_and_secret_paths() -> Value {
                          "responses": std_errors(json!({"200": {"description": "Decision recorded"}, "403": error_response("Bad or expired signature, the approver's key is gone, or the approver is the requester"), "409": error_response("Not pending, or already decided by this approver")}))}
             },
             "/v1/secrets": {
-                "get": {"summary": "List secret names in the built-in store and Vault mappings (admin; never values)",
+                "get": {"summary": "List secret names in the built-in store and Vault mappings (platform admin; never values)",
                         "responses": std_errors(json!({"200": ok_json("Secret names", "SecretList")}))}
             },
             "/v1/secrets/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"}}],
-                "put": {"summary": "Store or replace a secret in the built-in store (admin)", "requestBody": json_body("PutSecret"),
+                "put": {"summary": "Store or replace a secret in the built-in store (platform admin)", "requestBody": json_body("PutSecret"),
                         "responses": std_errors(json!({"204": {"description": "Stored"}}))},
-                "delete": {"summary": "Remove a secret from the built-in store (admin)",
+                "delete": {"summary": "Remove a secret from the built-in store (platform admin)",
                            "responses": std_errors(json!({"204": {"description": "Removed"}, "404": error_response("No such secret")}))}
             }
     })
@@ -181,8 +181,12 @@ pub fn document() -> Value {
         "security": [{"bearer": []}],
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Process is up"}}}},
-            "/readyz": {"get": {"summary": "Readiness (state database, VM engine)", "security": [], "responses": {"200": {"description": "Ready"}, "503": error_response("Not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
+            "/readyz": {"get": {"summary": "Readiness (state database); answers {\"status\": \"ready\"} and nothing else", "security": [], "responses": {"200": {"description": "Ready"}, "503": error_response("Not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics, for every tenant: needs `metrics:read` (role `metrics` for a scraper's API key, or `platform-admin`)",
+                                 "responses": {"200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}},
+                                               "401": error_response("Missing or refused credentials"),
+                                               "403": error_response("The caller lacks `metrics:read`"),
+                                               "429": error_response("Rate limited")}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.0 document"}}}},
             "/v1/sandboxes": {
                 "get": {"summary": "List visible sandboxes", "responses": std_errors(json!({"200": ok_json("Sandboxes", "SandboxList")}))},
@@ -233,7 +237,7 @@ pub fn document() -> Value {
                             {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                             {"name": "type", "in": "query", "schema": {"type": "string"}},
                             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                            {"name": "tenant", "in": "query", "description": "admin only", "schema": {"type": "string"}}
+                            {"name": "tenant", "in": "query", "description": "another tenant: platform admins only", "schema": {"type": "string"}}
                         ],
                         "responses": std_errors(json!({"200": {"description": "Events", "content": {"application/json": {"schema": {"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}}}}}}))}
             }

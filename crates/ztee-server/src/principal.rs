@@ -2,6 +2,11 @@
 //!
 //! A principal comes out of authentication (an OIDC token or an API key) and carries its tenant
 //! and roles. Roles map to permissions through a fixed table; unknown roles grant nothing.
+//!
+//! Role `admin` is the admin of its own tenant. Reaching across tenants (every tenant's sandboxes,
+//! approvals, audit and traces, the global secret store, metrics) takes `platform:admin`, which
+//! only platform roles grant, and platform roles come from API keys only: an identity provider's
+//! roles claim never grants them (see [`PLATFORM_ROLES`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,9 +28,16 @@ pub enum Permission {
     /// Decide on actions that policy sent for approval.
     #[serde(rename = "approval:decide")]
     ApprovalDecide,
-    /// Operator: manage API keys, see every tenant.
+    /// Admin of the own tenant: marks tenant administrators. It reaches no other tenant.
     #[serde(rename = "admin")]
     Admin,
+    /// Platform operator: every tenant's sandboxes, approvals, audit and traces, the global secret
+    /// store, host details of sandboxes.
+    #[serde(rename = "platform:admin")]
+    PlatformAdmin,
+    /// Read `/metrics` (counts for every tenant).
+    #[serde(rename = "metrics:read")]
+    MetricsRead,
     /// Use the LLM proxy (`/v1/openai`, `/v1/anthropic`).
     #[serde(rename = "llm:chat")]
     LlmChat,
@@ -42,6 +54,8 @@ impl Permission {
             Self::AuditRead => "audit:read",
             Self::ApprovalDecide => "approval:decide",
             Self::Admin => "admin",
+            Self::PlatformAdmin => "platform:admin",
+            Self::MetricsRead => "metrics:read",
             Self::LlmChat => "llm:chat",
             Self::PanDetokenize => "pan:detokenize",
         }
@@ -85,7 +99,32 @@ pub const ROLES: &[(&str, &[Permission])] = &[
             Permission::LlmChat,
         ],
     ),
+    // Platform roles (see `PLATFORM_ROLES`): API keys only.
+    (
+        "platform-admin",
+        &[
+            Permission::SandboxRun,
+            Permission::SandboxAdmin,
+            Permission::AuditRead,
+            Permission::ApprovalDecide,
+            Permission::Admin,
+            Permission::LlmChat,
+            Permission::PlatformAdmin,
+            Permission::MetricsRead,
+        ],
+    ),
+    // For a Prometheus scraper's API key.
+    ("metrics", &[Permission::MetricsRead]),
 ];
+
+/// Roles that reach beyond one tenant. An OIDC roles claim naming them grants nothing: an
+/// identity provider is administered per organisation, and a tenant's IdP admin must not make
+/// itself operator of the platform. Platform admins over OIDC need the operator's
+/// `oidc.platform_admin_claim`.
+pub const PLATFORM_ROLES: &[&str] = &["platform-admin", "metrics"];
+
+/// The role an OIDC token gets when the operator's `oidc.platform_admin_claim` is `true` in it.
+pub const PLATFORM_ADMIN_ROLE: &str = "platform-admin";
 
 /// Returns `None` for a role ztee does not know.
 pub fn role_permissions(role: &str) -> Option<&'static [Permission]> {
@@ -119,9 +158,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Roles grant their permissions; for [`AuthMethod::Oidc`], platform roles
+    /// ([`PLATFORM_ROLES`]) grant nothing (use [`Principal::grant_platform_admin`]).
     pub fn new(subject: String, tenant: String, roles: Vec<String>, method: AuthMethod) -> Self {
         let permissions = roles
             .iter()
+            .filter(|r| method == AuthMethod::ApiKey || !PLATFORM_ROLES.contains(&r.as_str()))
             .filter_map(|r| role_permissions(r))
             .flat_map(|p| p.iter().copied())
             .collect();
@@ -131,6 +173,17 @@ impl Principal {
             roles,
             permissions,
             method,
+        }
+    }
+
+    /// Makes this principal a platform admin: for an OIDC token whose operator-configured
+    /// platform admin claim is `true`.
+    pub fn grant_platform_admin(&mut self) {
+        if let Some(granted) = role_permissions(PLATFORM_ADMIN_ROLE) {
+            self.permissions.extend(granted.iter().copied());
+        }
+        if !self.roles.iter().any(|r| r == PLATFORM_ADMIN_ROLE) {
+            self.roles.push(PLATFORM_ADMIN_ROLE.to_owned());
         }
     }
 
@@ -185,6 +238,64 @@ mod tests {
         let err = p.require(Permission::AuditRead).unwrap_err();
         assert_eq!(err.status, axum::http::StatusCode::FORBIDDEN);
         assert!(err.message.contains("audit:read"));
+    }
+
+    /// Review #12: `admin` is its own tenant's admin; platform permissions come from an API key's
+    /// platform role, never from an OIDC roles claim.
+    #[test]
+    fn admin_is_per_tenant_and_platform_roles_need_an_api_key() {
+        let oidc_admin = Principal::new(
+            "oidc:a".into(),
+            "acme".into(),
+            vec!["admin".into()],
+            AuthMethod::Oidc,
+        );
+        for p in [
+            Permission::SandboxRun,
+            Permission::SandboxAdmin,
+            Permission::AuditRead,
+            Permission::ApprovalDecide,
+            Permission::LlmChat,
+            Permission::Admin,
+        ] {
+            assert!(oidc_admin.has(p), "{p}");
+        }
+        assert!(!oidc_admin.has(Permission::PlatformAdmin));
+        assert!(!oidc_admin.has(Permission::MetricsRead));
+        assert!(!oidc_admin.has(Permission::PanDetokenize));
+
+        let claimed = Principal::new(
+            "oidc:b".into(),
+            "acme".into(),
+            vec!["platform-admin".into(), "metrics".into()],
+            AuthMethod::Oidc,
+        );
+        assert!(claimed.permissions.is_empty(), "{:?}", claimed.permissions);
+
+        let key = Principal::new(
+            "apikey:k".into(),
+            "default".into(),
+            vec!["platform-admin".into()],
+            AuthMethod::ApiKey,
+        );
+        assert!(key.has(Permission::PlatformAdmin));
+        assert!(key.has(Permission::MetricsRead));
+        assert!(!key.has(Permission::PanDetokenize));
+        let scraper = Principal::new(
+            "apikey:m".into(),
+            "default".into(),
+            vec!["metrics".into()],
+            AuthMethod::ApiKey,
+        );
+        assert_eq!(
+            scraper.permissions.iter().copied().collect::<Vec<_>>(),
+            [Permission::MetricsRead]
+        );
+
+        let mut granted = oidc_admin.clone();
+        granted.grant_platform_admin();
+        assert!(granted.has(Permission::PlatformAdmin));
+        assert!(granted.roles.contains(&"platform-admin".to_owned()));
     }
 
     #[test]

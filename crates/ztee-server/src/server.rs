@@ -138,7 +138,7 @@ pub async fn build(
         Some(apikey::create(
             &store,
             "default",
-            "admin",
+            "platform-admin",
             "created at first start",
         )?)
     } else {

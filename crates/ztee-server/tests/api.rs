@@ -572,12 +572,13 @@ async fn the_audit_trail_records_decisions_verifies_and_audits_its_readers() {
 }
 
 #[tokio::test]
-async fn health_metrics_and_openapi_need_no_auth() {
+async fn health_readiness_and_openapi_need_no_auth_and_readiness_says_nothing_more() {
     let (gw, _exec) = gateway().await;
     let c = client();
     let r = c.get(format!("{}/healthz", gw.url)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("x-request-id").is_some());
+    // Review #17: readiness is a status, no engine description and no host path.
     let r: serde_json::Value = c
         .get(format!("{}/readyz", gw.url))
         .send()
@@ -586,26 +587,7 @@ async fn health_metrics_and_openapi_need_no_auth() {
         .json()
         .await
         .unwrap();
-    assert_eq!(r["status"], "ready");
-    let _ = c
-        .get(format!("{}/v1/sandboxes", gw.url))
-        .send()
-        .await
-        .unwrap();
-    let metrics = c
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("ztee_http_requests_total"), "{metrics}");
-    assert!(
-        metrics.contains("reason=\"missing_credentials\""),
-        "{metrics}"
-    );
-    assert!(metrics.contains("route=\"/v1/sandboxes\""), "{metrics}");
+    assert_eq!(r, json!({"status": "ready"}));
     let doc: serde_json::Value = c
         .get(format!("{}/openapi.json", gw.url))
         .send()
@@ -615,6 +597,117 @@ async fn health_metrics_and_openapi_need_no_auth() {
         .await
         .unwrap();
     assert_eq!(doc["openapi"], "3.0.3");
+    let _ = gw.stop().await;
+}
+
+/// Review #17: the metrics carry per-tenant counts; only a caller with `metrics:read` (role
+/// `metrics`, for a scraper's API key, or `platform-admin`) reads them.
+#[tokio::test]
+async fn metrics_need_the_metrics_read_permission() {
+    let (gw, _exec) = gateway().await;
+    let c = client();
+    let _ = c
+        .get(format!("{}/v1/sandboxes", gw.url))
+        .send()
+        .await
+        .unwrap();
+    let r = c.get(format!("{}/metrics", gw.url)).send().await.unwrap();
+    error_body(r, 401, "unauthenticated").await;
+    for role in ["agent", "admin"] {
+        let key = gw.key("acme", role);
+        let r = gw.get(&key, "/metrics").await;
+        let body = error_body(r, 403, "forbidden").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("metrics:read"),
+            "{body}"
+        );
+    }
+    for role in ["metrics", "platform-admin"] {
+        let key = gw.key("default", role);
+        let r = gw.get(&key, "/metrics").await;
+        assert_eq!(r.status(), 200, "{role}");
+        let metrics = r.text().await.unwrap();
+        assert!(metrics.contains("ztee_http_requests_total"), "{metrics}");
+        assert!(
+            metrics.contains("reason=\"missing_credentials\""),
+            "{metrics}"
+        );
+        assert!(metrics.contains("route=\"/v1/sandboxes\""), "{metrics}");
+    }
+    let _ = gw.stop().await;
+}
+
+/// Review #12: role `admin` is its own tenant's admin; seeing other tenants takes
+/// `platform:admin`, which only an API key with role `platform-admin` carries.
+#[tokio::test]
+async fn a_tenant_admin_does_not_reach_other_tenants_and_a_platform_admin_does() {
+    let (gw, _exec) = gateway().await;
+    let globex = gw.key("globex", "agent");
+    let r = gw.post(&globex, "/v1/sandboxes", &json!({})).await;
+    assert_eq!(r.status(), 201);
+    let sbx: serde_json::Value = r.json().await.unwrap();
+    let id = sbx["id"].as_str().unwrap().to_owned();
+
+    let acme_admin = gw.key("acme", "admin");
+    let list = gw.get_json(&acme_admin, "/v1/sandboxes").await;
+    assert_eq!(list["sandboxes"].as_array().unwrap().len(), 0, "{list}");
+    let r = gw.get(&acme_admin, &format!("/v1/sandboxes/{id}")).await;
+    error_body(r, 404, "not_found").await;
+    let r = gw.delete(&acme_admin, &format!("/v1/sandboxes/{id}")).await;
+    error_body(r, 404, "not_found").await;
+    let r = gw.get(&acme_admin, "/v1/audit?tenant=globex").await;
+    let body = error_body(r, 403, "forbidden").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("platform:admin"),
+        "{body}"
+    );
+    let r = gw.get(&acme_admin, "/v1/secrets").await;
+    error_body(r, 403, "forbidden").await;
+    // Its own tenant's audit it reads.
+    let r = gw.get(&acme_admin, "/v1/audit").await;
+    assert_eq!(r.status(), 200);
+
+    let platform = gw.key("default", "platform-admin");
+    let list = gw.get_json(&platform, "/v1/sandboxes").await;
+    assert!(list.to_string().contains(&id), "{list}");
+    let r = gw.get(&platform, &format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(r.status(), 200);
+    let r = gw.get(&platform, "/v1/audit?tenant=globex").await;
+    assert_eq!(r.status(), 200);
+    let _ = gw.stop().await;
+}
+
+/// Review #17: a sandbox view shows the VMM's jail (host uid, cgroup and chroot paths) and host
+/// pid to platform admins only; tenants get the VM facts without host internals.
+#[tokio::test]
+async fn sandbox_views_show_host_internals_to_platform_admins_only() {
+    let (gw, _exec) = gateway().await;
+    let dev = gw.key("acme", "developer");
+    let r = gw.post(&dev, "/v1/sandboxes", &json!({})).await;
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let admin = gw.key("acme", "admin");
+    for (key, who) in [(&dev, "developer"), (&admin, "tenant admin")] {
+        let shown = gw.get_json(key, &format!("/v1/sandboxes/{id}")).await;
+        let listed = gw.get_json(key, "/v1/sandboxes").await;
+        for view in [&created, &shown, &listed["sandboxes"][0]] {
+            assert_eq!(view["vm"]["backend"], "echo", "{who}: {view}");
+            assert!(view["vm"].get("jail").is_none(), "{who}: {view}");
+            assert!(view["vm"].get("vmm_pid").is_none(), "{who}: {view}");
+            assert!(!view.to_string().contains("/srv/jail"), "{who}: {view}");
+        }
+    }
+    let platform = gw.key("default", "platform-admin");
+    let shown = gw.get_json(&platform, &format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(shown["vm"]["jail"]["uid"], 64_000, "{shown}");
+    assert!(shown["vm"]["vmm_pid"].is_number(), "{shown}");
     let _ = gw.stop().await;
 }
 

@@ -75,7 +75,7 @@ fn keys_before_start(
 ) {
     let store =
         ztee_server::store::Store::open(&ztee_server::server::state_db_path(data_dir)).unwrap();
-    let admin = ztee_server::apikey::create(&store, "default", "admin", "test").unwrap();
+    let admin = ztee_server::apikey::create(&store, "default", "platform-admin", "test").unwrap();
     let approver = ztee_server::apikey::create(&store, "acme", "approver", "bob").unwrap();
     (admin, approver)
 }
@@ -431,7 +431,7 @@ async fn echo_gateway(two_person: bool) -> EchoGateway {
     let store =
         ztee_server::store::Store::open(&ztee_server::server::state_db_path(data_dir.path()))
             .unwrap();
-    let admin = create(&store, "default", "admin", "test").unwrap();
+    let admin = create(&store, "default", "platform-admin", "test").unwrap();
     let agent = create(&store, "acme", "agent", "agent").unwrap();
     let acme_admin = create(&store, "acme", "admin", "acme admin").unwrap();
     let alice = create(&store, "acme", "approver", "alice").unwrap();
@@ -495,6 +495,24 @@ async fn audit_events(t: &EchoGateway, kind: &str, id: &str) -> Vec<serde_json::
         .filter(|e| e["event"]["type"] == kind && e.to_string().contains(&format!("approval/{id}")))
         .cloned()
         .collect()
+}
+
+/// Review #12: a tenant's `admin` sees its own tenant's approvals only; a platform admin (an API
+/// key with role `platform-admin`) sees every tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_admin_sees_no_other_tenants_approvals() {
+    let t = echo_gateway(false).await;
+    let id = hold(&t.gw, &t.agent.key).await;
+    let other_admin = t.gw.key("globex", "admin");
+    let listed = get(&t.gw, &other_admin, "/v1/approvals").await;
+    assert_eq!(listed["approvals"].as_array().unwrap().len(), 0, "{listed}");
+    let r = t.gw.get(&other_admin, &format!("/v1/approvals/{id}")).await;
+    assert_eq!(r.status(), 404);
+    // acme's own admin sees it; so does the platform admin.
+    let own = get(&t.gw, &t.acme_admin, "/v1/approvals").await;
+    assert!(own.to_string().contains(&id), "{own}");
+    let platform = get(&t.gw, &t.gw.admin_key, "/v1/approvals").await;
+    assert!(platform.to_string().contains(&id), "{platform}");
 }
 
 /// Review #4: one person approving through the API and again through a signed link is one

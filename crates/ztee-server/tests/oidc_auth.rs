@@ -176,14 +176,8 @@ async fn tokens_from_a_real_provider_are_accepted_and_bad_ones_refused() {
         "{body}"
     );
 
-    let metrics = c
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scraper = gw.key("default", "metrics");
+    let metrics = gw.get(&scraper, "/metrics").await.text().await.unwrap();
     assert!(metrics.contains("reason=\"invalid_token\""), "{metrics}");
     let _ = gw.stop().await;
 }
@@ -245,14 +239,8 @@ async fn required_amr_admits_only_tokens_that_show_multi_factor_authentication()
         let r = list(idp.token(client_id, "urn:ztee").await).await.unwrap();
         error_body(r, 401, "unauthenticated").await;
     }
-    let metrics = c
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scraper = gw.key("default", "metrics");
+    let metrics = gw.get(&scraper, "/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("reason=\"token_without_mfa\""),
         "{metrics}"

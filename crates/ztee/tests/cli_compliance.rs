@@ -95,7 +95,7 @@ fn report_over_a_gateways_data_directory() {
     assert_eq!(activity["policy_bundles"][&in_force], 1, "{activity}");
     // The first-start admin key is in the state database and counted by role.
     assert_eq!(
-        report["evidence"]["configuration"]["api_keys"]["by_role"]["admin"],
+        report["evidence"]["configuration"]["api_keys"]["by_role"]["platform-admin"],
         1
     );
     // Loopback-only plain HTTP: transport is met; no OIDC: authentication needs attention.

@@ -1,4 +1,7 @@
 //! Health, readiness, metrics, the OpenAPI document and audit reads.
+//!
+//! `/healthz`, `/readyz` and `/openapi.json` need no credentials and reveal nothing about tenants
+//! or the host; `/metrics` needs `metrics:read`.
 
 use std::sync::Arc;
 
@@ -19,27 +22,33 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when the state database answers and the audit trail accepts writes.
+/// Ready when the state database answers. Unauthenticated, so it says `ready` and nothing else:
+/// the engine and its host paths are in the start-up log and `ztee doctor`.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let db = state.store.run(|s| s.active_api_key_count()).await;
-    let engine = state.pipeline.executor.describe();
-    match db {
-        Ok(_) => Json(serde_json::json!({"status": "ready", "engine": engine})).into_response(),
+    match state.store.run(|s| s.active_api_key_count()).await {
+        Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(e) => {
-            ApiError::unavailable(format!("state database not available: {e}")).into_response()
+            tracing::warn!(error = %e, "readiness: state database not available");
+            ApiError::unavailable("state database not available").into_response()
         }
     }
 }
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
+/// `GET /metrics`: counts for every tenant, so for callers with `metrics:read` (a scraper's API
+/// key with role `metrics`, or a platform admin).
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Permission::MetricsRead)?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.encode(),
     )
-        .into_response()
+        .into_response())
 }
 
 pub async fn openapi() -> Json<serde_json::Value> {
@@ -70,7 +79,7 @@ pub async fn audit(
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let tenant = match q.tenant {
         Some(t) if t != caller.principal.tenant => {
-            caller.principal.require(Permission::Admin)?;
+            caller.principal.require(Permission::PlatformAdmin)?;
             t
         }
         _ => caller.principal.tenant.clone(),

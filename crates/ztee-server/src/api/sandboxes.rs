@@ -1,8 +1,10 @@
 //! `/v1/sandboxes`: long-lived sandboxes, their commands and files.
 //!
 //! Visibility: a principal with `sandbox:run` sees the sandboxes it created; `sandbox:admin` sees
-//! every sandbox of its tenant; `admin` sees all. Anything else answers 404, so the existence of
-//! another tenant's sandbox is never revealed.
+//! every sandbox of its tenant (role `admin` is such a tenant admin); `platform:admin` sees every
+//! tenant's. Anything else answers 404, so the existence of another tenant's sandbox is never
+//! revealed. The VMM's host pid and jail (host uid, cgroup and chroot paths) are shown to platform
+//! admins only.
 //!
 //! A sandbox holding secrets is different: code runs and files move in it (commands, file
 //! reads, file writes) only for its owner, the principal that created it and was granted its
@@ -76,7 +78,7 @@ fn json_rejection_code(rejection: &JsonRejection) -> &'static str {
 
 fn visible(caller: &Caller, record: &SandboxRecord) -> bool {
     let p = &caller.principal;
-    p.has(Permission::Admin)
+    p.has(Permission::PlatformAdmin)
         || (record.tenant == p.tenant
             && (p.has(Permission::SandboxAdmin) || record.owner == p.subject))
 }
@@ -148,9 +150,33 @@ fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("sandbox {id:?} is no longer running")))
 }
 
-fn view(state: &AppState, r: SandboxRecord) -> SandboxView {
+/// Parts of the engine's sandbox description that are about the host, not the VM: the VMM's host
+/// pid and its jail (host uid, cgroup and chroot paths).
+const HOST_DETAILS: &[&str] = &["vmm_pid", "jail"];
+
+/// The engine's description of a sandbox's VM, without host details unless `host_details`.
+fn vm_info(handle: &dyn crate::exec::SandboxHandle, host_details: bool) -> serde_json::Value {
+    let mut info = handle.info();
+    if !host_details {
+        if let Some(fields) = info.as_object_mut() {
+            for key in HOST_DETAILS {
+                fields.remove(*key);
+            }
+        }
+    }
+    info
+}
+
+/// What `caller` is shown of a sandbox: host details only for platform admins.
+fn view(state: &AppState, caller: &Caller, r: SandboxRecord) -> SandboxView {
+    view_with(state, caller.principal.has(Permission::PlatformAdmin), r)
+}
+
+fn view_with(state: &AppState, host_details: bool, r: SandboxRecord) -> SandboxView {
     let live = state.sandboxes.get(&r.id);
-    let vm = live.as_ref().map(|l| l.handle.info());
+    let vm = live
+        .as_ref()
+        .map(|l| vm_info(l.handle.as_ref(), host_details));
     let egress = live.as_ref().map(|l| l.egress.clone());
     let secrets = live
         .as_ref()
@@ -177,7 +203,7 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let tenant =
-        (!caller.principal.has(Permission::Admin)).then(|| caller.principal.tenant.clone());
+        (!caller.principal.has(Permission::PlatformAdmin)).then(|| caller.principal.tenant.clone());
     let records = state
         .store
         .run(move |s| s.sandboxes(tenant.as_deref()))
@@ -186,7 +212,7 @@ pub async fn list(
     let views: Vec<SandboxView> = records
         .into_iter()
         .filter(|r| visible(&caller, r))
-        .map(|r| view(&state, r))
+        .map(|r| view(&state, &caller, r))
         .collect();
     Ok(Json(serde_json::json!({"sandboxes": views})).into_response())
 }
@@ -198,7 +224,7 @@ pub async fn show(
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let record = find(&state, &caller, &id).await?;
-    Ok(Json(view(&state, record)).into_response())
+    Ok(Json(view(&state, &caller, record)).into_response())
 }
 
 pub async fn create(
@@ -241,6 +267,7 @@ async fn create_once(
     req: CreateSandbox,
     approved: Option<&str>,
 ) -> Result<CreateOutcome, ApiError> {
+    let host_details = caller.principal.has(Permission::PlatformAdmin);
     // What an approver would approve: the request exactly as sent.
     let original = req.clone();
     let d = &state.config.sandbox_defaults;
@@ -415,7 +442,11 @@ async fn create_once(
         destroy(&state, &id).await;
         return Err(e);
     }
-    Ok(CreateOutcome::Created(view(&state, record)))
+    Ok(CreateOutcome::Created(view_with(
+        &state,
+        host_details,
+        record,
+    )))
 }
 
 /// Takes quota for a sandbox, or answers 429 with the tenant's usage.

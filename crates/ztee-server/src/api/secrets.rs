@@ -1,5 +1,5 @@
-//! `/v1/secrets`: the built-in secret store, for operators (`admin`). Values go in and never
-//! come out: there is no endpoint that returns a value.
+//! `/v1/secrets`: the built-in secret store, global to all tenants, for platform operators
+//! (`platform:admin`). Values go in and never come out: there is no endpoint that returns a value.
 
 use std::sync::Arc;
 
@@ -103,7 +103,7 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::Admin)?;
+    caller.principal.require(Permission::PlatformAdmin)?;
     let broker = broker(&state)?;
     let vault: Vec<String> = broker
         .vault()
@@ -133,7 +133,7 @@ pub async fn put(
     Path(name): Path<String>,
     body: Result<Json<PutSecret>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::Admin)?;
+    caller.principal.require(Permission::PlatformAdmin)?;
     let name = parse_name(&name)?;
     let req = json_body(body)?;
     let bytes = match req.encoding.as_deref() {
@@ -164,7 +164,7 @@ pub async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::Admin)?;
+    caller.principal.require(Permission::PlatformAdmin)?;
     let name = parse_name(&name)?;
     let broker = broker(&state)?;
     let removed = name.clone();

@@ -256,13 +256,14 @@ impl Approvals {
         Ok(swapped)
     }
 
-    /// Whether `caller` may see `record`: its requester, an approver of its tenant, an admin.
+    /// Whether `caller` may see `record`: its requester, an approver of its tenant, a platform
+    /// admin.
     pub fn visible(caller: &Caller, record: &ApprovalRecord) -> bool {
         Self::visible_to(&caller.principal, record)
     }
 
     fn visible_to(p: &Principal, record: &ApprovalRecord) -> bool {
-        p.has(Permission::Admin)
+        p.has(Permission::PlatformAdmin)
             || (p.tenant == record.tenant
                 && (p.subject == record.requester || p.has(Permission::ApprovalDecide)))
     }
@@ -280,8 +281,8 @@ impl Approvals {
         caller: &Caller,
         status: Option<Status>,
     ) -> Result<Vec<ApprovalRecord>, ApiError> {
-        let tenant =
-            (!caller.principal.has(Permission::Admin)).then(|| caller.principal.tenant.clone());
+        let tenant = (!caller.principal.has(Permission::PlatformAdmin))
+            .then(|| caller.principal.tenant.clone());
         let all = self
             .store
             .run(move |s| record::list(s, tenant.as_deref()))

@@ -208,7 +208,7 @@ pub struct TraceQuery {
     pub since: Option<String>,
     /// The most recent N (default 1000).
     pub limit: Option<usize>,
-    /// Another tenant's traces (operators with `admin` only).
+    /// Another tenant's traces (platform operators with `platform:admin` only).
     pub tenant: Option<String>,
 }
 
@@ -227,7 +227,7 @@ pub async fn export(
     }
     let tenant = match &query.tenant {
         Some(t) if *t != caller.principal.tenant => {
-            caller.principal.require(Permission::Admin)?;
+            caller.principal.require(Permission::PlatformAdmin)?;
             crate::principal::validate_tenant(t).map_err(ApiError::bad_request)?;
             t.clone()
         }

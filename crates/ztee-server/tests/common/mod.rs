@@ -241,7 +241,14 @@ impl SandboxHandle for EchoSandbox {
     }
 
     fn info(&self) -> serde_json::Value {
-        serde_json::json!({"id": self.id, "backend": "echo"})
+        // Shaped like the VM engine's: host internals (pid, jail) next to the VM facts.
+        serde_json::json!({
+            "id": self.id,
+            "backend": "echo",
+            "vmm_pid": 4242,
+            "jail": {"uid": 64_000, "chroot": format!("/srv/jail/{}", self.id),
+                     "cgroup": format!("/sys/fs/cgroup/ztee/{}", self.id)},
+        })
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn OutputStream>, ExecError> {

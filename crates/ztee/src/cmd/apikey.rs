@@ -19,8 +19,12 @@ pub enum Command {
     /// The key (`ztee_<id>_<secret>`) is shown only now: ztee stores a SHA-256 of the secret.
     /// Callers send it as `Authorization: Bearer <key>`.
     ///
-    /// Roles: agent (sandbox:run), developer (sandbox:run, sandbox:admin),
-    /// auditor (audit:read), approver (approval:decide), admin (everything, all tenants).
+    /// Tenant roles: agent (sandbox:run, llm:chat), developer (sandbox:run, sandbox:admin,
+    /// llm:chat), pci-operator (llm:chat, pan:detokenize), auditor (audit:read),
+    /// approver (approval:decide), admin (everything within its own tenant).
+    /// Platform roles (API keys only; an OIDC roles claim never grants them):
+    /// platform-admin (every tenant, the secret store, metrics, host details of sandboxes),
+    /// metrics (metrics:read, for a Prometheus scraper).
     #[command(verbatim_doc_comment)]
     Create {
         /// Tenant the key acts for (1-64 characters: A-Z a-z 0-9 - _ .).

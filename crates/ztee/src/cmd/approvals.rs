@@ -16,8 +16,8 @@ use crate::output;
 ///   ztee approvals approve apr_3f9a... --comment "reviewed the job"
 ///   ztee approvals deny apr_3f9a... --comment "card data must not leave the CDE"
 ///
-/// Approving and denying need a key with the `approval:decide` permission (role approver or
-/// admin); nobody can approve their own request.
+/// Approving and denying need a key with the `approval:decide` permission (role approver,
+/// admin or platform-admin); nobody can approve their own request.
 #[derive(Subcommand)]
 #[command(verbatim_doc_comment)]
 pub enum Command {

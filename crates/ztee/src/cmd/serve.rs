@@ -16,7 +16,7 @@ Examples:
 
 With no configuration it listens on 127.0.0.1:8443 over plain HTTP, keeps its state
 (state.db, audit/, node key) under the data directory, uses the qemu backend, and on
-first start creates an admin API key and prints it once. Call it with
+first start creates a platform-admin API key and prints it once. Call it with
   curl -H \"Authorization: Bearer $KEY\" http://127.0.0.1:8443/v1/sandboxes
 
 Configuration file (TOML; every key optional, defaults shown):
@@ -30,6 +30,7 @@ Configuration file (TOML; every key optional, defaults shown):
   audience = \"ztee\"
   roles_claim = \"realm_access.roles\"
   tenant_claim = \"tenant\"
+  # platform_admin_claim = \"ztee_platform_admin\"  # claim that, when true, makes a platform admin
   required_amr = [\"otp\", \"hwk\"]   # refuse tokens that do not show MFA
   [quotas]
   requests_per_second = 20
@@ -92,7 +93,9 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         },
         |announcement| match announcement {
             Announcement::AdminKey { id, key } => {
-                eprintln!("First start: created an admin API key (id {id}). It is shown only now:");
+                eprintln!(
+                    "First start: created a platform-admin API key (id {id}). It is shown only now:"
+                );
                 println!("{key}");
             }
             Announcement::Listening {
