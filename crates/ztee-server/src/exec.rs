@@ -60,7 +60,7 @@ pub enum OutputEvent {
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     async fn create(&self, spec: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError>;
-    /// Engine facts for `/readyz` and start-up logs (backend, accelerator).
+    /// Engine facts for the start-up log (backend, accelerator); never served over HTTP.
     fn describe(&self) -> serde_json::Value;
 }
 

@@ -1,4 +1,5 @@
-//! Prometheus metrics, served at `/metrics` in the text exposition format.
+//! Prometheus metrics, served at `/metrics` in the text exposition format to callers with
+//! `metrics:read`.
 
 use std::sync::Mutex;
 use std::time::Instant;
