@@ -87,6 +87,43 @@ struct Bucket {
     updated: Instant,
 }
 
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    /// Whether the bucket would be full again: forgetting it changes nothing.
+    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.tokens + now.duration_since(self.updated).as_secs_f64() * rate >= burst
+    }
+
+    /// Refills at `rate` per second up to `burst`, then takes one token. `Err(seconds)` says when
+    /// the next token will be there.
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), u64> {
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / rate;
+            Err(wait.ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// The map behind a lock, also after a panic elsewhere poisoned it: a bucket is always whole
+/// (plain numbers), so what the panicking thread left is still a valid limiter state.
+fn lock<K>(buckets: &Mutex<HashMap<K, Bucket>>) -> std::sync::MutexGuard<'_, HashMap<K, Bucket>> {
+    buckets
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Bound on tracked principals, so a flood of distinct identities cannot grow memory without end;
 /// only authenticated principals get a bucket, so this is a backstop.
 const MAX_BUCKETS: usize = 100_000;
@@ -109,32 +146,15 @@ impl RateLimiter {
     /// Takes one token for `subject`. `Err(seconds)` says when the next token will be there.
     pub fn check(&self, subject: &str) -> Result<(), u64> {
         let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else {
-            // A panic elsewhere poisoned the map; refusing everyone would be an outage, and the
-            // limiter is a fairness tool, not an access control.
-            return Ok(());
-        };
+        let mut buckets = lock(&self.buckets);
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(subject) {
-            let burst = self.burst;
-            let rate = self.rate;
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
-            });
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, b| !b.refilled(now, rate, burst));
         }
-        let bucket = buckets.entry(subject.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / self.rate;
-            Err(wait.ceil().max(1.0) as u64)
-        }
+        buckets
+            .entry(subject.to_owned())
+            .or_insert_with(|| Bucket::full(self.burst, now))
+            .take(now, self.rate, self.burst)
     }
 }
 
@@ -180,37 +200,24 @@ impl SourceLimiter {
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let key = source_key(ip);
         let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
+        let mut buckets = lock(&self.buckets);
         if buckets.len() >= self.capacity && !buckets.contains_key(&key) {
             self.evict(&mut buckets, now);
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / self.rate;
-            Err(wait.ceil().max(1.0) as u64)
-        }
+        buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::full(self.burst, now))
+            .take(now, self.rate, self.burst)
     }
 
     /// Addresses currently tracked.
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().map_or(0, |b| b.len())
+        lock(&self.buckets).len()
     }
 
     fn evict(&self, buckets: &mut HashMap<IpAddr, Bucket>, now: Instant) {
         let (rate, burst) = (self.rate, self.burst);
-        buckets
-            .retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst);
+        buckets.retain(|_, b| !b.refilled(now, rate, burst));
         if buckets.len() < self.capacity {
             return;
         }
