@@ -61,6 +61,22 @@ fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     forms
 }
 
+/// A registration's name must be a valid identifier and its value long enough to match only
+/// itself.
+fn check_registration(name: &str, value: &[u8]) -> Result<(), DlpError> {
+    if !valid_name(name) {
+        return Err(DlpError::SecretName(name.chars().take(64).collect()));
+    }
+    if value.len() < MIN_SECRET_LEN {
+        return Err(DlpError::SecretTooShort {
+            name: name.to_string(),
+            len: value.len(),
+            min: MIN_SECRET_LEN,
+        });
+    }
+    Ok(())
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -81,16 +97,7 @@ impl ExactSecrets {
     }
 
     pub fn register(&self, name: &str, value: &[u8]) -> Result<(), DlpError> {
-        if !valid_name(name) {
-            return Err(DlpError::SecretName(name.chars().take(64).collect()));
-        }
-        if value.len() < MIN_SECRET_LEN {
-            return Err(DlpError::SecretTooShort {
-                name: name.to_string(),
-                len: value.len(),
-                min: MIN_SECRET_LEN,
-            });
-        }
+        check_registration(name, value)?;
         let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
         values.insert(name.to_string(), Zeroizing::new(value.to_vec()));
         self.rebuild(&values);
@@ -202,16 +209,10 @@ impl ExactValues {
         let mut forms = Vec::new();
         let mut names: Vec<String> = Vec::new();
         for (name, value) in values {
-            if !valid_name(name) || names.iter().any(|n| n == name) {
+            if names.iter().any(|n| n == name) {
                 return Err(DlpError::SecretName(name.chars().take(64).collect()));
             }
-            if value.len() < MIN_SECRET_LEN {
-                return Err(DlpError::SecretTooShort {
-                    name: name.to_string(),
-                    len: value.len(),
-                    min: MIN_SECRET_LEN,
-                });
-            }
+            check_registration(name, value)?;
             let rule: Arc<str> = Arc::from(format!("secret.exact:{name}"));
             for form in encodings(value) {
                 forms.push((form, rule.clone()));
