@@ -177,9 +177,12 @@ async fn stages() -> Vec<(String, Samples)> {
     for round in 0..WARMUP + ROUNDS {
         let t = Instant::now();
         let mut value: serde_json::Value = serde_json::from_slice(&request).unwrap();
+        // The proxy's request path: one DLP pass over every string of the body, then the
+        // conversation walked for the injection score.
         let mut guard = InboundGuard::new(&scanner, Some(detector));
+        guard.request(&mut value).unwrap();
         ztee_server::llm::openai::OpenAi::walk_request(&mut value, &mut |text, kind, field| {
-            guard.text(text, kind, field)
+            guard.score(text, kind, field)
         })
         .unwrap();
         let forwarded = serde_json::to_vec(&value).unwrap();

@@ -73,13 +73,6 @@ impl<'a> InboundGuard<'a> {
         super::walk::every_string(body, "", &mut |text, field| self.tokenize(text, field))
     }
 
-    /// Scores one text and tokenizes it: the two stages for a single text outside a request
-    /// body (benchmarks, callers holding one string).
-    pub fn text(&mut self, text: &mut String, kind: SlotKind, field: &str) {
-        self.score(text, kind, field);
-        self.tokenize(text, field);
-    }
-
     /// Scores one conversation text for prompt injection, by what it is.
     pub fn score(&mut self, text: &str, kind: SlotKind, field: &str) {
         if !kind.injection_scanned() {
