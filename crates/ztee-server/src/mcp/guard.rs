@@ -542,12 +542,13 @@ impl ResultGuard {
 
     fn one(&self, mut message: Value) -> Value {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
-        // What the tool returned, read before masking, for the injection score.
+        // What the tool returned, read before masking, for the injection score: its text as
+        // the LLM proxy reads a tool result (no `type` tags, base64 blobs or bare URLs).
         let mut text = String::new();
         let tool = self.tools.get(&id.to_string()).cloned();
         if let (Some(_), Some(result)) = (&tool, message.get("result")) {
             let mut result = result.clone();
-            crate::llm::walk_strings(
+            crate::llm::walk::texts(
                 &mut result,
                 crate::llm::tokenize::SlotKind::ToolOutput,
                 "result",
