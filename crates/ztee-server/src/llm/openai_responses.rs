@@ -33,8 +33,9 @@ fn part_text_key(part_type: Option<&str>) -> Option<&'static str> {
     }
 }
 
-/// Visits the text of a message's `content`: a string or a list of parts. Parts without text
-/// (images, files, audio) are not scanned: DLP reads text only.
+/// Visits the text of a message's `content` for policy and the injection score: a string or a
+/// list of parts. Parts without text (images, files, audio) are not read here; DLP has already
+/// tokenized every string of the body (`walk.rs`).
 fn content_texts(
     content: &mut Value,
     kind: SlotKind,
