@@ -62,7 +62,7 @@ pub fn opaque_reason(
         // MCP image and audio content `{"type": "image", "data": <base64>, "mimeType": ...}`
         // and blob resource contents `{"uri": ..., "blob": <base64>}` (the MCP guard).
         "data" if matches!(object_type, Some("image" | "audio")) => Some("base64 media"),
-        "blob" => Some("base64 resource content"),
+        "blob" if object.contains_key("uri") => Some("base64 resource content"),
         // OpenAI chat `file` parts and Responses `input_file` items: base64 file content.
         "file_data" => Some("base64 file content"),
         // Images inline as data URLs (OpenAI chat `image_url.url`, Responses `image_url`).
@@ -440,6 +440,19 @@ mod tests {
             "data": "card 4111 1111 1111 1111", "url": "https://x/4111 1111 1111 1111"}});
         fake_tokenize(&mut body).unwrap();
         assert!(!body.to_string().contains("4111"), "{body}");
+    }
+
+    #[test]
+    fn a_blob_outside_a_resource_is_text() {
+        let mut body = json!({"metadata": {"blob": "card 4111 1111 1111 1111"},
+            "contents": [{"uri": "file:///a", "blob": "JVBE"}]});
+        let mut seen = Vec::new();
+        every_string(&mut body, "", &mut |s, _| seen.push(s.clone())).unwrap();
+        assert!(seen.iter().any(|s| s == "card 4111 1111 1111 1111"));
+        assert!(
+            !seen.iter().any(|s| s == "JVBE"),
+            "a resource blob was visited"
+        );
     }
 
     #[test]
