@@ -50,6 +50,9 @@ pub struct Work {
     pub stdin: Option<String>,
     /// Files to write before running (path, content).
     pub files: Vec<(String, Bytes)>,
+    /// Caller-chosen labels stored with a sandbox and returned to callers: scanned and masked
+    /// like every other input, but never sent into the VM nor shown to policy as a command.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Work {
@@ -73,6 +76,12 @@ impl Work {
         for (path, content) in &self.files {
             h.update(path.as_bytes());
             h.update(content);
+        }
+        for (k, v) in &self.metadata {
+            h.update(k.as_bytes());
+            h.update(&[0]);
+            h.update(v.as_bytes());
+            h.update(&[0]);
         }
         h.finalize().to_vec()
     }
@@ -98,6 +107,11 @@ impl Work {
                 String::from_utf8_lossy(content),
             ));
         }
+        // Keys are caller text too: named by position, so a key is never copied into a name.
+        for (i, (k, v)) in self.metadata.iter().enumerate() {
+            fields.push((format!("metadata[{i}].key"), k.as_str().into()));
+            fields.push((format!("metadata[{i}].value"), v.as_str().into()));
+        }
         fields
     }
 
@@ -114,6 +128,14 @@ impl Work {
         self.env.values_mut().for_each(&mut apply);
         self.cwd.iter_mut().for_each(&mut apply);
         self.stdin.iter_mut().for_each(&mut apply);
+        self.metadata = std::mem::take(&mut self.metadata)
+            .into_iter()
+            .map(|(mut k, mut v)| {
+                apply(&mut k);
+                apply(&mut v);
+                (k, v)
+            })
+            .collect();
         for (i, (path, content)) in self.files.iter_mut().enumerate() {
             apply(path);
             match std::str::from_utf8(content) {
@@ -735,5 +757,28 @@ mod outbound_tests {
         assert!(!digits(&err).contains("5500000000000004"), "{err:?}");
         assert!(err.contains('*'), "{err:?}");
         assert_eq!(counts.get("CREDIT_CARD"), Some(&1));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod inbound_tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_metadata_is_scanned_and_masked_as_its_own_fields() {
+        let dlp = crate::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
+        let pan = "4111111111111111";
+        let mut work = Work {
+            metadata: [(pan.to_owned(), format!("card {pan}"))].into(),
+            ..Work::default()
+        };
+        let names: Vec<String> = work.fields().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["metadata[0].key", "metadata[0].value"]);
+        let counts = work.redact(&dlp).unwrap();
+        assert!(!counts.is_empty());
+        let (k, v) = work.metadata.iter().next().unwrap();
+        assert!(!k.contains(pan) && !v.contains(pan), "{k} {v}");
+        assert!(work.argv.is_empty());
     }
 }

@@ -182,6 +182,7 @@ async fn run_once(
         cwd: None,
         stdin: req.stdin,
         files,
+        ..Work::default()
     };
     let gate = crate::egress::admit_with_egress(
         &state.pipeline,

@@ -312,11 +312,7 @@ async fn create_once(
     // Metadata is returned to callers and stored: scan it, keys and values, like any other input.
     let work = Work {
         env: req.env,
-        argv: req
-            .metadata
-            .iter()
-            .flat_map(|(k, v)| [k.clone(), v.clone()])
-            .collect(),
+        metadata: req.metadata.clone(),
         ..Work::default()
     };
     let gate = crate::egress::admit_with_egress(
@@ -609,7 +605,7 @@ async fn command_once(
         env,
         cwd: req.cwd,
         stdin: req.stdin,
-        files: Vec::new(),
+        ..Work::default()
     };
     let resource = Some(format!("sandbox/{}", record.id));
     let mut ctx = ActionContext {
