@@ -102,10 +102,7 @@ pub fn resolve(
     store: &Store,
     subject: &str,
 ) -> Result<Result<Principal, KeyRejection>, StoreError> {
-    let Some(id) = subject
-        .strip_prefix("apikey:")
-        .filter(|id| id.len() == ID_BYTES * 2 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-    else {
+    let Some(id) = subject_id(subject) else {
         return Ok(Err(KeyRejection::Malformed));
     };
     let Some(record) = store.api_key(id)? else {
@@ -120,6 +117,14 @@ pub fn resolve(
         vec![record.role],
         AuthMethod::ApiKey,
     )))
+}
+
+/// The key id of an API key subject (`apikey:` and 12 hex digits), or `None` for any other
+/// subject.
+pub fn subject_id(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("apikey:")
+        .filter(|id| id.len() == ID_BYTES * 2 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// True when a bearer token has the API-key shape (so it is not sent to the JWT validator).

@@ -199,9 +199,7 @@ pub fn confirmation_page(record: &super::ApprovalRecord, q: &CallbackQuery) -> S
 /// approver up when the link is used (tenant, role, revocation), which it cannot do for an
 /// OIDC subject without its token.
 pub fn valid_approver(subject: &str) -> bool {
-    subject
-        .strip_prefix("apikey:")
-        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    crate::apikey::subject_id(subject).is_some()
 }
 
 #[cfg(test)]
