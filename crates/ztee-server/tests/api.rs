@@ -173,13 +173,7 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
     for key in [&globex, &acme2] {
         let r = gw.get(key, &format!("/v1/sandboxes/{id}")).await;
         error_body(r, 404, "not_found").await;
-        let r = gw
-            .post(
-                key,
-                &format!("/v1/sandboxes/{id}/commands"),
-                &json!({"cmd": ["echo", "hi"]}),
-            )
-            .await;
+        let r = gw.exec(key, &id, &["echo", "hi"]).await;
         error_body(r, 404, "not_found").await;
         let r = gw.delete(key, &format!("/v1/sandboxes/{id}")).await;
         error_body(r, 404, "not_found").await;
@@ -203,13 +197,7 @@ async fn tenants_see_only_their_own_sandboxes_and_roles_limit_actions() {
     error_body(r, 403, "forbidden").await;
 
     // The owner runs a command; output is returned.
-    let r: serde_json::Value = gw
-        .post_json(
-            &acme,
-            &format!("/v1/sandboxes/{id}/commands"),
-            &json!({"cmd": ["echo", "hello"]}),
-        )
-        .await;
+    let r: serde_json::Value = gw.exec_json(&acme, &id, &["echo", "hello"]).await;
     assert_eq!(r["stdout"], "hello");
     assert_eq!(r["exit_code"], 0);
     // Delete, then it is gone.

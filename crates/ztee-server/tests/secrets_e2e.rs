@@ -511,13 +511,7 @@ async fn a_dynamic_vault_lease_is_revoked_when_the_sandbox_ends() {
         .unwrap()
         .to_owned();
     // The echo engine prints the variable ERR on stderr: the value comes back masked.
-    let r: serde_json::Value = gw
-        .post_json(
-            &acme,
-            &format!("/v1/sandboxes/{id}/commands"),
-            &json!({"cmd": ["echo", "hello"]}),
-        )
-        .await;
+    let r: serde_json::Value = gw.exec_json(&acme, &id, &["echo", "hello"]).await;
     assert_eq!(r["stderr"], "stderr: ***-****-********", "{r}");
     let executed = executor.executed.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
@@ -587,13 +581,7 @@ async fn a_sandbox_secret_is_masked_only_in_that_sandbox() {
 
     // The holder's own output: the value is masked on stderr (the echo engine prints ERR there)
     // and on stdout, and in a file read back.
-    let r: serde_json::Value = gw
-        .post_json(
-            &acme,
-            &format!("/v1/sandboxes/{holder}/commands"),
-            &json!({"cmd": ["echo", "hello"]}),
-        )
-        .await;
+    let r: serde_json::Value = gw.exec_json(&acme, &holder, &["echo", "hello"]).await;
     assert_eq!(r["stderr"], "stderr: **-****/****+**** ******&****", "{r}");
     let r = gw
         .get(
@@ -628,13 +616,7 @@ async fn a_sandbox_secret_is_masked_only_in_that_sandbox() {
     // Another tenant's own command carrying the same text: admitted (not flagged inbound) and
     // its output not rewritten.
     let other = create_sandbox(&gw, &globex, json!([])).await;
-    let r = gw
-        .post(
-            &globex,
-            &format!("/v1/sandboxes/{other}/commands"),
-            &json!({"cmd": ["echo", DB_PASSWORD]}),
-        )
-        .await;
+    let r = gw.exec(&globex, &other, &["echo", DB_PASSWORD]).await;
     assert_eq!(
         r.status(),
         200,
@@ -650,13 +632,7 @@ async fn a_sandbox_secret_is_masked_only_in_that_sandbox() {
     assert_eq!(r["stdout"], DB_PASSWORD, "{r}");
 
     // The holder still masks the value however it reaches its output.
-    let r: serde_json::Value = gw
-        .post_json(
-            &acme,
-            &format!("/v1/sandboxes/{holder}/commands"),
-            &json!({"cmd": ["echo", DB_PASSWORD]}),
-        )
-        .await;
+    let r: serde_json::Value = gw.exec_json(&acme, &holder, &["echo", DB_PASSWORD]).await;
     assert_eq!(r["stdout"], "**-****/****+**** ******&****", "{r}");
     assert!(r["redactions"]["SECRET"].as_u64().unwrap() >= 2, "{r}");
     let streamed = client()
@@ -676,13 +652,7 @@ async fn a_sandbox_secret_is_masked_only_in_that_sandbox() {
     // Once the sandbox is gone, nothing is masked for its old value anywhere.
     let r = gw.delete(&acme, &format!("/v1/sandboxes/{holder}")).await;
     assert_eq!(r.status(), 204);
-    let r: serde_json::Value = gw
-        .post_json(
-            &globex,
-            &format!("/v1/sandboxes/{other}/commands"),
-            &json!({"cmd": ["echo", DB_PASSWORD]}),
-        )
-        .await;
+    let r: serde_json::Value = gw.exec_json(&globex, &other, &["echo", DB_PASSWORD]).await;
     assert_eq!(r["stdout"], DB_PASSWORD, "{r}");
 }
 
@@ -807,12 +777,6 @@ async fn only_the_holder_runs_code_or_reads_files_where_secrets_are() {
 
     // Without secrets, a sandbox admin may still exec into a colleague's sandbox.
     let plain = create_sandbox(&gw, &owner, json!([])).await;
-    let r = gw
-        .post(
-            &colleague,
-            &format!("/v1/sandboxes/{plain}/commands"),
-            &json!({"cmd": ["echo", "hi"]}),
-        )
-        .await;
+    let r = gw.exec(&colleague, &plain, &["echo", "hi"]).await;
     assert_eq!(r.status(), 200);
 }

@@ -114,6 +114,18 @@ impl Gateway {
         self.post(key, path, body).await.json().await.unwrap()
     }
 
+    /// `POST /v1/sandboxes/{sandbox}/commands` with `cmd`, as the holder of `key`.
+    pub async fn exec(&self, key: &str, sandbox: &str, cmd: &[&str]) -> reqwest::Response {
+        let path = format!("/v1/sandboxes/{sandbox}/commands");
+        self.post(key, &path, &serde_json::json!({ "cmd": cmd }))
+            .await
+    }
+
+    /// [`Gateway::exec`], answered with JSON (whatever the status).
+    pub async fn exec_json(&self, key: &str, sandbox: &str, cmd: &[&str]) -> serde_json::Value {
+        self.exec(key, sandbox, cmd).await.json().await.unwrap()
+    }
+
     /// `GET {path}` as the holder of `key`.
     pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
         client()
