@@ -3,7 +3,7 @@
 # The gateway evaluates data.ztee.main.decision for every action. The result is an object
 #   {"verdict": "allow" | "deny" | "require_approval", "risk": "LOW" | "MEDIUM" | "HIGH",
 #    "reasons": [{"rule": "<stable id>", "message": "<text>"}]}
-# Deny by default: a request is allowed only when an `allow` rule below names its action (and no
+# Deny by default: a request is allowed only when its action is in `known_actions` below (and no
 # deny or approval rule fires). Any other action, e.g. one a new front door invents, is denied
 # with `policy.no_allow_rule`. Actions: sandbox.create, sandbox.exec, sandbox.delete, run,
 # file.write (upload), file.read (download), llm.chat, tool.call, egress, secret.use, image.admit.
@@ -36,28 +36,20 @@ code_actions := {"run", "sandbox.exec", "sandbox.create"}
 # so the same card-data and secret checks apply.
 file_actions := {"file.write", "file.read"}
 
-secret_actions := {"secret.use", "run", "sandbox.exec", "sandbox.create", "file.write", "file.read"}
+secret_actions := (code_actions | file_actions) | {"secret.use"}
 
 requested_secrets := object.get(input.request, "secrets", [])
 
 # ----------------------------------------------------------------------------------------------
-# Allow: the actions this bundle knows, one rule each. What may not run within an allowed action
-# (card data, providers, egress, secrets, unpinned images...) is left to the deny and risk rules
-# below, which then route it. An action no rule here names is denied.
+# Allow: the actions this bundle knows. What may not run within an allowed action (card data,
+# providers, egress, secrets, unpinned images...) is left to the deny and risk rules below, which
+# then route it. An action not in this set is denied.
 
-allow if input.action in {"sandbox.create", "sandbox.exec", "sandbox.delete", "run"}
+known_actions := (code_actions | file_actions) | {
+	"sandbox.delete", "llm.chat", "tool.call", "egress", "secret.use", "image.admit",
+}
 
-allow if input.action in file_actions
-
-allow if input.action == "llm.chat"
-
-allow if input.action == "tool.call"
-
-allow if input.action == "egress"
-
-allow if input.action == "secret.use"
-
-allow if input.action == "image.admit"
+allow if input.action in known_actions
 
 # ----------------------------------------------------------------------------------------------
 # Deny.
