@@ -143,6 +143,14 @@ impl Scratch {
         layers::unpack(&self.store, &manifest, &self.dest)
     }
 
+    /// Unpacking `layer_tars` is refused, saying `needle` (see [`assert_refused`]), and the
+    /// victim directory is left exactly as created.
+    fn assert_refused_unharmed(&self, layer_tars: &[Vec<u8>], needle: &str) {
+        let result = self.unpack(layer_tars);
+        self.assert_victim_untouched();
+        assert_refused(result, needle);
+    }
+
     /// The victim directory and everything in it are exactly as created.
     fn assert_victim_untouched(&self) {
         assert_eq!(
@@ -206,9 +214,7 @@ fn whiteout_through_an_absolute_symlink_is_refused() {
         ("a", Kind::Symlink(&victim)),
         ("a/.wh.keep", Kind::File(b"")),
     ]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[layer], "symbolic link");
 }
 
 #[test]
@@ -224,17 +230,13 @@ fn whiteout_through_a_relative_symlink_is_refused() {
         ("a", Kind::Symlink(&target)),
         ("a/.wh.keep", Kind::File(b"")),
     ]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[layer], "symbolic link");
 
     // The same link in one layer, the whiteout of a directory through it in the next.
     let s = Scratch::new();
     let lower = s.tar(&[("a", Kind::Symlink("../victim"))]);
     let upper = s.tar(&[("a/.wh.sub", Kind::File(b""))]);
-    let result = s.unpack(&[lower, upper]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[lower, upper], "symbolic link");
 }
 
 #[test]
@@ -245,9 +247,7 @@ fn opaque_whiteout_through_a_symlink_is_refused() {
         ("a", Kind::Symlink(&victim)),
         ("a/.wh..wh..opq", Kind::File(b"")),
     ]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[layer], "symbolic link");
 
     // A symlinked directory further up the path.
     let s = Scratch::new();
@@ -255,9 +255,7 @@ fn opaque_whiteout_through_a_symlink_is_refused() {
         ("a", Kind::Symlink("../victim")),
         ("a/sub/.wh..wh..opq", Kind::File(b"")),
     ]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[layer], "symbolic link");
 }
 
 #[test]
@@ -265,15 +263,11 @@ fn whiteout_naming_the_parent_directory_is_refused() {
     // `.wh...` hides `..`: whiting it out must not remove the root's parent.
     let s = Scratch::new();
     let layer = s.tar(&[(".wh...", Kind::File(b""))]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "whiteout");
+    s.assert_refused_unharmed(&[layer], "whiteout");
 
     let s = Scratch::new();
     let layer = s.tar(&[("d", Kind::Dir), ("d/.wh..", Kind::File(b""))]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "whiteout");
+    s.assert_refused_unharmed(&[layer], "whiteout");
 }
 
 #[test]
@@ -284,9 +278,7 @@ fn file_through_a_symlinked_parent_is_refused() {
         ("a", Kind::Symlink(&victim)),
         ("a/planted", Kind::File(b"evil")),
     ]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[layer], "symbolic link");
 
     // Missing directories below the link must not be created outside either.
     let s = Scratch::new();
@@ -294,25 +286,19 @@ fn file_through_a_symlinked_parent_is_refused() {
         ("a", Kind::Symlink("../victim")),
         ("a/newdir/planted", Kind::File(b"evil")),
     ]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[layer], "symbolic link");
 
     // Link and write in different layers; the overwrite of an existing host file.
     let s = Scratch::new();
     let lower = s.tar(&[("a", Kind::Symlink("../victim"))]);
     let upper = s.tar(&[("a/keep", Kind::File(b"overwritten"))]);
-    let result = s.unpack(&[lower, upper]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[lower, upper], "symbolic link");
 
     // A directory entry and a symlink entry through the link.
     for entry in [("a/newdir", Kind::Dir), ("a/ln", Kind::Symlink("/etc"))] {
         let s = Scratch::new();
         let layer = s.tar(&[("a", Kind::Symlink("../victim")), entry]);
-        let result = s.unpack(&[layer]);
-        s.assert_victim_untouched();
-        assert_refused(result, "symbolic link");
+        s.assert_refused_unharmed(&[layer], "symbolic link");
     }
 }
 
@@ -326,9 +312,7 @@ fn parent_components_in_entry_names_are_refused() {
     ] {
         let s = Scratch::new();
         let layer = s.tar(&[("x", Kind::Dir), (name, Kind::File(b"evil"))]);
-        let result = s.unpack(&[layer]);
-        s.assert_victim_untouched();
-        assert_refused(result, "..");
+        s.assert_refused_unharmed(&[layer], "..");
     }
 }
 
@@ -361,9 +345,7 @@ fn hard_links_to_outside_the_root_are_refused() {
     // A target with `..` components.
     let s = Scratch::new();
     let layer = s.tar(&[("leak", Kind::Hardlink("../victim/keep"))]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "..");
+    s.assert_refused_unharmed(&[layer], "..");
     assert!(!lexists(&s.dest.join("leak")));
 
     // A target reached through a symlink.
@@ -373,9 +355,7 @@ fn hard_links_to_outside_the_root_are_refused() {
         ("a", Kind::Symlink(&victim)),
         ("leak", Kind::Hardlink("a/keep")),
     ]);
-    let result = s.unpack(&[layer]);
-    s.assert_victim_untouched();
-    assert_refused(result, "symbolic link");
+    s.assert_refused_unharmed(&[layer], "symbolic link");
     assert!(!lexists(&s.dest.join("leak")));
 }
 
