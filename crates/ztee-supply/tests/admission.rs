@@ -224,10 +224,7 @@ fn a_signature_by_another_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture();
     // Replace the signature with one by an untrusted key.
-    let digest = f.store.resolve(&reference()).unwrap().digest;
-    f.store
-        .untag(&format!("python:{}", digest.cosign_tag("sig")))
-        .unwrap();
+    untag_cosign(&f.store, "sig");
     sign::sign(&f.store, &reference(), &f.other, None, Default::default()).unwrap();
     let d = denial(&f);
     assert_eq!(d.rule, "signed-scanned-inventoried");
@@ -243,10 +240,7 @@ fn a_signature_by_another_key_is_refused() {
 fn a_signature_for_another_repository_is_refused() {
     let f = fixture();
     // The trusted key signed this digest, but as another repository's image.
-    let digest = f.store.resolve(&reference()).unwrap().digest;
-    f.store
-        .untag(&format!("python:{}", digest.cosign_tag("sig")))
-        .unwrap();
+    untag_cosign(&f.store, "sig");
     sign::sign(
         &f.store,
         &reference(),
@@ -288,6 +282,15 @@ fn a_swapped_tag_with_a_copied_signature_is_refused() {
         d.reason
     );
     assert_eq!(d.digest, Some(swapped.digest));
+}
+
+/// Removes the image's cosign artifact `suffix` (`sig`, `att`) so a test can put another in its
+/// place.
+fn untag_cosign(store: &Store, suffix: &str) {
+    let digest = store.resolve(&reference()).unwrap().digest;
+    store
+        .untag(&format!("python:{}", digest.cosign_tag(suffix)))
+        .unwrap();
 }
 
 fn sample_image_variant(store: &Store, name: &str) {
@@ -348,10 +351,7 @@ fn a_scan_with_a_high_score_is_refused() {
 fn a_missing_sbom_is_refused() {
     let f = fixture();
     // Rebuild the attestations without the SBOM.
-    let digest = f.store.resolve(&reference()).unwrap().digest;
-    f.store
-        .untag(&format!("python:{}", digest.cosign_tag("att")))
-        .unwrap();
+    untag_cosign(&f.store, "att");
     dsse::attest(
         &f.store,
         &reference(),
