@@ -397,12 +397,14 @@ struct Kept {
 }
 
 impl Kept {
-    /// The kept record at `seq`: its hash, file and line.
-    fn at(&self, seq: u64) -> Option<&(u64, [u8; 32], PathBuf, usize)> {
-        self.records
-            .binary_search_by_key(&seq, |r| r.0)
-            .ok()
-            .map(|i| &self.records[i])
+    /// `None` when the kept record at `seq` has `hash`; otherwise where the log differs: that
+    /// record's file and line, or the last segment when no record was kept there.
+    fn mismatch(&self, seq: u64, hash: &[u8; 32]) -> Option<(PathBuf, usize)> {
+        match self.records.binary_search_by_key(&seq, |r| r.0) {
+            Ok(i) if self.records[i].1 == *hash => None,
+            Ok(i) => Some((self.records[i].2.clone(), self.records[i].3)),
+            Err(_) => Some((self.last_file.clone(), 0)),
+        }
     }
 }
 
@@ -499,21 +501,15 @@ fn check_witness(
                 },
             });
         }
-        match kept.at(entry.seq) {
-            Some((_, hash, ..)) if *hash == entry.hash => {}
-            found => {
-                let (file, line) = found
-                    .map(|(_, _, file, line)| (file.clone(), *line))
-                    .unwrap_or_else(|| (kept.last_file.clone(), 0));
-                return Some(VerifyFailure {
-                    file,
-                    line,
-                    seq: Some(entry.seq),
-                    problem: Problem::WitnessMismatch {
-                        witnessed_seq: entry.seq,
-                    },
-                });
-            }
+        if let Some((file, line)) = kept.mismatch(entry.seq, &entry.hash) {
+            return Some(VerifyFailure {
+                file,
+                line,
+                seq: Some(entry.seq),
+                problem: Problem::WitnessMismatch {
+                    witnessed_seq: entry.seq,
+                },
+            });
         }
     }
     None
@@ -537,22 +533,15 @@ fn check_expected_head(
             },
         });
     }
-    match kept.at(expected.records) {
-        Some((_, hash, ..)) if *hash == expected.hash => None,
-        found => {
-            let (file, line) = found
-                .map(|(_, _, file, line)| (file.clone(), *line))
-                .unwrap_or_else(|| (kept.last_file.clone(), 0));
-            Some(VerifyFailure {
-                file,
-                line,
-                seq: Some(expected.records),
-                problem: Problem::ExpectedHeadMismatch {
-                    expected_records: expected.records,
-                },
-            })
-        }
-    }
+    let (file, line) = kept.mismatch(expected.records, &expected.hash)?;
+    Some(VerifyFailure {
+        file,
+        line,
+        seq: Some(expected.records),
+        problem: Problem::ExpectedHeadMismatch {
+            expected_records: expected.records,
+        },
+    })
 }
 
 fn checkpoint_signature_ok(record: &Record, key: &PublicKey) -> bool {
