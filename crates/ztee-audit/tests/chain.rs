@@ -7,41 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ztee_audit::{
-    read_records, verify, AuditConfig, AuditError, AuditEvent, AuditLog, EventType, NodeKey,
-    Outcome, Payload, Principal, PrincipalKind, Problem, PublicKey, Query,
+    read_records, verify, AuditConfig, AuditError, AuditLog, NodeKey, Payload, Problem, Query,
 };
 
-fn config(data_dir: &Path) -> AuditConfig {
-    AuditConfig {
-        checkpoint_every: 5,
-        checkpoint_interval: Duration::from_secs(3600),
-        ..AuditConfig::new(data_dir)
-    }
-}
+mod common;
 
-fn event(i: usize) -> AuditEvent {
-    let who = Principal::new(PrincipalKind::User, format!("user-{}", i % 3), "acme")
-        .unwrap_or_else(|e| panic!("{e}"));
-    AuditEvent::new(EventType::SandboxExec, Outcome::Success, who)
-        .with_request_id(format!("req-{i}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_code(format!("print({i})").as_bytes())
-}
+use common::{config, event, segment, trusted_key};
 
 /// Writes `n` events (checkpoint every 5, final checkpoint on close) and returns the audit dir.
 fn write_log(data_dir: &Path, n: usize) -> PathBuf {
-    let key = NodeKey::load_or_generate(data_dir).unwrap_or_else(|e| panic!("{e}"));
-    let log = AuditLog::open(config(data_dir), key).unwrap_or_else(|e| panic!("{e}"));
-    for i in 0..n {
-        log.append_blocking(event(i))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    log.close();
-    data_dir.join("audit")
-}
-
-fn trusted_key(data_dir: &Path) -> PublicKey {
-    PublicKey::from_data_dir(data_dir).unwrap_or_else(|e| panic!("{e}"))
+    common::append(data_dir, None, 0, n)
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -54,10 +29,6 @@ fn lines(path: &Path) -> Vec<String> {
 
 fn write_lines(path: &Path, lines: &[String]) {
     fs::write(path, lines.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
-}
-
-fn segment(dir: &Path) -> PathBuf {
-    dir.join("audit-000001.jsonl")
 }
 
 #[test]
@@ -221,9 +192,9 @@ fn a_checkpoint_signed_by_another_key_is_rejected() {
 fn a_second_writer_is_refused() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let key = NodeKey::load_or_generate(tmp.path()).unwrap_or_else(|e| panic!("{e}"));
-    let _log = AuditLog::open(config(tmp.path()), key).unwrap_or_else(|e| panic!("{e}"));
+    let _log = AuditLog::open(config(tmp.path(), None), key).unwrap_or_else(|e| panic!("{e}"));
     let key = NodeKey::load_or_generate(tmp.path()).unwrap_or_else(|e| panic!("{e}"));
-    let second = AuditLog::open(config(tmp.path()), key);
+    let second = AuditLog::open(config(tmp.path(), None), key);
     assert!(
         matches!(second, Err(AuditError::Locked { .. })),
         "{second:?}"
@@ -254,7 +225,7 @@ fn rotation_keeps_one_chain_across_files() {
     let log = AuditLog::open(
         AuditConfig {
             max_file_bytes: 2048,
-            ..config(tmp.path())
+            ..config(tmp.path(), None)
         },
         key,
     )
@@ -295,7 +266,7 @@ async fn concurrent_tasks_append_into_one_chain() {
         AuditLog::open(
             AuditConfig {
                 checkpoint_every: 50,
-                ..config(tmp.path())
+                ..config(tmp.path(), None)
             },
             key,
         )

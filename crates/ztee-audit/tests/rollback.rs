@@ -4,50 +4,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use ztee_audit::{
-    verify, verify_with, AuditConfig, AuditError, AuditEvent, AuditLog, EventType, ExportedHead,
-    NodeKey, Outcome, Principal, PrincipalKind, Problem, PublicKey, VerifyOptions,
+    verify, verify_with, AuditError, AuditLog, ExportedHead, NodeKey, Problem, VerifyOptions,
 };
 
-/// A checkpoint after every 5 events; `witness` as given.
-fn config(data_dir: &Path, witness: Option<&Path>) -> AuditConfig {
-    AuditConfig {
-        checkpoint_every: 5,
-        checkpoint_interval: Duration::from_secs(3600),
-        witness: witness.map(Path::to_path_buf),
-        ..AuditConfig::new(data_dir)
-    }
-}
+mod common;
 
-fn event(i: usize) -> AuditEvent {
-    let who = Principal::new(PrincipalKind::User, format!("user-{}", i % 3), "acme")
-        .unwrap_or_else(|e| panic!("{e}"));
-    AuditEvent::new(EventType::SandboxExec, Outcome::Success, who)
-        .with_request_id(format!("req-{i}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Appends events `from..to` and closes the log.
-fn append(data_dir: &Path, witness: Option<&Path>, from: usize, to: usize) -> PathBuf {
-    let key = NodeKey::load_or_generate(data_dir).unwrap_or_else(|e| panic!("{e}"));
-    let log = AuditLog::open(config(data_dir, witness), key).unwrap_or_else(|e| panic!("{e}"));
-    for i in from..to {
-        log.append_blocking(event(i))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    log.close();
-    data_dir.join("audit")
-}
-
-fn trusted_key(data_dir: &Path) -> PublicKey {
-    PublicKey::from_data_dir(data_dir).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn segment(dir: &Path) -> PathBuf {
-    dir.join("audit-000001.jsonl")
-}
+use common::{append, config, event, segment, trusted_key};
 
 fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
