@@ -165,27 +165,31 @@ impl ExactSecrets {
             return;
         };
         for m in automaton.find_iter(text.as_bytes()) {
-            let (mut start, mut end) = (m.start(), m.end());
-            // A value with non-ASCII bytes may match mid-character in its raw form; widen to
-            // character boundaries so offsets stay valid.
-            while start > 0 && !text.is_char_boundary(start) {
-                start -= 1;
-            }
-            while end < text.len() && !text.is_char_boundary(end) {
-                end += 1;
-            }
             let Some(rule) = compiled.rules.get(m.pattern().as_usize()) else {
                 continue;
             };
-            out.push(Candidate {
-                entity: Entity::Secret,
-                start,
-                end,
-                score: 1.0,
-                rule: RuleId::Owned(rule.to_string()),
-            });
+            push_match(text, m.start(), m.end(), rule, out);
         }
     }
+}
+
+/// Reports a match of an exact value at bytes `start..end`. A value with non-ASCII bytes may
+/// match mid-character in its raw form; the span is widened to character boundaries so offsets
+/// stay valid.
+fn push_match(text: &str, mut start: usize, mut end: usize, rule: &str, out: &mut Vec<Candidate>) {
+    while start > 0 && !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    while end < text.len() && !text.is_char_boundary(end) {
+        end += 1;
+    }
+    out.push(Candidate {
+        entity: Entity::Secret,
+        start,
+        end,
+        score: 1.0,
+        rule: RuleId::Owned(rule.to_string()),
+    });
 }
 
 /// The exact values of one scope (one sandbox), in every encoding [`ExactSecrets`] knows, matched
@@ -258,24 +262,12 @@ impl ExactValues {
         // Leftmost first; at one start the longest form (padded base64 over unpadded) wins.
         found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         let mut taken_until = 0;
-        for (mut start, mut end, rule) in found {
+        for (start, end, rule) in found {
             if start < taken_until {
                 continue;
             }
             taken_until = end;
-            while start > 0 && !text.is_char_boundary(start) {
-                start -= 1;
-            }
-            while end < text.len() && !text.is_char_boundary(end) {
-                end += 1;
-            }
-            out.push(Candidate {
-                entity: Entity::Secret,
-                start,
-                end,
-                score: 1.0,
-                rule: RuleId::Owned(rule.to_string()),
-            });
+            push_match(text, start, end, rule, out);
         }
     }
 }
