@@ -91,9 +91,8 @@ pub fn every_string(
 }
 
 /// Like [`every_string`] for what comes back from a provider (answers, stream events): opaque
-/// values pass as they are (the provider's state, handed back by the client on its next turn)
-/// unless they hold a card-like run, which is then masked as text; keys that collide once
-/// masked are kept apart by a suffix rather than refused.
+/// values pass as they are (the provider's state, handed back by the client on its next turn),
+/// and keys that collide once masked are kept apart by a suffix rather than refused.
 pub fn answer_strings(value: &mut Value, visit: &mut dyn FnMut(&mut String, &str)) {
     // Nothing in answer mode returns an error.
     let _ = walk(value, "", None, Mode::Answer, visit);
@@ -134,16 +133,7 @@ fn walk(
             for (k, v) in map.iter_mut() {
                 let at = child(field, k);
                 match opaque.iter().find(|(key, _)| key == k) {
-                    // The opaque rules go by key name, and a model writes keys too (an Anthropic
-                    // `tool_use` input is an object): a value holding a card number is masked
-                    // as text rather than handed back raw. Provider state never holds one.
-                    Some(_) if mode == Mode::Answer => {
-                        if let Value::String(s) = v {
-                            if card_like_run(s).is_some() {
-                                visit(s, &at);
-                            }
-                        }
-                    }
+                    Some(_) if mode == Mode::Answer => {}
                     Some((_, what)) => {
                         if let Some(digits) = v.as_str().and_then(card_like_run) {
                             return Err(WalkError::CardInOpaque {
@@ -534,21 +524,6 @@ mod tests {
         let keys: Vec<&String> = answer["input"].as_object().unwrap().keys().collect();
         assert_eq!(keys.len(), 2, "{keys:?}");
         assert!(!answer.to_string().contains("4111 1111"), "{answer}");
-    }
-
-    #[test]
-    fn a_card_number_a_model_wrote_under_an_opaque_key_is_masked_in_an_answer() {
-        // An Anthropic `tool_use` input is the model's own object: its keys may be anything.
-        let mut answer = json!({"content": [{"type": "tool_use", "id": "t", "name": "pay",
-            "input": {"file_data": "4111 1111 1111 1111", "blob": "card 4111 1111 1111 1111"}}]});
-        answer_strings(&mut answer, &mut |s, _| {
-            *s = s.replace("4111 1111 1111 1111", "<CREDIT_CARD_1>");
-        });
-        assert!(!answer.to_string().contains("4111"), "{answer}");
-        assert_eq!(
-            answer["content"][0]["input"]["file_data"],
-            "<CREDIT_CARD_1>"
-        );
     }
 
     #[test]
