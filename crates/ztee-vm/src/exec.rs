@@ -59,6 +59,28 @@ pub enum ExitStatus {
     OutputLimit,
 }
 
+impl From<ExitKind> for ExitStatus {
+    fn from(kind: ExitKind) -> Self {
+        match kind {
+            ExitKind::Code(code) => Self::Code(code),
+            ExitKind::Signal(signal) => Self::Signal(signal),
+            ExitKind::TimedOut => Self::TimedOut,
+            ExitKind::OutputLimit => Self::OutputLimit,
+        }
+    }
+}
+
+impl From<ExitStatus> for ExitKind {
+    fn from(status: ExitStatus) -> Self {
+        match status {
+            ExitStatus::Code(code) => Self::Code(code),
+            ExitStatus::Signal(signal) => Self::Signal(signal),
+            ExitStatus::TimedOut => Self::TimedOut,
+            ExitStatus::OutputLimit => Self::OutputLimit,
+        }
+    }
+}
+
 impl ExitStatus {
     /// The exit code a shell would report: the code, 128+signal, 124 for a timeout (as
     /// timeout(1) does) and 125 for an output flood.
@@ -170,39 +192,29 @@ impl Execution {
             }
             None => self.events.recv().await.ok_or(VmError::ChannelClosed),
         };
-        let next = match next {
-            Ok(message) => Some(message),
-            Err(VmError::ChannelClosed) => None,
+        let message = match next {
+            Ok(message) => message,
             Err(err) => {
                 self.finished = true;
                 return Err(err);
             }
         };
-        match next {
-            Some(GuestMessage::Stdout { data, .. }) => Ok(Some(ExecEvent::Stdout(data))),
-            Some(GuestMessage::Stderr { data, .. }) => Ok(Some(ExecEvent::Stderr(data))),
-            Some(GuestMessage::Exited { status, .. }) => {
+        match message {
+            GuestMessage::Stdout { data, .. } => Ok(Some(ExecEvent::Stdout(data))),
+            GuestMessage::Stderr { data, .. } => Ok(Some(ExecEvent::Stderr(data))),
+            GuestMessage::Exited { status, .. } => {
                 self.finished = true;
                 self.channel.close_request(self.id);
-                Ok(Some(ExecEvent::Exit(match status {
-                    ExitKind::Code(code) => ExitStatus::Code(code),
-                    ExitKind::Signal(signal) => ExitStatus::Signal(signal),
-                    ExitKind::TimedOut => ExitStatus::TimedOut,
-                    ExitKind::OutputLimit => ExitStatus::OutputLimit,
-                })))
+                Ok(Some(ExecEvent::Exit(status.into())))
             }
-            Some(GuestMessage::Failed { message, .. }) => {
+            GuestMessage::Failed { message, .. } => {
                 self.finished = true;
                 Err(VmError::Guest(sanitize_guest_text(&message)))
             }
-            Some(other) => Err(VmError::Guest(format!(
+            other => Err(VmError::Guest(format!(
                 "unexpected {} during a command",
                 other.name()
             ))),
-            None => {
-                self.finished = true;
-                Err(VmError::ChannelClosed)
-            }
         }
     }
 

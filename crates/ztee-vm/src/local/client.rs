@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use tokio::net::UnixStream;
 use ztee_wire::message::ExecRequest;
-use ztee_wire::{ExitKind, GuestMessage, HostMessage, MAX_DATA_CHUNK};
+use ztee_wire::{GuestMessage, HostMessage, MAX_DATA_CHUNK};
 
 use super::registry::{LocalRecord, Registry};
 use super::supervisor::Conn;
 use crate::exec::failure;
-use crate::{ExecEvent, ExecSpec, ExitStatus, VmError};
+use crate::{ExecEvent, ExecSpec, VmError};
 
 pub struct LocalClient {
     registry: Registry,
@@ -181,12 +181,7 @@ impl crate::exec::CommandStream for LocalExecution {
             Some(GuestMessage::Stderr { data, .. }) => Ok(Some(ExecEvent::Stderr(data))),
             Some(GuestMessage::Exited { status, .. }) => {
                 self.finished = true;
-                Ok(Some(ExecEvent::Exit(match status {
-                    ExitKind::Code(c) => ExitStatus::Code(c),
-                    ExitKind::Signal(s) => ExitStatus::Signal(s),
-                    ExitKind::TimedOut => ExitStatus::TimedOut,
-                    ExitKind::OutputLimit => ExitStatus::OutputLimit,
-                })))
+                Ok(Some(ExecEvent::Exit(status.into())))
             }
             Some(GuestMessage::Failed { message, .. }) => {
                 self.finished = true;

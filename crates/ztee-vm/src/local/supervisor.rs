@@ -12,7 +12,7 @@ use ztee_wire::{FrameDecoder, GuestMessage, HostMessage, Opener, Sealer, MAX_DAT
 use super::registry::{LocalRecord, Registry};
 use super::secrets::{redaction_failed, LocalSecrets};
 use crate::runtime::process_start_time;
-use crate::{Engine, ExecEvent, ExecSpec, ExitStatus, Sandbox, SandboxSpec, VmError};
+use crate::{Engine, ExecEvent, ExecSpec, Sandbox, SandboxSpec, VmError};
 
 /// Largest upload accepted through the control socket.
 const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
@@ -366,13 +366,7 @@ async fn serve_exec(
                                 conn.send(&GuestMessage::Stderr { id, data: tail.into_bytes() }).await?;
                             }
                         }
-                        let status = match status {
-                            ExitStatus::Code(c) => ztee_wire::ExitKind::Code(c),
-                            ExitStatus::Signal(s) => ztee_wire::ExitKind::Signal(s),
-                            ExitStatus::TimedOut => ztee_wire::ExitKind::TimedOut,
-                            ExitStatus::OutputLimit => ztee_wire::ExitKind::OutputLimit,
-                        };
-                        return conn.send(&GuestMessage::Exited { id, status }).await;
+                        return conn.send(&GuestMessage::Exited { id, status: status.into() }).await;
                     }
                     Ok(None) => return Ok(()),
                     Err(err) => return conn.send(&failed(id, &err)).await,
