@@ -61,8 +61,9 @@ pub(crate) struct EgressRelay {
     /// One permit per stream whose host task still runs, however the guest closed it.
     slots: Arc<Semaphore>,
     opens: Mutex<TokenBucket>,
-    refused: Arc<AtomicU64>,
-    report_pending: Arc<AtomicBool>,
+    /// Opens refused since the last report, and whether a report is due.
+    refused: AtomicU64,
+    report_pending: AtomicBool,
 }
 
 /// Why an open was refused.
@@ -106,8 +107,8 @@ impl EgressRelay {
                 tokens: OPEN_BURST,
                 refilled: Instant::now(),
             }),
-            refused: Arc::new(AtomicU64::new(0)),
-            report_pending: Arc::new(AtomicBool::new(false)),
+            refused: AtomicU64::new(0),
+            report_pending: AtomicBool::new(false),
         }
     }
 
@@ -181,15 +182,29 @@ impl EgressRelay {
         });
     }
 
+    /// A slot for a new stream, unless its id is `in_use`, the sandbox opens streams too fast, or
+    /// all slots are held.
+    fn admit(&self, in_use: bool) -> Result<OwnedSemaphorePermit, Refusal> {
+        if in_use {
+            return Err(Refusal::IdInUse);
+        }
+        if !self.opens.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(Refusal::TooFast);
+        }
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::TooMany)
+    }
+
     /// Closes a stream the host will not serve, and counts it for the next aggregated report.
-    fn refuse(&self, stream: StreamId, why: Refusal) {
+    fn refuse(self: &Arc<Self>, stream: StreamId, why: Refusal) {
         self.send_later(HostMessage::EgressClose { stream });
         self.refused.fetch_add(1, Ordering::SeqCst);
         if self.report_pending.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (refused, pending) = (self.refused.clone(), self.report_pending.clone());
-        let (audit, sandbox) = (self.grant.audit.clone(), self.grant.sandbox.clone());
+        let relay = self.clone();
         let reason = match why {
             Refusal::TooMany => "more streams open at once than a sandbox may have",
             Refusal::TooFast => "streams opened faster than a sandbox may open them",
@@ -197,11 +212,11 @@ impl EgressRelay {
         };
         tokio::spawn(async move {
             tokio::time::sleep(REFUSAL_REPORT_INTERVAL).await;
-            pending.store(false, Ordering::SeqCst);
-            let count = refused.swap(0, Ordering::SeqCst);
+            relay.report_pending.store(false, Ordering::SeqCst);
+            let count = relay.refused.swap(0, Ordering::SeqCst);
             tracing::warn!(count, reason, "refused egress streams of a sandbox");
-            audit.record(&EgressRecord {
-                sandbox,
+            relay.grant.audit.record(&EgressRecord {
+                sandbox: relay.grant.sandbox.clone(),
                 method: String::new(),
                 host: String::new(),
                 port: 0,
@@ -235,24 +250,9 @@ impl EgressRelay {
             credit: handle.credit.clone(),
             credit_added: handle.credit_added.clone(),
         };
-        let slot: OwnedSemaphorePermit = {
+        let slot = {
             let mut streams = self.streams();
-            let refusal = if streams.contains_key(&stream) {
-                Some(Refusal::IdInUse)
-            } else if !self.opens.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                Some(Refusal::TooFast)
-            } else {
-                None
-            };
-            let slot = match refusal {
-                Some(why) => Err(why),
-                None => self
-                    .slots
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| Refusal::TooMany),
-            };
-            match slot {
+            match self.admit(streams.contains_key(&stream)) {
                 Ok(slot) => {
                     streams.insert(stream, handle);
                     slot
