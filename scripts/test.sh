@@ -12,13 +12,14 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 limit=${ZTEE_TEST_TIMEOUT:-600}
 log=$(mktemp)
 binaries=$(mktemp)
-trap 'rm -f "$log" "$binaries"' EXIT
+output=$(mktemp)
+trap 'rm -f "$log" "$binaries" "$output"' EXIT
 
 "$repo/scripts/test-tools.sh"
 "$repo/guest/test-guest.sh" 2>&1 | tee -a "$log"
 guest_status=${PIPESTATUS[0]}
 
-# Build every test binary; list them as "package dir<TAB>executable<TAB>label", in cargo's order.
+# Build every test binary; list them as "package dir<TAB>executable<TAB>label", sorted by label.
 cargo test --workspace --locked --no-run --message-format=json-render-diagnostics \
   --manifest-path "$repo/Cargo.toml" |
   python3 "$repo/scripts/test_binaries.py" >"$binaries"
@@ -31,7 +32,6 @@ timed_out=()
 failed_binaries=()
 while IFS=$'\t' read -r dir exe label; do
   echo "     Running $label" | tee -a "$log"
-  output=$(mktemp)
   # Into a file, not a pipe: a process a hung test left behind may hold its output open, and a
   # pipe reader would wait for it.
   (cd "$dir" && timeout --kill-after=30 "$limit" "$exe") >"$output" 2>&1
@@ -45,7 +45,6 @@ while IFS=$'\t' read -r dir exe label; do
   elif ((status != 0)); then
     failed_binaries+=("$label")
   fi
-  rm -f "$output"
 done <"$binaries"
 
 echo "     Doc-tests" | tee -a "$log"
