@@ -113,25 +113,57 @@ fn walk(
     mode: Mode,
     visit: &mut dyn FnMut(&mut String, &str),
 ) -> Result<(), WalkError> {
+    walk_in(value, field, parent_key, mode, Origin::Protocol, visit)
+}
+
+/// Who chose the field names of a subtree. Opaque fields are recognised by name, so they exist
+/// only where the protocol names the fields; under a tool call's `input` the model names them,
+/// and a field it calls `file_data` is text like any other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Protocol,
+    Model,
+}
+
+fn walk_in(
+    value: &mut Value,
+    field: &str,
+    parent_key: Option<&str>,
+    mode: Mode,
+    origin: Origin,
+    visit: &mut dyn FnMut(&mut String, &str),
+) -> Result<(), WalkError> {
     match value {
         Value::String(s) => visit(s, field),
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                walk(item, &format!("{field}[{i}]"), None, mode, visit)?;
+                walk_in(item, &format!("{field}[{i}]"), None, mode, origin, visit)?;
             }
         }
         Value::Object(map) => {
             rename_keys(map, field, mode, visit)?;
             // Decided before any value is rewritten: the rules read sibling `type` fields.
-            let opaque: Vec<(String, &'static str)> = map
-                .iter()
-                .filter_map(|(k, v)| {
-                    let s = v.as_str()?;
-                    opaque_reason(k, s, map, parent_key).map(|why| (k.clone(), why))
-                })
-                .collect();
+            let tool_call = map
+                .get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("tool_use"));
+            let opaque: Vec<(String, &'static str)> = match origin {
+                Origin::Model => Vec::new(),
+                Origin::Protocol => map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let s = v.as_str()?;
+                        opaque_reason(k, s, map, parent_key).map(|why| (k.clone(), why))
+                    })
+                    .collect(),
+            };
             for (k, v) in map.iter_mut() {
                 let at = child(field, k);
+                let origin = if tool_call && k == "input" {
+                    Origin::Model
+                } else {
+                    origin
+                };
                 match opaque.iter().find(|(key, _)| key == k) {
                     Some(_) if mode == Mode::Answer => {}
                     Some((_, what)) => {
@@ -143,7 +175,7 @@ fn walk(
                             });
                         }
                     }
-                    None => walk(v, &at, Some(k), mode, visit)?,
+                    None => walk_in(v, &at, Some(k), mode, origin, visit)?,
                 }
             }
         }
@@ -546,5 +578,19 @@ mod tests {
         );
         // A long table of short numbers stays bounded and finds nothing.
         assert_eq!(card_like_run(&"12 ".repeat(10_000)), None);
+    }
+
+    #[test]
+    fn field_names_a_model_chose_in_a_tool_call_are_never_opaque() {
+        let mut answer = json!({"type": "message", "content": [
+            {"type": "tool_use", "id": "t1", "name": "upload",
+             "input": {"file_data": "4111 1111 1111 1111", "nested": {"encrypted_content": "x"}}},
+            {"type": "reasoning", "encrypted_content": "opaque state"}
+        ]});
+        let mut seen = Vec::new();
+        answer_strings(&mut answer, &mut |s, _| seen.push(s.clone()));
+        assert!(seen.contains(&"4111 1111 1111 1111".to_owned()), "{seen:?}");
+        assert!(seen.contains(&"x".to_owned()), "{seen:?}");
+        assert!(!seen.contains(&"opaque state".to_owned()), "{seen:?}");
     }
 }
