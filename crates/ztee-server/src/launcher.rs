@@ -46,6 +46,8 @@ pub enum LaunchError {
     Engine(String),
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("installing the SIGINT and SIGTERM handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 /// Runs the gateway until SIGINT or SIGTERM.
@@ -100,6 +102,10 @@ pub fn run(
         if let Err(e) = state.pipeline.audit.append(loaded).await {
             tracing::error!(error = %e, "recording the policy bundle in force");
         }
+        // The handlers are installed before the gateway says it listens: a supervisor that
+        // stops it right after that line must get a clean shutdown, not the default action
+        // of SIGTERM.
+        let shutdown = shutdown_signal()?;
         if let Some(new) = &bootstrap.admin_key {
             announce(Announcement::AdminKey {
                 id: &new.record.id,
@@ -113,26 +119,21 @@ pub fn run(
             policy: policy_description,
             oidc_issuer,
         });
-        server::serve(state, listener, shutdown_signal()).await?;
+        server::serve(state, listener, shutdown).await?;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Installs the SIGINT and SIGTERM handlers now and resolves when either arrives.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, LaunchError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(LaunchError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(LaunchError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down: destroying sandboxes and closing the audit trail");
+        tracing::info!("shutting down: destroying sandboxes and closing the audit trail");
+    })
 }
