@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use ztee_server::exec::{
-    CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream, SandboxHandle,
+    AdmittedImage, CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream,
+    SandboxHandle,
 };
 use ztee_server::ServerConfig;
 
@@ -31,6 +32,11 @@ struct Done(bool);
 
 #[async_trait]
 impl Executor for Instant0 {
+    async fn admit(&self, image: &str) -> Result<AdmittedImage, ExecError> {
+        Err(ExecError::Guest(format!(
+            "no images in this benchmark: {image}"
+        )))
+    }
     async fn create(&self, _: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError> {
         Ok(Box::new(Sandbox0))
     }

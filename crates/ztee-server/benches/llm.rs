@@ -95,6 +95,14 @@ async fn over_http() -> Vec<(String, Samples)> {
     struct NoVm;
     #[async_trait::async_trait]
     impl ztee_server::exec::Executor for NoVm {
+        async fn admit(
+            &self,
+            _: &str,
+        ) -> Result<ztee_server::exec::AdmittedImage, ztee_server::exec::ExecError> {
+            Err(ztee_server::exec::ExecError::Engine(
+                "no VMs in this benchmark".into(),
+            ))
+        }
         async fn create(
             &self,
             _: ztee_server::exec::CreateSpec,

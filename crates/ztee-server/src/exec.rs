@@ -30,9 +30,56 @@ pub enum ExecError {
     },
 }
 
+/// An image that passed the engine's supply-chain admission: what boots is exactly `digest`.
+/// Only an executor's [`Executor::admit`] makes one, so a sandbox cannot be created from an
+/// image name that skipped admission.
+#[derive(Debug, Clone)]
+pub struct AdmittedImage {
+    reference: String,
+    digest: String,
+    boot: Option<ztee_vm::BootImage>,
+}
+
+impl AdmittedImage {
+    /// An image the VM engine verified, with the root file system built from its digest.
+    pub fn verified(reference: &str, boot: ztee_vm::BootImage) -> Self {
+        Self {
+            reference: reference.to_owned(),
+            digest: boot.digest().to_owned(),
+            boot: Some(boot),
+        }
+    }
+
+    /// An admitted image of an executor that boots no root file system of its own (a test
+    /// double): it carries the digest for the audit trail and nothing to boot.
+    pub fn without_rootfs(reference: &str, digest: &str) -> Self {
+        Self {
+            reference: reference.to_owned(),
+            digest: digest.to_owned(),
+            boot: None,
+        }
+    }
+
+    /// The reference the caller gave (a tag or a digest reference).
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// The manifest digest that was verified (`sha256:...`).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// What the VM engine boots; `None` for an executor without root file systems.
+    pub fn boot_image(&self) -> Option<&ztee_vm::BootImage> {
+        self.boot.as_ref()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CreateSpec {
-    pub image: Option<String>,
+    /// `None` boots the node's default image.
+    pub image: Option<AdmittedImage>,
     pub memory_mib: u32,
     pub vcpus: u32,
 }
@@ -59,6 +106,10 @@ pub enum OutputEvent {
 
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
+    /// Verifies `image` (a reference other than the default) against this node's admission
+    /// policy: signatures, attestations, scan results. Runs before anything is leased or
+    /// booted for the request; [`ExecError::Refused`] names the admission rule.
+    async fn admit(&self, image: &str) -> Result<AdmittedImage, ExecError>;
     async fn create(&self, spec: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError>;
     /// Engine facts for the start-up log (backend, accelerator); never served over HTTP.
     fn describe(&self) -> serde_json::Value;

@@ -31,6 +31,7 @@ pub mod dlp_engine;
 pub mod egress;
 pub mod error;
 pub mod exec;
+pub mod image_admission;
 pub mod launcher;
 pub mod llm;
 pub mod mcp;

@@ -44,6 +44,7 @@ fn action(name: &str) -> Option<Action> {
         "file.read" => Action::FileRead,
         "run" => Action::Run,
         "secret.use" => Action::SecretUse,
+        "image.admit" => Action::ImageAdmit,
         _ => return None,
     })
 }

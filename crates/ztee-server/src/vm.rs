@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::exec::{
-    CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream, SandboxHandle,
+    AdmittedImage, CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream,
+    SandboxHandle,
 };
 
 /// Largest file a download reads from a guest; uploads are bounded by the HTTP body limit.
@@ -57,19 +58,6 @@ impl VmExecutor {
         self
     }
 
-    /// Admits `image`; what boots is the root file system of exactly the verified digest.
-    /// Admission reads files and may build an erofs image, so it runs off the async threads.
-    async fn admit(&self, image: &str) -> Result<ztee_vm::BootImage, ExecError> {
-        let Some(dir) = self.admission_dir.clone() else {
-            return Err(ExecError::Guest(format!(
-                "image {image:?} is not available on this node; omit `image` to use the default"
-            )));
-        };
-        let image = image.to_string();
-        tokio::task::spawn_blocking(move || admit_image(&dir, &image))
-            .await
-            .map_err(|e| ExecError::Engine(format!("admission task: {e}")))?
-    }
     /// Keeps `size` never-used VMs of this shape ready, so `create` does not wait for a boot.
     pub fn start_pool(
         &self,
@@ -143,13 +131,33 @@ fn map_err(e: ztee_vm::VmError) -> ExecError {
 
 #[async_trait]
 impl Executor for VmExecutor {
+    /// What boots is the root file system of exactly the verified digest. Admission reads files
+    /// and may build an erofs image, so it runs off the async threads.
+    async fn admit(&self, image: &str) -> Result<AdmittedImage, ExecError> {
+        let Some(dir) = self.admission_dir.clone() else {
+            return Err(ExecError::Guest(format!(
+                "image {image:?} is not available on this node; omit `image` to use the default"
+            )));
+        };
+        let reference = image.to_string();
+        let boot = tokio::task::spawn_blocking(move || admit_image(&dir, &reference))
+            .await
+            .map_err(|e| ExecError::Engine(format!("admission task: {e}")))??;
+        Ok(AdmittedImage::verified(image, boot))
+    }
+
     async fn create(&self, spec: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError> {
         let vcpus = u8::try_from(spec.vcpus)
             .map_err(|_| ExecError::Guest(format!("vcpus = {} is too many", spec.vcpus)))?;
         let mut vm_spec = self::spec(spec.memory_mib, vcpus);
-        if let Some(image) = spec.image.as_deref().filter(|i| *i != "default") {
-            // Admission reads files and may build an erofs image: off the async threads.
-            vm_spec.image = Some(self.admit(image).await?);
+        if let Some(image) = &spec.image {
+            let boot = image.boot_image().ok_or_else(|| {
+                ExecError::Engine(format!(
+                    "image {} was not admitted by the VM engine",
+                    image.reference()
+                ))
+            })?;
+            vm_spec.image = Some(boot.clone());
         }
         let sandbox = self.engine.create(vm_spec).await.map_err(map_err)?;
         let info = serde_json::to_value(sandbox.info()).unwrap_or_default();

@@ -1,5 +1,6 @@
 //! `POST /v1/run`: one command in a fresh VM that is destroyed afterwards.
 
+use crate::image_admission::ImageGate;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -200,6 +201,22 @@ async fn run_once(
             return Ok(RunOutcome::Answered(answer));
         }
     };
+    // The image is admitted before any secret is leased for it.
+    let image = match crate::image_admission::admit(
+        &state,
+        &ctx,
+        req.image.as_deref(),
+        approved.is_some(),
+    )
+    .await?
+    {
+        ImageGate::Admitted(image) => image,
+        ImageGate::Held(decision) => {
+            let held = HeldRequest::Run(original);
+            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
+            return Ok(RunOutcome::Answered(answer));
+        }
+    };
     let injected = crate::secrets::checkout(
         &state,
         &crate::secrets::Target {
@@ -228,7 +245,7 @@ async fn run_once(
         .pipeline
         .executor
         .create(CreateSpec {
-            image: req.image,
+            image,
             memory_mib,
             vcpus,
         })

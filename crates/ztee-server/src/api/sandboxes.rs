@@ -15,6 +15,7 @@
 //! file operations are decided by policy with the secret names as well, so a grant withdrawn
 //! (or one that asks for approval) applies to every use, not only to the creation.
 
+use crate::image_admission::ImageGate;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -332,6 +333,22 @@ async fn create_once(
         }
     };
     let env = admitted.work.env.clone();
+    // The image is admitted before any secret is leased for it.
+    let image = match crate::image_admission::admit(
+        &state,
+        &ctx,
+        req.image.as_deref(),
+        approved.is_some(),
+    )
+    .await?
+    {
+        ImageGate::Admitted(image) => image,
+        ImageGate::Held(decision) => {
+            let held = HeldRequest::SandboxCreate(original);
+            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
+            return Ok(CreateOutcome::Parked(answer));
+        }
+    };
     let injected = crate::secrets::checkout(
         &state,
         &crate::secrets::Target {
@@ -371,7 +388,7 @@ async fn create_once(
         .pipeline
         .executor
         .create(CreateSpec {
-            image: req.image,
+            image,
             memory_mib,
             vcpus,
         })

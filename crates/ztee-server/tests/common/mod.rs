@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ztee_server::exec::{
-    CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream, SandboxHandle,
+    AdmittedImage, CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream,
+    SandboxHandle,
 };
 use ztee_server::state::AppState;
 use ztee_server::ServerConfig;
@@ -208,10 +209,25 @@ pub struct EchoExecutor {
     pub destroyed: Arc<Mutex<u32>>,
     /// When set, `create` fails with this engine error.
     pub fail_create: Mutex<Option<String>>,
+    /// Images this double's "supply chain" admits, by reference, with their digests; every
+    /// other image is refused by the rule `no-policy`, as a node without an admission policy.
+    pub admitted_images: Mutex<HashMap<String, String>>,
 }
 
 #[async_trait]
 impl Executor for EchoExecutor {
+    async fn admit(&self, image: &str) -> Result<AdmittedImage, ExecError> {
+        match self.admitted_images.lock().unwrap().get(image) {
+            Some(digest) => Ok(AdmittedImage::without_rootfs(image, digest)),
+            None => Err(ExecError::Refused {
+                image: image.to_owned(),
+                rule: "no-policy".into(),
+                reason: "this node has no admission policy, so it boots only its default image"
+                    .into(),
+            }),
+        }
+    }
+
     async fn create(&self, spec: CreateSpec) -> Result<Box<dyn SandboxHandle>, ExecError> {
         if let Some(msg) = self.fail_create.lock().unwrap().clone() {
             return Err(ExecError::Engine(msg));
