@@ -73,6 +73,16 @@ impl Entity {
         )
     }
 
+    /// Sensitive authentication data (PCI DSS 3.3.1): full track data, card verification codes
+    /// and PINs / PIN blocks, which must never be stored after authorization. The card number
+    /// and its expiry date are cardholder data, not SAD.
+    pub fn is_sensitive_authentication_data(self) -> bool {
+        matches!(
+            self,
+            Entity::CardTrackData | Entity::CardVerificationCode | Entity::CardPinBlock
+        )
+    }
+
     /// Parses a comma-separated list such as `CREDIT_CARD,US_SSN` (case-insensitive).
     pub fn parse_list(list: &str) -> Result<Vec<Entity>, DlpError> {
         list.split(',')

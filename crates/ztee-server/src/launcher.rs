@@ -72,7 +72,8 @@ pub fn run(
         let policy = RegoPolicy::new(
             ztee_policy::PolicyEngine::compile(&bundle)?,
             config.dlp.inbound,
-        );
+        )
+        .with_tenant_tiers(config.llm.tenant_tiers());
         let policy_description = policy.describe().to_owned();
         let policy_resource = format!("policy/sha256:{}", bundle.sha256());
         let executor = make_executor(&options.data_dir, &config).map_err(LaunchError::Engine)?;

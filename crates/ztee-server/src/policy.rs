@@ -4,6 +4,7 @@
 //! Rego engine plugs in through the same [`PolicyEngine`] trait.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 use crate::dlp::{Detection, InboundAction};
 
@@ -196,5 +197,86 @@ mod tests {
             approve.decide(&input(card)).kind,
             DecisionKind::RequireApproval
         );
+    }
+}
+
+/// The policy input's DLP summary of what inbound DLP found, built the same way for every
+/// action: counts per entity type, whether a raw card number is present, and whether sensitive
+/// authentication data is ([`ztee_dlp::Entity::is_sensitive_authentication_data`], the one
+/// definition). Names that are no entity type are counted and flag nothing.
+pub fn dlp_summary<'a>(entities: impl IntoIterator<Item = &'a str>) -> ztee_policy::DlpSummary {
+    let mut dlp = ztee_policy::DlpSummary::default();
+    for name in entities {
+        *dlp.counts.entry(name.to_owned()).or_default() += 1;
+        if let Ok(entity) = name.parse::<ztee_dlp::Entity>() {
+            dlp.raw_pan |= entity == ztee_dlp::Entity::CreditCard;
+            dlp.sad |= entity.is_sensitive_authentication_data();
+        }
+    }
+    dlp
+}
+
+/// Which tier each tenant is in (`[llm] default_tier` and `tenant_tiers`); the bundle routes
+/// providers, and may route anything else, by tier.
+#[derive(Debug, Clone)]
+pub struct TenantTiers {
+    default: String,
+    tenants: BTreeMap<String, String>,
+}
+
+impl TenantTiers {
+    pub fn new(default: String, tenants: BTreeMap<String, String>) -> Self {
+        Self { default, tenants }
+    }
+
+    pub fn tier_of(&self, tenant: &str) -> &str {
+        self.tenants
+            .get(tenant)
+            .map_or(self.default.as_str(), String::as_str)
+    }
+}
+
+impl Default for TenantTiers {
+    /// Every tenant in the tier `standard`.
+    fn default() -> Self {
+        Self::new("standard".into(), BTreeMap::new())
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    #[test]
+    fn one_summary_for_every_action() {
+        let dlp = dlp_summary([
+            "CREDIT_CARD",
+            "CARD_EXPIRY",
+            "EMAIL_ADDRESS",
+            "NOT_AN_ENTITY",
+        ]);
+        assert!(dlp.raw_pan);
+        assert!(
+            !dlp.sad,
+            "card number and expiry are cardholder data, not SAD"
+        );
+        assert_eq!(dlp.counts.len(), 4);
+        for sad in [
+            "CARD_VERIFICATION_CODE",
+            "CARD_TRACK_DATA",
+            "CARD_PIN_BLOCK",
+        ] {
+            assert!(dlp_summary([sad]).sad, "{sad}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_without_a_tier_has_the_default() {
+        let tiers = TenantTiers::new(
+            "standard".into(),
+            [("pay".to_string(), "pci".to_string())].into(),
+        );
+        assert_eq!(tiers.tier_of("pay"), "pci");
+        assert_eq!(tiers.tier_of("other"), "standard");
     }
 }

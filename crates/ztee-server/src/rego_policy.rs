@@ -9,23 +9,40 @@ use ztee_policy::{
 };
 
 use crate::dlp::InboundAction;
-use crate::policy::{inbound_decision, Decision, DecisionKind, PolicyEngine, PolicyInput};
-
-/// Entity types that are sensitive authentication data (PCI DSS 3.3): never to be processed.
-const SAD: &[&str] = &[
-    "CARD_TRACK_DATA",
-    "CARD_VERIFICATION_CODE",
-    "CARD_PIN_BLOCK",
-];
+use crate::policy::{
+    dlp_summary, inbound_decision, Decision, DecisionKind, PolicyEngine, PolicyInput, TenantTiers,
+};
 
 pub struct RegoPolicy {
     engine: ztee_policy::PolicyEngine,
     inbound: InboundAction,
+    tiers: TenantTiers,
 }
 
 impl RegoPolicy {
+    /// Every tenant is in the tier `standard` until [`RegoPolicy::with_tenant_tiers`].
     pub fn new(engine: ztee_policy::PolicyEngine, inbound: InboundAction) -> Self {
-        Self { engine, inbound }
+        Self {
+            engine,
+            inbound,
+            tiers: TenantTiers::default(),
+        }
+    }
+
+    /// Decides with each caller's tier from `tiers` (the gateway's `[llm]` tiers), the same
+    /// tier the LLM proxy and the MCP guard use.
+    pub fn with_tenant_tiers(mut self, tiers: TenantTiers) -> Self {
+        self.tiers = tiers;
+        self
+    }
+
+    fn principal(&self, input: &PolicyInput) -> PolicyPrincipal {
+        PolicyPrincipal {
+            subject: input.subject.clone(),
+            tenant: input.tenant.clone(),
+            roles: input.roles.clone(),
+            tier: self.tiers.tier_of(&input.tenant).to_owned(),
+        }
     }
 
     pub fn describe(&self) -> &str {
@@ -56,12 +73,7 @@ impl PolicyEngine for RegoPolicy {
         targets: &[ztee_policy::EgressTarget],
     ) -> Decision {
         let rego_input = RegoInput {
-            principal: PolicyPrincipal {
-                subject: input.subject.clone(),
-                tenant: input.tenant.clone(),
-                roles: input.roles.clone(),
-                tier: "standard".into(),
-            },
+            principal: self.principal(input),
             action: Action::Egress,
             request: PolicyRequest {
                 image: input.image.clone(),
@@ -88,19 +100,9 @@ impl PolicyEngine for RegoPolicy {
                 redact_inbound: false,
             };
         };
-        let mut dlp = DlpSummary::default();
-        for d in &input.findings {
-            *dlp.counts.entry(d.entity.clone()).or_default() += 1;
-            dlp.raw_pan |= d.entity == "CREDIT_CARD";
-            dlp.sad |= SAD.contains(&d.entity.as_str());
-        }
+        let dlp = dlp_summary(input.findings.iter().map(|d| d.entity.as_str()));
         let rego_input = RegoInput {
-            principal: PolicyPrincipal {
-                subject: input.subject.clone(),
-                tenant: input.tenant.clone(),
-                roles: input.roles.clone(),
-                tier: "standard".into(),
-            },
+            principal: self.principal(input),
             action: rego_action,
             request: PolicyRequest {
                 cmd: input.cmd.clone(),
@@ -223,5 +225,40 @@ mod tests {
         let d = p.decide(&input("frobnicate", &[]));
         assert_eq!(d.kind, DecisionKind::Deny);
         assert_eq!(d.reasons, vec!["policy.no_allow_rule".to_string()]);
+    }
+
+    #[test]
+    fn sandbox_actions_are_decided_with_the_tenants_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("ztee")).unwrap();
+        std::fs::write(
+            dir.path().join("ztee/main.rego"),
+            r#"package ztee.main
+import rego.v1
+default decision := {"verdict": "allow", "risk": "LOW", "reasons": []}
+decision := {"verdict": "deny", "risk": "HIGH", "reasons": [{"rule": "tier.is_pci", "message": "pci tier"}]} if {
+	input.principal.tier == "pci"
+}
+"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("data.json"), "{}").unwrap();
+        let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
+        let p = RegoPolicy::new(
+            ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
+            InboundAction::Redact,
+        )
+        .with_tenant_tiers(TenantTiers::new(
+            "standard".into(),
+            [("acme".to_string(), "pci".to_string())].into(),
+        ));
+        for action in ["sandbox.create", "sandbox.exec", "run", "file.read"] {
+            let d = p.decide(&input(action, &[]));
+            assert_eq!(d.kind, DecisionKind::Deny, "{action}");
+            assert_eq!(d.reasons, vec!["tier.is_pci".to_string()], "{action}");
+        }
+        let mut other = input("run", &[]);
+        other.tenant = "globex".into();
+        assert_eq!(p.decide(&other).kind, DecisionKind::Allow);
     }
 }

@@ -118,6 +118,11 @@ impl LlmConfig {
             .map_or(self.default_tier.as_str(), String::as_str)
     }
 
+    /// The tiers for the policy engine, so every action is decided with the same tier.
+    pub fn tenant_tiers(&self) -> crate::policy::TenantTiers {
+        crate::policy::TenantTiers::new(self.default_tier.clone(), self.tenant_tiers.clone())
+    }
+
     /// Checks what serde cannot: unique names, usable URLs, one key source at most.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::BTreeSet::new();

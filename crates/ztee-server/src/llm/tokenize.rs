@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ztee_dlp::{
-    anonymize_with, Entity, MaskStyle, Operator, Operators, Scanner, StreamScanner, TokenMap,
-};
+use ztee_dlp::{anonymize_with, MaskStyle, Operator, Operators, Scanner, StreamScanner, TokenMap};
 use ztee_policy::injection::Detector;
 use ztee_policy::{DlpSummary, InjectionSummary};
 
@@ -32,11 +30,6 @@ impl SlotKind {
     fn injection_scanned(self) -> bool {
         matches!(self, Self::User | Self::ToolOutput | Self::ToolArguments)
     }
-}
-
-/// Entities that are sensitive authentication data (PCI DSS 3.3.1): policy refuses them.
-fn is_sad(entity: Entity) -> bool {
-    entity.is_card_data() && entity != Entity::CreditCard
 }
 
 /// The inbound stage for one request: tokenizes, counts and scores each text it is given.
@@ -100,7 +93,7 @@ impl<'a> InboundGuard<'a> {
             return;
         }
         for f in &findings {
-            self.sad |= is_sad(f.entity_type);
+            self.sad |= f.entity_type.is_sensitive_authentication_data();
         }
         match anonymize_with(text, &findings, &self.operators, &mut self.tokens) {
             Ok(a) => {
@@ -393,5 +386,24 @@ mod tests {
         assert!(!text.contains("5500 0000 0000 0004"), "{text}");
         assert!(text.ends_with("0004 done"), "{text}");
         assert_eq!(out.counts().get("CREDIT_CARD"), Some(&1));
+    }
+
+    #[test]
+    fn sensitive_authentication_data_is_a_verification_code_not_an_expiry_date() {
+        let s = scanner();
+        let mut g = InboundGuard::new(&s, None);
+        let mut expiry = "card 4111 1111 1111 1111 exp 12/27".to_string();
+        g.tokenize(&mut expiry, "messages[0].content");
+        assert_eq!(g.dlp_summary().counts.get("CARD_EXPIRY"), Some(&1));
+        assert!(
+            !g.dlp_summary().sad,
+            "an expiry date is cardholder data, not SAD"
+        );
+        let mut tool_call = r#"{"card": "4111111111111111", "cvv": "123"}"#.to_string();
+        g.tokenize(
+            &mut tool_call,
+            "messages[1].tool_calls[0].function.arguments",
+        );
+        assert!(g.dlp_summary().sad, "{:?}", g.dlp_summary());
     }
 }

@@ -425,14 +425,8 @@ fn decide_call(
     args: &Value,
 ) -> ztee_policy::Decision {
     let text = args.to_string();
-    let mut dlp = ztee_policy::DlpSummary::default();
-    for f in state.llm.scanner().scan(&text) {
-        *dlp.counts
-            .entry(f.entity_type.as_str().to_owned())
-            .or_default() += 1;
-        dlp.raw_pan |= f.entity_type == ztee_dlp::Entity::CreditCard;
-        dlp.sad |= f.entity_type.is_card_data() && f.entity_type != ztee_dlp::Entity::CreditCard;
-    }
+    let findings = state.llm.scanner().scan(&text);
+    let dlp = crate::policy::dlp_summary(findings.iter().map(|f| f.entity_type.as_str()));
     let input = ztee_policy::PolicyInput {
         principal: principal(state, caller),
         action: Action::ToolCall,
