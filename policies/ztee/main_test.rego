@@ -80,6 +80,23 @@ test_secrets_are_denied_without_a_grant if {
 	rule_ids(d) == {"secret.not_granted"}
 }
 
+test_the_operator_at_the_terminal_uses_the_stores_secrets if {
+	operator := {"subject": "local:alice", "tenant": "system", "roles": ["operator"], "tier": "standard"}
+	inp := object.union(req("run", {"cmd": ["deploy"], "secrets": ["DB_PASSWORD"]}), {"principal": operator})
+	d := main.decision with input as inp
+	d.verdict == "allow"
+	"risk.code_with_secrets" in rule_ids(d)
+}
+
+test_an_api_caller_named_like_an_operator_gets_no_secret if {
+	# Tenant and roles come from API keys and IdP claims; only the subject prefix is the CLI's.
+	caller := {"subject": "oidc:local:alice", "tenant": "system", "roles": ["operator"], "tier": "standard"}
+	inp := object.union(req("run", {"cmd": ["deploy"], "secrets": ["DB_PASSWORD"]}), {"principal": caller})
+	d := main.decision with input as inp
+	d.verdict == "deny"
+	rule_ids(d) == {"secret.not_granted"}
+}
+
 test_a_grant_is_for_its_tenant_only if {
 	other := object.union(req("secret.use", {"secrets": ["DB_PASSWORD"]}), {"principal": object.union(agent, {"tenant": "globex"})})
 	d := main.decision with input as other with data.ztee.config.secret_grants as grants

@@ -132,7 +132,7 @@ impl AuditSink for MaskingSink {
 /// The audit trail's principal for an authenticated caller.
 pub fn audit_principal(principal: &Principal) -> AuditPrincipal {
     let kind = match principal.method {
-        AuthMethod::Oidc => PrincipalKind::User,
+        AuthMethod::Oidc | AuthMethod::Local => PrincipalKind::User,
         AuthMethod::ApiKey => PrincipalKind::ServiceAccount,
     };
     AuditPrincipal::new(kind, principal.subject.clone(), principal.tenant.clone())

@@ -42,6 +42,18 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The operator at a terminal: no network peer, a fresh request id, no expiring credential.
+    pub fn local(principal: Principal) -> Self {
+        Self {
+            principal,
+            request_id: RequestId::generate(),
+            origin_ip: None,
+            credential_expires_at: None,
+        }
+    }
+}
+
 /// The request id the request-id layer assigned and the peer address.
 fn request_context(extensions: &Extensions) -> (RequestId, Option<IpAddr>) {
     let request_id = extensions

@@ -34,7 +34,7 @@ pub async fn admit(
     let Some(image) = image.filter(|i| *i != "default") else {
         return Ok(ImageGate::Admitted(None));
     };
-    let mut policy = crate::api::policy_input_for(request_ctx.caller, "image.admit");
+    let mut policy = crate::api::policy_input(request_ctx.caller, "image.admit");
     policy.image = Some(image.to_owned());
     let mut ctx = ActionContext {
         caller: request_ctx.caller,

@@ -164,6 +164,17 @@ pub struct Admitted {
     pub input_digest: Vec<u8>,
 }
 
+/// What the policy stage does with a decision that requires approval.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// Hold the request (audited as pending) for the caller to park.
+    Park,
+    /// A human approved exactly this request: go ahead.
+    Approved,
+    /// Nobody can approve through this door: record and answer a denial.
+    Refuse,
+}
+
 /// What the policy stage made of a request: go ahead, or hold it for a human approver.
 pub enum Gate {
     Admitted(Admitted),
@@ -211,8 +222,36 @@ impl Pipeline {
     pub async fn admit_or_hold(
         &self,
         ctx: &mut ActionContext<'_>,
-        mut work: Work,
+        work: Work,
         approved: bool,
+    ) -> Result<Gate, ApiError> {
+        let holds = if approved {
+            Holds::Approved
+        } else {
+            Holds::Park
+        };
+        self.gate(ctx, work, holds).await
+    }
+
+    /// As [`Pipeline::admit`], for a door where nobody can approve (the command line): a
+    /// decision that requires approval is recorded and answered as a denial, with the rule
+    /// `approval.unavailable` added, rather than left pending forever.
+    pub async fn admit_without_approvals(
+        &self,
+        ctx: &mut ActionContext<'_>,
+        work: Work,
+    ) -> Result<Admitted, ApiError> {
+        match self.gate(ctx, work, Holds::Refuse).await? {
+            Gate::Admitted(admitted) => Ok(admitted),
+            Gate::Held(decision) => Err(approval_required(&decision)),
+        }
+    }
+
+    async fn gate(
+        &self,
+        ctx: &mut ActionContext<'_>,
+        mut work: Work,
+        holds: Holds,
     ) -> Result<Gate, ApiError> {
         let input_digest = work.digest_input(&self.content_key);
         let fields = work.fields();
@@ -231,7 +270,18 @@ impl Pipeline {
         });
         match decision.kind {
             DecisionKind::Allow => {}
-            DecisionKind::RequireApproval if approved => {}
+            DecisionKind::RequireApproval if holds == Holds::Approved => {}
+            DecisionKind::RequireApproval if holds == Holds::Refuse => {
+                let mut record = audit::decision_record(&decision);
+                record.decision = ztee_audit::DecisionKind::Deny;
+                record.rule_ids.push("approval.unavailable".into());
+                let event = self
+                    .event(ctx, Outcome::Denied)
+                    .with_decision(record)
+                    .with_code(&input_digest);
+                self.record(event).await?;
+                return Ok(Gate::Held(decision));
+            }
             DecisionKind::Deny => {
                 let event = self
                     .event(ctx, Outcome::Denied)

@@ -144,6 +144,9 @@ pub fn known_role_names() -> Vec<&'static str> {
 pub enum AuthMethod {
     Oidc,
     ApiKey,
+    /// An operator at a terminal on this host (the CLI), known by the process's OS account:
+    /// whoever can run `ztee` against the data directory. Never a caller of the HTTP API.
+    Local,
 }
 
 /// An authenticated caller.
@@ -174,6 +177,17 @@ impl Principal {
             permissions,
             method,
         }
+    }
+
+    /// The operator running the CLI as OS account `account`: subject `local:<account>` (a
+    /// prefix no API caller's subject has), tenant `system`, role `operator`, no API permission.
+    pub fn local_operator(account: &str) -> Self {
+        Self::new(
+            format!("local:{account}"),
+            "system".into(),
+            vec!["operator".into()],
+            AuthMethod::Local,
+        )
     }
 
     /// Makes this principal a platform admin: for an OIDC token whose operator-configured

@@ -200,7 +200,7 @@ pub async fn checkout(
         ));
     };
     let names: Vec<String> = requests.iter().map(|r| r.name.to_string()).collect();
-    let mut input = crate::api::policy_input_for(target.caller, "secret.use");
+    let mut input = crate::api::policy_input(target.caller, "secret.use");
     input.image = target.image.map(str::to_owned);
     input.secrets = names.clone();
     let pipeline = &state.pipeline;

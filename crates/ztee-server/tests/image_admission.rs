@@ -60,7 +60,10 @@ async fn gateway(executor: Arc<EchoExecutor>) -> Gateway {
 /// The audit events of one request, in order, as `(type, outcome, resource, rule ids)`.
 async fn trail(gw: &Gateway, request_id: &str) -> Vec<(String, String, String, Vec<String>)> {
     let events = gw
-        .get_json(&gw.admin_key, &format!("/v1/audit?tenant=acme&request_id={request_id}"))
+        .get_json(
+            &gw.admin_key,
+            &format!("/v1/audit?tenant=acme&request_id={request_id}"),
+        )
         .await;
     events["events"]
         .as_array()
@@ -156,7 +159,10 @@ async fn an_image_is_admitted_by_the_bundle_and_the_engine_before_anything_is_le
     .await;
     let body = error_body(r, 403, "forbidden").await;
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("no-policy"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-policy"),
         "{body}"
     );
     let events = trail(&gw, "img-refused").await;

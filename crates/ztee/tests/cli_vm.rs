@@ -101,6 +101,96 @@ fn run_prints_output_and_returns_the_commands_exit_code() {
     assert_eq!(qemu_processes_for(cli.data_dir.path()), 0);
 }
 
+/// `ztee run` passes the gateway's stages: the data directory's policy decides (a card number
+/// in the command is held for approval, which a terminal cannot give, so it is refused and
+/// nothing runs), card numbers in the output are masked, and each run is one record of the
+/// node's audit trail in the operator's name, which `ztee audit verify` checks.
+#[test]
+fn run_is_decided_by_policy_masked_and_audited() {
+    let Some(cli) = Cli::new() else { return };
+    let masked = cli.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "x=4111; echo card $x 1111 1111 1111 >&2; echo ok",
+    ]);
+    assert_eq!(masked.status.code(), Some(0), "{}", text(&masked.stderr));
+    assert_eq!(text(&masked.stdout), "ok\n");
+    assert!(
+        !text(&masked.stderr).contains("4111 1111 1111 1111"),
+        "{}",
+        text(&masked.stderr)
+    );
+    assert!(
+        text(&masked.stderr).contains("card 4111 1111 **** 1111"),
+        "{}",
+        text(&masked.stderr)
+    );
+
+    let held = cli.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo 4111111111111111 > /tmp/ran; cat /tmp/ran",
+    ]);
+    assert_eq!(held.status.code(), Some(4), "{}", text(&held.stderr));
+    assert!(
+        held.stdout.is_empty(),
+        "nothing ran: {}",
+        text(&held.stdout)
+    );
+    assert!(
+        text(&held.stderr).contains("pci.raw_pan_in_code"),
+        "{}",
+        text(&held.stderr)
+    );
+
+    let verify = cli.run(&["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    let found = cli.run(&["--format", "json", "audit", "search", "--type", "run"]);
+    assert_eq!(found.status.code(), Some(0), "{}", text(&found.stderr));
+    let records: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    let events: Vec<&serde_json::Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["event"])
+        .collect();
+    assert_eq!(events.len(), 2, "{records}");
+    for e in &events {
+        assert!(
+            e["principal"]["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("local:"),
+            "{e}"
+        );
+        assert!(
+            e["code_sha256"].as_str().unwrap().starts_with("sha256:"),
+            "{e}"
+        );
+    }
+    assert_eq!(events[0]["outcome"], "success");
+    assert_eq!(
+        events[0]["decision"]["rule_ids"],
+        serde_json::json!(["risk.code_execution"])
+    );
+    assert!(events[0]["output_sha256"].is_string(), "{}", events[0]);
+    assert_eq!(events[0]["redactions"]["CREDIT_CARD"], 1, "{}", events[0]);
+    assert_eq!(events[1]["outcome"], "denied");
+    assert_eq!(
+        events[1]["decision"]["rule_ids"],
+        serde_json::json!(["pci.raw_pan_in_code", "approval.unavailable"])
+    );
+    // The raw card number is nowhere in the trail.
+    for entry in std::fs::read_dir(cli.data_dir.path().join("audit")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("4111111111111111"));
+    }
+}
+
 #[test]
 fn run_stops_at_the_timeout_with_a_clear_message() {
     let Some(cli) = Cli::new() else { return };

@@ -8,7 +8,7 @@ mod secrets;
 pub mod types;
 
 pub(crate) use run::run_approved;
-pub(crate) use sandboxes::policy_input as policy_input_for;
+pub use sandboxes::policy_input;
 pub(crate) use sandboxes::{command_approved, create_approved};
 
 use std::sync::Arc;

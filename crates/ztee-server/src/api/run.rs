@@ -202,21 +202,18 @@ async fn run_once(
         }
     };
     // The image is admitted before any secret is leased for it.
-    let image = match crate::image_admission::admit(
-        &state,
-        &ctx,
-        req.image.as_deref(),
-        approved.is_some(),
-    )
-    .await?
-    {
-        ImageGate::Admitted(image) => image,
-        ImageGate::Held(decision) => {
-            let held = HeldRequest::Run(original);
-            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
-            return Ok(RunOutcome::Answered(answer));
-        }
-    };
+    let image =
+        match crate::image_admission::admit(&state, &ctx, req.image.as_deref(), approved.is_some())
+            .await?
+        {
+            ImageGate::Admitted(image) => image,
+            ImageGate::Held(decision) => {
+                let held = HeldRequest::Run(original);
+                let answer =
+                    crate::approvals::park_answer(&state, &caller, held, &decision).await?;
+                return Ok(RunOutcome::Answered(answer));
+            }
+        };
     let injected = crate::secrets::checkout(
         &state,
         &crate::secrets::Target {

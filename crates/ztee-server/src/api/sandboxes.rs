@@ -41,7 +41,8 @@ use crate::principal::Permission;
 use crate::state::{AppState, LiveSandbox};
 use crate::store::{now_rfc3339, SandboxRecord};
 
-pub(crate) fn policy_input(caller: &Caller, action: &'static str) -> PolicyInput {
+/// The policy input every action starts from: the caller and the action's name.
+pub fn policy_input(caller: &Caller, action: &'static str) -> PolicyInput {
     PolicyInput {
         action,
         subject: caller.principal.subject.clone(),
@@ -334,21 +335,18 @@ async fn create_once(
     };
     let env = admitted.work.env.clone();
     // The image is admitted before any secret is leased for it.
-    let image = match crate::image_admission::admit(
-        &state,
-        &ctx,
-        req.image.as_deref(),
-        approved.is_some(),
-    )
-    .await?
-    {
-        ImageGate::Admitted(image) => image,
-        ImageGate::Held(decision) => {
-            let held = HeldRequest::SandboxCreate(original);
-            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
-            return Ok(CreateOutcome::Parked(answer));
-        }
-    };
+    let image =
+        match crate::image_admission::admit(&state, &ctx, req.image.as_deref(), approved.is_some())
+            .await?
+        {
+            ImageGate::Admitted(image) => image,
+            ImageGate::Held(decision) => {
+                let held = HeldRequest::SandboxCreate(original);
+                let answer =
+                    crate::approvals::park_answer(&state, &caller, held, &decision).await?;
+                return Ok(CreateOutcome::Parked(answer));
+            }
+        };
     let injected = crate::secrets::checkout(
         &state,
         &crate::secrets::Target {

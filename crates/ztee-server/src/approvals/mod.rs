@@ -670,6 +670,12 @@ async fn requester_now(state: &AppState, caller: &Caller) -> Result<Caller, Requ
                 "the requester's token has no known expiry; the request was not run".to_owned(),
             ),
         },
+        // The CLI never parks a request: a hold is refused at the terminal.
+        AuthMethod::Local => gone(
+            "local.not_held",
+            "a request from the command line cannot wait for an approval; it was not run"
+                .to_owned(),
+        ),
     }
 }
 

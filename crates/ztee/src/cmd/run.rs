@@ -8,7 +8,11 @@ use anyhow::{bail, Context};
 use tokio::io::AsyncReadExt;
 use ztee_vm::{CommandStream, ExecEvent, ExecSpec, ExitStatus, Sandbox};
 
+use ztee_audit::{EventType, Outcome};
+use ztee_server::pipeline::{Outbound, Work};
+
 use crate::globals::GlobalArgs;
+use crate::local_core::LocalCore;
 use crate::vm;
 
 /// Run one command in a fresh microVM with its own kernel; the VM is destroyed afterwards.
@@ -95,6 +99,25 @@ impl RunSecrets {
             names: self.names,
             redactor,
         })
+    }
+
+    /// The run's secret values for the outbound stage, which masks them in this run's output
+    /// only; `None` when there are none.
+    pub fn scope(&self) -> anyhow::Result<Option<ztee_server::dlp::SecretScope>> {
+        if self.files.is_empty() {
+            return Ok(None);
+        }
+        let labels: Vec<String> = (0..self.files.len()).map(|i| format!("run/{i}")).collect();
+        let values: Vec<(&str, &[u8])> = labels
+            .iter()
+            .zip(&self.files)
+            .map(|(label, (_, value))| (label.as_str(), value.as_slice()))
+            .collect();
+        ztee_server::dlp::SecretScope::new(&values)
+            .map(Some)
+            .map_err(|e| {
+                anyhow::anyhow!("a secret cannot be masked in the output, so the run stops: {e}")
+            })
     }
 
     fn none() -> Self {
@@ -204,23 +227,69 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         uploads.push((copy.remote.clone(), data, file_mode(&copy.local)));
     }
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
-    let secrets = RunSecrets::load(&args.secrets, &args.secret_store, globals)?;
-    let mut spec = args.shape.spec();
-    match vm::admit(globals, &args.image)? {
-        vm::Admission::Default => {}
-        vm::Admission::Admitted(image) => spec.image = Some(image),
-        vm::Admission::Refused(why) => {
-            eprintln!("error: {why}");
-            return Ok(vm::EXIT_REFUSED);
-        }
-    }
     let egress = args.egress.proxy()?;
     vm::block_on(async {
         let engine = vm::engine(globals)?;
-        let sandbox = engine
-            .create(spec)
-            .await
-            .context("cannot start a sandbox")?;
+        let executor = std::sync::Arc::new(ztee_server::vm::VmExecutor::new(engine.clone()));
+        let core = LocalCore::open(globals, executor)?;
+        // The same stages as `POST /v1/run`: inbound DLP and policy, then the image, then the
+        // secrets, then the VM; the audit record closes it.
+        let id = format!("run_{}", uuid::Uuid::new_v4().simple());
+        let mut ctx = core.context("run", EventType::Run, format!("run/{id}"));
+        let spec = args.shape.spec();
+        ctx.policy.image = args.image.image.clone();
+        ctx.policy.memory_mib = Some(spec.memory_mib);
+        ctx.policy.vcpus = Some(u32::from(spec.vcpus));
+        ctx.policy.timeout_s = args.timeout.map(|t| t.as_secs());
+        ctx.policy.secrets = args.secrets.iter().map(|r| r.name.to_string()).collect();
+        let modes: Vec<u32> = uploads.iter().map(|(_, _, mode)| *mode).collect();
+        let work = Work {
+            argv: args.command.clone(),
+            env: args.env.iter().cloned().collect(),
+            cwd: args.cwd.clone(),
+            files: uploads
+                .into_iter()
+                .map(|(remote, data, _)| (remote, bytes::Bytes::from(data)))
+                .collect(),
+            ..Work::default()
+        };
+        let admitted = match core.admit(&mut ctx, work).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                eprintln!("error: {}", refusal.message);
+                return Ok(refusal.exit_code);
+            }
+        };
+        let mut spec = spec;
+        match vm::admit(globals, &args.image)? {
+            vm::Admission::Default => {}
+            vm::Admission::Admitted(image) => spec.image = Some(image),
+            vm::Admission::Refused(why) => {
+                let event =
+                    core.event(&ctx, Outcome::Denied)
+                        .with_decision(ztee_audit::DecisionRecord {
+                            decision: ztee_audit::DecisionKind::Deny,
+                            risk: "HIGH".into(),
+                            rule_ids: vec!["admission.refused".into()],
+                            reasons: vec![why.clone()],
+                        });
+                core.record(event).await?;
+                eprintln!("error: {why}");
+                return Ok(vm::EXIT_REFUSED);
+            }
+        }
+        let secrets = RunSecrets::load(&args.secrets, &args.secret_store, globals)?;
+        let decision = ztee_server::audit::decision_record(&admitted.decision);
+        let sandbox = match engine.create(spec).await {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                let event = core
+                    .event(&ctx, Outcome::Failure)
+                    .with_decision(decision.clone());
+                core.record(event).await?;
+                return Err(anyhow::Error::new(e).context("cannot start a sandbox"));
+            }
+        };
         let egress_log = std::sync::Arc::new(ztee_egress::EgressLog::default());
         if let Some((proxy, allowlist)) = egress {
             let grant = ztee_egress::EgressGrant {
@@ -233,18 +302,30 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 return Err(anyhow::Error::new(err).context("cannot grant egress"));
             }
         }
+        let mut outbound = Outbound::new(core.pipeline.dlp.as_ref(), secrets.scope()?.as_ref());
+        let mut output_digest = core.pipeline.content_key.hasher();
         let result = tokio::select! {
-            result = run_in(&sandbox, &args, uploads, &secrets, forward_stdin) => result,
+            result = run_in(&sandbox, &admitted.work, &modes, &args, &secrets, forward_stdin, &mut outbound, &mut output_digest) => result,
             signal = vm::interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; the sandbox was destroyed")),
         };
         let egressed = sandbox.egress().is_some();
-        sandbox
-            .destroy()
-            .await
-            .context("cannot destroy the sandbox")?;
+        let destroyed = sandbox.destroy().await;
         if egressed {
             print_egress_summary(&egress_log.records());
         }
+        let outcome = if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let event = core
+            .event(&ctx, outcome)
+            .with_decision(decision)
+            .with_code(&admitted.input_digest)
+            .with_output(&output_digest.finalize())
+            .with_redactions(&outbound.counts());
+        core.record(event).await?;
+        destroyed.context("cannot destroy the sandbox")?;
         result
     })
 }
@@ -285,16 +366,20 @@ fn file_mode(path: &std::path::Path) -> u32 {
         .unwrap_or(0o644)
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; the pieces are the run's own state
 async fn run_in(
     sandbox: &Sandbox,
+    work: &Work,
+    modes: &[u32],
     args: &Args,
-    uploads: Vec<(String, Vec<u8>, u32)>,
     secrets: &RunSecrets,
     forward_stdin: bool,
+    outbound: &mut Outbound,
+    output_digest: &mut ztee_audit::ContentHasher,
 ) -> anyhow::Result<u8> {
-    for (remote, data, mode) in uploads {
+    for ((remote, data), mode) in work.files.iter().zip(modes) {
         sandbox
-            .write_file(&remote, &data, mode)
+            .write_file(remote, data, *mode)
             .await
             .with_context(|| format!("cannot copy a file to {remote}"))?;
     }
@@ -304,15 +389,59 @@ async fn run_in(
             .await
             .with_context(|| format!("cannot write the secret file {path}"))?;
     }
-    let mut spec = ExecSpec::new(args.command.clone());
-    spec.env = args.env.clone();
+    let mut spec = ExecSpec::new(work.argv.clone());
+    spec.env = work
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     spec.env.extend(secrets.env.iter().cloned());
-    spec.cwd = args.cwd.clone();
+    spec.cwd = work.cwd.clone();
     spec.timeout = args.timeout;
     spec.stdin = forward_stdin;
     let execution = sandbox.exec(spec).await?;
-    let status = stream(execution, forward_stdin, secrets.redactor.clone()).await?;
+    let status = stream_masked(execution, forward_stdin, outbound, output_digest).await?;
     exit_code(status, args.timeout)
+}
+
+/// Copies the command's output to ours as it arrives, through the outbound DLP stage (card
+/// numbers masked, the run's secret values too; stdout and stderr are scanned as one stream),
+/// and our stdin to it. What is printed is what the audit record's output digest covers.
+async fn stream_masked(
+    mut execution: impl CommandStream,
+    forward_stdin: bool,
+    outbound: &mut Outbound,
+    output_digest: &mut ztee_audit::ContentHasher,
+) -> anyhow::Result<ExitStatus> {
+    let mut stdin_open = forward_stdin;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut print = |released: ztee_server::pipeline::Released| -> anyhow::Result<()> {
+        output_digest.update(released.stdout.as_bytes());
+        output_digest.update(released.stderr.as_bytes());
+        write_all(&mut std::io::stdout(), released.stdout.as_bytes())?;
+        write_all(&mut std::io::stderr(), released.stderr.as_bytes())
+    };
+    loop {
+        tokio::select! {
+            event = execution.next_event() => match event? {
+                Some(ExecEvent::Stdout(data)) => print(outbound.stdout(&data))?,
+                Some(ExecEvent::Stderr(data)) => print(outbound.stderr(&data))?,
+                Some(ExecEvent::Exit(status)) => {
+                    print(outbound.finish())?;
+                    return Ok(status);
+                }
+                None => bail!("the command's output ended without an exit status"),
+            },
+            read = stdin.read(&mut buf), if stdin_open => match read {
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    execution.close_stdin().await?;
+                }
+                Ok(n) => execution.write_stdin(&buf[..n]).await?,
+            },
+        }
+    }
 }
 
 /// Copies the command's output to ours as it arrives, and our stdin to it. With `redact`, the

@@ -1,0 +1,190 @@
+//! The gateway's pipeline for an operator at a terminal.
+//!
+//! `ztee run` goes through the same stages as `POST /v1/run`: inbound DLP and the policy
+//! decision (the data directory's bundle, as `ztee serve` would load it), the image's admission,
+//! outbound DLP over the command's output, and one audit record in the node's trail. The trail
+//! has one writer: while a gateway holds it, the record is queued in the state database and
+//! the gateway moves it in within seconds (as for `ztee apikey`); otherwise it is written at once.
+//! A request the policy holds for approval is refused here: approvals are decided through a
+//! gateway, where an approver can see them.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use ztee_audit::{AuditEvent, EventType, Outcome};
+use ztee_server::audit::{AuditSink, MaskingSink};
+use ztee_server::auth::Caller;
+use ztee_server::pipeline::{ActionContext, Admitted, Pipeline, Work};
+use ztee_server::principal::Principal;
+use ztee_server::store::Store;
+
+use crate::globals::GlobalArgs;
+
+/// The exit code of a request the policy denied or would hold for approval.
+pub const EXIT_POLICY: u8 = 4;
+
+/// The pipeline's stages, set up for this host's data directory, and the operator who acts.
+pub struct LocalCore {
+    pub pipeline: Pipeline,
+    pub caller: Caller,
+}
+
+/// Why the core did not let a request through: the message for the operator and the exit code.
+pub struct Refusal {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl LocalCore {
+    /// Loads the configuration (`ZTEE_CONFIG`, as `ztee serve` does), the policy bundle of the
+    /// data directory and the node's keys. `executor` is the VM engine the command runs on.
+    pub fn open(
+        globals: &GlobalArgs,
+        executor: Arc<dyn ztee_server::exec::Executor>,
+    ) -> anyhow::Result<Self> {
+        let data_dir = &globals.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let config_file = std::env::var_os("ZTEE_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from);
+        let config = ztee_server::ServerConfig::load(config_file.as_deref())?;
+        let bundle = ztee_policy::Bundle::resolve(None, data_dir)?;
+        let policy = ztee_server::rego_policy::RegoPolicy::new(
+            ztee_policy::PolicyEngine::compile(&bundle)?,
+            config.dlp.inbound,
+        )
+        .with_tenant_tiers(config.llm.tenant_tiers());
+        let dlp: Arc<dyn ztee_server::dlp::DlpEngine> = Arc::new(
+            ztee_server::dlp_engine::ZteeDlp::new(Default::default())
+                .context("starting the DLP engine")?,
+        );
+        let node_key = ztee_audit::NodeKey::load_or_generate(data_dir)
+            .context("loading the node's audit key")?;
+        let store = Store::open(&ztee_server::state_db_path(data_dir))?;
+        let trail: Arc<dyn AuditSink> = Arc::new(NodeTrail {
+            store,
+            data_dir: data_dir.clone(),
+        });
+        let pipeline = Pipeline {
+            dlp: dlp.clone(),
+            policy: Arc::new(policy),
+            executor,
+            audit: Arc::new(MaskingSink::new(trail, dlp)),
+            content_key: Arc::new(node_key.content_key()),
+            metrics: Arc::new(ztee_server::metrics::Metrics::new()),
+        };
+        Ok(Self {
+            pipeline,
+            caller: Caller::local(Principal::local_operator(&operator_name())),
+        })
+    }
+
+    /// Inbound DLP and the policy decision for `ctx`'s action over `work`; a denial is recorded
+    /// by the pipeline, a hold is recorded and refused.
+    pub async fn admit(
+        &self,
+        ctx: &mut ActionContext<'_>,
+        work: Work,
+    ) -> Result<Admitted, Refusal> {
+        self.pipeline
+            .admit_without_approvals(ctx, work)
+            .await
+            .map_err(|e| Refusal {
+                message: if e.code == "approval_required" {
+                    format!(
+                        "{}. Approvals are decided through a gateway (ztee serve): submit the \
+                         request there",
+                        e.message
+                    )
+                } else {
+                    e.message
+                },
+                exit_code: EXIT_POLICY,
+            })
+    }
+
+    /// Appends `event` to the node's trail.
+    pub async fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
+        self.pipeline
+            .record(event)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+
+    /// The audit event of `ctx` with `outcome`.
+    pub fn event(&self, ctx: &ActionContext<'_>, outcome: Outcome) -> AuditEvent {
+        self.pipeline.event(ctx, outcome)
+    }
+
+    /// The action context for `action`, recorded as `event_type` on `resource`.
+    pub fn context(
+        &self,
+        action: &'static str,
+        event_type: EventType,
+        resource: String,
+    ) -> ActionContext<'_> {
+        ActionContext {
+            caller: &self.caller,
+            event_type,
+            resource: Some(resource),
+            policy: ztee_server::api::policy_input(&self.caller, action),
+        }
+    }
+}
+
+/// The node's audit trail as a command-line process reaches it: queued in the state database,
+/// moved into the log at once unless a gateway holds it.
+struct NodeTrail {
+    store: Store,
+    data_dir: std::path::PathBuf,
+}
+
+#[async_trait]
+impl AuditSink for NodeTrail {
+    async fn append(&self, event: AuditEvent) -> Result<(), String> {
+        let store = self.store.clone();
+        let data_dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            ztee_server::audit_outbox::record_from_cli(&store, &data_dir, &event)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The operator's account name, from the process's real uid (not from `$USER`, which anyone
+/// can set); the uid itself when the account has no name.
+pub fn operator_name() -> String {
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a zeroed `passwd` is a valid out-parameter for getpwuid_r.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `pwd` and `result` are locals, `buf` is
+    // writable for its full length; the strings it fills point into `buf`, read below while
+    // `buf` lives.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
+        // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        if let Ok(name) = name.to_str() {
+            if !name.is_empty() {
+                return name.to_owned();
+            }
+        }
+    }
+    format!("uid{uid}")
+}
