@@ -2,6 +2,9 @@
 //! serve): blob upload and download, manifest put and get, with basic and bearer-token auth.
 //! [`push`] and [`pull`] copy an image, with its cosign signature and attestations, between the
 //! local [`Store`] and a registry, checking every digest on the way in.
+//!
+//! Everything here blocks (reqwest's blocking client, which runs its own small runtime thread):
+//! call it from a plain thread or from `tokio::task::spawn_blocking`, never from an async task.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -9,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::digest::Digest;
@@ -50,10 +54,127 @@ pub struct RegistryOptions {
     pub plain_http: bool,
 }
 
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a registry may stay silent: while we wait for a response head, and on every read of a
+/// body (a per-read bound, so a multi-gigabyte layer may take as long as it needs).
+const REGISTRY_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// The fifth redirect in a row is an error, so at most four are followed.
+const MAX_REDIRECTS: usize = 5;
+/// A request with a body is also bounded while the body is sent; the bound grows with the body at
+/// this floor rate so that a large layer over a slow link is not cut off.
+const UPLOAD_FLOOR_BYTES_PER_SEC: u64 = 64 * 1024;
+
+/// The blocking HTTP client every outbound request of this crate goes through: rustls with the
+/// host's native roots, no proxy from the environment, and no automatic redirects
+/// ([`execute`] follows them itself, so that credentials never go along).
+pub(crate) fn http_client(read_timeout: Duration) -> Result<reqwest::blocking::Client, String> {
+    reqwest::blocking::Client::builder()
+        .user_agent(concat!("ztee/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(read_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("setting up the HTTP client: {}", error_chain(&e)))
+}
+
+/// An error and its sources on one line: reqwest's own message alone ("error sending request")
+/// leaves out the reason an operator needs (refused, timed out, certificate unknown...).
+pub(crate) fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Sends one request and follows redirects: a 301, 302 or 303 turns anything but GET and HEAD into
+/// a GET without a body; a 307 or 308 is followed only by a request that cannot carry a body (a
+/// blob upload is never replayed elsewhere); the Authorization header never follows a redirect,
+/// even to the same host (registries hand blob downloads to storage that must not see the
+/// registry's credentials). Any other answer, including an error status, is returned as is.
+pub(crate) fn execute(
+    http: &reqwest::blocking::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    authorization: Option<&str>,
+    body: Option<Bytes>,
+) -> Result<reqwest::blocking::Response, String> {
+    let mut method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
+    let mut url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    let mut authorization = authorization;
+    let mut body = body;
+    let mut redirects = 0;
+    loop {
+        let mut request = http.request(method.clone(), url.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(a) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, a);
+        }
+        if let Some(b) = &body {
+            let len = u64::try_from(b.len()).unwrap_or(u64::MAX);
+            let sending = Duration::from_secs(len / UPLOAD_FLOOR_BYTES_PER_SEC);
+            request = request
+                .timeout(REGISTRY_READ_TIMEOUT.saturating_add(sending))
+                .body(b.clone());
+        }
+        let response = request.send().map_err(|e| error_chain(&e.without_url()))?;
+        let status = response.status().as_u16();
+        if !(300..399).contains(&status) {
+            return Ok(response);
+        }
+        if redirects + 1 >= MAX_REDIRECTS {
+            return Err(format!("reached max redirects ({MAX_REDIRECTS})"));
+        }
+        let Some(location) = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        else {
+            return Ok(response);
+        };
+        let next = url
+            .join(location)
+            .map_err(|e| format!("bad redirection to {location:?}: {e}"))?;
+        let bodiless = [
+            reqwest::Method::GET,
+            reqwest::Method::HEAD,
+            reqwest::Method::OPTIONS,
+            reqwest::Method::TRACE,
+        ]
+        .contains(&method);
+        match status {
+            301..=303 => {
+                if method != reqwest::Method::HEAD {
+                    method = reqwest::Method::GET;
+                }
+            }
+            307 | 308 if bodiless => {}
+            _ => return Ok(response),
+        }
+        tracing::debug!(status, from = %url, to = %next, "following a redirect");
+        url = next;
+        authorization = None;
+        body = None;
+        redirects += 1;
+    }
+}
+
 pub struct Client {
     host: String,
     base: String,
-    agent: ureq::Agent,
+    http: reqwest::blocking::Client,
     credentials: Option<Credentials>,
     /// Bearer tokens by scope, so a push fetches one token per repository and action set.
     tokens: Mutex<HashMap<String, String>>,
@@ -113,28 +234,27 @@ fn is_loopback(host: &str) -> bool {
 struct Response {
     status: u16,
     headers: HashMap<String, String>,
-    body: Box<dyn Read + Send + Sync>,
+    body: reqwest::blocking::Response,
 }
 
 impl Client {
-    pub fn new(host: &str, options: RegistryOptions) -> Client {
+    pub fn new(host: &str, options: RegistryOptions) -> Result<Client> {
         let scheme = if options.plain_http || is_loopback(host) {
             "http"
         } else {
             "https"
         };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(15))
-            .timeout_read(Duration::from_secs(300))
-            .redirects(5)
-            .build();
-        Client {
+        let http = http_client(REGISTRY_READ_TIMEOUT).map_err(|reason| Error::Registry {
+            registry: host.to_string(),
+            reason,
+        })?;
+        Ok(Client {
             host: host.to_string(),
             base: format!("{scheme}://{host}"),
-            agent,
+            http,
             credentials: options.credentials,
             tokens: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn err(&self, reason: impl Into<String>) -> Error {
@@ -158,28 +278,33 @@ impl Client {
         service: Option<&str>,
         scope: Option<&str>,
     ) -> Result<String> {
-        let mut request = self.agent.get(realm);
-        if let Some(s) = service {
-            request = request.query("service", s);
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| self.err(format!("token service {realm}: invalid URL: {e}")))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(s) = service {
+                query.append_pair("service", s);
+            }
+            if let Some(s) = scope {
+                query.append_pair("scope", s);
+            }
         }
-        if let Some(s) = scope {
-            request = request.query("scope", s);
-        }
-        if let Some(c) = &self.credentials {
-            request = request.set("Authorization", &c.basic_header());
-        }
+        let basic = self.credentials.as_ref().map(Credentials::basic_header);
         #[derive(Deserialize)]
         struct TokenResponse {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let response = request.call().map_err(|e| match e {
-            ureq::Error::Status(code, _) => self.err(format!(
+        let response = execute(&self.http, "GET", url.as_str(), &[], basic.as_deref(), None)
+            .map_err(|e| self.err(format!("token service {realm}: {e}")))?;
+        let code = response.status().as_u16();
+        if code >= 400 {
+            return Err(self.err(format!(
                 "token service {realm} refused the credentials (HTTP {code})"
-            )),
-            other => self.err(format!("token service {realm}: {other}")),
-        })?;
-        let body: TokenResponse = response.into_json().map_err(|e| {
+            )));
+        }
+        // A token is a few kilobytes; a bigger answer is not a token service's.
+        let body: TokenResponse = serde_json::from_reader(response.take(1 << 20)).map_err(|e| {
             self.err(format!(
                 "token service {realm} sent an unreadable answer: {e}"
             ))
@@ -216,33 +341,26 @@ impl Client {
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-        body: Option<&[u8]>,
+        body: Option<Bytes>,
     ) -> Result<Response> {
         let url = self.url(path);
         let mut authorization: Option<String> = None;
         for attempt in 0..2 {
-            let mut request = self.agent.request(method, &url);
-            for (k, v) in headers {
-                request = request.set(k, v);
-            }
-            if let Some(a) = &authorization {
-                request = request.set("Authorization", a);
-            }
-            let result = match body {
-                Some(b) => request.send_bytes(b),
-                None => request.call(),
-            };
-            let response = match result {
-                Ok(r) => r,
-                Err(ureq::Error::Status(_, r)) => r,
-                Err(ureq::Error::Transport(t)) => {
-                    return Err(self.err(format!("{method} {url}: {t}")))
-                }
-            };
-            let status = response.status();
+            let response = execute(
+                &self.http,
+                method,
+                &url,
+                headers,
+                authorization.as_deref(),
+                body.clone(),
+            )
+            .map_err(|e| self.err(format!("{method} {url}: {e}")))?;
+            let status = response.status().as_u16();
             if status == 401 && attempt == 0 {
                 let challenge = response
-                    .header("WWW-Authenticate")
+                    .headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|h| h.to_str().ok())
                     .and_then(parse_challenge)
                     .ok_or_else(|| {
                         self.err(format!(
@@ -252,19 +370,19 @@ impl Client {
                 authorization = Some(self.authorization_for(&challenge)?);
                 continue;
             }
-            let headers = response
-                .headers_names()
-                .into_iter()
-                .filter_map(|n| {
-                    response
-                        .header(&n)
-                        .map(|v| (n.to_ascii_lowercase(), v.to_string()))
-                })
-                .collect();
+            // The first value of each header, as the registry protocol never repeats one we read.
+            let mut names = HashMap::new();
+            for (name, value) in response.headers() {
+                if let Ok(value) = value.to_str() {
+                    names
+                        .entry(name.as_str().to_string())
+                        .or_insert_with(|| value.to_string());
+                }
+            }
             return Ok(Response {
                 status,
-                headers,
-                body: response.into_reader(),
+                headers: names,
+                body: response,
             });
         }
         Err(self.err(format!(
@@ -309,6 +427,11 @@ impl Client {
 
     /// Uploads a blob (monolithic POST-then-PUT upload) unless the registry already has it.
     pub fn push_blob(&self, repository: &str, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.upload_blob(repository, digest, Bytes::copy_from_slice(bytes))
+    }
+
+    /// [`Client::push_blob`] for a blob already owned, so a layer is not copied to be sent.
+    fn upload_blob(&self, repository: &str, digest: &Digest, bytes: Bytes) -> Result<()> {
         if self.has_blob(repository, digest)? {
             return Ok(());
         }
@@ -316,7 +439,7 @@ impl Client {
             "POST",
             &format!("/v2/{repository}/blobs/uploads/"),
             &[("Content-Length", "0")],
-            Some(b""),
+            Some(Bytes::new()),
         )?;
         let start = self.expect(start, &[202], &format!("starting upload of {digest}"))?;
         let location = start
@@ -346,7 +469,7 @@ impl Client {
             "PUT",
             &format!("/v2/{repository}/manifests/{reference}"),
             &[("Content-Type", media_type)],
-            Some(bytes),
+            Some(Bytes::copy_from_slice(bytes)),
         )?;
         self.expect(
             r,
@@ -485,7 +608,7 @@ fn push_manifest_tree(
                 push_manifest_tree(client, store, repository, &child, &child.digest.to_string())?;
         } else {
             let blob = store.read_blob(&child.digest)?;
-            client.push_blob(repository, &child.digest, &blob)?;
+            client.upload_blob(repository, &child.digest, Bytes::from(blob))?;
             blobs += 1;
         }
     }
@@ -510,7 +633,7 @@ pub fn push(
         )
     })?;
     let descriptor = store.resolve(source)?;
-    let client = Client::new(host, options);
+    let client = Client::new(host, options)?;
     let repository = &destination.repository;
     let blobs = push_manifest_tree(&client, store, repository, &descriptor, tag)?;
     let mut attachments = Vec::new();
@@ -563,7 +686,7 @@ fn pull_tree(
 /// its cosign signature and attestations. A tag is resolved to a digest exactly once here.
 pub fn pull(store: &Store, source: &Reference, options: RegistryOptions) -> Result<Transfer> {
     let host = registry_of(source)?;
-    let client = Client::new(host, options);
+    let client = Client::new(host, options)?;
     let repository = &source.repository;
     let wanted = source
         .digest

@@ -196,24 +196,26 @@ impl VulnDb {
         ecosystems: &[&str],
         mut progress: impl FnMut(&str),
     ) -> Result<ImportReport> {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(std::time::Duration::from_secs(15))
-            .timeout_read(std::time::Duration::from_secs(600))
-            .build();
+        // Blocking like the rest of the crate; the read timeout bounds each silence, not the
+        // whole download of a large archive.
+        let http = crate::registry::http_client(std::time::Duration::from_secs(600))
+            .map_err(Error::VulnDb)?;
         let mut total = ImportReport::default();
         for eco in ecosystems {
             let url = format!("{}/{}/all.zip", base_url.trim_end_matches('/'), eco);
             progress(&format!("downloading {url}"));
-            let response = agent.get(&url).call().map_err(|e| match e {
-                ureq::Error::Status(code, _) => Error::VulnDb(format!("{url}: HTTP {code}")),
-                other => Error::VulnDb(format!("{url}: {other}")),
-            })?;
+            let response = crate::registry::execute(&http, "GET", &url, &[], None, None)
+                .map_err(|e| Error::VulnDb(format!("{url}: {e}")))?;
+            let code = response.status().as_u16();
+            if code >= 400 {
+                return Err(Error::VulnDb(format!("{url}: HTTP {code}")));
+            }
             let tmp = tempfile::NamedTempFile::new()
                 .map_err(|e| Error::io("creating temp file", std::env::temp_dir(), e))?;
             let mut file = tmp
                 .reopen()
                 .map_err(|e| Error::io("opening", tmp.path(), e))?;
-            std::io::copy(&mut response.into_reader().take(4 << 30), &mut file)
+            std::io::copy(&mut response.take(4 << 30), &mut file)
                 .map_err(|e| Error::VulnDb(format!("{url}: download interrupted: {e}")))?;
             progress(&format!("importing {eco}"));
             let mut report = ImportReport::default();
