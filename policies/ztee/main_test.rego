@@ -88,6 +88,18 @@ test_the_operator_at_the_terminal_uses_the_stores_secrets if {
 	"risk.code_with_secrets" in rule_ids(d)
 }
 
+test_the_operators_egress_is_preapproved_but_never_to_a_metadata_service if {
+	operator := {"subject": "local:alice", "tenant": "system", "roles": ["operator"], "tier": "standard"}
+	inp := object.union(req("egress", {"egress": [{"host": "mirror.internal", "port": 443}]}), {"principal": operator})
+	d := main.decision with input as inp
+	d.verdict == "allow"
+	"risk.egress_preapproved" in rule_ids(d)
+	meta := object.union(req("egress", {"egress": [{"host": "169.254.169.254", "port": 80}]}), {"principal": operator})
+	main.decision.verdict == "deny" with input as meta
+	agent_inp := req("egress", {"egress": [{"host": "mirror.internal", "port": 443}]})
+	main.decision.verdict == "deny" with input as agent_inp
+}
+
 test_an_api_caller_named_like_an_operator_gets_no_secret if {
 	# Tenant and roles come from API keys and IdP claims; only the subject prefix is the CLI's.
 	caller := {"subject": "oidc:local:alice", "tenant": "system", "roles": ["operator"], "tier": "standard"}

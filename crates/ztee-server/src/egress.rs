@@ -29,7 +29,7 @@ use crate::audit::{self, AuditSink};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::exec::{ExecError, SandboxHandle};
-use crate::pipeline::{ActionContext, Gate, Pipeline, Work};
+use crate::pipeline::{ActionContext, Gate, Holds, Pipeline, Work};
 use crate::policy::{Decision, DecisionKind};
 
 /// Most egress rules one request may ask for.
@@ -83,15 +83,49 @@ pub async fn authorize(
     allowlist: &Allowlist,
     approved: bool,
 ) -> Result<EgressGate, ApiError> {
+    let holds = if approved {
+        Holds::Approved
+    } else {
+        Holds::Park
+    };
+    authorize_with(pipeline, ctx, allowlist, holds).await
+}
+
+/// [`authorize`] at a door where nobody can approve (the command line): a decision that
+/// requires approval is recorded and answered as a denial (`approval.unavailable`).
+pub async fn authorize_without_approvals(
+    pipeline: &Pipeline,
+    ctx: &ActionContext<'_>,
+    allowlist: &Allowlist,
+) -> Result<(), ApiError> {
+    match authorize_with(pipeline, ctx, allowlist, Holds::Refuse).await? {
+        EgressGate::Allowed => Ok(()),
+        EgressGate::Held(decision) => Err(crate::pipeline::approval_required(&decision)),
+    }
+}
+
+async fn authorize_with(
+    pipeline: &Pipeline,
+    ctx: &ActionContext<'_>,
+    allowlist: &Allowlist,
+    holds: Holds,
+) -> Result<EgressGate, ApiError> {
     let mut input = ctx.policy.clone();
     input.action = "egress";
     input.findings = Vec::new();
     let decision = pipeline.policy.decide_egress(&input, &targets(allowlist));
-    let outcome = match decision.kind {
-        DecisionKind::Allow => Outcome::Success,
-        DecisionKind::Deny => Outcome::Denied,
-        DecisionKind::RequireApproval if approved => Outcome::Success,
-        DecisionKind::RequireApproval => Outcome::PendingApproval,
+    let (outcome, record) = match (decision.kind, holds) {
+        (DecisionKind::Allow, _) => (Outcome::Success, audit::decision_record(&decision)),
+        (DecisionKind::Deny, _) => (Outcome::Denied, audit::decision_record(&decision)),
+        (DecisionKind::RequireApproval, Holds::Approved) => {
+            (Outcome::Success, audit::decision_record(&decision))
+        }
+        (DecisionKind::RequireApproval, Holds::Park) => {
+            (Outcome::PendingApproval, audit::decision_record(&decision))
+        }
+        (DecisionKind::RequireApproval, Holds::Refuse) => {
+            (Outcome::Denied, crate::pipeline::unapprovable(&decision))
+        }
     };
     let egress_ctx = ActionContext {
         caller: ctx.caller,
@@ -99,10 +133,9 @@ pub async fn authorize(
         resource: ctx.resource.clone(),
         policy: input,
     };
-    let event = pipeline
-        .event(&egress_ctx, outcome)
-        .with_decision(audit::decision_record(&decision));
+    let event = pipeline.event(&egress_ctx, outcome).with_decision(record);
     pipeline.record(event).await?;
+    let approved = holds == Holds::Approved;
     match decision.kind {
         DecisionKind::Allow => Ok(EgressGate::Allowed),
         DecisionKind::RequireApproval if approved => Ok(EgressGate::Allowed),

@@ -165,14 +165,23 @@ pub struct Admitted {
 }
 
 /// What the policy stage does with a decision that requires approval.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Holds {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Holds {
     /// Hold the request (audited as pending) for the caller to park.
     Park,
     /// A human approved exactly this request: go ahead.
     Approved,
     /// Nobody can approve through this door: record and answer a denial.
     Refuse,
+}
+
+/// The audit record of a decision that requires approval at a door where nobody can approve:
+/// a denial, with the rule `approval.unavailable` added.
+pub fn unapprovable(decision: &Decision) -> ztee_audit::DecisionRecord {
+    let mut record = audit::decision_record(decision);
+    record.decision = ztee_audit::DecisionKind::Deny;
+    record.rule_ids.push("approval.unavailable".into());
+    record
 }
 
 /// What the policy stage made of a request: go ahead, or hold it for a human approver.
@@ -247,6 +256,8 @@ impl Pipeline {
         }
     }
 
+    /// Inbound DLP and the policy decision, with `holds` saying what a decision that requires
+    /// approval becomes.
     async fn gate(
         &self,
         ctx: &mut ActionContext<'_>,
@@ -272,12 +283,9 @@ impl Pipeline {
             DecisionKind::Allow => {}
             DecisionKind::RequireApproval if holds == Holds::Approved => {}
             DecisionKind::RequireApproval if holds == Holds::Refuse => {
-                let mut record = audit::decision_record(&decision);
-                record.decision = ztee_audit::DecisionKind::Deny;
-                record.rule_ids.push("approval.unavailable".into());
                 let event = self
                     .event(ctx, Outcome::Denied)
-                    .with_decision(record)
+                    .with_decision(unapprovable(&decision))
                     .with_code(&input_digest);
                 self.record(event).await?;
                 return Ok(Gate::Held(decision));

@@ -105,6 +105,24 @@ impl LocalCore {
             })
     }
 
+    /// The policy decision for the egress `allowlist` the operator asked for (action `egress`,
+    /// recorded as an `egress` event); nothing when it is empty.
+    pub async fn authorize_egress(
+        &self,
+        ctx: &ActionContext<'_>,
+        allowlist: &ztee_egress::Allowlist,
+    ) -> Result<(), Refusal> {
+        if allowlist.is_empty() {
+            return Ok(());
+        }
+        ztee_server::egress::authorize_without_approvals(&self.pipeline, ctx, allowlist)
+            .await
+            .map_err(|e| Refusal {
+                message: e.message,
+                exit_code: EXIT_POLICY,
+            })
+    }
+
     /// Appends `event` to the node's trail.
     pub async fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
         self.pipeline
@@ -131,6 +149,36 @@ impl LocalCore {
             resource: Some(resource),
             policy: ztee_server::api::policy_input(&self.caller, action),
         }
+    }
+}
+
+/// The executor of a door whose VM is held elsewhere: `ztee sandbox` commands reach their VM
+/// through the sandbox's supervisor process, so the pipeline's own executor is never asked to
+/// boot anything there, and refuses if it is.
+pub struct HeldBySupervisor;
+
+#[async_trait]
+impl ztee_server::exec::Executor for HeldBySupervisor {
+    async fn admit(
+        &self,
+        image: &str,
+    ) -> Result<ztee_server::exec::AdmittedImage, ztee_server::exec::ExecError> {
+        Err(ztee_server::exec::ExecError::Engine(format!(
+            "image {image}: a sandbox's image is admitted by its supervisor"
+        )))
+    }
+
+    async fn create(
+        &self,
+        _: ztee_server::exec::CreateSpec,
+    ) -> Result<Box<dyn ztee_server::exec::SandboxHandle>, ztee_server::exec::ExecError> {
+        Err(ztee_server::exec::ExecError::Engine(
+            "a sandbox is booted by its supervisor (ztee sandbox create)".into(),
+        ))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"backend": "supervisor"})
     }
 }
 

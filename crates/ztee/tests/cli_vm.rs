@@ -370,6 +370,79 @@ fn sandbox_lifecycle_create_exec_cp_ls_inspect_rm() {
     assert_eq!(cli.vm_dirs_left(), 0);
 }
 
+/// `ztee sandbox` commands pass the gateway's stages too: the creation, each command and each
+/// copy is decided by the data directory's policy, masked on the way out, and recorded in the
+/// node's trail in the operator's name.
+#[test]
+fn sandbox_commands_are_decided_masked_and_audited() {
+    let Some(cli) = Cli::new() else { return };
+    let out = cli.run(&["sandbox", "create", "--timeout", "120"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+
+    let out = cli.run(&[
+        "sandbox",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "x=4111; echo $x 1111 1111 1111 | tee /home/user/card.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "4111 1111 **** 1111\n");
+    let out = cli.run(&["sandbox", "exec", &id, "--", "echo", "5500000000000004"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let copied = cli.data_dir.path().join("card.txt");
+    let out = cli.run(&[
+        "sandbox",
+        "cp",
+        &format!("{id}:/home/user/card.txt"),
+        copied.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        "4111 1111 **** 1111\n"
+    );
+    assert_eq!(cli.run(&["sandbox", "rm", &id]).status.code(), Some(0));
+
+    let found = cli.run(&["--format", "json", "audit", "search", "--since", "1h"]);
+    assert_eq!(found.status.code(), Some(0), "{}", text(&found.stderr));
+    let records: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    let seen: Vec<(String, String)> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["event"])
+        .filter(|e| {
+            e["principal"]["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("local:")
+        })
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("sandbox.create", "success"),
+        ("sandbox.exec", "success"),
+        ("sandbox.exec", "denied"),
+        ("file.read", "success"),
+        ("sandbox.close", "success"),
+    ]
+    .iter()
+    .map(|(t, o)| ((*t).to_owned(), (*o).to_owned()))
+    .collect();
+    assert_eq!(seen, expected, "{records}");
+    assert_eq!(cli.run(&["audit", "verify"]).status.code(), Some(0));
+}
+
 #[test]
 fn killing_the_supervisor_takes_its_vm_along() {
     let Some(cli) = Cli::new() else { return };

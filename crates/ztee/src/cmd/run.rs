@@ -260,6 +260,12 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 return Ok(refusal.exit_code);
             }
         };
+        if let Some((_, allowlist)) = &egress {
+            if let Err(refusal) = core.authorize_egress(&ctx, allowlist).await {
+                eprintln!("error: {}", refusal.message);
+                return Ok(refusal.exit_code);
+            }
+        }
         let mut spec = spec;
         match vm::admit(globals, &args.image)? {
             vm::Admission::Default => {}
@@ -407,7 +413,7 @@ async fn run_in(
 /// Copies the command's output to ours as it arrives, through the outbound DLP stage (card
 /// numbers masked, the run's secret values too; stdout and stderr are scanned as one stream),
 /// and our stdin to it. What is printed is what the audit record's output digest covers.
-async fn stream_masked(
+pub async fn stream_masked(
     mut execution: impl CommandStream,
     forward_stdin: bool,
     outbound: &mut Outbound,
@@ -429,55 +435,6 @@ async fn stream_masked(
                 Some(ExecEvent::Stderr(data)) => print(outbound.stderr(&data))?,
                 Some(ExecEvent::Exit(status)) => {
                     print(outbound.finish())?;
-                    return Ok(status);
-                }
-                None => bail!("the command's output ended without an exit status"),
-            },
-            read = stdin.read(&mut buf), if stdin_open => match read {
-                Ok(0) | Err(_) => {
-                    stdin_open = false;
-                    execution.close_stdin().await?;
-                }
-                Ok(n) => execution.write_stdin(&buf[..n]).await?,
-            },
-        }
-    }
-}
-
-/// Copies the command's output to ours as it arrives, and our stdin to it. With `redact`, the
-/// values registered with that scanner are masked in both output streams (which are then
-/// passed as UTF-8 text).
-pub async fn stream(
-    mut execution: impl CommandStream,
-    forward_stdin: bool,
-    redact: Option<std::sync::Arc<ztee_dlp::Scanner>>,
-) -> anyhow::Result<ExitStatus> {
-    let mut stdin_open = forward_stdin;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 64 * 1024];
-    let operators = ztee_dlp::Operators::new(ztee_dlp::Operator::Mask(ztee_dlp::MaskStyle::Pci));
-    let mut redactors = redact.map(|scanner| {
-        (
-            ztee_dlp::StreamScanner::new(scanner.clone(), operators.clone()),
-            ztee_dlp::StreamScanner::new(scanner, operators),
-        )
-    });
-    loop {
-        tokio::select! {
-            event = execution.next_event() => match event? {
-                Some(ExecEvent::Stdout(data)) => match redactors.as_mut() {
-                    Some((out, _)) => write_all(&mut std::io::stdout(), out.feed_bytes(&data)?.as_bytes())?,
-                    None => write_all(&mut std::io::stdout(), &data)?,
-                },
-                Some(ExecEvent::Stderr(data)) => match redactors.as_mut() {
-                    Some((_, err)) => write_all(&mut std::io::stderr(), err.feed_bytes(&data)?.as_bytes())?,
-                    None => write_all(&mut std::io::stderr(), &data)?,
-                },
-                Some(ExecEvent::Exit(status)) => {
-                    if let Some((out, err)) = redactors.as_mut() {
-                        write_all(&mut std::io::stdout(), out.finish()?.as_bytes())?;
-                        write_all(&mut std::io::stderr(), err.finish()?.as_bytes())?;
-                    }
                     return Ok(status);
                 }
                 None => bail!("the command's output ended without an exit status"),

@@ -10,8 +10,16 @@ use clap::Subcommand;
 use ztee_vm::local::{LocalClient, LocalRecord, Registry};
 use ztee_vm::ExecSpec;
 
-use crate::cmd::run::{exit_code, parse_env, parse_seconds, parse_secret, stream, RunSecrets};
+use std::sync::Arc;
+
+use ztee_audit::{EventType, Outcome};
+use ztee_server::pipeline::{Outbound, Work};
+
+use crate::cmd::run::{
+    exit_code, parse_env, parse_seconds, parse_secret, stream_masked, RunSecrets,
+};
 use crate::globals::{Format, GlobalArgs};
+use crate::local_core::{HeldBySupervisor, LocalCore, EXIT_POLICY};
 use crate::output;
 use crate::vm;
 
@@ -102,11 +110,11 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
     match command {
         Command::Create(args) => create(args, globals),
         Command::Supervise(args) => supervise(args, globals, registry),
-        Command::Exec(args) => exec(args, registry),
+        Command::Exec(args) => exec(args, globals, registry),
         Command::Cp {
             source,
             destination,
-        } => copy(&source, &destination, registry),
+        } => copy(&source, &destination, globals, registry),
         Command::Ls => {
             let records = registry.list();
             output::print_list(
@@ -139,7 +147,7 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
             for id in ids {
                 let result = LocalClient::open(registry.clone(), &id)
                     .map_err(anyhow::Error::from)
-                    .and_then(|client| vm::block_on(async { Ok(client.remove().await?) }));
+                    .and_then(|client| remove(client, &id, globals));
                 match result {
                     Ok(()) => println!("{id}"),
                     Err(err) => {
@@ -153,9 +161,110 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// Destroys one sandbox, decided (`sandbox.delete`) and recorded (`sandbox.close`) as through
+/// the gateway.
+fn remove(client: LocalClient, id: &str, globals: &GlobalArgs) -> anyhow::Result<()> {
+    vm::block_on(async {
+        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+        let mut ctx = core.context(
+            "sandbox.delete",
+            EventType::SandboxClose,
+            format!("sandbox/{id}"),
+        );
+        let admitted = core
+            .admit(&mut ctx, Work::default())
+            .await
+            .map_err(|refusal| anyhow::anyhow!("{}", refusal.message))?;
+        let removed = client.remove().await;
+        let outcome = if removed.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let event = core
+            .event(&ctx, outcome)
+            .with_decision(ztee_server::audit::decision_record(&admitted.decision));
+        core.record(event).await?;
+        Ok(removed?)
+    })
+}
+
+/// Decides the creation like the gateway does (`sandbox.create`: inbound DLP, the data
+/// directory's policy), starts the supervisor, and records the outcome in the node's trail.
+fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
+    vm::block_on(async {
+        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+        let mut ctx = core.context(
+            "sandbox.create",
+            EventType::SandboxCreate,
+            "sandbox/(new)".to_owned(),
+        );
+        let spec = args.shape.spec();
+        ctx.policy.image = args.image.image.clone();
+        ctx.policy.memory_mib = Some(spec.memory_mib);
+        ctx.policy.vcpus = Some(u32::from(spec.vcpus));
+        ctx.policy.timeout_s = Some(args.timeout.as_secs());
+        ctx.policy.secrets = args.secrets.iter().map(|r| r.name.to_string()).collect();
+        let admitted = match core.admit(&mut ctx, Work::default()).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                eprintln!("error: {}", refusal.message);
+                return Ok(refusal.exit_code);
+            }
+        };
+        if let Some((_, allowlist)) = args.egress.proxy()? {
+            if let Err(refusal) = core.authorize_egress(&ctx, &allowlist).await {
+                eprintln!("error: {}", refusal.message);
+                return Ok(refusal.exit_code);
+            }
+        }
+        let decision = ztee_server::audit::decision_record(&admitted.decision);
+        let report = start_supervisor(&args, globals);
+        let (outcome, decision, answer) = match report {
+            Ok(Supervised::Created(id)) => {
+                ctx.resource = Some(format!("sandbox/{id}"));
+                (Outcome::Success, decision, Ok(id))
+            }
+            Ok(Supervised::Refused(why)) => {
+                let refusal = ztee_audit::DecisionRecord {
+                    decision: ztee_audit::DecisionKind::Deny,
+                    risk: "HIGH".into(),
+                    rule_ids: vec!["admission.refused".into()],
+                    reasons: vec![why.clone()],
+                };
+                (Outcome::Denied, refusal, Err(Ok(why)))
+            }
+            Err(e) => (Outcome::Failure, decision, Err(Err(e))),
+        };
+        core.record(core.event(&ctx, outcome).with_decision(decision))
+            .await?;
+        match answer {
+            Ok(id) => {
+                match globals.format {
+                    Format::Json => println!("{}", serde_json::json!({ "id": id })),
+                    Format::Table => println!("{id}"),
+                }
+                Ok(0)
+            }
+            Err(Ok(why)) => {
+                eprintln!("error: {why}");
+                Ok(vm::EXIT_REFUSED)
+            }
+            Err(Err(e)) => Err(e),
+        }
+    })
+}
+
+/// What the supervisor reported.
+enum Supervised {
+    Created(String),
+    /// The image was refused by the admission policy.
+    Refused(String),
+}
+
 /// Starts the supervisor detached (own session, so it outlives this terminal) and waits for
 /// its one-line report.
-fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
+fn start_supervisor(args: &CreateArgs, globals: &GlobalArgs) -> anyhow::Result<Supervised> {
     let exe = std::env::current_exe().context("cannot find the ztee executable")?;
     let log_dir = globals.data_dir.join("run");
     std::fs::create_dir_all(&log_dir)
@@ -222,11 +331,7 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         .context("cannot read the supervisor's report")?;
     let report: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
     if let Some(id) = report.get("id").and_then(|v| v.as_str()) {
-        match globals.format {
-            Format::Json => println!("{}", serde_json::json!({ "id": id })),
-            Format::Table => println!("{id}"),
-        }
-        return Ok(0);
+        return Ok(Supervised::Created(id.to_owned()));
     }
     let _ = child.wait();
     if report.get("refused").and_then(|v| v.as_bool()) == Some(true) {
@@ -234,8 +339,7 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
             .get("error")
             .and_then(|v| v.as_str())
             .unwrap_or("refused");
-        eprintln!("error: {why}");
-        return Ok(vm::EXIT_REFUSED);
+        return Ok(Supervised::Refused(why.to_owned()));
     }
     match report.get("error").and_then(|v| v.as_str()) {
         Some(error) => bail!("cannot create a sandbox: {error}"),
@@ -305,20 +409,76 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
     })
 }
 
-fn exec(args: ExecArgs, registry: Registry) -> anyhow::Result<u8> {
+fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Result<u8> {
     use std::io::IsTerminal;
+    let record = registry.get(&args.id)?;
     let client = LocalClient::open(registry, &args.id)?;
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
-    let mut spec = ExecSpec::new(args.command);
-    spec.env = args.env;
-    spec.cwd = args.cwd;
-    spec.timeout = args.timeout;
-    spec.stdin = forward_stdin;
     vm::block_on(async {
-        let execution = client.exec(spec).await?;
-        let status = stream(execution, forward_stdin, None).await?;
-        exit_code(status, args.timeout)
+        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+        let mut ctx = core.context(
+            "sandbox.exec",
+            EventType::SandboxExec,
+            format!("sandbox/{}", args.id),
+        );
+        ctx.policy.secrets = secret_names(&record);
+        let work = Work {
+            argv: args.command.clone(),
+            env: args.env.iter().cloned().collect(),
+            cwd: args.cwd.clone(),
+            ..Work::default()
+        };
+        let admitted = match core.admit(&mut ctx, work).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                eprintln!("error: {}", refusal.message);
+                return Ok(refusal.exit_code);
+            }
+        };
+        let mut spec = ExecSpec::new(admitted.work.argv.clone());
+        spec.env = admitted
+            .work
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        spec.cwd = admitted.work.cwd.clone();
+        spec.timeout = args.timeout;
+        spec.stdin = forward_stdin;
+        // The sandbox's own secrets are masked by its supervisor; card numbers here.
+        let mut outbound = Outbound::new(core.pipeline.dlp.as_ref(), None);
+        let mut output_digest = core.pipeline.content_key.hasher();
+        let status = match client.exec(spec).await {
+            Ok(execution) => {
+                stream_masked(execution, forward_stdin, &mut outbound, &mut output_digest).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        let event = core
+            .event(
+                &ctx,
+                if status.is_ok() {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                },
+            )
+            .with_decision(ztee_server::audit::decision_record(&admitted.decision))
+            .with_code(&admitted.input_digest)
+            .with_output(&output_digest.finalize())
+            .with_redactions(&outbound.counts());
+        core.record(event).await?;
+        exit_code(status?, args.timeout)
     })
+}
+
+/// The names of the secrets a sandbox holds (never their values), for the policy input.
+fn secret_names(record: &LocalRecord) -> Vec<String> {
+    record
+        .secrets
+        .iter()
+        .map(|request| request.split('=').next().unwrap_or(request).to_owned())
+        .collect()
 }
 
 /// `ID:PATH` when `text` starts with a sandbox id and a colon.
@@ -327,7 +487,12 @@ fn sandbox_path(text: &str) -> Option<(&str, &str)> {
     ztee_vm::is_sandbox_id(id).then_some((id, path))
 }
 
-fn copy(source: &str, destination: &str, registry: Registry) -> anyhow::Result<u8> {
+fn copy(
+    source: &str,
+    destination: &str,
+    globals: &GlobalArgs,
+    registry: Registry,
+) -> anyhow::Result<u8> {
     match (sandbox_path(source), sandbox_path(destination)) {
         (None, Some((id, path))) => {
             let data = std::fs::read(source).with_context(|| format!("cannot read {source}"))?;
@@ -337,18 +502,122 @@ fn copy(source: &str, destination: &str, registry: Registry) -> anyhow::Result<u
                     .map(|m| m.permissions().mode() & 0o777)
                     .unwrap_or(0o644)
             };
+            let record = registry.get(id)?;
             let client = LocalClient::open(registry, id)?;
-            vm::block_on(async { Ok(client.write_file(path, &data, mode).await?) })?;
+            vm::block_on(async {
+                let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+                let mut ctx = core.context(
+                    "file.write",
+                    EventType::FileWrite,
+                    format!("sandbox/{id}{path}"),
+                );
+                ctx.policy.secrets = secret_names(&record);
+                let work = Work {
+                    files: vec![(path.to_owned(), bytes::Bytes::from(data))],
+                    ..Work::default()
+                };
+                let admitted = match core.admit(&mut ctx, work).await {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        eprintln!("error: {}", refusal.message);
+                        return Ok(refusal.exit_code);
+                    }
+                };
+                let (path, content) = admitted
+                    .work
+                    .files
+                    .first()
+                    .cloned()
+                    .context("the admitted upload lost its file")?;
+                let written = client.write_file(&path, &content, mode).await;
+                let event = core
+                    .event(
+                        &ctx,
+                        if written.is_ok() {
+                            Outcome::Success
+                        } else {
+                            Outcome::Failure
+                        },
+                    )
+                    .with_decision(ztee_server::audit::decision_record(&admitted.decision))
+                    .with_code(&admitted.input_digest)
+                    .with_redactions(&admitted.inbound_redactions);
+                core.record(event).await?;
+                written?;
+                Ok(0)
+            })
         }
         (Some((id, path)), None) => {
+            let record = registry.get(id)?;
             let client = LocalClient::open(registry, id)?;
-            let data = vm::block_on(async { Ok(client.read_file(path).await?) })?;
-            write_atomically(destination, &data)?;
+            vm::block_on(async {
+                let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+                let mut ctx = core.context(
+                    "file.read",
+                    EventType::FileRead,
+                    format!("sandbox/{id}{path}"),
+                );
+                ctx.policy.secrets = secret_names(&record);
+                let work = Work {
+                    argv: vec![path.to_owned()],
+                    ..Work::default()
+                };
+                let admitted = match core.admit(&mut ctx, work).await {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        eprintln!("error: {}", refusal.message);
+                        return Ok(refusal.exit_code);
+                    }
+                };
+                let decision = ztee_server::audit::decision_record(&admitted.decision);
+                let data = match client.read_file(path).await {
+                    Ok(data) => data,
+                    Err(e) => {
+                        let event = core
+                            .event(&ctx, Outcome::Failure)
+                            .with_decision(decision);
+                        core.record(event).await?;
+                        return Err(e.into());
+                    }
+                };
+                // Outbound DLP as for a gateway download: text is masked, binary with
+                // findings is refused (it cannot be masked in place).
+                let dlp = core.pipeline.dlp.as_ref();
+                let (data, counts) = match std::str::from_utf8(&data) {
+                    Ok(text) => {
+                        let redacted = dlp.redact(text);
+                        (redacted.text.into_bytes(), redacted.counts)
+                    }
+                    Err(_) => {
+                        let found = dlp.scan(&String::from_utf8_lossy(&data));
+                        if !found.is_empty() {
+                            let event = core
+                                .event(&ctx, Outcome::Denied)
+                                .with_decision(decision)
+                                .with_output(&core.pipeline.content_key.digest(&data));
+                            core.record(event).await?;
+                            eprintln!(
+                                "error: {path} is binary and holds sensitive data ({}) that cannot be masked in place",
+                                found.join(", ")
+                            );
+                            return Ok(EXIT_POLICY);
+                        }
+                        (data, Default::default())
+                    }
+                };
+                let event = core
+                    .event(&ctx, Outcome::Success)
+                    .with_decision(decision)
+                    .with_output(&core.pipeline.content_key.digest(&data))
+                    .with_redactions(&counts);
+                core.record(event).await?;
+                write_atomically(destination, &data)?;
+                Ok(0)
+            })
         }
         (Some(_), Some(_)) => bail!("copy between two sandboxes is not supported; copy through the host"),
         (None, None) => bail!("one side of `cp` must be a sandbox path, written ID:PATH (e.g. sbx-0123456789abcdef:/home/user/out.json)"),
     }
-    Ok(0)
 }
 
 /// Writes next to `path` and renames, so a failure never leaves a partial file behind.
