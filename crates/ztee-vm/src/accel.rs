@@ -4,46 +4,20 @@
 //! verdict is cached per (guest kernel, host kernel, QEMU version).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{qemu, Accelerator};
-use crate::{Engine, SandboxSpec};
+use crate::backend::qemu::{self, QemuBackend};
+use crate::backend::{Accelerator, Backend, Host};
+use crate::config::SandboxSpec;
+
+pub use crate::backend::types::{AccelChoice, AccelDecision};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccelChoice {
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl std::str::FromStr for AccelChoice {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "auto" => Ok(Self::Auto),
-            "kvm" => Ok(Self::Kvm),
-            "tcg" => Ok(Self::Tcg),
-            other => Err(format!(
-                "accelerator must be auto, kvm or tcg, got {other:?}"
-            )),
-        }
-    }
-}
-
-/// The accelerator in use and the reason, in words an operator can act on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccelDecision {
-    pub accelerator: Accelerator,
-    pub reason: String,
-}
-
-pub(crate) async fn decide(engine: &Engine) -> AccelDecision {
-    match engine.config().accelerator {
+pub(crate) async fn decide(host: &Host) -> AccelDecision {
+    match host.config.accelerator {
         AccelChoice::Kvm => AccelDecision {
             accelerator: Accelerator::Kvm,
             reason: "forced by configuration (ZTEE_ACCEL=kvm)".into(),
@@ -52,11 +26,11 @@ pub(crate) async fn decide(engine: &Engine) -> AccelDecision {
             accelerator: Accelerator::Tcg,
             reason: "forced by configuration (ZTEE_ACCEL=tcg)".into(),
         },
-        AccelChoice::Auto => probe(engine).await,
+        AccelChoice::Auto => probe(host).await,
     }
 }
 
-async fn probe(engine: &Engine) -> AccelDecision {
+async fn probe(host: &Host) -> AccelDecision {
     let tcg = |reason: String| AccelDecision {
         accelerator: Accelerator::Tcg,
         reason,
@@ -68,7 +42,7 @@ async fn probe(engine: &Engine) -> AccelDecision {
     {
         return tcg(format!("/dev/kvm is not usable ({err}); TCG keeps isolation but runs guests several times slower"));
     }
-    let cache = cache_path(engine);
+    let cache = cache_path(host);
     if let Some(decision) = cache
         .as_ref()
         .and_then(|p| std::fs::read(p).ok())
@@ -81,7 +55,11 @@ async fn probe(engine: &Engine) -> AccelDecision {
         scratch_mib: 32,
         ..SandboxSpec::default()
     };
-    let decision = match engine.cold_boot(&spec, Accelerator::Kvm, PROBE_TIMEOUT).await {
+    let probe = QemuBackend::new(Accelerator::Kvm);
+    let decision = match probe
+        .boot(host, &spec, Instant::now() + PROBE_TIMEOUT)
+        .await
+    {
         // Dropping the VM kills it: the probe only needed to see it boot.
         Ok(_booted) => {
             AccelDecision {
@@ -104,8 +82,8 @@ async fn probe(engine: &Engine) -> AccelDecision {
     decision
 }
 
-fn cache_path(engine: &Engine) -> Option<PathBuf> {
-    let config = engine.config();
+fn cache_path(host: &Host) -> Option<PathBuf> {
+    let config = &host.config;
     let mut hasher = Sha256::new();
     hasher.update(crate::snapshot::file_identity(&config.assets.kernel).ok()?);
     hasher.update(host_kernel_release().as_bytes());

@@ -19,7 +19,6 @@ use ztee_wire::{
     PROTOCOL_VERSION,
 };
 
-use crate::egress::EgressRelay;
 use crate::VmError;
 
 /// Messages buffered per request before the reader waits for the consumer (backpressure).
@@ -38,8 +37,17 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Routes = Arc<Mutex<HashMap<RequestId, mpsc::Sender<GuestMessage>>>>;
 
+/// Where the guest's egress stream messages go: the sandbox's egress relay
+/// ([`crate::egress`]), which sits above the channel and sends its answers through it.
+pub(crate) trait EgressSink: Send + Sync {
+    /// One egress stream message from the guest; must not wait, the channel's reader calls it.
+    fn deliver(self: Arc<Self>, message: GuestMessage);
+    /// The channel is gone: every stream ends.
+    fn close_all(&self);
+}
+
 /// Where egress stream messages go once the sandbox has egress; `None` drops them.
-pub(crate) type EgressSlot = Arc<Mutex<Option<Arc<EgressRelay>>>>;
+pub(crate) type EgressSlot = Arc<Mutex<Option<Arc<dyn EgressSink>>>>;
 
 pub struct Channel {
     writer: tokio::sync::Mutex<(OwnedWriteHalf, Sealer)>,
@@ -209,7 +217,7 @@ impl Channel {
     }
 
     /// Routes the guest's egress streams to `relay` from now on.
-    pub(crate) fn set_egress(&self, relay: Arc<EgressRelay>) {
+    pub(crate) fn set_egress(&self, relay: Arc<dyn EgressSink>) {
         *lock(&self.egress) = Some(relay);
     }
 }

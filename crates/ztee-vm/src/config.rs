@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::firecracker::FirecrackerConfig;
-use crate::backend::VmmChoice;
-use crate::{AccelChoice, BootImage, GuestAssets, JailConfig, VmError};
+use crate::backend::firecracker::config::FirecrackerConfig;
+use crate::backend::types::{AccelChoice, VmmChoice};
+use crate::{BootImage, GuestAssets, JailConfig, VmError};
 
 /// Shape and limits of one sandbox's VM.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ use ztee_wire::{
     GuestMessage, HostMessage, StreamId, EGRESS_CHUNK, EGRESS_WINDOW, MAX_EGRESS_STREAMS,
 };
 
-use crate::channel::Channel;
+use crate::channel::{Channel, EgressSink};
 
 /// Longest wait for the guest to write a finished stream's last bytes before it is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,6 +92,16 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+impl EgressSink for EgressRelay {
+    fn deliver(self: Arc<Self>, message: GuestMessage) {
+        EgressRelay::deliver(&self, message);
+    }
+
+    fn close_all(&self) {
+        EgressRelay::close_all(self);
     }
 }
 

@@ -3,20 +3,16 @@
 //! sandbox.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::process::Child;
-use ztee_wire::{BootSecret, GuestMessage, HostMessage};
+use ztee_wire::{GuestMessage, HostMessage};
 
-use crate::backend::{self, Accelerator, LaunchPlan, MemoryBacking, Vmm, VmmDecision};
-use crate::channel::Channel;
-use crate::jail::{SealedRam, VmJail};
-use crate::pool::WarmPool;
-use crate::runtime::RuntimeDir;
-use crate::sandbox::{Sandbox, SandboxInfo, StartKind};
-use crate::snapshot::Template;
+use crate::backend::{Backend, Booted, Host, VmmDecision};
+use crate::pool::{VmSource, WarmPool};
+use crate::sandbox::{Sandbox, SandboxInfo};
+use crate::select::AccelSource;
+use crate::templates::Templates;
 use crate::{accel, error, initramfs, runtime, AccelDecision, EngineConfig, SandboxSpec, VmError};
 
 /// Boots sandboxes. Cheap to clone; safe to share across tasks.
@@ -25,30 +21,14 @@ pub struct Engine {
     inner: Arc<EngineInner>,
 }
 
-type TemplateSlot = Arc<tokio::sync::OnceCell<Result<Arc<Template>, String>>>;
-type FcTemplateSlot =
-    Arc<tokio::sync::OnceCell<Result<Arc<crate::firecracker_vm::Template>, String>>>;
-
 struct EngineInner {
-    config: EngineConfig,
-    /// Whether VMMs run jailed (decided once, at engine start).
-    jailed: bool,
-    base_initramfs: PathBuf,
+    host: Host,
     accel: tokio::sync::OnceCell<AccelDecision>,
     vmm: tokio::sync::OnceCell<VmmDecision>,
-    fc_templates: Mutex<HashMap<SandboxSpec, FcTemplateSlot>>,
-    templates: Mutex<HashMap<(SandboxSpec, Accelerator), TemplateSlot>>,
+    /// The one backend every VM of this engine runs on, picked on first use.
+    backend: tokio::sync::OnceCell<Arc<dyn Backend>>,
+    templates: Templates,
     pools: Mutex<HashMap<SandboxSpec, Arc<WarmPool>>>,
-}
-
-/// A running VM whose agent is authenticated but which no sandbox has yet.
-pub(crate) struct Booted {
-    pub runtime: RuntimeDir,
-    pub vmm: Child,
-    pub channel: Arc<Channel>,
-    pub accelerator: Accelerator,
-    pub kind: StartKind,
-    pub backend: Vmm,
 }
 
 impl Engine {
@@ -69,41 +49,34 @@ impl Engine {
         let base_initramfs = initramfs::base_for_agent(&config.assets.agent, &config.cache_dir)?;
         Ok(Self {
             inner: Arc::new(EngineInner {
-                config,
-                jailed,
-                base_initramfs,
+                host: Host {
+                    config,
+                    jailed,
+                    base_initramfs,
+                },
                 accel: tokio::sync::OnceCell::new(),
                 vmm: tokio::sync::OnceCell::new(),
-                fc_templates: Mutex::default(),
-                templates: Mutex::default(),
+                backend: tokio::sync::OnceCell::new(),
+                templates: Templates::default(),
                 pools: Mutex::default(),
             }),
         })
     }
 
     pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
+        &self.inner.host.config
     }
 
     /// Whether VMMs run in a jail (see [`crate::jail`]).
     pub fn jailed(&self) -> bool {
-        self.inner.jailed
-    }
-
-    /// A runtime directory for a new VM, laid out for a jail when VMMs are jailed.
-    pub(crate) fn runtime_dir(&self, name: &str) -> Result<RuntimeDir, VmError> {
-        RuntimeDir::create(&self.inner.config.runtime_dir, name, self.inner.jailed)
-    }
-
-    pub(crate) fn base_initramfs(&self) -> &std::path::Path {
-        &self.inner.base_initramfs
+        self.inner.host.jailed
     }
 
     /// Which accelerator VMs use and why; probes (by booting a VM under KVM) on first call.
     pub async fn accelerator(&self) -> AccelDecision {
         self.inner
             .accel
-            .get_or_init(|| accel::decide(self))
+            .get_or_init(|| accel::decide(&self.inner.host))
             .await
             .clone()
     }
@@ -112,7 +85,21 @@ impl Engine {
     pub async fn vmm(&self) -> VmmDecision {
         self.inner
             .vmm
-            .get_or_init(|| crate::select::decide(self))
+            .get_or_init(|| crate::select::decide(self.config(), self))
+            .await
+            .clone()
+    }
+
+    /// The backend for this engine's VMs, picked once from the VMM decision.
+    async fn backend(&self) -> Arc<dyn Backend> {
+        self.inner
+            .backend
+            .get_or_init(|| async {
+                let decision = self.vmm().await;
+                let backend = crate::select::backend(self.config(), &decision, self).await;
+                tracing::info!(backend = %backend.describe(), reason = %decision.reason, "VMM backend");
+                backend
+            })
             .await
             .clone()
     }
@@ -126,7 +113,7 @@ impl Engine {
             Some(vm) => vm,
             None => self.fresh_vm(&spec).await?,
         };
-        lease(booted, &spec, started).await
+        lease(booted, self.backend().await, &spec, started).await
     }
 
     /// Keeps `size` restored, never-used VMs of shape `spec` ready, refilled in the background.
@@ -138,7 +125,12 @@ impl Engine {
             pool.resize(size);
             return Ok(pool.clone());
         }
-        let pool = WarmPool::start(self.clone(), spec.clone(), size);
+        let engine = self.clone();
+        let source: VmSource = Arc::new(move |spec: SandboxSpec| {
+            let engine = engine.clone();
+            Box::pin(async move { engine.fresh_vm(&spec).await })
+        });
+        let pool = WarmPool::start(source, spec.clone(), size);
         pools.insert(spec, pool.clone());
         Ok(pool)
     }
@@ -147,212 +139,36 @@ impl Engine {
         lock(&self.inner.pools).get(spec).cloned()
     }
 
-    /// A VM that nobody has used: restored from the shape's snapshot when snapshots work here,
+    /// A VM that nobody has used: restored from the shape's template when snapshots work here,
     /// booted from scratch otherwise.
-    pub(crate) async fn fresh_vm(&self, spec: &SandboxSpec) -> Result<Booted, VmError> {
-        if self.vmm().await.vmm == Vmm::Firecracker {
-            return self.fresh_firecracker_vm(spec).await;
-        }
-        let accelerator = self.accelerator().await.accelerator;
-        if self.inner.config.snapshots {
-            if let Some(template) = self.template(spec, accelerator).await {
-                return template.restore(self).await;
+    async fn fresh_vm(&self, spec: &SandboxSpec) -> Result<Booted, VmError> {
+        let backend = self.backend().await;
+        let host = &self.inner.host;
+        if host.config.snapshots {
+            if let Some(template) = self.inner.templates.get(host, backend.as_ref(), spec).await {
+                let deadline = Instant::now() + host.config.boot_timeout;
+                return backend.restore(host, &template, deadline).await;
             }
         }
-        self.cold_boot(spec, accelerator, self.inner.config.boot_timeout)
-            .await
-    }
-
-    async fn fresh_firecracker_vm(&self, spec: &SandboxSpec) -> Result<Booted, VmError> {
-        if self.inner.config.snapshots {
-            let slot = lock(&self.inner.fc_templates)
-                .entry(spec.clone())
-                .or_default()
-                .clone();
-            let template = slot
-                .get_or_init(|| async {
-                    crate::firecracker_vm::Template::load_or_create(self, spec)
-                        .await
-                        .map(Arc::new)
-                        .map_err(|err| {
-                            tracing::warn!(%err, "cannot snapshot this VM shape under Firecracker; booting from scratch instead");
-                            err.to_string()
-                        })
-                })
-                .await;
-            if let Ok(template) = template {
-                return template.restore(self).await;
-            }
-        }
-        crate::firecracker_vm::cold_boot(self, spec).await
-    }
-
-    /// The snapshot of `spec`, made on first use. `None` when one cannot be made here (the
-    /// reason is logged once), in which case VMs boot from scratch.
-    async fn template(
-        &self,
-        spec: &SandboxSpec,
-        accelerator: Accelerator,
-    ) -> Option<Arc<Template>> {
-        let slot = lock(&self.inner.templates)
-            .entry((spec.clone(), accelerator))
-            .or_default()
-            .clone();
-        let result = slot
-            .get_or_init(|| async {
-                Template::load_or_create(self, spec, accelerator)
-                    .await
-                    .map(Arc::new)
-                    .map_err(|err| {
-                        tracing::warn!(%err, "cannot snapshot this VM shape; booting from scratch instead");
-                        err.to_string()
-                    })
-            })
-            .await;
-        result.as_ref().ok().cloned()
-    }
-
-    /// Starts a VMM for a new VM in `runtime`, jailed when VMMs are. A jailed restore
-    /// (`MemoryBacking::PrivateFile`) maps `sealed_ram` instead of the file.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn launch(
-        &self,
-        runtime: &mut RuntimeDir,
-        spec: &SandboxSpec,
-        accelerator: Accelerator,
-        initramfs: PathBuf,
-        memory: MemoryBacking,
-        incoming: bool,
-        sealed_ram: Option<&SealedRam>,
-    ) -> Result<(LaunchPlan, Child), VmError> {
-        let config = &self.inner.config;
-        let mut plan = LaunchPlan {
-            name: runtime.name().to_string(),
-            kernel: config.assets.kernel.clone(),
-            initramfs,
-            rootfs: spec
-                .image
-                .as_ref()
-                .map(|image| image.rootfs().to_path_buf())
-                .unwrap_or_else(|| config.assets.rootfs.clone()),
-            agent_socket: runtime.agent_socket(),
-            console_log: runtime.console_log(),
-            memory_mib: spec.memory_mib,
-            vcpus: spec.vcpus,
-            scratch_mib: spec.scratch_mib,
-            accelerator,
-            qmp_socket: (!matches!(memory, MemoryBacking::Anonymous)).then(|| runtime.qmp_socket()),
-            memory,
-            incoming,
-            jail: None,
-        };
-        let mut spawner = None;
-        if self.inner.jailed {
-            let root = runtime.path().join("root");
-            let jail = VmJail::create(
-                &config.jail,
-                runtime.name(),
-                &root,
-                spec.memory_mib,
-                spec.vcpus,
-                accelerator,
-            )?;
-            let (paths, prepared) = jail.prepare(&plan, sealed_ram.map(SealedRam::raw_fd))?;
-            runtime.set_jail(jail)?;
-            plan.jail = Some(paths);
-            spawner = Some(prepared);
-        }
-        let vmm = backend::qemu::launch(&plan, spawner)?;
-        runtime.record_owner(vmm.id().unwrap_or(0))?;
-        Ok((plan, vmm))
-    }
-
-    /// Boots a VM from its kernel.
-    pub(crate) async fn cold_boot(
-        &self,
-        spec: &SandboxSpec,
-        accelerator: Accelerator,
-        boot_timeout: Duration,
-    ) -> Result<Booted, VmError> {
-        let deadline = Instant::now() + boot_timeout;
-        let id = crate::new_sandbox_id()?;
-        let mut runtime = self.runtime_dir(&id)?;
-        let secret = BootSecret::from_bytes(crate::random_bytes()?);
-        initramfs::write_for_vm(&self.inner.base_initramfs, &secret, &runtime.initramfs())?;
-        let initramfs = runtime.initramfs();
-        let (plan, mut vmm) = self.launch(
-            &mut runtime,
-            spec,
-            accelerator,
-            initramfs,
-            MemoryBacking::Anonymous,
-            false,
-            None,
-        )?;
-        let channel =
-            Arc::new(connect_or_exit(&mut vmm, &runtime, &plan, &secret, deadline).await?);
-        Ok(Booted {
-            runtime,
-            vmm,
-            channel,
-            accelerator,
-            kind: StartKind::Cold,
-            backend: Vmm::Qemu,
-        })
+        let deadline = Instant::now() + host.config.boot_timeout;
+        backend.boot(host, spec, deadline).await
     }
 }
 
-/// Runs `true` from the image once in a VM bound for the warm pool. A freshly restored QEMU
-/// starts with an empty TCG translation cache, so the first command in it pays for translating
-/// the whole exec path (guest kernel, loader, libc); doing that here keeps it off the request
-/// path. It runs before the lease, as the sandbox user, and only the image's own program runs;
-/// an image without `true` simply skips the warm-up.
-pub(crate) async fn warm_up(booted: &Booted) {
-    let spec = crate::ExecSpec::new(vec!["true".into()]);
-    if let Ok(execution) = crate::Execution::start(booted.channel.clone(), spec).await {
-        let _ = execution.output().await;
-    }
-}
-
-/// Connects to the agent, unless the VMM exits first (then its stderr and the console say why).
-pub(crate) async fn connect_or_exit(
-    vmm: &mut Child,
-    runtime: &RuntimeDir,
-    plan: &LaunchPlan,
-    secret: &BootSecret,
-    deadline: Instant,
-) -> Result<Channel, VmError> {
-    tokio::select! {
-        connected = Channel::connect(&plan.agent_socket, secret, deadline) => connected,
-        status = vmm.wait() => Err(vmm_exited(vmm, runtime, status).await),
-    }
-}
-
-pub(crate) async fn vmm_exited(
-    vmm: &mut Child,
-    runtime: &RuntimeDir,
-    status: std::io::Result<std::process::ExitStatus>,
-) -> VmError {
-    let mut stderr = String::new();
-    if let Some(pipe) = vmm.stderr.take() {
-        use tokio::io::AsyncReadExt;
-        let _ = pipe.take(2048).read_to_string(&mut stderr).await;
-    }
-    VmError::VmmExited {
-        status: status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string()),
-        console: format!(
-            "{} {}",
-            error::sanitize_guest_text(stderr.trim()),
-            runtime.console_tail()
-        ),
+impl AccelSource for Engine {
+    fn accelerator(&self) -> impl std::future::Future<Output = AccelDecision> + Send {
+        Engine::accelerator(self)
     }
 }
 
 /// Hands a VM to its one sandbox: fresh entropy, hostname, machine id, channel secret and the
 /// current time (a restored VM's clock stands at the moment of its snapshot).
-async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<Sandbox, VmError> {
+async fn lease(
+    booted: Booted,
+    backend: Arc<dyn Backend>,
+    spec: &SandboxSpec,
+    started: Instant,
+) -> Result<Sandbox, VmError> {
     let Booted {
         runtime,
         vmm,
@@ -413,7 +229,7 @@ async fn lease(booted: Booted, spec: &SandboxSpec, started: Instant) -> Result<S
             .map(|image| image.digest().to_string())
             .unwrap_or_else(|| "default".to_string()),
     };
-    Ok(Sandbox::new(info, channel, vmm, runtime))
+    Ok(Sandbox::new(info, channel, vmm, runtime, backend))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+pub(crate) use crate::guest_text::sanitize_guest_text;
+
 /// Everything that can go wrong between asking for a sandbox and getting a command's result.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -50,7 +52,7 @@ pub enum VmError {
     #[error("QEMU control (QMP): {0}")]
     Qmp(String),
     #[error("Firecracker API: {0}")]
-    FirecrackerApi(#[from] crate::backend::firecracker::ApiError),
+    FirecrackerApi(#[from] crate::backend::firecracker::api::ApiError),
     #[error("Firecracker: {0}")]
     Firecracker(String),
     #[error("snapshot: {0}")]
@@ -68,25 +70,5 @@ impl VmError {
             path: path.into(),
             source,
         }
-    }
-}
-
-/// Text that came from the guest is untrusted: keep it short and printable before it reaches a
-/// terminal, a log or an API response.
-pub(crate) fn sanitize_guest_text(text: &str) -> String {
-    text.chars()
-        .take(512)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn guest_text_is_bounded_and_printable() {
-        let hostile = format!("\x1b[2J{}\n\r", "x".repeat(10_000));
-        let clean = super::sanitize_guest_text(&hostile);
-        assert_eq!(clean.chars().count(), 512);
-        assert!(!clean.chars().any(char::is_control));
     }
 }

@@ -8,11 +8,11 @@
 //! - [`engine`]: boot, restore, lease.
 //! - [`assets`]: kernel, root file system image and agent on disk.
 //! - [`initramfs`]: the agent and the per-VM secret packed for boot.
-//! - [`backend`]: VMM processes (`qemu`, `firecracker`) and the accelerator they use.
+//! - [`backend`]: the `Backend` trait and its implementations (`qemu`, `firecracker`): booting,
+//!   snapshotting and restoring VMs, the agent's transport.
 //! - [`accel`]: choosing KVM or TCG by actually booting a guest.
-//! - [`select`]: choosing the VMM (`auto` prefers Firecracker where it can run).
-//! - `firecracker_vm`: booting, snapshotting and restoring Firecracker VMs for the engine.
-//! - [`snapshot`], [`pool`]: fast start.
+//! - [`select`]: choosing the VMM (`auto` prefers Firecracker where it can run), once per engine.
+//! - [`snapshot`], `templates`, [`pool`]: fast start (one template cache for every backend).
 //! - `channel`, `qmp`: the authenticated agent channel and the VMM control socket, host side.
 //! - [`sandbox`], [`exec`]: the API callers use.
 //! - [`jail`]: namespaces, private root, per-VM uid and cgroup for every VMM.
@@ -30,21 +30,24 @@ mod error;
 pub mod exec;
 #[cfg(test)]
 mod fake_guest;
-mod firecracker_vm;
+mod guest_text;
 pub mod image;
 pub mod initramfs;
 pub mod jail;
 pub mod local;
+#[cfg(test)]
+mod module_graph;
 pub mod pool;
 mod qmp;
 pub mod runtime;
 pub mod sandbox;
 pub mod select;
 pub mod snapshot;
+mod templates;
 
-pub use accel::{AccelChoice, AccelDecision};
 pub use assets::GuestAssets;
-pub use backend::{Accelerator, Vmm, VmmChoice, VmmDecision};
+pub use backend::types::{AccelChoice, AccelDecision};
+pub use backend::types::{Accelerator, Vmm, VmmChoice, VmmDecision};
 pub use config::{default_cache_dir, EngineConfig, SandboxSpec, VmmSettings};
 pub use engine::Engine;
 pub use error::VmError;

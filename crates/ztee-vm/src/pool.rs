@@ -1,9 +1,9 @@
 //! The warm pool: restored, never-used VMs of one shape, ready to lease.
 //!
 //! A VM leaves the pool exactly once, when [`WarmPool::take`] hands it to a new sandbox; a
-//! background task restores replacements and warms each up (see [`crate::engine`]'s `warm_up`)
-//! before parking it. Pooled VMs belong to the engine; dropping the engine's
-//! last reference kills them.
+//! background task gets replacements from its [`VmSource`] (the engine's restore-or-boot) and
+//! warms each up before parking it. Pooled VMs belong to the engine; dropping the engine's last
+//! reference kills them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +13,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::engine::{Booted, Engine};
-use crate::SandboxSpec;
+use crate::backend::{Booted, BoxFuture};
+use crate::config::SandboxSpec;
+use crate::exec::{ExecSpec, Execution};
+use crate::VmError;
+
+/// Where a pool gets new VMs: a VM nobody has used, of the shape it is given.
+pub(crate) type VmSource =
+    Arc<dyn Fn(SandboxSpec) -> BoxFuture<'static, Result<Booted, VmError>> + Send + Sync>;
 
 pub struct WarmPool {
     spec: SandboxSpec,
@@ -37,7 +43,7 @@ pub struct PoolStats {
 }
 
 impl WarmPool {
-    pub(crate) fn start(engine: Engine, spec: SandboxSpec, size: usize) -> Arc<Self> {
+    pub(crate) fn start(source: VmSource, spec: SandboxSpec, size: usize) -> Arc<Self> {
         let pool = Arc::new(Self {
             spec,
             target: AtomicUsize::new(size),
@@ -59,9 +65,9 @@ impl WarmPool {
                 }
                 let spec = pool.spec.clone();
                 drop(pool);
-                match engine.fresh_vm(&spec).await {
+                match source(spec).await {
                     Ok(vm) => {
-                        crate::engine::warm_up(&vm).await;
+                        warm_up(&vm).await;
                         match weak.upgrade() {
                             Some(pool) => pool.lock().push_back(vm),
                             None => return,
@@ -130,5 +136,17 @@ impl WarmPool {
             served: self.served.load(Ordering::SeqCst),
             misses: self.misses.load(Ordering::SeqCst),
         }
+    }
+}
+
+/// Runs `true` from the image once in a VM bound for the warm pool. A freshly restored QEMU
+/// starts with an empty TCG translation cache, so the first command in it pays for translating
+/// the whole exec path (guest kernel, loader, libc); doing that here keeps it off the request
+/// path. It runs before the lease, as the sandbox user, and only the image's own program runs;
+/// an image without `true` simply skips the warm-up.
+async fn warm_up(booted: &Booted) {
+    let spec = ExecSpec::new(vec!["true".into()]);
+    if let Ok(execution) = Execution::start(booted.channel.clone(), spec).await {
+        let _ = execution.output().await;
     }
 }

@@ -28,8 +28,9 @@ pub struct RuntimeDir {
     vmm_dir: PathBuf,
     // Dropped after the directory is removed: removes the cgroup, then frees the uid.
     jail: Option<VmJail>,
-    // A Firecracker VM's chroot and uid, likewise dropped after the directory.
-    firecracker: Option<crate::firecracker_vm::Hold>,
+    // What a backend's VM holds outside this directory (a Firecracker VM's chroot and uid),
+    // likewise dropped after the directory.
+    held: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
 }
 
 impl RuntimeDir {
@@ -61,7 +62,7 @@ impl RuntimeDir {
             path,
             vmm_dir,
             jail: None,
-            firecracker: None,
+            held: None,
         };
         let socket = dir.agent_socket();
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
@@ -134,21 +135,19 @@ impl RuntimeDir {
         fs::rename(&temp, &path).map_err(|e| VmError::io("write jail record", &path, e))
     }
 
-    /// Attaches a Firecracker VM's chroot and uid, and records the chroot for the orphan reaper.
-    pub(crate) fn set_firecracker(
+    /// Attaches what a VM holds outside this directory (`hold`, dropped after the directory is
+    /// removed), and records its `chroot` directory for the orphan reaper.
+    pub(crate) fn set_chroot(
         &mut self,
-        hold: crate::firecracker_vm::Hold,
+        chroot: &Path,
+        hold: Box<dyn std::fmt::Debug + Send + Sync>,
     ) -> Result<(), VmError> {
-        let record = hold.chroot.vm_dir().as_os_str().as_encoded_bytes().to_vec();
-        self.firecracker = Some(hold);
+        let record = chroot.as_os_str().as_encoded_bytes().to_vec();
+        self.held = Some(hold);
         let path = self.path.join("chroot");
         let temp = self.path.join("chroot.tmp");
         fs::write(&temp, record).map_err(|e| VmError::io("write chroot record", &temp, e))?;
         fs::rename(&temp, &path).map_err(|e| VmError::io("write chroot record", &path, e))
-    }
-
-    pub(crate) fn firecracker(&self) -> Option<&crate::firecracker_vm::Hold> {
-        self.firecracker.as_ref()
     }
 
     pub fn initramfs(&self) -> PathBuf {

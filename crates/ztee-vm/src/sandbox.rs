@@ -7,12 +7,14 @@ use serde::Serialize;
 use tokio::process::Child;
 use ztee_wire::{GuestMessage, HostMessage, MAX_DATA_CHUNK};
 
-use crate::backend::Accelerator;
+use crate::backend::{Accelerator, Backend};
 use crate::channel::Channel;
 use crate::egress::EgressRelay;
 use crate::exec::{failure, ExecSpec, Execution};
 use crate::runtime::RuntimeDir;
 use crate::{JailInfo, VmError};
+
+pub use crate::backend::types::StartKind;
 
 /// What an operator may want to know about a sandbox's VM.
 #[derive(Debug, Clone, Serialize)]
@@ -39,32 +41,12 @@ pub struct SandboxInfo {
     pub image: String,
 }
 
-/// How a sandbox's VM was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartKind {
-    /// Taken from the warm pool: restored earlier, never used.
-    Pool,
-    /// Restored from its shape's snapshot on request.
-    Snapshot,
-    /// Booted from the kernel.
-    Cold,
-}
-
-impl std::fmt::Display for StartKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Pool => "pool",
-            Self::Snapshot => "snapshot",
-            Self::Cold => "cold",
-        })
-    }
-}
-
 pub struct Sandbox {
     info: SandboxInfo,
     channel: Arc<Channel>,
     vmm: Arc<tokio::sync::Mutex<Child>>,
+    /// The backend that runs the VM, which knows how to stop it.
+    backend: Arc<dyn Backend>,
     /// Kills the VMM as soon as the channel is gone (the guest stopped, sent garbage, or was
     /// abandoned for not answering in time), so a broken guest never holds its VM and quota.
     watchdog: tokio::task::JoinHandle<()>,
@@ -83,19 +65,21 @@ impl Sandbox {
         channel: Arc<Channel>,
         vmm: Child,
         runtime: RuntimeDir,
+        backend: Arc<dyn Backend>,
     ) -> Self {
         let vmm = Arc::new(tokio::sync::Mutex::new(vmm));
         let watchdog = tokio::spawn({
-            let (channel, vmm) = (channel.clone(), vmm.clone());
+            let (channel, vmm, backend) = (channel.clone(), vmm.clone(), backend.clone());
             async move {
                 channel.closed().await;
-                let _ = vmm.lock().await.start_kill();
+                let _ = backend.kill(&mut *vmm.lock().await);
             }
         });
         Self {
             info,
             channel,
             vmm,
+            backend,
             watchdog,
             egress: OnceLock::new(),
             _runtime: runtime,
@@ -228,45 +212,38 @@ impl Sandbox {
 
     /// Reads a file as the sandbox user, refusing files larger than `limit` bytes.
     pub async fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, VmError> {
-        check_path(path)?;
-        let (id, mut replies) = self.channel.open_request()?;
-        let result = async {
-            self.channel
-                .send(&HostMessage::ReadFile {
-                    id,
-                    path: path.to_string(),
-                })
-                .await?;
-            let mut data = Vec::new();
-            loop {
-                match self
-                    .channel
-                    .reply(&mut replies, "send a file's next chunk")
-                    .await?
-                {
-                    GuestMessage::FileChunk { data: chunk, .. } => {
-                        let size = (data.len() + chunk.len()) as u64;
-                        if size > limit {
-                            return Err(VmError::FileTooLarge { size, limit });
-                        }
-                        data.extend_from_slice(&chunk);
-                    }
-                    GuestMessage::FileEnd { .. } => return Ok(data),
-                    GuestMessage::Failed { kind, message, .. } => {
-                        return Err(failure(kind, &message, path))
-                    }
-                    other => {
-                        return Err(VmError::Guest(format!(
-                            "unexpected {} during a file read",
-                            other.name()
-                        )))
-                    }
-                }
-            }
+        let mut chunks = self.read_file_chunks(path, limit).await?;
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.next().await? {
+            data.extend_from_slice(&chunk);
         }
-        .await;
-        self.channel.close_request(id);
-        result
+        Ok(data)
+    }
+
+    /// Reads a file as the sandbox user one chunk at a time, as the guest sends it (at most
+    /// [`MAX_DATA_CHUNK`] bytes each), so the caller never has to hold the whole file; more than
+    /// `limit` bytes in total is [`VmError::FileTooLarge`].
+    pub async fn read_file_chunks(&self, path: &str, limit: u64) -> Result<FileChunks, VmError> {
+        check_path(path)?;
+        let (id, replies) = self.channel.open_request()?;
+        // Built before the request is sent, so a failed send still closes the request (drop).
+        let chunks = FileChunks {
+            channel: self.channel.clone(),
+            id,
+            replies,
+            path: path.to_string(),
+            read: 0,
+            limit,
+            done: false,
+        };
+        chunks
+            .channel
+            .send(&HostMessage::ReadFile {
+                id,
+                path: path.to_string(),
+            })
+            .await?;
+        Ok(chunks)
     }
 
     /// Round trip to the agent without starting a process.
@@ -289,7 +266,7 @@ impl Sandbox {
         self.watchdog.abort();
         let mut vmm = self.vmm.lock().await;
         // The VM holds nothing worth a clean shutdown: every byte of it is discarded.
-        let _ = vmm.start_kill();
+        let _ = self.backend.kill(&mut vmm);
         vmm.wait()
             .await
             .map_err(|e| VmError::io("wait for VMM", self._runtime.path(), e))?;
@@ -301,6 +278,66 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // The watchdog holds the VMM too; without it the VMM's kill-on-drop applies.
         self.watchdog.abort();
+    }
+}
+
+/// A file being read from the guest ([`Sandbox::read_file_chunks`]). Dropping it before the end
+/// closes the request; the guest's remaining chunks are then discarded by the channel.
+pub struct FileChunks {
+    channel: Arc<Channel>,
+    id: ztee_wire::RequestId,
+    replies: tokio::sync::mpsc::Receiver<GuestMessage>,
+    path: String,
+    read: u64,
+    limit: u64,
+    done: bool,
+}
+
+impl FileChunks {
+    /// The next chunk, `None` at the end of the file.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, VmError> {
+        if self.done {
+            return Ok(None);
+        }
+        let message = self
+            .channel
+            .reply(&mut self.replies, "send a file's next chunk")
+            .await;
+        let result = match message {
+            Ok(GuestMessage::FileChunk { data, .. }) => {
+                let size = self.read + data.len() as u64;
+                if size > self.limit {
+                    Err(VmError::FileTooLarge {
+                        size,
+                        limit: self.limit,
+                    })
+                } else {
+                    self.read = size;
+                    return Ok(Some(data));
+                }
+            }
+            Ok(GuestMessage::FileEnd { .. }) => Ok(None),
+            Ok(GuestMessage::Failed { kind, message, .. }) => {
+                Err(failure(kind, &message, &self.path))
+            }
+            Ok(other) => Err(VmError::Guest(format!(
+                "unexpected {} during a file read",
+                other.name()
+            ))),
+            Err(e) => Err(e),
+        };
+        // The end, or an error: nothing more comes for this request.
+        self.done = true;
+        self.channel.close_request(self.id);
+        result
+    }
+}
+
+impl Drop for FileChunks {
+    fn drop(&mut self) {
+        if !self.done {
+            self.channel.close_request(self.id);
+        }
     }
 }
 

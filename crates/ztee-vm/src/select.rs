@@ -3,14 +3,28 @@
 //! KVM boots guests — the same evidence [`crate::accel`] uses, a guest actually booting under KVM,
 //! since on some hosts `/dev/kvm` opens but guests do not boot. Otherwise QEMU, which also runs
 //! without KVM.
+//!
+//! The decision is made once per engine, and [`backend`] turns it into the engine's one
+//! [`Backend`]; nothing above this module names a concrete backend.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::firecracker::{self, FirecrackerConfig};
-use crate::backend::{Accelerator, Vmm, VmmChoice, VmmDecision};
-use crate::{AccelChoice, Engine};
+use crate::backend::firecracker::{self, FirecrackerBackend, FirecrackerConfig};
+use crate::backend::qemu::QemuBackend;
+use crate::backend::{
+    AccelChoice, AccelDecision, Accelerator, Backend, Vmm, VmmChoice, VmmDecision,
+};
+use crate::config::EngineConfig;
+
+/// Where the VMM decision learns whether KVM boots guests: the engine, which decides the
+/// accelerator once (by a probe boot) and keeps the answer.
+pub trait AccelSource {
+    fn accelerator(&self) -> impl Future<Output = AccelDecision> + Send;
+}
 
 /// What Firecracker needs on this host, checked one by one (for `ztee doctor` and `auto`).
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +73,7 @@ impl FirecrackerReadiness {
 
 /// Whether `/dev/kvm` runs guests, by the accelerator decision (a probe boot under QEMU, cached);
 /// without QEMU, whether `/dev/kvm` opens read-write.
-pub async fn kvm_works(engine: &Engine) -> Result<(), String> {
+pub async fn kvm_works(engine: &impl AccelSource) -> Result<(), String> {
     if crate::backend::qemu::binary_path().is_some() {
         let decision = engine.accelerator().await;
         return match decision.accelerator {
@@ -75,8 +89,8 @@ pub async fn kvm_works(engine: &Engine) -> Result<(), String> {
         .map_err(|err| format!("/dev/kvm is not usable ({err})"))
 }
 
-pub(crate) async fn decide(engine: &Engine) -> VmmDecision {
-    let settings = &engine.config().vmm;
+pub(crate) async fn decide(config: &EngineConfig, engine: &impl AccelSource) -> VmmDecision {
+    let settings = &config.vmm;
     let qemu = |reason: String| VmmDecision {
         vmm: Vmm::Qemu,
         reason,
@@ -88,7 +102,7 @@ pub(crate) async fn decide(engine: &Engine) -> VmmDecision {
             reason: "forced by configuration (--vmm firecracker / ZTEE_VMM=firecracker)".into(),
         },
         VmmChoice::Auto => {
-            if engine.config().accelerator == AccelChoice::Tcg {
+            if config.accelerator == AccelChoice::Tcg {
                 return qemu("the accelerator is forced to TCG, and Firecracker needs KVM".into());
             }
             let readiness = FirecrackerReadiness::check(&settings.firecracker);
@@ -103,5 +117,18 @@ pub(crate) async fn decide(engine: &Engine) -> VmmDecision {
                 Err(why) => qemu(format!("Firecracker needs KVM: {why}")),
             }
         }
+    }
+}
+
+/// The backend that runs the engine's VMs, for the VMM `decision`: Firecracker (always KVM), or
+/// QEMU under the accelerator `engine` decides.
+pub(crate) async fn backend(
+    config: &EngineConfig,
+    decision: &VmmDecision,
+    engine: &impl AccelSource,
+) -> Arc<dyn Backend> {
+    match decision.vmm {
+        Vmm::Firecracker => Arc::new(FirecrackerBackend::new(config.vmm.firecracker.clone())),
+        Vmm::Qemu => Arc::new(QemuBackend::new(engine.accelerator().await.accelerator)),
     }
 }

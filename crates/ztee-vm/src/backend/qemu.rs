@@ -3,13 +3,29 @@
 //! virtio-serial port (the agent channel) and a virtio RNG.
 
 use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
 
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
+use ztee_wire::BootSecret;
 
-use super::{Accelerator, LaunchPlan, MemoryBacking};
-use crate::jail::Spawner;
-use crate::VmError;
+use super::{
+    connect_or_exit, vmm_exited, Accelerator, Backend, Booted, BoxFuture, Host, LaunchPlan,
+    MemoryBacking, StartKind, TemplateInputs, Vmm,
+};
+use crate::channel::Channel;
+use crate::config::SandboxSpec;
+use crate::jail::{SealedRam, Spawner, VmJail};
+use crate::qmp::Qmp;
+use crate::runtime::RuntimeDir;
+use crate::snapshot::{self, Template, TemplateState};
+use crate::{initramfs, VmError};
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -145,7 +161,7 @@ pub fn arguments(plan: &LaunchPlan) -> Vec<OsString> {
 }
 
 /// QEMU option values are comma-separated; a literal comma is written twice.
-fn qemu_escape(path: &std::path::Path) -> OsString {
+fn qemu_escape(path: &Path) -> OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let mut out = Vec::new();
     for &byte in path.as_os_str().as_bytes() {
@@ -197,8 +213,8 @@ pub(crate) fn launch(plan: &LaunchPlan, spawner: Option<Spawner>) -> Result<Chil
 
 /// The QEMU binary's path: `binary()` itself when it names a path, else its first match on
 /// `PATH`.
-pub fn binary_path() -> Option<std::path::PathBuf> {
-    let program = std::path::PathBuf::from(binary());
+pub fn binary_path() -> Option<PathBuf> {
+    let program = PathBuf::from(binary());
     if program.components().count() > 1 {
         return program.is_file().then_some(program);
     }
@@ -228,13 +244,359 @@ fn jailed_binary() -> Result<OsString, VmError> {
 
 /// `qemu-system-x86_64 --version`, first line.
 pub fn version() -> Option<String> {
-    super::version_line(std::path::Path::new(&binary()))
+    super::version_line(Path::new(&binary()))
+}
+
+/// Bumped when the snapshot layout or the way templates are made changes.
+const FORMAT: &str = "ztee-snapshot-v1";
+
+/// QEMU `microvm` under one accelerator, in ztee's own jail when VMMs are jailed.
+pub(crate) struct QemuBackend {
+    accelerator: Accelerator,
+}
+
+/// QEMU's part of a template: its RAM file, sealed against writes, for jailed restores (see
+/// [`crate::jail`]).
+struct QemuTemplate {
+    sealed_ram: Option<SealedRam>,
+}
+
+impl QemuBackend {
+    pub(crate) fn new(accelerator: Accelerator) -> Self {
+        Self { accelerator }
+    }
+
+    /// Starts a VMM for a new VM in `runtime`, jailed when VMMs are. A jailed restore
+    /// (`MemoryBacking::PrivateFile`) maps `sealed_ram` instead of the file.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        host: &Host,
+        runtime: &mut RuntimeDir,
+        spec: &SandboxSpec,
+        initramfs: PathBuf,
+        memory: MemoryBacking,
+        incoming: bool,
+        sealed_ram: Option<&SealedRam>,
+    ) -> Result<(LaunchPlan, Child), VmError> {
+        let config = &host.config;
+        let mut plan = LaunchPlan {
+            name: runtime.name().to_string(),
+            kernel: config.assets.kernel.clone(),
+            initramfs,
+            rootfs: host.rootfs(spec),
+            agent_socket: runtime.agent_socket(),
+            console_log: runtime.console_log(),
+            memory_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+            scratch_mib: spec.scratch_mib,
+            accelerator: self.accelerator,
+            qmp_socket: (!matches!(memory, MemoryBacking::Anonymous)).then(|| runtime.qmp_socket()),
+            memory,
+            incoming,
+            jail: None,
+        };
+        let mut spawner = None;
+        if host.jailed {
+            let root = runtime.path().join("root");
+            let jail = VmJail::create(
+                &config.jail,
+                runtime.name(),
+                &root,
+                spec.memory_mib,
+                spec.vcpus,
+                self.accelerator,
+            )?;
+            let (paths, prepared) = jail.prepare(&plan, sealed_ram.map(SealedRam::raw_fd))?;
+            runtime.set_jail(jail)?;
+            plan.jail = Some(paths);
+            spawner = Some(prepared);
+        }
+        let vmm = launch(&plan, spawner)?;
+        runtime.record_owner(vmm.id().unwrap_or(0))?;
+        Ok((plan, vmm))
+    }
+
+    async fn cold_boot(
+        &self,
+        host: &Host,
+        spec: &SandboxSpec,
+        deadline: Instant,
+    ) -> Result<Booted, VmError> {
+        let id = crate::new_sandbox_id()?;
+        let mut runtime = host.runtime_dir(&id)?;
+        let secret = BootSecret::from_bytes(crate::random_bytes()?);
+        initramfs::write_for_vm(&host.base_initramfs, &secret, &runtime.initramfs())?;
+        let initramfs = runtime.initramfs();
+        let (plan, mut vmm) = self.start(
+            host,
+            &mut runtime,
+            spec,
+            initramfs,
+            MemoryBacking::Anonymous,
+            false,
+            None,
+        )?;
+        let channel = connect_or_exit(
+            self,
+            &mut vmm,
+            &runtime,
+            &plan.agent_socket,
+            &secret,
+            deadline,
+        )
+        .await?;
+        Ok(Booted {
+            runtime,
+            vmm,
+            channel: Arc::new(channel),
+            accelerator: self.accelerator,
+            kind: StartKind::Cold,
+            backend: Vmm::Qemu,
+        })
+    }
+
+    /// Boots a template VM with its RAM in `dir/ram` and saves its device state to `dir/state`.
+    async fn save(
+        &self,
+        host: &Host,
+        spec: &SandboxSpec,
+        dir: &Path,
+        deadline: Instant,
+    ) -> Result<(), VmError> {
+        let name = format!("tpl-{}", crate::hex(&crate::random_bytes::<8>()?));
+        let mut runtime = host.runtime_dir(&name)?;
+        let (_plan, mut vmm) = self.start(
+            host,
+            &mut runtime,
+            spec,
+            dir.join("initrd.img"),
+            MemoryBacking::SharedFile(dir.join("ram")),
+            false,
+            None,
+        )?;
+        let state = dir.join("state");
+        let saved = tokio::select! {
+            saved = bounded(deadline, "saving the snapshot", save_when_listening(&runtime, &state, deadline)) => saved,
+            status = vmm.wait() => Err(vmm_exited(&mut vmm, &runtime, status).await),
+        };
+        let _ = vmm.start_kill();
+        let _ = vmm.wait().await;
+        saved
+    }
+
+    async fn restore_from(
+        &self,
+        host: &Host,
+        template: &Template,
+        deadline: Instant,
+    ) -> Result<Booted, VmError> {
+        let saved: &QemuTemplate = template.state()?;
+        let id = crate::new_sandbox_id()?;
+        let mut runtime = host.runtime_dir(&id)?;
+        let (plan, mut vmm) = self.start(
+            host,
+            &mut runtime,
+            template.spec(),
+            template.dir().join("initrd.img"),
+            MemoryBacking::PrivateFile(template.dir().join("ram")),
+            true,
+            saved.sealed_ram.as_ref(),
+        )?;
+        let state = template.dir().join("state");
+        let loaded = tokio::select! {
+            loaded = bounded(deadline, "loading the snapshot", load_state(&runtime, &state, deadline)) => loaded,
+            status = vmm.wait() => Err(vmm_exited(&mut vmm, &runtime, status).await),
+        };
+        loaded?;
+        let channel = connect_or_exit(
+            self,
+            &mut vmm,
+            &runtime,
+            &plan.agent_socket,
+            template.secret(),
+            deadline,
+        )
+        .await?;
+        Ok(Booted {
+            runtime,
+            vmm,
+            channel: Arc::new(channel),
+            accelerator: self.accelerator,
+            kind: StartKind::Snapshot,
+            backend: Vmm::Qemu,
+        })
+    }
+}
+
+impl Backend for QemuBackend {
+    fn vmm(&self) -> Vmm {
+        Vmm::Qemu
+    }
+
+    fn describe(&self) -> String {
+        let binary = binary_path()
+            .map(|path| path.display().to_string())
+            .unwrap_or_else(|| binary().to_string_lossy().into_owned());
+        format!("qemu microvm ({binary}) under {}", self.accelerator)
+    }
+
+    fn template_inputs(&self) -> Result<TemplateInputs, VmError> {
+        // The QEMU binary by identity: asking it for its version costs a process start.
+        let vmm_binary = binary_path()
+            .ok_or_else(|| VmError::Snapshot("the QEMU binary was not found on PATH".into()))?;
+        Ok(TemplateInputs {
+            format: FORMAT,
+            vmm_binary,
+            shape_suffix: format!(" {}", self.accelerator),
+        })
+    }
+
+    fn boot<'a>(
+        &'a self,
+        host: &'a Host,
+        spec: &'a SandboxSpec,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Booted, VmError>> {
+        Box::pin(self.cold_boot(host, spec, deadline))
+    }
+
+    fn save_template<'a>(
+        &'a self,
+        host: &'a Host,
+        spec: &'a SandboxSpec,
+        dir: &'a Path,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), VmError>> {
+        Box::pin(self.save(host, spec, dir, deadline))
+    }
+
+    fn load_template(&self, host: &Host, dir: &Path) -> Result<Option<TemplateState>, VmError> {
+        let ram = dir.join("ram");
+        if !(ram.is_file() && dir.join("state").is_file()) {
+            return Ok(None);
+        }
+        let sealed_ram = if host.jailed {
+            // Every clone's jailed VMM reads the template's initramfs. Its secret is no secret
+            // to them (it is in the template RAM each clone starts from, and every lease
+            // replaces it); the snapshot directory (0700) keeps it from other host users.
+            let initrd = dir.join("initrd.img");
+            std::fs::set_permissions(&initrd, std::fs::Permissions::from_mode(0o444))
+                .map_err(|e| VmError::io("chmod", &initrd, e))?;
+            Some(SealedRam::load(&ram)?)
+        } else {
+            None
+        };
+        Ok(Some(Box::new(QemuTemplate { sealed_ram })))
+    }
+
+    fn restore<'a>(
+        &'a self,
+        host: &'a Host,
+        template: &'a Template,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Booted, VmError>> {
+        Box::pin(self.restore_from(host, template, deadline))
+    }
+
+    fn connect_agent<'a>(
+        &'a self,
+        socket: &'a Path,
+        secret: &'a BootSecret,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Channel, VmError>> {
+        Box::pin(Channel::connect(socket, secret, deadline))
+    }
+}
+
+/// Streams the saved device state into a VMM started with `-incoming defer`, and waits until
+/// the VM runs.
+async fn load_state(runtime: &RuntimeDir, state: &Path, deadline: Instant) -> Result<(), VmError> {
+    let mut qmp = Qmp::connect(&runtime.qmp_socket(), deadline).await?;
+    qmp.execute("migrate-set-capabilities", ignore_shared())
+        .await?;
+    let socket = runtime.migration_socket();
+    qmp.execute(
+        "migrate-incoming",
+        json!({ "uri": format!("unix:{}", runtime.vmm_view(&socket).display()) }),
+    )
+    .await?;
+    let bytes = tokio::fs::read(state)
+        .await
+        .map_err(|e| VmError::io("read snapshot state", state, e))?;
+    let mut stream = UnixStream::connect(&socket)
+        .await
+        .map_err(|e| VmError::io("connect to migration socket", &socket, e))?;
+    stream
+        .write_all(&bytes)
+        .await
+        .map_err(|e| VmError::Snapshot(format!("stream state: {e}")))?;
+    stream
+        .shutdown()
+        .await
+        .map_err(|e| VmError::Snapshot(format!("stream state: {e}")))?;
+    qmp.wait_migration(deadline).await?;
+    // The template was paused when it was saved, and a restored VM keeps that run state.
+    qmp.execute("cont", json!({})).await?;
+    qmp.wait_running(deadline).await
+}
+
+fn ignore_shared() -> serde_json::Value {
+    json!({ "capabilities": [ { "capability": "x-ignore-shared", "state": true } ] })
+}
+
+/// `work`, or an error naming `what` once `deadline` passes: the migration socket's accept and
+/// copy wait on QEMU, which may never connect or finish.
+async fn bounded<T>(
+    deadline: Instant,
+    what: &'static str,
+    work: impl std::future::Future<Output = Result<T, VmError>>,
+) -> Result<T, VmError> {
+    tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), work)
+        .await
+        .map_err(|_| VmError::Snapshot(format!("{what} did not finish before the deadline")))?
+}
+
+/// Waits for the agent's "listening" line on the console, then pauses the VM and saves its
+/// device state to `state`.
+async fn save_when_listening(
+    runtime: &RuntimeDir,
+    state: &Path,
+    deadline: Instant,
+) -> Result<(), VmError> {
+    snapshot::wait_for_agent_listening(runtime, deadline).await?;
+    let mut qmp = Qmp::connect(&runtime.qmp_socket(), deadline).await?;
+    qmp.execute("stop", json!({})).await?;
+    qmp.execute("migrate-set-capabilities", ignore_shared())
+        .await?;
+    let socket = runtime.migration_socket();
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| VmError::io("bind migration socket", &socket, e))?;
+    runtime.hand_to_vmm(&socket)?;
+    qmp.execute(
+        "migrate",
+        json!({ "uri": format!("unix:{}", runtime.vmm_view(&socket).display()) }),
+    )
+    .await?;
+    let (mut stream, _) = listener
+        .accept()
+        .await
+        .map_err(|e| VmError::io("accept migration", &socket, e))?;
+    let mut file = tokio::fs::File::create(state)
+        .await
+        .map_err(|e| VmError::io("create snapshot state", state, e))?;
+    tokio::io::copy(&mut stream, &mut file)
+        .await
+        .map_err(|e| VmError::Snapshot(format!("save state: {e}")))?;
+    file.sync_all()
+        .await
+        .map_err(|e| VmError::io("sync snapshot state", state, e))?;
+    qmp.wait_migration(deadline).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn plan() -> LaunchPlan {
         LaunchPlan {

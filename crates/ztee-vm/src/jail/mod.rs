@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Accelerator, JailPaths, LaunchPlan, MemoryBacking};
+use crate::backend::types::{Accelerator, JailPaths, LaunchPlan, MemoryBacking};
 use crate::VmError;
 
 pub(crate) use cgroup::remove as remove_cgroups;

@@ -233,11 +233,11 @@ pub fn fault_message(body: &[u8]) -> String {
         fault_message: String,
     }
     match serde_json::from_slice::<Fault>(body) {
-        Ok(fault) => crate::error::sanitize_guest_text(&fault.fault_message),
+        Ok(fault) => crate::guest_text::sanitize_guest_text(&fault.fault_message),
         Err(_) if body.is_empty() => "(no error body)".to_string(),
         Err(_) => format!(
             "(error body without fault_message: {})",
-            crate::error::sanitize_guest_text(&String::from_utf8_lossy(body))
+            crate::guest_text::sanitize_guest_text(&String::from_utf8_lossy(body))
         ),
     }
 }

@@ -10,12 +10,15 @@
 //! - [`controller`]: the calls that configure, start, pause, snapshot, restore and stop a VM, in
 //!   the order Firecracker requires.
 //! - [`vsock`]: the hybrid vsock handshake to the guest agent's port.
+//! - `vm`: [`FirecrackerBackend`], the [`crate::backend::Backend`] built from the above: boot,
+//!   template, restore.
 
 pub mod api;
 pub mod config;
 pub mod controller;
 pub mod jailer;
 pub mod model;
+mod vm;
 pub mod vsock;
 
 use std::path::Path;
@@ -26,8 +29,8 @@ use tokio::net::UnixStream;
 pub use api::{ApiClient, ApiError};
 pub use config::FirecrackerConfig;
 pub use controller::{shutdown, BootConfig, Controller, SnapshotFiles, SHUTDOWN_GRACE};
-pub(crate) use jailer::spawn_jailed;
 pub use jailer::Chroot;
+pub(crate) use vm::FirecrackerBackend;
 pub use vsock::HandshakeError;
 
 use crate::VmError;

@@ -109,7 +109,7 @@ async fn attempt(uds: &Path, port: u32) -> Result<(UnixStream, u32), HandshakeEr
         None => Err(HandshakeError::BadAnswer {
             path: uds.to_path_buf(),
             port,
-            answer: crate::error::sanitize_guest_text(&text),
+            answer: crate::guest_text::sanitize_guest_text(&text),
         }),
     }
 }
