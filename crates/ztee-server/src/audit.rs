@@ -13,12 +13,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ztee_audit::{
-    AuditEvent, DecisionKind as AuditDecisionKind, DecisionRecord, EventType, Outcome,
-    Principal as AuditPrincipal, PrincipalKind,
+    AuditEvent, DecisionRecord, EventType, Outcome, Principal as AuditPrincipal, PrincipalKind,
 };
 
 use crate::dlp::DlpEngine;
-use crate::policy::{Decision, DecisionKind};
+use crate::policy::Decision;
 use crate::principal::{AuthMethod, Principal};
 
 #[async_trait]
@@ -147,11 +146,7 @@ pub fn anonymous() -> AuditPrincipal {
 
 pub fn decision_record(decision: &Decision) -> DecisionRecord {
     DecisionRecord {
-        decision: match decision.kind {
-            DecisionKind::Allow => AuditDecisionKind::Allow,
-            DecisionKind::Deny => AuditDecisionKind::Deny,
-            DecisionKind::RequireApproval => AuditDecisionKind::RequireApproval,
-        },
+        decision: decision.kind.into(),
         risk: decision.risk.to_owned(),
         rule_ids: decision.reasons.clone(),
         reasons: decision.messages.clone(),
@@ -215,7 +210,7 @@ mod tests {
             Some(&format!("sandbox/sbx_1/tmp/{PAN}.txt")),
         )
         .with_decision(DecisionRecord {
-            decision: AuditDecisionKind::Deny,
+            decision: ztee_audit::DecisionKind::Deny,
             risk: "HIGH".into(),
             rule_ids: vec!["dlp.inbound".into()],
             reasons: vec![format!("card {PAN} in path")],

@@ -39,6 +39,45 @@ pub enum DecisionKind {
     RequireApproval,
 }
 
+/// The one mapping of a bundle's verdict to the gateway's decision kind.
+impl From<ztee_policy::Verdict> for DecisionKind {
+    fn from(verdict: ztee_policy::Verdict) -> Self {
+        match verdict {
+            ztee_policy::Verdict::Allow => DecisionKind::Allow,
+            ztee_policy::Verdict::Deny => DecisionKind::Deny,
+            ztee_policy::Verdict::RequireApproval => DecisionKind::RequireApproval,
+        }
+    }
+}
+
+/// The one mapping of a decision kind to the audit trail's.
+impl From<DecisionKind> for ztee_audit::DecisionKind {
+    fn from(kind: DecisionKind) -> Self {
+        match kind {
+            DecisionKind::Allow => ztee_audit::DecisionKind::Allow,
+            DecisionKind::Deny => ztee_audit::DecisionKind::Deny,
+            DecisionKind::RequireApproval => ztee_audit::DecisionKind::RequireApproval,
+        }
+    }
+}
+
+/// A Rego decision in the gateway's terms: verdict, rule ids as reasons, their messages, risk.
+impl From<&ztee_policy::Decision> for Decision {
+    fn from(d: &ztee_policy::Decision) -> Self {
+        Decision {
+            kind: d.verdict.into(),
+            reasons: d.reasons.iter().map(|r| r.rule.clone()).collect(),
+            messages: d.reasons.iter().map(|r| r.message.clone()).collect(),
+            risk: match d.risk {
+                ztee_policy::Risk::Low => "LOW",
+                ztee_policy::Risk::Medium => "MEDIUM",
+                ztee_policy::Risk::High => "HIGH",
+            },
+            redact_inbound: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     pub kind: DecisionKind,

@@ -4,9 +4,7 @@
 //! something it did not itself act on, the configured `[dlp] inbound` action still applies, so
 //! card data never reaches a VM unnoticed whatever the bundle says.
 
-use ztee_policy::{
-    Action, DlpSummary, PolicyInput as RegoInput, PolicyPrincipal, PolicyRequest, Risk, Verdict,
-};
+use ztee_policy::{Action, DlpSummary, PolicyInput as RegoInput, PolicyPrincipal, PolicyRequest};
 
 use crate::dlp::InboundAction;
 use crate::policy::{
@@ -130,23 +128,8 @@ impl PolicyEngine for RegoPolicy {
     }
 }
 
-/// A Rego decision in the gateway's terms: verdict, rule ids as reasons, their messages, risk.
 fn gateway_decision(d: &ztee_policy::Decision) -> Decision {
-    Decision {
-        kind: match d.verdict {
-            Verdict::Allow => DecisionKind::Allow,
-            Verdict::Deny => DecisionKind::Deny,
-            Verdict::RequireApproval => DecisionKind::RequireApproval,
-        },
-        reasons: d.reasons.iter().map(|r| r.rule.clone()).collect(),
-        messages: d.reasons.iter().map(|r| r.message.clone()).collect(),
-        risk: match d.risk {
-            Risk::Low => "LOW",
-            Risk::Medium => "MEDIUM",
-            Risk::High => "HIGH",
-        },
-        redact_inbound: false,
-    }
+    Decision::from(d)
 }
 
 #[cfg(test)]

@@ -278,11 +278,7 @@ impl Exchange {
             reasons: Vec::new(),
         };
         if let Some(d) = chat {
-            record.decision = match d.verdict {
-                Verdict::Allow => ztee_audit::DecisionKind::Allow,
-                Verdict::Deny => ztee_audit::DecisionKind::Deny,
-                Verdict::RequireApproval => ztee_audit::DecisionKind::RequireApproval,
-            };
+            record.decision = crate::policy::DecisionKind::from(d.verdict).into();
             record.risk = d.risk.clone();
             record.rule_ids = d.rules.clone();
             record.reasons = d.messages.clone();

@@ -467,16 +467,7 @@ async fn record(
     decision: &ztee_policy::Decision,
     allowed: bool,
 ) -> Result<(), ApiError> {
-    let record = ztee_audit::DecisionRecord {
-        decision: match decision.verdict {
-            Verdict::Allow => ztee_audit::DecisionKind::Allow,
-            Verdict::Deny => ztee_audit::DecisionKind::Deny,
-            Verdict::RequireApproval => ztee_audit::DecisionKind::RequireApproval,
-        },
-        risk: decision.risk.as_str().to_owned(),
-        rule_ids: decision.reasons.iter().map(|r| r.rule.clone()).collect(),
-        reasons: decision.reasons.iter().map(|r| r.message.clone()).collect(),
-    };
+    let record = audit::decision_record(&crate::policy::Decision::from(decision));
     let safe_tool = safe_name(tool);
     let event = audit::event(
         EventType::ToolCall,
