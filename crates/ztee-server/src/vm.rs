@@ -18,6 +18,9 @@ pub struct VmExecutor {
     engine: ztee_vm::Engine,
     /// Where the OCI store and `admission.yaml` live; `None` accepts only the default image.
     admission_dir: Option<std::path::PathBuf>,
+    /// Starts the jailed helper that builds an admitted image's root filesystem; without one,
+    /// an image whose root filesystem is not built yet is refused (never built in-process).
+    rootfs_builder: Option<ztee_supply::rootfs::RootfsBuilder>,
     /// Serves the connections of sandboxes granted egress.
     egress: Option<Arc<ztee_egress::EgressProxy>>,
 }
@@ -38,6 +41,7 @@ impl VmExecutor {
         Self {
             engine,
             admission_dir: None,
+            rootfs_builder: None,
             egress,
         }
     }
@@ -58,6 +62,13 @@ impl VmExecutor {
         self
     }
 
+    /// Builds admitted images' root filesystems with the helper `builder` starts (`ztee serve`
+    /// passes its own binary).
+    pub fn with_rootfs_builder(mut self, builder: ztee_supply::rootfs::RootfsBuilder) -> Self {
+        self.rootfs_builder = Some(builder);
+        self
+    }
+
     /// Keeps `size` never-used VMs of this shape ready, so `create` does not wait for a boot.
     pub fn start_pool(
         &self,
@@ -73,7 +84,11 @@ impl VmExecutor {
     }
 }
 
-fn admit_image(dir: &Path, image: &str) -> Result<ztee_vm::BootImage, ExecError> {
+fn admit_image(
+    dir: &Path,
+    builder: Option<&ztee_supply::rootfs::RootfsBuilder>,
+    image: &str,
+) -> Result<ztee_vm::BootImage, ExecError> {
     use ztee_supply::admission::{admit, AdmissionError, LoadedPolicy};
     let reference: ztee_supply::Reference = image
         .parse()
@@ -90,7 +105,20 @@ fn admit_image(dir: &Path, image: &str) -> Result<ztee_vm::BootImage, ExecError>
         .map_err(|e| ExecError::Engine(format!("admission policy: {e}")))?;
     let store = ztee_supply::Store::open(dir)
         .map_err(|e| ExecError::Engine(format!("image store: {e}")))?;
-    match admit(&store, dir, &reference, &policy, ztee_supply::now()) {
+    let Some(builder) = builder else {
+        return Err(ExecError::Engine(format!(
+            "image {image:?}: this node has no rootfs unpack helper configured, so it cannot \
+             build an image's root filesystem"
+        )));
+    };
+    match admit(
+        &store,
+        dir,
+        &reference,
+        &policy,
+        ztee_supply::now(),
+        builder,
+    ) {
         Ok(verified) => Ok(ztee_vm::BootImage::from(&verified)),
         Err(AdmissionError::Denied(denial)) => Err(ExecError::Refused {
             image: image.to_string(),
@@ -140,9 +168,11 @@ impl Executor for VmExecutor {
             )));
         };
         let reference = image.to_string();
-        let boot = tokio::task::spawn_blocking(move || admit_image(&dir, &reference))
-            .await
-            .map_err(|e| ExecError::Engine(format!("admission task: {e}")))??;
+        let builder = self.rootfs_builder.clone();
+        let boot =
+            tokio::task::spawn_blocking(move || admit_image(&dir, builder.as_ref(), &reference))
+                .await
+                .map_err(|e| ExecError::Engine(format!("admission task: {e}")))??;
         Ok(AdmittedImage::verified(image, boot))
     }
 

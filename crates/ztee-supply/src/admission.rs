@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use p256::ecdsa::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -17,10 +16,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::dsse::{self, VerifiedAttestation};
-use crate::error::{write_atomic, Error, Result};
+use crate::error::{Error, Result};
 use crate::keys;
-use crate::layers;
 use crate::reference::Reference;
+use crate::rootfs::RootfsBuilder;
 use crate::sign::{self, VerifiedSignature};
 use crate::store::Store;
 
@@ -704,16 +703,18 @@ pub fn verify(
     })
 }
 
-/// Full admission: [`verify`], then the erofs root filesystem for the verified digest.
+/// Full admission: [`verify`], then the erofs root filesystem for the verified digest, built by
+/// the jailed helper `builder` starts (see [`crate::rootfs`]).
 pub fn admit(
     store: &Store,
     data_dir: &Path,
     reference: &Reference,
     policy: &LoadedPolicy,
     now: time::OffsetDateTime,
+    builder: &RootfsBuilder,
 ) -> Result<VerifiedImage, AdmissionError> {
     let mut record = verify(store, reference, policy, now)?;
-    let (rootfs, sha) = rootfs_image(store, data_dir, &record.digest)?;
+    let (rootfs, sha) = rootfs_image(builder, store, data_dir, &record.digest)?;
     record.rootfs_sha256 = sha;
     tracing::info!(%reference, digest = %record.digest, "image admitted");
     Ok(VerifiedImage {
@@ -723,55 +724,15 @@ pub fn admit(
     })
 }
 
-fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io("reading", path, e))?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// The erofs image for `digest`, built once and cached as `<data_dir>/rootfs/<hex>.erofs` with
-/// its SHA-256 beside it; a cached image whose hash no longer matches is rebuilt.
-pub fn rootfs_image(store: &Store, data_dir: &Path, digest: &Digest) -> Result<(PathBuf, String)> {
-    let dir = data_dir.join("rootfs");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-    let image = dir.join(format!("{}.erofs", digest.hex()));
-    let sum_path = dir.join(format!("{}.erofs.sha256", digest.hex()));
-    if let (true, Ok(expected)) = (image.is_file(), std::fs::read_to_string(&sum_path)) {
-        let actual = file_sha256(&image)?;
-        if actual == expected.trim() {
-            return Ok((image, actual));
-        }
-        tracing::warn!(image = %image.display(), "cached root filesystem changed on disk; rebuilding");
-    }
-    let (manifest, _) = store.manifest(digest)?;
-    let work = tempfile::Builder::new()
-        .prefix("unpack-")
-        .tempdir_in(&dir)
-        .map_err(|e| Error::io("creating temp dir in", &dir, e))?;
-    let tree = work.path().join("root");
-    std::fs::create_dir(&tree).map_err(|e| Error::io("creating", &tree, e))?;
-    layers::unpack(store, &manifest, &tree)?;
-    let tmp_image = work.path().join("image.erofs");
-    // Fixed timestamp and UUID so the same layers give the same bytes.
-    let output = Command::new("mkfs.erofs")
-        .arg("-T0")
-        .arg("-U00000000-0000-0000-0000-000000000000")
-        .arg(&tmp_image)
-        .arg(&tree)
-        .output()
-        .map_err(|e| Error::Build(format!("running mkfs.erofs (install erofs-utils): {e}")))?;
-    if !output.status.success() {
-        return Err(Error::Build(format!(
-            "mkfs.erofs failed for {digest}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    let sum = file_sha256(&tmp_image)?;
-    std::fs::rename(&tmp_image, &image)
-        .map_err(|e| Error::io("moving root filesystem into place", &image, e))?;
-    write_atomic(&sum_path, sum.as_bytes())?;
-    Ok((image, sum))
+/// The erofs image for `digest`, built (by the jailed helper `builder` starts, never in this
+/// process) once and cached as `<data_dir>/rootfs/<hex>.erofs`; see [`RootfsBuilder::build`].
+pub fn rootfs_image(
+    builder: &RootfsBuilder,
+    store: &Store,
+    data_dir: &Path,
+    digest: &Digest,
+) -> Result<(PathBuf, String)> {
+    builder.build(store, data_dir, digest)
 }
 
 #[cfg(test)]

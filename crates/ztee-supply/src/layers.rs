@@ -159,6 +159,39 @@ pub fn commit_image(
     Ok(descriptor)
 }
 
+/// A layer given as an open file (as the unpack helper receives them): checked against `digest`
+/// first, then read as a tar stream, gunzipped if it starts with the gzip magic.
+fn file_layer_reader(digest: &Digest, mut file: std::fs::File) -> Result<Box<dyn Read>> {
+    use std::io::{Seek, SeekFrom};
+    let what = || PathBuf::from(format!("(layer {digest})"));
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("rewinding", what(), e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io("reading", what(), e))?;
+    let actual = Digest::from_sha256(hasher.finalize().into());
+    if actual != *digest {
+        return Err(Error::DigestMismatch {
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("rewinding", what(), e))?;
+    let mut magic = [0u8; 2];
+    let gzip = match file.read_exact(&mut magic) {
+        Ok(()) => magic == [0x1f, 0x8b],
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+        Err(e) => return Err(Error::io("reading", what(), e)),
+    };
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("rewinding", what(), e))?;
+    Ok(if gzip {
+        Box::new(GzDecoder::new(BufReader::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    })
+}
+
 /// Opens a layer blob as a tar stream, checking its digest first.
 fn layer_reader(store: &Store, layer: &Descriptor) -> Result<Box<dyn Read>> {
     store.verify_blob(&layer.digest)?;
@@ -290,19 +323,41 @@ pub fn unpack_with_limits(
     dest: &Path,
     limits: UnpackLimits,
 ) -> Result<()> {
-    let tree = Tree::open(dest).map_err(|e| {
+    let tree = open_tree(dest)?;
+    let mut totals = Totals::default();
+    for layer in &manifest.layers {
+        let reader = layer_reader(store, layer)?;
+        unpack_layer(&layer.digest, reader, &tree, limits, &mut totals)?;
+    }
+    Ok(())
+}
+
+/// [`unpack_with_limits`] for layers given as open files in stack order (lowest first), each
+/// checked against its digest before any of it is unpacked. This is what the unpack helper
+/// runs: it cannot open the store's blobs by path, only the descriptors it was handed.
+pub fn unpack_files(
+    layers: Vec<(Digest, std::fs::File)>,
+    dest: &Path,
+    limits: UnpackLimits,
+) -> Result<()> {
+    let tree = open_tree(dest)?;
+    let mut totals = Totals::default();
+    for (digest, file) in layers {
+        let reader = file_layer_reader(&digest, file)?;
+        unpack_layer(&digest, reader, &tree, limits, &mut totals)?;
+    }
+    Ok(())
+}
+
+fn open_tree(dest: &Path) -> Result<Tree> {
+    Tree::open(dest).map_err(|e| {
         let context = if e.raw_os_error() == Some(rustix::io::Errno::NOSYS.raw_os_error()) {
             "opening the unpack root: unpacking safely needs openat2(2), Linux 5.6 or later"
         } else {
             "opening the unpack root"
         };
         Error::io(context, dest, e)
-    })?;
-    let mut totals = Totals::default();
-    for layer in &manifest.layers {
-        unpack_layer(store, layer, &tree, limits, &mut totals)?;
-    }
-    Ok(())
+    })
 }
 
 #[derive(Default)]
@@ -412,16 +467,16 @@ fn is_missing(e: &std::io::Error) -> bool {
 }
 
 fn unpack_layer(
-    store: &Store,
-    layer: &Descriptor,
+    layer: &Digest,
+    reader: Box<dyn Read>,
     tree: &Tree,
     limits: UnpackLimits,
     totals: &mut Totals,
 ) -> Result<()> {
-    let digest = layer.digest.to_string();
+    let digest = layer.to_string();
     let meter = Rc::new(Meter::default());
     let mut archive = tar::Archive::new(MeteredReader {
-        inner: layer_reader(store, layer)?,
+        inner: reader,
         meter: Rc::clone(&meter),
     });
     let mut entries = archive

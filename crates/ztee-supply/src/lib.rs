@@ -16,6 +16,7 @@ pub mod oci;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
 pub mod sbom;
 pub mod sign;
 pub mod store;

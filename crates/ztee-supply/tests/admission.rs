@@ -131,7 +131,14 @@ fn fixture() -> Fixture {
 
 fn try_admit(f: &Fixture) -> Result<ztee_supply::admission::VerifiedImage, AdmissionError> {
     let policy = LoadedPolicy::load(&f.policy).unwrap();
-    admit(&f.store, f.dir.path(), &reference(), &policy, now())
+    admit(
+        &f.store,
+        f.dir.path(),
+        &reference(),
+        &policy,
+        now(),
+        &common::rootfs_builder(),
+    )
 }
 
 fn denial(f: &Fixture) -> Denial {
@@ -144,6 +151,12 @@ fn denial(f: &Fixture) -> Denial {
 
 fn erofs_ok() -> bool {
     !missing_tool("mkfs.erofs")
+}
+
+/// Where `common::rootfs_builder` starts this binary as the jailed unpack helper.
+#[test]
+fn rootfs_helper_entry() {
+    common::rootfs_helper_entry();
 }
 
 #[test]
@@ -395,6 +408,7 @@ fn images_no_rule_covers_are_denied_and_bad_policies_do_not_load() {
         &"other:1".parse().unwrap(),
         &policy,
         now(),
+        &common::rootfs_builder(),
     ) {
         Err(AdmissionError::Denied(d)) => assert_eq!(d.rule, "(no matching rule)"),
         other => panic!("{other:?}"),

@@ -137,8 +137,15 @@ fn builds_the_default_image_and_admits_it() {
         &reference,
         &policy,
         time::OffsetDateTime::now_utc(),
+        &common::rootfs_builder(),
     )
     .unwrap();
     assert_eq!(verified.digest(), &first.descriptor.digest);
     assert!(std::fs::metadata(verified.rootfs_image()).unwrap().len() > 10 << 20);
+}
+
+/// Where `common::rootfs_builder` starts this binary as the jailed unpack helper.
+#[test]
+fn rootfs_helper_entry() {
+    common::rootfs_helper_entry();
 }

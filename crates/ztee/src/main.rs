@@ -5,6 +5,7 @@ mod cmd;
 mod globals;
 mod local_core;
 mod output;
+mod rootfs_helper;
 mod vm;
 
 use std::process::ExitCode;
@@ -26,6 +27,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // The jailed unpack helper is this same binary; it takes no part in the CLI.
+    if let Some(code) = rootfs_helper::dispatch() {
+        return code;
+    }
     // Behave like other Unix tools when the reader of our output goes away (`ztee ... | head`):
     // end quietly on SIGPIPE instead of panicking on a failed write.
     // SAFETY: restoring the default disposition of one signal before any thread starts.

@@ -157,12 +157,14 @@ pub fn admit(globals: &GlobalArgs, args: &ImageArgs) -> anyhow::Result<Admission
     }
     let policy = LoadedPolicy::load(&policy_path)?;
     let store = ztee_supply::Store::open(&globals.data_dir)?;
+    let builder = crate::rootfs_helper::builder()?;
     match admission::admit(
         &store,
         &globals.data_dir,
         &reference,
         &policy,
         ztee_supply::now(),
+        &builder,
     ) {
         Ok(verified) => {
             tracing::info!(image = %reference, digest = %verified.digest(), "image admitted");

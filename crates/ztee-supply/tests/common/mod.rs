@@ -192,3 +192,24 @@ pub fn sample_image(store: &Store, name: &str) -> Descriptor {
     };
     layers::commit_image(store, name, &[l1, l2], config, BTreeMap::new()).unwrap()
 }
+
+/// The rootfs unpack helper for these tests: this test binary, started again with only the
+/// `rootfs_helper_entry` test selected, which hands the helper's arguments to
+/// `rootfs::helper_main` (every test file that admits images defines that test, calling
+/// [`rootfs_helper_entry`]).
+pub fn rootfs_builder() -> ztee_supply::rootfs::RootfsBuilder {
+    ztee_supply::rootfs::RootfsBuilder::new(std::env::current_exe().unwrap())
+        .arg("rootfs_helper_entry")
+        .arg("--exact")
+        .arg("--nocapture")
+        .arg("--test-threads=1")
+}
+
+/// Acts as the unpack helper when this process was started as one (see [`rootfs_builder`]);
+/// in a normal test run it does nothing.
+pub fn rootfs_helper_entry() {
+    use ztee_supply::rootfs;
+    if std::env::args_os().any(|a| a == rootfs::HELPER_ARG) {
+        std::process::exit(rootfs::helper_main(std::env::args_os()));
+    }
+}

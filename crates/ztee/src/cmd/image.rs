@@ -457,8 +457,16 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 let policy = LoadedPolicy::load(&policy_path)?;
                 let now = ztee_supply::now();
                 let result = if rootfs {
-                    admission::admit(&store, &globals.data_dir, &reference, &policy, now)
-                        .map(|v| v.record().clone())
+                    let builder = crate::rootfs_helper::builder()?;
+                    admission::admit(
+                        &store,
+                        &globals.data_dir,
+                        &reference,
+                        &policy,
+                        now,
+                        &builder,
+                    )
+                    .map(|v| v.record().clone())
                 } else {
                     admission::verify(&store, &reference, &policy, now)
                 };

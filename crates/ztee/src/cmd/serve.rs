@@ -79,8 +79,10 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 engine_config.vmm.choice = vmm;
             }
             let engine = ztee_vm::Engine::new(engine_config).map_err(|e| e.to_string())?;
+            let rootfs = crate::rootfs_helper::builder().map_err(|e| format!("{e:#}"))?;
             let executor = ztee_server::vm::VmExecutor::new(engine)
                 .with_admission(data_dir)
+                .with_rootfs_builder(rootfs)
                 .with_egress_config(config.egress.clone())
                 .map_err(|e| e.to_string())?;
             let d = &config.sandbox_defaults;
