@@ -22,6 +22,7 @@
 //! cannot run after the restart and is marked expired with that reason.
 
 pub mod callback;
+pub mod hold;
 pub mod record;
 pub mod webhook;
 
@@ -61,6 +62,10 @@ pub struct ApprovalsConfig {
     /// Where notifications go.
     #[serde(default)]
     pub webhooks: Vec<webhook::WebhookConfig>,
+    /// Bounds on pending held requests (count and bytes), per principal, per tenant and in
+    /// total: `[approvals.hold_limits]`.
+    #[serde(default)]
+    pub hold_limits: hold::HoldLimits,
 }
 
 fn default_ttl() -> u64 {
@@ -74,6 +79,7 @@ impl Default for ApprovalsConfig {
             two_person_rules: Vec::new(),
             public_url: None,
             webhooks: Vec::new(),
+            hold_limits: hold::HoldLimits::default(),
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct Approvals {
     pub config: ApprovalsConfig,
     store: Store,
     parked: Mutex<HashMap<String, Parked>>,
+    /// What held requests reserve against [`ApprovalsConfig::hold_limits`].
+    holds: hold::Ledger,
     /// Bumped on every change, for long-polls.
     changed: tokio::sync::watch::Sender<u64>,
     callback_key: callback::CallbackKey,
@@ -191,12 +199,14 @@ impl Approvals {
                 "expired approvals left pending by a previous run"
             );
         }
+        let holds = hold::Ledger::new(config.hold_limits.clone());
         let (changed, _) = tokio::sync::watch::channel(0);
         Ok((
             Self {
                 config,
                 store,
                 parked: Mutex::new(HashMap::new()),
+                holds,
                 changed,
                 callback_key,
                 webhooks,
@@ -328,6 +338,7 @@ impl Approvals {
     }
 
     fn forget(&self, id: &str) -> Option<Parked> {
+        self.holds.release(id);
         self.parked.lock().ok()?.remove(id)
     }
 
@@ -349,6 +360,10 @@ impl Approvals {
             if ended {
                 self.forget(&id);
             }
+        }
+        // A reservation whose request is not parked (a park that failed half-way) goes too.
+        if let Ok(parked) = self.parked.lock() {
+            self.holds.retain(|id| parked.contains_key(id));
         }
     }
 }
@@ -418,6 +433,17 @@ pub async fn park(
         decisions: Vec::new(),
         result: None,
     };
+    // Counted against the hold caps before it is parked; over a cap it is refused (and
+    // audited), and a park that fails below gives the reservation back.
+    let slot = match approvals.holds.reserve(
+        &id,
+        &caller.principal.tenant,
+        &caller.principal.subject,
+        hold::held_bytes(&request),
+    ) {
+        Ok(slot) => slot,
+        Err(cap) => return Err(hold::refuse(state, caller, cap).await),
+    };
     if let Ok(mut parked) = approvals.parked.lock() {
         parked.insert(
             id.clone(),
@@ -431,6 +457,7 @@ pub async fn park(
         approvals.forget(&id);
         return Err(e);
     }
+    slot.keep();
     let event = audit::event(
         EventType::ApprovalRequest,
         Outcome::PendingApproval,
