@@ -122,6 +122,12 @@ pub trait SandboxHandle: Send + Sync {
     async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn OutputStream>, ExecError>;
     async fn write_file(&self, path: &str, content: Bytes, mode: u32) -> Result<(), ExecError>;
     async fn read_file(&self, path: &str) -> Result<Bytes, ExecError>;
+    /// Reads a file chunk by chunk, so a large download is never held whole. Engines that can
+    /// only read whole files hand out their read in [`READ_CHUNK`] slices.
+    async fn read_file_chunks(&self, path: &str) -> Result<Box<dyn FileChunks>, ExecError> {
+        let data = self.read_file(path).await?;
+        Ok(Box::new(WholeFile { data }))
+    }
     async fn destroy(&self) -> Result<(), ExecError>;
 
     /// Lets the sandbox reach `allowlist` through the egress proxy; every connection is reported
@@ -135,6 +141,31 @@ pub trait SandboxHandle: Send + Sync {
         Err(ExecError::Engine(
             "this executor cannot relay egress".into(),
         ))
+    }
+}
+
+/// A file read from a sandbox one chunk at a time.
+#[async_trait]
+pub trait FileChunks: Send {
+    /// The next chunk, `None` at the end of the file.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ExecError>;
+}
+
+/// Size of the slices a whole-file read is handed out in.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+struct WholeFile {
+    data: Bytes,
+}
+
+#[async_trait]
+impl FileChunks for WholeFile {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ExecError> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let n = self.data.len().min(READ_CHUNK);
+        Ok(Some(self.data.split_to(n)))
     }
 }
 

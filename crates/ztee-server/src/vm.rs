@@ -268,6 +268,18 @@ impl SandboxHandle for VmSandbox {
             .map_err(map_err)
     }
 
+    async fn read_file_chunks(
+        &self,
+        path: &str,
+    ) -> Result<Box<dyn crate::exec::FileChunks>, ExecError> {
+        let chunks = self
+            .get()?
+            .read_file_chunks(path, READ_LIMIT)
+            .await
+            .map_err(map_err)?;
+        Ok(Box::new(VmFileChunks(chunks)))
+    }
+
     async fn enable_egress(
         &self,
         allowlist: ztee_egress::Allowlist,
@@ -295,6 +307,19 @@ impl SandboxHandle for VmSandbox {
             // enough, the VMM is killed when the last one goes (kill on drop).
             Some(Err(_)) | None => Ok(()),
         }
+    }
+}
+
+struct VmFileChunks(ztee_vm::sandbox::FileChunks);
+
+#[async_trait]
+impl crate::exec::FileChunks for VmFileChunks {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ExecError> {
+        self.0
+            .next()
+            .await
+            .map(|c| c.map(Bytes::from))
+            .map_err(map_err)
     }
 }
 
