@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Deserialize;
@@ -40,6 +40,13 @@ pub struct QuotaConfig {
     /// per this many seconds, with their count.
     #[serde(default = "default_auth_failure_window")]
     pub auth_failure_window_s: u64,
+    /// File transfers (sandbox file downloads and uploads) one principal may have in flight;
+    /// one more is refused with 429 `transfer_limit`.
+    #[serde(default = "default_transfers_per_principal")]
+    pub max_transfers_per_principal: usize,
+    /// File transfers in flight on this gateway, all principals together.
+    #[serde(default = "default_transfers")]
+    pub max_transfers: usize,
 }
 
 fn default_rate() -> f64 {
@@ -66,6 +73,12 @@ fn default_max_sources() -> usize {
 fn default_auth_failure_window() -> u64 {
     10
 }
+fn default_transfers_per_principal() -> usize {
+    4
+}
+fn default_transfers() -> usize {
+    32
+}
 
 impl Default for QuotaConfig {
     fn default() -> Self {
@@ -78,6 +91,8 @@ impl Default for QuotaConfig {
             source_burst: default_source_burst(),
             max_tracked_sources: default_max_sources(),
             auth_failure_window_s: default_auth_failure_window(),
+            max_transfers_per_principal: default_transfers_per_principal(),
+            max_transfers: default_transfers(),
         }
     }
 }
@@ -231,6 +246,86 @@ impl SourceLimiter {
     }
 }
 
+/// File transfers in flight, per principal and in total. What one transfer holds in memory is
+/// bounded by its streaming (a download) or the body limit (an upload); this bounds how many run
+/// at once, so parallel transfers cannot add up without end. A transfer over a limit is refused
+/// at once rather than queued: a queue would hold its request and connection instead.
+pub struct TransferLimiter {
+    per_principal: usize,
+    total: usize,
+    in_flight: Arc<Mutex<(HashMap<String, usize>, usize)>>,
+}
+
+/// A transfer's place; given back when dropped (the transfer ended, however it ended).
+pub struct TransferPermit {
+    subject: String,
+    in_flight: Arc<Mutex<(HashMap<String, usize>, usize)>>,
+}
+
+/// Which transfer limit a refused transfer would have passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferLimit {
+    Principal(usize),
+    Total(usize),
+}
+
+impl TransferLimiter {
+    pub fn new(per_principal: usize, total: usize) -> Self {
+        Self {
+            per_principal: per_principal.max(1),
+            total: total.max(1),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Checks both limits and takes a place for `subject`, under one lock.
+    pub fn acquire(&self, subject: &str) -> Result<TransferPermit, TransferLimit> {
+        let mut guard = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (by_subject, total) = &mut *guard;
+        if *total >= self.total {
+            return Err(TransferLimit::Total(self.total));
+        }
+        let mine = by_subject.entry(subject.to_owned()).or_default();
+        if *mine >= self.per_principal {
+            return Err(TransferLimit::Principal(self.per_principal));
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(TransferPermit {
+            subject: subject.to_owned(),
+            in_flight: self.in_flight.clone(),
+        })
+    }
+
+    /// Transfers in flight on this gateway.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
+    }
+}
+
+impl Drop for TransferPermit {
+    fn drop(&mut self) {
+        let mut guard = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (by_subject, total) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_subject.get_mut(&self.subject) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_subject.remove(&self.subject);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +367,21 @@ mod tests {
             let _ = limiter.check(IpAddr::V4((0x0a00_0000 + i).into()));
             assert!(limiter.tracked() <= 64);
         }
+    }
+
+    #[test]
+    fn transfers_are_limited_per_principal_and_in_total_and_given_back_on_drop() {
+        let limiter = TransferLimiter::new(2, 3);
+        let a1 = limiter.acquire("a").unwrap();
+        let _a2 = limiter.acquire("a").unwrap();
+        assert_eq!(
+            limiter.acquire("a").err(),
+            Some(TransferLimit::Principal(2))
+        );
+        let _b1 = limiter.acquire("b").unwrap();
+        assert_eq!(limiter.acquire("c").err(), Some(TransferLimit::Total(3)));
+        drop(a1);
+        assert_eq!(limiter.in_flight(), 2);
+        let _c1 = limiter.acquire("c").unwrap();
     }
 }

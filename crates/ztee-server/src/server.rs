@@ -224,6 +224,10 @@ pub async fn build(
             config.quotas.source_burst,
             config.quotas.max_tracked_sources,
         ),
+        transfers: crate::quota::TransferLimiter::new(
+            config.quotas.max_transfers_per_principal,
+            config.quotas.max_transfers,
+        ),
         auth_failures: AuthFailures::new(
             Duration::from_secs(config.quotas.auth_failure_window_s),
             config.quotas.max_tracked_sources,

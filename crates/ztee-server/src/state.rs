@@ -19,6 +19,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Requests per source address, before authentication.
     pub source_limiter: crate::quota::SourceLimiter,
+    /// File transfers in flight, per principal and in total.
+    pub transfers: crate::quota::TransferLimiter,
     /// Failed authentications, recorded per address, reason and interval.
     pub auth_failures: crate::source_guard::AuthFailures,
     pub pipeline: Arc<Pipeline>,

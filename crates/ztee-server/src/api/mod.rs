@@ -4,6 +4,7 @@ mod approvals;
 mod ops;
 mod run;
 mod sandboxes;
+mod transfer;
 mod secrets;
 pub mod types;
 

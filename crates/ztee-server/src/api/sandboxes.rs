@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ztee_audit::{EventType, Outcome};
@@ -711,11 +711,14 @@ pub async fn upload(
     caller: Caller,
     Path(id): Path<String>,
     query: Result<Query<FileQuery>, QueryRejection>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_guest_path("path", &q.path)?;
+    // The body is buffered only once a transfer place is held, and never past the limit.
+    let _permit = super::transfer::permit(&state, &caller)?;
+    let body = super::transfer::read_body(body, state.config.limits.max_file_bytes).await?;
     let record = find(&state, &caller, &id).await?;
     let sandbox = live(&state, &record.id)?;
     let mut policy = policy_input(&caller, "file.write");
@@ -732,7 +735,7 @@ pub async fn upload(
         files: vec![(q.path, body)],
         ..Work::default()
     };
-    let admitted = state.pipeline.admit(&mut ctx, work).await?;
+    let admitted = super::transfer::admit_upload(&state, &mut ctx, work).await?;
     let (path, content) = admitted
         .work
         .files
@@ -762,6 +765,7 @@ pub async fn upload(
     .into_response())
 }
 
+/// Serves a file of the sandbox, masked, as a stream (see [`super::transfer`]).
 pub async fn download(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -771,6 +775,8 @@ pub async fn download(
     caller.principal.require(Permission::SandboxRun)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_guest_path("path", &q.path)?;
+    // Held until the transfer ends: bounds how many downloads run at once.
+    let permit = super::transfer::permit(&state, &caller)?;
     let record = find(&state, &caller, &id).await?;
     let sandbox = live(&state, &record.id)?;
     let mut policy = policy_input(&caller, "file.read");
@@ -793,54 +799,11 @@ pub async fn download(
             },
         )
         .await?;
-    let content = match sandbox.handle.read_file(&q.path).await {
-        Ok(c) => c,
-        Err(e) => {
-            let event = state.pipeline.event(&ctx, Outcome::Failure);
-            state.pipeline.record(event).await?;
-            return Err(exec_error(e));
-        }
+    let audit = super::transfer::DownloadAudit {
+        caller: caller.clone(),
+        resource: ctx.resource.clone(),
+        policy: ctx.policy.clone(),
+        decision: audit::decision_record(&admitted.decision),
     };
-    // Outbound DLP on the file: masked if text, refused if binary with findings. The sandbox's
-    // own secrets are masked here, and nowhere else.
-    let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
-    let (body, counts) = match std::str::from_utf8(&content) {
-        Ok(text) => {
-            let r = state.pipeline.dlp.redact_in(scope.as_ref(), text);
-            (Bytes::from(r.text), r.counts)
-        }
-        Err(_) => {
-            let found = state
-                .pipeline
-                .dlp
-                .scan_in(scope.as_ref(), &String::from_utf8_lossy(&content));
-            if !found.is_empty() {
-                let event = state
-                    .pipeline
-                    .event(&ctx, Outcome::Denied)
-                    .with_output(&state.pipeline.content_key.digest(&content));
-                state.pipeline.record(event).await?;
-                return Err(ApiError::dlp_blocked(format!(
-                    "{} is binary and holds sensitive data ({}) that cannot be masked in place",
-                    q.path,
-                    found.join(", ")
-                )));
-            }
-            (content, Default::default())
-        }
-    };
-    state.metrics.redactions("outbound", &counts);
-    let event = state
-        .pipeline
-        .event(&ctx, Outcome::Success)
-        .with_decision(audit::decision_record(&admitted.decision))
-        .with_output(&state.pipeline.content_key.digest(&body))
-        .with_redactions(&counts);
-    state.pipeline.record(event).await?;
-    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut response = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&summary.join(",")) {
-        response.headers_mut().insert("x-ztee-redactions", v);
-    }
-    Ok(response)
+    super::transfer::download(state.clone(), sandbox, q.path, audit, permit).await
 }
