@@ -155,3 +155,205 @@ fn key(host: &Host, backend: &dyn Backend, spec: &SandboxSpec) -> Result<String,
     ));
     Ok(crate::hex(&hasher.finalize()[..16]))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::{Booted, BoxFuture, TemplateInputs, Vmm};
+    use crate::channel::Channel;
+    use crate::config::{EngineConfig, VmmSettings};
+    use crate::snapshot::TemplateState;
+    use crate::{GuestAssets, JailConfig};
+
+    /// A backend whose "VM" is one file: enough to drive the cache, which never boots anything
+    /// itself.
+    struct FilesOnly {
+        saves: AtomicUsize,
+        fail: bool,
+        suffix: &'static str,
+        binary: PathBuf,
+    }
+
+    struct SavedFile(String);
+
+    fn refused<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, VmError>> {
+        Box::pin(async { Err(VmError::Guest("this test boots no VM".into())) })
+    }
+
+    impl Backend for FilesOnly {
+        fn vmm(&self) -> Vmm {
+            Vmm::Qemu
+        }
+
+        fn describe(&self) -> String {
+            "files only".into()
+        }
+
+        fn template_inputs(&self) -> Result<TemplateInputs, VmError> {
+            Ok(TemplateInputs {
+                format: "files-only-v1",
+                vmm_binary: self.binary.clone(),
+                shape_suffix: self.suffix.into(),
+            })
+        }
+
+        fn boot<'a>(
+            &'a self,
+            _: &'a Host,
+            _: &'a SandboxSpec,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<Booted, VmError>> {
+            refused()
+        }
+
+        fn save_template<'a>(
+            &'a self,
+            _: &'a Host,
+            _: &'a SandboxSpec,
+            dir: &'a Path,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<(), VmError>> {
+            Box::pin(async move {
+                self.saves.fetch_add(1, Ordering::SeqCst);
+                // The cache has written the secret-bearing initramfs before the VM boots.
+                assert!(dir.join("initrd.img").is_file());
+                if self.fail {
+                    return Err(VmError::Snapshot("the template VM did not boot".into()));
+                }
+                std::fs::write(dir.join("vm"), "saved").map_err(|e| VmError::io("save", dir, e))
+            })
+        }
+
+        fn load_template(&self, _: &Host, dir: &Path) -> Result<Option<TemplateState>, VmError> {
+            Ok(std::fs::read_to_string(dir.join("vm"))
+                .ok()
+                .map(|text| Box::new(SavedFile(text)) as TemplateState))
+        }
+
+        fn restore<'a>(
+            &'a self,
+            _: &'a Host,
+            _: &'a Template,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<Booted, VmError>> {
+            refused()
+        }
+
+        fn connect_agent<'a>(
+            &'a self,
+            _: &'a Path,
+            _: &'a ztee_wire::BootSecret,
+            _: Instant,
+        ) -> BoxFuture<'a, Result<Channel, VmError>> {
+            refused()
+        }
+    }
+
+    fn host(dir: &Path) -> Host {
+        for name in ["vmlinux", "rootfs.img", "ztee-agent", "initrd.base", "vmm"] {
+            std::fs::write(dir.join(name), name).expect("write a stand-in file");
+        }
+        Host {
+            config: EngineConfig {
+                assets: GuestAssets {
+                    kernel: dir.join("vmlinux"),
+                    rootfs: dir.join("rootfs.img"),
+                    agent: dir.join("ztee-agent"),
+                },
+                runtime_dir: dir.join("run"),
+                cache_dir: dir.join("cache"),
+                accelerator: crate::AccelChoice::Tcg,
+                boot_timeout: Duration::from_secs(5),
+                snapshots: true,
+                jail: JailConfig::default(),
+                vmm: VmmSettings::default(),
+            },
+            jailed: false,
+            base_initramfs: dir.join("initrd.base"),
+        }
+    }
+
+    fn backend(dir: &Path, fail: bool, suffix: &'static str) -> FilesOnly {
+        FilesOnly {
+            saves: AtomicUsize::new(0),
+            fail,
+            suffix,
+            binary: dir.join("vmm"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_template_is_made_once_and_found_again_by_the_next_engine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = host(dir.path());
+        let backend = backend(dir.path(), false, " tcg");
+        let spec = SandboxSpec::default();
+        let cache = Templates::default();
+        let template = cache.get(&host, &backend, &spec).await.expect("a template");
+        assert_eq!(backend.saves.load(Ordering::SeqCst), 1);
+        assert!(template
+            .dir()
+            .starts_with(dir.path().join("cache/snapshots")));
+        let secret = std::fs::metadata(template.dir().join("secret")).expect("secret saved");
+        assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+        let saved: &SavedFile = template.state().expect("this backend's state");
+        assert_eq!(saved.0, "saved");
+        assert!(template.state::<u32>().is_err(), "another backend's state");
+
+        let again = cache.get(&host, &backend, &spec).await.expect("a template");
+        assert!(Arc::ptr_eq(&template, &again));
+        let next_engine = Templates::default();
+        let loaded = next_engine
+            .get(&host, &backend, &spec)
+            .await
+            .expect("loaded from disk");
+        assert_eq!(backend.saves.load(Ordering::SeqCst), 1, "made again");
+        assert_eq!(loaded.dir(), template.dir());
+        assert_eq!(loaded.secret().to_hex(), template.secret().to_hex());
+    }
+
+    #[tokio::test]
+    async fn a_template_that_cannot_be_made_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = host(dir.path());
+        let backend = backend(dir.path(), true, "");
+        let cache = Templates::default();
+        let spec = SandboxSpec::default();
+        assert!(cache.get(&host, &backend, &spec).await.is_none());
+        // The failure is remembered: the engine boots from scratch without trying again.
+        assert!(cache.get(&host, &backend, &spec).await.is_none());
+        assert_eq!(backend.saves.load(Ordering::SeqCst), 1);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache/snapshots"))
+            .expect("snapshot dir")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn the_key_covers_the_shape_the_vmm_binary_and_the_backends_inputs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = host(dir.path());
+        let spec = SandboxSpec::default();
+        let tcg = key(&host, &backend(dir.path(), false, " tcg"), &spec).expect("key");
+        let kvm = key(&host, &backend(dir.path(), false, " kvm"), &spec).expect("key");
+        assert_ne!(tcg, kvm);
+        let bigger = SandboxSpec {
+            memory_mib: spec.memory_mib * 2,
+            ..spec.clone()
+        };
+        assert_ne!(
+            tcg,
+            key(&host, &backend(dir.path(), false, " tcg"), &bigger).expect("key")
+        );
+        std::fs::write(dir.path().join("vmm"), "a new VMM binary").expect("rewrite");
+        assert_ne!(
+            tcg,
+            key(&host, &backend(dir.path(), false, " tcg"), &spec).expect("key")
+        );
+    }
+}
