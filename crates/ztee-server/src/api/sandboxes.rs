@@ -30,6 +30,7 @@ use ztee_audit::{EventType, Outcome};
 
 use super::types::{CreateSandbox, FileQuery, RunCommand, SandboxView};
 use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
+use crate::approvals::inputs::Bound;
 use crate::approvals::HeldRequest;
 use crate::audit;
 use crate::auth::Caller;
@@ -529,6 +530,8 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     find(&state, &caller, &id).await?;
+    // A command held for approval in it can never run now.
+    crate::approvals::inputs::expire_on_delete(&state, &id).await;
     destroy(&state, &id).await;
     let ctx = ActionContext {
         caller: &caller,
@@ -552,7 +555,7 @@ pub async fn command(
 ) -> Result<Response, ApiError> {
     caller.principal.require(Permission::SandboxRun)?;
     let req = json_body(body)?;
-    match command_once(state, caller, &id, req, wants_stream(&headers), None).await? {
+    match command_once(state, caller, &id, req, wants_stream(&headers), None, &[]).await? {
         CommandOutcome::Done(result) => Ok(Json(result).into_response()),
         CommandOutcome::Answered(response) => Ok(response),
     }
@@ -565,9 +568,20 @@ pub async fn command_approved(
     caller: Caller,
     sandbox: &str,
     req: RunCommand,
+    inputs: &[Bound],
     approval_id: &str,
 ) -> Result<CommandResult, ApiError> {
-    match command_once(state, caller, sandbox, req, false, Some(approval_id)).await? {
+    match command_once(
+        state,
+        caller,
+        sandbox,
+        req,
+        false,
+        Some(approval_id),
+        inputs,
+    )
+    .await?
+    {
         CommandOutcome::Done(result) => Ok(result),
         CommandOutcome::Answered(_) => {
             Err(ApiError::internal("an approved command was answered early"))
@@ -588,11 +602,16 @@ async fn command_once(
     req: RunCommand,
     stream: bool,
     approved: Option<&str>,
+    // For an approved command: the files it was bound to when it was held.
+    bound: &[Bound],
 ) -> Result<CommandOutcome, ApiError> {
     // What an approver would approve: the command exactly as sent.
     let original = req.clone();
     let record = find(&state, &caller, id).await?;
     let sandbox = live(&state, &record.id)?;
+    if approved.is_none() {
+        crate::approvals::inputs::ensure_not_held(&state, &record.id)?;
+    }
     let argv = req.cmd.into_argv().map_err(ApiError::bad_request)?;
     check_env(&req.env)?;
     if let Some(cwd) = &req.cwd {
@@ -643,9 +662,23 @@ async fn command_once(
     let mut admitted = match gate {
         Gate::Admitted(admitted) => admitted,
         Gate::Held(decision) => {
+            // The approval binds the files argv names, read now, by digest.
+            let argv = original
+                .cmd
+                .clone()
+                .into_argv()
+                .map_err(ApiError::bad_request)?;
+            let inputs = crate::approvals::inputs::bind(
+                state.pipeline.dlp.as_ref(),
+                sandbox.handle.as_ref(),
+                &argv,
+                original.cwd.as_deref(),
+            )
+            .await?;
             let held = HeldRequest::Command {
                 sandbox: record.id.clone(),
                 request: original,
+                inputs,
             };
             let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
             return Ok(CommandOutcome::Answered(answer));
@@ -676,6 +709,17 @@ async fn command_once(
             )
             .await?;
         return Ok(CommandOutcome::Answered(ndjson(rx)));
+    }
+    if let Some(approval) = approved {
+        // As late as the gateway can: the files the approver saw are still the files it runs.
+        crate::approvals::inputs::check_before_run(
+            &state,
+            &ctx,
+            sandbox.handle.as_ref(),
+            approval,
+            bound,
+        )
+        .await?;
     }
     let result = state
         .pipeline
@@ -721,6 +765,8 @@ pub async fn upload(
     let body = super::transfer::read_body(body, state.config.limits.max_file_bytes).await?;
     let record = find(&state, &caller, &id).await?;
     let sandbox = live(&state, &record.id)?;
+    // A file a held command is bound to is not replaced through the gateway.
+    crate::approvals::inputs::ensure_not_held(&state, &record.id)?;
     let mut policy = policy_input(&caller, "file.write");
     policy.image = Some(record.image.clone());
     policy.secrets = secret_names(&sandbox);

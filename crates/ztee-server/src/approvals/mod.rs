@@ -23,6 +23,7 @@
 
 pub mod callback;
 pub mod hold;
+pub mod inputs;
 pub mod record;
 pub mod webhook;
 
@@ -93,6 +94,8 @@ pub enum HeldRequest {
     Command {
         sandbox: String,
         request: RunCommand,
+        /// The files argv names, as read when the command was held.
+        inputs: Vec<inputs::Bound>,
     },
     /// A new sandbox (`POST /v1/sandboxes`), for example one that asks for egress.
     SandboxCreate(CreateSandbox),
@@ -430,6 +433,7 @@ pub async fn park(
         reasons: decision.messages.clone(),
         required_approvals: if two_person { 2 } else { 1 },
         request: record::masked_view(state.pipeline.dlp.as_ref(), &request),
+        inputs: inputs::of_request(state.pipeline.dlp.as_ref(), &request),
         decisions: Vec::new(),
         result: None,
     };
@@ -445,6 +449,16 @@ pub async fn park(
         Err(cap) => return Err(hold::refuse(state, caller, cap).await),
     };
     if let Ok(mut parked) = approvals.parked.lock() {
+        // One pending command per sandbox, checked and parked under the one lock: the files a
+        // held command is bound to must not be changed through the gateway by another hold.
+        if let HeldRequest::Command { sandbox, .. } = &request {
+            if let Some(other) = parked.iter().find_map(|(other, p)| match &p.request {
+                HeldRequest::Command { sandbox: s, .. } if s == sandbox => Some(other),
+                _ => None,
+            }) {
+                return Err(inputs::sandbox_held(sandbox, other));
+            }
+        }
         parked.insert(
             id.clone(),
             Parked {
@@ -776,11 +790,16 @@ async fn execute(state: Arc<AppState>, id: String) {
             .map(json),
         (
             Some(Parked {
-                request: HeldRequest::Command { sandbox, request },
+                request:
+                    HeldRequest::Command {
+                        sandbox,
+                        request,
+                        inputs,
+                    },
                 ..
             }),
             Ok(Some(caller)),
-        ) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &id)
+        ) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &inputs, &id)
             .await
             .map(json),
         (
@@ -803,6 +822,9 @@ async fn execute(state: Arc<AppState>, id: String) {
         }
         Err(e) => {
             record.status = Status::Failed;
+            if e.code == "inputs_changed" {
+                record.status_reason = Some(e.message.clone());
+            }
             record.result =
                 Some(serde_json::json!({"error": {"code": e.code, "message": e.message}}));
         }

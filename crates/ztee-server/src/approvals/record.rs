@@ -85,15 +85,34 @@ pub struct ApprovalRecord {
     pub reasons: Vec<String>,
     /// 2 under the two-person rule, else 1.
     pub required_approvals: u32,
-    /// The request as approvers see it: every string DLP-masked.
+    /// The request as approvers see it: every string DLP-masked, env values replaced by
+    /// [`ENV_VALUE_SHOWN`].
     pub request: serde_json::Value,
+    /// For a held sandbox command: the files its argv names, bound by digest (the run is
+    /// refused if any changed; empty: bound to no file). Paths masked like caller text.
+    #[serde(default)]
+    pub inputs: Vec<super::inputs::InputRecord>,
     pub decisions: Vec<DecisionEntry>,
     /// The command result (outbound-masked) or an error, once run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
 }
 
-/// The request with every string value passed through DLP redaction.
+/// What an approval shows for an env value. Env values are configuration and credentials DLP
+/// often cannot recognise (a password, an internal token), and an approval record leaves the
+/// gateway (webhooks, link pages, other approvers): only the names are shown. `[set]` rather
+/// than a keyed digest: a digest a requester can have computed for values of their choosing is
+/// an oracle for guessing other requests' values.
+pub const ENV_VALUE_SHOWN: &str = "[set]";
+
+fn env_names(env: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
+    env.keys()
+        .map(|k| (k.clone(), serde_json::Value::from(ENV_VALUE_SHOWN)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The request with every string value passed through DLP redaction and env values withheld.
 pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value {
     let mut view = match held {
         HeldRequest::Run(request) => serde_json::json!({
@@ -101,7 +120,7 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "language": request.language,
             "code": request.code,
             "files": request.files,
-            "env": request.env,
+            "env": env_names(&request.env),
             "stdin": request.stdin,
             "timeout_s": request.timeout_s,
             "image": request.image,
@@ -110,10 +129,12 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "secrets": request.secrets,
             "egress": request.egress,
         }),
-        HeldRequest::Command { sandbox, request } => serde_json::json!({
+        HeldRequest::Command {
+            sandbox, request, ..
+        } => serde_json::json!({
             "sandbox": sandbox,
             "cmd": request.cmd,
-            "env": request.env,
+            "env": env_names(&request.env),
             "cwd": request.cwd,
             "stdin": request.stdin,
             "timeout_s": request.timeout_s,
@@ -123,7 +144,7 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "timeout_s": request.timeout_s,
             "memory_mib": request.memory_mib,
             "vcpus": request.vcpus,
-            "env": request.env,
+            "env": env_names(&request.env),
             "metadata": request.metadata,
             "egress": request.egress,
             "secrets": request.secrets,
@@ -355,6 +376,7 @@ mod tests {
             reasons: vec![],
             required_approvals: 1,
             request: serde_json::json!({}),
+            inputs: vec![],
             decisions: vec![],
             result: None,
         }
