@@ -446,6 +446,18 @@ impl EntryContext<'_> {
 
     /// A failed filesystem call: a symbolic link or an escape on the way is a refusal, anything
     /// else a failure of `action`.
+    /// [`EntryContext::io`] for a call that sets an owner: in a user namespace (the unpack
+    /// helper's), an owner outside its id map is `EINVAL`, said plainly here.
+    fn owner_io(&self, action: &str, uid: u32, gid: u32, e: std::io::Error) -> Error {
+        if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
+            return self.malformed(format!(
+                "{action}: its owner {uid}:{gid} is outside the ids the unpack helper maps \
+                 (0-65535 when ztee runs as root, only 0 otherwise)"
+            ));
+        }
+        self.io(action, e)
+    }
+
     fn io(&self, action: &str, e: std::io::Error) -> Error {
         use rustix::io::Errno;
         match e.raw_os_error() {
@@ -645,7 +657,7 @@ fn unpack_entry(
             }
             tree::set_mtime(&file, mtime(&header))
                 .and_then(|()| tree::set_owner_and_mode(&file, uid, gid, mode))
-                .map_err(|e| cx.io("setting the file's owner, mode and time", e))?;
+                .map_err(|e| cx.owner_io("setting the file's owner, mode and time", uid, gid, e))?;
             return Ok(Some(written));
         }
         EntryType::Symlink => {
@@ -655,7 +667,7 @@ fn unpack_entry(
             tree::symlink_at(dir.as_fd(), file_name, std::ffi::OsStr::from_bytes(&target))
                 .and_then(|()| tree::chown_at(dir.as_fd(), file_name, uid, gid))
                 .and_then(|()| tree::set_mtime_at(dir.as_fd(), file_name, mtime(&header)))
-                .map_err(|e| cx.io("creating the symbolic link", e))?;
+                .map_err(|e| cx.owner_io("creating the symbolic link", uid, gid, e))?;
             return Ok(None);
         }
         EntryType::Link => {
@@ -710,7 +722,7 @@ fn unpack_entry(
     let made = tree::make_dir_at(dir.as_fd(), file_name)
         .map_err(|e| cx.io("creating the directory", e))?;
     tree::set_owner_and_mode(&made, uid, gid, mode)
-        .map_err(|e| cx.io("setting the directory's owner and mode", e))?;
+        .map_err(|e| cx.owner_io("setting the directory's owner and mode", uid, gid, e))?;
     Ok(None)
 }
 

@@ -155,6 +155,7 @@ impl RootfsBuilder {
             helper_status_uid = ?report.status_uid,
             helper_mnt_ns = %report.mnt_ns,
             helper_user_ns = %report.user_ns,
+            helper_tmp_write = ?report.tmp_write,
             caller_mnt_ns = %ns_link("mnt"),
             "root filesystem built by the jailed helper"
         );
@@ -746,6 +747,9 @@ struct JailReport {
     status_uid: String,
     mnt_ns: String,
     user_ns: String,
+    /// What creating a file in `/tmp` (world-writable on the host) gave: a read-only error
+    /// shows the mount jail holds.
+    tmp_write: String,
 }
 
 /// An error of the helper, carried to the caller with its kind.
@@ -930,7 +934,25 @@ fn run(args: impl IntoIterator<Item = OsString>) -> Result<JailReport> {
         status_uid,
         mnt_ns: ns_link("mnt"),
         user_ns: ns_link("user"),
+        tmp_write: tmp_write_probe(),
     })
+}
+
+/// Tries to create a file in `/tmp`, which is writable by every uid on the host, and says
+/// what happened (removing the file if the jail did not stop it).
+fn tmp_write_probe() -> String {
+    let path = format!("/tmp/.ztee-unpack-probe-{}", std::process::id());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&path);
+            "created".to_string()
+        }
+        Err(e) => e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -952,6 +974,24 @@ mod tests {
         assert!(parse_id_range("4294901760-4294967295").is_err());
         assert!(parse_id_range("200000").is_err());
         check_id_range(&DEFAULT_UNPACK_IDS, "default").unwrap();
+    }
+
+    #[test]
+    fn a_namespace_failure_says_what_is_missing() {
+        let e = jail_error(STEPS[2], 2, std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let text = e.to_string();
+        assert!(
+            text.contains("creating the user, mount, network and IPC namespaces"),
+            "{text}"
+        );
+        assert!(text.contains("user.max_user_namespaces"), "{text}");
+        assert!(text.contains("kernel.unprivileged_userns_clone"), "{text}");
+        assert!(text.contains("never unpacks images outside"), "{text}");
+        let e = jail_error(STEPS[6], 6, std::io::Error::from_raw_os_error(libc::ENOSYS));
+        assert!(
+            e.to_string().contains("mount_setattr(2), Linux 5.12"),
+            "{e}"
+        );
     }
 
     #[test]

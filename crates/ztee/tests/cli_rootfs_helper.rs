@@ -239,6 +239,7 @@ fn the_helper_builds_in_its_own_namespaces_and_keeps_the_images_owners() {
         .lines()
         .find(|l| l.contains("root filesystem built by the jailed helper"))
         .unwrap_or_else(|| panic!("no helper line in {stderr}"));
+    eprintln!("{line}");
     let uid_map = field(line, "helper_uid_map").unwrap();
     let map: Vec<u64> = uid_map
         .split_whitespace()
@@ -266,6 +267,14 @@ fn the_helper_builds_in_its_own_namespaces_and_keeps_the_images_owners() {
     assert_ne!(helper_mnt, ours("mnt"), "{line}");
     assert_ne!(helper_user, ours("user"), "{line}");
     assert_ne!(field(line, "caller_mnt_ns").unwrap(), helper_mnt, "{line}");
+    // Outside its work directory the helper's tree is read-only, even where every host uid
+    // may write.
+    assert!(
+        field(line, "helper_tmp_write")
+            .unwrap()
+            .contains("Read-only file system"),
+        "{line}"
+    );
 
     // The image holds the layer's owners, read back from the erofs itself.
     let image = node
