@@ -213,6 +213,29 @@ async fn decide(
     Ok(0)
 }
 
+/// The files a held sandbox command is bound to, one per line: what the approver approves
+/// together with the command text (the run is refused if any of them changes).
+fn inputs(r: &serde_json::Value) -> String {
+    r["inputs"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .map(|f| {
+                    format!(
+                        "sha256:{}  {} bytes  {}",
+                        text(&f["sha256"]),
+                        text(&f["size"]),
+                        text(&f["path"])
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|lines| !lines.is_empty())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
 fn print_approval(format: Format, r: &serde_json::Value) -> anyhow::Result<()> {
     let decisions = r["decisions"]
         .as_array()
@@ -269,7 +292,26 @@ fn print_approval(format: Format, r: &serde_json::Value) -> anyhow::Result<()> {
                 "request (masked)",
                 serde_json::to_string_pretty(&r["request"])?,
             ),
+            ("inputs (bound)", inputs(r)),
             ("result", serde_json::to_string_pretty(&r["result"])?),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_inputs_are_shown_with_digest_size_and_path() {
+        let r = serde_json::json!({"inputs": [
+            {"path": "/home/user/x.sh", "sha256": "ab12", "size": 21},
+            {"path": "/work/data.csv", "sha256": "cd34", "size": 7},
+        ]});
+        assert_eq!(
+            inputs(&r),
+            "sha256:ab12  21 bytes  /home/user/x.sh\nsha256:cd34  7 bytes  /work/data.csv"
+        );
+        assert_eq!(inputs(&serde_json::json!({})), "-");
+    }
 }
