@@ -424,3 +424,47 @@ async fn an_upload_is_never_read_past_its_limit_and_a_large_one_is_scanned() {
         dirty.as_slice()
     );
 }
+
+/// The same through a real VM: the guest sends the file in its own chunks (256 KiB), and a card
+/// number written across one of their boundaries, past the prefix, is masked in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_guest_file_streams_masked_across_its_chunks() {
+    if !common::vm::available("file transfer VM test") {
+        return;
+    }
+    let data_dir = common::vm::data_dir("ztee-ft");
+    let engine = common::vm::engine(data_dir.path());
+    let executor = ztee_server::vm::VmExecutor::new(engine).with_admission(data_dir.path());
+    let gw = Gateway::start_in(ServerConfig::default(), Arc::new(executor), data_dir).await;
+    let key = gw.key("acme", "agent");
+    let sbx: serde_json::Value = gw.post_json(&key, "/v1/sandboxes", &json!({})).await;
+    let id = sbx["id"].as_str().unwrap();
+    // The card number starts 8 bytes before the guest's fifth 256 KiB chunk ends.
+    let before = 5 * 256 * 1024 - 8 - 1;
+    let script = format!(
+        "head -c {before} /dev/zero | tr '\\0' a > /tmp/big.txt; \
+         printf '\\n5500%s0004\\n' 00000000 >> /tmp/big.txt; \
+         head -c 1048576 /dev/zero | tr '\\0' b >> /tmp/big.txt; wc -c < /tmp/big.txt"
+    );
+    let out = gw.exec_json(&key, id, &["sh", "-c", &script]).await;
+    // Written by the guest, so the command itself carries no card number.
+    let pan = "5500000000000004";
+    let size = before + 1 + pan.len() + 1 + 1_048_576;
+    assert_eq!(out["stdout"], format!("{size}\n"), "{out}");
+    let r = client()
+        .get(format!(
+            "{}/v1/sandboxes/{id}/files?path=/tmp/big.txt",
+            gw.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert_eq!(text.len(), size);
+    assert!(!text.contains(pan), "a card number left unmasked");
+    let masked = &text[before + 1..before + 1 + pan.len()];
+    assert!(masked.ends_with("0004") && masked.contains('*'), "{masked}");
+    let _ = gw.stop().await;
+}

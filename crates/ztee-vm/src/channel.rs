@@ -133,11 +133,21 @@ impl Channel {
 
     /// Reserves a request id and the queue its guest messages arrive on.
     pub fn open_request(&self) -> Result<(RequestId, mpsc::Receiver<GuestMessage>), VmError> {
+        self.open_request_with_depth(ROUTE_DEPTH)
+    }
+
+    /// As [`Channel::open_request`], with a queue of `depth` messages: for a consumer that may
+    /// be slower than the guest (a file streamed to an HTTP client), what waits for it is
+    /// bounded by `depth` chunks rather than [`ROUTE_DEPTH`].
+    pub fn open_request_with_depth(
+        &self,
+        depth: usize,
+    ) -> Result<(RequestId, mpsc::Receiver<GuestMessage>), VmError> {
         if self.is_closed() {
             return Err(VmError::ChannelClosed);
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = mpsc::channel(ROUTE_DEPTH);
+        let (tx, rx) = mpsc::channel(depth.max(1));
         lock(&self.routes).insert(id, tx);
         Ok((id, rx))
     }

@@ -225,7 +225,7 @@ impl Sandbox {
     /// `limit` bytes in total is [`VmError::FileTooLarge`].
     pub async fn read_file_chunks(&self, path: &str, limit: u64) -> Result<FileChunks, VmError> {
         check_path(path)?;
-        let (id, replies) = self.channel.open_request()?;
+        let (id, replies) = self.channel.open_request_with_depth(FILE_READ_DEPTH)?;
         // Built before the request is sent, so a failed send still closes the request (drop).
         let chunks = FileChunks {
             channel: self.channel.clone(),
@@ -280,6 +280,11 @@ impl Drop for Sandbox {
         self.watchdog.abort();
     }
 }
+
+/// Chunks of a file read that may wait for their reader: 1 MiB. A reader slower than the guest
+/// (a download to a slow client) then holds at most this much here; past it the channel's
+/// reader, and so the guest, waits for it.
+const FILE_READ_DEPTH: usize = 4;
 
 /// A file being read from the guest ([`Sandbox::read_file_chunks`]). Dropping it before the end
 /// closes the request; the guest's remaining chunks are then discarded by the channel.
