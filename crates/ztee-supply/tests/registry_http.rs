@@ -301,3 +301,43 @@ fn a_vulnerability_download_follows_a_redirect_and_reports_a_missing_ecosystem()
         format!("vulnerability database: {base}/Nope/all.zip: HTTP 404")
     );
 }
+
+#[test]
+fn an_upload_start_redirected_with_a_303_continues_as_a_plain_get() {
+    let server = Scripted::start(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("HEAD", _) => answer("404 Not Found", &[], b""),
+        ("POST", "/v2/vm/python/blobs/uploads/") => answer(
+            "303 See Other",
+            &[("Location", "/v2/vm/python/blobs/uploads/started")],
+            b"",
+        ),
+        ("GET", "/v2/vm/python/blobs/uploads/started") => answer(
+            "202 Accepted",
+            &[("Location", "/v2/vm/python/blobs/uploads/u1")],
+            b"",
+        ),
+        ("PUT", p) if p.starts_with("/v2/vm/python/blobs/uploads/u1?digest=") => {
+            answer("201 Created", &[], b"")
+        }
+        _ => answer("400 Bad Request", &[], b"unexpected"),
+    });
+    let client = Client::new(
+        &server.host,
+        RegistryOptions {
+            credentials: None,
+            plain_http: true,
+        },
+    )
+    .unwrap();
+    let blob = b"layer bytes";
+    client
+        .push_blob("vm/python", &Digest::of(blob), blob)
+        .unwrap();
+    let seen = server.seen();
+    let get = seen.iter().find(|s| s.method == "GET").unwrap();
+    assert_eq!(
+        (get.header("content-length"), get.body.len()),
+        (None, 0),
+        "the redirected request carries no body and no stale length: {get:?}"
+    );
+}
