@@ -30,6 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,8 @@ const ID_COUNT: u32 = 65536;
 const REPORT_PREFIX: &str = "ztee-rootfs-report: ";
 /// The tail of the helper's standard error the caller keeps (the report is its last line).
 const STDERR_LIMIT: usize = 64 * 1024;
+/// How long the caller waits for the end of the helper's standard error once the helper exited.
+const STDERR_GRACE: Duration = Duration::from_secs(2);
 /// The largest image the caller copies out of the work directory.
 const MAX_IMAGE_BYTES: u64 = 2 * layers::MAX_UNPACKED_BYTES;
 /// Where the helper's `mkfs.erofs` is looked up; the environment is otherwise empty.
@@ -238,7 +241,9 @@ impl RootfsBuilder {
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own process group, so whatever it leaves behind there is killed with it.
+            .process_group(0);
         let to_parent_fd = to_parent_w.as_raw_fd();
         let to_child_fd = to_child_r.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only makes system calls
@@ -277,13 +282,19 @@ impl RootfsBuilder {
             }
         };
         tracing::debug!(pid = child.id(), program = %self.program.display(), "jailed unpack helper started");
-        let stderr = child.stderr.take();
-        let reader = std::thread::spawn(move || read_tail(stderr, STDERR_LIMIT));
+        let tail = Arc::new(Tail::default());
+        let reader = {
+            let tail = Arc::clone(&tail);
+            let stderr = child.stderr.take();
+            std::thread::spawn(move || tail.read_from(stderr, STDERR_LIMIT))
+        };
         let deadline = Instant::now() + self.timeout;
+        let group = child.id();
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() >= deadline => {
+                    kill_group(group);
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(Error::Build(format!(
@@ -295,7 +306,14 @@ impl RootfsBuilder {
                 Err(e) => return Err(Error::io("waiting for the unpack helper", &self.program, e)),
             }
         };
-        let stderr = reader.join().unwrap_or_default();
+        // Whatever the helper left running in its process group goes with it; one that left the
+        // group may keep its standard error open, so the report is waited for only briefly.
+        kill_group(group);
+        let grace = Instant::now() + STDERR_GRACE;
+        while !reader.is_finished() && Instant::now() < grace {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stderr = tail.take();
         let text = String::from_utf8_lossy(&stderr);
         let report = text
             .lines()
@@ -437,28 +455,45 @@ fn ns_link(kind: &str) -> String {
         .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
-/// Reads `from` to its end, keeping at most the last `limit` bytes.
-fn read_tail(from: Option<std::process::ChildStderr>, limit: usize) -> Vec<u8> {
-    let Some(mut from) = from else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * limit {
-                    kept.drain(..kept.len() - limit);
+/// The last bytes the helper wrote to its standard error, shared with the thread reading it.
+#[derive(Default)]
+struct Tail(Mutex<Vec<u8>>);
+
+impl Tail {
+    /// Reads `from` to its end, keeping at most the last `limit` bytes.
+    fn read_from(&self, from: Option<std::process::ChildStderr>, limit: usize) {
+        let Some(mut from) = from else {
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > limit {
+                        let excess = kept.len() - limit;
+                        kept.drain(..excess);
+                    }
                 }
             }
         }
     }
-    if kept.len() > limit {
-        kept.drain(..kept.len() - limit);
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
-    kept
+}
+
+/// Kills what is left in the helper's process group (the helper leads it).
+fn kill_group(leader: u32) {
+    if let Ok(pgid) = libc::pid_t::try_from(leader) {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,6 +515,7 @@ const STEPS: &[&str] = &[
     "switching to the namespace's root uid",
     "passing the layer descriptors",
     "setting no_new_privs",
+    "setting the parent-death signal",
 ];
 const STEP_READY: u8 = 0;
 
@@ -611,6 +647,18 @@ impl ChildSetup {
                     return fail(12, errno());
                 }
             }
+            // Set after the id switch, which clears it: the helper dies with the thread that
+            // waits for it.
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) != 0
+            {
+                return fail(14, errno());
+            }
             if libc::prctl(
                 libc::PR_SET_NO_NEW_PRIVS,
                 1 as libc::c_ulong,
@@ -684,7 +732,9 @@ fn write_maps(pid: u32, maps: &IdMaps) -> Result<()> {
         let path = proc.join(name);
         std::fs::write(&path, text).map_err(|e| {
             Error::Build(format!(
-                "cannot jail the unpack helper: writing {} ({:?}): {e}",
+                "cannot jail the unpack helper: writing {} ({:?}): {e} (the ids must be mapped in \
+                 ztee's own user namespace: in a container, set ZTEE_UNPACK_UIDS to a range it \
+                 has)",
                 path.display(),
                 text.trim()
             ))

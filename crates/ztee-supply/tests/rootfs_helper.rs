@@ -177,3 +177,21 @@ fn the_helper_builds_the_image_and_the_cache_is_reused() {
     );
     no_work_dirs_left(data.path());
 }
+
+#[test]
+fn a_process_the_helper_leaves_behind_does_not_hold_the_caller() {
+    let (data, store, digest) = image(|_| {});
+    // One leftover stays in the helper's process group, one leaves it; both keep the helper's
+    // standard error open.
+    let builder = RootfsBuilder::new("/bin/sh")
+        .arg("-c")
+        .arg("sleep 30 & setsid sleep 30 & echo 'gave up' >&2; exit 3");
+    let started = Instant::now();
+    let err = builder.build(&store, data.path(), &digest).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the caller waited {:?} for the helper's leftovers",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("gave up"), "{err}");
+}
