@@ -223,9 +223,30 @@ async fn a_held_command_is_bound_to_the_script_it_names() {
                 "size": SCRIPT.len()}]),
         "{shown}"
     );
-    // The webhook carries the binding too.
+    // The webhooks and the signed link's page carry the binding too.
+    let digest = sha256_hex(SCRIPT.as_bytes());
     let hook = delivery(&t.hooks, "n8n", "approval.requested", &id).await;
-    assert!(hook.contains(&sha256_hex(SCRIPT.as_bytes())), "{hook}");
+    assert!(hook.contains(&digest), "{hook}");
+    let slack = delivery(&t.hooks, "slack", "approval.requested", &id).await;
+    assert!(
+        slack.contains(&digest) && slack.contains("/home/user/x.sh"),
+        "{slack}"
+    );
+    let payload: serde_json::Value = serde_json::from_str(&hook).unwrap();
+    let link = payload["links"]["approve"].as_str().unwrap();
+    let link = format!("{}{}", gw.url, &link[link.find("/v1/").unwrap()..]);
+    let page = client()
+        .get(&link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&digest) && page.contains("/home/user/x.sh"),
+        "{page}"
+    );
 
     // While it is pending, nobody uses the sandbox through the gateway.
     let held = error_body(
@@ -487,4 +508,44 @@ async fn in_a_vm_a_script_rewritten_after_the_hold_does_not_run() {
     assert!(ls().await.contains("ran"));
     let r = gw.delete(&t.agent, &format!("/v1/sandboxes/{sbx}")).await;
     assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// More files than an approval can bind: the hold is refused with a precise error, audited, and
+/// nothing is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_naming_too_many_files_is_not_held() {
+    let exec = Arc::new(EchoExecutor::default());
+    let t = setup(exec.clone(), tempfile::tempdir().unwrap()).await;
+    let gw = &t.gw;
+    let sbx = new_sandbox(gw, &t.agent).await;
+    let live = gw.state.sandboxes.get(&sbx).unwrap();
+    let mut cmd = vec!["cat".to_owned()];
+    for i in 0..17 {
+        let path = format!("/home/user/f{i}.txt");
+        live.handle
+            .write_file(&path, Bytes::from("x"), 0o644)
+            .await
+            .unwrap();
+        cmd.push(path);
+    }
+    cmd.push(PAN.to_owned());
+    let r = gw
+        .post(
+            &t.agent,
+            &format!("/v1/sandboxes/{sbx}/commands"),
+            &json!({ "cmd": cmd }),
+        )
+        .await;
+    let body = error_body(r, 422, "inputs_unbindable").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("16"),
+        "{body}"
+    );
+    let pending = get(gw, &t.alice, "/v1/approvals?status=pending").await;
+    assert_eq!(pending["approvals"], json!([]), "{pending}");
+    let refused = audit_events(gw, "sandbox.exec", "approval.inputs_unbindable").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    // Nothing holds the sandbox.
+    let r = gw.exec(&t.agent, &sbx, &["true"]).await;
+    assert_eq!(r.status(), 200);
 }

@@ -668,13 +668,19 @@ async fn command_once(
                 .clone()
                 .into_argv()
                 .map_err(ApiError::bad_request)?;
-            let inputs = crate::approvals::inputs::bind(
+            let inputs = match crate::approvals::inputs::bind(
                 state.pipeline.dlp.as_ref(),
                 sandbox.handle.as_ref(),
                 &argv,
                 original.cwd.as_deref(),
             )
-            .await?;
+            .await
+            {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    return Err(crate::approvals::inputs::refuse_unbindable(&state, &ctx, e).await)
+                }
+            };
             let held = HeldRequest::Command {
                 sandbox: record.id.clone(),
                 request: original,

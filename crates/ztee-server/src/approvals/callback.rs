@@ -158,6 +158,27 @@ pub fn confirmation_page(record: &super::ApprovalRecord, q: &CallbackQuery) -> S
         "Deny"
     };
     let request = serde_json::to_string_pretty(&record.request).unwrap_or_default();
+    let inputs = if record.inputs.is_empty() {
+        String::new()
+    } else {
+        let rows: Vec<String> = record
+            .inputs
+            .iter()
+            .map(|i| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&i.path),
+                    escape(&i.sha256),
+                    i.size
+                )
+            })
+            .collect();
+        format!(
+            "<h2>Files the command runs on (bound: a change refuses the run)</h2>\n<table>\n\
+             <tr><th>path</th><th>sha256</th><th>bytes</th></tr>\n{}\n</table>\n",
+            rows.join("\n")
+        )
+    };
     let decided: Vec<String> = record
         .decisions
         .iter()
@@ -180,7 +201,7 @@ pub fn confirmation_page(record: &super::ApprovalRecord, q: &CallbackQuery) -> S
          <tr><th>requester</th><td>{requester}</td></tr>\n<tr><th>tenant</th><td>{tenant}</td></tr>\n\
          <tr><th>risk</th><td>{risk}</td></tr>\n<tr><th>why</th><td>{reasons}</td></tr>\n\
          <tr><th>approvals needed</th><td>{required}</td></tr>\n<tr><th>decisions</th><td>{decided}</td></tr>\n\
-         </table>\n<h2>Request (card data masked)</h2>\n<pre>{request}</pre>\n{form}\n</body></html>\n",
+         </table>\n<h2>Request (card data masked)</h2>\n<pre>{request}</pre>\n{inputs}{form}\n</body></html>\n",
         id = escape(&record.id),
         approver = escape(&q.approver),
         status = record.status.as_str(),

@@ -203,6 +203,29 @@ pub async fn bind(
     Ok(bound)
 }
 
+/// Audits a hold refused because its files cannot be bound (the action's event already says
+/// it was held) and returns the refusal.
+pub async fn refuse_unbindable(
+    state: &AppState,
+    ctx: &ActionContext<'_>,
+    refusal: ApiError,
+) -> ApiError {
+    let event =
+        state
+            .pipeline
+            .event(ctx, Outcome::Denied)
+            .with_decision(ztee_audit::DecisionRecord {
+                decision: ztee_audit::DecisionKind::Deny,
+                risk: "HIGH".into(),
+                rule_ids: vec!["approval.inputs_unbindable".into()],
+                reasons: vec![refusal.message.clone()],
+            });
+    match state.pipeline.record(event).await {
+        Ok(()) => refusal,
+        Err(e) => e,
+    }
+}
+
 /// The bound files as the approval record shows them.
 pub fn shown(dlp: &dyn DlpEngine, bound: &[Bound]) -> Vec<InputRecord> {
     bound

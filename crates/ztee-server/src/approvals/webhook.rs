@@ -144,6 +144,13 @@ impl Webhook {
                     record.tenant,
                     record.reasons.join("; ")
                 );
+                // What a held command is bound to is part of what is approved.
+                for input in &record.inputs {
+                    text.push_str(&format!(
+                        "\nRuns on: `{}` sha256:{} ({} bytes)",
+                        input.path, input.sha256, input.size
+                    ));
+                }
                 if let (Some(a), Some(d), Some(who)) =
                     (&links.approve, &links.deny, &links.approver)
                 {
