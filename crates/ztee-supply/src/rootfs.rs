@@ -426,8 +426,11 @@ fn copy_out(source: &Path, dir: &Path, image: &Path) -> Result<String> {
         to.write_all(&buf[..n])
             .map_err(|e| Error::io("writing", to.path().to_path_buf(), e))?;
     }
+    // World-readable, as mkfs.erofs would have left it: the jailed VMM's uid attaches it.
+    use std::os::unix::fs::PermissionsExt;
     to.as_file()
-        .sync_all()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| to.as_file().sync_all())
         .map_err(|e| Error::io("writing", to.path().to_path_buf(), e))?;
     to.persist(image)
         .map_err(|e| Error::io("moving root filesystem into place", image, e.error))?;

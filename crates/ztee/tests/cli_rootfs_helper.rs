@@ -292,7 +292,10 @@ fn the_helper_builds_in_its_own_namespaces_and_keeps_the_images_owners() {
     // The image the node boots is its own copy, not a file the helper could still change, and
     // the helper's work directory is gone.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&image).unwrap().uid(), euid());
+    let meta = std::fs::metadata(&image).unwrap();
+    assert_eq!(meta.uid(), euid());
+    // Readable by the jailed VMM's uid, which attaches it (read-only).
+    assert_eq!(meta.mode() & 0o777, 0o644, "{:o}", meta.mode());
     let left: Vec<String> = std::fs::read_dir(node.dir.path().join("rootfs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
