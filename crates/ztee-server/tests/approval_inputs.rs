@@ -462,21 +462,38 @@ async fn in_a_vm_a_script_rewritten_after_the_hold_does_not_run() {
         r["stdout"].as_str().unwrap_or_default().to_owned()
     };
 
-    // A command started before the hold rewrites the script three seconds later.
+    // A command started before the hold rewrites the script five seconds after it started.
     let rewriter = {
         let (url, key, sbx) = (gw.url.clone(), t.agent.clone(), sbx.clone());
         tokio::spawn(async move {
             client()
                 .post(format!("{url}/v1/sandboxes/{sbx}/commands"))
                 .bearer_auth(key)
-                .json(&json!({"cmd": "sleep 3; printf 'touch /home/user/ran\\n# v2\\n' > /home/user/x.sh"}))
+                .json(&json!({"cmd": "touch /home/user/started; sleep 5; \
+                                      printf 'touch /home/user/ran\\n# v2\\n' > /home/user/x.sh"}))
                 .send()
                 .await
                 .unwrap()
                 .status()
         })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Held only once the rewriter runs in the guest (else the hold would refuse it).
+    let started = format!(
+        "{}/v1/sandboxes/{sbx}/files?path=/home/user/started",
+        gw.url
+    );
+    for _ in 0..300 {
+        let r = client()
+            .get(&started)
+            .bearer_auth(&t.agent)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let id = hold_script(gw, &t.agent, &sbx, json!({})).await;
     let apr = format!("/v1/approvals/{id}");
     let shown = get(gw, &t.alice, &apr).await;
