@@ -77,6 +77,14 @@ fn default_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
     ))
 }
 
+/// The digest approvers see: keyed with the node's content key, never a plain hash.
+fn keyed(gw: &Gateway, data: &[u8]) -> String {
+    format!(
+        "hmac-sha256:{}",
+        hex::encode(gw.state.pipeline.content_key.digest(data))
+    )
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
@@ -219,12 +227,14 @@ async fn a_held_command_is_bound_to_the_script_it_names() {
     let shown = get(gw, &t.alice, &apr).await;
     assert_eq!(
         shown["inputs"],
-        json!([{"path": "/home/user/x.sh", "sha256": sha256_hex(SCRIPT.as_bytes()),
+        json!([{"path": "/home/user/x.sh", "digest": keyed(gw, SCRIPT.as_bytes()),
                 "size": SCRIPT.len()}]),
         "{shown}"
     );
+    // A plain hash of the content is nowhere: it could be reversed for a file holding a card.
+    assert!(!shown.to_string().contains(&sha256_hex(SCRIPT.as_bytes())));
     // The webhooks and the signed link's page carry the binding too.
-    let digest = sha256_hex(SCRIPT.as_bytes());
+    let digest = keyed(gw, SCRIPT.as_bytes());
     let hook = delivery(&t.hooks, "n8n", "approval.requested", &id).await;
     assert!(hook.contains(&digest), "{hook}");
     let slack = delivery(&t.hooks, "slack", "approval.requested", &id).await;
@@ -306,8 +316,7 @@ async fn a_held_command_is_bound_to_the_script_it_names() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     let text = refused[0].to_string();
     assert!(
-        text.contains(&sha256_hex(SCRIPT.as_bytes()))
-            && text.contains(&sha256_hex(evil.as_bytes())),
+        text.contains(&keyed(gw, SCRIPT.as_bytes())) && text.contains(&keyed(gw, evil.as_bytes())),
         "{text}"
     );
 
@@ -316,8 +325,8 @@ async fn a_held_command_is_bound_to_the_script_it_names() {
     let apr = format!("/v1/approvals/{id}");
     let shown = get(gw, &t.alice, &apr).await;
     assert_eq!(
-        shown["inputs"][0]["sha256"],
-        sha256_hex(evil.as_bytes()).as_str(),
+        shown["inputs"][0]["digest"],
+        keyed(gw, evil.as_bytes()).as_str(),
         "{shown}"
     );
     let r = gw
@@ -499,7 +508,7 @@ async fn in_a_vm_a_script_rewritten_after_the_hold_does_not_run() {
     let shown = get(gw, &t.alice, &apr).await;
     assert_eq!(
         shown["inputs"],
-        json!([{"path": "/home/user/x.sh", "sha256": sha256_hex(SCRIPT.as_bytes()),
+        json!([{"path": "/home/user/x.sh", "digest": keyed(gw, SCRIPT.as_bytes()),
                 "size": SCRIPT.len()}]),
         "{shown}"
     );

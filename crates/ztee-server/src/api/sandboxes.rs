@@ -670,6 +670,7 @@ async fn command_once(
                 .map_err(ApiError::bad_request)?;
             let inputs = match crate::approvals::inputs::bind(
                 state.pipeline.dlp.as_ref(),
+                &state.pipeline.content_key,
                 sandbox.handle.as_ref(),
                 &argv,
                 original.cwd.as_deref(),

@@ -168,14 +168,14 @@ pub fn confirmation_page(record: &super::ApprovalRecord, q: &CallbackQuery) -> S
                 format!(
                     "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                     escape(&i.path),
-                    escape(&i.sha256),
+                    escape(&i.digest),
                     i.size
                 )
             })
             .collect();
         format!(
             "<h2>Files the command runs on (bound: a change refuses the run)</h2>\n<table>\n\
-             <tr><th>path</th><th>sha256</th><th>bytes</th></tr>\n{}\n</table>\n",
+             <tr><th>path</th><th>digest</th><th>bytes</th></tr>\n{}\n</table>\n",
             rows.join("\n")
         )
     };

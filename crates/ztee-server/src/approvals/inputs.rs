@@ -4,7 +4,7 @@
 //! `/home/user/job`). Approving the command text alone would let the files change between the
 //! hold and the run, so:
 //! - at the hold, every argv element that names a path (absolute, or relative to the command's
-//!   working directory) is read through the engine; each regular file is recorded by sha256 and
+//!   working directory) is read through the engine; each regular file is recorded by keyed digest and
 //!   size (at most [`MAX_INPUTS`] files of at most [`MAX_INPUT_BYTES`] each, else the hold is
 //!   refused), and what was not a file (absent, a directory) is remembered as such;
 //! - while the approval is pending, the sandbox accepts no other command, upload or hold
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use ztee_audit::ContentKey;
 use ztee_audit::Outcome;
 
 use super::{Approvals, HeldRequest};
@@ -46,11 +46,14 @@ const READ_TIMEOUT: Duration = Duration::from_secs(20);
 pub const GUEST_HOME: &str = "/home/user";
 
 /// A bound file as approvers see it: the path masked like any caller text, the content's
-/// digest and size.
+/// keyed digest and size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRecord {
     pub path: String,
-    pub sha256: String,
+    /// `hmac-sha256:<hex>` under the node's content key (the key of the audit trail's digests):
+    /// a plain hash of a file holding only a card number could be reversed by trying every
+    /// number, and these digests go to webhooks and approvers' screens.
+    pub digest: String,
     pub size: u64,
 }
 
@@ -58,7 +61,7 @@ pub struct InputRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
     File {
-        sha256: String,
+        digest: String,
         size: u64,
     },
     /// No such file.
@@ -70,7 +73,7 @@ enum Seen {
 impl Seen {
     fn describe(&self) -> String {
         match self {
-            Seen::File { sha256, .. } => format!("sha256 {sha256}"),
+            Seen::File { digest, .. } => digest.clone(),
             Seen::Absent => "absent".to_owned(),
             Seen::NotAFile => "not a readable regular file".to_owned(),
         }
@@ -133,6 +136,7 @@ fn too_large(dlp: &dyn DlpEngine, path: &str) -> ApiError {
 /// read timed out) or it is too large to bind.
 async fn read(
     dlp: &dyn DlpEngine,
+    key: &ContentKey,
     handle: &dyn SandboxHandle,
     path: &str,
 ) -> Result<Seen, ApiError> {
@@ -140,7 +144,7 @@ async fn read(
     match read {
         Ok(Ok(content)) if content.len() > MAX_INPUT_BYTES => Err(too_large(dlp, path)),
         Ok(Ok(content)) => Ok(Seen::File {
-            sha256: hex::encode(Sha256::digest(&content)),
+            digest: format!("hmac-sha256:{}", hex::encode(key.digest(&content))),
             size: content.len() as u64,
         }),
         Ok(Err(ExecError::NotFound(_))) => Ok(Seen::Absent),
@@ -173,6 +177,7 @@ async fn read(
 /// Reads every path `argv` names (see [`candidates`]) for a command about to be held.
 pub async fn bind(
     dlp: &dyn DlpEngine,
+    key: &ContentKey,
     handle: &dyn SandboxHandle,
     argv: &[String],
     cwd: Option<&str>,
@@ -188,7 +193,7 @@ pub async fn bind(
     let mut bound = Vec::with_capacity(paths.len());
     let mut files = 0;
     for path in paths {
-        let seen = read(dlp, handle, &path).await?;
+        let seen = read(dlp, key, handle, &path).await?;
         if matches!(seen, Seen::File { .. }) {
             files += 1;
             if files > MAX_INPUTS {
@@ -231,9 +236,9 @@ pub fn shown(dlp: &dyn DlpEngine, bound: &[Bound]) -> Vec<InputRecord> {
     bound
         .iter()
         .filter_map(|b| match &b.seen {
-            Seen::File { sha256, size } => Some(InputRecord {
+            Seen::File { digest, size } => Some(InputRecord {
                 path: caller_text(dlp, &b.path),
-                sha256: sha256.clone(),
+                digest: digest.clone(),
                 size: *size,
             }),
             _ => None,
@@ -261,7 +266,7 @@ pub async fn check_before_run(
 ) -> Result<(), ApiError> {
     let dlp = state.pipeline.dlp.as_ref();
     for b in bound {
-        let now = match read(dlp, handle, &b.path).await {
+        let now = match read(dlp, &state.pipeline.content_key, handle, &b.path).await {
             Ok(now) => now.describe(),
             Err(e) => format!("unreadable ({})", e.message),
         };

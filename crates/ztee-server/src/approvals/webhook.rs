@@ -147,8 +147,8 @@ impl Webhook {
                 // What a held command is bound to is part of what is approved.
                 for input in &record.inputs {
                     text.push_str(&format!(
-                        "\nRuns on: `{}` sha256:{} ({} bytes)",
-                        input.path, input.sha256, input.size
+                        "\nRuns on: `{}` {} ({} bytes)",
+                        input.path, input.digest, input.size
                     ));
                 }
                 if let (Some(a), Some(d), Some(who)) =

@@ -223,8 +223,8 @@ fn inputs(r: &serde_json::Value) -> String {
                 .iter()
                 .map(|f| {
                     format!(
-                        "sha256:{}  {} bytes  {}",
-                        text(&f["sha256"]),
+                        "{}  {} bytes  {}",
+                        text(&f["digest"]),
                         text(&f["size"]),
                         text(&f["path"])
                     )
@@ -305,12 +305,12 @@ mod tests {
     #[test]
     fn bound_inputs_are_shown_with_digest_size_and_path() {
         let r = serde_json::json!({"inputs": [
-            {"path": "/home/user/x.sh", "sha256": "ab12", "size": 21},
-            {"path": "/work/data.csv", "sha256": "cd34", "size": 7},
+            {"path": "/home/user/x.sh", "digest": "hmac-sha256:ab12", "size": 21},
+            {"path": "/work/data.csv", "digest": "hmac-sha256:cd34", "size": 7},
         ]});
         assert_eq!(
             inputs(&r),
-            "sha256:ab12  21 bytes  /home/user/x.sh\nsha256:cd34  7 bytes  /work/data.csv"
+            "hmac-sha256:ab12  21 bytes  /home/user/x.sh\nhmac-sha256:cd34  7 bytes  /work/data.csv"
         );
         assert_eq!(inputs(&serde_json::json!({})), "-");
     }
