@@ -4,8 +4,8 @@ mod approvals;
 mod ops;
 mod run;
 mod sandboxes;
-mod transfer;
 mod secrets;
+mod transfer;
 pub mod types;
 
 pub(crate) use run::run_approved;
