@@ -2,6 +2,7 @@
 
 mod approvals;
 mod ops;
+mod provision;
 mod run;
 mod sandboxes;
 mod secrets;

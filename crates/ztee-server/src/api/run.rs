@@ -1,5 +1,6 @@
 //! `POST /v1/run`: one command in a fresh VM that is destroyed afterwards.
 
+use super::provision::{provision, Provision};
 use crate::image_admission::ImageGate;
 use std::sync::Arc;
 
@@ -9,18 +10,17 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use ztee_audit::{EventType, Outcome};
+use ztee_audit::EventType;
 
-use super::sandboxes::{json_body, ndjson, policy_input, release, reserve};
+use super::sandboxes::{json_body, ndjson, policy_input, release};
 use super::types::OneShotRun;
 use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
 use crate::approvals::HeldRequest;
-use crate::audit;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::exec::CommandResult;
 use crate::exec::{CreateSpec, SandboxHandle};
-use crate::pipeline::{exec_error, ActionContext, Gate, StreamContext, Work};
+use crate::pipeline::{ActionContext, Gate, StreamContext, Work};
 use crate::principal::Permission;
 use crate::state::AppState;
 use crate::store::{now_rfc3339, SandboxRecord};
@@ -237,55 +237,29 @@ async fn run_once(
         created_at: now_rfc3339(),
         metadata: serde_json::json!({"one_shot": true}),
     };
-    reserve(&state, &record).await?;
-    let created = state
-        .pipeline
-        .executor
-        .create(CreateSpec {
-            image,
-            memory_mib,
-            vcpus,
-        })
-        .await;
-    let handle: Arc<dyn SandboxHandle> = match created {
-        Ok(h) => Arc::from(h),
-        Err(e) => {
-            release(&state, &id).await;
-            let event = state
-                .pipeline
-                .event(&ctx, Outcome::Failure)
-                .with_decision(crate::pipeline::create_failure_decision(
-                    &e,
-                    &audit::decision_record(&admitted.decision),
-                ))
-                .with_code(&admitted.input_digest);
-            state.pipeline.record(event).await?;
-            return Err(exec_error(e));
-        }
-    };
+    let handle = provision(
+        &state,
+        &ctx,
+        &admitted,
+        Provision {
+            record: &record,
+            spec: CreateSpec {
+                image,
+                memory_mib,
+                vcpus,
+            },
+            egress,
+            secrets: injected.as_ref(),
+        },
+    )
+    .await?;
     state.metrics.sandboxes_active.inc();
     let one_shot = OneShot {
         state: state.clone(),
         id,
         handle: Some(handle.clone()),
     };
-    if let Err(e) = crate::egress::grant(&state.pipeline, &caller, handle.as_ref(), egress).await {
-        drop(handle);
-        one_shot.finish().await;
-        return Err(exec_error(e));
-    }
     if let Some(secrets) = &injected {
-        if let Err(e) = secrets.write_files(handle.as_ref()).await {
-            let event = state
-                .pipeline
-                .event(&ctx, Outcome::Failure)
-                .with_decision(audit::decision_record(&admitted.decision))
-                .with_code(&admitted.input_digest);
-            drop(handle);
-            one_shot.finish().await;
-            state.pipeline.record(event).await?;
-            return Err(exec_error(e));
-        }
         // Added after inbound DLP and policy: values never enter findings or digests.
         admitted.work.env.extend(secrets.env());
     }

@@ -15,6 +15,7 @@
 //! file operations are decided by policy with the secret names as well, so a grant withdrawn
 //! (or one that asks for approval) applies to every use, not only to the creation.
 
+use super::provision::{provision, Provision};
 use crate::image_admission::ImageGate;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -382,59 +383,22 @@ async fn create_once(
         )
         .unwrap_or_default(),
     };
-    reserve(&state, &record).await?;
-    let created = state
-        .pipeline
-        .executor
-        .create(CreateSpec {
-            image,
-            memory_mib,
-            vcpus,
-        })
-        .await;
-    let created = match created {
-        Ok(h) => {
-            let handle = Arc::<dyn crate::exec::SandboxHandle>::from(h);
-            match crate::egress::grant(&state.pipeline, &caller, handle.as_ref(), egress.clone())
-                .await
-            {
-                Ok(()) => Ok(handle),
-                Err(e) => {
-                    let _ = handle.destroy().await;
-                    Err(e)
-                }
-            }
-        }
-        Err(e) => Err(e),
-    };
-    let handle = match created {
-        Ok(h) => h,
-        Err(e) => {
-            release(&state, &id).await;
-            let event = state.pipeline.event(&ctx, Outcome::Failure).with_decision(
-                crate::pipeline::create_failure_decision(
-                    &e,
-                    &audit::decision_record(&admitted.decision),
-                ),
-            );
-            state.pipeline.record(event).await?;
-            return Err(exec_error(e));
-        }
-    };
-    if let Some(secrets) = &injected {
-        if let Err(e) = secrets.write_files(handle.as_ref()).await {
-            if let Err(d) = handle.destroy().await {
-                tracing::warn!(sandbox = %id, error = %d, "destroying a sandbox's VM");
-            }
-            release(&state, &id).await;
-            let event = state
-                .pipeline
-                .event(&ctx, Outcome::Failure)
-                .with_decision(audit::decision_record(&admitted.decision));
-            state.pipeline.record(event).await?;
-            return Err(exec_error(e));
-        }
-    }
+    let handle = provision(
+        &state,
+        &ctx,
+        &admitted,
+        Provision {
+            record: &record,
+            spec: CreateSpec {
+                image,
+                memory_mib,
+                vcpus,
+            },
+            egress: egress.clone(),
+            secrets: injected.as_ref(),
+        },
+    )
+    .await?;
     state.sandboxes.insert(
         id.clone(),
         Arc::new(LiveSandbox {
