@@ -89,43 +89,31 @@ fn admit_image(
     builder: Option<&ztee_supply::rootfs::RootfsBuilder>,
     image: &str,
 ) -> Result<ztee_vm::BootImage, ExecError> {
-    use ztee_supply::admission::{admit, AdmissionError, LoadedPolicy};
-    let reference: ztee_supply::Reference = image
-        .parse()
-        .map_err(|e| ExecError::Guest(format!("image {image:?}: {e}")))?;
-    let policy_path = dir.join("admission.yaml");
-    if !policy_path.is_file() {
-        return Err(ExecError::Refused {
+    use ztee_supply::admission::{admit_from_data_dir, DataDirAdmissionError as E};
+    match admit_from_data_dir(dir, None, image, builder, ztee_supply::now()) {
+        Ok(verified) => Ok(ztee_vm::BootImage::from(&verified)),
+        Err(E::Reference { source, .. }) => {
+            Err(ExecError::Guest(format!("image {image:?}: {source}")))
+        }
+        Err(E::NoPolicy { .. }) => Err(ExecError::Refused {
             image: image.to_string(),
             rule: "no-policy".into(),
             reason: "this node has no admission policy, so it boots only its default image".into(),
-        });
-    }
-    let policy = LoadedPolicy::load(&policy_path)
-        .map_err(|e| ExecError::Engine(format!("admission policy: {e}")))?;
-    let store = ztee_supply::Store::open(dir)
-        .map_err(|e| ExecError::Engine(format!("image store: {e}")))?;
-    let Some(builder) = builder else {
-        return Err(ExecError::Engine(format!(
+        }),
+        Err(E::NoBuilder) => Err(ExecError::Engine(format!(
             "image {image:?}: this node has no rootfs unpack helper configured, so it cannot \
              build an image's root filesystem"
-        )));
-    };
-    match admit(
-        &store,
-        dir,
-        &reference,
-        &policy,
-        ztee_supply::now(),
-        builder,
-    ) {
-        Ok(verified) => Ok(ztee_vm::BootImage::from(&verified)),
-        Err(AdmissionError::Denied(denial)) => Err(ExecError::Refused {
+        ))),
+        Err(E::Denied(denial)) => Err(ExecError::Refused {
             image: image.to_string(),
             rule: denial.rule,
             reason: denial.reason,
         }),
-        Err(AdmissionError::Failed(e)) => Err(ExecError::Engine(format!("admission: {e}"))),
+        // The variant's text names the stage: "admission policy: …", "image store: …",
+        // "admission: …".
+        Err(err @ (E::Policy(_) | E::Store(_) | E::Failed(_))) => {
+            Err(ExecError::Engine(err.to_string()))
+        }
     }
 }
 

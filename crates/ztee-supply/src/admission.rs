@@ -724,6 +724,83 @@ pub fn admit(
     })
 }
 
+/// The admission policy file a data directory holds when none is named.
+pub const POLICY_FILE: &str = "admission.yaml";
+
+/// Why [`admit_from_data_dir`] gave no image. Each stage has its own variant, so a caller can
+/// tell a request's mistake (a bad reference, a refused image) from a node's (no policy, a
+/// broken store) and answer each in its own way.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirAdmissionError {
+    /// The text is not an image reference.
+    #[error("image {reference:?}: {source}")]
+    Reference {
+        reference: String,
+        #[source]
+        source: Error,
+    },
+    /// There is no policy file, so nothing but the default image may boot.
+    #[error("no admission policy at {}", .path.display())]
+    NoPolicy { path: PathBuf },
+    /// The policy file exists but cannot be loaded.
+    #[error("admission policy: {0}")]
+    Policy(#[source] Error),
+    /// The image store cannot be opened.
+    #[error("image store: {0}")]
+    Store(#[source] Error),
+    /// No unpack helper was given, and admission never builds a root filesystem in-process.
+    #[error(
+        "no rootfs unpack helper is configured, so an image's root filesystem cannot be built"
+    )]
+    NoBuilder,
+    /// The policy refused the image.
+    #[error(transparent)]
+    Denied(Denial),
+    /// Admission itself failed (store, disk, the unpack helper).
+    #[error("admission: {0}")]
+    Failed(#[source] Error),
+}
+
+impl From<AdmissionError> for DataDirAdmissionError {
+    fn from(err: AdmissionError) -> Self {
+        match err {
+            AdmissionError::Denied(denial) => DataDirAdmissionError::Denied(denial),
+            AdmissionError::Failed(err) => DataDirAdmissionError::Failed(err),
+        }
+    }
+}
+
+/// Admission of `reference` from the store under `data_dir`, against `policy_file` or else
+/// `<data_dir>/admission.yaml`: what `ztee run --image` and the gateway both do before booting
+/// an image. Without a policy file nothing is admitted. The builder is asked for only once the
+/// policy and store are in place, so a node without a helper still reports a missing policy
+/// as such.
+pub fn admit_from_data_dir(
+    data_dir: &Path,
+    policy_file: Option<&Path>,
+    reference: &str,
+    builder: Option<&RootfsBuilder>,
+    now: time::OffsetDateTime,
+) -> Result<VerifiedImage, DataDirAdmissionError> {
+    let parsed: Reference =
+        reference
+            .parse()
+            .map_err(|source| DataDirAdmissionError::Reference {
+                reference: reference.to_string(),
+                source,
+            })?;
+    let policy_path = policy_file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| data_dir.join(POLICY_FILE));
+    if !policy_path.is_file() {
+        return Err(DataDirAdmissionError::NoPolicy { path: policy_path });
+    }
+    let policy = LoadedPolicy::load(&policy_path).map_err(DataDirAdmissionError::Policy)?;
+    let store = Store::open(data_dir).map_err(DataDirAdmissionError::Store)?;
+    let builder = builder.ok_or(DataDirAdmissionError::NoBuilder)?;
+    Ok(admit(&store, data_dir, &parsed, &policy, now, builder)?)
+}
+
 /// The erofs image for `digest`, built (by the jailed helper `builder` starts, never in this
 /// process) once and cached as `<data_dir>/rootfs/<hex>.erofs`; see [`RootfsBuilder::build`].
 pub fn rootfs_image(
@@ -739,6 +816,55 @@ pub fn rootfs_image(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_dir_without_policy_admits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // No builder either: the missing policy is what gets reported, not the helper.
+        let err =
+            admit_from_data_dir(dir.path(), None, "python:1", None, crate::now()).unwrap_err();
+        match err {
+            DataDirAdmissionError::NoPolicy { path } => {
+                assert_eq!(path, dir.path().join(POLICY_FILE));
+            }
+            other => panic!("expected no policy, got {other:?}"),
+        }
+
+        // An explicit policy file that is not there is no policy either, even when the data
+        // dir holds one.
+        std::fs::write(dir.path().join(POLICY_FILE), "not a policy").unwrap();
+        let missing = dir.path().join("elsewhere.yaml");
+        let err = admit_from_data_dir(dir.path(), Some(&missing), "python:1", None, crate::now())
+            .unwrap_err();
+        assert!(
+            matches!(&err, DataDirAdmissionError::NoPolicy { path } if path == &missing),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("no admission policy at"), "{err}");
+
+        // The data dir's own file is read when none is named, and a broken one is the node's
+        // fault, not a refusal.
+        let err =
+            admit_from_data_dir(dir.path(), None, "python:1", None, crate::now()).unwrap_err();
+        assert!(matches!(err, DataDirAdmissionError::Policy(_)), "{err:?}");
+    }
+
+    #[test]
+    fn data_dir_admission_rejects_a_bad_reference_before_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = admit_from_data_dir(dir.path(), None, "Not A/Reference!", None, crate::now())
+            .unwrap_err();
+        match &err {
+            DataDirAdmissionError::Reference { reference, .. } => {
+                assert_eq!(reference, "Not A/Reference!");
+            }
+            other => panic!("expected a bad reference, got {other:?}"),
+        }
+        assert!(
+            err.to_string().starts_with("image \"Not A/Reference!\": "),
+            "{err}"
+        );
+    }
 
     #[test]
     fn wildcards_and_durations() {

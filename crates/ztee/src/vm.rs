@@ -138,40 +138,32 @@ pub enum Admission {
 /// Admits `--image`, if given. What boots is the root file system of exactly the digest that
 /// passed.
 pub fn admit(globals: &GlobalArgs, args: &ImageArgs) -> anyhow::Result<Admission> {
-    use ztee_supply::admission::{self, AdmissionError, LoadedPolicy};
+    use ztee_supply::admission::{admit_from_data_dir, DataDirAdmissionError as E};
     let Some(reference) = &args.image else {
         return Ok(Admission::Default);
     };
-    let reference: ztee_supply::Reference = reference
-        .parse()
-        .with_context(|| format!("--image {reference}"))?;
-    let policy_path = args
-        .policy
-        .clone()
-        .unwrap_or_else(|| globals.data_dir.join("admission.yaml"));
-    if !policy_path.is_file() {
-        anyhow::bail!(
-            "no admission policy at {}: ztee boots an image only when a policy admits it (pass --policy FILE; see docs/supply-chain.md)",
-            policy_path.display()
-        );
-    }
-    let policy = LoadedPolicy::load(&policy_path)?;
-    let store = ztee_supply::Store::open(&globals.data_dir)?;
     let builder = crate::rootfs_helper::builder()?;
-    match admission::admit(
-        &store,
+    match admit_from_data_dir(
         &globals.data_dir,
-        &reference,
-        &policy,
+        args.policy.as_deref(),
+        reference,
+        Some(&builder),
         ztee_supply::now(),
-        &builder,
     ) {
         Ok(verified) => {
             tracing::info!(image = %reference, digest = %verified.digest(), "image admitted");
             Ok(Admission::Admitted(ztee_vm::BootImage::from(&verified)))
         }
-        Err(AdmissionError::Denied(denial)) => Ok(Admission::Refused(denial.to_string())),
-        Err(AdmissionError::Failed(err)) => Err(err.into()),
+        Err(E::Denied(denial)) => Ok(Admission::Refused(denial.to_string())),
+        Err(E::Reference { reference, source }) => {
+            Err(anyhow::Error::new(source).context(format!("--image {reference}")))
+        }
+        Err(E::NoPolicy { path }) => anyhow::bail!(
+            "no admission policy at {}: ztee boots an image only when a policy admits it (pass --policy FILE; see docs/supply-chain.md)",
+            path.display()
+        ),
+        Err(E::Policy(err) | E::Store(err) | E::Failed(err)) => Err(err.into()),
+        Err(err @ E::NoBuilder) => Err(err.into()),
     }
 }
 
