@@ -11,6 +11,9 @@ SHELL := bash
 CACHE ?= $(or $(ZTEE_CACHE_DIR),$(HOME)/.cache/ztee)
 export ZTEE_CACHE_DIR := $(CACHE)
 export CARGO_TARGET_DIR ?= $(CACHE)/cargo-target
+# A fresh machine builds once: incremental state would only fill the disk (tens of GB for the
+# test binaries). Set CARGO_INCREMENTAL=1 when iterating on one crate.
+export CARGO_INCREMENTAL ?= 0
 export ZTEE_GUEST_DIR ?= $(or $(ZTEE_DATA_DIR),$(HOME)/.local/share/ztee)/guest
 ZTEE := $(CARGO_TARGET_DIR)/release/ztee
 
