@@ -60,3 +60,43 @@ fn the_http_feature_brings_the_router() {
     let found = server_crates_in("ztee-dlp", &["http"]);
     assert!(found.iter().any(|n| n == "axum"), "{found:?}");
 }
+
+/// The crates `package` names in its own manifest (normal edges, depth 1), one name per entry.
+fn direct_dependencies(package: &str) -> Vec<String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let output = Command::new(env!("CARGO"))
+        .arg("tree")
+        .arg("--offline")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args([
+            "-p", package, "-e", "normal", "--depth", "1", "--prefix", "depth",
+        ])
+        .output()
+        .expect("running cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix('1'))
+        .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// The microVM engine runs VMs and relays their commands; scanning what leaves a sandbox belongs
+/// to its callers (the gateway, the egress proxy, the command line's sandbox supervisor). The
+/// engine still reaches ztee-dlp through ztee-egress, so only its own edge is checked.
+#[test]
+fn the_vm_engine_does_not_depend_on_dlp_itself() {
+    let direct = direct_dependencies("ztee-vm");
+    // Guards the guard: a parser that saw no edges would find no ztee-dlp either.
+    assert!(direct.iter().any(|n| n == "ztee-wire"), "{direct:?}");
+    assert!(
+        !direct.iter().any(|n| n == "ztee-dlp"),
+        "ztee-vm depends on ztee-dlp directly: {direct:?}"
+    );
+}

@@ -272,7 +272,11 @@ impl Drop for Execution {
     }
 }
 
-pub(crate) fn failure(kind: FailureKind, message: &str, subject: &str) -> VmError {
+/// The error for a guest's `Failed` reply about `subject` (the command or path the request named).
+/// Public so that a relay of the agent protocol (the command line's sandbox supervisor forwards
+/// the engine's replies over its control socket) turns them back into the same errors, with the
+/// same texts, as the engine does; the text is sanitized as untrusted guest text.
+pub fn failure(kind: FailureKind, message: &str, subject: &str) -> VmError {
     let message = sanitize_guest_text(message);
     match kind {
         FailureKind::NotFound if message.starts_with("command not found") => {
@@ -286,7 +290,7 @@ pub(crate) fn failure(kind: FailureKind, message: &str, subject: &str) -> VmErro
 }
 
 /// A running command, wherever it runs: in a sandbox this process owns ([`Execution`]) or in
-/// one held by a supervisor process ([`crate::local::client::LocalExecution`]).
+/// one another process holds and relays (the command line's sandbox supervisor).
 #[allow(async_fn_in_trait)] // used with concrete types only; no Send bound is needed
 pub trait CommandStream {
     /// The next event, or `None` after [`ExecEvent::Exit`].

@@ -17,7 +17,6 @@
 //! - [`sandbox`], [`exec`]: the API callers use.
 //! - [`jail`]: namespaces, private root, per-VM uid and cgroup for every VMM.
 //! - [`runtime`]: per-VM directories and reaping of orphans after a crash.
-//! - [`local`]: sandboxes held by the command line through a supervisor process.
 
 pub mod accel;
 pub mod assets;
@@ -34,7 +33,6 @@ mod guest_text;
 pub mod image;
 pub mod initramfs;
 pub mod jail;
-pub mod local;
 #[cfg(test)]
 mod module_graph;
 pub mod pool;
@@ -48,6 +46,10 @@ mod templates;
 pub use assets::GuestAssets;
 pub use backend::types::{AccelChoice, AccelDecision};
 pub use backend::types::{Accelerator, Vmm, VmmChoice, VmmDecision};
+/// For relays of the agent protocol (the command line's sandbox supervisor): how long a caller
+/// waits for an answer the guest owes promptly before giving up on it, so a relay can wait as
+/// long as the engine does plus its own margin.
+pub use channel::REPLY_TIMEOUT;
 pub use config::{default_cache_dir, EngineConfig, SandboxSpec, VmmSettings};
 pub use engine::Engine;
 pub use error::VmError;

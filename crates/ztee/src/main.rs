@@ -3,6 +3,7 @@
 
 mod cmd;
 mod globals;
+mod local;
 mod local_core;
 mod output;
 mod rootfs_helper;

@@ -91,9 +91,9 @@ pub struct RunSecrets {
 
 impl RunSecrets {
     /// The secrets for a CLI-held sandbox's supervisor; `None` when there are none.
-    pub fn into_local(self) -> Option<ztee_vm::local::LocalSecrets> {
+    pub fn into_local(self) -> Option<crate::local::LocalSecrets> {
         let redactor = self.redactor?;
-        Some(ztee_vm::local::LocalSecrets {
+        Some(crate::local::LocalSecrets {
             files: self.files,
             env: self.env,
             names: self.names,

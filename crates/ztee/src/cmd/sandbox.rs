@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use ztee_vm::local::{LocalClient, LocalRecord, Registry};
 use ztee_vm::ExecSpec;
 
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use crate::cmd::run::{
     exit_code, parse_env, parse_seconds, parse_secret, stream_masked, RunSecrets,
 };
 use crate::globals::{Format, GlobalArgs};
+use crate::local::{LocalClient, LocalRecord, Registry};
 use crate::local_core::{HeldBySupervisor, LocalCore, EXIT_POLICY};
 use crate::output;
 use crate::vm;
@@ -372,7 +372,7 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
     }
     let egress = match args.egress.proxy() {
         Ok(egress) => egress
-            .map(|(proxy, allowlist)| ztee_vm::local::supervisor::LocalEgress { proxy, allowlist }),
+            .map(|(proxy, allowlist)| crate::local::supervisor::LocalEgress { proxy, allowlist }),
         Err(err) => {
             report(serde_json::json!({ "error": output::one_line_error(&err) }));
             return Err(err);
@@ -393,12 +393,12 @@ fn supervise(args: CreateArgs, globals: &GlobalArgs, registry: Registry) -> anyh
                 return Err(err);
             }
         };
-        ztee_vm::local::supervisor::supervise_with(
+        crate::local::supervisor::supervise(
             engine,
             spec,
             args.timeout,
             registry,
-            ztee_vm::local::supervisor::Grants { egress, secrets },
+            crate::local::supervisor::Grants { egress, secrets },
             |result| match result {
                 Ok(record) => report(serde_json::json!({ "id": record.id })),
                 Err(err) => report(serde_json::json!({ "error": err.to_string() })),

@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use ztee_wire::message::ExecRequest;
+use ztee_wire::message::{ExecRequest, FailureKind};
 use ztee_wire::{GuestMessage, HostMessage, MAX_DATA_CHUNK};
+
+use ztee_vm::exec::failure;
+use ztee_vm::{CommandStream, ExecEvent, ExecSpec, VmError};
 
 use super::registry::{LocalRecord, Registry};
 use super::supervisor::Conn;
-use crate::exec::failure;
-use crate::{ExecEvent, ExecSpec, VmError};
 
 pub struct LocalClient {
     registry: Registry,
@@ -50,7 +51,7 @@ async fn recv_before(
 
 /// The deadline for an answer the guest owes promptly, relayed by the supervisor.
 fn reply_deadline() -> Option<tokio::time::Instant> {
-    Some(tokio::time::Instant::now() + crate::channel::REPLY_TIMEOUT + SUPERVISOR_MARGIN)
+    Some(tokio::time::Instant::now() + ztee_vm::REPLY_TIMEOUT + SUPERVISOR_MARGIN)
 }
 
 impl LocalClient {
@@ -59,15 +60,11 @@ impl LocalClient {
         Ok(Self { registry, record })
     }
 
-    pub fn record(&self) -> &LocalRecord {
-        &self.record
-    }
-
     async fn connect(&self) -> Result<Conn, VmError> {
         let socket = self.registry.control_socket(&self.record.id);
         let stream = UnixStream::connect(&socket)
             .await
-            .map_err(|e| VmError::io("connect to sandbox supervisor", &socket, e))?;
+            .map_err(|e| super::io_error("connect to sandbox supervisor", &socket, e))?;
         Ok(Conn::new(stream))
     }
 
@@ -76,7 +73,7 @@ impl LocalClient {
         let program = spec.argv.first().cloned().unwrap_or_default();
         let deadline = spec.timeout.map(|limit| {
             tokio::time::Instant::now()
-                + limit.saturating_add(crate::exec::EXIT_GRACE + SUPERVISOR_MARGIN)
+                + limit.saturating_add(ztee_vm::exec::EXIT_GRACE + SUPERVISOR_MARGIN)
         });
         conn.send(&HostMessage::Exec(ExecRequest {
             id: 1,
@@ -162,7 +159,7 @@ impl LocalClient {
     }
 }
 
-impl crate::exec::CommandStream for LocalExecution {
+impl CommandStream for LocalExecution {
     async fn next_event(&mut self) -> Result<Option<ExecEvent>, VmError> {
         if self.finished {
             return Ok(None);
@@ -185,7 +182,9 @@ impl crate::exec::CommandStream for LocalExecution {
             }
             Some(GuestMessage::Failed { message, .. }) => {
                 self.finished = true;
-                Err(VmError::Guest(crate::error::sanitize_guest_text(&message)))
+                // A command that failed after it started is a guest error whatever its kind, as
+                // in the engine's own stream; `failure` sanitizes the guest's text the same way.
+                Err(failure(FailureKind::Io, &message, ""))
             }
             _ => {
                 self.finished = true;
@@ -230,7 +229,7 @@ mod tests {
         assert!(matches!(err, VmError::GuestUnresponsive { .. }), "{err}");
         assert_eq!(
             started.elapsed(),
-            crate::channel::REPLY_TIMEOUT + SUPERVISOR_MARGIN
+            ztee_vm::REPLY_TIMEOUT + SUPERVISOR_MARGIN
         );
     }
 }

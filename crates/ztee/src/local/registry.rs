@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{alive, older_than};
-use crate::{is_sandbox_id, JailInfo, SandboxInfo, VmError};
+use ztee_vm::runtime::process_start_time;
+use ztee_vm::{is_sandbox_id, JailInfo, SandboxInfo, VmError};
+
+use super::io_error;
 
 /// What `ztee sandbox ls/inspect` show about one sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,7 +94,7 @@ impl Registry {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| VmError::io("create sandbox dir", &dir, e))?;
+            .map_err(|e| io_error("create sandbox dir", &dir, e))?;
         Ok(dir)
     }
 
@@ -102,8 +104,8 @@ impl Registry {
         let path = dir.join("record.json");
         let json = serde_json::to_vec_pretty(record)
             .map_err(|e| VmError::InvalidSpec(format!("cannot encode sandbox record: {e}")))?;
-        fs::write(&temp, json).map_err(|e| VmError::io("write sandbox record", &temp, e))?;
-        fs::rename(&temp, &path).map_err(|e| VmError::io("write sandbox record", &path, e))
+        fs::write(&temp, json).map_err(|e| io_error("write sandbox record", &temp, e))?;
+        fs::rename(&temp, &path).map_err(|e| io_error("write sandbox record", &path, e))
     }
 
     pub(crate) fn remove(&self, id: &str) {
@@ -155,6 +157,18 @@ impl Registry {
     }
 }
 
+/// Whether the record's supervisor still runs: its pid with the start time it recorded, so a
+/// recycled pid does not keep a dead sandbox listed.
 fn is_live(record: &LocalRecord) -> bool {
-    alive(record.supervisor_pid, record.supervisor_start)
+    record.supervisor_pid != 0
+        && process_start_time(record.supervisor_pid) == Some(record.supervisor_start)
+}
+
+/// Whether `path` was last modified more than `age` ago.
+fn older_than(path: &Path, age: std::time::Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
 }

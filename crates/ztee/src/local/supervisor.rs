@@ -6,28 +6,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use ztee_vm::runtime::process_start_time;
+use ztee_vm::{Engine, ExecEvent, ExecSpec, Sandbox, SandboxSpec, VmError};
 use ztee_wire::message::FailureKind;
 use ztee_wire::{FrameDecoder, GuestMessage, HostMessage, Opener, Sealer, MAX_DATA_CHUNK};
 
+use super::io_error;
 use super::registry::{LocalRecord, Registry};
 use super::secrets::{redaction_failed, LocalSecrets};
-use crate::runtime::process_start_time;
-use crate::{Engine, ExecEvent, ExecSpec, Sandbox, SandboxSpec, VmError};
 
 /// Largest upload accepted through the control socket.
 const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
-
-/// Boots the sandbox, reports its id (or the failure) through `ready`, then serves requests
-/// until the sandbox is removed, its lifetime passes or its VM stops.
-pub async fn supervise(
-    engine: Engine,
-    spec: SandboxSpec,
-    lifetime: Duration,
-    registry: Registry,
-    ready: impl FnOnce(Result<&LocalRecord, &VmError>),
-) -> Result<(), VmError> {
-    supervise_with(engine, spec, lifetime, registry, Grants::default(), ready).await
-}
 
 /// What a CLI-held sandbox is given beyond its VM.
 #[derive(Default)]
@@ -43,8 +32,10 @@ pub struct LocalEgress {
     pub allowlist: ztee_egress::Allowlist,
 }
 
-/// [`supervise`], granting egress and writing secrets before the sandbox is reported ready.
-pub async fn supervise_with(
+/// Boots the sandbox, grants its egress and writes its secrets, reports its id (or the failure)
+/// through `ready`, then serves requests until the sandbox is removed, its lifetime passes or its
+/// VM stops.
+pub async fn supervise(
     engine: Engine,
     spec: SandboxSpec,
     lifetime: Duration,
@@ -159,9 +150,9 @@ async fn start(
     let dir = registry.create_dir(&id)?;
     let socket = registry.control_socket(&id);
     let listener =
-        UnixListener::bind(&socket).map_err(|e| VmError::io("bind control socket", &socket, e))?;
+        UnixListener::bind(&socket).map_err(|e| io_error("bind control socket", &socket, e))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| VmError::io("chmod control socket", &socket, e))?;
+        .map_err(|e| io_error("chmod control socket", &socket, e))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -276,7 +267,7 @@ async fn serve_client(
             conn.send(&reply).await
         }
         HostMessage::ReadFile { id, path } => {
-            let read = sandbox.read_file(&path, crate::DEFAULT_READ_LIMIT).await;
+            let read = sandbox.read_file(&path, ztee_vm::DEFAULT_READ_LIMIT).await;
             let read = match (read, secrets) {
                 (Ok(data), Some(secrets)) => secrets.redact_file(data),
                 (read, _) => read,

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use ztee_dlp::{MaskStyle, Operator, Operators, Scanner, StreamScanner};
-
-use crate::VmError;
+use ztee_vm::VmError;
 
 pub struct LocalSecrets {
     /// Guest path and value of each secret file (`/run/secrets/NAME`, written mode 0400).
