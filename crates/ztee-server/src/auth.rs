@@ -11,8 +11,9 @@ use axum::http::{header, Extensions, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::apikey;
+use crate::audit::AuditSink;
 use crate::error::ApiError;
-use crate::principal::Principal;
+use crate::principal::{Permission, Principal};
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
@@ -26,23 +27,38 @@ pub struct Caller {
     /// epoch); `None` for API keys, which are valid until revoked. A request held for approval
     /// never outlives it.
     pub credential_expires_at: Option<u64>,
+    /// Where a refused permission is recorded (PCI DSS 10.2.1.4, invalid access attempts).
+    denials: Option<DenialTrail>,
+}
+
+/// The audit sink a caller's refused permissions go to.
+#[derive(Clone)]
+struct DenialTrail(Arc<dyn AuditSink>);
+
+impl std::fmt::Debug for DenialTrail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DenialTrail")
+    }
 }
 
 impl Caller {
     /// A caller whose principal was established another way than the `Authorization` header
     /// (the named approver of a signed approval link, looked up in the key store).
-    pub fn resolved(principal: Principal, extensions: &Extensions) -> Self {
+    pub fn resolved(
+        principal: Principal,
+        extensions: &Extensions,
+        audit: Arc<dyn AuditSink>,
+    ) -> Self {
         let (request_id, origin_ip) = request_context(extensions);
         Self {
             principal,
             request_id,
             origin_ip,
             credential_expires_at: None,
+            denials: Some(DenialTrail(audit)),
         }
     }
-}
 
-impl Caller {
     /// The operator at a terminal: no network peer, a fresh request id, no expiring credential.
     pub fn local(principal: Principal) -> Self {
         Self {
@@ -50,6 +66,49 @@ impl Caller {
             request_id: RequestId::generate(),
             origin_ip: None,
             credential_expires_at: None,
+            denials: None,
+        }
+    }
+
+    /// This caller with another principal (the requester looked up again), same request.
+    pub fn with_principal(&self, principal: Principal) -> Self {
+        Self {
+            principal,
+            ..self.clone()
+        }
+    }
+
+    /// Fails with 403 naming the missing permission, and records the refusal as an
+    /// `authz.denied` event (the permission as its resource; never request content). The record
+    /// is written in the background: the caller is refused whether or not it lands, and the
+    /// per-principal rate limit bounds how many a caller can cause.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        let refused = self.principal.require(permission);
+        if refused.is_err() {
+            self.record_denial(permission);
+        }
+        refused
+    }
+
+    fn record_denial(&self, permission: Permission) {
+        let Some(DenialTrail(sink)) = &self.denials else {
+            return;
+        };
+        let event = crate::audit::event(
+            ztee_audit::EventType::AuthzDenied,
+            ztee_audit::Outcome::Denied,
+            crate::audit::audit_principal(&self.principal),
+            self.request_id.as_str(),
+            self.origin_ip,
+            Some(&format!("permission/{permission}")),
+        );
+        let sink = sink.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = sink.append(event).await {
+                    tracing::error!(error = %e, "recording a refused permission");
+                }
+            });
         }
     }
 }
@@ -121,6 +180,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             request_id,
             origin_ip,
             credential_expires_at,
+            denials: Some(DenialTrail(state.pipeline.audit.clone())),
         })
     }
 }

@@ -628,6 +628,44 @@ async fn metrics_need_the_metrics_read_permission() {
     let _ = gw.stop().await;
 }
 
+/// PCI DSS 10.2.1.4: a refused permission is an invalid access attempt, recorded as an
+/// `authz.denied` event naming the caller and the permission (never the request's content).
+#[tokio::test]
+async fn a_refused_permission_is_recorded_as_authz_denied() {
+    let (gw, _exec) = gateway().await;
+    let agent = gw.key("acme", "agent");
+    error_body(gw.get(&agent, "/v1/audit").await, 403, "forbidden").await;
+    error_body(gw.get(&agent, "/metrics").await, 403, "forbidden").await;
+    let mut denied = Vec::new();
+    for _ in 0..50 {
+        let found = gw
+            .get_json(&gw.admin_key, "/v1/audit?tenant=acme&type=authz.denied")
+            .await;
+        denied = found["events"].as_array().unwrap().clone();
+        if denied.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let resources: Vec<&str> = denied
+        .iter()
+        .map(|e| e["event"]["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        resources,
+        ["permission/audit:read", "permission/metrics:read"],
+        "{denied:?}"
+    );
+    for e in &denied {
+        assert_eq!(e["event"]["outcome"], "denied");
+        assert!(e["event"]["principal"]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("apikey:"));
+    }
+    let _ = gw.stop().await;
+}
+
 /// Review #12: role `admin` is its own tenant's admin; seeing other tenants takes
 /// `platform:admin`, which only an API key with role `platform-admin` carries.
 #[tokio::test]

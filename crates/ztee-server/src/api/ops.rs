@@ -40,7 +40,7 @@ pub async fn metrics(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::MetricsRead)?;
+    caller.require(Permission::MetricsRead)?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -75,11 +75,11 @@ pub async fn audit(
     caller: Caller,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::AuditRead)?;
+    caller.require(Permission::AuditRead)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let tenant = match q.tenant {
         Some(t) if t != caller.principal.tenant => {
-            caller.principal.require(Permission::PlatformAdmin)?;
+            caller.require(Permission::PlatformAdmin)?;
             t
         }
         _ => caller.principal.tenant.clone(),

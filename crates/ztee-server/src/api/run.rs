@@ -87,7 +87,7 @@ pub async fn run(
     headers: HeaderMap,
     body: Result<Json<OneShotRun>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let req = json_body(body)?;
     match run_once(state, caller, req, wants_stream(&headers), None).await? {
         RunOutcome::Done(result) => Ok(Json(result).into_response()),

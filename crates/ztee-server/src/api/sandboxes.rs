@@ -205,7 +205,7 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let tenant =
         (!caller.principal.has(Permission::PlatformAdmin)).then(|| caller.principal.tenant.clone());
     let records = state
@@ -226,7 +226,7 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let record = find(&state, &caller, &id).await?;
     Ok(Json(view(&state, &caller, record)).into_response())
 }
@@ -236,7 +236,7 @@ pub async fn create(
     caller: Caller,
     body: Result<Json<CreateSandbox>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let req = json_body(body)?;
     match create_once(state.clone(), caller, req, None).await? {
         CreateOutcome::Created(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
@@ -492,7 +492,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     find(&state, &caller, &id).await?;
     // A command held for approval in it can never run now.
     crate::approvals::inputs::expire_on_delete(&state, &id).await;
@@ -517,7 +517,7 @@ pub async fn command(
     headers: HeaderMap,
     body: Result<Json<RunCommand>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let req = json_body(body)?;
     match command_once(state, caller, &id, req, wants_stream(&headers), None, &[]).await? {
         CommandOutcome::Done(result) => Ok(Json(result).into_response()),
@@ -728,7 +728,7 @@ pub async fn upload(
     query: Result<Query<FileQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_guest_path("path", &q.path)?;
     // The body is buffered only once a transfer place is held, and never past the limit.
@@ -789,7 +789,7 @@ pub async fn download(
     Path(id): Path<String>,
     query: Result<Query<FileQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_guest_path("path", &q.path)?;
     // Held until the transfer ends: bounds how many downloads run at once.

@@ -103,7 +103,7 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::PlatformAdmin)?;
+    caller.require(Permission::PlatformAdmin)?;
     let broker = broker(&state)?;
     let vault: Vec<String> = broker
         .vault()
@@ -133,7 +133,7 @@ pub async fn put(
     Path(name): Path<String>,
     body: Result<Json<PutSecret>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::PlatformAdmin)?;
+    caller.require(Permission::PlatformAdmin)?;
     let name = parse_name(&name)?;
     let req = json_body(body)?;
     let bytes = match req.encoding.as_deref() {
@@ -164,7 +164,7 @@ pub async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::PlatformAdmin)?;
+    caller.require(Permission::PlatformAdmin)?;
     let name = parse_name(&name)?;
     let broker = broker(&state)?;
     let removed = name.clone();

@@ -562,7 +562,7 @@ pub async fn decide(
     let approvals = &state.approvals;
     let caller = approver.caller();
     let principal = &caller.principal;
-    principal.require(Permission::ApprovalDecide)?;
+    caller.require(Permission::ApprovalDecide)?;
     if let Some(c) = &comment {
         if c.len() > 1000 {
             return Err(ApiError::bad_request("comment: at most 1000 bytes"));
@@ -679,10 +679,9 @@ async fn requester_now(state: &AppState, caller: &Caller) -> Result<Caller, Requ
                 }
             };
             match verdict {
-                Ok(principal) if principal.tenant == caller.principal.tenant => Ok(Caller {
-                    principal,
-                    ..caller.clone()
-                }),
+                Ok(principal) if principal.tenant == caller.principal.tenant => {
+                    Ok(caller.with_principal(principal))
+                }
                 Ok(_) => gone(
                     "apikey.tenant_changed",
                     format!(
@@ -932,7 +931,7 @@ pub async fn decide_by_callback(
     extensions: &axum::http::Extensions,
 ) -> Result<ApprovalRecord, ApiError> {
     let approver = link_approver(state, id, query).await?;
-    let caller = Caller::resolved(approver, extensions);
+    let caller = Caller::resolved(approver, extensions, state.pipeline.audit.clone());
     decide(state, Approver::Link(&caller), id, query.approve(), None).await
 }
 

@@ -363,7 +363,7 @@ async fn chat<D: Dialect>(
 ) -> Response {
     let rid = caller.request_id.as_str().to_owned();
     let proxy = &state.llm;
-    if let Err(e) = caller.principal.require(Permission::LlmChat) {
+    if let Err(e) = caller.require(Permission::LlmChat) {
         return error_response::<D>(StatusCode::FORBIDDEN, &e.message, &rid);
     }
     // Parse at the edge: JSON object of the provider's shape, or a 400 naming what is wrong.

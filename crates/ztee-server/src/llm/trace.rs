@@ -218,7 +218,7 @@ pub async fn export(
     caller: Caller,
     query: Result<Query<TraceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::AuditRead)?;
+    caller.require(Permission::AuditRead)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(since) = &query.since {
         humantime::parse_rfc3339_weak(since).map_err(|e| {
@@ -227,7 +227,7 @@ pub async fn export(
     }
     let tenant = match &query.tenant {
         Some(t) if *t != caller.principal.tenant => {
-            caller.principal.require(Permission::PlatformAdmin)?;
+            caller.require(Permission::PlatformAdmin)?;
             crate::principal::validate_tenant(t).map_err(ApiError::bad_request)?;
             t.clone()
         }

@@ -200,7 +200,7 @@ pub async fn relay(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Permission::SandboxRun)?;
+    caller.require(Permission::SandboxRun)?;
     let Some(upstream) = state.config.mcp.upstreams.iter().find(|u| u.name == name) else {
         return Err(ApiError::not_found(format!(
             "no MCP upstream named {name:?} is configured ([[mcp.upstreams]])"
