@@ -36,31 +36,8 @@ impl std::fmt::Debug for Passphrase {
     }
 }
 
-/// The environment variable a passphrase is read from before prompting.
+/// The environment variable a command reads a passphrase from before prompting for one.
 pub const PASSPHRASE_ENV: &str = "ZTEE_KEY_PASSPHRASE";
-
-/// The passphrase from `ZTEE_KEY_PASSPHRASE`, else from a prompt on the terminal (no echo);
-/// with `confirm`, asked twice and compared.
-pub fn read_passphrase(prompt: &str, confirm: bool) -> Result<Passphrase> {
-    if let Ok(value) = std::env::var(PASSPHRASE_ENV) {
-        return Ok(Passphrase::new(value));
-    }
-    let first = Zeroizing::new(rpassword::prompt_password(prompt).map_err(|e| {
-        Error::Key(format!(
-            "no passphrase: set {PASSPHRASE_ENV} or run on a terminal ({e})"
-        ))
-    })?);
-    if confirm {
-        let second = Zeroizing::new(
-            rpassword::prompt_password("Repeat the passphrase: ")
-                .map_err(|e| Error::Key(format!("no passphrase: {e}")))?,
-        );
-        if first.as_bytes() != second.as_bytes() {
-            return Err(Error::Key("the two passphrases differ".into()));
-        }
-    }
-    Ok(Passphrase::new(first.to_string()))
-}
 
 /// Where `generate` put the key pair.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -13,7 +13,6 @@ mod error;
 pub mod keys;
 pub mod layers;
 pub mod oci;
-pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;

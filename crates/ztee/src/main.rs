@@ -7,6 +7,7 @@ mod local;
 mod local_core;
 mod output;
 mod rootfs_helper;
+mod terminal;
 mod vm;
 
 use std::process::ExitCode;

@@ -14,11 +14,11 @@
 
 use std::path::PathBuf;
 
+use crate::terminal::Spinner;
 use anyhow::{bail, Context as _};
 use clap::{Subcommand, ValueEnum};
 use ztee_supply::admission::{self, AdmissionError, LoadedPolicy};
 use ztee_supply::dsse::{self, PREDICATE_CYCLONEDX, PREDICATE_SPDX, PREDICATE_VULN};
-use ztee_supply::progress::Spinner;
 use ztee_supply::registry::{self, Credentials, RegistryOptions};
 use ztee_supply::sbom::{self, Catalog};
 use ztee_supply::vuln::db::VulnDb;
@@ -231,7 +231,8 @@ fn run_scan(
 }
 
 fn signing_key(path: &std::path::Path) -> anyhow::Result<keys::SigningKey> {
-    let pass = keys::read_passphrase(&format!("Passphrase for {}: ", path.display()), false)?;
+    let pass =
+        crate::terminal::read_passphrase(&format!("Passphrase for {}: ", path.display()), false)?;
     Ok(keys::load_signing_key(path, &pass)?)
 }
 

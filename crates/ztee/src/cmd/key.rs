@@ -43,7 +43,7 @@ struct KeyInfo {
 pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
     match command {
         Command::Generate { out } => {
-            let pass = keys::read_passphrase("Passphrase for the new key: ", true)?;
+            let pass = crate::terminal::read_passphrase("Passphrase for the new key: ", true)?;
             let generated = keys::generate(&out, &pass)
                 .with_context(|| format!("generating {}", out.display()))?;
             output::print_object(

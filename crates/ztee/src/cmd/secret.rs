@@ -228,12 +228,10 @@ fn read_value(name: &SecretName, keep_newline: bool) -> anyhow::Result<SecretVal
     let stdin = std::io::stdin();
     let mut bytes = Vec::new();
     if stdin.is_terminal() {
-        eprint!("value for {name} (not echoed): ");
-        let _echo_off = EchoOff::new();
-        let mut line = String::new();
-        stdin.read_line(&mut line)?;
-        eprintln!();
-        bytes = line.into_bytes();
+        let mut line =
+            crate::terminal::read_stdin_unechoed(&format!("value for {name} (not echoed): "))?;
+        // Moves the buffer out rather than copying the value.
+        bytes = std::mem::take(&mut *line).into_bytes();
     } else {
         stdin.lock().read_to_end(&mut bytes)?;
     }
@@ -245,38 +243,6 @@ fn read_value(name: &SecretName, keep_newline: bool) -> anyhow::Result<SecretVal
         }
     }
     SecretValue::new(bytes).context("the value read from stdin")
-}
-
-/// Turns terminal echo off for as long as it lives.
-struct EchoOff {
-    saved: Option<libc::termios>,
-}
-
-impl EchoOff {
-    fn new() -> Self {
-        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed, properly sized termios owned here.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return Self { saved: None };
-            }
-            let saved = t;
-            t.c_lflag &= !libc::ECHO;
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            Self { saved: Some(saved) }
-        }
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        if let Some(saved) = self.saved {
-            // SAFETY: restores the attributes read in `new` on the same descriptor.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, &saved);
-            }
-        }
-    }
 }
 
 /// Records the change in the audit trail like `ztee apikey` does (queued if the server holds

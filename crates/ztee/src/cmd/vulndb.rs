@@ -9,8 +9,8 @@
 
 use std::path::PathBuf;
 
+use crate::terminal::Spinner;
 use clap::Subcommand;
-use ztee_supply::progress::Spinner;
 use ztee_supply::vuln::db::{ImportReport, VulnDb, DEFAULT_ECOSYSTEMS, DEFAULT_OSV_URL};
 
 use crate::globals::GlobalArgs;
