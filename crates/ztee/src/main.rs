@@ -1,5 +1,8 @@
 //! `ztee`: the command-line front end. It parses arguments, sets up logging and hands each
-//! subcommand to the library crate that owns the work. No business logic lives here.
+//! subcommand to the library crate that owns the work. What only a terminal needs lives here
+//! too: the gateway's pipeline set up for the operator (`local_core`), the supervisor process of
+//! CLI-held sandboxes (`local`), the jailed root-filesystem helper's entry (`rootfs_helper`) and
+//! prompts and progress (`terminal`).
 
 mod cmd;
 mod globals;
