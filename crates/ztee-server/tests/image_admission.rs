@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{error_body, EchoExecutor, Gateway};
@@ -19,24 +18,10 @@ const OTHER: &str = "sha256:1111111111111111111111111111111111111111111111111111
 
 /// The repository's bundle, with acme's agents granted one secret.
 fn repository_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    std::fs::create_dir_all(dir.path().join("ztee")).unwrap();
-    std::fs::copy(
-        repo.join("ztee/main.rego"),
-        dir.path().join("ztee/main.rego"),
-    )
-    .unwrap();
-    let mut data: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo.join("data.json")).unwrap()).unwrap();
-    data["ztee"]["config"]["secret_grants"] =
-        json!([{"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]}]);
-    std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
-    let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
-    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
-        ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
-        Default::default(),
-    ))
+    common::repository_policy(|config| {
+        config["secret_grants"] =
+            json!([{"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]}]);
+    })
 }
 
 async fn gateway(executor: Arc<EchoExecutor>) -> Gateway {

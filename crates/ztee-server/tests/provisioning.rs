@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{client, error_body, EchoExecutor, Gateway};
@@ -14,23 +13,9 @@ use ztee_server::ServerConfig;
 
 /// The repository's bundle with pypi.org pre-approved, so egress to it is allowed outright.
 fn policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    std::fs::create_dir_all(dir.path().join("ztee")).unwrap();
-    std::fs::copy(
-        repo.join("ztee/main.rego"),
-        dir.path().join("ztee/main.rego"),
-    )
-    .unwrap();
-    let mut data: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo.join("data.json")).unwrap()).unwrap();
-    data["ztee"]["config"]["egress_preapproved"] = json!([{"host": "pypi.org", "port": 443}]);
-    std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
-    let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
-    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
-        ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
-        Default::default(),
-    ))
+    common::repository_policy(|config| {
+        config["egress_preapproved"] = json!([{"host": "pypi.org", "port": 443}]);
+    })
 }
 
 /// The one record of `request_id` whose type is `event_type`.

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{client, error_body, EchoExecutor, Gateway};
@@ -18,29 +17,15 @@ const API_TOKEN: &str = "tok_live_51HqLyjWDarjtT1zdp7dc";
 
 /// The repository's policy with grants: acme's agents may use both secrets; nobody else any.
 fn policy_with_grants() -> Arc<dyn ztee_server::policy::PolicyEngine> {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    std::fs::create_dir_all(dir.path().join("ztee")).unwrap();
-    std::fs::copy(
-        repo.join("ztee/main.rego"),
-        dir.path().join("ztee/main.rego"),
-    )
-    .unwrap();
-    let mut data: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo.join("data.json")).unwrap()).unwrap();
-    data["ztee"]["config"]["secret_grants"] = json!([
-        {"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]},
-        {"secret": "API_TOKEN", "tenants": ["acme"], "roles": ["agent"]},
-        {"secret": "SHORT", "tenants": ["acme"]},
-        {"secret": "NOT_STORED", "tenants": ["acme"]},
-        {"secret": "TEAM_TOKEN", "tenants": ["acme"]}
-    ]);
-    std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
-    let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
-    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
-        ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
-        Default::default(),
-    ))
+    common::repository_policy(|config| {
+        config["secret_grants"] = json!([
+            {"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]},
+            {"secret": "API_TOKEN", "tenants": ["acme"], "roles": ["agent"]},
+            {"secret": "SHORT", "tenants": ["acme"]},
+            {"secret": "NOT_STORED", "tenants": ["acme"]},
+            {"secret": "TEAM_TOKEN", "tenants": ["acme"]}
+        ]);
+    })
 }
 
 fn secrets_config(key_var: &str) -> ServerConfig {

@@ -36,6 +36,14 @@ pub struct Refusal {
     pub exit_code: u8,
 }
 
+impl Refusal {
+    /// Tells the operator on stderr; the exit code to end with.
+    pub fn report(self) -> u8 {
+        eprintln!("error: {}", self.message);
+        self.exit_code
+    }
+}
+
 impl LocalCore {
     /// Loads the configuration (`ZTEE_CONFIG`, as `ztee serve` does), the policy bundle of the
     /// data directory and the node's keys. `executor` is the VM engine the command runs on.
@@ -129,6 +137,19 @@ impl LocalCore {
             .record(event)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+
+    /// The record of an admitted action that ran: success or failure, the decision that let it
+    /// through, and the digest of what was sent in.
+    pub fn ran(&self, ctx: &ActionContext<'_>, admitted: &Admitted, succeeded: bool) -> AuditEvent {
+        let outcome = if succeeded {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        self.event(ctx, outcome)
+            .with_decision(ztee_server::audit::decision_record(&admitted.decision))
+            .with_code(&admitted.input_digest)
     }
 
     /// The audit event of `ctx` with `outcome`.

@@ -319,3 +319,27 @@ impl SandboxHandle for EchoSandbox {
         Ok(())
     }
 }
+
+/// The repository's policy bundle (`policies/`), with `configure` applied to its
+/// `data.ztee.config` (grants, pre-approved egress, ...), as the gateway's Rego policy.
+pub fn repository_policy(
+    configure: impl FnOnce(&mut serde_json::Value),
+) -> Arc<dyn ztee_server::policy::PolicyEngine> {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    std::fs::create_dir_all(dir.path().join("ztee")).unwrap();
+    std::fs::copy(
+        repo.join("ztee/main.rego"),
+        dir.path().join("ztee/main.rego"),
+    )
+    .unwrap();
+    let mut data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join("data.json")).unwrap()).unwrap();
+    configure(&mut data["ztee"]["config"]);
+    std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
+    let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
+    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+        ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
+        Default::default(),
+    ))
+}

@@ -255,15 +255,11 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         };
         let admitted = match core.admit(&mut ctx, work).await {
             Ok(admitted) => admitted,
-            Err(refusal) => {
-                eprintln!("error: {}", refusal.message);
-                return Ok(refusal.exit_code);
-            }
+            Err(refusal) => return Ok(refusal.report()),
         };
         if let Some((_, allowlist)) = &egress {
             if let Err(refusal) = core.authorize_egress(&ctx, allowlist).await {
-                eprintln!("error: {}", refusal.message);
-                return Ok(refusal.exit_code);
+                return Ok(refusal.report());
             }
         }
         let mut spec = spec;
@@ -319,15 +315,8 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
         if egressed {
             print_egress_summary(&egress_log.records());
         }
-        let outcome = if result.is_ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        };
         let event = core
-            .event(&ctx, outcome)
-            .with_decision(decision)
-            .with_code(&admitted.input_digest)
+            .ran(&ctx, &admitted, result.is_ok())
             .with_output(&output_digest.finalize())
             .with_redactions(&outbound.counts());
         core.record(event).await?;

@@ -176,15 +176,8 @@ fn remove(client: LocalClient, id: &str, globals: &GlobalArgs) -> anyhow::Result
             .await
             .map_err(|refusal| anyhow::anyhow!("{}", refusal.message))?;
         let removed = client.remove().await;
-        let outcome = if removed.is_ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        };
-        let event = core
-            .event(&ctx, outcome)
-            .with_decision(ztee_server::audit::decision_record(&admitted.decision));
-        core.record(event).await?;
+        core.record(core.ran(&ctx, &admitted, removed.is_ok()))
+            .await?;
         Ok(removed?)
     })
 }
@@ -207,15 +200,11 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         ctx.policy.secrets = args.secrets.iter().map(|r| r.name.to_string()).collect();
         let admitted = match core.admit(&mut ctx, Work::default()).await {
             Ok(admitted) => admitted,
-            Err(refusal) => {
-                eprintln!("error: {}", refusal.message);
-                return Ok(refusal.exit_code);
-            }
+            Err(refusal) => return Ok(refusal.report()),
         };
         if let Some((_, allowlist)) = args.egress.proxy()? {
             if let Err(refusal) = core.authorize_egress(&ctx, &allowlist).await {
-                eprintln!("error: {}", refusal.message);
-                return Ok(refusal.exit_code);
+                return Ok(refusal.report());
             }
         }
         let decision = ztee_server::audit::decision_record(&admitted.decision);
@@ -430,10 +419,7 @@ fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Res
         };
         let admitted = match core.admit(&mut ctx, work).await {
             Ok(admitted) => admitted,
-            Err(refusal) => {
-                eprintln!("error: {}", refusal.message);
-                return Ok(refusal.exit_code);
-            }
+            Err(refusal) => return Ok(refusal.report()),
         };
         let mut spec = ExecSpec::new(admitted.work.argv.clone());
         spec.env = admitted
@@ -455,16 +441,7 @@ fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Res
             Err(e) => Err(e.into()),
         };
         let event = core
-            .event(
-                &ctx,
-                if status.is_ok() {
-                    Outcome::Success
-                } else {
-                    Outcome::Failure
-                },
-            )
-            .with_decision(ztee_server::audit::decision_record(&admitted.decision))
-            .with_code(&admitted.input_digest)
+            .ran(&ctx, &admitted, status.is_ok())
             .with_output(&output_digest.finalize())
             .with_redactions(&outbound.counts());
         core.record(event).await?;
@@ -518,10 +495,7 @@ fn copy(
                 };
                 let admitted = match core.admit(&mut ctx, work).await {
                     Ok(admitted) => admitted,
-                    Err(refusal) => {
-                        eprintln!("error: {}", refusal.message);
-                        return Ok(refusal.exit_code);
-                    }
+                    Err(refusal) => return Ok(refusal.report()),
                 };
                 let (path, content) = admitted
                     .work
@@ -531,16 +505,7 @@ fn copy(
                     .context("the admitted upload lost its file")?;
                 let written = client.write_file(&path, &content, mode).await;
                 let event = core
-                    .event(
-                        &ctx,
-                        if written.is_ok() {
-                            Outcome::Success
-                        } else {
-                            Outcome::Failure
-                        },
-                    )
-                    .with_decision(ztee_server::audit::decision_record(&admitted.decision))
-                    .with_code(&admitted.input_digest)
+                    .ran(&ctx, &admitted, written.is_ok())
                     .with_redactions(&admitted.inbound_redactions);
                 core.record(event).await?;
                 written?;
@@ -564,10 +529,7 @@ fn copy(
                 };
                 let admitted = match core.admit(&mut ctx, work).await {
                     Ok(admitted) => admitted,
-                    Err(refusal) => {
-                        eprintln!("error: {}", refusal.message);
-                        return Ok(refusal.exit_code);
-                    }
+                    Err(refusal) => return Ok(refusal.report()),
                 };
                 let decision = ztee_server::audit::decision_record(&admitted.decision);
                 let data = match client.read_file(path).await {
