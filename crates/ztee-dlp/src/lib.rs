@@ -24,6 +24,7 @@ mod operators;
 mod scanner;
 mod stream;
 mod tokens;
+mod utf8;
 
 #[cfg(feature = "http")]
 pub mod http;
@@ -41,3 +42,4 @@ pub use crate::operators::{
 pub use crate::scanner::{Scanner, ScannerConfig};
 pub use crate::stream::StreamScanner;
 pub use crate::tokens::TokenMap;
+pub use crate::utf8::Utf8Stream;

@@ -17,6 +17,7 @@ use crate::finding::Finding;
 use crate::operators::{anonymize_with, Operators};
 use crate::scanner::Scanner;
 use crate::tokens::TokenMap;
+use crate::utf8::Utf8Stream;
 
 /// Longer than any card number with separators ([`MAX_CARD_BYTES`]: 19 digits of up to four bytes,
 /// three separators of up to four bytes between every two) and than the near-PAN window.
@@ -40,7 +41,7 @@ pub struct StreamScanner {
     lookbehind: String,
     pending: String,
     /// Bytes of an incomplete UTF-8 sequence at the end of the last byte chunk.
-    partial: Vec<u8>,
+    utf8: Utf8Stream,
     /// A private key block was cut while open: redact until its END line.
     in_key_block: bool,
     /// While a finding holds everything back, wait for the pending text to double before
@@ -74,7 +75,7 @@ impl StreamScanner {
             hold,
             lookbehind: String::new(),
             pending: String::new(),
-            partial: Vec::new(),
+            utf8: Utf8Stream::default(),
             in_key_block: false,
             next_process: 0,
             counts: BTreeMap::new(),
@@ -90,41 +91,13 @@ impl StreamScanner {
     /// Adds raw bytes (process output): UTF-8 split across chunks is reassembled; invalid bytes
     /// become U+FFFD.
     pub fn feed_bytes(&mut self, chunk: &[u8]) -> Result<String, DlpError> {
-        let mut bytes = std::mem::take(&mut self.partial);
-        bytes.extend_from_slice(chunk);
-        let mut rest = bytes.as_slice();
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    self.pending.push_str(s);
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    self.pending
-                        .push_str(std::str::from_utf8(valid).unwrap_or_default());
-                    match e.error_len() {
-                        Some(n) => {
-                            self.pending.push('\u{FFFD}');
-                            rest = &after[n..];
-                        }
-                        None => {
-                            self.partial = after.to_vec();
-                            break;
-                        }
-                    }
-                }
-            }
-        }
+        self.utf8.push(chunk, &mut self.pending);
         self.process(false)
     }
 
     /// Releases everything still held, redacted. The scanner can be fed again afterwards.
     pub fn finish(&mut self) -> Result<String, DlpError> {
-        if !self.partial.is_empty() {
-            self.partial.clear();
-            self.pending.push('\u{FFFD}');
-        }
+        self.utf8.finish(&mut self.pending);
         self.process(true)
     }
 

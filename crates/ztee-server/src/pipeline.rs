@@ -605,7 +605,7 @@ fn push_capped(out: &mut String, text: &str, cap: usize) -> bool {
 /// like any separator; the same characters in the output itself are replaced, so a program
 /// cannot move its text from one stream to the other.
 pub struct Outbound {
-    carry: [Utf8Carry; 2],
+    carry: [ztee_dlp::Utf8Stream; 2],
     redactor: Box<dyn StreamRedactor>,
     /// The stream whose text the redactor was fed last.
     fed: Option<OutputStreamKind>,
@@ -635,7 +635,7 @@ impl Outbound {
     /// of that sandbox's secrets (`secrets`), never another sandbox's.
     pub fn new(dlp: &dyn DlpEngine, secrets: Option<&SecretScope>) -> Self {
         Self {
-            carry: [Utf8Carry::default(), Utf8Carry::default()],
+            carry: Default::default(),
             redactor: dlp.stream_for(secrets),
             fed: None,
             routed: OutputStreamKind::Stdout,
@@ -643,12 +643,14 @@ impl Outbound {
     }
 
     pub fn stdout(&mut self, bytes: &[u8]) -> Released {
-        let text = self.carry[OutputStreamKind::Stdout as usize].push(bytes);
+        let mut text = String::new();
+        self.carry[OutputStreamKind::Stdout as usize].push(bytes, &mut text);
         self.feed(OutputStreamKind::Stdout, &text)
     }
 
     pub fn stderr(&mut self, bytes: &[u8]) -> Released {
-        let text = self.carry[OutputStreamKind::Stderr as usize].push(bytes);
+        let mut text = String::new();
+        self.carry[OutputStreamKind::Stderr as usize].push(bytes, &mut text);
         self.feed(OutputStreamKind::Stderr, &text)
     }
 
@@ -656,7 +658,8 @@ impl Outbound {
     pub fn finish(&mut self) -> Released {
         let mut released = Released::default();
         for kind in [OutputStreamKind::Stdout, OutputStreamKind::Stderr] {
-            let text = self.carry[kind as usize].finish();
+            let mut text = String::new();
+            self.carry[kind as usize].finish(&mut text);
             released.append(self.feed(kind, &text));
         }
         let tail = self.redactor.finish();
@@ -708,34 +711,6 @@ impl Released {
     fn append(&mut self, more: Released) {
         self.stdout.push_str(&more.stdout);
         self.stderr.push_str(&more.stderr);
-    }
-}
-
-/// Turns a byte stream into text without splitting a UTF-8 sequence across chunks; invalid
-/// bytes become U+FFFD.
-#[derive(Default)]
-pub struct Utf8Carry {
-    pending: Vec<u8>,
-}
-
-impl Utf8Carry {
-    pub fn push(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
-        let valid_up_to = match std::str::from_utf8(&self.pending) {
-            Ok(_) => self.pending.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.pending.len(),
-        };
-        let rest = self.pending.split_off(valid_up_to);
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending = rest;
-        text
-    }
-
-    pub fn finish(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        text
     }
 }
 

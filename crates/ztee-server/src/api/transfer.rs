@@ -34,7 +34,7 @@ use crate::auth::Caller;
 use crate::dlp::{RedactionCounts, SecretScope, StreamRedactor};
 use crate::error::ApiError;
 use crate::exec::FileChunks;
-use crate::pipeline::{exec_error, ActionContext, Admitted, Utf8Carry, Work};
+use crate::pipeline::{exec_error, ActionContext, Admitted, Work};
 use crate::policy::PolicyInput;
 use crate::quota::{TransferLimit, TransferPermit};
 use crate::state::AppState;
@@ -163,24 +163,25 @@ impl DownloadAudit {
 
 /// A redactor that runs on the blocking pool, one chunk at a time.
 struct Masker {
-    carry: Utf8Carry,
+    carry: ztee_dlp::Utf8Stream,
     redactor: Option<Box<dyn StreamRedactor>>,
 }
 
 impl Masker {
     fn new(state: &AppState, scope: Option<&SecretScope>) -> Self {
         Self {
-            carry: Utf8Carry::default(),
+            carry: ztee_dlp::Utf8Stream::default(),
             redactor: Some(state.pipeline.dlp.stream_for(scope)),
         }
     }
 
     /// Masks `bytes` (the end of the input when `None`); returns what is final so far.
     async fn push(&mut self, bytes: Option<&[u8]>) -> Result<String, ApiError> {
-        let text = match bytes {
-            Some(b) => self.carry.push(b),
-            None => self.carry.finish(),
-        };
+        let mut text = String::new();
+        match bytes {
+            Some(b) => self.carry.push(b, &mut text),
+            None => self.carry.finish(&mut text),
+        }
         let mut redactor = self
             .redactor
             .take()
