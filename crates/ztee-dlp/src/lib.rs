@@ -18,6 +18,7 @@ mod crypto;
 mod detect;
 mod entity;
 mod error;
+mod fail_closed;
 mod finding;
 pub mod json;
 mod operators;
@@ -34,6 +35,7 @@ pub use crate::detect::card::{luhn_valid, CardBrand};
 pub use crate::detect::exact::ExactValues;
 pub use crate::entity::Entity;
 pub use crate::error::DlpError;
+pub use crate::fail_closed::{FailClosed, WITHHELD};
 pub use crate::finding::Finding;
 pub use crate::operators::{
     anonymize, anonymize_with, deanonymize, resolve_overlaps, Anonymized, MaskStyle, Operator,

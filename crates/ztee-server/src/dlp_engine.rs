@@ -69,7 +69,7 @@ impl DlpEngine for ZteeDlp {
                 let mut counts = RedactionCounts::new();
                 counts.insert("WITHHELD".into(), 1);
                 Redacted {
-                    text: "[withheld: masking failed]".into(),
+                    text: ztee_dlp::WITHHELD.into(),
                     counts,
                 }
             }
@@ -107,7 +107,7 @@ impl DlpEngine for ZteeDlp {
         };
         Box::new(ZteeStream {
             inner,
-            failed: false,
+            failed: ztee_dlp::FailClosed::default(),
         })
     }
 
@@ -118,25 +118,12 @@ impl DlpEngine for ZteeDlp {
 
 struct ZteeStream {
     inner: StreamScanner,
-    failed: bool,
+    failed: ztee_dlp::FailClosed,
 }
 
 impl ZteeStream {
     fn guard(&mut self, r: Result<String, ztee_dlp::DlpError>) -> String {
-        match r {
-            Ok(text) if !self.failed => text,
-            Ok(_) => String::new(),
-            Err(e) => {
-                // Same rule as above: after a failure nothing more of this stream goes out.
-                tracing::error!(error = %e, "stream masking failed; withholding the rest");
-                if self.failed {
-                    String::new()
-                } else {
-                    self.failed = true;
-                    "[withheld: masking failed]".into()
-                }
-            }
-        }
+        self.failed.release(r, "outbound")
     }
 }
 

@@ -107,7 +107,7 @@ impl<'a> InboundGuard<'a> {
                 // Tokenizing needs no keys, so this is a detector bug: send nothing of the text.
                 tracing::error!(error = %e, field, "tokenizing failed; withholding the text");
                 *self.counts.entry("WITHHELD".into()).or_default() += 1;
-                *text = "[withheld: masking failed]".into();
+                *text = ztee_dlp::WITHHELD.into();
             }
         }
     }
@@ -213,7 +213,7 @@ pub fn outbound_text(
             }
             Err(e) => {
                 tracing::error!(error = %e, "masking model output failed; withholding it");
-                return "[withheld: masking failed]".into();
+                return ztee_dlp::WITHHELD.into();
             }
         }
     };
@@ -229,7 +229,7 @@ pub fn outbound_text(
 pub struct OutboundStream {
     dlp: StreamScanner,
     restore: Option<Restorer>,
-    failed: bool,
+    failed: ztee_dlp::FailClosed,
     /// What the DLP stage released, before any restoration: for the trace (bounded).
     masked: String,
 }
@@ -242,7 +242,7 @@ impl OutboundStream {
         Self {
             dlp: StreamScanner::new(scanner, outbound_operators()),
             restore: tokens.map(Restorer::new),
-            failed: false,
+            failed: ztee_dlp::FailClosed::default(),
             masked: String::new(),
         }
     }
@@ -271,18 +271,11 @@ impl OutboundStream {
     }
 
     fn after_dlp(&mut self, r: Result<String, ztee_dlp::DlpError>, last: bool) -> String {
-        let text = match r {
-            Ok(text) if !self.failed => text,
-            Ok(_) => return String::new(),
-            Err(e) => {
-                tracing::error!(error = %e, "masking a model stream failed; withholding the rest");
-                if self.failed {
-                    return String::new();
-                }
-                self.failed = true;
-                return "[withheld: masking failed]".into();
-            }
-        };
+        let text = self.failed.release(r, "model output");
+        if self.failed.failed() {
+            // Withheld (the first time) or nothing: never restored, never traced.
+            return text;
+        }
         if self.masked.len() + text.len() <= MAX_TRACE_TEXT {
             self.masked.push_str(&text);
         }
