@@ -507,6 +507,10 @@ async fn chat<D: Dialect>(
                 D::API.as_str()
             ),
         };
+        // The exchange was asked for and could not happen: recorded like an upstream failure.
+        if let Err(e) = exchange.record(&state, Outcome::Failure, None).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
         return error_response::<D>(StatusCode::NOT_FOUND, &message, &rid);
     }
     let principal = PolicyPrincipal {
