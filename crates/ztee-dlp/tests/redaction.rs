@@ -83,7 +83,15 @@ fn keyed_hash_and_encryption_round_trip() {
     let ops = Operators::new(Operator::Encrypt).with_encryption_key(ek.clone());
     let text = "pan 4111 1111 1111 1111 mail a@b.io";
     let out = anonymize(text, &s.scan(text), &ops).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.text.contains("4111") && !out.text.contains("a@b.io"));
+    assert!(
+        !out.text.contains("4111") && !out.text.contains("a@b.io"),
+        "encrypted text {:?}, findings {:?}",
+        out.text,
+        s.scan(text)
+            .iter()
+            .map(|f| (f.entity_type, f.start, f.end))
+            .collect::<Vec<_>>()
+    );
     let spans: Vec<(usize, usize)> = out.items.iter().map(|i| (i.start, i.end)).collect();
     assert_eq!(
         deanonymize(&out.text, &spans, &ek).unwrap_or_else(|e| panic!("{e}")),

@@ -85,13 +85,17 @@ fn store_list_rotate_and_refuse_a_wrong_key() {
     let o = ztee(dir.path(), &key, &["--format", "json", "secret", "ls"])
         .output()
         .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
     let listed = String::from_utf8(o.stdout).unwrap();
     assert!(
         listed.contains("STRIPE_KEY") && !listed.contains(VALUE),
         "{listed}"
     );
     let store = std::fs::read_to_string(dir.path().join("secrets.json")).unwrap();
-    assert!(!store.contains(VALUE));
+    assert!(
+        !store.contains(VALUE),
+        "the store holds the value in the clear"
+    );
 
     // Names are validated; values never come from argv (there is no argument for one).
     let o = with_stdin(
@@ -130,7 +134,7 @@ fn store_list_rotate_and_refuse_a_wrong_key() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("1 secret(s)"), "{}", text(&o));
     let o = ztee(dir.path(), &key, &["secret", "ls"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = text(&o);
     assert!(
         err.contains("master key does not match the secret store"),
@@ -144,7 +148,7 @@ fn store_list_rotate_and_refuse_a_wrong_key() {
     let o = ztee(dir.path(), &new_key, &["secret", "rm", "STRIPE_KEY"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("does not exist"), "{}", text(&o));
 }
 
