@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::apikey;
 use crate::audit::AuditSink;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::principal::{Permission, Principal};
 use crate::request_id::RequestId;
 use crate::state::AppState;
@@ -82,7 +82,7 @@ impl Caller {
     /// `authz.denied` event (the permission as its resource; never request content). The record
     /// is written in the background: the caller is refused whether or not it lands, and the
     /// per-principal rate limit bounds how many a caller can cause.
-    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+    pub fn require(&self, permission: Permission) -> Result<(), ActionError> {
         let refused = self.principal.require(permission);
         if refused.is_err() {
             self.record_denial(permission);
@@ -126,11 +126,11 @@ fn request_context(extensions: &Extensions) -> (RequestId, Option<IpAddr>) {
 }
 
 /// A refusal of authentication: 401 with a `WWW-Authenticate` challenge (RFC 6750).
-pub struct AuthRejection(ApiError);
+pub struct AuthRejection(ActionError);
 
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
-        let unauthenticated = self.0.status == axum::http::StatusCode::UNAUTHORIZED;
+        let unauthenticated = self.0.kind == crate::error::ErrorKind::Unauthenticated;
         let mut response = self.0.into_response();
         if unauthenticated {
             response.headers_mut().insert(
@@ -167,7 +167,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         };
         if let Err(retry_after) = state.limiter.check(&principal.subject) {
             state.metrics.rate_limited();
-            return Err(AuthRejection(ApiError::too_many_requests(
+            return Err(AuthRejection(ActionError::too_many_requests(
                 format!(
                     "request rate limit of {}/s (burst {}) for this principal exceeded",
                     state.config.quotas.requests_per_second, state.config.quotas.burst
@@ -191,11 +191,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 async fn authenticate(
     parts: &Parts,
     state: &AppState,
-) -> Result<(Principal, Option<u64>), (&'static str, ApiError)> {
+) -> Result<(Principal, Option<u64>), (&'static str, ActionError)> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err((
             "missing_credentials",
-            ApiError::unauthenticated(
+            ActionError::unauthenticated(
                 "missing Authorization header; send `Authorization: Bearer <OIDC token or API key>`",
             ),
         ));
@@ -211,7 +211,7 @@ async fn authenticate(
         .ok_or_else(|| {
             (
                 "malformed_authorization",
-                ApiError::unauthenticated("Authorization header must be `Bearer <token>`"),
+                ActionError::unauthenticated("Authorization header must be `Bearer <token>`"),
             )
         })?;
     if apikey::looks_like_api_key(token) {
@@ -220,18 +220,18 @@ async fn authenticate(
         let verdict = store
             .run(move |s| apikey::authenticate(s, &token))
             .await
-            .map_err(|e| ("store_error", ApiError::internal(e)))?;
+            .map_err(|e| ("store_error", ActionError::internal(e)))?;
         return verdict.map(|p| (p, None)).map_err(|rejection| {
             (
                 rejection.as_str(),
-                ApiError::unauthenticated("API key not accepted (unknown, revoked or wrong)"),
+                ActionError::unauthenticated("API key not accepted (unknown, revoked or wrong)"),
             )
         });
     }
     let Some(oidc) = &state.oidc else {
         return Err((
             "oidc_not_configured",
-            ApiError::unauthenticated(
+            ActionError::unauthenticated(
                 "bearer token is not an API key and this server has no OIDC issuer configured",
             ),
         ));
@@ -241,9 +241,9 @@ async fn authenticate(
         tracing::info!(reason, detail = %rejection, "token refused");
         let err = match rejection {
             crate::oidc::TokenRejection::KeysUnavailable(_) => {
-                ApiError::unavailable("the identity provider's signing keys cannot be fetched")
+                ActionError::unavailable("the identity provider's signing keys cannot be fetched")
             }
-            other => ApiError::unauthenticated(format!("bearer token not accepted: {other}")),
+            other => ActionError::unauthenticated(format!("bearer token not accepted: {other}")),
         };
         (reason, err)
     })?;
@@ -252,7 +252,9 @@ async fn authenticate(
     let expires_at = token_expiry(token).ok_or_else(|| {
         (
             "no_expiry",
-            ApiError::unauthenticated("bearer token not accepted: its exp claim is not readable"),
+            ActionError::unauthenticated(
+                "bearer token not accepted: its exp claim is not readable",
+            ),
         )
     })?;
     Ok((principal, Some(expires_at)))

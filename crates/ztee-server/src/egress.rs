@@ -27,7 +27,7 @@ use ztee_policy::EgressTarget;
 
 use crate::audit::{self, AuditSink};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::exec::{ExecError, SandboxHandle};
 use crate::pipeline::{ActionContext, Gate, Holds, Pipeline, Work};
 use crate::policy::{Decision, DecisionKind};
@@ -36,9 +36,9 @@ use crate::policy::{Decision, DecisionKind};
 const MAX_RULES: usize = 32;
 
 /// Parses the `egress` field of a request. Empty: no egress (the VM has no network).
-pub fn parse(rules: &[String]) -> Result<Allowlist, ApiError> {
+pub fn parse(rules: &[String]) -> Result<Allowlist, ActionError> {
     if rules.len() > MAX_RULES {
-        return Err(ApiError::bad_request(format!(
+        return Err(ActionError::bad_request(format!(
             "egress: at most {MAX_RULES} HOST:PORT entries"
         )));
     }
@@ -46,7 +46,7 @@ pub fn parse(rules: &[String]) -> Result<Allowlist, ApiError> {
     for (i, rule) in rules.iter().enumerate() {
         parsed.push(
             rule.parse()
-                .map_err(|e| ApiError::bad_request(format!("egress[{i}]: {e}")))?,
+                .map_err(|e| ActionError::bad_request(format!("egress[{i}]: {e}")))?,
         );
     }
     Ok(Allowlist::new(parsed))
@@ -82,7 +82,7 @@ pub async fn authorize(
     ctx: &ActionContext<'_>,
     allowlist: &Allowlist,
     approved: bool,
-) -> Result<EgressGate, ApiError> {
+) -> Result<EgressGate, ActionError> {
     let holds = if approved {
         Holds::Approved
     } else {
@@ -97,7 +97,7 @@ pub async fn authorize_without_approvals(
     pipeline: &Pipeline,
     ctx: &ActionContext<'_>,
     allowlist: &Allowlist,
-) -> Result<(), ApiError> {
+) -> Result<(), ActionError> {
     match authorize_with(pipeline, ctx, allowlist, Holds::Refuse).await? {
         EgressGate::Allowed => Ok(()),
         EgressGate::Held(decision) => Err(crate::pipeline::approval_required(&decision)),
@@ -109,7 +109,7 @@ async fn authorize_with(
     ctx: &ActionContext<'_>,
     allowlist: &Allowlist,
     holds: Holds,
-) -> Result<EgressGate, ApiError> {
+) -> Result<EgressGate, ActionError> {
     let mut input = ctx.policy.clone();
     input.action = "egress";
     input.findings = Vec::new();
@@ -139,7 +139,7 @@ async fn authorize_with(
     match decision.kind {
         DecisionKind::Allow => Ok(EgressGate::Allowed),
         DecisionKind::RequireApproval if approved => Ok(EgressGate::Allowed),
-        DecisionKind::Deny => Err(ApiError::policy_denied(format!(
+        DecisionKind::Deny => Err(ActionError::policy_denied(format!(
             "policy denied the requested egress: {}",
             decision.reasons.join(", ")
         ))),
@@ -157,7 +157,7 @@ pub async fn admit_with_egress(
     work: Work,
     allowlist: &Allowlist,
     approved: bool,
-) -> Result<Gate, ApiError> {
+) -> Result<Gate, ActionError> {
     match pipeline.admit_or_hold(ctx, work, approved).await? {
         Gate::Admitted(admitted) if !allowlist.is_empty() => {
             match authorize(pipeline, ctx, allowlist, approved).await? {

@@ -9,7 +9,7 @@
 use ztee_audit::{EventType, Outcome};
 
 use crate::audit;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::exec::{AdmittedImage, ExecError};
 use crate::pipeline::{exec_error, ActionContext, Gate, Work};
 use crate::policy::Decision;
@@ -30,11 +30,11 @@ pub async fn admit(
     request_ctx: &ActionContext<'_>,
     image: Option<&str>,
     approved: bool,
-) -> Result<ImageGate, ApiError> {
+) -> Result<ImageGate, ActionError> {
     let Some(image) = image.filter(|i| *i != "default") else {
         return Ok(ImageGate::Admitted(None));
     };
-    let mut policy = crate::api::policy_input(request_ctx.caller, "image.admit");
+    let mut policy = crate::action::policy_input(request_ctx.caller, "image.admit");
     policy.image = Some(image.to_owned());
     let mut ctx = ActionContext {
         caller: request_ctx.caller,

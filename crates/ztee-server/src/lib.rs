@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod action;
 pub mod api;
 pub mod apikey;
 pub mod approvals;

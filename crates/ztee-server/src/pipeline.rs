@@ -25,7 +25,7 @@ use crate::auth::Caller;
 use crate::dlp::{
     merge_counts, scan_fields, DlpEngine, RedactionCounts, SecretScope, StreamRedactor,
 };
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::exec::{CommandResult, ExecSpec, Executor, OutputEvent, OutputStream, SandboxHandle};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, DecisionKind, PolicyEngine, PolicyInput};
@@ -117,7 +117,7 @@ impl Work {
 
     /// Masks every finding in place. Fails for a binary file with findings: it cannot be edited
     /// safely, so it is refused instead.
-    fn redact(&mut self, dlp: &dyn DlpEngine) -> Result<RedactionCounts, ApiError> {
+    fn redact(&mut self, dlp: &dyn DlpEngine) -> Result<RedactionCounts, ActionError> {
         let mut counts = RedactionCounts::new();
         let mut apply = |text: &mut String| {
             let r = dlp.redact(text);
@@ -145,7 +145,7 @@ impl Work {
                     *content = Bytes::from(text);
                 }
                 Err(_) if !dlp.scan(&String::from_utf8_lossy(content)).is_empty() => {
-                    return Err(ApiError::dlp_blocked(format!(
+                    return Err(ActionError::dlp_blocked(format!(
                         "files[{i}] is binary and holds sensitive data that cannot be masked in place"
                     )));
                 }
@@ -192,9 +192,9 @@ pub enum Gate {
 
 /// The answer to a held request that is not parked: a stream (it cannot wait for a human) or a
 /// file upload (its body is not kept).
-pub fn approval_required(decision: &Decision) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::FORBIDDEN,
+pub fn approval_required(decision: &Decision) -> ActionError {
+    ActionError::new(
+        crate::error::ErrorKind::Forbidden,
         "approval_required",
         format!(
             "policy requires a human approval for this request; it was not run ({})",
@@ -218,7 +218,7 @@ impl Pipeline {
         &self,
         ctx: &mut ActionContext<'_>,
         work: Work,
-    ) -> Result<Admitted, ApiError> {
+    ) -> Result<Admitted, ActionError> {
         match self.admit_or_hold(ctx, work, false).await? {
             Gate::Admitted(admitted) => Ok(admitted),
             Gate::Held(decision) => Err(approval_required(&decision)),
@@ -233,7 +233,7 @@ impl Pipeline {
         ctx: &mut ActionContext<'_>,
         work: Work,
         approved: bool,
-    ) -> Result<Gate, ApiError> {
+    ) -> Result<Gate, ActionError> {
         let holds = if approved {
             Holds::Approved
         } else {
@@ -249,7 +249,7 @@ impl Pipeline {
         &self,
         ctx: &mut ActionContext<'_>,
         work: Work,
-    ) -> Result<Admitted, ApiError> {
+    ) -> Result<Admitted, ActionError> {
         match self.gate(ctx, work, Holds::Refuse).await? {
             Gate::Admitted(admitted) => Ok(admitted),
             Gate::Held(decision) => Err(approval_required(&decision)),
@@ -263,7 +263,7 @@ impl Pipeline {
         ctx: &mut ActionContext<'_>,
         mut work: Work,
         holds: Holds,
-    ) -> Result<Gate, ApiError> {
+    ) -> Result<Gate, ActionError> {
         let input_digest = work.digest_input(&self.content_key);
         let fields = work.fields();
         let findings = scan_fields(
@@ -296,7 +296,7 @@ impl Pipeline {
                     .with_decision(audit::decision_record(&decision))
                     .with_code(&input_digest);
                 self.record(event).await?;
-                return Err(ApiError::policy_denied(format!(
+                return Err(ActionError::policy_denied(format!(
                     "policy denied this request: {}",
                     decision.reasons.join(", ")
                 )));
@@ -335,7 +335,7 @@ impl Pipeline {
         timeout: std::time::Duration,
         max_output_bytes: usize,
         secrets: Option<&SecretScope>,
-    ) -> Result<CommandResult, ApiError> {
+    ) -> Result<CommandResult, ActionError> {
         let start = Instant::now();
         let mut outbound = Outbound::new(self.dlp.as_ref(), secrets);
         let mut stream = self.execute(ctx, sandbox, &admitted, timeout).await?;
@@ -393,7 +393,7 @@ impl Pipeline {
         timeout: std::time::Duration,
         secrets: Option<SecretScope>,
         keep_alive: Box<dyn std::any::Any + Send>,
-    ) -> Result<tokio::sync::mpsc::Receiver<serde_json::Value>, ApiError> {
+    ) -> Result<tokio::sync::mpsc::Receiver<serde_json::Value>, ActionError> {
         let action = ctx.as_action();
         let mut stream = self
             .execute(&action, sandbox.as_ref(), &admitted, timeout)
@@ -468,7 +468,7 @@ impl Pipeline {
         sandbox: &dyn SandboxHandle,
         admitted: &Admitted,
         timeout: std::time::Duration,
-    ) -> Result<Box<dyn OutputStream>, ApiError> {
+    ) -> Result<Box<dyn OutputStream>, ActionError> {
         let work = &admitted.work;
         let started = async {
             for (path, content) in &work.files {
@@ -499,10 +499,10 @@ impl Pipeline {
     }
 
     /// The audit stage. Fails closed: an event that cannot be made durable fails the request.
-    pub async fn record(&self, event: AuditEvent) -> Result<(), ApiError> {
+    pub async fn record(&self, event: AuditEvent) -> Result<(), ActionError> {
         self.audit.append(event).await.map_err(|e| {
             tracing::error!(error = %e, "audit append failed");
-            ApiError::unavailable("the audit trail cannot be written; nothing was done")
+            ActionError::unavailable("the audit trail cannot be written; nothing was done")
         })
     }
 
@@ -554,16 +554,16 @@ pub fn create_failure_decision(
     }
 }
 
-pub fn exec_error(e: crate::exec::ExecError) -> ApiError {
+pub fn exec_error(e: crate::exec::ExecError) -> ActionError {
     match e {
-        crate::exec::ExecError::Guest(m) => ApiError::bad_request(m),
+        crate::exec::ExecError::Guest(m) => ActionError::bad_request(m),
         refused @ crate::exec::ExecError::Refused { .. } => {
-            ApiError::forbidden(refused.to_string())
+            ActionError::forbidden(refused.to_string())
         }
-        crate::exec::ExecError::NotFound(m) => ApiError::not_found(m),
+        crate::exec::ExecError::NotFound(m) => ActionError::not_found(m),
         crate::exec::ExecError::Engine(m) => {
             tracing::error!(error = %m, "VM engine failure");
-            ApiError::unavailable("the VM engine failed to run this request; see the server log")
+            ActionError::unavailable("the VM engine failed to run this request; see the server log")
         }
     }
 }

@@ -206,11 +206,11 @@ impl Principal {
     }
 
     /// Fails with 403 naming the missing permission.
-    pub fn require(&self, permission: Permission) -> Result<(), crate::error::ApiError> {
+    pub fn require(&self, permission: Permission) -> Result<(), crate::error::ActionError> {
         if self.has(permission) {
             Ok(())
         } else {
-            Err(crate::error::ApiError::forbidden(format!(
+            Err(crate::error::ActionError::forbidden(format!(
                 "this action needs the `{permission}` permission; the caller's roles [{}] do not grant it",
                 self.roles.join(", ")
             )))
@@ -250,7 +250,7 @@ mod tests {
         assert!(!p.has(Permission::SandboxAdmin));
         assert!(!p.has(Permission::Admin));
         let err = p.require(Permission::AuditRead).unwrap_err();
-        assert_eq!(err.status, axum::http::StatusCode::FORBIDDEN);
+        assert_eq!(err.kind, crate::error::ErrorKind::Forbidden);
         assert!(err.message.contains("audit:read"));
     }
 

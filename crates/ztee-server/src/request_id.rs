@@ -15,7 +15,7 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 
 use crate::dlp::DlpEngine;
-use crate::error::ApiError;
+use crate::error::ActionError;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -77,8 +77,8 @@ pub async fn layer(
 }
 
 async fn finish_error(mut response: Response, id: &RequestId) -> Response {
-    if let Some(err) = response.extensions_mut().remove::<ApiError>() {
-        let mut rendered = err.with_request_id(id).render();
+    if let Some(err) = response.extensions_mut().remove::<ActionError>() {
+        let mut rendered = crate::error::render(&err.with_request_id(id.as_str()));
         copy_auth_headers(&response, &mut rendered);
         return rendered;
     }
@@ -101,9 +101,7 @@ async fn finish_error(mut response: Response, id: &RequestId) -> Response {
         Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
         Err(_) => String::new(),
     };
-    let mut rendered = ApiError::from_foreign(parts.status, &text)
-        .with_request_id(id)
-        .render();
+    let mut rendered = crate::error::render_foreign(parts.status, &text, id.as_str());
     for (name, value) in parts.headers.iter() {
         if name == header::ALLOW || name == header::WWW_AUTHENTICATE {
             rendered.headers_mut().insert(name.clone(), value.clone());

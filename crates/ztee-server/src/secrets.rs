@@ -26,7 +26,7 @@ use ztee_secrets::{Lease, SecretBroker, SecretError, SecretRequest};
 use crate::audit;
 use crate::auth::Caller;
 use crate::dlp::SecretScope;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::exec::{ExecError, SandboxHandle};
 use crate::policy::DecisionKind;
 use crate::state::AppState;
@@ -35,9 +35,9 @@ use crate::state::AppState;
 pub const MAX_SECRETS_PER_SANDBOX: usize = 16;
 
 /// Checks the shape of a request's `secrets` list: unique names, unique variables, a bound.
-pub fn check_requests(requests: &[SecretRequest]) -> Result<(), ApiError> {
+pub fn check_requests(requests: &[SecretRequest]) -> Result<(), ActionError> {
     if requests.len() > MAX_SECRETS_PER_SANDBOX {
-        return Err(ApiError::bad_request(format!(
+        return Err(ActionError::bad_request(format!(
             "secrets: at most {MAX_SECRETS_PER_SANDBOX} per sandbox, {} given",
             requests.len()
         )));
@@ -46,14 +46,14 @@ pub fn check_requests(requests: &[SecretRequest]) -> Result<(), ApiError> {
     let mut vars = std::collections::BTreeSet::new();
     for r in requests {
         if !names.insert(r.name.as_str()) {
-            return Err(ApiError::bad_request(format!(
+            return Err(ActionError::bad_request(format!(
                 "secrets: {} is requested twice",
                 r.name
             )));
         }
         if let Some(env) = &r.env {
             if !vars.insert(env.as_str()) {
-                return Err(ApiError::bad_request(format!(
+                return Err(ActionError::bad_request(format!(
                     "secrets: two secrets are given the environment variable {env}"
                 )));
             }
@@ -187,20 +187,20 @@ pub async fn checkout(
     state: &AppState,
     target: &Target<'_>,
     requests: &[SecretRequest],
-) -> Result<Option<InjectedSecrets>, ApiError> {
+) -> Result<Option<InjectedSecrets>, ActionError> {
     if requests.is_empty() {
         return Ok(None);
     }
     check_requests(requests)?;
     let Some(broker) = state.secrets.clone() else {
-        return Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
+        return Err(ActionError::new(
+            crate::error::ErrorKind::BadRequest,
             "secrets_unavailable",
             "this gateway has no secrets backend; configure [secrets] (see docs/secrets.md)",
         ));
     };
     let names: Vec<String> = requests.iter().map(|r| r.name.to_string()).collect();
-    let mut input = crate::api::policy_input(target.caller, "secret.use");
+    let mut input = crate::action::policy_input(target.caller, "secret.use");
     input.image = target.image.map(str::to_owned);
     input.secrets = names.clone();
     let pipeline = &state.pipeline;
@@ -221,7 +221,7 @@ pub async fn checkout(
                 .with_decision(record.clone());
                 pipeline.record(event).await?;
             }
-            Ok::<(), ApiError>(())
+            Ok::<(), ActionError>(())
         }
     };
     match decision.kind {
@@ -229,15 +229,15 @@ pub async fn checkout(
         DecisionKind::RequireApproval if target.approved => {}
         DecisionKind::Deny => {
             audit_all(Outcome::Denied).await?;
-            return Err(ApiError::policy_denied(format!(
+            return Err(ActionError::policy_denied(format!(
                 "policy does not let this caller give these secrets to this sandbox: {}",
                 decision.reasons.join(", ")
             )));
         }
         DecisionKind::RequireApproval => {
             audit_all(Outcome::PendingApproval).await?;
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
+            return Err(ActionError::new(
+            crate::error::ErrorKind::Forbidden,
                 "approval_required",
                 format!(
                     "policy requires a human approval to use these secrets; nothing was injected ({})",
@@ -260,7 +260,7 @@ pub async fn checkout(
             let name = s.request.name.to_string();
             release_now(&broker, lease).await;
             audit_all(Outcome::Failure).await?;
-            return Err(ApiError::bad_request(format!(
+            return Err(ActionError::bad_request(format!(
                 "secret {name} is not UTF-8 text and cannot be an environment variable; \
                  request it without =ENVVAR to get it as /run/secrets/{name}"
             )));
@@ -295,7 +295,7 @@ pub async fn checkout(
                 );
             release_now(&broker, lease).await;
             audit_all(Outcome::Failure).await?;
-            return Err(ApiError::bad_request(format!(
+            return Err(ActionError::bad_request(format!(
                 "secret {name} cannot be redacted from outputs, so it is not injected: {why}"
             )));
         }
@@ -318,16 +318,16 @@ async fn release_now(broker: &Arc<SecretBroker>, lease: Lease) {
     }
 }
 
-fn lease_error(e: SecretError) -> ApiError {
+fn lease_error(e: SecretError) -> ActionError {
     match e {
-        SecretError::NotFound(_) | SecretError::Unavailable(_) => ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
+        SecretError::NotFound(_) | SecretError::Unavailable(_) => ActionError::new(
+            crate::error::ErrorKind::BadRequest,
             "unknown_secret",
             e.to_string(),
         ),
         other => {
             tracing::error!(error = %other, "secrets backend failure");
-            ApiError::unavailable("the secrets backend failed; see the gateway log")
+            ActionError::unavailable("the secrets backend failed; see the gateway log")
         }
     }
 }

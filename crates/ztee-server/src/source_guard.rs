@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use ztee_audit::{AuditEvent, DecisionKind, DecisionRecord, EventType, Outcome};
 
 use crate::audit;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::quota::source_key;
 use crate::request_id::RequestId;
 use crate::state::AppState;
@@ -33,7 +33,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, request: Request, next: N
         if let Err(retry_after) = state.source_limiter.check(ip) {
             state.metrics.source_rate_limited();
             let q = &state.config.quotas;
-            return ApiError::too_many_requests(
+            return ActionError::too_many_requests(
                 format!(
                     "request rate limit of {}/s (burst {}) for this source address exceeded",
                     q.source_requests_per_second, q.source_burst

@@ -168,7 +168,7 @@ impl LocalCore {
             caller: &self.caller,
             event_type,
             resource: Some(resource),
-            policy: ztee_server::api::policy_input(&self.caller, action),
+            policy: ztee_server::action::policy_input(&self.caller, action),
         }
     }
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use ztee_audit::Outcome;
 use ztee_egress::Allowlist;
 
-use super::sandboxes::{release, reserve};
+use super::sandbox::{release, reserve};
 use crate::audit;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::exec::{CreateSpec, ExecError, SandboxHandle};
 use crate::pipeline::{create_failure_decision, exec_error, ActionContext, Admitted};
 use crate::secrets::InjectedSecrets;
@@ -36,7 +36,7 @@ pub async fn provision(
     ctx: &ActionContext<'_>,
     admitted: &Admitted,
     provision: Provision<'_>,
-) -> Result<Arc<dyn SandboxHandle>, ApiError> {
+) -> Result<Arc<dyn SandboxHandle>, ActionError> {
     let id = provision.record.id.clone();
     reserve(state, provision.record).await?;
     match boot(state, ctx, provision).await {

@@ -1,32 +1,23 @@
-//! `POST /v1/run`: one command in a fresh VM that is destroyed afterwards.
+//! A run: one command in a fresh VM that is destroyed afterwards.
 
-use super::provision::{provision, Provision};
-use crate::image_admission::ImageGate;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
 use ztee_audit::EventType;
 
-use super::sandboxes::{json_body, ndjson, policy_input, release};
-use super::types::OneShotRun;
-use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
-use crate::approvals::HeldRequest;
+use super::checks::{bounded, check_env, check_guest_path, check_image, timeout};
+use super::provision::{provision, Provision};
+use super::sandbox::{policy_input, release};
+use super::{Action, ActionError, Approved, Delivery, HeldAction, OneShotRun, Outcome};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::exec::CommandResult;
 use crate::exec::{CreateSpec, SandboxHandle};
+use crate::image_admission::ImageGate;
 use crate::pipeline::{ActionContext, Gate, StreamContext, Work};
-use crate::principal::Permission;
 use crate::state::AppState;
 use crate::store::{now_rfc3339, SandboxRecord};
 
 /// Where `code` is written in the guest, and how each language runs it.
-fn program_for(language: &str) -> Result<(&'static str, Vec<String>), ApiError> {
+fn program_for(language: &str) -> Result<(&'static str, Vec<String>), ActionError> {
     match language {
         "python" | "python3" => Ok((
             "/tmp/ztee-main.py",
@@ -36,7 +27,7 @@ fn program_for(language: &str) -> Result<(&'static str, Vec<String>), ApiError> 
             "/tmp/ztee-main.sh",
             vec!["/bin/sh".into(), "/tmp/ztee-main.sh".into()],
         )),
-        other => Err(ApiError::bad_request(format!(
+        other => Err(ActionError::bad_request(format!(
             "language {other:?} is not supported; use python or sh"
         ))),
     }
@@ -81,48 +72,15 @@ impl Drop for OneShot {
     }
 }
 
-pub async fn run(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Result<Json<OneShotRun>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    caller.require(Permission::SandboxRun)?;
-    let req = json_body(body)?;
-    match run_once(state, caller, req, wants_stream(&headers), None).await? {
-        RunOutcome::Done(result) => Ok(Json(result).into_response()),
-        RunOutcome::Answered(response) => Ok(response),
-    }
-}
-
-/// Runs a request an approver approved, as its requester, and returns the masked result.
-pub async fn run_approved(
-    state: Arc<AppState>,
-    caller: Caller,
+pub(super) async fn run(
+    state: &Arc<AppState>,
+    caller: &Caller,
     req: OneShotRun,
-    approval_id: &str,
-) -> Result<CommandResult, ApiError> {
-    match run_once(state, caller, req, false, Some(approval_id)).await? {
-        RunOutcome::Done(result) => Ok(result),
-        RunOutcome::Answered(_) => Err(ApiError::internal("an approved run was answered early")),
-    }
-}
-
-enum RunOutcome {
-    Done(CommandResult),
-    /// A stream, or a 202 for a request parked for approval.
-    Answered(Response),
-}
-
-async fn run_once(
-    state: Arc<AppState>,
-    caller: Caller,
-    req: OneShotRun,
-    stream: bool,
-    approved: Option<&str>,
-) -> Result<RunOutcome, ApiError> {
+    delivery: Delivery,
+    approved: Option<Approved<'_>>,
+) -> Result<Outcome, ActionError> {
     // What an approver would approve: the request exactly as sent.
-    let original = req.clone();
+    let original = Action::Run(req.clone());
     check_image(req.image.as_deref())?;
     check_env(&req.env)?;
     let egress = crate::egress::parse(&req.egress)?;
@@ -136,34 +94,34 @@ async fn run_once(
         l.max_memory_mib,
     )?;
     let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
-    let limit = timeout(&state, req.timeout_s, d.command_timeout_s)?;
+    let limit = timeout(state, req.timeout_s, d.command_timeout_s)?;
     let mut files = Vec::with_capacity(req.files.len() + 1);
     for (i, f) in req.files.into_iter().enumerate() {
         check_guest_path(&format!("files[{i}].path"), &f.path)?;
         files.push((f.path, Bytes::from(f.content)));
     }
     let argv = match (req.cmd, req.language, req.code) {
-        (Some(cmd), None, None) => cmd.into_argv().map_err(ApiError::bad_request)?,
+        (Some(cmd), None, None) => cmd.into_argv().map_err(ActionError::bad_request)?,
         (None, Some(language), Some(code)) => {
             let (path, argv) = program_for(&language)?;
             files.push((path.to_owned(), Bytes::from(code)));
             argv
         }
-        (None, None, Some(_)) => return Err(ApiError::bad_request("code needs a language")),
-        (None, Some(_), None) => return Err(ApiError::bad_request("language needs code")),
+        (None, None, Some(_)) => return Err(ActionError::bad_request("code needs a language")),
+        (None, Some(_), None) => return Err(ActionError::bad_request("language needs code")),
         (None, None, None) => {
-            return Err(ApiError::bad_request(
+            return Err(ActionError::bad_request(
                 "give either cmd, or language and code",
             ))
         }
         (Some(_), _, _) => {
-            return Err(ApiError::bad_request(
+            return Err(ActionError::bad_request(
                 "give either cmd, or language and code, not both",
             ))
         }
     };
     let id = format!("run_{}", uuid::Uuid::new_v4().simple());
-    let mut policy = policy_input(&caller, "run");
+    let mut policy = policy_input(caller, "run");
     policy.image = req.image.clone();
     policy.memory_mib = Some(memory_mib);
     policy.vcpus = Some(vcpus);
@@ -172,7 +130,7 @@ async fn run_once(
     crate::secrets::check_requests(&req.secrets)?;
     let resource = Some(format!("run/{id}"));
     let mut ctx = ActionContext {
-        caller: &caller,
+        caller,
         event_type: EventType::Run,
         resource: resource.clone(),
         policy,
@@ -196,28 +154,33 @@ async fn run_once(
     let mut admitted = match gate {
         Gate::Admitted(admitted) => admitted,
         Gate::Held(decision) => {
-            let held = HeldRequest::Run(original);
-            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
-            return Ok(RunOutcome::Answered(answer));
+            let held = HeldAction {
+                action: original,
+                bound: Vec::new(),
+            };
+            let ticket = crate::approvals::park(state, caller, held, &decision).await?;
+            return Ok(Outcome::Held(ticket));
         }
     };
     // The image is admitted before any secret is leased for it.
     let image =
-        match crate::image_admission::admit(&state, &ctx, req.image.as_deref(), approved.is_some())
+        match crate::image_admission::admit(state, &ctx, req.image.as_deref(), approved.is_some())
             .await?
         {
             ImageGate::Admitted(image) => image,
             ImageGate::Held(decision) => {
-                let held = HeldRequest::Run(original);
-                let answer =
-                    crate::approvals::park_answer(&state, &caller, held, &decision).await?;
-                return Ok(RunOutcome::Answered(answer));
+                let held = HeldAction {
+                    action: original,
+                    bound: Vec::new(),
+                };
+                let ticket = crate::approvals::park(state, caller, held, &decision).await?;
+                return Ok(Outcome::Held(ticket));
             }
         };
     let injected = crate::secrets::checkout(
-        &state,
+        state,
         &crate::secrets::Target {
-            caller: &caller,
+            caller,
             image: req.image.as_deref(),
             resource: &format!("run/{id}"),
             approved: approved.is_some(),
@@ -238,7 +201,7 @@ async fn run_once(
         metadata: serde_json::json!({"one_shot": true}),
     };
     let handle = provision(
-        &state,
+        state,
         &ctx,
         &admitted,
         Provision {
@@ -264,7 +227,7 @@ async fn run_once(
         admitted.work.env.extend(secrets.env());
     }
 
-    if stream {
+    if delivery == Delivery::Stream {
         let stream_ctx = StreamContext {
             caller: caller.clone(),
             event_type: EventType::Run,
@@ -284,7 +247,7 @@ async fn run_once(
                 Box::new((one_shot, injected)),
             )
             .await?;
-        return Ok(RunOutcome::Answered(ndjson(rx)));
+        return Ok(Outcome::Streaming(rx));
     }
     let result = state
         .pipeline
@@ -302,5 +265,5 @@ async fn run_once(
     if let Some(secrets) = injected {
         secrets.end().await;
     }
-    Ok(RunOutcome::Done(result?))
+    Ok(Outcome::Ran(result?))
 }

@@ -25,14 +25,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use ztee_audit::{DecisionRecord, EventType, Outcome};
 
 use crate::auth::Caller;
 use crate::dlp::{RedactionCounts, SecretScope, StreamRedactor};
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::exec::FileChunks;
 use crate::pipeline::{exec_error, ActionContext, Admitted, Work};
 use crate::policy::PolicyInput;
@@ -50,7 +48,7 @@ const SEND_IDLE: Duration = Duration::from_secs(60);
 const QUEUE: usize = 2;
 
 /// Takes a transfer place for `caller`, or refuses with 429 `transfer_limit` naming the limit.
-pub fn permit(state: &AppState, caller: &Caller) -> Result<TransferPermit, ApiError> {
+pub fn permit(state: &AppState, caller: &Caller) -> Result<TransferPermit, ActionError> {
     state
         .transfers
         .acquire(&caller.principal.subject)
@@ -63,7 +61,8 @@ pub fn permit(state: &AppState, caller: &Caller) -> Result<TransferPermit, ApiEr
                     "the gateway already has {n} file transfers in flight (max_transfers); retry shortly"
                 ),
             };
-            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "transfer_limit", message);
+            let mut err = ActionError::new(
+            crate::error::ErrorKind::RateLimited, "transfer_limit", message);
             err.retry_after_s = Some(1);
             err
         })
@@ -73,33 +72,35 @@ pub fn permit(state: &AppState, caller: &Caller) -> Result<TransferPermit, ApiEr
 /// workers.
 pub async fn off_worker<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, ActionError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(ApiError::internal)
+        .map_err(ActionError::internal)
 }
 
 /// An upload's content at or below this is scanned inline; above it, on the blocking pool.
 pub const INLINE_SCAN_BYTES: usize = 64 * 1024;
 
-/// Reads an upload body, never past `limit` bytes (413 `payload_too_large` beyond it). Called
-/// only once a transfer place is held, so parallel uploads cannot buffer more than the limit
-/// each, times the transfer limits.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(err) = source {
-            if err.is::<http_body_util::LengthLimitError>() {
-                return ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the file is larger than the upload limit of {limit} bytes (max_file_bytes)"),
-                );
-            }
-            source = err.source();
-        }
-        ApiError::bad_request("the request body could not be read")
-    })
+/// The refusal of a file larger than the upload limit (`max_file_bytes`).
+pub fn too_large(limit: usize) -> ActionError {
+    ActionError::new(
+        crate::error::ErrorKind::TooLarge,
+        "payload_too_large",
+        format!("the file is larger than the upload limit of {limit} bytes (max_file_bytes)"),
+    )
+}
+
+/// A file on its way out of a sandbox, masked (text) or verified free of findings (binary).
+pub enum FileContent {
+    /// A file that fit in the prefix, with what masking replaced in it.
+    Whole {
+        content: Bytes,
+        redactions: RedactionCounts,
+    },
+    /// A larger file, as it is read. An error item ends it: the reader must treat what came
+    /// before as a broken transfer, never as a short file. The redaction counts are in the
+    /// audit record written when it ends.
+    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>),
 }
 
 /// Inbound DLP and policy for an upload ([`crate::pipeline::Pipeline::admit`]); a large file's
@@ -108,7 +109,7 @@ pub async fn admit_upload(
     state: &AppState,
     ctx: &mut ActionContext<'_>,
     work: Work,
-) -> Result<Admitted, ApiError> {
+) -> Result<Admitted, ActionError> {
     let size: usize = work.files.iter().map(|(_, content)| content.len()).sum();
     if size <= INLINE_SCAN_BYTES {
         return state.pipeline.admit(ctx, work).await;
@@ -153,7 +154,7 @@ impl DownloadAudit {
         state.pipeline.event(&ctx, outcome)
     }
 
-    async fn failure(&self, state: &AppState) -> Result<(), ApiError> {
+    async fn failure(&self, state: &AppState) -> Result<(), ActionError> {
         let event = self
             .event(state, Outcome::Failure)
             .with_decision(self.decision.clone());
@@ -176,7 +177,7 @@ impl Masker {
     }
 
     /// Masks `bytes` (the end of the input when `None`); returns what is final so far.
-    async fn push(&mut self, bytes: Option<&[u8]>) -> Result<String, ApiError> {
+    async fn push(&mut self, bytes: Option<&[u8]>) -> Result<String, ActionError> {
         let mut text = String::new();
         match bytes {
             Some(b) => self.carry.push(b, &mut text),
@@ -185,7 +186,7 @@ impl Masker {
         let mut redactor = self
             .redactor
             .take()
-            .ok_or_else(|| ApiError::internal("the download's redactor was lost"))?;
+            .ok_or_else(|| ActionError::internal("the download's redactor was lost"))?;
         let last = bytes.is_none();
         let (redactor, out) = off_worker(move || {
             let mut out = redactor.push(&text);
@@ -216,7 +217,7 @@ fn is_text(prefix: &[u8]) -> bool {
 }
 
 /// Reads up to [`PREFIX_BYTES`] (or the whole file, if shorter); `true` when the file ended.
-async fn read_prefix(chunks: &mut dyn FileChunks) -> Result<(Vec<u8>, bool), ApiError> {
+async fn read_prefix(chunks: &mut dyn FileChunks) -> Result<(Vec<u8>, bool), ActionError> {
     let mut prefix = Vec::new();
     while prefix.len() < PREFIX_BYTES {
         match chunks.next_chunk().await.map_err(exec_error)? {
@@ -235,7 +236,7 @@ pub async fn download(
     path: String,
     audit: DownloadAudit,
     permit: TransferPermit,
-) -> Result<Response, ApiError> {
+) -> Result<FileContent, ActionError> {
     let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
     let read = async {
         let mut chunks = sandbox
@@ -244,7 +245,7 @@ pub async fn download(
             .await
             .map_err(exec_error)?;
         let (prefix, ended) = read_prefix(chunks.as_mut()).await?;
-        Ok::<_, ApiError>((chunks, prefix, ended))
+        Ok::<_, ActionError>((chunks, prefix, ended))
     }
     .await;
     let (chunks, prefix, ended) = match read {
@@ -285,8 +286,8 @@ pub async fn download(
     Ok(stream_binary(state, second, scanned, audit, permit))
 }
 
-fn binary_refusal(path: &str, found: &[String]) -> ApiError {
-    ApiError::dlp_blocked(format!(
+fn binary_refusal(path: &str, found: &[String]) -> ActionError {
+    ActionError::dlp_blocked(format!(
         "{path} is binary and holds sensitive data ({}) that cannot be masked in place",
         found.join(", ")
     ))
@@ -300,7 +301,7 @@ async fn whole(
     content: Vec<u8>,
     scope: Option<SecretScope>,
     audit: DownloadAudit,
-) -> Result<Response, ApiError> {
+) -> Result<FileContent, ActionError> {
     let dlp = state.pipeline.dlp.clone();
     let checked = off_worker(move || match String::from_utf8(content) {
         Ok(text) => {
@@ -335,12 +336,10 @@ async fn whole(
         .with_output(&state.pipeline.content_key.digest(&body))
         .with_redactions(&counts);
     state.pipeline.record(event).await?;
-    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut response = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&summary.join(",")) {
-        response.headers_mut().insert("x-ztee-redactions", v);
-    }
-    Ok(response)
+    Ok(FileContent::Whole {
+        content: body,
+        redactions: counts,
+    })
 }
 
 type Sender = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
@@ -359,18 +358,6 @@ async fn send(tx: &Sender, bytes: Bytes) -> bool {
 /// Ends the body with an error, so the client sees a broken transfer, never a short file.
 async fn abort(tx: &Sender, why: &str) {
     let _ = tx.send(Err(std::io::Error::other(why.to_owned()))).await;
-}
-
-fn streamed(rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item, rx))
-    });
-    (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from_stream(stream),
-    )
-        .into_response()
 }
 
 /// How a streamed download ended, for its audit record.
@@ -413,7 +400,7 @@ fn stream_text(
     scope: Option<SecretScope>,
     audit: DownloadAudit,
     permit: TransferPermit,
-) -> Response {
+) -> FileContent {
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     tokio::spawn(async move {
         let _permit = permit;
@@ -445,7 +432,7 @@ fn stream_text(
         }
         record_end(&state, &audit, &end, &digest.finalize(), &masker.counts()).await;
     });
-    streamed(rx)
+    FileContent::Stream(rx)
 }
 
 /// Splits a byte stream into [`BLOCK_BYTES`] blocks, whatever the chunks it arrives in.
@@ -499,7 +486,7 @@ async fn scan_binary(
     mut chunks: Box<dyn FileChunks>,
     prefix: Vec<u8>,
     scope: Option<SecretScope>,
-) -> Result<Scanned, ApiError> {
+) -> Result<Scanned, ActionError> {
     let key = &state.pipeline.content_key;
     let mut masker = Masker::new(state, scope.as_ref());
     let mut blocks = Blocks::new();
@@ -538,7 +525,7 @@ fn stream_binary(
     scanned: Scanned,
     audit: DownloadAudit,
     permit: TransferPermit,
-) -> Response {
+) -> FileContent {
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     tokio::spawn(async move {
         let _permit = permit;
@@ -588,7 +575,7 @@ fn stream_binary(
         )
         .await;
     });
-    streamed(rx)
+    FileContent::Stream(rx)
 }
 
 #[cfg(test)]

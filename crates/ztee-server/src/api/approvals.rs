@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::approvals::{self, callback::CallbackQuery, Approver, Status};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::state::AppState;
 
 /// Longest long-poll, in seconds.
@@ -42,14 +42,14 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+) -> Result<Response, ActionError> {
+    let Query(q) = query.map_err(|e| ActionError::bad_request(e.body_text()))?;
     let status = q
         .status
         .as_deref()
         .map(|s| {
             Status::parse(s).ok_or_else(|| {
-                ApiError::bad_request(format!(
+                ActionError::bad_request(format!(
                     "status {s:?} is not one of pending, approved, executed, failed, denied, expired"
                 ))
             })
@@ -64,11 +64,11 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
     query: Result<Query<ShowQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+) -> Result<Response, ActionError> {
+    let Query(q) = query.map_err(|e| ActionError::bad_request(e.body_text()))?;
     let record = match q.wait {
         Some(w) if w > MAX_WAIT_S => {
-            return Err(ApiError::bad_request(format!(
+            return Err(ActionError::bad_request(format!(
                 "wait = {w} is out of range; allowed: 0 to {MAX_WAIT_S}"
             )))
         }
@@ -89,13 +89,13 @@ async fn decide(
     id: String,
     body: axum::body::Bytes,
     approve: bool,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     let body: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
         DecisionBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            ActionError::new(
+                crate::error::ErrorKind::Unprocessable,
                 "invalid_body",
                 format!("expected {{\"comment\": \"...\"}} or no body: {e}"),
             )
@@ -118,7 +118,7 @@ pub async fn approve(
     caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     decide(state, caller, id, body, true).await
 }
 
@@ -127,7 +127,7 @@ pub async fn deny(
     caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     decide(state, caller, id, body, false).await
 }
 
@@ -142,8 +142,8 @@ pub async fn callback(
     extensions: Extensions,
     Path(id): Path<String>,
     query: Result<Query<CallbackQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+) -> Result<Response, ActionError> {
+    let Query(q) = query.map_err(|e| ActionError::bad_request(e.body_text()))?;
     if method != Method::POST {
         let page = approvals::callback_page(&state, &id, &q).await?;
         return Ok((

@@ -2,26 +2,17 @@
 
 mod approvals;
 mod ops;
-mod provision;
-mod run;
 mod sandboxes;
 mod secrets;
-mod transfer;
 pub mod types;
 
-pub(crate) use run::run_approved;
-pub use sandboxes::policy_input;
-pub(crate) use sandboxes::{command_approved, create_approved};
-
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Every route of the API. `openapi.rs` documents exactly these (a test checks it).
@@ -90,7 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(sandboxes::show).delete(sandboxes::delete),
         )
         .route("/v1/sandboxes/{id}/commands", post(sandboxes::command))
-        .route("/v1/run", post(run::run))
+        .route("/v1/run", post(sandboxes::run))
         .route("/v1/audit", get(ops::audit))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::show))
@@ -136,88 +127,4 @@ pub(crate) fn wants_stream(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-ndjson"))
-}
-
-/// Checks a caller-supplied value against the configured ceiling.
-pub(crate) fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
-    field: &str,
-    value: Option<T>,
-    default: T,
-    min: T,
-    max: T,
-) -> Result<T, ApiError> {
-    let v = value.unwrap_or(default);
-    if v < min || v > max {
-        return Err(ApiError::bad_request(format!(
-            "{field} = {v} is out of range; allowed: {min} to {max}"
-        )));
-    }
-    Ok(v)
-}
-
-pub(crate) fn timeout(
-    state: &AppState,
-    requested: Option<u64>,
-    default: u64,
-) -> Result<Duration, ApiError> {
-    bounded(
-        "timeout_s",
-        requested,
-        default,
-        1,
-        state.config.limits.max_timeout_s,
-    )
-    .map(Duration::from_secs)
-}
-
-/// Environment names are what a shell accepts; values may not hold NUL (they go to execve).
-pub(crate) fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), ApiError> {
-    for (k, v) in env {
-        let name_ok = !k.is_empty()
-            && k.len() <= 256
-            && !k.as_bytes()[0].is_ascii_digit()
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !name_ok {
-            return Err(ApiError::bad_request(format!(
-                "env name {k:?} is not valid; use letters, digits and _ (not starting with a digit)"
-            )));
-        }
-        if v.contains('\0') {
-            return Err(ApiError::bad_request(format!(
-                "env.{k} contains a NUL byte"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Guest paths are absolute, without NUL, and of sane length.
-pub(crate) fn check_guest_path(field: &str, path: &str) -> Result<(), ApiError> {
-    if !path.starts_with('/') || path.len() > 4096 || path.contains('\0') {
-        return Err(ApiError::bad_request(format!(
-            "{field} {path:?} must be an absolute path (starting with /) without NUL, at most 4096 bytes"
-        )));
-    }
-    if path.split('/').any(|seg| seg == "..") {
-        return Err(ApiError::bad_request(format!(
-            "{field} {path:?} must not contain `..`"
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_image(image: Option<&str>) -> Result<(), ApiError> {
-    if let Some(image) = image {
-        let ok = !image.is_empty()
-            && image.len() <= 255
-            && image
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
-        if !ok {
-            return Err(ApiError::bad_request(format!(
-                "image {image:?} is not a valid image reference"
-            )));
-        }
-    }
-    Ok(())
 }

@@ -14,7 +14,7 @@ use ztee_audit::{EventType, Outcome};
 use super::types::AuditQuery;
 use crate::audit;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::principal::Permission;
 use crate::state::AppState;
 
@@ -29,7 +29,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Ok(_) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: state database not available");
-            ApiError::unavailable("state database not available").into_response()
+            ActionError::unavailable("state database not available").into_response()
         }
     }
 }
@@ -39,7 +39,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 pub async fn metrics(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     caller.require(Permission::MetricsRead)?;
     Ok((
         [(
@@ -65,8 +65,8 @@ pub async fn require_caller(
     next.run(request).await
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::not_found("no such route; the API is described at /openapi.json")
+pub async fn not_found() -> ActionError {
+    ActionError::not_found("no such route; the API is described at /openapi.json")
 }
 
 /// `GET /v1/audit`: the caller's tenant's events, newest last. Reading is itself audited.
@@ -74,9 +74,9 @@ pub async fn audit(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     caller.require(Permission::AuditRead)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = query.map_err(|e| ActionError::bad_request(e.body_text()))?;
     let tenant = match q.tenant {
         Some(t) if t != caller.principal.tenant => {
             caller.require(Permission::PlatformAdmin)?;
@@ -90,17 +90,17 @@ pub async fn audit(
         .map(humantime::parse_rfc3339_weak)
         .transpose()
         .map_err(|e| {
-            ApiError::bad_request(format!("since: {e}; expected e.g. 2026-01-31T00:00:00Z"))
+            ActionError::bad_request(format!("since: {e}; expected e.g. 2026-01-31T00:00:00Z"))
         })?;
     let event_type = q
         .event_type
         .as_deref()
         .map(str::parse::<EventType>)
         .transpose()
-        .map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
+        .map_err(|e| ActionError::bad_request(format!("type: {e}")))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request(format!(
+        return Err(ActionError::bad_request(format!(
             "limit = {limit} is out of range; allowed: 1 to 1000"
         )));
     }
@@ -134,8 +134,8 @@ pub async fn audit(
         .map(|()| out)
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(ActionError::internal)?
+    .map_err(ActionError::internal)?;
     let records: Vec<_> = records.into_iter().collect();
     Ok((StatusCode::OK, Json(serde_json::json!({"events": records}))).into_response())
 }

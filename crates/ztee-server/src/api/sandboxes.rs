@@ -1,709 +1,114 @@
-//! `/v1/sandboxes`: long-lived sandboxes, their commands and files.
-//!
-//! Visibility: a principal with `sandbox:run` sees the sandboxes it created; `sandbox:admin` sees
-//! every sandbox of its tenant (role `admin` is such a tenant admin); `platform:admin` sees every
-//! tenant's. Anything else answers 404, so the existence of another tenant's sandbox is never
-//! revealed. The VMM's host pid and jail (host uid, cgroup and chroot paths) are shown to platform
-//! admins only.
-//!
-//! A sandbox holding secrets is different: code runs and files move in it (commands, file
-//! reads, file writes) only for its owner, the principal that created it and was granted its
-//! secrets. Anyone else who can see it (a sandbox admin, an operator) gets 403
-//! `secrets_owner_only`: a command can print a secret in a form masking does not know (`rev`,
-//! `base32`), a planted file can run with it, and a dynamic credential names its lease holder.
-//! They may still list, show (names, never values) and delete it. The owner's own commands and
-//! file operations are decided by policy with the secret names as well, so a grant withdrawn
-//! (or one that asks for approval) applies to every use, not only to the creation.
+//! `/v1/sandboxes` and `/v1/run`: the REST door of the action core. Each handler parses its
+//! request into an [`Action`], hands it to [`action::execute`] and renders the [`Outcome`];
+//! who may see and use a sandbox, and every stage an action passes, live in `action/`.
 
-use super::provision::{provision, Provision};
-use crate::image_admission::ImageGate;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ztee_audit::{EventType, Outcome};
 
-use super::types::{CreateSandbox, FileQuery, RunCommand, SandboxView};
-use super::{bounded, check_env, check_guest_path, check_image, timeout, wants_stream};
-use crate::approvals::inputs::Bound;
-use crate::approvals::HeldRequest;
-use crate::audit;
+use super::types::{CreateSandbox, FileQuery, OneShotRun, RunCommand};
+use super::wants_stream;
+use crate::action::{self, Action, Delivery, FileContent, Outcome};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::exec::{CommandResult, CreateSpec};
-use crate::pipeline::{exec_error, ActionContext, Gate, StreamContext, Work};
-use crate::policy::PolicyInput;
+use crate::error::{ActionError, ErrorKind};
 use crate::principal::Permission;
-use crate::state::{AppState, LiveSandbox};
-use crate::store::{now_rfc3339, SandboxRecord};
+use crate::state::AppState;
 
-/// The policy input every action starts from: the caller and the action's name.
-pub fn policy_input(caller: &Caller, action: &'static str) -> PolicyInput {
-    PolicyInput {
-        action,
-        subject: caller.principal.subject.clone(),
-        tenant: caller.principal.tenant.clone(),
-        roles: caller.principal.roles.clone(),
-        image: None,
-        memory_mib: None,
-        vcpus: None,
-        timeout_s: None,
-        findings: Vec::new(),
-        cmd: Vec::new(),
-        secrets: Vec::new(),
-    }
-}
-
-pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ActionError> {
     body.map(|Json(v)| v).map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            json_rejection_code(&rejection),
-            rejection.body_text(),
-        )
+        let (kind, code) = json_rejection_kind(&rejection);
+        ActionError::new(kind, code, rejection.body_text())
     })
 }
 
-fn json_rejection_code(rejection: &JsonRejection) -> &'static str {
+fn json_rejection_kind(rejection: &JsonRejection) -> (ErrorKind, &'static str) {
     match rejection {
-        JsonRejection::JsonDataError(_) => "invalid_body",
-        JsonRejection::JsonSyntaxError(_) => "malformed_json",
-        JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-        JsonRejection::BytesRejection(_) => "payload_too_large",
-        _ => "bad_request",
-    }
-}
-
-fn visible(caller: &Caller, record: &SandboxRecord) -> bool {
-    let p = &caller.principal;
-    p.has(Permission::PlatformAdmin)
-        || (record.tenant == p.tenant
-            && (p.has(Permission::SandboxAdmin) || record.owner == p.subject))
-}
-
-/// The sandbox record if the caller may see it; 404 otherwise.
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<SandboxRecord, ApiError> {
-    let lookup = id.to_owned();
-    let record = state
-        .store
-        .run(move |s| s.sandbox(&lookup))
-        .await
-        .map_err(ApiError::internal)?;
-    record
-        .filter(|r| visible(caller, r))
-        .ok_or_else(|| ApiError::not_found(format!("no sandbox {id:?}")))
-}
-
-/// Names of the secrets a sandbox holds (never values), for the policy input of every action
-/// in it.
-fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
-    sandbox
-        .secrets
-        .as_ref()
-        .map(|s| s.names())
-        .unwrap_or_default()
-}
-
-/// The owner rule for a sandbox holding secrets (see the module comment): anyone but its owner
-/// is refused, and the refusal is audited as a denial before anything runs.
-async fn only_owner_where_secrets(
-    state: &AppState,
-    ctx: &ActionContext<'_>,
-    record: &SandboxRecord,
-    sandbox: &LiveSandbox,
-) -> Result<(), ApiError> {
-    let p = &ctx.caller.principal;
-    if ctx.policy.secrets.is_empty() || (p.tenant == record.tenant && p.subject == record.owner) {
-        return Ok(());
-    }
-    let message = format!(
-        "sandbox {} holds secrets ({}); only the principal that created it may run commands or \
-         read or write files in it",
-        record.id,
-        secret_names(sandbox).join(", ")
-    );
-    let decision = crate::policy::Decision {
-        kind: crate::policy::DecisionKind::Deny,
-        reasons: vec!["secret.owner_only".into()],
-        messages: vec![message.clone()],
-        risk: "HIGH",
-        redact_inbound: false,
-    };
-    let event = state
-        .pipeline
-        .event(ctx, Outcome::Denied)
-        .with_decision(audit::decision_record(&decision));
-    state.pipeline.record(event).await?;
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "secrets_owner_only",
-        message,
-    ))
-}
-
-fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ApiError> {
-    state
-        .sandboxes
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(format!("sandbox {id:?} is no longer running")))
-}
-
-/// Parts of the engine's sandbox description that are about the host, not the VM: the VMM's host
-/// pid and its jail (host uid, cgroup and chroot paths).
-const HOST_DETAILS: &[&str] = &["vmm_pid", "jail"];
-
-/// The engine's description of a sandbox's VM, without host details unless `host_details`.
-fn vm_info(handle: &dyn crate::exec::SandboxHandle, host_details: bool) -> serde_json::Value {
-    let mut info = handle.info();
-    if !host_details {
-        if let Some(fields) = info.as_object_mut() {
-            for key in HOST_DETAILS {
-                fields.remove(*key);
-            }
+        JsonRejection::JsonDataError(_) => (ErrorKind::Unprocessable, "invalid_body"),
+        JsonRejection::JsonSyntaxError(_) => (ErrorKind::BadRequest, "malformed_json"),
+        JsonRejection::MissingJsonContentType(_) => {
+            (ErrorKind::UnsupportedInput, "unsupported_media_type")
         }
-    }
-    info
-}
-
-/// What `caller` is shown of a sandbox: host details only for platform admins.
-fn view(state: &AppState, caller: &Caller, r: SandboxRecord) -> SandboxView {
-    view_with(state, caller.principal.has(Permission::PlatformAdmin), r)
-}
-
-fn view_with(state: &AppState, host_details: bool, r: SandboxRecord) -> SandboxView {
-    let live = state.sandboxes.get(&r.id);
-    let vm = live
-        .as_ref()
-        .map(|l| vm_info(l.handle.as_ref(), host_details));
-    let egress = live.as_ref().map(|l| l.egress.clone());
-    let secrets = live
-        .as_ref()
-        .map(|l| l.secrets.as_ref().map(|s| s.requests()).unwrap_or_default());
-    SandboxView {
-        id: r.id,
-        tenant: r.tenant,
-        owner: r.owner,
-        image: r.image,
-        memory_mib: r.memory_mib,
-        vcpus: r.vcpus,
-        timeout_s: r.timeout_s,
-        created_at: r.created_at,
-        metadata: r.metadata,
-        vm,
-        egress,
-        secrets,
+        JsonRejection::BytesRejection(_) => (ErrorKind::TooLarge, "payload_too_large"),
+        _ => (ErrorKind::BadRequest, "bad_request"),
     }
 }
 
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-) -> Result<Response, ApiError> {
-    caller.require(Permission::SandboxRun)?;
-    let tenant =
-        (!caller.principal.has(Permission::PlatformAdmin)).then(|| caller.principal.tenant.clone());
-    let records = state
-        .store
-        .run(move |s| s.sandboxes(tenant.as_deref()))
-        .await
-        .map_err(ApiError::internal)?;
-    let views: Vec<SandboxView> = records
-        .into_iter()
-        .filter(|r| visible(&caller, r))
-        .map(|r| view(&state, &caller, r))
-        .collect();
-    Ok(Json(serde_json::json!({"sandboxes": views})).into_response())
-}
-
-pub async fn show(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    caller.require(Permission::SandboxRun)?;
-    let record = find(&state, &caller, &id).await?;
-    Ok(Json(view(&state, &caller, record)).into_response())
-}
-
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    body: Result<Json<CreateSandbox>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    caller.require(Permission::SandboxRun)?;
-    let req = json_body(body)?;
-    match create_once(state.clone(), caller, req, None).await? {
-        CreateOutcome::Created(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
-        CreateOutcome::Parked(response) => Ok(response),
-    }
-}
-
-/// Creates a sandbox an approver approved, for its requester; returns its view.
-pub async fn create_approved(
-    state: Arc<AppState>,
-    caller: Caller,
-    req: CreateSandbox,
-    approval_id: &str,
-) -> Result<SandboxView, ApiError> {
-    match create_once(state, caller, req, Some(approval_id)).await? {
-        CreateOutcome::Created(view) => Ok(view),
-        CreateOutcome::Parked(_) => Err(ApiError::internal(
-            "an approved sandbox creation was parked again",
-        )),
-    }
-}
-
-enum CreateOutcome {
-    Created(SandboxView),
-    /// The 202 for a creation parked for approval.
-    Parked(Response),
-}
-
-async fn create_once(
-    state: Arc<AppState>,
-    caller: Caller,
-    req: CreateSandbox,
-    approved: Option<&str>,
-) -> Result<CreateOutcome, ApiError> {
-    let host_details = caller.principal.has(Permission::PlatformAdmin);
-    // What an approver would approve: the request exactly as sent.
-    let original = req.clone();
-    let d = &state.config.sandbox_defaults;
-    let l = &state.config.limits;
-    check_image(req.image.as_deref())?;
-    let memory_mib = bounded(
-        "memory_mib",
-        req.memory_mib,
-        d.memory_mib,
-        64,
-        l.max_memory_mib,
-    )?;
-    let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
-    let lifetime = timeout(&state, req.timeout_s, d.timeout_s)?;
-    check_env(&req.env)?;
-    let egress = crate::egress::parse(&req.egress)?;
-    if req.metadata.len() > 16
-        || req
-            .metadata
-            .iter()
-            .any(|(k, v)| k.len() > 64 || v.len() > 256)
-    {
-        return Err(ApiError::bad_request(
-            "metadata: at most 16 keys, keys up to 64 bytes, values up to 256 bytes",
-        ));
-    }
-    let id = format!("sbx_{}", uuid::Uuid::new_v4().simple());
-    let resource = format!("sandbox/{id}");
-    let mut policy = policy_input(&caller, "sandbox.create");
-    policy.image = req.image.clone();
-    policy.memory_mib = Some(memory_mib);
-    policy.vcpus = Some(vcpus);
-    policy.timeout_s = Some(lifetime.as_secs());
-    policy.secrets = req.secrets.iter().map(|r| r.name.to_string()).collect();
-    crate::secrets::check_requests(&req.secrets)?;
-    let mut ctx = ActionContext {
-        caller: &caller,
-        event_type: EventType::SandboxCreate,
-        resource: Some(resource),
-        policy,
-    };
-    // Metadata is returned to callers and stored: scan it, keys and values, like any other input.
-    let work = Work {
-        env: req.env,
-        metadata: req.metadata.clone(),
-        ..Work::default()
-    };
-    let gate = crate::egress::admit_with_egress(
-        &state.pipeline,
-        &mut ctx,
-        work,
-        &egress,
-        approved.is_some(),
-    )
-    .await?;
-    let admitted = match gate {
-        Gate::Admitted(admitted) => admitted,
-        Gate::Held(decision) => {
-            let held = HeldRequest::SandboxCreate(original);
-            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
-            return Ok(CreateOutcome::Parked(answer));
-        }
-    };
-    let env = admitted.work.env.clone();
-    // The image is admitted before any secret is leased for it.
-    let image =
-        match crate::image_admission::admit(&state, &ctx, req.image.as_deref(), approved.is_some())
-            .await?
-        {
-            ImageGate::Admitted(image) => image,
-            ImageGate::Held(decision) => {
-                let held = HeldRequest::SandboxCreate(original);
-                let answer =
-                    crate::approvals::park_answer(&state, &caller, held, &decision).await?;
-                return Ok(CreateOutcome::Parked(answer));
-            }
-        };
-    let injected = crate::secrets::checkout(
-        &state,
-        &crate::secrets::Target {
-            caller: &caller,
-            image: req.image.as_deref(),
-            resource: &format!("sandbox/{id}"),
-            approved: approved.is_some(),
-        },
-        &req.secrets,
-    )
-    .await?;
-
-    let record = SandboxRecord {
-        id: id.clone(),
-        tenant: caller.principal.tenant.clone(),
-        owner: caller.principal.subject.clone(),
-        image: req.image.clone().unwrap_or_else(|| "default".into()),
-        memory_mib,
-        vcpus,
-        timeout_s: lifetime.as_secs(),
-        created_at: now_rfc3339(),
-        // What DLP finds is masked before it reaches the state database (under `redact`, or
-        // findings the policy let through), like every caller-controlled string we keep.
-        metadata: serde_json::to_value(
-            req.metadata
-                .iter()
-                .map(|(k, v)| {
-                    let dlp = state.pipeline.dlp.as_ref();
-                    (audit::caller_text(dlp, k), audit::caller_text(dlp, v))
-                })
-                .collect::<std::collections::BTreeMap<_, _>>(),
-        )
-        .unwrap_or_default(),
-    };
-    let handle = provision(
-        &state,
-        &ctx,
-        &admitted,
-        Provision {
-            record: &record,
-            spec: CreateSpec {
-                image,
-                memory_mib,
-                vcpus,
-            },
-            egress: egress.clone(),
-            secrets: injected.as_ref(),
-        },
-    )
-    .await?;
-    state.sandboxes.insert(
-        id.clone(),
-        Arc::new(LiveSandbox {
-            handle,
-            env,
-            secrets: injected,
-            egress: egress.rules().to_vec(),
-        }),
-    );
-    state.metrics.sandboxes_active.inc();
-    schedule_expiry(Arc::downgrade(&state), id.clone(), lifetime);
-    let event = state
-        .pipeline
-        .event(&ctx, Outcome::Success)
-        .with_decision(audit::decision_record(&admitted.decision));
-    if let Err(e) = state.pipeline.record(event).await {
-        destroy(&state, &id).await;
-        return Err(e);
-    }
-    Ok(CreateOutcome::Created(view_with(
-        &state,
-        host_details,
-        record,
-    )))
-}
-
-/// Takes quota for a sandbox, or answers 429 with the tenant's usage.
-pub(crate) async fn reserve(state: &AppState, record: &SandboxRecord) -> Result<(), ApiError> {
-    let q = &state.config.quotas;
-    let (max_n, max_mem) = (q.max_sandboxes_per_tenant, q.max_memory_mib_per_tenant);
-    let r = record.clone();
-    let reserved = state
-        .store
-        .run(move |s| s.reserve_sandbox(&r, max_n, max_mem))
-        .await
-        .map_err(ApiError::internal)?;
-    reserved.map_err(|usage| {
-        ApiError::quota_exceeded(
-            format!(
-                "tenant quota exceeded: {} of {max_n} sandboxes and {} of {max_mem} MiB in use, \
-                 {} MiB requested",
-                usage.sandboxes, usage.memory_mib, record.memory_mib
-            ),
-            30,
-        )
-    })
-}
-
-pub(crate) async fn release(state: &AppState, id: &str) {
-    let id = id.to_owned();
-    if let Err(e) = state.store.run(move |s| s.delete_sandbox(&id)).await {
-        tracing::error!(error = %e, "releasing a sandbox's quota");
-    }
-}
-
-/// Stops the VM and frees the quota. Idempotent.
-async fn destroy(state: &AppState, id: &str) {
-    if let Some(live) = state.sandboxes.remove(id) {
-        state.metrics.sandboxes_active.dec();
-        if let Err(e) = live.handle.destroy().await {
-            tracing::warn!(sandbox = id, error = %e, "destroying a sandbox's VM");
-        }
-    }
-    release(state, id).await;
-}
-
-fn schedule_expiry(state: Weak<AppState>, id: String, lifetime: Duration) {
-    tokio::spawn(async move {
-        tokio::time::sleep(lifetime).await;
-        let Some(state) = state.upgrade() else { return };
-        if state.sandboxes.get(&id).is_none() {
-            return;
-        }
-        destroy(&state, &id).await;
-        let event = audit::event(
-            EventType::SandboxClose,
-            Outcome::Success,
-            ztee_audit::Principal::system(),
-            &format!("expiry-{id}"),
-            None,
-            Some(&format!("sandbox/{id}")),
-        );
-        if let Err(e) = state.pipeline.record(event).await {
-            tracing::error!(sandbox = %id, error = %e.message, "recording a sandbox expiry");
-        }
-    });
-}
-
-pub async fn delete(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    caller.require(Permission::SandboxRun)?;
-    find(&state, &caller, &id).await?;
-    // A command held for approval in it can never run now.
-    crate::approvals::inputs::expire_on_delete(&state, &id).await;
-    destroy(&state, &id).await;
-    let ctx = ActionContext {
-        caller: &caller,
-        event_type: EventType::SandboxClose,
-        resource: Some(format!("sandbox/{id}")),
-        policy: policy_input(&caller, "sandbox.delete"),
-    };
-    state
-        .pipeline
-        .record(state.pipeline.event(&ctx, Outcome::Success))
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-pub async fn command(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Json<RunCommand>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    caller.require(Permission::SandboxRun)?;
-    let req = json_body(body)?;
-    match command_once(state, caller, &id, req, wants_stream(&headers), None, &[]).await? {
-        CommandOutcome::Done(result) => Ok(Json(result).into_response()),
-        CommandOutcome::Answered(response) => Ok(response),
-    }
-}
-
-/// Runs a sandbox command an approver approved, as its requester, and returns the masked
-/// result. The sandbox must still exist (and still be the requester's to use).
-pub async fn command_approved(
-    state: Arc<AppState>,
-    caller: Caller,
-    sandbox: &str,
-    req: RunCommand,
-    inputs: &[Bound],
-    approval_id: &str,
-) -> Result<CommandResult, ApiError> {
-    match command_once(
-        state,
-        caller,
-        sandbox,
-        req,
-        false,
-        Some(approval_id),
-        inputs,
-    )
-    .await?
-    {
-        CommandOutcome::Done(result) => Ok(result),
-        CommandOutcome::Answered(_) => {
-            Err(ApiError::internal("an approved command was answered early"))
-        }
-    }
-}
-
-enum CommandOutcome {
-    Done(CommandResult),
-    /// A stream, or a 202 for a command parked for approval.
-    Answered(Response),
-}
-
-async fn command_once(
-    state: Arc<AppState>,
-    caller: Caller,
-    id: &str,
-    req: RunCommand,
-    stream: bool,
-    approved: Option<&str>,
-    // For an approved command: the files it was bound to when it was held.
-    bound: &[Bound],
-) -> Result<CommandOutcome, ApiError> {
-    // What an approver would approve: the command exactly as sent.
-    let original = req.clone();
-    let record = find(&state, &caller, id).await?;
-    let sandbox = live(&state, &record.id)?;
-    if approved.is_none() {
-        crate::approvals::inputs::ensure_not_held(&state, &record.id)?;
-    }
-    let argv = req.cmd.into_argv().map_err(ApiError::bad_request)?;
-    check_env(&req.env)?;
-    if let Some(cwd) = &req.cwd {
-        check_guest_path("cwd", cwd)?;
-    }
-    let limit = timeout(
-        &state,
-        req.timeout_s,
-        state.config.sandbox_defaults.command_timeout_s,
-    )?;
-    let mut env: BTreeMap<String, String> = sandbox.env.clone();
-    env.extend(req.env);
-    let mut policy = policy_input(&caller, "sandbox.exec");
-    policy.image = Some(record.image.clone());
-    policy.timeout_s = Some(limit.as_secs());
-    // The command can read every secret of the sandbox: it is a use of each of them.
-    policy.secrets = secret_names(&sandbox);
-    let secret_env = sandbox
-        .secrets
-        .as_ref()
-        .map(|s| s.env())
-        .unwrap_or_default();
-    let work = Work {
-        argv,
-        env,
-        cwd: req.cwd,
-        stdin: req.stdin,
-        ..Work::default()
-    };
-    let resource = Some(format!("sandbox/{}", record.id));
-    let mut ctx = ActionContext {
-        caller: &caller,
-        event_type: EventType::SandboxExec,
-        resource: resource.clone(),
-        policy,
-    };
-    only_owner_where_secrets(&state, &ctx, &record, &sandbox).await?;
-    // A stream cannot wait for a human: a hold answers 403 there, and the caller may send the
-    // command again without streaming to have it parked.
-    let gate = if stream {
-        Gate::Admitted(state.pipeline.admit(&mut ctx, work).await?)
+fn delivery(headers: &HeaderMap) -> Delivery {
+    if wants_stream(headers) {
+        Delivery::Stream
     } else {
-        state
-            .pipeline
-            .admit_or_hold(&mut ctx, work, approved.is_some())
-            .await?
-    };
-    let mut admitted = match gate {
-        Gate::Admitted(admitted) => admitted,
-        Gate::Held(decision) => {
-            // The approval binds the files argv names, read now, by digest.
-            let argv = original
-                .cmd
-                .clone()
-                .into_argv()
-                .map_err(ApiError::bad_request)?;
-            let inputs = match crate::approvals::inputs::bind(
-                state.pipeline.dlp.as_ref(),
-                &state.pipeline.content_key,
-                sandbox.handle.as_ref(),
-                &argv,
-                original.cwd.as_deref(),
+        Delivery::Whole
+    }
+}
+
+/// Runs `action` and renders what it produced as this API answers it.
+async fn answer(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    action: Action,
+    delivery: Delivery,
+) -> Result<Response, ActionError> {
+    let outcome = action::execute(state, caller, action, delivery, None).await?;
+    Ok(render(outcome))
+}
+
+/// The REST rendering of every outcome.
+pub(crate) fn render(outcome: Outcome) -> Response {
+    match outcome {
+        Outcome::Ran(result) => Json(result).into_response(),
+        Outcome::Streaming(rx) => ndjson(rx),
+        Outcome::Held(ticket) => (
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, ticket.link.clone())],
+            Json(ticket.summary()),
+        )
+            .into_response(),
+        Outcome::Created(view) => (StatusCode::CREATED, Json(view)).into_response(),
+        Outcome::Deleted => StatusCode::NO_CONTENT.into_response(),
+        Outcome::Sandboxes(views) => Json(serde_json::json!({"sandboxes": views})).into_response(),
+        Outcome::Sandbox(view) => Json(view).into_response(),
+        Outcome::Written {
+            path,
+            size,
+            redactions,
+        } => Json(serde_json::json!({
+            "path": path,
+            "size": size,
+            "redactions": redactions,
+        }))
+        .into_response(),
+        Outcome::File(FileContent::Whole {
+            content,
+            redactions,
+        }) => {
+            let summary: Vec<String> = redactions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut response = (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                content,
             )
-            .await
-            {
-                Ok(inputs) => inputs,
-                Err(e) => {
-                    return Err(crate::approvals::inputs::refuse_unbindable(&state, &ctx, e).await)
-                }
-            };
-            let held = HeldRequest::Command {
-                sandbox: record.id.clone(),
-                request: original,
-                inputs,
-            };
-            let answer = crate::approvals::park_answer(&state, &caller, held, &decision).await?;
-            return Ok(CommandOutcome::Answered(answer));
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&summary.join(",")) {
+                response.headers_mut().insert("x-ztee-redactions", v);
+            }
+            response
         }
-    };
-    // Secret values join the environment after inbound DLP and policy.
-    admitted.work.env.extend(secret_env);
-    if stream {
-        let stream_ctx = StreamContext {
-            caller: caller.clone(),
-            event_type: EventType::SandboxExec,
-            resource,
-            policy: ctx.policy,
-        };
-        let handle = sandbox.handle.clone();
-        let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
-        let rx = state
-            .pipeline
-            .clone()
-            .stream(
-                stream_ctx,
-                handle,
-                admitted,
-                limit,
-                scope,
-                // Keeps the sandbox's secrets leased until the stream ends.
-                Box::new(sandbox),
+        Outcome::File(FileContent::Stream(rx)) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                let item = rx.recv().await?;
+                Some((item, rx))
+            });
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                Body::from_stream(stream),
             )
-            .await?;
-        return Ok(CommandOutcome::Answered(ndjson(rx)));
+                .into_response()
+        }
     }
-    if let Some(approval) = approved {
-        // As late as the gateway can: the files the approver saw are still the files it runs.
-        crate::approvals::inputs::check_before_run(
-            &state,
-            &ctx,
-            sandbox.handle.as_ref(),
-            approval,
-            bound,
-        )
-        .await?;
-    }
-    let result = state
-        .pipeline
-        .collect(
-            &ctx,
-            sandbox.handle.as_ref(),
-            admitted,
-            limit,
-            state.config.limits.max_output_bytes,
-            sandbox.secrets.as_ref().and_then(|s| s.scope()).as_ref(),
-        )
-        .await?;
-    Ok(CommandOutcome::Done(result))
 }
 
 /// An NDJSON response: one JSON object per line, flushed as produced.
@@ -721,106 +126,119 @@ pub(crate) fn ndjson(rx: tokio::sync::mpsc::Receiver<serde_json::Value>) -> Resp
         .into_response()
 }
 
+pub async fn run(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Json<OneShotRun>, JsonRejection>,
+) -> Result<Response, ActionError> {
+    let action = Action::Run(json_body(body)?);
+    answer(&state, &caller, action, delivery(&headers)).await
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ActionError> {
+    answer(&state, &caller, Action::ListSandboxes, Delivery::Whole).await
+}
+
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(sandbox): Path<String>,
+) -> Result<Response, ActionError> {
+    answer(
+        &state,
+        &caller,
+        Action::ShowSandbox { sandbox },
+        Delivery::Whole,
+    )
+    .await
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<CreateSandbox>, JsonRejection>,
+) -> Result<Response, ActionError> {
+    let action = Action::CreateSandbox(json_body(body)?);
+    answer(&state, &caller, action, Delivery::Whole).await
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(sandbox): Path<String>,
+) -> Result<Response, ActionError> {
+    answer(
+        &state,
+        &caller,
+        Action::DeleteSandbox { sandbox },
+        Delivery::Whole,
+    )
+    .await
+}
+
+pub async fn command(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(sandbox): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<RunCommand>, JsonRejection>,
+) -> Result<Response, ActionError> {
+    let command = json_body(body)?;
+    let action = Action::Exec { sandbox, command };
+    answer(&state, &caller, action, delivery(&headers)).await
+}
+
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(sandbox): Path<String>,
     query: Result<Query<FileQuery>, QueryRejection>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
+    // Refused before the body is read, which only happens once a transfer place is held, and
+    // never past the limit.
     caller.require(Permission::SandboxRun)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_guest_path("path", &q.path)?;
-    // The body is buffered only once a transfer place is held, and never past the limit.
-    let _permit = super::transfer::permit(&state, &caller)?;
-    let body = super::transfer::read_body(body, state.config.limits.max_file_bytes).await?;
-    let record = find(&state, &caller, &id).await?;
-    let sandbox = live(&state, &record.id)?;
-    // A file a held command is bound to is not replaced through the gateway.
-    crate::approvals::inputs::ensure_not_held(&state, &record.id)?;
-    let mut policy = policy_input(&caller, "file.write");
-    policy.image = Some(record.image.clone());
-    policy.secrets = secret_names(&sandbox);
-    let mut ctx = ActionContext {
-        caller: &caller,
-        event_type: EventType::FileWrite,
-        resource: Some(format!("sandbox/{}{}", record.id, q.path)),
-        policy,
+    let Query(q) = query.map_err(|e| ActionError::bad_request(e.body_text()))?;
+    action::checks::check_guest_path("path", &q.path)?;
+    let _permit = action::transfer::permit(&state, &caller)?;
+    let content = read_body(body, state.config.limits.max_file_bytes).await?;
+    let action = Action::WriteFile {
+        sandbox,
+        path: q.path,
+        content,
     };
-    only_owner_where_secrets(&state, &ctx, &record, &sandbox).await?;
-    let work = Work {
-        files: vec![(q.path, body)],
-        ..Work::default()
-    };
-    let admitted = super::transfer::admit_upload(&state, &mut ctx, work).await?;
-    let (path, content) = admitted
-        .work
-        .files
-        .first()
-        .cloned()
-        .ok_or_else(|| ApiError::internal("admitted upload lost its file"))?;
-    let size = content.len();
-    let written = sandbox.handle.write_file(&path, content, 0o644).await;
-    let outcome = if written.is_ok() {
-        Outcome::Success
-    } else {
-        Outcome::Failure
-    };
-    let event = state
-        .pipeline
-        .event(&ctx, outcome)
-        .with_decision(audit::decision_record(&admitted.decision))
-        .with_code(&admitted.input_digest)
-        .with_redactions(&admitted.inbound_redactions);
-    state.pipeline.record(event).await?;
-    written.map_err(exec_error)?;
-    Ok(Json(serde_json::json!({
-        "path": path,
-        "size": size,
-        "redactions": admitted.inbound_redactions,
-    }))
-    .into_response())
+    answer(&state, &caller, action, Delivery::Whole).await
 }
 
-/// Serves a file of the sandbox, masked, as a stream (see [`super::transfer`]).
 pub async fn download(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(sandbox): Path<String>,
     query: Result<Query<FileQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    caller.require(Permission::SandboxRun)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_guest_path("path", &q.path)?;
-    // Held until the transfer ends: bounds how many downloads run at once.
-    let permit = super::transfer::permit(&state, &caller)?;
-    let record = find(&state, &caller, &id).await?;
-    let sandbox = live(&state, &record.id)?;
-    let mut policy = policy_input(&caller, "file.read");
-    policy.image = Some(record.image.clone());
-    policy.secrets = secret_names(&sandbox);
-    let mut ctx = ActionContext {
-        caller: &caller,
-        event_type: EventType::FileRead,
-        resource: Some(format!("sandbox/{}{}", record.id, q.path)),
-        policy,
+) -> Result<Response, ActionError> {
+    let Query(q) = query.map_err(|e| ActionError::bad_request(e.body_text()))?;
+    let action = Action::ReadFile {
+        sandbox,
+        path: q.path,
     };
-    only_owner_where_secrets(&state, &ctx, &record, &sandbox).await?;
-    let admitted = state
-        .pipeline
-        .admit(
-            &mut ctx,
-            Work {
-                argv: vec![q.path.clone()],
-                ..Work::default()
-            },
-        )
-        .await?;
-    let audit = super::transfer::DownloadAudit {
-        caller: caller.clone(),
-        resource: ctx.resource.clone(),
-        policy: ctx.policy.clone(),
-        decision: audit::decision_record(&admitted.decision),
-    };
-    super::transfer::download(state.clone(), sandbox, q.path, audit, permit).await
+    answer(&state, &caller, action, Delivery::Whole).await
+}
+
+/// Reads an upload body, never past `limit` bytes (413 `payload_too_large` beyond it), so
+/// parallel uploads cannot buffer more than the limit each, times the transfer limits.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ActionError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return action::transfer::too_large(limit);
+            }
+            source = err.source();
+        }
+        ActionError::bad_request("the request body could not be read")
+    })
 }

@@ -15,7 +15,7 @@ use ztee_secrets::{SecretBroker, SecretError, SecretName, SecretValue};
 use super::sandboxes::json_body;
 use crate::audit;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::principal::Permission;
 use crate::state::AppState;
 
@@ -34,44 +34,44 @@ impl std::fmt::Debug for PutSecret {
     }
 }
 
-fn broker(state: &AppState) -> Result<Arc<SecretBroker>, ApiError> {
+fn broker(state: &AppState) -> Result<Arc<SecretBroker>, ActionError> {
     state.secrets.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        ActionError::new(
+            crate::error::ErrorKind::BadRequest,
             "secrets_unavailable",
             "this gateway has no secrets backend; configure [secrets] (see docs/secrets.md)",
         )
     })
 }
 
-fn parse_name(name: &str) -> Result<SecretName, ApiError> {
-    SecretName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))
+fn parse_name(name: &str) -> Result<SecretName, ActionError> {
+    SecretName::parse(name).map_err(|e| ActionError::bad_request(e.to_string()))
 }
 
 /// Runs a store operation off the async threads (file I/O under a lock).
 async fn with_store<T: Send + 'static>(
     broker: Arc<SecretBroker>,
     op: impl FnOnce(&ztee_secrets::LocalStore) -> Result<T, SecretError> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, ActionError> {
     let result = tokio::task::spawn_blocking(move || match broker.store() {
         Some(store) => op(store).map_err(|e| match e {
-            SecretError::NotFound(_) => ApiError::not_found(e.to_string()),
+            SecretError::NotFound(_) => ActionError::not_found(e.to_string()),
             SecretError::InvalidName { .. }
             | SecretError::EmptyValue
-            | SecretError::ValueTooLarge { .. } => ApiError::bad_request(e.to_string()),
+            | SecretError::ValueTooLarge { .. } => ActionError::bad_request(e.to_string()),
             other => {
                 tracing::error!(error = %other, "secret store failure");
-                ApiError::unavailable("the secret store cannot be used; see the gateway log")
+                ActionError::unavailable("the secret store cannot be used; see the gateway log")
             }
         }),
-        None => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        None => Err(ActionError::new(
+            crate::error::ErrorKind::BadRequest,
             "secrets_unavailable",
             "the built-in secret store is off: set [secrets] master_key (see docs/secrets.md)",
         )),
     })
     .await;
-    result.map_err(|e| ApiError::internal(e.to_string()))?
+    result.map_err(|e| ActionError::internal(e.to_string()))?
 }
 
 /// Records a change to the store (whether it succeeded), then answers with its result.
@@ -79,8 +79,8 @@ async fn audit_change<T>(
     state: &AppState,
     caller: &Caller,
     name: &str,
-    result: Result<T, ApiError>,
-) -> Result<T, ApiError> {
+    result: Result<T, ActionError>,
+) -> Result<T, ActionError> {
     let outcome = if result.is_ok() {
         Outcome::Success
     } else {
@@ -102,7 +102,7 @@ async fn audit_change<T>(
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     caller.require(Permission::PlatformAdmin)?;
     let broker = broker(&state)?;
     let vault: Vec<String> = broker
@@ -132,7 +132,7 @@ pub async fn put(
     caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<PutSecret>, JsonRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     caller.require(Permission::PlatformAdmin)?;
     let name = parse_name(&name)?;
     let req = json_body(body)?;
@@ -142,15 +142,15 @@ pub async fn put(
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD
                 .decode(req.value.as_bytes())
-                .map_err(|_| ApiError::bad_request("value is not valid base64"))?
+                .map_err(|_| ActionError::bad_request("value is not valid base64"))?
         }
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
+            return Err(ActionError::bad_request(format!(
                 "encoding {other:?} is not supported; use utf-8 (default) or base64"
             )))
         }
     };
-    let value = SecretValue::new(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let value = SecretValue::new(bytes).map_err(|e| ActionError::bad_request(e.to_string()))?;
     let broker = broker(&state)?;
     let stored = name.clone();
     let result = with_store(broker, move |s| s.put(&stored, &value)).await;
@@ -163,7 +163,7 @@ pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     caller.require(Permission::PlatformAdmin)?;
     let name = parse_name(&name)?;
     let broker = broker(&state)?;

@@ -9,13 +9,12 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use axum::http::StatusCode;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
+use crate::error::ActionError;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -40,9 +39,9 @@ impl CallbackQuery {
     }
 }
 
-fn refused(message: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
+fn refused(message: &str) -> ActionError {
+    ActionError::new(
+        crate::error::ErrorKind::Forbidden,
         "invalid_callback",
         message.to_owned(),
     )
@@ -114,9 +113,9 @@ impl CallbackKey {
         format!("{public_url}/v1/approvals/{id}/callback?decision={decision}&expires={expires}&approver={approver}&sig={sig}")
     }
 
-    pub fn verify(&self, id: &str, q: &CallbackQuery, now: u64) -> Result<(), ApiError> {
+    pub fn verify(&self, id: &str, q: &CallbackQuery, now: u64) -> Result<(), ActionError> {
         if q.decision != "approve" && q.decision != "deny" {
-            return Err(ApiError::bad_request("decision must be approve or deny"));
+            return Err(ActionError::bad_request("decision must be approve or deny"));
         }
         if !valid_approver(&q.approver) {
             return Err(refused("the link's approver is not an API key subject"));

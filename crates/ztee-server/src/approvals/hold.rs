@@ -15,14 +15,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::http::StatusCode;
 use serde::Deserialize;
 use ztee_audit::{EventType, Outcome};
 
-use super::HeldRequest;
+use crate::action::{Action, HeldAction};
 use crate::audit;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::state::AppState;
 
 /// `[approvals.hold_limits]`: how much pending held requests may keep in memory.
@@ -91,7 +90,7 @@ const SECRET_REQUEST_BYTES: u64 = 128;
 
 /// The bytes a held request keeps in memory, counted from its content (code, command, files,
 /// env, stdin, metadata, destinations), so a large request weighs what it holds.
-pub fn held_bytes(request: &HeldRequest) -> u64 {
+pub fn held_bytes(held: &HeldAction) -> u64 {
     fn s(v: &str) -> u64 {
         v.len() as u64
     }
@@ -101,15 +100,15 @@ pub fn held_bytes(request: &HeldRequest) -> u64 {
     fn list(l: &[String]) -> u64 {
         l.iter().map(|v| s(v)).sum()
     }
-    fn cmd(c: &crate::api::types::Cmd) -> u64 {
+    fn cmd(c: &crate::action::Cmd) -> u64 {
         match c {
-            crate::api::types::Cmd::Argv(argv) => list(argv),
-            crate::api::types::Cmd::Shell(sh) => s(sh),
+            crate::action::Cmd::Argv(argv) => list(argv),
+            crate::action::Cmd::Shell(sh) => s(sh),
         }
     }
     let opt = |v: &Option<String>| v.as_deref().map_or(0, s);
-    let content = match request {
-        HeldRequest::Run(r) => {
+    let content = match &held.action {
+        Action::Run(r) => {
             r.cmd.as_ref().map_or(0, cmd)
                 + opt(&r.language)
                 + opt(&r.code)
@@ -123,8 +122,9 @@ pub fn held_bytes(request: &HeldRequest) -> u64 {
                 + list(&r.egress)
                 + r.secrets.len() as u64 * SECRET_REQUEST_BYTES
         }
-        HeldRequest::Command {
-            sandbox, request, ..
+        Action::Exec {
+            sandbox,
+            command: request,
         } => {
             s(sandbox)
                 + cmd(&request.cmd)
@@ -132,13 +132,22 @@ pub fn held_bytes(request: &HeldRequest) -> u64 {
                 + map(&request.env)
                 + opt(&request.cwd)
         }
-        HeldRequest::SandboxCreate(r) => {
+        Action::CreateSandbox(r) => {
             opt(&r.image)
                 + map(&r.env)
                 + map(&r.metadata)
                 + list(&r.egress)
                 + r.secrets.len() as u64 * SECRET_REQUEST_BYTES
         }
+        Action::WriteFile {
+            sandbox,
+            path,
+            content,
+        } => s(sandbox) + s(path) + content.len() as u64,
+        Action::DeleteSandbox { sandbox }
+        | Action::ShowSandbox { sandbox }
+        | Action::ReadFile { sandbox, .. } => s(sandbox),
+        Action::ListSandboxes => 0,
     };
     content + ENTRY_OVERHEAD
 }
@@ -395,7 +404,7 @@ impl Ledger {
 
 /// Refuses a request over a hold cap: one audit event (the denial and the cap, no content),
 /// then 429 `approval_hold_limit` naming the cap.
-pub async fn refuse(state: &AppState, caller: &Caller, cap: Cap) -> ApiError {
+pub async fn refuse(state: &AppState, caller: &Caller, cap: Cap) -> ActionError {
     let limits = state.approvals.holds.limits();
     let message = format!(
         "this request needs an approval, but it cannot be held: {}; wait for pending approvals to be decided or expire",
@@ -418,8 +427,8 @@ pub async fn refuse(state: &AppState, caller: &Caller, cap: Cap) -> ApiError {
     if let Err(e) = state.pipeline.record(event).await {
         return e;
     }
-    let mut err = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
+    let mut err = ActionError::new(
+        crate::error::ErrorKind::RateLimited,
         "approval_hold_limit",
         message,
     );

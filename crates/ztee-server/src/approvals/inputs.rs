@@ -18,15 +18,15 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use ztee_audit::ContentKey;
 use ztee_audit::Outcome;
 
-use super::{Approvals, HeldRequest};
+use super::Approvals;
+use crate::action::{Action, HeldAction};
 use crate::audit::caller_text;
 use crate::dlp::DlpEngine;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::exec::{ExecError, SandboxHandle};
 use crate::pipeline::ActionContext;
 use crate::state::AppState;
@@ -115,15 +115,15 @@ pub fn candidates(argv: &[String], cwd: Option<&str>) -> Vec<String> {
     out
 }
 
-fn unbindable(message: String) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
+fn unbindable(message: String) -> ActionError {
+    ActionError::new(
+        crate::error::ErrorKind::Unprocessable,
         "inputs_unbindable",
         message,
     )
 }
 
-fn too_large(dlp: &dyn DlpEngine, path: &str) -> ApiError {
+fn too_large(dlp: &dyn DlpEngine, path: &str) -> ActionError {
     unbindable(format!(
         "{} is larger than {} MiB, the most a held command can be bound to; an approval binds \
          the files a held command names by digest (send the work as a one-shot run instead)",
@@ -139,7 +139,7 @@ async fn read(
     key: &ContentKey,
     handle: &dyn SandboxHandle,
     path: &str,
-) -> Result<Seen, ApiError> {
+) -> Result<Seen, ActionError> {
     let read = tokio::time::timeout(READ_TIMEOUT, handle.read_file(path)).await;
     match read {
         Ok(Ok(content)) if content.len() > MAX_INPUT_BYTES => Err(too_large(dlp, path)),
@@ -181,7 +181,7 @@ pub async fn bind(
     handle: &dyn SandboxHandle,
     argv: &[String],
     cwd: Option<&str>,
-) -> Result<Vec<Bound>, ApiError> {
+) -> Result<Vec<Bound>, ActionError> {
     let paths = candidates(argv, cwd);
     if paths.len() > MAX_CANDIDATES {
         return Err(unbindable(format!(
@@ -213,8 +213,8 @@ pub async fn bind(
 pub async fn refuse_unbindable(
     state: &AppState,
     ctx: &ActionContext<'_>,
-    refusal: ApiError,
-) -> ApiError {
+    refusal: ActionError,
+) -> ActionError {
     let event =
         state
             .pipeline
@@ -247,11 +247,8 @@ pub fn shown(dlp: &dyn DlpEngine, bound: &[Bound]) -> Vec<InputRecord> {
 }
 
 /// The files of a held request, as its approval record shows them.
-pub fn of_request(dlp: &dyn DlpEngine, request: &HeldRequest) -> Vec<InputRecord> {
-    match request {
-        HeldRequest::Command { inputs, .. } => shown(dlp, inputs),
-        _ => Vec::new(),
-    }
+pub fn of_request(dlp: &dyn DlpEngine, held: &HeldAction) -> Vec<InputRecord> {
+    shown(dlp, &held.bound)
 }
 
 /// Reads every bound path again right before the approved command starts. On any difference
@@ -263,7 +260,7 @@ pub async fn check_before_run(
     handle: &dyn SandboxHandle,
     approval: &str,
     bound: &[Bound],
-) -> Result<(), ApiError> {
+) -> Result<(), ActionError> {
     let dlp = state.pipeline.dlp.as_ref();
     for b in bound {
         let now = match read(dlp, &state.pipeline.content_key, handle, &b.path).await {
@@ -290,8 +287,8 @@ pub async fn check_before_run(
                     reasons: vec![reason.clone()],
                 });
         state.pipeline.record(event).await?;
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(ActionError::new(
+            crate::error::ErrorKind::Conflict,
             "inputs_changed",
             reason,
         ));
@@ -302,16 +299,16 @@ pub async fn check_before_run(
 /// The pending approval holding `sandbox`, if any.
 pub fn held_on(approvals: &Approvals, sandbox: &str) -> Option<String> {
     let parked = approvals.parked.lock().ok()?;
-    parked.iter().find_map(|(id, p)| match &p.request {
-        HeldRequest::Command { sandbox: s, .. } if s == sandbox => Some(id.clone()),
+    parked.iter().find_map(|(id, p)| match &p.held.action {
+        Action::Exec { sandbox: s, .. } if s == sandbox => Some(id.clone()),
         _ => None,
     })
 }
 
 /// The 409 for using a sandbox that a pending approval holds.
-pub fn sandbox_held(sandbox: &str, approval: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
+pub fn sandbox_held(sandbox: &str, approval: &str) -> ActionError {
+    ActionError::new(
+        crate::error::ErrorKind::Conflict,
         "sandbox_held",
         format!(
             "sandbox {sandbox} is held by approval {approval}: while a command waits for its \
@@ -322,7 +319,7 @@ pub fn sandbox_held(sandbox: &str, approval: &str) -> ApiError {
 }
 
 /// Refuses a command, upload or hold in a sandbox a pending approval holds.
-pub fn ensure_not_held(state: &AppState, sandbox: &str) -> Result<(), ApiError> {
+pub fn ensure_not_held(state: &AppState, sandbox: &str) -> Result<(), ActionError> {
     match held_on(&state.approvals, sandbox) {
         Some(approval) => Err(sandbox_held(sandbox, &approval)),
         None => Ok(()),

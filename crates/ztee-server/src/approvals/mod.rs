@@ -32,14 +32,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use serde::Deserialize;
 use ztee_audit::{EventType, Outcome};
 
-use crate::api::types::{CreateSandbox, OneShotRun, RunCommand};
+use crate::action::{Action, Approved, Delivery, HeldAction, Outcome as ActionOutcome};
 use crate::audit;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::policy::Decision;
 use crate::principal::{AuthMethod, Permission, Principal};
 use crate::state::AppState;
@@ -85,36 +84,10 @@ impl Default for ApprovalsConfig {
     }
 }
 
-/// What a pending approval will run once approved.
-#[derive(Clone)]
-pub enum HeldRequest {
-    /// A one-shot run (`POST /v1/run`).
-    Run(OneShotRun),
-    /// A command in an existing sandbox (`POST /v1/sandboxes/{id}/commands`).
-    Command {
-        sandbox: String,
-        request: RunCommand,
-        /// The files argv names, as read when the command was held.
-        inputs: Vec<inputs::Bound>,
-    },
-    /// A new sandbox (`POST /v1/sandboxes`), for example one that asks for egress.
-    SandboxCreate(CreateSandbox),
-}
-
-impl HeldRequest {
-    fn action(&self) -> &'static str {
-        match self {
-            HeldRequest::Run(_) => "run",
-            HeldRequest::Command { .. } => "sandbox.exec",
-            HeldRequest::SandboxCreate(_) => "sandbox.create",
-        }
-    }
-}
-
 /// The request a pending approval will run, with the identity it runs as. Memory only.
 struct Parked {
     caller: Caller,
-    request: HeldRequest,
+    held: HeldAction,
 }
 
 /// Who decides, and through which door. Either way it is one identity, counted once.
@@ -160,12 +133,16 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    ApiError::internal(e)
+fn store_error(e: StoreError) -> ActionError {
+    ActionError::internal(e)
 }
 
-fn conflict(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "approval_not_pending", message)
+fn conflict(message: impl Into<String>) -> ActionError {
+    ActionError::new(
+        crate::error::ErrorKind::Conflict,
+        "approval_not_pending",
+        message,
+    )
 }
 
 impl Approvals {
@@ -227,20 +204,20 @@ impl Approvals {
         format!("{}/v1/approvals/{id}", self.public_url)
     }
 
-    async fn load(&self, id: &str) -> Result<ApprovalRecord, ApiError> {
+    async fn load(&self, id: &str) -> Result<ApprovalRecord, ActionError> {
         Ok(self.load_versioned(id).await?.record)
     }
 
-    async fn load_versioned(&self, id: &str) -> Result<record::Versioned, ApiError> {
+    async fn load_versioned(&self, id: &str) -> Result<record::Versioned, ActionError> {
         let id = id.to_owned();
         self.store
             .run(move |s| record::get_versioned(s, &id))
             .await
             .map_err(store_error)?
-            .ok_or_else(|| ApiError::not_found("no such approval (or not visible)"))
+            .ok_or_else(|| ActionError::not_found("no such approval (or not visible)"))
     }
 
-    async fn insert(&self, record: &ApprovalRecord) -> Result<(), ApiError> {
+    async fn insert(&self, record: &ApprovalRecord) -> Result<(), ActionError> {
         let r = record.clone();
         self.store
             .run(move |s| record::insert(s, &r))
@@ -256,7 +233,7 @@ impl Approvals {
         &self,
         read: &record::Versioned,
         new: &ApprovalRecord,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, ActionError> {
         let (read, new) = (read.clone(), new.clone());
         let swapped = self
             .store
@@ -281,10 +258,14 @@ impl Approvals {
                 && (p.subject == record.requester || p.has(Permission::ApprovalDecide)))
     }
 
-    pub async fn get_visible(&self, caller: &Caller, id: &str) -> Result<ApprovalRecord, ApiError> {
+    pub async fn get_visible(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<ApprovalRecord, ActionError> {
         let record = self.load(id).await?;
         if !Self::visible(caller, &record) {
-            return Err(ApiError::not_found("no such approval (or not visible)"));
+            return Err(ActionError::not_found("no such approval (or not visible)"));
         }
         Ok(record)
     }
@@ -293,7 +274,7 @@ impl Approvals {
         &self,
         caller: &Caller,
         status: Option<Status>,
-    ) -> Result<Vec<ApprovalRecord>, ApiError> {
+    ) -> Result<Vec<ApprovalRecord>, ActionError> {
         let tenant = (!caller.principal.has(Permission::PlatformAdmin))
             .then(|| caller.principal.tenant.clone());
         let all = self
@@ -315,7 +296,7 @@ impl Approvals {
         caller: &Caller,
         id: &str,
         wait: Duration,
-    ) -> Result<ApprovalRecord, ApiError> {
+    ) -> Result<ApprovalRecord, ActionError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = self.changed.subscribe();
         loop {
@@ -329,7 +310,7 @@ impl Approvals {
 
     /// Expires a pending approval past its time (the expiry task calls this; it audits).
     /// `Ok(None)`: a decision landed first, which then stands.
-    async fn expire(&self, read: record::Versioned) -> Result<Option<ApprovalRecord>, ApiError> {
+    async fn expire(&self, read: record::Versioned) -> Result<Option<ApprovalRecord>, ActionError> {
         let mut record = read.record.clone();
         record.status = Status::Expired;
         record.status_reason = Some("no decision before the approval expired".into());
@@ -371,41 +352,37 @@ impl Approvals {
     }
 }
 
-/// Parks a held request and answers `202 Accepted` with the approval and where to wait for it.
-pub async fn park_answer(
-    state: &Arc<AppState>,
-    caller: &Caller,
-    request: HeldRequest,
-    decision: &Decision,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse as _;
-    let record = park(state, caller, request, decision).await?;
-    let link = state.approvals.link(&record.id);
-    let body = serde_json::json!({"approval": {
-        "id": record.id,
-        "status": record.status,
-        "expires_at": record.expires_at,
-        "required_approvals": record.required_approvals,
-        "rule_ids": record.rule_ids,
-        "reasons": record.reasons,
-        "link": link,
-        "wait": format!("{link}?wait=30"),
-    }});
-    Ok((
-        StatusCode::ACCEPTED,
-        [(axum::http::header::LOCATION, link)],
-        axum::Json(body),
-    )
-        .into_response())
+/// A parked action, as its requester is told of it: the approval record and where to wait.
+pub struct Ticket {
+    pub record: ApprovalRecord,
+    /// The approval's URL (`GET` shows it, `?wait=30` long-polls for its decision).
+    pub link: String,
 }
 
-/// Parks a held request and announces it. Returns the record the 202 answer shows.
+impl Ticket {
+    /// What the requester is shown of the approval.
+    pub fn summary(&self) -> serde_json::Value {
+        let record = &self.record;
+        serde_json::json!({"approval": {
+            "id": record.id,
+            "status": record.status,
+            "expires_at": record.expires_at,
+            "required_approvals": record.required_approvals,
+            "rule_ids": record.rule_ids,
+            "reasons": record.reasons,
+            "link": self.link,
+            "wait": format!("{}?wait=30", self.link),
+        }})
+    }
+}
+
+/// Parks a held action and announces it. Returns what its requester is told.
 pub async fn park(
     state: &Arc<AppState>,
     caller: &Caller,
-    request: HeldRequest,
+    held: HeldAction,
     decision: &Decision,
-) -> Result<ApprovalRecord, ApiError> {
+) -> Result<Ticket, ActionError> {
     let approvals = &state.approvals;
     let id = format!("apr_{}", uuid::Uuid::new_v4().simple());
     let created_at = now();
@@ -423,7 +400,7 @@ pub async fn park(
         id: id.clone(),
         tenant: caller.principal.tenant.clone(),
         requester: caller.principal.subject.clone(),
-        action: request.action().into(),
+        action: held.action.name().into(),
         status: Status::Pending,
         status_reason: None,
         created_at,
@@ -432,8 +409,8 @@ pub async fn park(
         rule_ids: decision.reasons.clone(),
         reasons: decision.messages.clone(),
         required_approvals: if two_person { 2 } else { 1 },
-        request: record::masked_view(state.pipeline.dlp.as_ref(), &request),
-        inputs: inputs::of_request(state.pipeline.dlp.as_ref(), &request),
+        request: record::masked_view(state.pipeline.dlp.as_ref(), &held),
+        inputs: inputs::of_request(state.pipeline.dlp.as_ref(), &held),
         decisions: Vec::new(),
         result: None,
     };
@@ -443,7 +420,7 @@ pub async fn park(
         &id,
         &caller.principal.tenant,
         &caller.principal.subject,
-        hold::held_bytes(&request),
+        hold::held_bytes(&held),
     ) {
         Ok(slot) => slot,
         Err(cap) => return Err(hold::refuse(state, caller, cap).await),
@@ -451,9 +428,9 @@ pub async fn park(
     if let Ok(mut parked) = approvals.parked.lock() {
         // One pending command per sandbox, checked and parked under the one lock: the files a
         // held command is bound to must not be changed through the gateway by another hold.
-        if let HeldRequest::Command { sandbox, .. } = &request {
-            if let Some(other) = parked.iter().find_map(|(other, p)| match &p.request {
-                HeldRequest::Command { sandbox: s, .. } if s == sandbox => Some(other),
+        if let Action::Exec { sandbox, .. } = &held.action {
+            if let Some(other) = parked.iter().find_map(|(other, p)| match &p.held.action {
+                Action::Exec { sandbox: s, .. } if s == sandbox => Some(other),
                 _ => None,
             }) {
                 return Err(inputs::sandbox_held(sandbox, other));
@@ -463,7 +440,7 @@ pub async fn park(
             id.clone(),
             Parked {
                 caller: caller.clone(),
-                request,
+                held,
             },
         );
     }
@@ -483,7 +460,8 @@ pub async fn park(
     .with_decision(audit::decision_record(decision));
     state.pipeline.record(event).await?;
     notify(state, &record, "approval.requested");
-    Ok(record)
+    let link = approvals.link(&record.id);
+    Ok(Ticket { record, link })
 }
 
 fn notify(state: &Arc<AppState>, record: &ApprovalRecord, kind: &'static str) {
@@ -520,7 +498,7 @@ fn notify(state: &Arc<AppState>, record: &ApprovalRecord, kind: &'static str) {
 }
 
 /// The 409 for a decision on an approval that is no longer pending, saying how it ended.
-fn not_pending(record: &ApprovalRecord) -> ApiError {
+fn not_pending(record: &ApprovalRecord) -> ActionError {
     let id = &record.id;
     let status = record.status.as_str();
     let how = match record.status {
@@ -558,14 +536,14 @@ pub async fn decide(
     id: &str,
     approve: bool,
     comment: Option<String>,
-) -> Result<ApprovalRecord, ApiError> {
+) -> Result<ApprovalRecord, ActionError> {
     let approvals = &state.approvals;
     let caller = approver.caller();
     let principal = &caller.principal;
     caller.require(Permission::ApprovalDecide)?;
     if let Some(c) = &comment {
         if c.len() > 1000 {
-            return Err(ApiError::bad_request("comment: at most 1000 bytes"));
+            return Err(ActionError::bad_request("comment: at most 1000 bytes"));
         }
     }
     // Comments are shown to people and stored: mask what DLP finds in them.
@@ -576,11 +554,11 @@ pub async fn decide(
         let read = approvals.load_versioned(id).await?;
         let mut record = read.record.clone();
         if !Approvals::visible_to(principal, &record) {
-            return Err(ApiError::not_found("no such approval (or not visible)"));
+            return Err(ActionError::not_found("no such approval (or not visible)"));
         }
         if approve && by == record.requester {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(ActionError::new(
+                crate::error::ErrorKind::Forbidden,
                 "self_approval",
                 "the requester of an approval can never approve it; another approver must",
             ));
@@ -760,9 +738,6 @@ async fn execute(state: Arc<AppState>, id: String) {
         approvals.forget(&id);
         return;
     }
-    fn json(result: impl serde::Serialize) -> serde_json::Value {
-        serde_json::to_value(result).unwrap_or_default()
-    }
     let parked = approvals.forget(&id);
     let checked = match &parked {
         Some(p) => requester_now(&state, &p.caller).await.map(Some),
@@ -776,41 +751,24 @@ async fn execute(state: Arc<AppState>, id: String) {
                 tracing::error!(approval = %id, error = %e.message, "recording a refused run");
             }
             record.status_reason = Some(gone.reason.clone());
-            Err(ApiError::forbidden(gone.reason))
+            Err(ActionError::forbidden(gone.reason))
         }
-        (
-            Some(Parked {
-                request: HeldRequest::Run(request),
-                ..
-            }),
-            Ok(Some(caller)),
-        ) => crate::api::run_approved(state.clone(), caller, request, &id)
+        (Some(Parked { held, .. }), Ok(Some(caller))) => {
+            let approved = Approved {
+                id: &id,
+                bound: &held.bound,
+            };
+            crate::action::execute(
+                &state,
+                &caller,
+                held.action,
+                Delivery::Whole,
+                Some(approved),
+            )
             .await
-            .map(json),
-        (
-            Some(Parked {
-                request:
-                    HeldRequest::Command {
-                        sandbox,
-                        request,
-                        inputs,
-                    },
-                ..
-            }),
-            Ok(Some(caller)),
-        ) => crate::api::command_approved(state.clone(), caller, &sandbox, request, &inputs, &id)
-            .await
-            .map(json),
-        (
-            Some(Parked {
-                request: HeldRequest::SandboxCreate(request),
-                ..
-            }),
-            Ok(Some(caller)),
-        ) => crate::api::create_approved(state.clone(), caller, request, &id)
-            .await
-            .map(json),
-        _ => Err(ApiError::unavailable(
+            .and_then(result_of)
+        }
+        _ => Err(ActionError::unavailable(
             "the request content is no longer held (the gateway restarted); submit it again",
         )),
     };
@@ -836,6 +794,19 @@ async fn execute(state: Arc<AppState>, id: String) {
         }
     }
     notify(&state, &record, "approval.executed");
+}
+
+/// What an approval record keeps of an approved action's outcome (masked already).
+fn result_of(outcome: ActionOutcome) -> Result<serde_json::Value, ActionError> {
+    match outcome {
+        ActionOutcome::Ran(result) => Ok(serde_json::to_value(result).unwrap_or_default()),
+        ActionOutcome::Created(view) | ActionOutcome::Sandbox(view) => {
+            Ok(serde_json::to_value(view).unwrap_or_default())
+        }
+        _ => Err(ActionError::internal(
+            "an approved action ended without a result to keep",
+        )),
+    }
 }
 
 /// Marks pending approvals past their expiry as expired, once a second, for as long as the
@@ -888,7 +859,7 @@ async fn link_approver(
     state: &Arc<AppState>,
     id: &str,
     query: &callback::CallbackQuery,
-) -> Result<Principal, ApiError> {
+) -> Result<Principal, ActionError> {
     state.approvals.callback_key.verify(id, query, now())?;
     let subject = query.approver.clone();
     let verdict = state
@@ -897,8 +868,8 @@ async fn link_approver(
         .await
         .map_err(store_error)?;
     verdict.map_err(|_| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
+        ActionError::new(
+            crate::error::ErrorKind::Forbidden,
             "invalid_callback",
             format!(
                 "the link's approver {} is no longer an active API key",
@@ -913,11 +884,11 @@ pub async fn callback_page(
     state: &Arc<AppState>,
     id: &str,
     query: &callback::CallbackQuery,
-) -> Result<String, ApiError> {
+) -> Result<String, ActionError> {
     let approver = link_approver(state, id, query).await?;
     let record = state.approvals.load(id).await?;
     if !Approvals::visible_to(&approver, &record) {
-        return Err(ApiError::not_found("no such approval (or not visible)"));
+        return Err(ActionError::not_found("no such approval (or not visible)"));
     }
     Ok(callback::confirmation_page(&record, query))
 }
@@ -929,7 +900,7 @@ pub async fn decide_by_callback(
     id: &str,
     query: &callback::CallbackQuery,
     extensions: &axum::http::Extensions,
-) -> Result<ApprovalRecord, ApiError> {
+) -> Result<ApprovalRecord, ActionError> {
     let approver = link_approver(state, id, query).await?;
     let caller = Caller::resolved(approver, extensions, state.pipeline.audit.clone());
     decide(state, Approver::Link(&caller), id, query.approve(), None).await

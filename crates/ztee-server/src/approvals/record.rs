@@ -3,7 +3,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::HeldRequest;
+use crate::action::{Action, HeldAction};
 use crate::dlp::DlpEngine;
 use crate::store::{Store, StoreError};
 
@@ -113,9 +113,9 @@ fn env_names(env: &std::collections::BTreeMap<String, String>) -> serde_json::Va
 }
 
 /// The request with every string value passed through DLP redaction and env values withheld.
-pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value {
-    let mut view = match held {
-        HeldRequest::Run(request) => serde_json::json!({
+pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value {
+    let mut view = match &held.action {
+        Action::Run(request) => serde_json::json!({
             "cmd": request.cmd,
             "language": request.language,
             "code": request.code,
@@ -129,8 +129,9 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "secrets": request.secrets,
             "egress": request.egress,
         }),
-        HeldRequest::Command {
-            sandbox, request, ..
+        Action::Exec {
+            sandbox,
+            command: request,
         } => serde_json::json!({
             "sandbox": sandbox,
             "cmd": request.cmd,
@@ -139,7 +140,7 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "stdin": request.stdin,
             "timeout_s": request.timeout_s,
         }),
-        HeldRequest::SandboxCreate(request) => serde_json::json!({
+        Action::CreateSandbox(request) => serde_json::json!({
             "image": request.image,
             "timeout_s": request.timeout_s,
             "memory_mib": request.memory_mib,
@@ -149,6 +150,19 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldRequest) -> serde_json::Value
             "egress": request.egress,
             "secrets": request.secrets,
         }),
+        // Content is shown by what the approval binds (its digest), never in the view.
+        Action::WriteFile {
+            sandbox,
+            path,
+            content,
+        } => serde_json::json!({"sandbox": sandbox, "path": path, "size": content.len()}),
+        Action::ReadFile { sandbox, path } => {
+            serde_json::json!({"sandbox": sandbox, "path": path})
+        }
+        Action::DeleteSandbox { sandbox } | Action::ShowSandbox { sandbox } => {
+            serde_json::json!({"sandbox": sandbox})
+        }
+        Action::ListSandboxes => serde_json::json!({}),
     };
     mask(dlp, &mut view);
     view

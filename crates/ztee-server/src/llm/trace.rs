@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LlmSetupError;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::principal::Permission;
 use crate::state::AppState;
 
@@ -217,18 +217,18 @@ pub async fn export(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     query: Result<Query<TraceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     caller.require(Permission::AuditRead)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query.map_err(|e| ActionError::bad_request(e.body_text()))?;
     if let Some(since) = &query.since {
         humantime::parse_rfc3339_weak(since).map_err(|e| {
-            ApiError::bad_request(format!("since={since:?} is not an RFC 3339 time: {e}"))
+            ActionError::bad_request(format!("since={since:?} is not an RFC 3339 time: {e}"))
         })?;
     }
     let tenant = match &query.tenant {
         Some(t) if *t != caller.principal.tenant => {
             caller.require(Permission::PlatformAdmin)?;
-            crate::principal::validate_tenant(t).map_err(ApiError::bad_request)?;
+            crate::principal::validate_tenant(t).map_err(ActionError::bad_request)?;
             t.clone()
         }
         _ => caller.principal.tenant.clone(),
@@ -243,8 +243,8 @@ pub async fn export(
         store.read(&tenant, &query)
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(ActionError::internal)?
+    .map_err(ActionError::internal)?;
     let event = crate::audit::event(
         ztee_audit::EventType::AuditAccess,
         ztee_audit::Outcome::Success,

@@ -33,7 +33,7 @@ use ztee_policy::{Action, PolicyPrincipal, PolicyRequest, Verdict};
 
 use crate::audit;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::llm::sse::{SseEvent, SseParser};
 use crate::principal::Permission;
 use crate::state::AppState;
@@ -131,17 +131,17 @@ async fn read_messages(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Option<(Vec<Value>, bool)>, ApiError> {
+) -> Result<Option<(Vec<Value>, bool)>, ActionError> {
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        ActionError::new(
+            crate::error::ErrorKind::TooLarge,
             "payload_too_large",
             format!("the body is larger than {limit} bytes (limits.max_json_body_bytes); it was not relayed"),
         )
     })?;
     if *method != Method::POST {
         if !bytes.is_empty() {
-            return Err(ApiError::bad_request(
+            return Err(ActionError::bad_request(
                 "only a POST to the MCP guard carries a body (GET listens, DELETE ends the session); it was not relayed",
             ));
         }
@@ -153,27 +153,27 @@ async fn read_messages(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !declared_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        return Err(ActionError::new(
+            crate::error::ErrorKind::UnsupportedInput,
             "unsupported_media_type",
             "an MCP message is sent as Content-Type: application/json; it was not relayed",
         ));
     }
     // The parser's message gives a line and column, never the body's text.
     let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("the body is not JSON ({e}); it was not relayed"))
+        ActionError::bad_request(format!("the body is not JSON ({e}); it was not relayed"))
     })?;
     let (messages, batch) = match parsed {
         Value::Array(items) if !items.is_empty() => (items, true),
         one @ Value::Object(_) => (vec![one], false),
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(ActionError::bad_request(
                 "the body is not a JSON-RPC message (an object) or a non-empty batch of them; it was not relayed",
             ))
         }
     };
     if let Some(i) = messages.iter().position(|m| !m.is_object()) {
-        return Err(ApiError::bad_request(format!(
+        return Err(ActionError::bad_request(format!(
             "message [{i}] of the batch is not a JSON-RPC message (an object); it was not relayed"
         )));
     }
@@ -199,10 +199,10 @@ pub async fn relay(
     method: Method,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ActionError> {
     caller.require(Permission::SandboxRun)?;
     let Some(upstream) = state.config.mcp.upstreams.iter().find(|u| u.name == name) else {
-        return Err(ApiError::not_found(format!(
+        return Err(ActionError::not_found(format!(
             "no MCP upstream named {name:?} is configured ([[mcp.upstreams]])"
         )));
     };
@@ -258,7 +258,7 @@ pub async fn relay(
             // Everything else in the message (`_meta`, other methods' params, notifications,
             // answers to the server's requests) is masked before it is relayed.
             mask_message(&state, &mut message, &mut inbound)
-                .map_err(|e| ApiError::bad_request(format!("{e}; it was not relayed")))?;
+                .map_err(|e| ActionError::bad_request(format!("{e}; it was not relayed")))?;
             kept.push(message);
         }
         state.metrics.redactions("inbound", &inbound);
@@ -280,7 +280,7 @@ pub async fn relay(
 
     let mut request = client().request(
         reqwest::Method::from_bytes(method.as_str().as_bytes())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            .map_err(|e| ActionError::bad_request(e.to_string()))?,
         &upstream.url,
     );
     for name in PASSED {
@@ -289,8 +289,8 @@ pub async fn relay(
         }
     }
     let mut response = request.body(forward_body).send().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
+        ActionError::new(
+            crate::error::ErrorKind::BadGateway,
             "upstream_unreachable",
             format!(
                 "the MCP upstream {name:?} cannot be reached: {}",
@@ -360,8 +360,8 @@ pub async fn relay(
                 bytes.extend_from_slice(&chunk)
             }
             Ok(Some(_)) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
+                return Err(ActionError::new(
+            crate::error::ErrorKind::BadGateway,
                     "upstream_too_large",
                     format!(
                         "the MCP upstream {name:?} answered with more than {MAX_ANSWER_BYTES} bytes; the answer is withheld"
@@ -370,7 +370,7 @@ pub async fn relay(
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(ApiError::unavailable(format!(
+                return Err(ActionError::unavailable(format!(
                     "reading the MCP upstream: {}",
                     e.without_url()
                 )))
@@ -466,7 +466,7 @@ async fn record(
     tool: &str,
     decision: &ztee_policy::Decision,
     allowed: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), ActionError> {
     let record = audit::decision_record(&crate::policy::Decision::from(decision));
     let safe_tool = safe_name(tool);
     let event = audit::event(

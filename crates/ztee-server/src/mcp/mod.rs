@@ -33,7 +33,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::error::ApiError;
+use crate::error::ActionError;
 use crate::request_id::RequestId;
 
 /// Largest REST answer a tool returns (the REST layer caps command output already).
@@ -235,11 +235,11 @@ impl ZteeTools {
             Ok(r) => r,
             Err(never) => match never {},
         };
-        if let Some(err) = response.extensions().get::<ApiError>() {
+        if let Some(err) = response.extensions().get::<ActionError>() {
             return Ok(CallToolResult::error(vec![Content::text(format!(
                 "{} ({}): {} (request id {})",
                 err.code,
-                err.status.as_u16(),
+                crate::error::status_of(err.kind).as_u16(),
                 err.message,
                 request_id.as_str()
             ))]));

@@ -1,0 +1,182 @@
+//! The action core: what every door hands over once it has parsed its protocol, and the one
+//! path that runs it.
+//!
+//! A door (the REST API in `api/`, the approval gate resuming a held action, the MCP tools, the
+//! E2B-compatible API) authenticates its caller, turns its request into an [`Action`] and calls
+//! [`execute`]. Everything after that is the same for every door, in this order:
+//!
+//! ```text
+//! execute(caller, action)
+//!   -> permission          (the action's permission, checked here once)
+//!   -> shape checks        checks.rs (ceilings, env names, guest paths, image references)
+//!   -> inbound DLP         Pipeline::admit_or_hold (every string, fail closed)
+//!   -> policy              one input builder (policy_input + the DLP summary)
+//!   -> approval hold       the typed action itself is parked (approvals::park) and resumed
+//!                          through execute with `Approved`
+//!   -> image admission     image_admission::admit, before any secret is leased
+//!   -> secrets lease       secrets::checkout
+//!   -> provisioning        provision.rs (quota, VM, egress, secret files; one rollback)
+//!   -> execution           Pipeline::collect / stream, transfer.rs for files
+//!   -> outbound DLP        pipeline::Outbound, transfer.rs
+//!   -> audit               Pipeline::record, one record per decision
+//! ```
+//!
+//! Nothing here knows about HTTP: refusals are [`ActionError`]s with an [`ErrorKind`] that each
+//! door maps to its protocol, and results are [`Outcome`]s each door renders.
+
+pub mod checks;
+pub mod error;
+mod provision;
+pub mod request;
+mod run;
+pub(crate) mod sandbox;
+pub(crate) mod transfer;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use error::{ActionError, ErrorKind};
+pub use request::{Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView};
+pub use sandbox::policy_input;
+pub use transfer::FileContent;
+
+use crate::approvals::inputs::Bound;
+use crate::auth::Caller;
+use crate::dlp::RedactionCounts;
+use crate::exec::CommandResult;
+use crate::principal::Permission;
+use crate::state::AppState;
+
+/// One thing a principal asks ztee to do. Not `Debug`: it holds caller content (code, files)
+/// that must never reach a log unmasked.
+#[derive(Clone)]
+pub enum Action {
+    /// One command in a fresh VM that is destroyed afterwards.
+    Run(OneShotRun),
+    /// A long-lived sandbox.
+    CreateSandbox(CreateSandbox),
+    /// A command in an existing sandbox.
+    Exec {
+        sandbox: String,
+        command: RunCommand,
+    },
+    DeleteSandbox {
+        sandbox: String,
+    },
+    /// The sandboxes the caller may see.
+    ListSandboxes,
+    ShowSandbox {
+        sandbox: String,
+    },
+    /// A file written into a sandbox, scanned and decided like any other input.
+    WriteFile {
+        sandbox: String,
+        path: String,
+        content: Bytes,
+    },
+    /// A file of a sandbox, masked on its way out.
+    ReadFile {
+        sandbox: String,
+        path: String,
+    },
+}
+
+impl Action {
+    /// The action's name in policy inputs, approvals and audit.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Run(_) => "run",
+            Action::CreateSandbox(_) => "sandbox.create",
+            Action::Exec { .. } => "sandbox.exec",
+            Action::DeleteSandbox { .. } => "sandbox.delete",
+            Action::ListSandboxes => "sandbox.list",
+            Action::ShowSandbox { .. } => "sandbox.show",
+            Action::WriteFile { .. } => "file.write",
+            Action::ReadFile { .. } => "file.read",
+        }
+    }
+
+    /// What the caller must hold to ask for it at all (policy decides after that).
+    fn permission(&self) -> Permission {
+        Permission::SandboxRun
+    }
+}
+
+/// How a command's output reaches the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// One result once the command has ended.
+    Whole,
+    /// Events as the command produces them. A stream cannot wait for a human: a command that
+    /// policy holds is refused (403) rather than parked.
+    Stream,
+}
+
+/// An approved action being resumed by the approval gate.
+#[derive(Clone, Copy)]
+pub struct Approved<'a> {
+    /// The approval that allowed it.
+    pub id: &'a str,
+    /// For a command: the files it was bound to when it was held.
+    pub bound: &'a [Bound],
+}
+
+/// An action parked for a human decision: the typed action itself, and for a command the files
+/// its argv names, bound by digest when it was held.
+#[derive(Clone)]
+pub struct HeldAction {
+    pub action: Action,
+    pub bound: Vec<Bound>,
+}
+
+/// What an action produced, for the door to render.
+pub enum Outcome {
+    /// A command ended; its output is masked.
+    Ran(CommandResult),
+    /// A command's events (`{"stream", "data"}` chunks, then `{"exit_code", ...}` or
+    /// `{"error"}`), masked as they pass.
+    Streaming(tokio::sync::mpsc::Receiver<serde_json::Value>),
+    /// Parked for approval.
+    Held(crate::approvals::Ticket),
+    Created(SandboxView),
+    Deleted,
+    Sandboxes(Vec<SandboxView>),
+    Sandbox(SandboxView),
+    Written {
+        path: String,
+        size: usize,
+        redactions: RedactionCounts,
+    },
+    File(FileContent),
+}
+
+/// Runs `action` for `caller` through every stage, in order (see the module comment). `approved`
+/// is set only by the approval gate, for an action an approver allowed.
+pub async fn execute(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    action: Action,
+    delivery: Delivery,
+    approved: Option<Approved<'_>>,
+) -> Result<Outcome, ActionError> {
+    caller.require(action.permission())?;
+    match action {
+        Action::Run(request) => run::run(state, caller, request, delivery, approved).await,
+        Action::CreateSandbox(request) => sandbox::create(state, caller, request, approved).await,
+        Action::Exec { sandbox, command } => {
+            sandbox::exec(state, caller, &sandbox, command, delivery, approved).await
+        }
+        Action::DeleteSandbox { sandbox } => sandbox::delete(state, caller, &sandbox).await,
+        Action::ListSandboxes => sandbox::list(state, caller).await,
+        Action::ShowSandbox { sandbox } => sandbox::show(state, caller, &sandbox).await,
+        Action::WriteFile {
+            sandbox,
+            path,
+            content,
+        } => sandbox::write_file(state, caller, &sandbox, path, content).await,
+        Action::ReadFile { sandbox, path } => {
+            sandbox::read_file(state, caller, &sandbox, path).await
+        }
+    }
+}
