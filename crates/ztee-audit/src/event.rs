@@ -332,6 +332,20 @@ pub struct AuditEvent {
     /// For `egress` events: the destination and what crossed the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkRecord>,
+    /// For an action that ran because people approved it: the approval and who approved, so
+    /// the record of what ran names the people who let it run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalGrant>,
+}
+
+/// The approval an action ran under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalGrant {
+    /// The approval's id (`apr_...`); its own records hold the request and each decision.
+    pub id: String,
+    /// The subjects that approved, in the order they decided.
+    pub approved_by: Vec<String>,
 }
 
 /// One network connection through the egress proxy. Destinations and sizes only, never payload.
@@ -389,7 +403,20 @@ impl AuditEvent {
             output_sha256: None,
             redactions: BTreeMap::new(),
             network: None,
+            approval: None,
         }
+    }
+
+    /// Names the approval an action ran under; ids and subjects are checked like other text.
+    pub fn with_approval(mut self, grant: ApprovalGrant) -> Result<Self, AuditError> {
+        let id = checked_text("approval id", grant.id)?;
+        let approved_by = grant
+            .approved_by
+            .into_iter()
+            .map(|subject| checked_text("approver", subject))
+            .collect::<Result<_, _>>()?;
+        self.approval = Some(ApprovalGrant { id, approved_by });
+        Ok(self)
     }
 
     /// Attaches the connection an `egress` event is about. The host is checked like other text.

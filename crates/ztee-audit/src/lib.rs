@@ -32,8 +32,8 @@ mod writer;
 pub use content::{ContentHasher, ContentKey};
 pub use error::AuditError;
 pub use event::{
-    AuditEvent, ConnectionPhase, DecisionKind, DecisionRecord, EventType, NetworkRecord, Outcome,
-    Principal, PrincipalKind, Sha256Digest,
+    ApprovalGrant, AuditEvent, ConnectionPhase, DecisionKind, DecisionRecord, EventType,
+    NetworkRecord, Outcome, Principal, PrincipalKind, Sha256Digest,
 };
 pub use key::{NodeKey, PublicKey, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE};
 pub use read::{parse_since, read_records, Query};

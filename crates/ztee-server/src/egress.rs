@@ -132,6 +132,7 @@ async fn authorize_with(
         event_type: EventType::Egress,
         resource: ctx.resource.clone(),
         policy: input,
+        approval: ctx.approval.clone(),
     };
     let event = pipeline.event(&egress_ctx, outcome).with_decision(record);
     pipeline.record(event).await?;

@@ -41,6 +41,7 @@ pub async fn admit(
         event_type: EventType::ImageAdmit,
         resource: Some(format!("image/{image}")),
         policy,
+        approval: request_ctx.approval.clone(),
     };
     // A denial is recorded as an `image.admit` event by the policy stage itself.
     let allowed = match state

@@ -209,6 +209,8 @@ pub struct ActionContext<'a> {
     pub event_type: EventType,
     pub resource: Option<String>,
     pub policy: PolicyInput,
+    /// For an action that runs because people approved it: every record it writes names them.
+    pub approval: Option<ztee_audit::ApprovalGrant>,
 }
 
 impl Pipeline {
@@ -507,14 +509,26 @@ impl Pipeline {
     }
 
     pub fn event(&self, ctx: &ActionContext<'_>, outcome: Outcome) -> AuditEvent {
-        audit::event(
+        let event = audit::event(
             ctx.event_type,
             outcome,
             audit::audit_principal(&ctx.caller.principal),
             ctx.caller.request_id.as_str(),
             ctx.caller.origin_ip,
             ctx.resource.as_deref(),
-        )
+        );
+        match &ctx.approval {
+            // Ids and subjects are ours; a value the audit log refuses is not worth losing the
+            // record for, and the approval's own records still name everyone.
+            Some(grant) => match event.clone().with_approval(grant.clone()) {
+                Ok(named) => named,
+                Err(e) => {
+                    tracing::error!(error = %e, "an approval could not be named in a record");
+                    event
+                }
+            },
+            None => event,
+        }
     }
 }
 
@@ -533,6 +547,7 @@ impl StreamContext {
             event_type: self.event_type,
             resource: self.resource.clone(),
             policy: self.policy.clone(),
+            approval: None,
         }
     }
 }

@@ -169,6 +169,7 @@ impl LocalCore {
             event_type,
             resource: Some(resource),
             policy: ztee_server::action::policy_input(&self.caller, action),
+            approval: None,
         }
     }
 }

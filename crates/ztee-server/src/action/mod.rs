@@ -120,6 +120,18 @@ pub struct Approved<'a> {
     pub id: &'a str,
     /// For a command: the files it was bound to when it was held.
     pub bound: &'a [Bound],
+    /// The subjects that approved it, in the order they decided.
+    pub approved_by: &'a [String],
+}
+
+impl Approved<'_> {
+    /// How the records of the resumed action name the approval.
+    pub fn grant(self) -> ztee_audit::ApprovalGrant {
+        ztee_audit::ApprovalGrant {
+            id: self.id.to_owned(),
+            approved_by: self.approved_by.to_vec(),
+        }
+    }
 }
 
 /// An action parked for a human decision: the typed action itself, and for a command the files

@@ -134,6 +134,7 @@ pub(super) async fn run(
         event_type: EventType::Run,
         resource: resource.clone(),
         policy,
+        approval: approved.map(Approved::grant),
     };
     let work = Work {
         argv,

@@ -249,6 +249,7 @@ pub(super) async fn create(
         event_type: EventType::SandboxCreate,
         resource: Some(resource),
         policy,
+        approval: approved.map(Approved::grant),
     };
     // Metadata is returned to callers and stored: scan it, keys and values, like any other input.
     let work = Work {
@@ -439,6 +440,7 @@ pub(super) async fn delete(
         event_type: EventType::SandboxClose,
         resource: Some(format!("sandbox/{id}")),
         policy: policy_input(caller, "sandbox.delete"),
+        approval: None,
     };
     state
         .pipeline
@@ -498,6 +500,7 @@ pub(super) async fn exec(
         event_type: EventType::SandboxExec,
         resource: resource.clone(),
         policy,
+        approval: approved.map(Approved::grant),
     };
     only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
     // A stream cannot wait for a human: a hold answers 403 there, and the caller may send the
@@ -622,6 +625,7 @@ pub(super) async fn write_file(
         event_type: EventType::FileWrite,
         resource: Some(format!("sandbox/{}{}", record.id, path)),
         policy,
+        approval: None,
     };
     only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
     let work = Work {
@@ -677,6 +681,7 @@ pub(super) async fn read_file(
         event_type: EventType::FileRead,
         resource: Some(format!("sandbox/{}{}", record.id, path)),
         policy,
+        approval: None,
     };
     only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
     let admitted = state

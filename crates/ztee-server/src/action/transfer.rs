@@ -124,6 +124,7 @@ pub async fn admit_upload(
             event_type,
             resource,
             policy,
+            approval: None,
         };
         // A blocking-pool thread may wait on the runtime: the audit and store I/O inside are
         // still driven by the runtime's own threads.
@@ -150,6 +151,7 @@ impl DownloadAudit {
             event_type: EventType::FileRead,
             resource: self.resource.clone(),
             policy: self.policy.clone(),
+            approval: None,
         };
         state.pipeline.event(&ctx, outcome)
     }

@@ -754,9 +754,16 @@ async fn execute(state: Arc<AppState>, id: String) {
             Err(ActionError::forbidden(gone.reason))
         }
         (Some(Parked { held, .. }), Ok(Some(caller))) => {
+            let approved_by: Vec<String> = record
+                .decisions
+                .iter()
+                .filter(|d| d.approve)
+                .map(|d| d.by.clone())
+                .collect();
             let approved = Approved {
                 id: &id,
                 bound: &held.bound,
+                approved_by: &approved_by,
             };
             crate::action::execute(
                 &state,

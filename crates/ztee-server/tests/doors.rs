@@ -1,0 +1,170 @@
+//! Every door hands the same action to the same core: a run asked for directly over REST and a
+//! run held for approval and resumed by the approval gate pass the same stages, so the policy
+//! sees inputs of the same shape and the trail keeps records of the same shape.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{client, EchoExecutor, Gateway};
+use serde_json::{json, Value};
+use ztee_server::policy::{Decision, PolicyEngine, PolicyInput};
+use ztee_server::ServerConfig;
+
+/// The repository's policy, remembering every input it was asked to decide.
+struct Recording {
+    inner: Arc<dyn PolicyEngine>,
+    seen: Mutex<Vec<Value>>,
+}
+
+impl PolicyEngine for Recording {
+    fn decide(&self, input: &PolicyInput) -> Decision {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(serde_json::to_value(input).unwrap());
+        self.inner.decide(input)
+    }
+
+    fn decide_egress(
+        &self,
+        input: &PolicyInput,
+        targets: &[ztee_policy::EgressTarget],
+    ) -> Decision {
+        self.inner.decide_egress(input, targets)
+    }
+
+    fn rego(&self) -> Option<&ztee_policy::PolicyEngine> {
+        self.inner.rego()
+    }
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// The one audit record of type `event_type` for `request_id`.
+async fn record(gw: &Gateway, request_id: &str, event_type: &str) -> Value {
+    let path = format!("/v1/audit?tenant=acme&request_id={request_id}&type={event_type}");
+    let found = gw.get_json(&gw.admin_key, &path).await;
+    let events = found["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{found}");
+    events[0]["event"].clone()
+}
+
+async fn post(gw: &Gateway, key: &str, path: &str, request_id: &str, body: &Value) -> Value {
+    let r = client()
+        .post(format!("{}{path}", gw.url))
+        .bearer_auth(key)
+        .header("x-request-id", request_id)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_run_and_an_approved_run_pass_the_same_stages() {
+    let policy = Arc::new(Recording {
+        inner: common::repository_policy(|_| {}),
+        seen: Mutex::new(Vec::new()),
+    });
+    let mut config = ServerConfig::default();
+    config.approvals.two_person_rules.clear();
+    let gw = Gateway::start_with_policy(
+        config,
+        Arc::new(EchoExecutor::default()),
+        tempfile::tempdir().unwrap(),
+        Some(policy.clone()),
+    )
+    .await;
+    let agent = gw.key("acme", "agent");
+    let approver = gw.key("acme", "approver");
+
+    // Door 1: REST, allowed outright.
+    let direct = post(
+        &gw,
+        &agent,
+        "/v1/run",
+        "door-direct",
+        &json!({"cmd": ["true"]}),
+    )
+    .await;
+    assert_eq!(direct["exit_code"], 0, "{direct}");
+    let direct_input = policy.seen.lock().unwrap().last().cloned().unwrap();
+
+    // Door 2: the same action with a card number in it is held; the approval gate resumes
+    // the parked action through the core once approved.
+    let held = json!({"cmd": ["sh", "-c", "echo 4111111111111111 >/dev/null"]});
+    let parked = post(&gw, &agent, "/v1/run", "door-held", &held).await;
+    let id = parked["approval"]["id"].as_str().unwrap().to_owned();
+    let at_hold = policy.seen.lock().unwrap().last().cloned().unwrap();
+    let decided = post(
+        &gw,
+        &approver,
+        &format!("/v1/approvals/{id}/approve"),
+        "door-approve",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(decided["status"], "approved", "{decided}");
+    let done = gw
+        .get_json(&agent, &format!("/v1/approvals/{id}?wait=30"))
+        .await;
+    assert_eq!(done["status"], "executed", "{done}");
+    let at_resume = policy.seen.lock().unwrap().last().cloned().unwrap();
+
+    // The policy saw inputs of one shape, and the resumed action is the held one.
+    assert_eq!(direct_input["action"], "run");
+    assert_eq!(keys(&direct_input), keys(&at_hold));
+    assert_eq!(at_hold, at_resume, "the resumed action is the parked one");
+    assert!(
+        !at_hold.to_string().contains("4111111111111111"),
+        "{at_hold}"
+    );
+
+    // The trail: one run record each, of the same shape, each naming its decision.
+    let direct_record = record(&gw, "door-direct", "run").await;
+    let held_record = record(&gw, "door-held", "approval.request").await;
+    assert_eq!(held_record["outcome"], "pending_approval", "{held_record}");
+    let runs = gw
+        .get_json(&gw.admin_key, "/v1/audit?tenant=acme&type=run")
+        .await;
+    let runs = runs["events"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "direct, held (pending), approved: {runs:?}");
+    let approved_record = runs
+        .iter()
+        .map(|e| e["event"].clone())
+        .find(|e| e["outcome"] == "success" && e["request_id"] != "door-direct")
+        .expect("the approved run's record");
+    // Fields that depend on content (what was masked) or on the door (who approved) aside,
+    // the records are of one shape.
+    let core = |e: &Value| {
+        keys(e)
+            .into_iter()
+            .filter(|k| k != "redactions" && k != "approval")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        core(&direct_record),
+        core(&approved_record),
+        "{direct_record}\n{approved_record}"
+    );
+    assert_eq!(direct_record["decision"]["decision"], "allow");
+    assert_eq!(approved_record["principal"], direct_record["principal"]);
+    assert_eq!(approved_record["request_id"], "door-held");
+    // What ran names the people who let it run; a direct run names no approval.
+    assert!(direct_record.get("approval").is_none(), "{direct_record}");
+    assert_eq!(approved_record["approval"]["id"], id.as_str());
+    let approver_subject = decided["decisions"][0]["by"].as_str().unwrap();
+    assert_eq!(
+        approved_record["approval"]["approved_by"],
+        json!([approver_subject]),
+        "{approved_record}"
+    );
+}
