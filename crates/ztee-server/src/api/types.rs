@@ -4,9 +4,7 @@
 
 use serde::Deserialize;
 
-pub use crate::action::request::{
-    Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView,
-};
+pub use crate::action::request::{CreateSandbox, OneShotRun, RunCommand};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

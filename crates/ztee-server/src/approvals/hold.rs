@@ -393,7 +393,8 @@ impl Ledger {
         }
     }
 
-    /// Pending held requests and their bytes for one principal (for tests and metrics).
+    /// Pending held requests and their bytes for one principal.
+    #[cfg(test)]
     pub fn usage(&self, tenant: &str, subject: &str) -> (usize, u64) {
         let book = lock(&self.book);
         book.principals

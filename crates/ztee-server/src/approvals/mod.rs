@@ -155,8 +155,7 @@ impl Approvals {
         listen: std::net::SocketAddr,
     ) -> Result<(Self, Vec<String>), String> {
         record::create_table(&store).map_err(|e| e.to_string())?;
-        let callback_key =
-            callback::CallbackKey::load_or_create(&data_dir.join("approvals-callback.key"))?;
+        let callback_key = callback::CallbackKey::load_or_create(&key_path(data_dir))?;
         let webhooks = config
             .webhooks
             .iter()
@@ -913,6 +912,7 @@ pub async fn decide_by_callback(
     decide(state, Approver::Link(&caller), id, query.approve(), None).await
 }
 
-pub fn key_path(data_dir: &Path) -> PathBuf {
+/// Where the key of the signed decision links lives in a data directory.
+fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("approvals-callback.key")
 }
