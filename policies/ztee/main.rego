@@ -5,7 +5,7 @@
 #    "reasons": [{"rule": "<stable id>", "message": "<text>"}]}
 # Deny by default: a request is allowed only when its action is in `known_actions` below (and no
 # deny or approval rule fires). Any other action, e.g. one a new front door invents, is denied
-# with `policy.no_allow_rule`. Actions: sandbox.create, sandbox.exec, sandbox.delete, run,
+# with `policy.no_allow_rule`. Actions: sandbox.create, sandbox.exec, sandbox.input, sandbox.delete, run,
 # file.write (upload), file.read (download), llm.chat, tool.call, egress, secret.use, image.admit.
 # Routing, strongest first:
 #   deny      - never allowed: no allow rule for the action, SAD present, raw PAN to an external model, a provider the tenant's
@@ -30,7 +30,9 @@ import rego.v1
 
 cfg := data.ztee.config
 
-code_actions := {"run", "sandbox.exec", "sandbox.create"}
+# sandbox.input: text written to a running process's stdin, which a shell or an interpreter may
+# run as code.
+code_actions := {"run", "sandbox.exec", "sandbox.create", "sandbox.input"}
 
 # Copying a file into or out of a sandbox: content crosses the boundary as it does with a command,
 # so the same card-data and secret checks apply.
@@ -161,7 +163,7 @@ high contains {"rule": "injection.suspected", "message": sprintf("possible promp
 # MEDIUM: allowed and logged.
 
 medium contains {"rule": "risk.code_execution", "message": "code execution in a sandbox"} if {
-	input.action in {"run", "sandbox.exec"}
+	input.action in {"run", "sandbox.exec", "sandbox.input"}
 }
 
 medium contains {"rule": "risk.file_transfer", "message": "a file copied into or out of a sandbox"} if {

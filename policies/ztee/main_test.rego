@@ -309,6 +309,20 @@ test_deny_outranks_approval if {
 	not "risk.code_with_secrets" in rule_ids(d)
 }
 
+test_raw_pan_typed_into_a_running_process_requires_approval if {
+	inp := with_dlp(req("sandbox.input", {"stdin": "x"}), {"counts": {"CREDIT_CARD": 1}, "raw_pan": true, "sad": false})
+	d := main.decision with input as inp
+	d.verdict == "require_approval"
+	"pci.raw_pan_in_code" in rule_ids(d)
+}
+
+test_input_to_a_running_process_is_code_execution if {
+	d := main.decision with input as req("sandbox.input", {"stdin": "print(1)\n"})
+	d.verdict == "allow"
+	d.risk == "MEDIUM"
+	"risk.code_execution" in rule_ids(d)
+}
+
 test_masked_findings_are_medium if {
 	inp := with_dlp(req("tool.call", {"tool": {"name": "read_file", "args": {}}}), {"counts": {"EMAIL": 2}, "raw_pan": false, "sad": false})
 	d := main.decision with input as inp
@@ -322,6 +336,7 @@ test_masked_findings_are_medium if {
 benign := {
 	"sandbox.create": {"image": "python"},
 	"sandbox.exec": {"cmd": ["ls"], "image": "python"},
+	"sandbox.input": {"stdin": "y", "image": "python"},
 	"sandbox.delete": {},
 	"run": {"code": "print(1)"},
 	"file.write": {"image": "python"},

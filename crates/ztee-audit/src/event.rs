@@ -33,6 +33,15 @@ pub enum EventType {
     SandboxExec,
     #[serde(rename = "sandbox.close")]
     SandboxClose,
+    /// Input written to a running process's stdin.
+    #[serde(rename = "sandbox.input")]
+    SandboxInput,
+    /// A signal sent to a running process.
+    #[serde(rename = "sandbox.signal")]
+    SandboxSignal,
+    /// A sandbox's remaining life was changed.
+    #[serde(rename = "sandbox.timeout")]
+    SandboxTimeout,
     /// A one-shot `run` (create, execute, destroy).
     #[serde(rename = "run")]
     Run,
@@ -79,13 +88,16 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 28] = [
         EventType::AuthLogin,
         EventType::AuthFailure,
         EventType::AuthzDenied,
         EventType::SandboxCreate,
         EventType::SandboxExec,
         EventType::SandboxClose,
+        EventType::SandboxInput,
+        EventType::SandboxSignal,
+        EventType::SandboxTimeout,
         EventType::Run,
         EventType::FileRead,
         EventType::FileWrite,
@@ -116,6 +128,9 @@ impl EventType {
             EventType::SandboxCreate => "sandbox.create",
             EventType::SandboxExec => "sandbox.exec",
             EventType::SandboxClose => "sandbox.close",
+            EventType::SandboxInput => "sandbox.input",
+            EventType::SandboxSignal => "sandbox.signal",
+            EventType::SandboxTimeout => "sandbox.timeout",
             EventType::Run => "run",
             EventType::FileRead => "file.read",
             EventType::FileWrite => "file.write",

@@ -126,7 +126,7 @@ fn request_context(extensions: &Extensions) -> (RequestId, Option<IpAddr>) {
 }
 
 /// A refusal of authentication: 401 with a `WWW-Authenticate` challenge (RFC 6750).
-pub struct AuthRejection(ActionError);
+pub struct AuthRejection(pub(crate) ActionError);
 
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
@@ -149,49 +149,72 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let (request_id, origin_ip) = request_context(&parts.extensions);
-        let (principal, credential_expires_at) = match authenticate(parts, state).await {
-            Ok(authenticated) => authenticated,
-            Err((reason, err)) => {
-                state.metrics.auth_failure(reason);
-                // The route template, never the raw path (which may hold anything, card numbers
-                // included); recorded per address, reason and interval, not per request.
-                let route = parts
-                    .extensions
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", MatchedPath::as_str);
-                crate::source_guard::auth_failed(state, &request_id, origin_ip, reason, route)
-                    .await;
-                return Err(AuthRejection(err));
-            }
-        };
-        if let Err(retry_after) = state.limiter.check(&principal.subject) {
-            state.metrics.rate_limited();
-            return Err(AuthRejection(ActionError::too_many_requests(
-                format!(
-                    "request rate limit of {}/s (burst {}) for this principal exceeded",
-                    state.config.quotas.requests_per_second, state.config.quotas.burst
-                ),
-                retry_after,
-            )));
-        }
-        Ok(Caller {
-            principal,
-            request_id,
-            origin_ip,
-            credential_expires_at,
-            denials: Some(DenialTrail(state.pipeline.audit.clone())),
-        })
+        let token = bearer_token(parts);
+        authenticate(parts, state, token).await
     }
 }
 
-/// Returns the principal and when its credential expires, or a metrics reason and the error to
-/// answer with. The error message does not say which check failed beyond the broad category:
-/// that detail helps attackers more than callers, and it is in the audit trail and metrics.
-async fn authenticate(
+/// The caller holding `token` (an API key or an OIDC token), as every door establishes it: a
+/// refused credential is counted, recorded per address and answered 401; an accepted one is
+/// held to the principal's rate limit. `token` is the door's reading of its credential header,
+/// or the refusal of that header.
+pub(crate) async fn authenticate(
+    parts: &Parts,
+    state: &Arc<AppState>,
+    token: Result<&str, (&'static str, ActionError)>,
+) -> Result<Caller, AuthRejection> {
+    let authenticated = match token {
+        Ok(token) => principal_of(state, token).await,
+        Err(refusal) => Err(refusal),
+    };
+    let (principal, credential_expires_at) = match authenticated {
+        Ok(authenticated) => authenticated,
+        Err((reason, err)) => {
+            let (request_id, origin_ip) = request_context(&parts.extensions);
+            state.metrics.auth_failure(reason);
+            // The route template, never the raw path (which may hold anything, card numbers
+            // included); recorded per address, reason and interval, not per request.
+            let route = parts
+                .extensions
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            crate::source_guard::auth_failed(state, &request_id, origin_ip, reason, route).await;
+            return Err(AuthRejection(err));
+        }
+    };
+    caller_for(parts, state, principal, credential_expires_at)
+}
+
+/// The caller for a principal a door established itself (a sandbox access token), held to the
+/// principal's rate limit like any other.
+pub(crate) fn caller_for(
     parts: &Parts,
     state: &AppState,
-) -> Result<(Principal, Option<u64>), (&'static str, ActionError)> {
+    principal: Principal,
+    credential_expires_at: Option<u64>,
+) -> Result<Caller, AuthRejection> {
+    let (request_id, origin_ip) = request_context(&parts.extensions);
+    if let Err(retry_after) = state.limiter.check(&principal.subject) {
+        state.metrics.rate_limited();
+        return Err(AuthRejection(ActionError::too_many_requests(
+            format!(
+                "request rate limit of {}/s (burst {}) for this principal exceeded",
+                state.config.quotas.requests_per_second, state.config.quotas.burst
+            ),
+            retry_after,
+        )));
+    }
+    Ok(Caller {
+        principal,
+        request_id,
+        origin_ip,
+        credential_expires_at,
+        denials: Some(DenialTrail(state.pipeline.audit.clone())),
+    })
+}
+
+/// The token of `Authorization: Bearer <token>`, or why there is none.
+fn bearer_token(parts: &Parts) -> Result<&str, (&'static str, ActionError)> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err((
             "missing_credentials",
@@ -200,7 +223,7 @@ async fn authenticate(
             ),
         ));
     };
-    let token = value
+    value
         .to_str()
         .ok()
         .and_then(|v| {
@@ -213,7 +236,16 @@ async fn authenticate(
                 "malformed_authorization",
                 ActionError::unauthenticated("Authorization header must be `Bearer <token>`"),
             )
-        })?;
+        })
+}
+
+/// Returns the principal and when its credential expires, or a metrics reason and the error to
+/// answer with. The error message does not say which check failed beyond the broad category:
+/// that detail helps attackers more than callers, and it is in the audit trail and metrics.
+async fn principal_of(
+    state: &AppState,
+    token: &str,
+) -> Result<(Principal, Option<u64>), (&'static str, ActionError)> {
     if apikey::looks_like_api_key(token) {
         let store = state.store.clone();
         let token = token.to_owned();

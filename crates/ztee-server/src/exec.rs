@@ -90,6 +90,9 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub stdin: Option<Bytes>,
+    /// Keep stdin open after `stdin` for [`ProcessControl::write_stdin`]; when false the command
+    /// reads EOF after `stdin`.
+    pub interactive: bool,
     pub timeout: Duration,
 }
 
@@ -173,6 +176,28 @@ impl FileChunks for WholeFile {
 pub trait OutputStream: Send {
     /// `None` after the exit event.
     async fn next_event(&mut self) -> Option<OutputEvent>;
+
+    /// The command's pid inside the sandbox and a handle for its input and signals, for engines
+    /// that keep a command reachable while it runs; `None` for those that do not.
+    fn process(&self) -> Option<RunningProcess> {
+        None
+    }
+}
+
+/// A command that is still running: its pid in the sandbox and what reaches it.
+#[derive(Clone)]
+pub struct RunningProcess {
+    pub pid: u32,
+    pub control: std::sync::Arc<dyn ProcessControl>,
+}
+
+/// Input and signals for a running command, apart from its output. What is sent after the
+/// command ended is ignored.
+#[async_trait]
+pub trait ProcessControl: Send + Sync {
+    async fn write_stdin(&self, data: Bytes) -> Result<(), ExecError>;
+    async fn close_stdin(&self) -> Result<(), ExecError>;
+    async fn signal(&self, signal: i32) -> Result<(), ExecError>;
 }
 
 /// What one finished command produced, for non-streaming responses.

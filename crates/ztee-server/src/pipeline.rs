@@ -340,7 +340,9 @@ impl Pipeline {
     ) -> Result<CommandResult, ActionError> {
         let start = Instant::now();
         let mut outbound = Outbound::new(self.dlp.as_ref(), secrets);
-        let mut stream = self.execute(ctx, sandbox, &admitted, timeout).await?;
+        let mut stream = self
+            .execute(ctx, sandbox, &admitted, timeout, false)
+            .await?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
         let mut truncated = false;
         let mut exit = (None, false);
@@ -385,21 +387,28 @@ impl Pipeline {
     }
 
     /// Stages 3-5 for a streaming call: every output chunk is masked before it is sent; the
-    /// final `exit` line is sent only after the audit event is durable. `secrets` is the scope
-    /// of the sandbox's own secrets, held until the stream ends.
+    /// final `exit` event is sent only after the audit event is durable. `secrets` is the scope
+    /// of the sandbox's own secrets, held until the stream ends. With `interactive`, the
+    /// command's stdin stays open and [`Streaming::process`] reaches it while it runs.
+    ///
+    /// The command runs to its end whether or not anyone still reads the events: a caller that
+    /// goes away leaves it running (bounded by `timeout`), and its record is written when it ends.
+    #[allow(clippy::too_many_arguments)]
     pub async fn stream(
         self: Arc<Self>,
         ctx: StreamContext,
         sandbox: Arc<dyn SandboxHandle>,
         admitted: Admitted,
         timeout: std::time::Duration,
+        interactive: bool,
         secrets: Option<SecretScope>,
         keep_alive: Box<dyn std::any::Any + Send>,
-    ) -> Result<tokio::sync::mpsc::Receiver<serde_json::Value>, ActionError> {
+    ) -> Result<Streaming, ActionError> {
         let action = ctx.as_action();
         let mut stream = self
-            .execute(&action, sandbox.as_ref(), &admitted, timeout)
+            .execute(&action, sandbox.as_ref(), &admitted, timeout, interactive)
             .await?;
+        let process = stream.process();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let pipeline = self.clone();
         tokio::spawn(async move {
@@ -412,6 +421,11 @@ impl Pipeline {
             let mut output_digest = pipeline.content_key.hasher();
             let mut exit = (None, false);
             let mut client_gone = false;
+            let mut send = |event: StreamEvent, tx: &tokio::sync::mpsc::Sender<StreamEvent>| {
+                output_digest.update(event.digest_line().as_bytes());
+                let tx = tx.clone();
+                async move { tx.send(event).await.is_err() }
+            };
             while let Some(ev) = stream.next_event().await {
                 let released = match ev {
                     OutputEvent::Stdout(b) => outbound.stdout(&b),
@@ -424,14 +438,12 @@ impl Pipeline {
                         continue;
                     }
                 };
-                for line in chunk_lines(released) {
-                    output_digest.update(line.to_string().as_bytes());
-                    client_gone |= tx.send(line).await.is_err();
+                for event in released.into_events() {
+                    client_gone |= send(event, &tx).await;
                 }
             }
-            for line in chunk_lines(outbound.finish()) {
-                output_digest.update(line.to_string().as_bytes());
-                client_gone |= tx.send(line).await.is_err();
+            for event in outbound.finish().into_events() {
+                client_gone |= send(event, &tx).await;
             }
             let mut redactions = outbound.counts();
             pipeline.metrics.redactions("outbound", &redactions);
@@ -444,23 +456,28 @@ impl Pipeline {
                 .with_output(&output_digest.finalize())
                 .with_redactions(&redactions);
             let last = match pipeline.record(event).await {
-                Ok(()) => serde_json::json!({
-                    "type": "exit",
-                    "exit_code": exit.0,
-                    "timed_out": exit.1,
-                    "duration_ms": u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "redactions": redactions,
-                }),
-                Err(e) => serde_json::json!({
-                    "type": "error",
-                    "error": {"code": e.code, "message": e.message, "request_id": action.caller.request_id.as_str()},
-                }),
+                Ok(()) => StreamEvent::Exit {
+                    exit_code: exit.0,
+                    timed_out: exit.1,
+                    duration_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    redactions,
+                },
+                Err(e) => StreamEvent::Error {
+                    error: StreamFailure {
+                        code: e.code,
+                        message: e.message,
+                        request_id: action.caller.request_id.as_str().to_owned(),
+                    },
+                },
             };
             if !client_gone {
                 let _ = tx.send(last).await;
             }
         });
-        Ok(rx)
+        Ok(Streaming {
+            events: rx,
+            process,
+        })
     }
 
     /// Stage 3: the VM. Writes the files, then starts the command.
@@ -470,6 +487,7 @@ impl Pipeline {
         sandbox: &dyn SandboxHandle,
         admitted: &Admitted,
         timeout: std::time::Duration,
+        interactive: bool,
     ) -> Result<Box<dyn OutputStream>, ActionError> {
         let work = &admitted.work;
         let started = async {
@@ -482,6 +500,7 @@ impl Pipeline {
                     env: work.env.clone(),
                     cwd: work.cwd.clone(),
                     stdin: work.stdin.clone().map(Bytes::from),
+                    interactive,
                     timeout,
                 })
                 .await
@@ -583,18 +602,61 @@ pub fn exec_error(e: crate::exec::ExecError) -> ActionError {
     }
 }
 
-fn chunk_line(stream: &str, text: String) -> Option<serde_json::Value> {
-    (!text.is_empty()).then(|| serde_json::json!({"type": stream, "data": text}))
+/// One event of a streamed command, in the order the caller receives them: masked output, then
+/// one `exit` (once the command's record is durable) or one `error`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: Option<i32>,
+        timed_out: bool,
+        duration_ms: u64,
+        redactions: RedactionCounts,
+    },
+    Error {
+        error: StreamFailure,
+    },
 }
 
-/// The stream lines for what the outbound stage released: stdout's first, then stderr's.
-fn chunk_lines(released: Released) -> impl Iterator<Item = serde_json::Value> {
-    [
-        chunk_line("stdout", released.stdout),
-        chunk_line("stderr", released.stderr),
-    ]
-    .into_iter()
-    .flatten()
+/// Why a stream ended without its `exit` event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamFailure {
+    pub code: &'static str,
+    pub message: String,
+    pub request_id: String,
+}
+
+impl StreamEvent {
+    /// The event as one line of the REST API's NDJSON stream; also what the output digest of
+    /// the audit record covers.
+    pub fn digest_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A streamed command: its events, and while it runs, its pid and control when the engine
+/// keeps it reachable.
+pub struct Streaming {
+    pub events: tokio::sync::mpsc::Receiver<StreamEvent>,
+    pub process: Option<crate::exec::RunningProcess>,
+}
+
+impl Released {
+    /// Stream events for what the outbound stage released: stdout's first, then stderr's.
+    fn into_events(self) -> impl Iterator<Item = StreamEvent> {
+        [
+            (!self.stdout.is_empty()).then_some(StreamEvent::Stdout { data: self.stdout }),
+            (!self.stderr.is_empty()).then_some(StreamEvent::Stderr { data: self.stderr }),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// Appends up to the cap (on a char boundary); returns true when something was cut.

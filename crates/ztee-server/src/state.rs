@@ -55,6 +55,62 @@ pub struct LiveSandbox {
     pub secrets: Option<crate::secrets::InjectedSecrets>,
     /// The egress granted to it (empty: no network).
     pub egress: Vec<ztee_egress::EgressRule>,
+    /// Its running processes that callers may reach while they run.
+    pub processes: Arc<crate::action::process::Processes>,
+    /// When it is destroyed.
+    pub expiry: Arc<Expiry>,
+}
+
+/// When a sandbox ends; a caller may move it (`sandbox.timeout`).
+pub struct Expiry {
+    at: Mutex<(tokio::time::Instant, std::time::SystemTime)>,
+    changed: tokio::sync::Notify,
+}
+
+impl Expiry {
+    pub fn after(lifetime: std::time::Duration) -> Self {
+        Self {
+            at: Mutex::new((
+                tokio::time::Instant::now() + lifetime,
+                std::time::SystemTime::now() + lifetime,
+            )),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The monotonic deadline, for the task that ends the sandbox.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.at
+            .lock()
+            .map(|at| at.0)
+            .unwrap_or_else(|e| e.into_inner().0)
+    }
+
+    /// The wall-clock time it ends, for callers.
+    pub fn ends_at(&self) -> std::time::SystemTime {
+        self.at
+            .lock()
+            .map(|at| at.1)
+            .unwrap_or_else(|e| e.into_inner().1)
+    }
+
+    /// Ends the sandbox `lifetime` from now instead.
+    pub fn reset(&self, lifetime: std::time::Duration) {
+        let at = (
+            tokio::time::Instant::now() + lifetime,
+            std::time::SystemTime::now() + lifetime,
+        );
+        match self.at.lock() {
+            Ok(mut guard) => *guard = at,
+            Err(e) => *e.into_inner() = at,
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when the deadline is moved.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
 }
 
 impl LiveSandboxes {

@@ -86,7 +86,12 @@ CREATE TABLE IF NOT EXISTS audit_outbox (
 ";
 
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// `time` as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 impl Store {

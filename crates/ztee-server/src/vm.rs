@@ -229,14 +229,22 @@ impl SandboxHandle for VmSandbox {
         vm_spec.env = spec.env.into_iter().collect();
         vm_spec.cwd = spec.cwd;
         vm_spec.timeout = Some(spec.timeout);
-        vm_spec.stdin = spec.stdin.is_some();
+        vm_spec.stdin = spec.stdin.is_some() || spec.interactive;
+        let close_stdin = spec.stdin.is_some() && !spec.interactive;
         let execution = sandbox.exec(vm_spec).await.map_err(map_err)?;
         if let Some(stdin) = spec.stdin {
             execution.write_stdin(&stdin).await.map_err(map_err)?;
+        }
+        if close_stdin {
             execution.close_stdin().await.map_err(map_err)?;
         }
+        let process = crate::exec::RunningProcess {
+            pid: execution.pid(),
+            control: Arc::new(VmControl(execution.control())),
+        };
         Ok(Box::new(VmOutput {
             execution,
+            process,
             done: false,
         }))
     }
@@ -313,11 +321,33 @@ impl crate::exec::FileChunks for VmFileChunks {
 
 struct VmOutput {
     execution: ztee_vm::Execution,
+    process: crate::exec::RunningProcess,
     done: bool,
+}
+
+struct VmControl(ztee_vm::ExecControl);
+
+#[async_trait]
+impl crate::exec::ProcessControl for VmControl {
+    async fn write_stdin(&self, data: Bytes) -> Result<(), ExecError> {
+        self.0.write_stdin(&data).await.map_err(map_err)
+    }
+
+    async fn close_stdin(&self) -> Result<(), ExecError> {
+        self.0.close_stdin().await.map_err(map_err)
+    }
+
+    async fn signal(&self, signal: i32) -> Result<(), ExecError> {
+        self.0.signal(signal).await.map_err(map_err)
+    }
 }
 
 #[async_trait]
 impl OutputStream for VmOutput {
+    fn process(&self) -> Option<crate::exec::RunningProcess> {
+        Some(self.process.clone())
+    }
+
     async fn next_event(&mut self) -> Option<OutputEvent> {
         if self.done {
             return None;

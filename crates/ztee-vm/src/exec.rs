@@ -238,6 +238,38 @@ impl Execution {
     }
 
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), VmError> {
+        self.control().write_stdin(data).await
+    }
+
+    pub async fn close_stdin(&self) -> Result<(), VmError> {
+        self.control().close_stdin().await
+    }
+
+    /// Sends `signal` to the command's process group.
+    pub async fn signal(&self, signal: i32) -> Result<(), VmError> {
+        self.control().signal(signal).await
+    }
+
+    /// A handle that writes to the command's stdin and signals it while another task reads its
+    /// events. Once the command has ended the guest ignores what the handle sends.
+    pub fn control(&self) -> ExecControl {
+        ExecControl {
+            id: self.id,
+            channel: self.channel.clone(),
+        }
+    }
+}
+
+/// Input and signals for one running command, apart from its event stream (see
+/// [`Execution::control`]).
+#[derive(Clone)]
+pub struct ExecControl {
+    id: RequestId,
+    channel: Arc<Channel>,
+}
+
+impl ExecControl {
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), VmError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
             self.channel
                 .send(&HostMessage::Stdin {

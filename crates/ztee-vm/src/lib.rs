@@ -53,7 +53,7 @@ pub use channel::REPLY_TIMEOUT;
 pub use config::{default_cache_dir, EngineConfig, SandboxSpec, VmmSettings};
 pub use engine::Engine;
 pub use error::VmError;
-pub use exec::{CommandStream, ExecEvent, ExecSpec, Execution, ExitStatus, Output};
+pub use exec::{CommandStream, ExecControl, ExecEvent, ExecSpec, Execution, ExitStatus, Output};
 pub use image::BootImage;
 pub use jail::{JailConfig, JailInfo, JailMode};
 pub use sandbox::{Sandbox, SandboxInfo, DEFAULT_READ_LIMIT};

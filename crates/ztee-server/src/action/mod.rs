@@ -26,6 +26,7 @@
 
 pub mod checks;
 pub mod error;
+pub mod process;
 mod provision;
 pub mod request;
 mod run;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use error::{ActionError, ErrorKind};
+pub use process::{Attachment, ProcessInfo, ProcessSelector};
 pub use request::{Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView};
 pub use sandbox::policy_input;
 pub use transfer::FileContent;
@@ -80,6 +82,69 @@ pub enum Action {
         sandbox: String,
         path: String,
     },
+    /// A command that stays reachable while it runs: the caller is attached to its events,
+    /// others may attach later (`ConnectProcess`), write to it and signal it.
+    StartProcess {
+        sandbox: String,
+        command: RunCommand,
+        /// A caller's name for the process, to find it by later.
+        tag: Option<String>,
+        /// Keep its stdin open for `SendInput`.
+        stdin: bool,
+    },
+    /// Attaches to a running process's events from now on.
+    ConnectProcess {
+        sandbox: String,
+        process: ProcessSelector,
+    },
+    ListProcesses {
+        sandbox: String,
+    },
+    /// Text for a running process's stdin, scanned and decided like any input.
+    SendInput {
+        sandbox: String,
+        process: ProcessSelector,
+        data: String,
+    },
+    CloseStdin {
+        sandbox: String,
+        process: ProcessSelector,
+    },
+    SignalProcess {
+        sandbox: String,
+        process: ProcessSelector,
+        signal: Signal,
+    },
+    /// Sets a sandbox's remaining life to `timeout_s` from now.
+    SetTimeout {
+        sandbox: String,
+        timeout_s: u64,
+    },
+}
+
+/// The signals a caller may send to a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Kill,
+    Interrupt,
+}
+
+impl Signal {
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Terminate => libc_signal::SIGTERM,
+            Signal::Kill => libc_signal::SIGKILL,
+            Signal::Interrupt => libc_signal::SIGINT,
+        }
+    }
+}
+
+/// Linux signal numbers (the guest is Linux whatever the host is).
+mod libc_signal {
+    pub const SIGINT: i32 = 2;
+    pub const SIGKILL: i32 = 9;
+    pub const SIGTERM: i32 = 15;
 }
 
 impl Action {
@@ -94,6 +159,13 @@ impl Action {
             Action::ShowSandbox { .. } => "sandbox.show",
             Action::WriteFile { .. } => "file.write",
             Action::ReadFile { .. } => "file.read",
+            Action::StartProcess { .. } => "sandbox.exec",
+            Action::ConnectProcess { .. } => "process.connect",
+            Action::ListProcesses { .. } => "process.list",
+            Action::SendInput { .. } => "sandbox.input",
+            Action::CloseStdin { .. } => "process.close_stdin",
+            Action::SignalProcess { .. } => "sandbox.signal",
+            Action::SetTimeout { .. } => "sandbox.timeout",
         }
     }
 
@@ -148,7 +220,7 @@ pub enum Outcome {
     Ran(CommandResult),
     /// A command's events (`{"stream", "data"}` chunks, then `{"exit_code", ...}` or
     /// `{"error"}`), masked as they pass.
-    Streaming(tokio::sync::mpsc::Receiver<serde_json::Value>),
+    Streaming(tokio::sync::mpsc::Receiver<crate::pipeline::StreamEvent>),
     /// Parked for approval.
     Held(crate::approvals::Ticket),
     Created(SandboxView),
@@ -161,6 +233,11 @@ pub enum Outcome {
         redactions: RedactionCounts,
     },
     File(FileContent),
+    /// Attached to a running process.
+    Process(process::Attachment),
+    Processes(Vec<process::ProcessInfo>),
+    /// Done; nothing to show.
+    Done,
 }
 
 /// Runs `action` for `caller` through every stage, in order (see the module comment). `approved`
@@ -177,7 +254,40 @@ pub async fn execute(
         Action::Run(request) => run::run(state, caller, request, delivery, approved).await,
         Action::CreateSandbox(request) => sandbox::create(state, caller, request, approved).await,
         Action::Exec { sandbox, command } => {
-            sandbox::exec(state, caller, &sandbox, command, delivery, approved).await
+            let mode = match delivery {
+                Delivery::Whole => sandbox::ExecMode::Whole,
+                Delivery::Stream => sandbox::ExecMode::Stream,
+            };
+            sandbox::exec(state, caller, &sandbox, command, mode, approved).await
+        }
+        Action::StartProcess {
+            sandbox,
+            command,
+            tag,
+            stdin,
+        } => {
+            let mode = sandbox::ExecMode::Process { tag, stdin };
+            sandbox::exec(state, caller, &sandbox, command, mode, approved).await
+        }
+        Action::ConnectProcess { sandbox, process } => {
+            process::connect(state, caller, &sandbox, &process).await
+        }
+        Action::ListProcesses { sandbox } => process::list(state, caller, &sandbox).await,
+        Action::SendInput {
+            sandbox,
+            process,
+            data,
+        } => process::send_input(state, caller, &sandbox, &process, data).await,
+        Action::CloseStdin { sandbox, process } => {
+            process::close_stdin(state, caller, &sandbox, &process).await
+        }
+        Action::SignalProcess {
+            sandbox,
+            process,
+            signal,
+        } => process::signal(state, caller, &sandbox, &process, signal).await,
+        Action::SetTimeout { sandbox, timeout_s } => {
+            sandbox::set_timeout(state, caller, &sandbox, timeout_s).await
         }
         Action::DeleteSandbox { sandbox } => sandbox::delete(state, caller, &sandbox).await,
         Action::ListSandboxes => sandbox::list(state, caller).await,

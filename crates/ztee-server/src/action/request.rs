@@ -41,6 +41,9 @@ pub struct SandboxView {
     pub timeout_s: u64,
     pub created_at: String,
     pub metadata: serde_json::Value,
+    /// When the sandbox ends (RFC 3339); present while the VM runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     /// Engine facts (VM id, backend, accelerator); present while the VM runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<serde_json::Value>,

@@ -235,7 +235,7 @@ pub(super) async fn run(
             resource,
             policy: ctx.policy,
         };
-        let rx = state
+        let streaming = state
             .pipeline
             .clone()
             .stream(
@@ -243,12 +243,13 @@ pub(super) async fn run(
                 handle,
                 admitted,
                 limit,
+                false,
                 injected.as_ref().and_then(|s| s.scope()),
                 // The VM goes first, then the secrets' leases.
                 Box::new((one_shot, injected)),
             )
             .await?;
-        return Ok(Outcome::Streaming(rx));
+        return Ok(Outcome::Streaming(streaming.events));
     }
     let result = state
         .pipeline

@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use bytes::Bytes;
 use ztee_audit::{EventType, Outcome as AuditOutcome};
@@ -25,8 +24,7 @@ use ztee_audit::{EventType, Outcome as AuditOutcome};
 use super::checks::{bounded, check_env, check_guest_path, check_image, timeout};
 use super::provision::{provision, Provision};
 use super::{
-    Action, ActionError, Approved, CreateSandbox, Delivery, HeldAction, Outcome, RunCommand,
-    SandboxView,
+    Action, ActionError, Approved, CreateSandbox, HeldAction, Outcome, RunCommand, SandboxView,
 };
 use crate::audit;
 use crate::auth::Caller;
@@ -37,6 +35,9 @@ use crate::policy::PolicyInput;
 use crate::principal::Permission;
 use crate::state::{AppState, LiveSandbox};
 use crate::store::{now_rfc3339, SandboxRecord};
+
+/// Where a process's tag travels through inbound DLP with the other inputs.
+const PROCESS_TAG: &str = "process.tag";
 
 /// The policy input every action starts from: the caller and the action's name.
 pub fn policy_input(caller: &Caller, action: &'static str) -> PolicyInput {
@@ -63,7 +64,11 @@ fn visible(caller: &Caller, record: &SandboxRecord) -> bool {
 }
 
 /// The sandbox record if the caller may see it; 404 otherwise.
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<SandboxRecord, ActionError> {
+pub(super) async fn find(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<SandboxRecord, ActionError> {
     let lookup = id.to_owned();
     let record = state
         .store
@@ -77,7 +82,7 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<SandboxReco
 
 /// Names of the secrets a sandbox holds (never values), for the policy input of every action
 /// in it.
-fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
+pub(super) fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
     sandbox
         .secrets
         .as_ref()
@@ -87,7 +92,7 @@ fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
 
 /// The owner rule for a sandbox holding secrets (see the module comment): anyone but its owner
 /// is refused, and the refusal is audited as a denial before anything runs.
-async fn only_owner_where_secrets(
+pub(super) async fn only_owner_where_secrets(
     state: &AppState,
     ctx: &ActionContext<'_>,
     record: &SandboxRecord,
@@ -122,7 +127,7 @@ async fn only_owner_where_secrets(
     ))
 }
 
-fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ActionError> {
+pub(super) fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ActionError> {
     state
         .sandboxes
         .get(id)
@@ -157,6 +162,9 @@ fn view_with(state: &AppState, host_details: bool, r: SandboxRecord) -> SandboxV
         .as_ref()
         .map(|l| vm_info(l.handle.as_ref(), host_details));
     let egress = live.as_ref().map(|l| l.egress.clone());
+    let expires_at = live
+        .as_ref()
+        .map(|l| crate::store::rfc3339(l.expiry.ends_at()));
     let secrets = live
         .as_ref()
         .map(|l| l.secrets.as_ref().map(|s| s.requests()).unwrap_or_default());
@@ -170,6 +178,7 @@ fn view_with(state: &AppState, host_details: bool, r: SandboxRecord) -> SandboxV
         timeout_s: r.timeout_s,
         created_at: r.created_at,
         metadata: r.metadata,
+        expires_at,
         vm,
         egress,
         secrets,
@@ -342,6 +351,7 @@ pub(super) async fn create(
         },
     )
     .await?;
+    let expiry = Arc::new(crate::state::Expiry::after(lifetime));
     state.sandboxes.insert(
         id.clone(),
         Arc::new(LiveSandbox {
@@ -349,10 +359,12 @@ pub(super) async fn create(
             env,
             secrets: injected,
             egress: egress.rules().to_vec(),
+            processes: Default::default(),
+            expiry: expiry.clone(),
         }),
     );
     state.metrics.sandboxes_active.inc();
-    schedule_expiry(Arc::downgrade(state), id.clone(), lifetime);
+    schedule_expiry(Arc::downgrade(state), id.clone(), expiry);
     let event = state
         .pipeline
         .event(&ctx, AuditOutcome::Success)
@@ -404,9 +416,18 @@ async fn destroy(state: &AppState, id: &str) {
     release(state, id).await;
 }
 
-fn schedule_expiry(state: Weak<AppState>, id: String, lifetime: Duration) {
+fn schedule_expiry(state: Weak<AppState>, id: String, expiry: Arc<crate::state::Expiry>) {
     tokio::spawn(async move {
-        tokio::time::sleep(lifetime).await;
+        loop {
+            let deadline = expiry.deadline();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = expiry.changed() => continue,
+            }
+            if expiry.deadline() <= tokio::time::Instant::now() {
+                break;
+            }
+        }
         let Some(state) = state.upgrade() else { return };
         if state.sandboxes.get(&id).is_none() {
             return;
@@ -424,6 +445,41 @@ fn schedule_expiry(state: Weak<AppState>, id: String, lifetime: Duration) {
             tracing::error!(sandbox = %id, error = %e.message, "recording a sandbox expiry");
         }
     });
+}
+
+/// Ends the sandbox `timeout_s` from now (sooner or later than it would have), within the
+/// configured ceiling; recorded.
+pub(super) async fn set_timeout(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+    timeout_s: u64,
+) -> Result<Outcome, ActionError> {
+    let lifetime = super::checks::timeout(state, Some(timeout_s), timeout_s)?;
+    let record = find(state, caller, id).await?;
+    let sandbox = live(state, &record.id)?;
+    let mut policy = policy_input(caller, "sandbox.timeout");
+    policy.image = Some(record.image.clone());
+    policy.secrets = secret_names(&sandbox);
+    policy.timeout_s = Some(lifetime.as_secs());
+    let ctx = ActionContext {
+        caller,
+        event_type: EventType::SandboxTimeout,
+        resource: Some(format!(
+            "sandbox/{}/timeout/{}",
+            record.id,
+            lifetime.as_secs()
+        )),
+        policy,
+        approval: None,
+    };
+    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
+    sandbox.expiry.reset(lifetime);
+    state
+        .pipeline
+        .record(state.pipeline.event(&ctx, AuditOutcome::Success))
+        .await?;
+    Ok(Outcome::Done)
 }
 
 pub(super) async fn delete(
@@ -449,15 +505,28 @@ pub(super) async fn delete(
     Ok(Outcome::Deleted)
 }
 
+/// How a command's events reach the caller (see [`super::Delivery`] and
+/// [`Action::StartProcess`]).
+pub(super) enum ExecMode {
+    Whole,
+    Stream,
+    /// Streamed, and kept reachable while it runs: stdin open when `stdin`, found by its pid or
+    /// by `tag`.
+    Process {
+        tag: Option<String>,
+        stdin: bool,
+    },
+}
+
 pub(super) async fn exec(
     state: &Arc<AppState>,
     caller: &Caller,
     id: &str,
     req: RunCommand,
-    delivery: Delivery,
+    mode: ExecMode,
     approved: Option<Approved<'_>>,
 ) -> Result<Outcome, ActionError> {
-    let stream = delivery == Delivery::Stream;
+    let stream = !matches!(mode, ExecMode::Whole);
     // What an approver would approve: the command exactly as sent.
     let original = req.clone();
     let record = find(state, caller, id).await?;
@@ -475,6 +544,7 @@ pub(super) async fn exec(
         req.timeout_s,
         state.config.sandbox_defaults.command_timeout_s,
     )?;
+    let own_env: Vec<String> = req.env.keys().cloned().collect();
     let mut env: BTreeMap<String, String> = sandbox.env.clone();
     env.extend(req.env);
     let mut policy = policy_input(caller, "sandbox.exec");
@@ -487,11 +557,31 @@ pub(super) async fn exec(
         .as_ref()
         .map(|s| s.env())
         .unwrap_or_default();
+    let (tag, interactive) = match &mode {
+        ExecMode::Process { tag, stdin } => (tag.clone(), *stdin),
+        _ => (None, false),
+    };
+    if matches!(mode, ExecMode::Process { .. }) && !sandbox.processes.has_room() {
+        return Err(ActionError::quota_exceeded(
+            format!(
+                "sandbox {} already runs {} processes; wait for one to end or kill one",
+                record.id,
+                super::process::MAX_PROCESSES
+            ),
+            5,
+        ));
+    }
+    // A tag is caller text kept while the process runs and shown to callers: it is scanned
+    // and masked with every other input.
+    let metadata = tag
+        .map(|tag| BTreeMap::from([(PROCESS_TAG.to_owned(), tag)]))
+        .unwrap_or_default();
     let work = Work {
         argv,
         env,
         cwd: req.cwd,
         stdin: req.stdin,
+        metadata,
         ..Work::default()
     };
     let resource = Some(format!("sandbox/{}", record.id));
@@ -558,7 +648,21 @@ pub(super) async fn exec(
         };
         let handle = sandbox.handle.clone();
         let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
-        let rx = state
+        let info = super::process::ProcessInfo {
+            pid: 0,
+            tag: admitted.work.metadata.get(PROCESS_TAG).cloned(),
+            argv: admitted.work.argv.clone(),
+            cwd: admitted.work.cwd.clone(),
+            env: admitted
+                .work
+                .env
+                .iter()
+                .filter(|(k, _)| own_env.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let processes = sandbox.processes.clone();
+        let streaming = state
             .pipeline
             .clone()
             .stream(
@@ -566,12 +670,20 @@ pub(super) async fn exec(
                 handle,
                 admitted,
                 limit,
+                interactive,
                 scope,
                 // Keeps the sandbox's secrets leased until the stream ends.
                 Box::new(sandbox),
             )
             .await?;
-        return Ok(Outcome::Streaming(rx));
+        if !matches!(mode, ExecMode::Process { .. }) {
+            return Ok(Outcome::Streaming(streaming.events));
+        }
+        return match processes.adopt(info, streaming) {
+            Ok(attachment) => Ok(Outcome::Process(attachment)),
+            // The engine keeps no handle on its commands: what was started still streams.
+            Err(streaming) => Ok(Outcome::Streaming(streaming.events)),
+        };
     }
     if let Some(approval) = approved {
         // As late as the gateway can: the files the approver saw are still the files it runs.

@@ -62,6 +62,23 @@ pub(crate) fn render(outcome: Outcome) -> Response {
     match outcome {
         Outcome::Ran(result) => Json(result).into_response(),
         Outcome::Streaming(rx) => ndjson(rx),
+        Outcome::Process(attachment) => {
+            let mut response = ndjson(attachment.events);
+            response
+                .headers_mut()
+                .insert("x-ztee-pid", HeaderValue::from(attachment.pid));
+            response
+        }
+        Outcome::Processes(processes) => Json(serde_json::json!({
+            "processes": processes.iter().map(|p| serde_json::json!({
+                "pid": p.pid,
+                "tag": p.tag,
+                "cmd": p.argv,
+                "cwd": p.cwd,
+            })).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Outcome::Done => StatusCode::NO_CONTENT.into_response(),
         Outcome::Held(ticket) => (
             StatusCode::ACCEPTED,
             [(header::LOCATION, ticket.link.clone())],
@@ -112,10 +129,10 @@ pub(crate) fn render(outcome: Outcome) -> Response {
 }
 
 /// An NDJSON response: one JSON object per line, flushed as produced.
-pub(crate) fn ndjson(rx: tokio::sync::mpsc::Receiver<serde_json::Value>) -> Response {
+pub(crate) fn ndjson(rx: tokio::sync::mpsc::Receiver<crate::pipeline::StreamEvent>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let value = rx.recv().await?;
-        let mut line = value.to_string();
+        let event = rx.recv().await?;
+        let mut line = event.digest_line();
         line.push('\n');
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), rx))
     });

@@ -147,6 +147,25 @@ pub fn held_bytes(held: &HeldAction) -> u64 {
         Action::DeleteSandbox { sandbox }
         | Action::ShowSandbox { sandbox }
         | Action::ReadFile { sandbox, .. } => s(sandbox),
+        Action::StartProcess {
+            sandbox,
+            command: request,
+            tag,
+            ..
+        } => {
+            s(sandbox)
+                + cmd(&request.cmd)
+                + opt(&request.stdin)
+                + map(&request.env)
+                + opt(&request.cwd)
+                + opt(tag)
+        }
+        Action::SendInput { sandbox, data, .. } => s(sandbox) + s(data),
+        Action::ConnectProcess { sandbox, .. }
+        | Action::ListProcesses { sandbox }
+        | Action::CloseStdin { sandbox, .. }
+        | Action::SignalProcess { sandbox, .. }
+        | Action::SetTimeout { sandbox, .. } => s(sandbox),
         Action::ListSandboxes => 0,
     };
     content + ENTRY_OVERHEAD

@@ -162,6 +162,45 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
         Action::DeleteSandbox { sandbox } | Action::ShowSandbox { sandbox } => {
             serde_json::json!({"sandbox": sandbox})
         }
+        Action::StartProcess {
+            sandbox,
+            command: request,
+            tag,
+            stdin,
+        } => serde_json::json!({
+            "sandbox": sandbox,
+            "cmd": request.cmd,
+            "env": env_names(&request.env),
+            "cwd": request.cwd,
+            "tag": tag,
+            "stdin": stdin,
+        }),
+        // Input is shown by its size only, like file content.
+        Action::SendInput {
+            sandbox,
+            process,
+            data,
+        } => serde_json::json!({
+            "sandbox": sandbox,
+            "process": process.to_string(),
+            "size": data.len(),
+        }),
+        Action::ConnectProcess { sandbox, process } | Action::CloseStdin { sandbox, process } => {
+            serde_json::json!({"sandbox": sandbox, "process": process.to_string()})
+        }
+        Action::SignalProcess {
+            sandbox,
+            process,
+            signal,
+        } => serde_json::json!({
+            "sandbox": sandbox,
+            "process": process.to_string(),
+            "signal": signal.number(),
+        }),
+        Action::ListProcesses { sandbox } => serde_json::json!({"sandbox": sandbox}),
+        Action::SetTimeout { sandbox, timeout_s } => {
+            serde_json::json!({"sandbox": sandbox, "timeout_s": timeout_s})
+        }
         Action::ListSandboxes => serde_json::json!({}),
     };
     mask(dlp, &mut view);
