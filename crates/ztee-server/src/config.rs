@@ -49,6 +49,55 @@ pub struct ServerConfig {
     /// Third-party MCP servers behind the MCP guard (`[[mcp.upstreams]]`).
     #[serde(default)]
     pub mcp: crate::mcp::guard::McpConfig,
+    /// The E2B-compatible API (`[e2b]`, see docs/e2b.md).
+    #[serde(default)]
+    pub e2b: E2bConfig,
+}
+
+/// `[e2b]`: the E2B-compatible API on the gateway's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2bConfig {
+    /// Serve it (default true). Its calls pass the same authentication, policy, DLP and audit
+    /// as the REST API's.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// E2B template names and the ztee images they boot (`"default"`: the built-in image).
+    /// A template not listed here is taken as an image reference and admitted like any image.
+    #[serde(default = "default_templates")]
+    pub templates: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for E2bConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            templates: default_templates(),
+        }
+    }
+}
+
+impl E2bConfig {
+    /// The image a template boots: `None` for the built-in image.
+    pub fn image_for(&self, template: &str) -> Option<String> {
+        let image = self
+            .templates
+            .get(template)
+            .map_or(template, String::as_str);
+        (image != "default").then(|| image.to_owned())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The SDKs' default templates boot the built-in image.
+fn default_templates() -> std::collections::BTreeMap<String, String> {
+    ["base", "code-interpreter-v1"]
+        .into_iter()
+        .map(|t| (t.to_owned(), "default".to_owned()))
+        .collect()
 }
 
 /// `[secrets]`: where injected secrets come from.
@@ -208,6 +257,7 @@ impl Default for ServerConfig {
             approvals: crate::approvals::ApprovalsConfig::default(),
             llm: crate::llm::LlmConfig::default(),
             mcp: crate::mcp::guard::McpConfig::default(),
+            e2b: E2bConfig::default(),
         }
     }
 }

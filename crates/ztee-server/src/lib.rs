@@ -29,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod dlp;
 pub mod dlp_engine;
+pub(crate) mod e2b;
 pub mod egress;
 pub(crate) mod error;
 pub mod exec;

@@ -560,7 +560,7 @@ pub struct StreamContext {
 }
 
 impl StreamContext {
-    fn as_action(&self) -> ActionContext<'_> {
+    pub(crate) fn as_action(&self) -> ActionContext<'_> {
         ActionContext {
             caller: &self.caller,
             event_type: self.event_type,

@@ -243,6 +243,7 @@ pub async fn build(
         secrets,
         approvals,
         llm,
+        e2b: Default::default(),
     });
     for id in &stale_approvals {
         crate::approvals::record_expiry(&state, id).await;

@@ -36,6 +36,8 @@ pub struct AppState {
     pub approvals: crate::approvals::Approvals,
     /// The LLM proxy (`/v1/openai`, `/v1/anthropic`) and its traces.
     pub llm: Arc<crate::llm::LlmProxy>,
+    /// The E2B-compatible API's access tokens and template names.
+    pub(crate) e2b: crate::e2b::Door,
 }
 
 /// Running sandboxes by gateway id. Ownership (tenant) lives in the store; this only holds the
@@ -57,6 +59,10 @@ pub struct LiveSandbox {
     pub egress: Vec<ztee_egress::EgressRule>,
     /// Its running processes that callers may reach while they run.
     pub processes: Arc<crate::action::process::Processes>,
+    /// Its code contexts.
+    pub contexts: crate::action::code::Contexts,
+    /// Its filesystem helper.
+    pub fs: crate::action::fs::FsHelper,
     /// When it is destroyed.
     pub expiry: Arc<Expiry>,
 }

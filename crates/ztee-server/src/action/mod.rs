@@ -25,7 +25,10 @@
 //! door maps to its protocol, and results are [`Outcome`]s each door renders.
 
 pub mod checks;
+pub mod code;
 pub mod error;
+pub mod fs;
+mod helper;
 pub mod process;
 mod provision;
 pub mod request;
@@ -120,6 +123,32 @@ pub enum Action {
         sandbox: String,
         timeout_s: u64,
     },
+    /// Code run in a code context that keeps its state between runs.
+    RunCode {
+        sandbox: String,
+        run: code::RunCode,
+    },
+    CreateContext {
+        sandbox: String,
+        language: Option<String>,
+        cwd: Option<String>,
+    },
+    ListContexts {
+        sandbox: String,
+    },
+    RemoveContext {
+        sandbox: String,
+        context: String,
+    },
+    RestartContext {
+        sandbox: String,
+        context: String,
+    },
+    /// Stat, list, make a directory, move, remove or watch, inside the sandbox.
+    Filesystem {
+        sandbox: String,
+        op: fs::FsOp,
+    },
 }
 
 /// The signals a caller may send to a process.
@@ -166,6 +195,12 @@ impl Action {
             Action::CloseStdin { .. } => "process.close_stdin",
             Action::SignalProcess { .. } => "sandbox.signal",
             Action::SetTimeout { .. } => "sandbox.timeout",
+            Action::RunCode { .. } => "sandbox.exec",
+            Action::CreateContext { .. } => "context.create",
+            Action::ListContexts { .. } => "context.list",
+            Action::RemoveContext { .. } => "context.remove",
+            Action::RestartContext { .. } => "context.restart",
+            Action::Filesystem { op, .. } => op.name(),
         }
     }
 
@@ -236,6 +271,11 @@ pub enum Outcome {
     /// Attached to a running process.
     Process(process::Attachment),
     Processes(Vec<process::ProcessInfo>),
+    /// A code run's events, masked as they pass.
+    CodeRun(tokio::sync::mpsc::Receiver<code::CodeEvent>),
+    Context(code::ContextInfo),
+    Contexts(Vec<code::ContextInfo>),
+    Filesystem(fs::FsResult),
     /// Done; nothing to show.
     Done,
 }
@@ -289,6 +329,20 @@ pub async fn execute(
         Action::SetTimeout { sandbox, timeout_s } => {
             sandbox::set_timeout(state, caller, &sandbox, timeout_s).await
         }
+        Action::RunCode { sandbox, run } => code::run(state, caller, &sandbox, run).await,
+        Action::CreateContext {
+            sandbox,
+            language,
+            cwd,
+        } => code::create_context(state, caller, &sandbox, language, cwd).await,
+        Action::ListContexts { sandbox } => code::list_contexts(state, caller, &sandbox).await,
+        Action::RemoveContext { sandbox, context } => {
+            code::remove_context(state, caller, &sandbox, &context).await
+        }
+        Action::RestartContext { sandbox, context } => {
+            code::restart_context(state, caller, &sandbox, &context).await
+        }
+        Action::Filesystem { sandbox, op } => fs::run(state, caller, &sandbox, op).await,
         Action::DeleteSandbox { sandbox } => sandbox::delete(state, caller, &sandbox).await,
         Action::ListSandboxes => sandbox::list(state, caller).await,
         Action::ShowSandbox { sandbox } => sandbox::show(state, caller, &sandbox).await,

@@ -360,6 +360,8 @@ pub(super) async fn create(
             secrets: injected,
             egress: egress.rules().to_vec(),
             processes: Default::default(),
+            contexts: Default::default(),
+            fs: Default::default(),
             expiry: expiry.clone(),
         }),
     );

@@ -2,7 +2,7 @@
 
 mod approvals;
 mod ops;
-mod sandboxes;
+pub(crate) mod sandboxes;
 mod secrets;
 pub mod types;
 
@@ -90,6 +90,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(json_limit))
         .merge(files);
     router = router.merge(crate::llm::router(state.clone()));
+    if state.config.e2b.enabled {
+        router = router.merge(crate::e2b::router(&state));
+    }
     // MCP tools call into the REST routes above, in process.
     let rest = router
         .clone()

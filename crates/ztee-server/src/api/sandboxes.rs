@@ -79,6 +79,10 @@ pub(crate) fn render(outcome: Outcome) -> Response {
         }))
         .into_response(),
         Outcome::Done => StatusCode::NO_CONTENT.into_response(),
+        Outcome::CodeRun(events) => ndjson(events),
+        Outcome::Context(context) => Json(context).into_response(),
+        Outcome::Contexts(contexts) => Json(contexts).into_response(),
+        Outcome::Filesystem(result) => Json(result).into_response(),
         Outcome::Held(ticket) => (
             StatusCode::ACCEPTED,
             [(header::LOCATION, ticket.link.clone())],
@@ -129,10 +133,12 @@ pub(crate) fn render(outcome: Outcome) -> Response {
 }
 
 /// An NDJSON response: one JSON object per line, flushed as produced.
-pub(crate) fn ndjson(rx: tokio::sync::mpsc::Receiver<crate::pipeline::StreamEvent>) -> Response {
+pub(crate) fn ndjson<T: serde::Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
-        let mut line = event.digest_line();
+        let mut line = serde_json::to_string(&event).unwrap_or_default();
         line.push('\n');
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), rx))
     });
@@ -247,7 +253,7 @@ pub async fn download(
 
 /// Reads an upload body, never past `limit` bytes (413 `payload_too_large` beyond it), so
 /// parallel uploads cannot buffer more than the limit each, times the transfer limits.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ActionError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ActionError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = source {

@@ -161,6 +161,12 @@ pub fn held_bytes(held: &HeldAction) -> u64 {
                 + opt(tag)
         }
         Action::SendInput { sandbox, data, .. } => s(sandbox) + s(data),
+        Action::RunCode { sandbox, run } => s(sandbox) + s(&run.code) + map(&run.env),
+        Action::CreateContext { sandbox, cwd, .. } => s(sandbox) + opt(cwd),
+        Action::RemoveContext { sandbox, context }
+        | Action::RestartContext { sandbox, context } => s(sandbox) + s(context),
+        Action::ListContexts { sandbox } => s(sandbox),
+        Action::Filesystem { sandbox, .. } => s(sandbox) + 4096,
         Action::ConnectProcess { sandbox, .. }
         | Action::ListProcesses { sandbox }
         | Action::CloseStdin { sandbox, .. }

@@ -197,7 +197,27 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
             "process": process.to_string(),
             "signal": signal.number(),
         }),
-        Action::ListProcesses { sandbox } => serde_json::json!({"sandbox": sandbox}),
+        Action::ListProcesses { sandbox } | Action::ListContexts { sandbox } => {
+            serde_json::json!({"sandbox": sandbox})
+        }
+        Action::RunCode { sandbox, run } => serde_json::json!({
+            "sandbox": sandbox,
+            "code": run.code,
+            "context": run.context,
+            "env": env_names(&run.env),
+        }),
+        Action::CreateContext {
+            sandbox,
+            language,
+            cwd,
+        } => serde_json::json!({"sandbox": sandbox, "language": language, "cwd": cwd}),
+        Action::RemoveContext { sandbox, context }
+        | Action::RestartContext { sandbox, context } => {
+            serde_json::json!({"sandbox": sandbox, "context": context})
+        }
+        Action::Filesystem { sandbox, op } => {
+            serde_json::json!({"sandbox": sandbox, "operation": op.name()})
+        }
         Action::SetTimeout { sandbox, timeout_s } => {
             serde_json::json!({"sandbox": sandbox, "timeout_s": timeout_s})
         }

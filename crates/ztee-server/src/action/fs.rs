@@ -1,0 +1,395 @@
+//! Filesystem operations in a sandbox beyond reading and writing a file: stat, list, make a
+//! directory, move, remove, and watch a directory for changes. Each is an action like any
+//! other (permission, the owner rule for sandboxes with secrets, inbound DLP and policy over the
+//! paths, audit); the work is done inside the sandbox, as its user, by the filesystem helper
+//! (`guest/fs.py`, one per sandbox, started on first use).
+//!
+//! What the helper answers is untrusted: it is parsed into typed values, and every string in
+//! it (names, paths, owners, link targets) is masked before it leaves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use ztee_audit::{EventType, Outcome as AuditOutcome};
+
+use super::checks::check_guest_path;
+use super::helper::Helper;
+use super::sandbox::{find, live, only_owner_where_secrets, policy_input, secret_names};
+use super::{ActionError, Outcome};
+use crate::audit;
+use crate::auth::Caller;
+use crate::pipeline::{ActionContext, Work};
+use crate::state::{AppState, LiveSandbox};
+
+/// The helper's program text.
+const PROGRAM: &str = include_str!("guest/fs.py");
+
+/// Largest answer the helper may give in one line (a listing of many entries).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Deepest listing a caller may ask for.
+pub const MAX_DEPTH: u32 = 16;
+
+/// One operation.
+#[derive(Debug, Clone)]
+pub enum FsOp {
+    Stat { path: String },
+    List { path: String, depth: u32 },
+    MakeDir { path: String },
+    Move { source: String, destination: String },
+    Remove { path: String },
+    WatchStart { path: String, recursive: bool },
+    WatchPoll { watcher: String },
+    WatchStop { watcher: String },
+}
+
+impl FsOp {
+    /// The action's name in policy inputs: reads and changes are told apart.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FsOp::Stat { .. } => "file.stat",
+            FsOp::List { .. } => "file.list",
+            FsOp::WatchStart { .. } | FsOp::WatchPoll { .. } | FsOp::WatchStop { .. } => {
+                "file.watch"
+            }
+            FsOp::MakeDir { .. } => "file.mkdir",
+            FsOp::Move { .. } => "file.move",
+            FsOp::Remove { .. } => "file.remove",
+        }
+    }
+
+    fn event_type(&self) -> EventType {
+        match self {
+            FsOp::MakeDir { .. } | FsOp::Move { .. } | FsOp::Remove { .. } => EventType::FileWrite,
+            _ => EventType::FileRead,
+        }
+    }
+
+    fn paths(&self) -> Vec<&str> {
+        match self {
+            FsOp::Stat { path }
+            | FsOp::List { path, .. }
+            | FsOp::MakeDir { path }
+            | FsOp::Remove { path }
+            | FsOp::WatchStart { path, .. } => vec![path],
+            FsOp::Move {
+                source,
+                destination,
+            } => vec![source, destination],
+            FsOp::WatchPoll { .. } | FsOp::WatchStop { .. } => Vec::new(),
+        }
+    }
+
+    fn request(&self) -> serde_json::Value {
+        match self {
+            FsOp::Stat { path } => serde_json::json!({"op": "stat", "path": path}),
+            FsOp::List { path, depth } => {
+                serde_json::json!({"op": "list", "path": path, "depth": depth})
+            }
+            FsOp::MakeDir { path } => serde_json::json!({"op": "mkdir", "path": path}),
+            FsOp::Move {
+                source,
+                destination,
+            } => serde_json::json!({"op": "move", "source": source, "destination": destination}),
+            FsOp::Remove { path } => serde_json::json!({"op": "remove", "path": path}),
+            FsOp::WatchStart { path, recursive } => {
+                serde_json::json!({"op": "watch_start", "path": path, "recursive": recursive})
+            }
+            FsOp::WatchPoll { watcher } => {
+                serde_json::json!({"op": "watch_poll", "watcher": watcher})
+            }
+            FsOp::WatchStop { watcher } => {
+                serde_json::json!({"op": "watch_stop", "watcher": watcher})
+            }
+        }
+    }
+}
+
+/// A file, directory or link, as the helper saw it (strings masked).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Entry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub path: String,
+    pub size: i64,
+    pub mode: u32,
+    pub permissions: String,
+    pub owner: String,
+    pub group: String,
+    pub modified_time: Option<String>,
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// A change a watcher saw.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WatchEvent {
+    /// The path relative to the watched directory (masked).
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: WatchEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchEventKind {
+    Create,
+    Write,
+    Remove,
+    Rename,
+    Chmod,
+}
+
+/// What an operation produced.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsResult {
+    Entry(Entry),
+    Entries(Vec<Entry>),
+    MadeDir { created: bool },
+    Removed,
+    Watcher(String),
+    Events(Vec<WatchEvent>),
+    Unwatched,
+}
+
+/// Why the helper refused an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsErrorKind {
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    InvalidArgument,
+    NotADirectory,
+    IsADirectory,
+    Io,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+enum Answer {
+    #[serde(rename = "ok")]
+    Ok(serde_json::Value),
+    #[serde(rename = "error")]
+    Error { kind: FsErrorKind, message: String },
+}
+
+/// The sandbox's filesystem helper, started on first use and again if it ends.
+#[derive(Default)]
+pub struct FsHelper {
+    helper: tokio::sync::Mutex<Option<Helper>>,
+}
+
+impl FsHelper {
+    async fn call(
+        &self,
+        sandbox: &LiveSandbox,
+        lifetime: Duration,
+        request: serde_json::Value,
+    ) -> Result<Answer, ActionError> {
+        let mut slot = self.helper.lock().await;
+        if slot.as_ref().is_none_or(Helper::exited) {
+            let mut helper = Helper::start(
+                sandbox.handle.as_ref(),
+                PROGRAM,
+                &[],
+                Default::default(),
+                None,
+                lifetime,
+                MAX_ANSWER,
+            )
+            .await?;
+            match helper.next_line().await? {
+                Some(ready) if ready.get("ready") == Some(&serde_json::Value::Bool(true)) => {}
+                _ => return Err(ActionError::unavailable(
+                    "the sandbox's filesystem helper did not start (does its image have python3?)",
+                )),
+            }
+            *slot = Some(helper);
+        }
+        let helper = slot
+            .as_mut()
+            .ok_or_else(|| ActionError::internal("the filesystem helper vanished"))?;
+        helper.send(&request).await?;
+        let line = helper.next_line().await?.ok_or_else(|| {
+            ActionError::unavailable("the sandbox's filesystem helper ended; try again")
+        })?;
+        serde_json::from_value(line)
+            .map_err(|e| ActionError::internal(format!("the filesystem helper answered {e}")))
+    }
+}
+
+fn refused(kind: FsErrorKind, message: String) -> ActionError {
+    use crate::error::ErrorKind;
+    let (error_kind, code) = match kind {
+        FsErrorKind::NotFound => (ErrorKind::NotFound, "not_found"),
+        FsErrorKind::AlreadyExists => (ErrorKind::Conflict, "already_exists"),
+        FsErrorKind::PermissionDenied => (ErrorKind::Forbidden, "permission_denied"),
+        FsErrorKind::InvalidArgument => (ErrorKind::BadRequest, "invalid_argument"),
+        FsErrorKind::NotADirectory => (ErrorKind::BadRequest, "not_a_directory"),
+        FsErrorKind::IsADirectory => (ErrorKind::BadRequest, "is_a_directory"),
+        FsErrorKind::Io => (ErrorKind::BadGateway, "io"),
+    };
+    ActionError::new(error_kind, code, message)
+}
+
+/// Every string of an entry, masked as it leaves.
+fn mask(mask: &dyn Fn(&str) -> String, mut entry: Entry) -> Entry {
+    entry.name = mask(&entry.name);
+    entry.path = mask(&entry.path);
+    entry.owner = mask(&entry.owner);
+    entry.group = mask(&entry.group);
+    entry.permissions = mask(&entry.permissions);
+    entry.modified_time = entry.modified_time.as_deref().map(mask);
+    entry.symlink_target = entry.symlink_target.as_deref().map(mask);
+    entry
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ActionError> {
+    serde_json::from_value(value)
+        .map_err(|e| ActionError::internal(format!("the filesystem helper answered {e}")))
+}
+
+pub(super) async fn run(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+    op: FsOp,
+) -> Result<Outcome, ActionError> {
+    for path in op.paths() {
+        check_guest_path("path", path)?;
+    }
+    if let FsOp::List { depth, .. } = op {
+        if depth == 0 || depth > MAX_DEPTH {
+            return Err(ActionError::bad_request(format!(
+                "depth = {depth} is out of range; allowed: 1 to {MAX_DEPTH}"
+            )));
+        }
+    }
+    let record = find(state, caller, id).await?;
+    let sandbox = live(state, &record.id)?;
+    let mut policy = policy_input(caller, op.name());
+    policy.image = Some(record.image.clone());
+    policy.secrets = secret_names(&sandbox);
+    let mut ctx = ActionContext {
+        caller,
+        event_type: op.event_type(),
+        resource: Some(format!(
+            "sandbox/{}{}",
+            record.id,
+            op.paths().first().copied().unwrap_or("")
+        )),
+        policy,
+        approval: None,
+    };
+    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
+    let admitted = state
+        .pipeline
+        .admit(
+            &mut ctx,
+            Work {
+                argv: op.paths().into_iter().map(str::to_owned).collect(),
+                ..Work::default()
+            },
+        )
+        .await?;
+    let answer = sandbox
+        .fs
+        .call(
+            &sandbox,
+            Duration::from_secs(state.config.limits.max_timeout_s),
+            op.request(),
+        )
+        .await;
+    let outcome = match &answer {
+        Ok(Answer::Ok(_)) => AuditOutcome::Success,
+        _ => AuditOutcome::Failure,
+    };
+    let event = state
+        .pipeline
+        .event(&ctx, outcome)
+        .with_decision(audit::decision_record(&admitted.decision))
+        .with_code(&admitted.input_digest);
+    state.pipeline.record(event).await?;
+    let value = match answer? {
+        Answer::Ok(value) => value,
+        Answer::Error { kind, message } => {
+            let dlp = state.pipeline.dlp.as_ref();
+            let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
+            return Err(refused(kind, dlp.redact_in(scope.as_ref(), &message).text));
+        }
+    };
+    let dlp = state.pipeline.dlp.clone();
+    let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
+    let masked = move |s: &str| dlp.redact_in(scope.as_ref(), s).text;
+    let result = match op {
+        FsOp::Stat { .. } | FsOp::Move { .. } => FsResult::Entry(mask(&masked, parse(value)?)),
+        FsOp::List { .. } => {
+            #[derive(Deserialize)]
+            struct Listing {
+                entries: Vec<Entry>,
+            }
+            let listing: Listing = parse(value)?;
+            FsResult::Entries(
+                listing
+                    .entries
+                    .into_iter()
+                    .map(|e| mask(&masked, e))
+                    .collect(),
+            )
+        }
+        FsOp::MakeDir { .. } => {
+            #[derive(Deserialize)]
+            struct Made {
+                created: bool,
+            }
+            let made: Made = parse(value)?;
+            FsResult::MadeDir {
+                created: made.created,
+            }
+        }
+        FsOp::Remove { .. } => FsResult::Removed,
+        FsOp::WatchStart { .. } => {
+            #[derive(Deserialize)]
+            struct Started {
+                watcher: serde_json::Value,
+            }
+            let started: Started = parse(value)?;
+            let watcher = match started.watcher {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            FsResult::Watcher(watcher)
+        }
+        FsOp::WatchPoll { .. } => {
+            #[derive(Deserialize)]
+            struct Polled {
+                events: Vec<WatchEvent>,
+            }
+            let polled: Polled = parse(value)?;
+            FsResult::Events(
+                polled
+                    .events
+                    .into_iter()
+                    .map(|mut e| {
+                        e.name = masked(&e.name);
+                        e
+                    })
+                    .collect(),
+            )
+        }
+        FsOp::WatchStop { .. } => FsResult::Unwatched,
+    };
+    Ok(Outcome::Filesystem(result))
+}
