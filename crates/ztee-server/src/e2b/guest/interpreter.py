@@ -69,7 +69,8 @@ MIME_FORMATS = {
 }
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# NaN and infinities are not JSON: a value holding one cannot be sent.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _timestamp():
@@ -85,7 +86,7 @@ class Protocol:
         self._lock = threading.Lock()
 
     def send(self, *events):
-        # json.dumps escapes line breaks, so an event is one line. Text is UTF-8; a lone
+        # JSON escapes line breaks, so an event is one line. Text is UTF-8; a lone
         # surrogate (valid in a Python str, not in JSON) becomes "?".
         text = "".join(_JSON.encode(e) + "\n" for e in events)
         data = memoryview(text.encode("utf-8", errors="replace"))
@@ -97,10 +98,11 @@ class Protocol:
 class Capture:
     """Points `fd` (1 or 2) at a pipe and sends what arrives there as `kind` events.
 
-    `drain` proves that everything written to the fd so far has been sent: it writes a marker
-    through a private write end of the same pipe and waits until the reader thread meets it; the
-    pipe keeps order, so all earlier bytes were read (and sent) first. The marker itself is never
-    sent, and it works even if the user's code closed or redirected the fd.
+    `mark` then `wait` prove that everything written to the fd so far has been sent: `mark`
+    writes a marker through a private write end of the same pipe, and `wait` returns once the
+    reader thread has met it; the pipe keeps order, so all earlier bytes were read (and sent)
+    first. The marker itself is never sent, and this works even if the user's code closed or
+    redirected the fd.
     """
 
     def __init__(self, kind, fd, protocol, marker):
@@ -157,7 +159,7 @@ class Interpreter:
         self._streams = streams
         self._count = 0
         self._interruptible = False
-        self._results = []  # the running cell's result events, sent once its output is
+        self._results = []  # the running cell's result events, held until its output is sent
         self._shown = []  # the figures among them, not to be sent twice
         main = types.ModuleType("__main__")
         main.__dict__["__builtins__"] = builtins
@@ -285,7 +287,9 @@ def _parse_request(line):
     code = request.get("code")
     if not isinstance(code, str):
         raise ValueError('"code" must be a string')
-    env_vars = request.get("env_vars") or {}
+    env_vars = request.get("env_vars")
+    if env_vars is None:
+        env_vars = {}
     if not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values()):
         raise ValueError('"env_vars" must be an object of strings')
     return code, env_vars
@@ -354,10 +358,18 @@ def _add_format(formats, name, value):
         value = value[0]
     if name in ("png", "jpeg") and isinstance(value, (bytes, bytearray)):
         formats[name] = base64.b64encode(value).decode("ascii")
-    elif name == "json" and isinstance(value, (dict, list)):
+    elif name == "json" and isinstance(value, (dict, list)) and _is_json(value):
         formats[name] = value
     elif isinstance(value, str):
         formats[name] = "".join(value.split()) if name in ("png", "jpeg") else value
+
+
+def _is_json(value):
+    try:
+        _JSON.encode(value)
+        return True
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def _figure_formats(figure):
@@ -404,14 +416,17 @@ def main():
     os.close(null)
     marker = b"\0ztee-drain-" + os.urandom(16).hex().encode() + b"\0"
     captures = [Capture(kind, fd, protocol, marker) for kind, fd in (("stdout", 1), ("stderr", 2))]
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+    sys.stdout, sys.stderr = (
+        open(fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+        for fd in (1, 2)
+    )
     os.environ["MPLBACKEND"] = "Agg"
     # With Agg, plt.show() only warns; the figures it would show are sent when the cell ends.
     warnings.filterwarnings("ignore", message="FigureCanvasAgg is non-interactive")
-    # Like IPython and `python -c`: modules in the working directory are importable, this
-    # program's own directory is not on the path.
-    sys.path[0] = ""
+    # Like IPython and `python -c`: modules in the working directory are importable. This
+    # program's own directory is not on the path: its neighbours (fs.py) are not the user's.
+    here = os.path.dirname(os.path.abspath(_THIS_FILE))
+    sys.path[:] = ["", *(entry for entry in sys.path if entry != here)]
     interpreter = Interpreter(protocol, captures, (sys.stdout, sys.stderr))
     protocol.send({"type": "ready"})
     for line in requests:
