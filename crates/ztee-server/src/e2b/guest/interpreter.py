@@ -32,7 +32,7 @@ import io
 import json
 import linecache
 import os
-import queue
+import select
 import signal
 import sys
 import threading
@@ -98,56 +98,49 @@ class Protocol:
 class Capture:
     """Points `fd` (1 or 2) at a pipe and sends what arrives there as `kind` events.
 
-    `mark` then `wait` prove that everything written to the fd so far has been sent: `mark`
-    writes a marker through a private write end of the same pipe, and `wait` returns once the
-    reader thread has met it; the pipe keeps order, so all earlier bytes were read (and sent)
-    first. The marker itself is never sent, and this works even if the user's code closed or
-    redirected the fd.
+    A thread sends output as it arrives; `drain` returns once everything written to the fd so
+    far has been sent, without waking that thread. Both read only while holding one lock, and
+    send what they read before releasing it: so once `drain` holds the lock, all that was read
+    has been sent, and it sends the rest itself, reading until the pipe is empty.
     """
 
-    def __init__(self, kind, fd, protocol, marker):
+    def __init__(self, kind, fd, protocol):
         self._kind = kind
         self._protocol = protocol
-        self._marker = marker
-        self._read_fd, self._write_fd = os.pipe()
-        os.dup2(self._write_fd, fd)  # inheritable: child processes write into the pipe too
+        self._lock = threading.Lock()
+        # The private write end stays open, so the pipe never reports a hang-up, even if the
+        # user's code closes the fd.
+        self._read_fd, write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.dup2(write_fd, fd)  # inheritable: child processes write into the pipe too
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._drained = queue.SimpleQueue()
-        threading.Thread(target=self._read, name=f"capture-{kind}", daemon=True).start()
+        threading.Thread(target=self._follow, name=f"capture-{kind}", daemon=True).start()
 
-    def mark(self):
-        os.write(self._write_fd, self._marker)
+    def drain(self):
+        with self._lock:
+            self._read_available()
+            # The end of a request's output: a partial UTF-8 sequence is not held for later.
+            self._send(self._decoder.decode(b"", True))
 
-    def wait(self):
-        self._drained.get()
-
-    def _read(self):
-        pending = b""
+    def _follow(self):
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
         while True:
-            data = pending + os.read(self._read_fd, CHUNK)
-            while (at := data.find(self._marker)) >= 0:
-                self._send(data[:at], final=True)
-                self._drained.put(None)
-                data = data[at + len(self._marker) :]
-            # A marker may be split across reads: hold back a tail that could begin one.
-            keep = _marker_prefix_len(data, self._marker)
-            self._send(data[: len(data) - keep], final=False)
-            pending = data[len(data) - keep :]
+            poller.poll()
+            with self._lock:
+                self._read_available()
 
-    def _send(self, data, final):
-        # At least one decode, even of nothing: a final one flushes a partial UTF-8 sequence.
-        for start in range(0, max(len(data), 1), CHUNK):
-            text = self._decoder.decode(data[start : start + CHUNK], final)
-            if text:
-                self._protocol.send({"type": self._kind, "text": text, "timestamp": _timestamp()})
+    def _read_available(self):
+        while True:
+            try:
+                data = os.read(self._read_fd, CHUNK)
+            except BlockingIOError:
+                return
+            self._send(self._decoder.decode(data))
 
-
-def _marker_prefix_len(data, marker):
-    """The length of the longest tail of `data` that is a proper prefix of `marker`."""
-    for start in range(max(len(data) - len(marker) + 1, 0), len(data)):
-        if data[start] == marker[0] and marker.startswith(data[start:]):
-            return len(data) - start
-    return 0
+    def _send(self, text):
+        if text:
+            self._protocol.send({"type": self._kind, "text": text, "timestamp": _timestamp()})
 
 
 class Interpreter:
@@ -267,9 +260,7 @@ class Interpreter:
             except (AttributeError, OSError, ValueError):  # replaced or closed by the user
                 pass
         for capture in self._captures:
-            capture.mark()
-        for capture in self._captures:
-            capture.wait()
+            capture.drain()
 
     def _on_sigint(self, _signum, _frame):
         if self._interruptible:
@@ -414,8 +405,7 @@ def main():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    marker = b"\0ztee-drain-" + os.urandom(16).hex().encode() + b"\0"
-    captures = [Capture(kind, fd, protocol, marker) for kind, fd in (("stdout", 1), ("stderr", 2))]
+    captures = [Capture("stdout", 1, protocol), Capture("stderr", 2, protocol)]
     sys.stdout, sys.stderr = (
         open(fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
         for fd in (1, 2)
