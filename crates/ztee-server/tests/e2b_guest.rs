@@ -175,7 +175,8 @@ impl Interpreter {
 }
 
 /// The shapes and order every request's events must have: output first, then the execution
-/// count (absent for an invalid request), results, at most one error, and the end.
+/// count (absent for an invalid request), results (at most one of them main), at most one
+/// error, and the end.
 fn check_protocol(events: &[Value]) {
     let mut stage = 0;
     for event in events {
@@ -221,6 +222,11 @@ fn check_protocol(events: &[Value]) {
         stage = this_stage;
     }
     assert_eq!(stage, 4, "no end_of_execution in {events:#?}");
+    let mains = events.iter().filter(|e| e["is_main_result"] == true);
+    assert!(
+        mains.count() <= 1,
+        "more than one main result in {events:#?}"
+    );
 }
 
 /// The concatenated text of the `kind` ("stdout" or "stderr") events.
