@@ -1,5 +1,5 @@
-//! The two programs the E2B-compatible API runs inside a sandbox, `src/e2b/guest/interpreter.py`
-//! (a persistent code-execution context) and `src/e2b/guest/fs.py` (filesystem operations),
+//! The two programs the code contexts and filesystem actions run inside a sandbox, `src/action/guest/interpreter.py`
+//! (a persistent code-execution context) and `src/action/guest/fs.py` (filesystem operations),
 //! driven as the host drives them: started as child processes, requests written to stdin one
 //! per line, JSON lines read back from stdout. They run on the host's python3, in a venv with
 //! numpy, pandas and matplotlib as a data-science image has them; no VM is needed.
@@ -50,7 +50,7 @@ impl Guest {
     fn start(script: &str, cwd: &Path, env: &[(&str, &str)]) -> Guest {
         let mut child = Command::new(python())
             .arg("-u")
-            .arg(manifest_dir().join("src/e2b/guest").join(script))
+            .arg(manifest_dir().join("src/action/guest").join(script))
             .current_dir(cwd)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
