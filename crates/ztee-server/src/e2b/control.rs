@@ -83,7 +83,8 @@ fn describe(state: &AppState, view: &SandboxView, token: Option<&str>) -> serde_
         "clientID": "ztee",
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": token,
-        "trafficAccessToken": null,
+        // The code interpreter's context calls carry only this one: the same token.
+        "trafficAccessToken": token,
         "domain": null,
         "startedAt": view.created_at,
         "endAt": ends_at,

@@ -184,7 +184,9 @@ impl FromRequestParts<Arc<AppState>> for SandboxCaller {
             .into());
         }
         let sandbox = sandbox.to_owned();
+        // The code interpreter's context calls send the token as the traffic token.
         let principal = header_value(&parts.headers, "x-access-token")
+            .or_else(|| header_value(&parts.headers, "e2b-traffic-access-token"))
             .ok_or((
                 "missing_credentials",
                 ActionError::unauthenticated(
