@@ -10,8 +10,8 @@
 //!   host every file the helper makes belongs to that range and the helper has no capability
 //!   over host files. Otherwise only the caller's own uid and gid map to 0;
 //! - in a new mount namespace where every mount is read-only and nosuid, except a bind
-//!   mount of the build's work directory, which it reaches only through a descriptor (it cannot
-//!   even look up the data directory by path);
+//!   mount of the build's work directory at `/mnt`, which it reaches through a descriptor (the
+//!   data directory itself is read-only there, and closed to it where its parents are);
 //! - in new network and IPC namespaces (no network, no shared memory with the host);
 //! - with no supplementary groups, `no_new_privs`, no inherited descriptors but the ones it is
 //!   handed (the work directory and each layer blob, opened read-only by the caller), a clean
@@ -509,7 +509,7 @@ const STEPS: &[&str] = &[
     "creating the user, mount, network and IPC namespaces (unshare(2))",
     "waiting for the id maps",
     "making the mounts private",
-    "bind-mounting the work directory",
+    "bind-mounting the work directory at /mnt (which must exist)",
     "making every mount read-only (mount_setattr(2), Linux 5.12 or later)",
     "making the work directory writable",
     "opening the work directory",
@@ -521,6 +521,9 @@ const STEPS: &[&str] = &[
     "setting the parent-death signal",
 ];
 const STEP_READY: u8 = 0;
+
+/// Where the helper's mount namespace shows the work directory (the only writable mount).
+const WORK_MOUNT: &std::ffi::CStr = c"/mnt";
 
 /// What the child needs, prepared before the fork.
 struct ChildSetup {
@@ -583,9 +586,12 @@ impl ChildSetup {
             {
                 return fail(4, errno());
             }
-            let work = self.work.as_ptr();
+            // The work directory is shown at WORK_MOUNT, whose parents any uid may traverse:
+            // its real parents (a data directory under /root, say) may be closed to the
+            // helper's uid, and mkfs.erofs resolves its source with realpath(3).
+            let work = WORK_MOUNT.as_ptr();
             if libc::mount(
-                work,
+                self.work.as_ptr(),
                 work,
                 std::ptr::null(),
                 libc::MS_BIND,
