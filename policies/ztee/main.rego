@@ -6,7 +6,8 @@
 # Deny by default: a request is allowed only when its action is in `known_actions` below (and no
 # deny or approval rule fires). Any other action, e.g. one a new front door invents, is denied
 # with `policy.no_allow_rule`. Actions: sandbox.create, sandbox.exec, sandbox.input, sandbox.delete, run,
-# file.write (upload), file.read (download), llm.chat, tool.call, egress, secret.use, image.admit.
+# file.write (upload), file.read (download), file.stat, file.list, file.watch, file.mkdir,
+# file.move, file.remove, llm.chat, tool.call, egress, secret.use, image.admit.
 # Routing, strongest first:
 #   deny      - never allowed: no allow rule for the action, SAD present, raw PAN to an external model, a provider the tenant's
 #               tier may not use, images/audio/files to an external model (DLP cannot read
@@ -38,6 +39,14 @@ code_actions := {"run", "sandbox.exec", "sandbox.create", "sandbox.input"}
 # so the same card-data and secret checks apply.
 file_actions := {"file.write", "file.read"}
 
+# Looking at or rearranging files inside a sandbox (E2B's filesystem calls): nothing crosses the
+# sandbox boundary but names, so they are low risk unless a name carries card data.
+fs_read_actions := {"file.stat", "file.list", "file.watch"}
+
+fs_change_actions := {"file.mkdir", "file.move", "file.remove"}
+
+fs_actions := fs_read_actions | fs_change_actions
+
 secret_actions := (code_actions | file_actions) | {"secret.use"}
 
 requested_secrets := object.get(input.request, "secrets", [])
@@ -47,7 +56,7 @@ requested_secrets := object.get(input.request, "secrets", [])
 # providers, egress, secrets, unpinned images...) is left to the deny and risk rules below, which
 # then route it. An action not in this set is denied.
 
-known_actions := (code_actions | file_actions) | {
+known_actions := ((code_actions | file_actions) | fs_actions) | {
 	"sandbox.delete", "llm.chat", "tool.call", "egress", "secret.use", "image.admit",
 }
 
@@ -132,6 +141,11 @@ high contains {"rule": "pci.raw_pan_in_code", "message": "the file transferred (
 	input.dlp.raw_pan
 }
 
+high contains {"rule": "pci.raw_pan_in_path", "message": "a path names a raw card number"} if {
+	input.action in fs_actions
+	input.dlp.raw_pan
+}
+
 high contains {"rule": "pci.raw_pan_in_tool_call", "message": "the tool call carries a raw card number"} if {
 	input.action == "tool.call"
 	input.dlp.raw_pan
@@ -168,6 +182,10 @@ medium contains {"rule": "risk.code_execution", "message": "code execution in a 
 
 medium contains {"rule": "risk.file_transfer", "message": "a file copied into or out of a sandbox"} if {
 	input.action in file_actions
+}
+
+medium contains {"rule": "risk.file_change", "message": "files created, moved or removed in a sandbox"} if {
+	input.action in fs_change_actions
 }
 
 medium contains {"rule": "risk.file_transfer_with_secrets", "message": "a file transfer with a sandbox that holds secrets"} if {

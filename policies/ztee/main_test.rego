@@ -323,6 +323,26 @@ test_input_to_a_running_process_is_code_execution if {
 	"risk.code_execution" in rule_ids(d)
 }
 
+test_looking_at_files_is_low_risk_and_changing_them_medium if {
+	every action in ["file.stat", "file.list", "file.watch"] {
+		d := main.decision with input as req(action, {})
+		d == {"verdict": "allow", "risk": "LOW", "reasons": []}
+	}
+	every action in ["file.mkdir", "file.move", "file.remove"] {
+		d := main.decision with input as req(action, {})
+		d.verdict == "allow"
+		d.risk == "MEDIUM"
+		"risk.file_change" in rule_ids(d)
+	}
+}
+
+test_a_raw_pan_in_a_path_requires_approval if {
+	inp := with_dlp(req("file.stat", {}), {"counts": {"CREDIT_CARD": 1}, "raw_pan": true, "sad": false})
+	d := main.decision with input as inp
+	d.verdict == "require_approval"
+	"pci.raw_pan_in_path" in rule_ids(d)
+}
+
 test_masked_findings_are_medium if {
 	inp := with_dlp(req("tool.call", {"tool": {"name": "read_file", "args": {}}}), {"counts": {"EMAIL": 2}, "raw_pan": false, "sad": false})
 	d := main.decision with input as inp
@@ -337,6 +357,12 @@ benign := {
 	"sandbox.create": {"image": "python"},
 	"sandbox.exec": {"cmd": ["ls"], "image": "python"},
 	"sandbox.input": {"stdin": "y", "image": "python"},
+	"file.stat": {"image": "python"},
+	"file.list": {"image": "python"},
+	"file.watch": {"image": "python"},
+	"file.mkdir": {"image": "python"},
+	"file.move": {"image": "python"},
+	"file.remove": {"image": "python"},
 	"sandbox.delete": {},
 	"run": {"code": "print(1)"},
 	"file.write": {"image": "python"},

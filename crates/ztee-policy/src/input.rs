@@ -47,6 +47,23 @@ pub enum Action {
     Egress,
     #[serde(rename = "secret.use")]
     SecretUse,
+    /// Text written to a running process's stdin.
+    #[serde(rename = "sandbox.input")]
+    SandboxInput,
+    /// Looking at files inside a sandbox: an entry, a listing, changes as they happen.
+    #[serde(rename = "file.stat")]
+    FileStat,
+    #[serde(rename = "file.list")]
+    FileList,
+    #[serde(rename = "file.watch")]
+    FileWatch,
+    /// Rearranging files inside a sandbox.
+    #[serde(rename = "file.mkdir")]
+    FileMkdir,
+    #[serde(rename = "file.move")]
+    FileMove,
+    #[serde(rename = "file.remove")]
+    FileRemove,
 }
 
 impl Action {
@@ -63,6 +80,13 @@ impl Action {
             Action::ImageAdmit => "image.admit",
             Action::Egress => "egress",
             Action::SecretUse => "secret.use",
+            Action::SandboxInput => "sandbox.input",
+            Action::FileStat => "file.stat",
+            Action::FileList => "file.list",
+            Action::FileWatch => "file.watch",
+            Action::FileMkdir => "file.mkdir",
+            Action::FileMove => "file.move",
+            Action::FileRemove => "file.remove",
         }
     }
 }

@@ -60,6 +60,13 @@ fn action(name: &str) -> Option<Action> {
         "run" => Action::Run,
         "secret.use" => Action::SecretUse,
         "image.admit" => Action::ImageAdmit,
+        "sandbox.input" => Action::SandboxInput,
+        "file.stat" => Action::FileStat,
+        "file.list" => Action::FileList,
+        "file.watch" => Action::FileWatch,
+        "file.mkdir" => Action::FileMkdir,
+        "file.move" => Action::FileMove,
+        "file.remove" => Action::FileRemove,
         _ => return None,
     })
 }

@@ -21,7 +21,20 @@ async fn vm_gateway() -> Option<Gateway> {
     let data_dir = common::vm::data_dir("ztee-e2b");
     let engine = common::vm::engine(data_dir.path());
     let executor = VmExecutor::new(engine).with_admission(data_dir.path());
-    Some(Gateway::start_in(ServerConfig::default(), Arc::new(executor), data_dir).await)
+    // The policy bundle `ztee serve` ships: every E2B call is an action it knows.
+    let policy = Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+        ztee_policy::PolicyEngine::builtin().unwrap(),
+        Default::default(),
+    ));
+    Some(
+        Gateway::start_with_policy(
+            ServerConfig::default(),
+            Arc::new(executor),
+            data_dir,
+            Some(policy),
+        )
+        .await,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
