@@ -37,8 +37,10 @@ fn main() {
         .build()
         .unwrap();
     let data_dir = vm::data_dir("ztee-e2b-bench");
-    let mut config = ServerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
     let key = runtime.block_on(async {
         let mut engine_config = vm::engine(data_dir.path()).config().clone();
         // As `ztee serve` runs: VMs restored from a snapshot, two kept warm.
