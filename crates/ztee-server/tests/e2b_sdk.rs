@@ -1,7 +1,8 @@
-//! The official E2B Python SDKs (`e2b`, `e2b-code-interpreter`), unchanged, against ztee's
-//! E2B-compatible API, with real microVMs: sandboxes, commands, processes, files, stateful code,
-//! masking and tenant isolation (tests/e2b/sdk_check.py holds the checks), then the audit trail
-//! those calls left.
+//! The official E2B SDKs, unchanged, against ztee's E2B-compatible API, with real microVMs:
+//! the Python `e2b` and `e2b-code-interpreter` (tests/e2b/sdk_check.py: sandboxes, commands,
+//! processes, files, stateful code, masking, tenant isolation) and the JavaScript `e2b` and
+//! `@e2b/code-interpreter` under node (tests/e2b/js/check.mjs), then the audit trail those calls
+//! left.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -38,7 +39,7 @@ async fn vm_gateway() -> Option<Gateway> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_python_sdks_run_unchanged_against_real_vms() {
+async fn the_official_python_and_javascript_sdks_run_unchanged_against_real_vms() {
     let Some(gw) = vm_gateway().await else { return };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b");
     let python = common::venv::python(&dir.join("requirements.txt"));
@@ -82,6 +83,44 @@ async fn the_official_python_sdks_run_unchanged_against_real_vms() {
     eprintln!(
         "warm run_code median through the SDK: {:.1} ms",
         report["run_code_median_ms"].as_f64().unwrap()
+    );
+
+    // The JavaScript SDKs against the same gateway.
+    let js = common::npm::install(
+        &dir.join("js"),
+        "e2b-js-fixture",
+        &["package.json", "package-lock.json", "check.mjs"],
+    )
+    .unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new("node")
+            .arg("check.mjs")
+            .current_dir(&js)
+            .env("E2B_API_URL", &gw.url)
+            .env("E2B_SANDBOX_URL", &gw.url)
+            .env("E2B_API_KEY", &acme)
+            .env("OTHER_TENANT_KEY", &globex)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the JavaScript SDK checks did not finish within 5 minutes")
+    .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "JS SDK checks failed:\n{err}\n{out}"
+    );
+    let js_report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        js_report["passed"].as_array().unwrap().len(),
+        19,
+        "{js_report}"
     );
 
     // The calls left records naming who did what, and no card number.

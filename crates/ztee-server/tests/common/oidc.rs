@@ -15,44 +15,17 @@ static INSTALL: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// How long a starting provider may take to print its READY line.
 const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
 
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ZTEE_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".cache/ztee")
-}
-
 /// Installs the provider once; `Err` when node or npm cannot run here.
 pub fn install() -> Result<PathBuf, String> {
     let mut guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(dir) = guard.clone() {
         return Ok(dir);
     }
-    let dir = cache_dir().join("oidc-provider-fixture");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for file in ["package.json", "package-lock.json", "provider.mjs"] {
-        std::fs::copy(Path::new(FIXTURE).join(file), dir.join(file))
-            .map_err(|e| format!("copying {file}: {e}"))?;
-    }
-    let lock = std::fs::read(dir.join("package-lock.json")).map_err(|e| e.to_string())?;
-    let stamp = dir.join("node_modules/.ztee-lock");
-    if std::fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .output()
-            .map_err(|e| format!("npm: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "npm ci failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        std::fs::write(&stamp, &lock).map_err(|e| e.to_string())?;
-    }
+    let dir = super::npm::install(
+        Path::new(FIXTURE),
+        "oidc-provider-fixture",
+        &["package.json", "package-lock.json", "provider.mjs"],
+    )?;
     *guard = Some(dir.clone());
     Ok(dir)
 }
