@@ -456,16 +456,35 @@ async fn the_control_plane_refuses_bad_requests_clearly() {
             .unwrap();
         assert_eq!(r.status(), status);
     }
-    // Its token is gone with it.
-    let r = client()
-        .post(format!("{}/process.Process/List", gw.url))
-        .header("E2b-Sandbox-Id", &a.id)
-        .header("X-Access-Token", &a.token)
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    // Killed through the E2B API, its token goes with it.
+    let list = |sandbox: &Sandbox| {
+        client()
+            .post(format!("{}/process.Process/List", gw.url))
+            .header("E2b-Sandbox-Id", &sandbox.id)
+            .header("X-Access-Token", &sandbox.token)
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+    };
+    assert_eq!(list(&a).await.unwrap().status(), 401);
+    // Deleted another way (the REST API, its timeout), a call into it answers as E2B's edge
+    // does for a dead sandbox, once; then its token is gone too.
+    let r = gw.delete(&acme, &format!("/v1/sandboxes/{}", b.id)).await;
+    assert_eq!(r.status(), 204);
+    let r = list(&b).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("was not found"));
+    assert_eq!(list(&b).await.unwrap().status(), 401);
+    // The health check says whether the named sandbox runs.
+    let c = create(&gw, &acme).await;
+    for (sandbox, status) in [(&a, 502), (&b, 502), (&c, 204)] {
+        let r = client()
+            .get(format!("{}/health", gw.url))
+            .header("E2b-Sandbox-Id", &sandbox.id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+    }
     gw.stop().await;
 }

@@ -47,9 +47,14 @@ pub(super) fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 /// envd's health check: the SDKs ask it when a call fails, to tell a dead sandbox from a
-/// failed call.
-async fn health() -> StatusCode {
-    StatusCode::NO_CONTENT
+/// failed call. It says only whether the named sandbox runs.
+async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let sandbox = super::header_value(&headers, "e2b-sandbox-id").unwrap_or_default();
+    if super::valid_sandbox_id(sandbox) && state.sandboxes.get(sandbox).is_some() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        super::sandbox_gone(sandbox).into_response()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

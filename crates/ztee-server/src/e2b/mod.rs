@@ -213,10 +213,25 @@ impl FromRequestParts<Arc<AppState>> for SandboxCaller {
                 });
             }
         };
+        if state.sandboxes.get(&sandbox).is_none() {
+            // Its token was good, the sandbox is gone (killed, expired): what envd's proxy
+            // answers for a sandbox that no longer runs. Its grants go with it.
+            state.e2b.forget(&sandbox);
+            return Err(sandbox_gone(&sandbox));
+        }
         let caller = crate::auth::caller_for(parts, state, principal, None)
             .map_err(|rejection| E2bError(rejection.0))?;
         Ok(SandboxCaller { caller, sandbox })
     }
+}
+
+/// The answer for a call into a sandbox that no longer runs (502, as E2B's edge answers it).
+fn sandbox_gone(sandbox: &str) -> E2bError {
+    E2bError(ActionError::new(
+        crate::error::ErrorKind::BadGateway,
+        "sandbox_not_found",
+        format!("The sandbox {sandbox} was not found: it was killed or its timeout passed"),
+    ))
 }
 
 /// A guest path as E2B callers give them: absolute, or relative to the sandbox user's home.
