@@ -6,6 +6,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,11 +35,21 @@ pub fn start(request: ExecRequest, link: Arc<Link>, requests: Requests) {
         Ok(prepared) => prepared,
         Err(message) => return fail(FailureKind::InvalidRequest, message),
     };
+    // A pseudo-terminal takes its input (and its size) whatever `stdin` says.
+    let terminal = match request.pty.map(Terminal::open).transpose() {
+        Ok(terminal) => terminal,
+        Err(err) => {
+            return fail(
+                FailureKind::Io,
+                format!("cannot open a pseudo-terminal: {err}"),
+            )
+        }
+    };
     let (stdin_tx, stdin_rx) = channel();
     if !requests.insert(
         id,
         Pending {
-            input: request.stdin.then_some(stdin_tx),
+            input: (request.stdin || terminal.is_some()).then_some(stdin_tx),
             process_group: None,
         },
     ) {
@@ -47,8 +58,23 @@ pub fn start(request: ExecRequest, link: Arc<Link>, requests: Requests) {
             format!("request id {id} is in use"),
         );
     }
-    let mut command = prepared.command(request.stdin);
-    let (mut child, ended) = match reaper::spawn(&mut command) {
+    let mut command = match &terminal {
+        Some(terminal) => match prepared.command_on(terminal) {
+            Ok(command) => command,
+            Err(err) => {
+                requests.remove(id);
+                return fail(
+                    FailureKind::Io,
+                    format!("cannot attach the terminal: {err}"),
+                );
+            }
+        },
+        None => prepared.command(request.stdin),
+    };
+    let spawned = reaper::spawn(&mut command);
+    // The copies of the terminal's slave side the command was built with close here.
+    drop(command);
+    let (mut child, ended) = match spawned {
         Ok(spawned) => spawned,
         Err(err) => {
             requests.remove(id);
@@ -89,15 +115,55 @@ pub fn start(request: ExecRequest, link: Arc<Link>, requests: Requests) {
     if let Some(stderr) = child.stderr.take() {
         spawn_reader(run.clone(), stderr, Stream::Stderr, done_tx.clone());
     }
-    drop(done_tx);
-    if let Some(mut stdin) = child.stdin.take() {
+    if let Some(Terminal { master, slave }) = terminal {
+        // Only the command holds the slave side now, so the master reads end of file (EIO)
+        // once it and everything it started have closed it.
+        drop(slave);
+        // The terminal's master side: what the command writes is read from it as stdout, what
+        // the host types is written to it.
+        match master.try_clone() {
+            Ok(reader) => spawn_reader(run.clone(), reader, Stream::Stdout, done_tx.clone()),
+            Err(_) => kill_group(pgid),
+        }
+        drop(done_tx);
+        let mut master = master;
         std::thread::spawn(move || {
-            while let Ok(Input::Data(data)) = stdin_rx.recv() {
-                if stdin.write_all(&data).is_err() {
-                    break;
+            while let Ok(input) = stdin_rx.recv() {
+                match input {
+                    Input::Data(data) => {
+                        if master.write_all(&data).is_err() {
+                            break;
+                        }
+                    }
+                    Input::Resize(size) => Terminal::resize(&master, size),
+                    // A terminal has no end of input of its own; the command reads ^D.
+                    Input::Close => {
+                        if master.write_all(&[4]).is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         });
+    } else {
+        drop(done_tx);
+        if let Some(mut stdin) = child.stdin.take() {
+            std::thread::spawn(move || {
+                while let Ok(input) = stdin_rx.recv() {
+                    match input {
+                        Input::Data(data) => {
+                            if stdin.write_all(&data).is_err() {
+                                break;
+                            }
+                        }
+                        // Dropping the pipe is the command's end of input.
+                        Input::Close => break,
+                        // Only a terminal has a size.
+                        Input::Resize(_) => {}
+                    }
+                }
+            });
+        }
     }
     let timeout = request
         .timeout_ms
@@ -208,6 +274,65 @@ fn spawn_reader(
     });
 }
 
+/// A pseudo-terminal from the sandbox's own devpts instance: its master side stays with the
+/// agent, its slave side becomes the command's stdin, stdout and stderr and its controlling
+/// terminal (so `/dev/pts/N` inside the sandbox names it).
+struct Terminal {
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+}
+
+impl Terminal {
+    fn open(size: ztee_wire::PtySize) -> std::io::Result<Self> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let ptmx = CString::new(format!("{}/dev/ptmx", sandbox::ROOT))
+            .map_err(|_| std::io::Error::other("the sandbox root holds a NUL byte"))?;
+        // SAFETY: open(2) of a NUL-terminated path; the descriptor is owned at once.
+        let master = unsafe {
+            let fd = libc::open(
+                ptmx.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let unlock: libc::c_int = 0;
+        // SAFETY: ioctl(2) on a descriptor owned here, with a pointer to a live local; TIOCGPTPEER
+        // opens the slave through the master (no path lookup) and returns a new descriptor,
+        // owned at once.
+        let slave = unsafe {
+            if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::ioctl(
+                master.as_raw_fd(),
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let master = std::fs::File::from(master);
+        Self::resize(&master, size);
+        Ok(Self { master, slave })
+    }
+
+    fn resize(master: &std::fs::File, size: ztee_wire::PtySize) {
+        let winsize = libc::winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: ioctl(2) on a descriptor the caller holds, with a pointer to a live local.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &winsize) };
+    }
+}
+
 /// Everything the child needs, built before `fork` (nothing may be allocated after it).
 struct Prepared {
     argv: Vec<String>,
@@ -253,6 +378,32 @@ impl Prepared {
             root: CString::new(sandbox::ROOT).map_err(|e| e.to_string())?,
             cwd: CString::new(cwd).map_err(|_| "working directory contains a NUL byte")?,
         })
+    }
+
+    /// The command on `terminal`'s slave side, which becomes its controlling terminal.
+    fn command_on(self, terminal: &Terminal) -> std::io::Result<Command> {
+        let mut command = Command::new(&self.argv[0]);
+        command
+            .args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(terminal.slave.try_clone()?))
+            .stdout(Stdio::from(terminal.slave.try_clone()?))
+            .stderr(Stdio::from(terminal.slave.try_clone()?));
+        let Prepared { root, cwd, .. } = self;
+        // SAFETY: the closure runs in the forked child before exec: `sandbox::enter` (see
+        // `command`), then ioctl(2) on descriptor 0, the terminal's slave side, making it the
+        // controlling terminal of the session `enter` started.
+        unsafe {
+            command.pre_exec(move || {
+                sandbox::enter(&root, &cwd)?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
     }
 
     fn command(self, with_stdin: bool) -> Command {

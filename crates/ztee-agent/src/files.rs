@@ -69,6 +69,8 @@ pub fn start_write(id: RequestId, path: String, mode: u32, link: Arc<Link>, requ
                         }
                     }
                     Ok(Input::Close) => break true,
+                    // A file has no terminal size.
+                    Ok(Input::Resize(_)) => {}
                     Err(_) => break false,
                 }
             },

@@ -20,6 +20,8 @@ use crate::{egress, exec, files, lease, sandbox};
 pub enum Input {
     Data(Vec<u8>),
     Close,
+    /// A new size for a command's pseudo-terminal.
+    Resize(ztee_wire::PtySize),
 }
 
 /// Requests in flight, by id.
@@ -254,6 +256,9 @@ fn handle(message: HostMessage, link: &Arc<Link>, requests: &Requests, secret: &
                     "no file upload with this id",
                 );
             }
+        }
+        HostMessage::Resize { id, size } => {
+            requests.input(id, Input::Resize(size));
         }
         HostMessage::Signal { id, signal } => {
             if !(1..=64).contains(&signal) {

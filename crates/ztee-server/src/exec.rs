@@ -93,6 +93,8 @@ pub struct ExecSpec {
     /// Keep stdin open after `stdin` for [`ProcessControl::write_stdin`]; when false the command
     /// reads EOF after `stdin`.
     pub interactive: bool,
+    /// Run on a pseudo-terminal of this size (interactive; its output arrives as stdout).
+    pub pty: Option<ztee_wire::PtySize>,
     pub timeout: Duration,
 }
 
@@ -198,6 +200,8 @@ pub trait ProcessControl: Send + Sync {
     async fn write_stdin(&self, data: Bytes) -> Result<(), ExecError>;
     async fn close_stdin(&self) -> Result<(), ExecError>;
     async fn signal(&self, signal: i32) -> Result<(), ExecError>;
+    /// Resizes the command's pseudo-terminal.
+    async fn resize(&self, size: ztee_wire::PtySize) -> Result<(), ExecError>;
 }
 
 /// What one finished command produced, for non-streaming responses.

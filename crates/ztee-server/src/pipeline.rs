@@ -341,7 +341,7 @@ impl Pipeline {
         let start = Instant::now();
         let mut outbound = Outbound::new(self.dlp.as_ref(), secrets);
         let mut stream = self
-            .execute(ctx, sandbox, &admitted, timeout, false)
+            .execute(ctx, sandbox, &admitted, timeout, Stdin::Closed)
             .await?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
         let mut truncated = false;
@@ -388,8 +388,8 @@ impl Pipeline {
 
     /// Stages 3-5 for a streaming call: every output chunk is masked before it is sent; the
     /// final `exit` event is sent only after the audit event is durable. `secrets` is the scope
-    /// of the sandbox's own secrets, held until the stream ends. With `interactive`, the
-    /// command's stdin stays open and [`Streaming::process`] reaches it while it runs.
+    /// of the sandbox's own secrets, held until the stream ends. Unless `stdin` is
+    /// [`Stdin::Closed`], [`Streaming::process`] reaches the command while it runs.
     ///
     /// The command runs to its end whether or not anyone still reads the events: a caller that
     /// goes away leaves it running (bounded by `timeout`), and its record is written when it ends.
@@ -400,13 +400,13 @@ impl Pipeline {
         sandbox: Arc<dyn SandboxHandle>,
         admitted: Admitted,
         timeout: std::time::Duration,
-        interactive: bool,
+        stdin: Stdin,
         secrets: Option<SecretScope>,
         keep_alive: Box<dyn std::any::Any + Send>,
     ) -> Result<Streaming, ActionError> {
         let action = ctx.as_action();
         let mut stream = self
-            .execute(&action, sandbox.as_ref(), &admitted, timeout, interactive)
+            .execute(&action, sandbox.as_ref(), &admitted, timeout, stdin)
             .await?;
         let process = stream.process();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -487,7 +487,7 @@ impl Pipeline {
         sandbox: &dyn SandboxHandle,
         admitted: &Admitted,
         timeout: std::time::Duration,
-        interactive: bool,
+        stdin: Stdin,
     ) -> Result<Box<dyn OutputStream>, ActionError> {
         let work = &admitted.work;
         let started = async {
@@ -500,7 +500,11 @@ impl Pipeline {
                     env: work.env.clone(),
                     cwd: work.cwd.clone(),
                     stdin: work.stdin.clone().map(Bytes::from),
-                    interactive,
+                    interactive: stdin != Stdin::Closed,
+                    pty: match stdin {
+                        Stdin::Terminal(size) => Some(size),
+                        _ => None,
+                    },
                     timeout,
                 })
                 .await
@@ -638,6 +642,17 @@ impl StreamEvent {
     pub fn digest_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// What a command reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// The request's `stdin` text, then end of input.
+    Closed,
+    /// Input that arrives while it runs.
+    Open,
+    /// A pseudo-terminal of this size: typed input, one output stream, a size that can change.
+    Terminal(ztee_wire::PtySize),
 }
 
 /// A streamed command: its events, and while it runs, its pid and control when the engine

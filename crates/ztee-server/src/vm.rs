@@ -229,7 +229,8 @@ impl SandboxHandle for VmSandbox {
         vm_spec.env = spec.env.into_iter().collect();
         vm_spec.cwd = spec.cwd;
         vm_spec.timeout = Some(spec.timeout);
-        vm_spec.stdin = spec.stdin.is_some() || spec.interactive;
+        vm_spec.stdin = spec.stdin.is_some() || spec.interactive || spec.pty.is_some();
+        vm_spec.pty = spec.pty;
         let close_stdin = spec.stdin.is_some() && !spec.interactive;
         let execution = sandbox.exec(vm_spec).await.map_err(map_err)?;
         if let Some(stdin) = spec.stdin {
@@ -339,6 +340,10 @@ impl crate::exec::ProcessControl for VmControl {
 
     async fn signal(&self, signal: i32) -> Result<(), ExecError> {
         self.0.signal(signal).await.map_err(map_err)
+    }
+
+    async fn resize(&self, size: ztee_wire::PtySize) -> Result<(), ExecError> {
+        self.0.resize(size).await.map_err(map_err)
     }
 }
 

@@ -129,10 +129,10 @@ async fn malformed_connect_calls_get_connect_errors() {
         (
             envelope(
                 0,
-                br#"{"process": {"cmd": "/bin/sh"}, "pty": {"size": {"cols": 80, "rows": 24}}}"#,
+                br#"{"process": {"cmd": "/bin/sh"}, "pty": {"size": {"cols": 0, "rows": 24}}}"#,
             ),
-            "unimplemented",
-            "pseudo-terminals",
+            "invalid_argument",
+            "out of range",
         ),
     ];
     for (body, code, says) in cases {

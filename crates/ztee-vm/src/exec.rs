@@ -34,6 +34,8 @@ pub struct ExecSpec {
     pub max_output_bytes: u64,
     /// Keep stdin open for [`Execution::write_stdin`]; otherwise the command reads EOF.
     pub stdin: bool,
+    /// Run on a pseudo-terminal of this size (its output arrives as stdout; stdin stays open).
+    pub pty: Option<ztee_wire::PtySize>,
 }
 
 impl ExecSpec {
@@ -45,6 +47,7 @@ impl ExecSpec {
             timeout: None,
             max_output_bytes: DEFAULT_MAX_OUTPUT,
             stdin: false,
+            pty: None,
         }
     }
 }
@@ -139,6 +142,7 @@ impl Execution {
                 .map(|t| t.as_millis().min(u64::MAX as u128) as u64),
             max_output_bytes: spec.max_output_bytes,
             stdin: spec.stdin,
+            pty: spec.pty,
         };
         let started = async {
             channel.send(&HostMessage::Exec(request)).await?;
@@ -294,6 +298,13 @@ impl ExecControl {
                 id: self.id,
                 signal,
             })
+            .await
+    }
+
+    /// Resizes the command's pseudo-terminal (ignored for a command without one).
+    pub async fn resize(&self, size: ztee_wire::PtySize) -> Result<(), VmError> {
+        self.channel
+            .send(&HostMessage::Resize { id: self.id, size })
             .await
     }
 }

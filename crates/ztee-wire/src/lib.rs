@@ -20,11 +20,11 @@ pub mod session;
 
 pub use auth::{BootSecret, Nonce, SessionKeys};
 pub use frame::{FrameDecoder, RawFrame, MAX_PAYLOAD};
-pub use message::{ExitKind, GuestMessage, HostMessage, RequestId, StreamId};
+pub use message::{ExitKind, GuestMessage, HostMessage, PtySize, RequestId, StreamId};
 pub use session::{Opener, Sealer};
 
 /// Protocol version spoken by this build. Both ends must agree exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Name of the virtio-serial port the agent listens on.
 pub const VIRTIO_PORT_NAME: &str = "ztee.agent";

@@ -54,6 +54,11 @@ pub enum HostMessage {
         id: RequestId,
         signal: i32,
     },
+    /// Resizes a running command's pseudo-terminal.
+    Resize {
+        id: RequestId,
+        size: PtySize,
+    },
     /// Starts writing a file; followed by `FileChunk`s and one `FileEnd`.
     WriteFile {
         id: RequestId,
@@ -118,6 +123,16 @@ pub struct ExecRequest {
     pub max_output_bytes: u64,
     /// Whether the host will send `Stdin`; when false stdin is closed at start.
     pub stdin: bool,
+    /// Run on a pseudo-terminal of this size: stdin, stdout and stderr are its slave side, the
+    /// command's output arrives as `Stdout`, `Stdin` is typed into it, `Resize` changes it.
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// Guest -> host.
@@ -222,6 +237,7 @@ impl HostMessage {
             Self::Stdin { .. } => "Stdin",
             Self::CloseStdin { .. } => "CloseStdin",
             Self::Signal { .. } => "Signal",
+            Self::Resize { .. } => "Resize",
             Self::WriteFile { .. } => "WriteFile",
             Self::FileChunk { .. } => "FileChunk",
             Self::FileEnd { .. } => "FileEnd",

@@ -50,6 +50,7 @@ impl Helper {
                 cwd,
                 stdin: None,
                 interactive: true,
+                pty: None,
                 timeout: lifetime,
             })
             .await

@@ -92,8 +92,8 @@ pub enum Action {
         command: RunCommand,
         /// A caller's name for the process, to find it by later.
         tag: Option<String>,
-        /// Keep its stdin open for `SendInput`.
-        stdin: bool,
+        /// What it reads: stdin kept open for `SendInput`, or a pseudo-terminal.
+        stdin: crate::pipeline::Stdin,
     },
     /// Attaches to a running process's events from now on.
     ConnectProcess {
@@ -112,6 +112,12 @@ pub enum Action {
     CloseStdin {
         sandbox: String,
         process: ProcessSelector,
+    },
+    /// A new size for a running process's pseudo-terminal.
+    ResizeTerminal {
+        sandbox: String,
+        process: ProcessSelector,
+        size: ztee_wire::PtySize,
     },
     SignalProcess {
         sandbox: String,
@@ -193,6 +199,7 @@ impl Action {
             Action::ListProcesses { .. } => "process.list",
             Action::SendInput { .. } => "sandbox.input",
             Action::CloseStdin { .. } => "process.close_stdin",
+            Action::ResizeTerminal { .. } => "process.resize",
             Action::SignalProcess { .. } => "sandbox.signal",
             Action::SetTimeout { .. } => "sandbox.timeout",
             Action::RunCode { .. } => "sandbox.exec",
@@ -321,6 +328,11 @@ pub async fn execute(
         Action::CloseStdin { sandbox, process } => {
             process::close_stdin(state, caller, &sandbox, &process).await
         }
+        Action::ResizeTerminal {
+            sandbox,
+            process,
+            size,
+        } => process::resize(state, caller, &sandbox, &process, size).await,
         Action::SignalProcess {
             sandbox,
             process,

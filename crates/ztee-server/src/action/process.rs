@@ -38,6 +38,8 @@ pub struct ProcessInfo {
     pub cwd: Option<String>,
     /// The command's own environment, as admitted (never the sandbox's secrets).
     pub env: BTreeMap<String, String>,
+    /// It runs on a pseudo-terminal.
+    pub terminal: bool,
 }
 
 /// Which process a caller means.
@@ -50,6 +52,8 @@ pub enum ProcessSelector {
 /// A caller attached to a process: its pid and the events from now on.
 pub struct Attachment {
     pub pid: u32,
+    /// It runs on a pseudo-terminal (its output is the terminal's).
+    pub terminal: bool,
     pub events: mpsc::Receiver<StreamEvent>,
 }
 
@@ -76,6 +80,7 @@ impl Processes {
             return Err(streaming);
         };
         let pid = running.pid;
+        let terminal = info.terminal;
         let (tx, rx) = mpsc::channel(ATTACH_DEPTH);
         let process = Arc::new(Process {
             info: ProcessInfo { pid, ..info },
@@ -107,7 +112,11 @@ impl Processes {
                 lock(&table.inner).remove(&pid);
             }
         });
-        Ok(Attachment { pid, events: rx })
+        Ok(Attachment {
+            pid,
+            terminal,
+            events: rx,
+        })
     }
 
     /// Whether another process may start (see [`MAX_PROCESSES`]).
@@ -133,6 +142,7 @@ impl Processes {
         lock(&process.attached).push(tx);
         Some(Attachment {
             pid: process.info.pid,
+            terminal: process.info.terminal,
             events: rx,
         })
     }
@@ -289,6 +299,29 @@ pub(super) async fn close_stdin(
         .control(selector)
         .ok_or_else(|| no_process(selector))?;
     control.close_stdin().await.map_err(exec_error)?;
+    Ok(Outcome::Done)
+}
+
+/// A new size for a running process's pseudo-terminal.
+pub(super) async fn resize(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+    selector: &ProcessSelector,
+    size: ztee_wire::PtySize,
+) -> Result<Outcome, ActionError> {
+    if size.cols == 0 || size.rows == 0 {
+        return Err(ActionError::bad_request(
+            "a terminal size needs at least one column and one row",
+        ));
+    }
+    let (_, sandbox, _) =
+        enter(state, caller, id, "process.resize", EventType::SandboxInput).await?;
+    let (_, control) = sandbox
+        .processes
+        .control(selector)
+        .ok_or_else(|| no_process(selector))?;
+    control.resize(size).await.map_err(exec_error)?;
     Ok(Outcome::Done)
 }
 

@@ -243,7 +243,7 @@ pub(super) async fn run(
                 handle,
                 admitted,
                 limit,
-                false,
+                crate::pipeline::Stdin::Closed,
                 injected.as_ref().and_then(|s| s.scope()),
                 // The VM goes first, then the secrets' leases.
                 Box::new((one_shot, injected)),

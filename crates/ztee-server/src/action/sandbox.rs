@@ -512,11 +512,11 @@ pub(super) async fn delete(
 pub(super) enum ExecMode {
     Whole,
     Stream,
-    /// Streamed, and kept reachable while it runs: stdin open when `stdin`, found by its pid or
-    /// by `tag`.
+    /// Streamed, and kept reachable while it runs: its input as `stdin` says, found by its pid
+    /// or by `tag`.
     Process {
         tag: Option<String>,
-        stdin: bool,
+        stdin: crate::pipeline::Stdin,
     },
 }
 
@@ -559,9 +559,9 @@ pub(super) async fn exec(
         .as_ref()
         .map(|s| s.env())
         .unwrap_or_default();
-    let (tag, interactive) = match &mode {
+    let (tag, stdin_mode) = match &mode {
         ExecMode::Process { tag, stdin } => (tag.clone(), *stdin),
-        _ => (None, false),
+        _ => (None, crate::pipeline::Stdin::Closed),
     };
     if matches!(mode, ExecMode::Process { .. }) && !sandbox.processes.has_room() {
         return Err(ActionError::quota_exceeded(
@@ -662,6 +662,7 @@ pub(super) async fn exec(
                 .filter(|(k, _)| own_env.contains(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            terminal: matches!(stdin_mode, crate::pipeline::Stdin::Terminal(_)),
         };
         let processes = sandbox.processes.clone();
         let streaming = state
@@ -672,7 +673,7 @@ pub(super) async fn exec(
                 handle,
                 admitted,
                 limit,
-                interactive,
+                stdin_mode,
                 scope,
                 // Keeps the sandbox's secrets leased until the stream ends.
                 Box::new(sandbox),

@@ -168,6 +168,7 @@ pub fn held_bytes(held: &HeldAction) -> u64 {
         Action::ListContexts { sandbox } => s(sandbox),
         Action::Filesystem { sandbox, .. } => s(sandbox) + 4096,
         Action::ConnectProcess { sandbox, .. }
+        | Action::ResizeTerminal { sandbox, .. }
         | Action::ListProcesses { sandbox }
         | Action::CloseStdin { sandbox, .. }
         | Action::SignalProcess { sandbox, .. }

@@ -173,7 +173,7 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
             "env": env_names(&request.env),
             "cwd": request.cwd,
             "tag": tag,
-            "stdin": stdin,
+            "stdin": format!("{stdin:?}"),
         }),
         // Input is shown by its size only, like file content.
         Action::SendInput {
@@ -185,9 +185,11 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
             "process": process.to_string(),
             "size": data.len(),
         }),
-        Action::ConnectProcess { sandbox, process } | Action::CloseStdin { sandbox, process } => {
-            serde_json::json!({"sandbox": sandbox, "process": process.to_string()})
-        }
+        Action::ConnectProcess { sandbox, process }
+        | Action::CloseStdin { sandbox, process }
+        | Action::ResizeTerminal {
+            sandbox, process, ..
+        } => serde_json::json!({"sandbox": sandbox, "process": process.to_string()}),
         Action::SignalProcess {
             sandbox,
             process,

@@ -24,7 +24,7 @@ use crate::action::{
     Signal,
 };
 use crate::auth::Caller;
-use crate::pipeline::StreamEvent;
+use crate::pipeline::{Stdin, StreamEvent};
 use crate::state::AppState;
 
 /// How often a process stream sends a keep-alive when the caller asks for none.
@@ -63,9 +63,48 @@ async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 #[derive(Debug, Deserialize)]
 struct StartRequest {
     process: Option<ProcessConfig>,
-    pty: Option<serde_json::Value>,
+    pty: Option<Pty>,
     tag: Option<String>,
     stdin: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Pty {
+    size: Option<PtySize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PtySize {
+    #[serde(default)]
+    cols: u32,
+    #[serde(default)]
+    rows: u32,
+}
+
+/// Largest terminal side ztee accepts.
+const MAX_TERMINAL_CELLS: u32 = 1000;
+
+impl Pty {
+    fn size(&self) -> Result<ztee_wire::PtySize, ConnectError> {
+        let size = self
+            .size
+            .as_ref()
+            .ok_or_else(|| ConnectError::invalid("pty.size (cols, rows) is required"))?;
+        let side = |n: u32| (1..=MAX_TERMINAL_CELLS).contains(&n).then_some(n as u16);
+        match (side(size.cols), side(size.rows)) {
+            (Some(cols), Some(rows)) => Ok(ztee_wire::PtySize { cols, rows }),
+            _ => Err(ConnectError::invalid(format!(
+                "pty.size {}x{} is out of range; cols and rows are 1 to {MAX_TERMINAL_CELLS}",
+                size.cols, size.rows
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateRequest {
+    process: Option<Selector>,
+    pty: Option<Pty>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,9 +187,12 @@ async fn process(
                     process: selector,
                 };
                 match action::execute(&state, &caller, action, Delivery::Stream, None).await {
-                    Ok(Outcome::Process(attached)) => {
-                        relay(attached.pid, attached.events, keepalive(&headers))
-                    }
+                    Ok(Outcome::Process(attached)) => relay(
+                        attached.pid,
+                        attached.terminal,
+                        attached.events,
+                        keepalive(&headers),
+                    ),
                     Ok(_) => connect::stream_error(unexpected()),
                     Err(e) => connect::stream_error(e.into()),
                 }
@@ -181,25 +223,24 @@ async fn process(
         "SendInput" => {
             unary(&headers, &body, |request: SendInputRequest| async {
                 let process = Selector::parse(request.process)?;
+                // Typed into a terminal or written to stdin: the same input to the process.
                 let data = match request.input {
                     Some(ProcessInput {
                         stdin: Some(data),
                         pty: None,
+                    })
+                    | Some(ProcessInput {
+                        stdin: None,
+                        pty: Some(data),
                     }) => data,
-                    Some(ProcessInput { pty: Some(_), .. }) => {
-                        return Err(ConnectError::new(
-                            Code::Unimplemented,
-                            "pseudo-terminals are not supported by this gateway",
-                        ))
-                    }
-                    _ => return Err(ConnectError::invalid("input must hold stdin")),
+                    _ => return Err(ConnectError::invalid("input must hold one of stdin or pty")),
                 };
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(data)
-                    .map_err(|_| ConnectError::invalid("input.stdin is not base64"))?;
+                    .map_err(|_| ConnectError::invalid("the input is not base64"))?;
                 // DLP reads text: input that is not UTF-8 cannot be scanned, so it is not passed.
                 let data = String::from_utf8(bytes).map_err(|_| {
-                    ConnectError::invalid("stdin must be UTF-8 text: ztee scans it for card data")
+                    ConnectError::invalid("input must be UTF-8 text: ztee scans it for card data")
                 })?;
                 let action = Action::SendInput {
                     sandbox,
@@ -242,7 +283,23 @@ async fn process(
             })
             .await
         }
-        "Update" | "StreamInput" => ConnectError::new(
+        "Update" => {
+            unary(&headers, &body, |request: UpdateRequest| async move {
+                let size = request
+                    .pty
+                    .as_ref()
+                    .ok_or_else(|| ConnectError::invalid("pty (the new size) is required"))?
+                    .size()?;
+                let action = Action::ResizeTerminal {
+                    sandbox,
+                    process: Selector::parse(request.process)?,
+                    size,
+                };
+                done(action::execute(&state, &caller, action, Delivery::Whole, None).await)
+            })
+            .await
+        }
+        "StreamInput" => ConnectError::new(
             Code::Unimplemented,
             format!("process.Process/{method} is not supported by this gateway"),
         )
@@ -298,12 +355,15 @@ async fn start(
     request: StartRequest,
     headers: &HeaderMap,
 ) -> Response {
-    if request.pty.as_ref().is_some_and(|p| !p.is_null()) {
-        return connect::stream_error(ConnectError::new(
-            Code::Unimplemented,
-            "pseudo-terminals are not supported by this gateway; run the command without pty",
-        ));
-    }
+    let stdin = match &request.pty {
+        Some(pty) => match pty.size() {
+            Ok(size) => Stdin::Terminal(size),
+            Err(e) => return connect::stream_error(e),
+        },
+        None if request.stdin == Some(true) => Stdin::Open,
+        None => Stdin::Closed,
+    };
+    let terminal = matches!(stdin, Stdin::Terminal(_));
     let Some(config) = request.process else {
         return connect::stream_error(ConnectError::invalid("process (cmd, args) is required"));
     };
@@ -322,20 +382,31 @@ async fn start(
         sandbox,
         command,
         tag: request.tag,
-        stdin: request.stdin.unwrap_or(false),
+        stdin,
     };
     match action::execute(state, caller, action, Delivery::Stream, None).await {
-        Ok(Outcome::Process(attached)) => relay(attached.pid, attached.events, keepalive(headers)),
+        Ok(Outcome::Process(attached)) => relay(
+            attached.pid,
+            attached.terminal,
+            attached.events,
+            keepalive(headers),
+        ),
         // An engine that keeps no handle on its commands: the output still streams.
-        Ok(Outcome::Streaming(events)) => relay(0, events, keepalive(headers)),
+        Ok(Outcome::Streaming(events)) => relay(0, terminal, events, keepalive(headers)),
         Ok(_) => connect::stream_error(unexpected()),
         Err(e) => connect::stream_error(e.into()),
     }
 }
 
-/// A process's events as envd's `ProcessEvent` stream: `start`, then `data`, then `end`, with
-/// keep-alives while it is quiet. A caller that goes away detaches; the process runs on.
-fn relay(pid: u32, mut events: mpsc::Receiver<StreamEvent>, keepalive: Duration) -> Response {
+/// A process's events as envd's `ProcessEvent` stream: `start`, then `data` (`pty` for a
+/// terminal's output, else `stdout` and `stderr`), then `end`, with keep-alives while it is
+/// quiet. A caller that goes away detaches; the process runs on.
+fn relay(
+    pid: u32,
+    terminal: bool,
+    mut events: mpsc::Receiver<StreamEvent>,
+    keepalive: Duration,
+) -> Response {
     let (frames, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let event = |e: serde_json::Value| connect::message_frame(&serde_json::json!({"event": e}));
@@ -358,10 +429,13 @@ fn relay(pid: u32, mut events: mpsc::Receiver<StreamEvent>, keepalive: Duration)
                 }
             };
             let (frame, last) = match next {
-                Some(StreamEvent::Stdout { data }) => (
-                    event(serde_json::json!({"data": {"stdout": b64(&data)}})),
-                    None,
-                ),
+                Some(StreamEvent::Stdout { data }) => {
+                    let stream = if terminal { "pty" } else { "stdout" };
+                    (
+                        event(serde_json::json!({"data": {stream: b64(&data)}})),
+                        None,
+                    )
+                }
                 Some(StreamEvent::Stderr { data }) => (
                     event(serde_json::json!({"data": {"stderr": b64(&data)}})),
                     None,

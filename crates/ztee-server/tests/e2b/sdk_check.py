@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from e2b import CommandExitException, NotFoundException, Sandbox as PlainSandbox
+from e2b import CommandExitException, NotFoundException, PtySize, Sandbox as PlainSandbox
 from e2b_code_interpreter import Sandbox
 
 PAN = "4111" + "1111" * 3
@@ -75,6 +75,19 @@ h = sbx.commands.run("sleep 2; echo late", background=True)
 h2 = sbx.commands.connect(h.pid)
 r = h2.wait()
 check("connect", "late" in r.stdout, repr(r.stdout))
+
+# A pseudo-terminal: typed input, its size, a resize.
+term = sbx.pty.create(PtySize(rows=24, cols=80))
+sbx.pty.send_stdin(term.pid, b"echo pty-$((6*7)); stty size\n")
+time.sleep(1)
+check("pty resize", sbx.pty.resize(term.pid, PtySize(rows=30, cols=100)) is None)
+sbx.pty.send_stdin(term.pid, b"stty size; tty; exit\n")
+seen = []
+term.wait(on_pty=lambda data: seen.append(data))
+text = b"".join(seen).decode(errors="replace")
+check("pty output", "pty-42" in text, repr(text))
+check("pty size", "24 80" in text and "30 100" in text, repr(text))
+check("pty is the controlling terminal", "/dev/pts/" in text, repr(text))
 
 # Files.
 info = sbx.files.write("/home/user/notes.txt", "first line\n")

@@ -83,6 +83,7 @@ impl LocalClient {
             timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
             max_output_bytes: spec.max_output_bytes,
             stdin: spec.stdin,
+            pty: spec.pty,
         }))
         .await?;
         match recv_before(&mut conn, reply_deadline(), "start a command").await? {

@@ -316,6 +316,7 @@ async fn serve_exec(
         timeout: request.timeout_ms.map(Duration::from_millis),
         max_output_bytes: request.max_output_bytes,
         stdin: request.stdin,
+        pty: request.pty,
     };
     let mut execution = match sandbox.exec(spec).await {
         Ok(execution) => execution,
@@ -374,6 +375,7 @@ async fn serve_exec(
                 Ok(Some(HostMessage::Stdin { data, .. })) => execution.write_stdin(&data).await?,
                 Ok(Some(HostMessage::CloseStdin { .. })) => execution.close_stdin().await?,
                 Ok(Some(HostMessage::Signal { signal, .. })) => execution.signal(signal).await?,
+                Ok(Some(HostMessage::Resize { size, .. })) => execution.control().resize(size).await?,
                 Ok(Some(_)) => {}
                 // The client went away (e.g. Ctrl-C): stop the command it started.
                 Ok(None) | Err(_) => {
