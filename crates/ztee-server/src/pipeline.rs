@@ -531,6 +531,28 @@ impl Pipeline {
         })
     }
 
+    /// The one record of an admitted action that changed something in a sandbox (a file
+    /// written, input typed, a file operation): success or failure as `done` says, with the
+    /// decision, the keyed digest of the input and what inbound DLP replaced.
+    pub async fn record_admitted(
+        &self,
+        ctx: &ActionContext<'_>,
+        admitted: &Admitted,
+        done: bool,
+    ) -> Result<(), ActionError> {
+        let outcome = if done {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let event = self
+            .event(ctx, outcome)
+            .with_decision(audit::decision_record(&admitted.decision))
+            .with_code(&admitted.input_digest)
+            .with_redactions(&admitted.inbound_redactions);
+        self.record(event).await
+    }
+
     pub fn event(&self, ctx: &ActionContext<'_>, outcome: Outcome) -> AuditEvent {
         let event = audit::event(
             ctx.event_type,

@@ -20,13 +20,13 @@ use ztee_audit::{EventType, Outcome as AuditOutcome};
 
 use super::checks::{check_env, check_guest_path};
 use super::helper::Helper;
-use super::sandbox::{find, live, only_owner_where_secrets, policy_input, secret_names};
+use super::sandbox::{enter, Entered};
 use super::{ActionError, Outcome};
 use crate::audit;
 use crate::auth::Caller;
 use crate::dlp::{merge_counts, RedactionCounts};
-use crate::pipeline::{ActionContext, Outbound, Work};
-use crate::state::{AppState, LiveSandbox};
+use crate::pipeline::{Outbound, Work};
+use crate::state::AppState;
 
 /// The context program's text.
 const PROGRAM: &str = include_str!("guest/interpreter.py");
@@ -184,7 +184,8 @@ pub(super) async fn create_context(
     check_language(language.as_deref())?;
     let cwd = cwd.unwrap_or_else(|| crate::approvals::inputs::GUEST_HOME.to_owned());
     check_guest_path("cwd", &cwd)?;
-    let (_, sandbox, _) = enter(state, caller, id).await?;
+    let Entered { sandbox, .. } =
+        enter(state, caller, id, "sandbox.exec", EventType::SandboxExec).await?;
     let mut map = sandbox.contexts.lock();
     if map.len() >= MAX_CONTEXTS {
         return Err(ActionError::quota_exceeded(
@@ -214,7 +215,8 @@ pub(super) async fn list_contexts(
     caller: &Caller,
     id: &str,
 ) -> Result<Outcome, ActionError> {
-    let (_, sandbox, _) = enter(state, caller, id).await?;
+    let Entered { sandbox, .. } =
+        enter(state, caller, id, "sandbox.exec", EventType::SandboxExec).await?;
     Ok(Outcome::Contexts(sandbox.contexts.list()))
 }
 
@@ -225,7 +227,8 @@ pub(super) async fn remove_context(
     id: &str,
     context: &str,
 ) -> Result<Outcome, ActionError> {
-    let (_, sandbox, _) = enter(state, caller, id).await?;
+    let Entered { sandbox, .. } =
+        enter(state, caller, id, "sandbox.exec", EventType::SandboxExec).await?;
     let removed = sandbox
         .contexts
         .lock()
@@ -244,7 +247,8 @@ pub(super) async fn restart_context(
     id: &str,
     context: &str,
 ) -> Result<Outcome, ActionError> {
-    let (_, sandbox, _) = enter(state, caller, id).await?;
+    let Entered { sandbox, .. } =
+        enter(state, caller, id, "sandbox.exec", EventType::SandboxExec).await?;
     let found = sandbox.contexts.get_or_default(Some(context))?;
     let mut slot = found.helper.lock().await;
     if let Some(helper) = slot.as_mut() {
@@ -252,34 +256,6 @@ pub(super) async fn restart_context(
     }
     *slot = None;
     Ok(Outcome::Done)
-}
-
-async fn enter<'a>(
-    state: &AppState,
-    caller: &'a Caller,
-    id: &str,
-) -> Result<
-    (
-        crate::store::SandboxRecord,
-        Arc<LiveSandbox>,
-        ActionContext<'a>,
-    ),
-    ActionError,
-> {
-    let record = find(state, caller, id).await?;
-    let sandbox = live(state, &record.id)?;
-    let mut policy = policy_input(caller, "sandbox.exec");
-    policy.image = Some(record.image.clone());
-    policy.secrets = secret_names(&sandbox);
-    let ctx = ActionContext {
-        caller,
-        event_type: EventType::SandboxExec,
-        resource: Some(format!("sandbox/{}", record.id)),
-        policy,
-        approval: None,
-    };
-    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
-    Ok((record, sandbox, ctx))
 }
 
 /// Runs code in a context; its events stream as they happen, and the last one
@@ -297,7 +273,11 @@ pub(super) async fn run(
         request.timeout_s,
         state.config.sandbox_defaults.command_timeout_s,
     )?;
-    let (record, sandbox, mut ctx) = enter(state, caller, id).await?;
+    let Entered {
+        record,
+        sandbox,
+        mut ctx,
+    } = enter(state, caller, id, "sandbox.exec", EventType::SandboxExec).await?;
     let context = sandbox
         .contexts
         .get_or_default(request.context.as_deref())?;

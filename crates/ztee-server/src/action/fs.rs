@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use ztee_audit::{EventType, Outcome as AuditOutcome};
+use ztee_audit::EventType;
 
 use super::checks::check_guest_path;
 use super::helper::Helper;
-use super::sandbox::{find, live, only_owner_where_secrets, policy_input, secret_names};
+use super::sandbox::{enter, Entered};
 use super::{ActionError, Outcome};
-use crate::audit;
 use crate::auth::Caller;
-use crate::pipeline::{ActionContext, Work};
+use crate::pipeline::Work;
 use crate::state::{AppState, LiveSandbox};
 
 /// The helper's program text.
@@ -277,23 +276,16 @@ pub(super) async fn run(
             )));
         }
     }
-    let record = find(state, caller, id).await?;
-    let sandbox = live(state, &record.id)?;
-    let mut policy = policy_input(caller, op.name());
-    policy.image = Some(record.image.clone());
-    policy.secrets = secret_names(&sandbox);
-    let mut ctx = ActionContext {
-        caller,
-        event_type: op.event_type(),
-        resource: Some(format!(
-            "sandbox/{}{}",
-            record.id,
-            op.paths().first().copied().unwrap_or("")
-        )),
-        policy,
-        approval: None,
-    };
-    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
+    let Entered {
+        record,
+        sandbox,
+        mut ctx,
+    } = enter(state, caller, id, op.name(), op.event_type()).await?;
+    ctx.resource = Some(format!(
+        "sandbox/{}{}",
+        record.id,
+        op.paths().first().copied().unwrap_or("")
+    ));
     let admitted = state
         .pipeline
         .admit(
@@ -312,16 +304,11 @@ pub(super) async fn run(
             op.request(),
         )
         .await;
-    let outcome = match &answer {
-        Ok(Answer::Ok(_)) => AuditOutcome::Success,
-        _ => AuditOutcome::Failure,
-    };
-    let event = state
+    let done = matches!(answer, Ok(Answer::Ok(_)));
+    state
         .pipeline
-        .event(&ctx, outcome)
-        .with_decision(audit::decision_record(&admitted.decision))
-        .with_code(&admitted.input_digest);
-    state.pipeline.record(event).await?;
+        .record_admitted(&ctx, &admitted, done)
+        .await?;
     let value = match answer? {
         Answer::Ok(value) => value,
         Answer::Error { kind, message } => {

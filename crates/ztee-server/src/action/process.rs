@@ -175,38 +175,11 @@ impl std::fmt::Display for ProcessSelector {
 
 use ztee_audit::{EventType, Outcome as AuditOutcome};
 
-use super::sandbox::{find, live, only_owner_where_secrets, policy_input, secret_names};
+use super::sandbox::{enter, Entered};
 use super::{ActionError, Outcome, Signal};
-use crate::audit;
 use crate::auth::Caller;
-use crate::pipeline::{exec_error, ActionContext, Work};
-use crate::state::{AppState, LiveSandbox};
-use crate::store::SandboxRecord;
-
-/// The sandbox, once the caller may act in it: its record, its running VM and the context of
-/// the action (`action` as the policy names it, recorded as `event_type`).
-async fn enter<'a>(
-    state: &AppState,
-    caller: &'a Caller,
-    id: &str,
-    action: &'static str,
-    event_type: EventType,
-) -> Result<(SandboxRecord, Arc<LiveSandbox>, ActionContext<'a>), ActionError> {
-    let record = find(state, caller, id).await?;
-    let sandbox = live(state, &record.id)?;
-    let mut policy = policy_input(caller, action);
-    policy.image = Some(record.image.clone());
-    policy.secrets = secret_names(&sandbox);
-    let ctx = ActionContext {
-        caller,
-        event_type,
-        resource: Some(format!("sandbox/{}", record.id)),
-        policy,
-        approval: None,
-    };
-    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
-    Ok((record, sandbox, ctx))
-}
+use crate::pipeline::{exec_error, Work};
+use crate::state::AppState;
 
 fn no_process(selector: &ProcessSelector) -> ActionError {
     ActionError::not_found(format!("no running process with {selector}"))
@@ -218,7 +191,7 @@ pub(super) async fn connect(
     id: &str,
     selector: &ProcessSelector,
 ) -> Result<Outcome, ActionError> {
-    let (_, sandbox, _) =
+    let Entered { sandbox, .. } =
         enter(state, caller, id, "process.connect", EventType::SandboxExec).await?;
     sandbox
         .processes
@@ -232,7 +205,8 @@ pub(super) async fn list(
     caller: &Caller,
     id: &str,
 ) -> Result<Outcome, ActionError> {
-    let (_, sandbox, _) = enter(state, caller, id, "process.list", EventType::SandboxExec).await?;
+    let Entered { sandbox, .. } =
+        enter(state, caller, id, "process.list", EventType::SandboxExec).await?;
     Ok(Outcome::Processes(sandbox.processes.list()))
 }
 
@@ -246,8 +220,9 @@ pub(super) async fn send_input(
     selector: &ProcessSelector,
     data: String,
 ) -> Result<Outcome, ActionError> {
-    let (_, sandbox, mut ctx) =
-        enter(state, caller, id, "sandbox.input", EventType::SandboxInput).await?;
+    let Entered {
+        sandbox, mut ctx, ..
+    } = enter(state, caller, id, "sandbox.input", EventType::SandboxInput).await?;
     let (_, control) = sandbox
         .processes
         .control(selector)
@@ -264,18 +239,10 @@ pub(super) async fn send_input(
         .await?;
     let text = admitted.work.stdin.clone().unwrap_or_default();
     let written = control.write_stdin(bytes::Bytes::from(text)).await;
-    let outcome = if written.is_ok() {
-        AuditOutcome::Success
-    } else {
-        AuditOutcome::Failure
-    };
-    let event = state
+    state
         .pipeline
-        .event(&ctx, outcome)
-        .with_decision(audit::decision_record(&admitted.decision))
-        .with_code(&admitted.input_digest)
-        .with_redactions(&admitted.inbound_redactions);
-    state.pipeline.record(event).await?;
+        .record_admitted(&ctx, &admitted, written.is_ok())
+        .await?;
     written.map_err(exec_error)?;
     Ok(Outcome::Done)
 }
@@ -286,7 +253,7 @@ pub(super) async fn close_stdin(
     id: &str,
     selector: &ProcessSelector,
 ) -> Result<Outcome, ActionError> {
-    let (_, sandbox, _) = enter(
+    let Entered { sandbox, .. } = enter(
         state,
         caller,
         id,
@@ -315,7 +282,7 @@ pub(super) async fn resize(
             "a terminal size needs at least one column and one row",
         ));
     }
-    let (_, sandbox, _) =
+    let Entered { sandbox, .. } =
         enter(state, caller, id, "process.resize", EventType::SandboxInput).await?;
     let (_, control) = sandbox
         .processes
@@ -333,7 +300,11 @@ pub(super) async fn signal(
     selector: &ProcessSelector,
     signal: Signal,
 ) -> Result<Outcome, ActionError> {
-    let (record, sandbox, mut ctx) = enter(
+    let Entered {
+        record,
+        sandbox,
+        mut ctx,
+    } = enter(
         state,
         caller,
         id,

@@ -64,11 +64,7 @@ fn visible(caller: &Caller, record: &SandboxRecord) -> bool {
 }
 
 /// The sandbox record if the caller may see it; 404 otherwise.
-pub(super) async fn find(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-) -> Result<SandboxRecord, ActionError> {
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<SandboxRecord, ActionError> {
     let lookup = id.to_owned();
     let record = state
         .store
@@ -82,7 +78,7 @@ pub(super) async fn find(
 
 /// Names of the secrets a sandbox holds (never values), for the policy input of every action
 /// in it.
-pub(super) fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
+fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
     sandbox
         .secrets
         .as_ref()
@@ -92,7 +88,7 @@ pub(super) fn secret_names(sandbox: &LiveSandbox) -> Vec<String> {
 
 /// The owner rule for a sandbox holding secrets (see the module comment): anyone but its owner
 /// is refused, and the refusal is audited as a denial before anything runs.
-pub(super) async fn only_owner_where_secrets(
+async fn only_owner_where_secrets(
     state: &AppState,
     ctx: &ActionContext<'_>,
     record: &SandboxRecord,
@@ -127,7 +123,45 @@ pub(super) async fn only_owner_where_secrets(
     ))
 }
 
-pub(super) fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ActionError> {
+/// A sandbox a caller acts in: its record, its running VM and the action's context.
+pub(super) struct Entered<'a> {
+    pub record: SandboxRecord,
+    pub sandbox: Arc<LiveSandbox>,
+    pub ctx: ActionContext<'a>,
+}
+
+/// Where every action inside a running sandbox starts: the caller sees the sandbox, it runs,
+/// and where it holds secrets the caller is its owner (a refusal is audited). The context names
+/// the sandbox as its resource and carries `action` (with the image and the secret names) as
+/// the policy input, recorded as `event_type`.
+pub(super) async fn enter<'a>(
+    state: &AppState,
+    caller: &'a Caller,
+    id: &str,
+    action: &'static str,
+    event_type: EventType,
+) -> Result<Entered<'a>, ActionError> {
+    let record = find(state, caller, id).await?;
+    let sandbox = live(state, &record.id)?;
+    let mut policy = policy_input(caller, action);
+    policy.image = Some(record.image.clone());
+    policy.secrets = secret_names(&sandbox);
+    let ctx = ActionContext {
+        caller,
+        event_type,
+        resource: Some(format!("sandbox/{}", record.id)),
+        policy,
+        approval: None,
+    };
+    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
+    Ok(Entered {
+        record,
+        sandbox,
+        ctx,
+    })
+}
+
+fn live(state: &AppState, id: &str) -> Result<Arc<LiveSandbox>, ActionError> {
     state
         .sandboxes
         .get(id)
@@ -728,21 +762,14 @@ pub(super) async fn write_file(
             state.config.limits.max_file_bytes,
         ));
     }
-    let record = find(state, caller, id).await?;
-    let sandbox = live(state, &record.id)?;
+    let Entered {
+        record,
+        sandbox,
+        mut ctx,
+    } = enter(state, caller, id, "file.write", EventType::FileWrite).await?;
+    ctx.resource = Some(format!("sandbox/{}{}", record.id, path));
     // A file a held command is bound to is not replaced through the gateway.
     crate::approvals::inputs::ensure_not_held(state, &record.id)?;
-    let mut policy = policy_input(caller, "file.write");
-    policy.image = Some(record.image.clone());
-    policy.secrets = secret_names(&sandbox);
-    let mut ctx = ActionContext {
-        caller,
-        event_type: EventType::FileWrite,
-        resource: Some(format!("sandbox/{}{}", record.id, path)),
-        policy,
-        approval: None,
-    };
-    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
     let work = Work {
         files: vec![(path, content)],
         ..Work::default()
@@ -756,18 +783,10 @@ pub(super) async fn write_file(
         .ok_or_else(|| ActionError::internal("admitted upload lost its file"))?;
     let size = content.len();
     let written = sandbox.handle.write_file(&path, content, 0o644).await;
-    let outcome = if written.is_ok() {
-        AuditOutcome::Success
-    } else {
-        AuditOutcome::Failure
-    };
-    let event = state
+    state
         .pipeline
-        .event(&ctx, outcome)
-        .with_decision(audit::decision_record(&admitted.decision))
-        .with_code(&admitted.input_digest)
-        .with_redactions(&admitted.inbound_redactions);
-    state.pipeline.record(event).await?;
+        .record_admitted(&ctx, &admitted, written.is_ok())
+        .await?;
     written.map_err(exec_error)?;
     Ok(Outcome::Written {
         path,
@@ -786,19 +805,12 @@ pub(super) async fn read_file(
     check_guest_path("path", &path)?;
     // Held until the transfer ends: bounds how many downloads run at once.
     let permit = super::transfer::permit(state, caller)?;
-    let record = find(state, caller, id).await?;
-    let sandbox = live(state, &record.id)?;
-    let mut policy = policy_input(caller, "file.read");
-    policy.image = Some(record.image.clone());
-    policy.secrets = secret_names(&sandbox);
-    let mut ctx = ActionContext {
-        caller,
-        event_type: EventType::FileRead,
-        resource: Some(format!("sandbox/{}{}", record.id, path)),
-        policy,
-        approval: None,
-    };
-    only_owner_where_secrets(state, &ctx, &record, &sandbox).await?;
+    let Entered {
+        record,
+        sandbox,
+        mut ctx,
+    } = enter(state, caller, id, "file.read", EventType::FileRead).await?;
+    ctx.resource = Some(format!("sandbox/{}{}", record.id, path));
     let admitted = state
         .pipeline
         .admit(
