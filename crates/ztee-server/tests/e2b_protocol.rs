@@ -488,3 +488,40 @@ async fn the_control_plane_refuses_bad_requests_clearly() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn code_that_cannot_start_its_context_is_recorded_as_a_failure() {
+    // The engine's test double keeps no handle on its commands, so no context can start: the
+    // run was admitted, then failed, and the trail says both.
+    let (gw, _) = gateway().await;
+    let acme = gw.key("acme", "agent");
+    let sbx = create(&gw, &acme).await;
+    let r = client()
+        .post(format!("{}/execute", gw.url))
+        .header("E2b-Sandbox-Id", &sbx.id)
+        .header("X-Access-Token", &sbx.token)
+        .json(&json!({"code": "6*7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 503, "{body}");
+    let audit = gw
+        .get_json(&gw.admin_key, "/v1/audit?tenant=acme&limit=1000")
+        .await;
+    let failed: Vec<&serde_json::Value> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["event"]["type"] == "sandbox.exec"
+                && e["event"]["outcome"] == "failure"
+                && e["event"]["resource"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("/context/default-python"))
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{audit}");
+    gw.stop().await;
+}

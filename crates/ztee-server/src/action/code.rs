@@ -297,30 +297,17 @@ pub(super) async fn run(
     let started = Instant::now();
     let mut slot = context.helper.clone().lock_owned().await;
     if slot.as_ref().is_none_or(Helper::exited) {
-        // The context's process gets the sandbox's environment and its secrets, like a command.
-        let mut env = sandbox.env.clone();
-        if let Some(secrets) = &sandbox.secrets {
-            env.extend(secrets.env());
-        }
-        let mut helper = Helper::start(
-            sandbox.handle.as_ref(),
-            PROGRAM,
-            &[],
-            env,
-            Some(context.info.cwd.clone()),
-            Duration::from_secs(state.config.limits.max_timeout_s),
-            MAX_EVENT,
-        )
-        .await?;
-        match helper.next_line().await? {
-            Some(line) if line.get("type").and_then(|t| t.as_str()) == Some("ready") => {}
-            _ => {
-                return Err(ActionError::unavailable(
-                    "the code context did not start (does the sandbox's image have python3?)",
-                ))
+        match start_context(state, &sandbox, &context.info).await {
+            Ok(helper) => *slot = Some(helper),
+            Err(e) => {
+                // Admitted, then it could not run: the record says so.
+                state
+                    .pipeline
+                    .record_admitted(&ctx, &admitted, false)
+                    .await?;
+                return Err(e);
             }
         }
-        *slot = Some(helper);
     }
     let code = admitted.work.argv.get(1).cloned().unwrap_or_default();
     let env = admitted.work.env.clone();
@@ -482,6 +469,35 @@ pub(super) async fn run(
         );
     });
     Ok(Outcome::CodeRun(rx))
+}
+
+/// Starts a context's process with the sandbox's environment and its secrets, like a
+/// command, and waits for it to say it is ready.
+async fn start_context(
+    state: &AppState,
+    sandbox: &crate::state::LiveSandbox,
+    context: &ContextInfo,
+) -> Result<Helper, ActionError> {
+    let mut env = sandbox.env.clone();
+    if let Some(secrets) = &sandbox.secrets {
+        env.extend(secrets.env());
+    }
+    let mut helper = Helper::start(
+        sandbox.handle.as_ref(),
+        PROGRAM,
+        &[],
+        env,
+        Some(context.cwd.clone()),
+        Duration::from_secs(state.config.limits.max_timeout_s),
+        MAX_EVENT,
+    )
+    .await?;
+    match helper.next_line().await? {
+        Some(line) if line.get("type").and_then(|t| t.as_str()) == Some("ready") => Ok(helper),
+        _ => Err(ActionError::unavailable(
+            "the code context did not start (does the sandbox's image have python3?)",
+        )),
+    }
 }
 
 fn now_timestamp() -> String {
