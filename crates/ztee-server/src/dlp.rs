@@ -38,6 +38,30 @@ pub fn merge_counts(into: &mut RedactionCounts, from: &RedactionCounts) {
     }
 }
 
+/// `value` with every string in it, object keys included, passed through `mask`: what leaves
+/// from JSON of unknown shape (a sandbox helper's answer, a held request's view) is scanned
+/// whole, never field by field.
+pub fn mask_json_strings(
+    value: serde_json::Value,
+    mask: &mut impl FnMut(&str) -> String,
+) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(s) => serde_json::Value::String(mask(&s)),
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .into_iter()
+                .map(|v| mask_json_strings(v, mask))
+                .collect(),
+        ),
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (mask(&k), mask_json_strings(v, mask)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Text after redaction, with what was replaced.
 pub struct Redacted {
     pub text: String,

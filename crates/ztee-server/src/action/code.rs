@@ -544,7 +544,7 @@ fn mask_event(
                         serde_json::Value::String(s) if OPAQUE_FORMATS.contains(&key.as_str()) => {
                             serde_json::Value::String(s)
                         }
-                        other => mask_value(other, &mut mask),
+                        other => crate::dlp::mask_json_strings(other, &mut mask),
                     };
                     (mask(&key), value)
                 })
@@ -565,23 +565,5 @@ fn mask_event(
             value: "an unexpected event".to_owned(),
             traceback: String::new(),
         },
-    }
-}
-
-fn mask_value(
-    value: serde_json::Value,
-    mask: &mut impl FnMut(&str) -> String,
-) -> serde_json::Value {
-    match value {
-        serde_json::Value::String(s) => serde_json::Value::String(mask(&s)),
-        serde_json::Value::Array(items) => {
-            serde_json::Value::Array(items.into_iter().map(|v| mask_value(v, mask)).collect())
-        }
-        serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (mask(&k), mask_value(v, mask)))
-                .collect(),
-        ),
-        other => other,
     }
 }

@@ -4,8 +4,8 @@
 //! paths, audit); the work is done inside the sandbox, as its user, by the filesystem helper
 //! (`guest/fs.py`, one per sandbox, started on first use).
 //!
-//! What the helper answers is untrusted: it is parsed into typed values, and every string in
-//! it (names, paths, owners, link targets) is masked before it leaves.
+//! What the helper answers is untrusted: every string in it is masked, then it is parsed into
+//! typed values.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,18 +243,6 @@ fn refused(kind: FsErrorKind, message: String) -> ActionError {
     ActionError::new(error_kind, code, message)
 }
 
-/// Every string of an entry, masked as it leaves.
-fn mask(mask: &dyn Fn(&str) -> String, mut entry: Entry) -> Entry {
-    entry.name = mask(&entry.name);
-    entry.path = mask(&entry.path);
-    entry.owner = mask(&entry.owner);
-    entry.group = mask(&entry.group);
-    entry.permissions = mask(&entry.permissions);
-    entry.modified_time = entry.modified_time.as_deref().map(mask);
-    entry.symlink_target = entry.symlink_target.as_deref().map(mask);
-    entry
-}
-
 fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ActionError> {
     serde_json::from_value(value)
         .map_err(|e| ActionError::internal(format!("the filesystem helper answered {e}")))
@@ -319,22 +307,19 @@ pub(super) async fn run(
     };
     let dlp = state.pipeline.dlp.clone();
     let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
-    let masked = move |s: &str| dlp.redact_in(scope.as_ref(), s).text;
+    // Every string of the answer (names, paths, owners, link targets, event names) is masked
+    // before it is parsed: nothing the helper says leaves unscanned, whatever its shape.
+    let value =
+        crate::dlp::mask_json_strings(value, &mut |s| dlp.redact_in(scope.as_ref(), s).text);
     let result = match op {
-        FsOp::Stat { .. } | FsOp::Move { .. } => FsResult::Entry(mask(&masked, parse(value)?)),
+        FsOp::Stat { .. } | FsOp::Move { .. } => FsResult::Entry(parse(value)?),
         FsOp::List { .. } => {
             #[derive(Deserialize)]
             struct Listing {
                 entries: Vec<Entry>,
             }
             let listing: Listing = parse(value)?;
-            FsResult::Entries(
-                listing
-                    .entries
-                    .into_iter()
-                    .map(|e| mask(&masked, e))
-                    .collect(),
-            )
+            FsResult::Entries(listing.entries)
         }
         FsOp::MakeDir { .. } => {
             #[derive(Deserialize)]
@@ -365,16 +350,7 @@ pub(super) async fn run(
                 events: Vec<WatchEvent>,
             }
             let polled: Polled = parse(value)?;
-            FsResult::Events(
-                polled
-                    .events
-                    .into_iter()
-                    .map(|mut e| {
-                        e.name = masked(&e.name);
-                        e
-                    })
-                    .collect(),
-            )
+            FsResult::Events(polled.events)
         }
         FsOp::WatchStop { .. } => FsResult::Unwatched,
     };

@@ -114,7 +114,7 @@ fn env_names(env: &std::collections::BTreeMap<String, String>) -> serde_json::Va
 
 /// The request with every string value passed through DLP redaction and env values withheld.
 pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value {
-    let mut view = match &held.action {
+    let view = match &held.action {
         Action::Run(request) => serde_json::json!({
             "cmd": request.cmd,
             "language": request.language,
@@ -225,17 +225,7 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
         }
         Action::ListSandboxes => serde_json::json!({}),
     };
-    mask(dlp, &mut view);
-    view
-}
-
-fn mask(dlp: &dyn DlpEngine, value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::String(s) => *s = dlp.redact(s).text,
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| mask(dlp, v)),
-        serde_json::Value::Object(map) => map.values_mut().for_each(|v| mask(dlp, v)),
-        _ => {}
-    }
+    crate::dlp::mask_json_strings(view, &mut |s| dlp.redact(s).text)
 }
 
 const TABLE: &str = "
