@@ -48,9 +48,15 @@ struct Guest {
 
 impl Guest {
     fn start(script: &str, cwd: &Path, env: &[(&str, &str)]) -> Guest {
-        let mut child = Command::new(python())
+        let mut command = Command::new(python());
+        command
             .arg("-u")
-            .arg(manifest_dir().join("src/action/guest").join(script))
+            .arg(manifest_dir().join("src/action/guest").join(script));
+        Guest::spawn(command, cwd, env)
+    }
+
+    fn spawn(mut command: Command, cwd: &Path, env: &[(&str, &str)]) -> Guest {
+        let mut child = command
             .current_dir(cwd)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -147,6 +153,19 @@ impl Interpreter {
     fn start() -> Interpreter {
         let cwd = tempfile::tempdir().unwrap();
         let guest = Guest::start("interpreter.py", cwd.path(), &[]);
+        assert_eq!(guest.next(), json!({"type": "ready"}));
+        Interpreter { guest, cwd }
+    }
+
+    /// The JavaScript context, as the host starts it: `node -e <program>`.
+    fn start_javascript() -> Interpreter {
+        let cwd = tempfile::tempdir().unwrap();
+        let program =
+            std::fs::read_to_string(manifest_dir().join("src/action/guest/interpreter.js"))
+                .unwrap();
+        let mut command = Command::new("node");
+        command.arg("-e").arg(program).arg("--");
+        let guest = Guest::spawn(command, cwd.path(), &[]);
         assert_eq!(guest.next(), json!({"type": "ready"}));
         Interpreter { guest, cwd }
     }
@@ -436,6 +455,130 @@ fn matplotlib_figures_are_png_results() {
     assert_png(results(&events)[1]);
 }
 
+#[test]
+fn matplotlib_figures_carry_their_data_as_e2b_charts() {
+    let mut py = Interpreter::start();
+    py.run("import matplotlib.pyplot as plt\nimport numpy as np\nimport datetime");
+    let chart = |py: &mut Interpreter, code: &str| -> Value {
+        let events = py.run(code);
+        assert_eq!(error(&events), None, "{events:#?}");
+        let figures = results(&events);
+        assert_eq!(figures.len(), 1, "{events:#?}");
+        assert_png(figures[0]);
+        figures[0]["chart"].clone()
+    };
+
+    // A line chart: its points, title, axis labels and the units named in them, its ticks.
+    let line = chart(
+        &mut py,
+        "plt.plot([1, 2, 3], [4, 5, 6.5], label='revenue')\nplt.plot([1, 3], [np.nan, 1])\n\
+         plt.title('Sales')\nplt.xlabel('Time (s)')\nplt.ylabel('Price [USD]')\nplt.show()",
+    );
+    assert_eq!(line["type"], "line");
+    assert_eq!(
+        (
+            &line["title"],
+            &line["x_label"],
+            &line["x_unit"],
+            &line["y_unit"]
+        ),
+        (
+            &json!("Sales"),
+            &json!("Time (s)"),
+            &json!("s"),
+            &json!("USD")
+        )
+    );
+    // NaN is not JSON: it is null. matplotlib's own placeholder labels ("_child1") are "".
+    assert_eq!(
+        line["elements"],
+        json!([
+            {"label": "revenue", "points": [[1, 4], [2, 5], [3, 6.5]]},
+            {"label": "", "points": [[1, null], [3, 1]]},
+        ])
+    );
+    assert_eq!(line["x_scale"], "linear");
+    let ticks = line["x_ticks"].as_array().unwrap();
+    let labels = line["x_tick_labels"].as_array().unwrap();
+    assert_eq!(ticks.len(), labels.len());
+    assert!(
+        ticks
+            .iter()
+            .all(|t| (1.0..=3.0).contains(&t.as_f64().unwrap())),
+        "{line}"
+    );
+
+    // Bars: each bar's category, value and series.
+    let bars = chart(
+        &mut py,
+        "plt.bar(['Author A', 'Author B'], [100, 200], label='Books Sold')\n\
+         plt.bar(['Author A', 'Author B'], [10, 20], bottom=[100, 200], label='E-books')\nplt.show()",
+    );
+    assert_eq!(bars["type"], "bar");
+    assert_eq!(
+        bars["elements"],
+        json!([
+            {"label": "Author A", "group": "Books Sold", "value": 100},
+            {"label": "Author B", "group": "Books Sold", "value": 200},
+            {"label": "Author A", "group": "E-books", "value": 10},
+            {"label": "Author B", "group": "E-books", "value": 20},
+        ])
+    );
+
+    // A pie: each wedge's label and angle.
+    let pie = chart(
+        &mut py,
+        "plt.pie([1, 2, 3], labels=['a', 'b', 'c'])\nplt.show()",
+    );
+    assert_eq!(
+        pie["elements"],
+        json!([
+            {"label": "a", "angle": 60, "radius": 1},
+            {"label": "b", "angle": 120, "radius": 1},
+            {"label": "c", "angle": 180, "radius": 1},
+        ])
+    );
+
+    // Scatter, with dates on the x axis as ISO 8601.
+    let scatter = chart(
+        &mut py,
+        "plt.scatter([datetime.date(2024, 1, 1), datetime.date(2024, 1, 3)], [1, 2], label='pts')\nplt.show()",
+    );
+    assert_eq!(scatter["type"], "scatter");
+    assert_eq!(scatter["x_scale"], "datetime");
+    assert_eq!(
+        scatter["elements"][0]["points"],
+        json!([
+            ["2024-01-01T00:00:00+00:00", 1],
+            ["2024-01-03T00:00:00+00:00", 2]
+        ])
+    );
+
+    // Several axes: a superchart of their charts, titled by the figure.
+    let both = chart(
+        &mut py,
+        "fig, (a, b) = plt.subplots(1, 2)\na.plot([1, 2])\nb.pie([1, 1])\nfig.suptitle('Both')\nplt.show()",
+    );
+    assert_eq!(both["type"], "superchart");
+    assert_eq!(both["title"], "Both");
+    let kinds: Vec<&Value> = both["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["type"])
+        .collect();
+    assert_eq!(kinds, [&json!("line"), &json!("pie")]);
+
+    // A plot mixing kinds on one axes is "unknown"; an empty figure has no chart.
+    let mixed = chart(&mut py, "plt.plot([1, 2])\nplt.bar([1], [1])\nplt.show()");
+    assert_eq!(
+        mixed,
+        json!({"type": "unknown", "title": "", "elements": []})
+    );
+    let empty = chart(&mut py, "plt.figure()\nplt.show()");
+    assert_eq!(empty, Value::Null);
+}
+
 fn assert_png(result: &Value) {
     let png = base64::engine::general_purpose::STANDARD
         .decode(result["png"].as_str().expect("png"))
@@ -603,6 +746,115 @@ fn a_warm_round_trip_takes_well_under_20_ms() {
         average < Duration::from_millis(20),
         "warm `6*7` round trip: {average:?} on average over {RUNS} runs"
     );
+}
+
+// ---- interpreter.js ----
+
+#[test]
+fn javascript_state_persists_and_the_completion_value_is_the_result() {
+    let mut js = Interpreter::start_javascript();
+    assert_eq!(value(&js.run("const n = 6 * 7; n")), "42");
+    assert_eq!(value(&js.run("n + 1")), "43");
+    let events = js.run("let y = 1;");
+    assert!(main_result(&events).is_none(), "{events:#?}");
+    assert_eq!(execution_count(&events), Some(3));
+    assert_eq!(value(&js.run("y")), "1");
+    assert_eq!(
+        value(&js.run("({a: [1, {b: 'c'}]})")),
+        "{ a: [ 1, { b: 'c' } ] }"
+    );
+    // A promise is awaited; a cell with a top-level await keeps a single expression's value.
+    assert_eq!(value(&js.run("Promise.resolve(7)")), "7");
+    assert_eq!(
+        value(&js.run("await new Promise((resolve) => setTimeout(() => resolve(n), 10))")),
+        "42"
+    );
+    // require() finds modules from the working directory, as a REPL started there does.
+    std::fs::write(
+        js.cwd.path().join("helper.js"),
+        "module.exports = { twice: (x) => 2 * x }",
+    )
+    .unwrap();
+    assert_eq!(value(&js.run("require('./helper').twice(21)")), "42");
+}
+
+#[test]
+fn javascript_output_comes_before_the_result_and_errors_show_the_cells_frames() {
+    let mut js = Interpreter::start_javascript();
+    let events = js
+        .run("console.log('hi', {a: 1}); console.error('oops'); process.stdout.write('raw\\n'); 5");
+    assert_eq!(output(&events, "stdout"), "hi { a: 1 }\nraw\n");
+    assert_eq!(output(&events, "stderr"), "oops\n");
+    assert_eq!(value(&events), "5");
+
+    let events = js.run("function f() { throw new TypeError('bad') }\nf()");
+    let error = expect_error(&events);
+    assert_eq!(
+        (&error["name"], &error["value"]),
+        (&json!("TypeError"), &json!("bad"))
+    );
+    let traceback = error["traceback"].as_str().unwrap();
+    assert!(traceback.contains("<cell 2>:1"), "{traceback}");
+    assert!(
+        !traceback.contains("[eval]") && !traceback.contains("node:internal"),
+        "{traceback}"
+    );
+    let events = js.run("throw 'a string'");
+    assert_eq!(expect_error(&events)["value"], "a string");
+    let events = js.run("missing + 1");
+    assert_eq!(expect_error(&events)["name"], "ReferenceError");
+    let events = js.run("const = ;");
+    assert_eq!(expect_error(&events)["name"], "SyntaxError");
+    // Text that is not valid UTF-16 is still one valid JSON line.
+    assert_eq!(value(&js.run("'\\ud800x'.length")), "2");
+    assert_eq!(value(&js.run("'\\ud800x'")), "'\\ud800x'");
+    assert_eq!(value(&js.run("6 * 7")), "42");
+}
+
+#[test]
+fn javascript_sigint_interrupts_a_loop_or_an_await_and_the_context_keeps_serving() {
+    let mut js = Interpreter::start_javascript();
+    js.guest.interrupt();
+    assert_eq!(value(&js.run("1")), "1");
+    for code in [
+        "console.log('started'); while (true) {}",
+        "console.log('started'); await new Promise(() => {})",
+    ] {
+        js.guest.send(&json!({ "code": code }).to_string());
+        let started = js.guest.next();
+        assert_eq!(started["text"], "started\n", "{started}");
+        js.guest.interrupt();
+        let mut events = vec![started];
+        while events.last().unwrap()["type"] != "end_of_execution" {
+            events.push(js.guest.next());
+        }
+        check_protocol(&events);
+        assert_eq!(expect_error(&events)["name"], "KeyboardInterrupt");
+    }
+    assert_eq!(value(&js.run("6 * 7")), "42");
+}
+
+#[test]
+fn javascript_env_vars_hold_for_their_request_and_bad_requests_are_answered() {
+    let mut js = Interpreter::start_javascript();
+    let events = js.request(
+        &json!({"code": "process.env.GREETING", "env_vars": {"GREETING": "hi"}}).to_string(),
+    );
+    assert_eq!(value(&events), "'hi'");
+    assert_eq!(value(&js.run("typeof process.env.GREETING")), "'undefined'");
+    for bad in [
+        "{not json",
+        "[1]",
+        r#"{"code": 1}"#,
+        r#"{"code": "1", "env_vars": {"A": 1}}"#,
+        r#"{"code": "1", "env_vars": {"A=B": "x"}}"#,
+    ] {
+        let events = js.request(bad);
+        assert_eq!(expect_error(&events)["name"], "InvalidRequest", "{bad}");
+        assert_eq!(execution_count(&events), None, "{bad}");
+    }
+    assert_eq!(value(&js.run("2")), "2");
+    assert!(js.guest.close().success());
 }
 
 // ---- fs.py ----
@@ -890,6 +1142,13 @@ fn watchers_see_what_happens_below_them() {
     .unwrap();
     std::fs::rename(fs.path("watched/existing"), fs.path("watched/moved")).unwrap();
     std::fs::write(fs.path("watched/moved/after-move"), "w").unwrap();
+    // An upload as the agent writes it: a staging copy renamed into place.
+    std::fs::write(fs.path("watched/.upload.txt.ztee-upload-42"), "u").unwrap();
+    std::fs::rename(
+        fs.path("watched/.upload.txt.ztee-upload-42"),
+        fs.path("watched/upload.txt"),
+    )
+    .unwrap();
 
     let events = |fs: &mut Fs, watcher: &Value| -> Vec<(String, String)> {
         let polled = fs.ok(json!({"op": "watch_poll", "watcher": watcher}));
@@ -916,15 +1175,21 @@ fn watchers_see_what_happens_below_them() {
         ("fresh/deeper/f", "create"),
         ("new.txt", "remove"),
         ("existing", "chmod"),
+        // As envd reports a move: the old name renamed, the new name created.
         ("existing", "rename"),
-        ("moved", "rename"),
+        ("moved", "create"),
         ("moved/after-move", "create"),
+        ("upload.txt", "create"),
     ] {
         assert!(
             seen.contains(&(expected.0.to_owned(), expected.1.to_owned())),
             "{expected:?} not in {seen:?}"
         );
     }
+    assert!(
+        !seen.iter().any(|(name, _)| name.contains("ztee-upload")),
+        "the staging copy of an upload was reported: {seen:?}"
+    );
     let created = seen
         .iter()
         .position(|e| *e == ("new.txt".into(), "create".into()));

@@ -2,9 +2,9 @@
 //! and return rich results (the last expression's value, HTML tables, PNG figures, errors with
 //! tracebacks), as E2B's code interpreter does.
 //!
-//! A context is a long-lived Python process inside the sandbox (`guest/interpreter.py`, as the
-//! sandbox user, with the sandbox's environment and secrets like any command), started on its
-//! first run. Every run is an action: inbound DLP and policy over the code (as `sandbox.exec`,
+//! A context is a long-lived interpreter process inside the sandbox (`guest/interpreter.py` under
+//! the image's python3, or `guest/interpreter.js` under its node; as the sandbox user, with the
+//! sandbox's environment and secrets like any command), started on its first run. Every run is an action: inbound DLP and policy over the code (as `sandbox.exec`,
 //! so the same rules apply as to a command), then the run, then its events masked on the way
 //! out (output as one stream, so a card number split across two prints is still found; every
 //! string of a result and an error; PNG and JPEG images pass unscanned, as files do), then one
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use ztee_audit::{EventType, Outcome as AuditOutcome};
 
 use super::checks::{check_env, check_guest_path};
-use super::helper::Helper;
+use super::helper::{Helper, Program};
 use super::sandbox::{enter, Entered};
 use super::{ActionError, Outcome};
 use crate::audit;
@@ -27,9 +27,6 @@ use crate::auth::Caller;
 use crate::dlp::{merge_counts, RedactionCounts};
 use crate::pipeline::{Outbound, Work};
 use crate::state::AppState;
-
-/// The context program's text.
-const PROGRAM: &str = include_str!("guest/interpreter.py");
 
 /// Largest event a context may print in one line (a PNG figure, base64).
 const MAX_EVENT: usize = 32 * 1024 * 1024;
@@ -40,8 +37,50 @@ pub const MAX_CONTEXTS: usize = 16;
 /// How long an interrupted run has to end before its context is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 
-/// The id of the context a run without one uses.
-pub const DEFAULT_CONTEXT: &str = "default-python";
+/// A language code contexts run, parsed from the names callers give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Python,
+    JavaScript,
+}
+
+impl Language {
+    /// The language a name given by a caller means; `None` (no name) is Python.
+    pub fn parse(name: Option<&str>) -> Result<Self, ActionError> {
+        match name.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("python") | Some("python3") => Ok(Self::Python),
+            Some("js") | Some("javascript") | Some("node") => Ok(Self::JavaScript),
+            Some(_) => Err(ActionError::bad_request(
+                "this language is not served; code contexts run \"python\" or \"js\" \
+                 (JavaScript, where the sandbox's image has node)",
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::JavaScript => "javascript",
+        }
+    }
+
+    /// The id of the context a run in this language without a context uses.
+    pub fn default_context(self) -> &'static str {
+        match self {
+            Self::Python => "default-python",
+            Self::JavaScript => "default-javascript",
+        }
+    }
+
+    /// The context program.
+    fn program(self) -> Program {
+        match self {
+            Self::Python => Program::Python(include_str!("guest/interpreter.py")),
+            Self::JavaScript => Program::Node(include_str!("guest/interpreter.js")),
+        }
+    }
+}
 
 /// A run of code.
 #[derive(Debug, Clone)]
@@ -49,8 +88,9 @@ pub struct RunCode {
     pub code: String,
     /// The context to run in; the default Python context when `None`.
     pub context: Option<String>,
-    /// `python` (the default); no other language is served yet.
-    pub language: Option<String>,
+    /// The language of the context the run starts when it names none; a run that names a
+    /// context runs in that context's language.
+    pub language: Language,
     /// Environment for this run only.
     pub env: BTreeMap<String, String>,
     /// Seconds the run may take; the configured command timeout when `None`.
@@ -61,7 +101,7 @@ pub struct RunCode {
 #[derive(Debug, Clone, Serialize)]
 pub struct ContextInfo {
     pub id: String,
-    pub language: String,
+    pub language: Language,
     pub cwd: String,
 }
 
@@ -134,20 +174,29 @@ impl Contexts {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get_or_default(&self, id: Option<&str>) -> Result<Arc<Context>, ActionError> {
-        let mut map = self.lock();
+    fn get(&self, id: &str) -> Result<Arc<Context>, ActionError> {
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ActionError::not_found(format!("no code context {id:?}")))
+    }
+
+    /// The context `id`, or when `None`, the default context of `language` (made on first use).
+    fn get_or_default(
+        &self,
+        id: Option<&str>,
+        language: Language,
+    ) -> Result<Arc<Context>, ActionError> {
         match id {
-            Some(id) => map
-                .get(id)
-                .cloned()
-                .ok_or_else(|| ActionError::not_found(format!("no code context {id:?}"))),
-            None => Ok(map
-                .entry(DEFAULT_CONTEXT.to_owned())
+            Some(id) => self.get(id),
+            None => Ok(self
+                .lock()
+                .entry(language.default_context().to_owned())
                 .or_insert_with(|| {
                     Arc::new(Context {
                         info: ContextInfo {
-                            id: DEFAULT_CONTEXT.to_owned(),
-                            language: "python".to_owned(),
+                            id: language.default_context().to_owned(),
+                            language,
                             cwd: crate::approvals::inputs::GUEST_HOME.to_owned(),
                         },
                         helper: Default::default(),
@@ -164,24 +213,14 @@ impl Contexts {
     }
 }
 
-fn check_language(language: Option<&str>) -> Result<(), ActionError> {
-    match language {
-        None | Some("python") | Some("python3") => Ok(()),
-        Some(other) => Err(ActionError::bad_request(format!(
-            "language {other:?} is not served; ztee's code contexts run Python"
-        ))),
-    }
-}
-
 /// Creates a context (its process starts on its first run).
 pub(super) async fn create_context(
     state: &Arc<AppState>,
     caller: &Caller,
     id: &str,
-    language: Option<String>,
+    language: Language,
     cwd: Option<String>,
 ) -> Result<Outcome, ActionError> {
-    check_language(language.as_deref())?;
     let cwd = cwd.unwrap_or_else(|| crate::approvals::inputs::GUEST_HOME.to_owned());
     check_guest_path("cwd", &cwd)?;
     let Entered { sandbox, .. } =
@@ -197,7 +236,7 @@ pub(super) async fn create_context(
     let cwd = state.pipeline.dlp.redact(&cwd).text;
     let info = ContextInfo {
         id: uuid::Uuid::new_v4().simple().to_string(),
-        language: "python".to_owned(),
+        language,
         cwd,
     };
     map.insert(
@@ -249,7 +288,7 @@ pub(super) async fn restart_context(
 ) -> Result<Outcome, ActionError> {
     let Entered { sandbox, .. } =
         enter(state, caller, id, "sandbox.exec", EventType::SandboxExec).await?;
-    let found = sandbox.contexts.get_or_default(Some(context))?;
+    let found = sandbox.contexts.get(context)?;
     let mut slot = found.helper.lock().await;
     if let Some(helper) = slot.as_mut() {
         helper.kill().await;
@@ -266,7 +305,6 @@ pub(super) async fn run(
     id: &str,
     request: RunCode,
 ) -> Result<Outcome, ActionError> {
-    check_language(request.language.as_deref())?;
     check_env(&request.env)?;
     let limit = super::checks::timeout(
         state,
@@ -280,15 +318,19 @@ pub(super) async fn run(
     } = enter(state, caller, id, "sandbox.exec", EventType::SandboxExec).await?;
     let context = sandbox
         .contexts
-        .get_or_default(request.context.as_deref())?;
+        .get_or_default(request.context.as_deref(), request.language)?;
     ctx.resource = Some(format!("sandbox/{}/context/{}", record.id, context.info.id));
     // Policy sees the code as a command: an interpreter and its program.
+    let interpreter = match context.info.language {
+        Language::Python => "python",
+        Language::JavaScript => "node",
+    };
     let admitted = state
         .pipeline
         .admit(
             &mut ctx,
             Work {
-                argv: vec!["python".to_owned(), request.code],
+                argv: vec![interpreter.to_owned(), request.code],
                 env: request.env,
                 ..Work::default()
             },
@@ -482,9 +524,10 @@ async fn start_context(
     if let Some(secrets) = &sandbox.secrets {
         env.extend(secrets.env());
     }
+    let program = context.language.program();
     let mut helper = Helper::start(
         sandbox.handle.as_ref(),
-        PROGRAM,
+        program,
         &[],
         env,
         Some(context.cwd.clone()),
@@ -494,9 +537,11 @@ async fn start_context(
     .await?;
     match helper.next_line().await? {
         Some(line) if line.get("type").and_then(|t| t.as_str()) == Some("ready") => Ok(helper),
-        _ => Err(ActionError::unavailable(
-            "the code context did not start (does the sandbox's image have python3?)",
-        )),
+        _ => Err(ActionError::unavailable(format!(
+            "the {} code context did not start (does the sandbox's image have {}?)",
+            context.language.name(),
+            program.command()
+        ))),
     }
 }
 

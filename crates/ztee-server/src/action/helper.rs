@@ -1,6 +1,6 @@
 //! Long-lived helper programs inside a sandbox that speak JSON lines: the filesystem helper and
-//! the code-execution contexts. Each runs as the sandbox user under the image's own `python3`,
-//! started with its program text as an argument (nothing is written into the sandbox that its
+//! the code-execution contexts. Each runs as the sandbox user under the image's own `python3` (or
+//! `node`, for JavaScript contexts), started with its program text as an argument (nothing is written into the sandbox that its
 //! user could swap), and is reached through the engine's process control.
 //!
 //! What a helper prints is untrusted, like anything from inside a sandbox: lines are bounded,
@@ -14,6 +14,32 @@ use bytes::Bytes;
 use crate::error::ActionError;
 use crate::exec::{ExecSpec, OutputEvent, OutputStream, ProcessControl, SandboxHandle};
 
+/// A helper's program: its text and the interpreter of the image that runs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Program {
+    Python(&'static str),
+    Node(&'static str),
+}
+
+impl Program {
+    /// The interpreter's command, as the image must have it.
+    pub(crate) fn command(self) -> &'static str {
+        match self {
+            Self::Python(_) => "python3",
+            Self::Node(_) => "node",
+        }
+    }
+
+    fn argv(self) -> Vec<String> {
+        match self {
+            // -u: lines reach the host as they are printed.
+            Self::Python(text) => vec!["python3".into(), "-u".into(), "-c".into(), text.into()],
+            // Node's writes to a pipe are synchronous on Linux: nothing to unbuffer.
+            Self::Node(text) => vec!["node".into(), "-e".into(), text.into(), "--".into()],
+        }
+    }
+}
+
 /// A helper process and the lines it prints.
 pub(crate) struct Helper {
     control: Arc<dyn ProcessControl>,
@@ -26,22 +52,17 @@ pub(crate) struct Helper {
 }
 
 impl Helper {
-    /// Starts `python3 -u -c <program> <args>` in the sandbox, with its stdin open.
+    /// Starts `program` with `args` in the sandbox, with its stdin open.
     pub(crate) async fn start(
         sandbox: &dyn SandboxHandle,
-        program: &str,
+        program: Program,
         args: &[&str],
         env: std::collections::BTreeMap<String, String>,
         cwd: Option<String>,
         lifetime: Duration,
         max_line: usize,
     ) -> Result<Self, ActionError> {
-        let mut argv = vec![
-            "python3".to_owned(),
-            "-u".to_owned(),
-            "-c".to_owned(),
-            program.to_owned(),
-        ];
+        let mut argv = program.argv();
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let output = sandbox
             .exec(ExecSpec {

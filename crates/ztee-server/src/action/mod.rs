@@ -136,7 +136,7 @@ pub enum Action {
     },
     CreateContext {
         sandbox: String,
-        language: Option<String>,
+        language: code::Language,
         cwd: Option<String>,
     },
     ListContexts {
@@ -283,6 +283,8 @@ pub enum Outcome {
     Context(code::ContextInfo),
     Contexts(Vec<code::ContextInfo>),
     Filesystem(fs::FsResult),
+    /// A streaming watch's changes, masked, as they are seen.
+    Watch(fs::WatchStream),
     /// Done; nothing to show.
     Done,
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{guest_path, E2bError, SandboxCaller};
-use crate::action::code::RunCode;
+use crate::action::code::{Language, RunCode};
 use crate::action::{self, Action, ActionError, Delivery, Outcome};
 use crate::state::AppState;
 
@@ -67,12 +67,13 @@ async fn execute(
     if request.context_id.is_some() && request.language.is_some() {
         return Err(ActionError::bad_request("give context_id or language, not both").into());
     }
+    let language = Language::parse(request.language.as_deref())?;
     let action = Action::RunCode {
         sandbox: access.sandbox,
         run: RunCode {
             code: request.code,
             context: request.context_id,
-            language: request.language,
+            language,
             env: request.env_vars.unwrap_or_default(),
             timeout_s: None,
         },
@@ -103,7 +104,7 @@ async fn create(
     let request: ContextRequest = parse(&body)?;
     let action = Action::CreateContext {
         sandbox: access.sandbox,
-        language: request.language,
+        language: Language::parse(request.language.as_deref())?,
         cwd: request.cwd.as_deref().map(guest_path),
     };
     match action::execute(&state, &access.caller, action, Delivery::Whole, None).await? {

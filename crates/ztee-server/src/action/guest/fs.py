@@ -35,6 +35,7 @@ import functools
 import grp
 import json
 import os
+import re
 import pwd
 import shutil
 import stat
@@ -66,13 +67,18 @@ IN_DELETE = 0x200
 IN_IGNORED = 0x8000
 IN_ONLYDIR = 0x01000000
 IN_ISDIR = 0x40000000
+# As envd reports them (fsnotify's mapping): a name moved away is a rename, a name moved in is
+# created, so a file that appears by rename (as every upload does) is seen created.
 EVENT_TYPES = (
-    (IN_CREATE, "create"),
+    (IN_CREATE | IN_MOVED_TO, "create"),
     (IN_MODIFY | IN_CLOSE_WRITE, "write"),
     (IN_DELETE, "remove"),
-    (IN_MOVED_FROM | IN_MOVED_TO, "rename"),
+    (IN_MOVED_FROM, "rename"),
     (IN_ATTRIB, "chmod"),
 )
+# The agent writes an upload to `.NAME.ztee-upload-PID` beside its target and renames it into
+# place: watchers see the file created under its name, not the staging copy.
+UPLOAD_STAGING = re.compile(r"\..+\.ztee-upload-[0-9]+")
 WATCH_MASK = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 WATCH_MASK |= IN_ATTRIB | IN_ONLYDIR
 # struct inotify_event: int wd; uint32_t mask, cookie, len; char name[len] (NUL-padded).
@@ -372,6 +378,8 @@ class Watcher:
         if directory is None or not name:  # a directory's own events come from its parent too
             return
         path = os.path.join(directory, name)
+        if UPLOAD_STAGING.fullmatch(name) and not mask & IN_ISDIR:
+            return
         for bits, kind in EVENT_TYPES:
             if mask & bits:
                 events.append({"name": _text(path), "type": kind})

@@ -364,10 +364,199 @@ def _is_json(value):
 
 
 def _figure_formats(figure):
-    """A matplotlib figure as a result: its PNG (as notebooks show it) and its repr."""
+    """A matplotlib figure as a result: its PNG (as notebooks show it), its repr, and its data as
+    a `chart` where the figure is one E2B's SDKs model (line, scatter, bar, pie)."""
     png = io.BytesIO()
-    figure.savefig(png, format="png", bbox_inches="tight")
-    return {"text": repr(figure), "png": base64.b64encode(png.getvalue()).decode("ascii")}
+    figure.savefig(png, format="png", bbox_inches="tight")  # also lays out the tick labels
+    formats = {"text": repr(figure), "png": base64.b64encode(png.getvalue()).decode("ascii")}
+    try:
+        chart = _figure_chart(figure)
+    except Exception as exc:  # a figure this code does not understand still has its PNG
+        print(f"chart data not extracted: {exc!r}", file=sys.stderr)
+        chart = None
+    if chart is not None:
+        formats["chart"] = chart
+    return formats
+
+
+def _figure_chart(figure):
+    """The figure's data in the shape of E2B's `Chart`: one axes' chart, or a `superchart` of
+    several; None for a figure with nothing plotted."""
+    charts = [chart for chart in map(_axes_chart, figure.get_axes()) if chart is not None]
+    suptitle = figure._suptitle.get_text() if getattr(figure, "_suptitle", None) else ""
+    if not charts:
+        return None
+    if len(charts) == 1:
+        if not charts[0]["title"]:
+            charts[0]["title"] = suptitle
+        return charts[0]
+    return {"type": "superchart", "title": suptitle, "elements": charts}
+
+
+def _axes_chart(ax):
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import BarContainer
+    from matplotlib.patches import Wedge
+
+    title = ax.get_title()
+    wedges = [patch for patch in ax.patches if isinstance(patch, Wedge)]
+    if wedges:
+        elements = [
+            # Wedge angles are kept in single precision: 7 digits are all they have.
+            {
+                "label": _label(w),
+                "angle": _number(abs(w.theta2 - w.theta1), digits=7),
+                "radius": _number(w.r),
+            }
+            for w in wedges
+        ]
+        return {"type": "pie", "title": title, "elements": elements}
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    lines = [line for line in ax.get_lines() if line.get_visible()]
+    points = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+    if bars and not lines and not points:
+        return {"type": "bar", **_axes_labels(ax), "elements": _bar_elements(ax, bars)}
+    if lines and not points and not bars:
+        kind, series = "line", [(line, line.get_xydata()) for line in lines]
+    elif points and not lines and not bars:
+        kind, series = "scatter", [(c, c.get_offsets()) for c in points]
+    elif lines or points or bars:
+        return {"type": "unknown", "title": title, "elements": []}
+    else:
+        return None
+    x_axis, y_axis = _Axis(ax.xaxis, ax.get_xscale()), _Axis(ax.yaxis, ax.get_yscale())
+    elements = [
+        {
+            "label": _label(artist),
+            "points": [[x_axis.value(x), y_axis.value(y)] for x, y in data],
+        }
+        for artist, data in series
+    ]
+    return {
+        "type": kind,
+        **_axes_labels(ax),
+        **x_axis.ticks("x"),
+        **y_axis.ticks("y"),
+        "elements": elements,
+    }
+
+
+def _axes_labels(ax):
+    x_label, y_label = ax.get_xlabel(), ax.get_ylabel()
+    return {
+        "title": ax.get_title(),
+        "x_label": x_label or None,
+        "y_label": y_label or None,
+        "x_unit": _unit(x_label),
+        "y_unit": _unit(y_label),
+    }
+
+
+def _unit(label):
+    """The unit a label names at its end, as in "Time (s)" or "Price [USD]"."""
+    label = label.strip()
+    for opening, closing in (("(", ")"), ("[", "]")):
+        if label.endswith(closing) and opening in label:
+            unit = label[label.rindex(opening) + 1 : -1].strip()
+            return unit or None
+    return None
+
+
+def _bar_elements(ax, containers):
+    elements = []
+    for container in containers:
+        horizontal = getattr(container, "orientation", "vertical") == "horizontal"
+        axis = ax.yaxis if horizontal else ax.xaxis
+        names = _tick_names(axis)
+        for bar in container.patches:
+            if horizontal:
+                position, value = bar.get_y() + bar.get_height() / 2, bar.get_width()
+            else:
+                position, value = bar.get_x() + bar.get_width() / 2, bar.get_height()
+            label = names.get(round(position, 6)) or _category(axis, position) or _text(position)
+            elements.append({"label": label, "group": _label(container), "value": _number(value)})
+    return elements
+
+
+def _tick_names(axis):
+    """Tick positions (rounded) and their label texts, where a tick has one."""
+    names = {}
+    for location, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels()):
+        if label.get_text():
+            names[round(float(location), 6)] = label.get_text()
+    return names
+
+
+def _category(axis, position):
+    """The category name at `position` on a categorical axis (`plt.bar(["a", "b"], ...)`)."""
+    mapping = getattr(getattr(axis, "units", None), "_mapping", None)
+    if not mapping:
+        return None
+    for name, index in mapping.items():
+        if index == round(position):
+            return str(name)
+    return None
+
+
+class _Axis:
+    """How one axis' values are shown: numbers, dates (ISO 8601) or category names."""
+
+    def __init__(self, axis, scale):
+        self._axis = axis
+        # get_converter() since matplotlib 3.10, the attribute before it (Debian 12 has 3.6).
+        get_converter = getattr(axis, "get_converter", None)
+        converter = get_converter() if callable(get_converter) else getattr(axis, "converter", None)
+        module = type(converter).__module__ if converter is not None else ""
+        if module == "matplotlib.dates":
+            self.scale = "datetime"
+        elif module == "matplotlib.category":
+            self.scale = "categorical"
+        else:
+            self.scale = scale
+
+    def value(self, number, digits=None):
+        if self.scale == "datetime":
+            from matplotlib.dates import num2date
+
+            return num2date(number).isoformat()
+        if self.scale == "categorical":
+            return _category(self._axis, number) or _number(number)
+        return _number(number, digits)
+
+    def ticks(self, name):
+        low, high = sorted(self._axis.get_view_interval())
+        shown = [
+            (float(location), label.get_text())
+            for location, label in zip(self._axis.get_majorticklocs(), self._axis.get_majorticklabels())
+            if low <= location <= high
+        ]
+        return {
+            f"{name}_ticks": [self.value(location, digits=12) for location, _ in shown],
+            f"{name}_tick_labels": [text for _, text in shown],
+            f"{name}_scale": self.scale,
+        }
+
+
+def _label(artist):
+    """An artist's label; matplotlib's own placeholders ("_child0": not in the legend) are ""."""
+    label = artist.get_label()
+    return "" if not isinstance(label, str) or label.startswith("_") else label
+
+
+def _number(value, digits=None):
+    """A plain JSON number: int when whole, None for NaN and infinities (not JSON); rounded to
+    `digits` significant digits where the value is computed (ticks at 1.2000000000000002)."""
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    if digits is not None:
+        value = float(f"{value:.{digits}g}")
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _text(number):
+    value = _number(number)
+    return "" if value is None else str(value)
 
 
 def _error_event(exc):
