@@ -119,7 +119,7 @@ async fn the_official_python_and_javascript_sdks_run_unchanged_against_real_vms(
         .unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(
         js_report["passed"].as_array().unwrap().len(),
-        19,
+        20,
         "{js_report}"
     );
 

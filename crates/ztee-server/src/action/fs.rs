@@ -4,6 +4,10 @@
 //! paths, audit); the work is done inside the sandbox, as its user, by the filesystem helper
 //! (`guest/fs.py`, one per sandbox, started on first use).
 //!
+//! A watch comes in two forms: a watcher the caller polls (`WatchStart`, `WatchPoll`,
+//! `WatchStop`, each an action), and a streaming watch (`Watch`) that is decided and recorded
+//! once, then delivers the changes the gateway polls for until the caller goes away.
+//!
 //! What the helper answers is untrusted: every string in it is masked, then it is parsed into
 //! typed values.
 
@@ -11,10 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use ztee_audit::EventType;
 
 use super::checks::check_guest_path;
-use super::helper::Helper;
+use super::helper::{Helper, Program};
 use super::sandbox::{enter, Entered};
 use super::{ActionError, Outcome};
 use crate::auth::Caller;
@@ -30,17 +35,47 @@ const MAX_ANSWER: usize = 16 * 1024 * 1024;
 /// Deepest listing a caller may ask for.
 pub const MAX_DEPTH: u32 = 16;
 
+/// How often a streaming watch asks the helper for changes.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+
+/// What a streaming watch delivers: changes as they are seen, or the error that ended it.
+pub type WatchStream = mpsc::Receiver<Result<Vec<WatchEvent>, ActionError>>;
+
 /// One operation.
 #[derive(Debug, Clone)]
 pub enum FsOp {
-    Stat { path: String },
-    List { path: String, depth: u32 },
-    MakeDir { path: String },
-    Move { source: String, destination: String },
-    Remove { path: String },
-    WatchStart { path: String, recursive: bool },
-    WatchPoll { watcher: String },
-    WatchStop { watcher: String },
+    Stat {
+        path: String,
+    },
+    List {
+        path: String,
+        depth: u32,
+    },
+    MakeDir {
+        path: String,
+    },
+    Move {
+        source: String,
+        destination: String,
+    },
+    Remove {
+        path: String,
+    },
+    WatchStart {
+        path: String,
+        recursive: bool,
+    },
+    WatchPoll {
+        watcher: String,
+    },
+    WatchStop {
+        watcher: String,
+    },
+    /// A streaming watch: the changes under `path` until the caller stops listening.
+    Watch {
+        path: String,
+        recursive: bool,
+    },
 }
 
 impl FsOp {
@@ -49,9 +84,10 @@ impl FsOp {
         match self {
             FsOp::Stat { .. } => "file.stat",
             FsOp::List { .. } => "file.list",
-            FsOp::WatchStart { .. } | FsOp::WatchPoll { .. } | FsOp::WatchStop { .. } => {
-                "file.watch"
-            }
+            FsOp::WatchStart { .. }
+            | FsOp::WatchPoll { .. }
+            | FsOp::WatchStop { .. }
+            | FsOp::Watch { .. } => "file.watch",
             FsOp::MakeDir { .. } => "file.mkdir",
             FsOp::Move { .. } => "file.move",
             FsOp::Remove { .. } => "file.remove",
@@ -71,7 +107,8 @@ impl FsOp {
             | FsOp::List { path, .. }
             | FsOp::MakeDir { path }
             | FsOp::Remove { path }
-            | FsOp::WatchStart { path, .. } => vec![path],
+            | FsOp::WatchStart { path, .. }
+            | FsOp::Watch { path, .. } => vec![path],
             FsOp::Move {
                 source,
                 destination,
@@ -92,7 +129,7 @@ impl FsOp {
                 destination,
             } => serde_json::json!({"op": "move", "source": source, "destination": destination}),
             FsOp::Remove { path } => serde_json::json!({"op": "remove", "path": path}),
-            FsOp::WatchStart { path, recursive } => {
+            FsOp::WatchStart { path, recursive } | FsOp::Watch { path, recursive } => {
                 serde_json::json!({"op": "watch_start", "path": path, "recursive": recursive})
             }
             FsOp::WatchPoll { watcher } => {
@@ -201,7 +238,7 @@ impl FsHelper {
         if slot.as_ref().is_none_or(Helper::exited) {
             let mut helper = Helper::start(
                 sandbox.handle.as_ref(),
-                PROGRAM,
+                Program::Python(PROGRAM),
                 &[],
                 Default::default(),
                 None,
@@ -332,27 +369,90 @@ pub(super) async fn run(
             }
         }
         FsOp::Remove { .. } => FsResult::Removed,
-        FsOp::WatchStart { .. } => {
-            #[derive(Deserialize)]
-            struct Started {
-                watcher: serde_json::Value,
-            }
-            let started: Started = parse(value)?;
-            let watcher = match started.watcher {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            FsResult::Watcher(watcher)
+        FsOp::WatchStart { .. } => FsResult::Watcher(parse_watcher(value)?),
+        FsOp::Watch { .. } => {
+            let watcher = parse_watcher(value)?;
+            let limit = Duration::from_secs(state.config.limits.max_timeout_s);
+            return Ok(Outcome::Watch(stream_watch(state, sandbox, watcher, limit)));
         }
-        FsOp::WatchPoll { .. } => {
-            #[derive(Deserialize)]
-            struct Polled {
-                events: Vec<WatchEvent>,
-            }
-            let polled: Polled = parse(value)?;
-            FsResult::Events(polled.events)
-        }
+        FsOp::WatchPoll { .. } => FsResult::Events(parse_events(value)?),
         FsOp::WatchStop { .. } => FsResult::Unwatched,
     };
     Ok(Outcome::Filesystem(result))
+}
+
+fn parse_watcher(value: serde_json::Value) -> Result<String, ActionError> {
+    #[derive(Deserialize)]
+    struct Started {
+        watcher: serde_json::Value,
+    }
+    let started: Started = parse(value)?;
+    Ok(match started.watcher {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+fn parse_events(value: serde_json::Value) -> Result<Vec<WatchEvent>, ActionError> {
+    #[derive(Deserialize)]
+    struct Polled {
+        events: Vec<WatchEvent>,
+    }
+    let polled: Polled = parse(value)?;
+    Ok(polled.events)
+}
+
+/// Delivers a started watcher's changes, masked like every answer of the helper, until the
+/// caller drops the stream (the watcher is then stopped) or the helper fails (the error is the
+/// stream's last item). The watch was decided and recorded when it started: its deliveries are
+/// not actions of their own.
+fn stream_watch(
+    state: &Arc<AppState>,
+    sandbox: Arc<LiveSandbox>,
+    watcher: String,
+    limit: Duration,
+) -> WatchStream {
+    let (tx, rx) = mpsc::channel(16);
+    let dlp = state.pipeline.dlp.clone();
+    tokio::spawn(async move {
+        let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
+        let poll = FsOp::WatchPoll {
+            watcher: watcher.clone(),
+        }
+        .request();
+        let mut ticks = tokio::time::interval(WATCH_POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                _ = ticks.tick() => {}
+            }
+            let events = match sandbox.fs.call(&sandbox, limit, poll.clone()).await {
+                Ok(Answer::Ok(value)) => {
+                    parse_events(crate::dlp::mask_json_strings(value, &mut |s| {
+                        dlp.redact_in(scope.as_ref(), s).text
+                    }))
+                }
+                Ok(Answer::Error { kind, message }) => {
+                    Err(refused(kind, dlp.redact_in(scope.as_ref(), &message).text))
+                }
+                Err(e) => Err(e),
+            };
+            match events {
+                Ok(events) if events.is_empty() => {}
+                Ok(events) => {
+                    if tx.send(Ok(events)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        let stop = FsOp::WatchStop { watcher }.request();
+        let _ = sandbox.fs.call(&sandbox, limit, stop).await;
+    });
+    rx
 }

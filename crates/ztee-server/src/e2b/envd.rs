@@ -339,7 +339,7 @@ where
 
 /// The keep-alive interval the caller asked for (`Keepalive-Ping-Interval`, seconds), within
 /// 1 s to 5 min.
-fn keepalive(headers: &HeaderMap) -> Duration {
+pub(super) fn keepalive(headers: &HeaderMap) -> Duration {
     headers
         .get("keepalive-ping-interval")
         .and_then(|v| v.to_str().ok())

@@ -2,17 +2,21 @@
 //! (`action::fs`), its answer in envd's message shapes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
-use super::connect::{Code, ConnectError};
-use super::envd::unary;
+use super::connect::{self, Code, ConnectError};
+use super::envd::{keepalive, unary};
 use super::{guest_path, SandboxCaller};
-use crate::action::fs::{Entry, EntryKind, FsOp, FsResult, WatchEventKind};
+use crate::action::fs::{
+    Entry, EntryKind, FsOp, FsResult, WatchEvent, WatchEventKind, WatchStream,
+};
 use crate::action::{self, Action, Delivery, Outcome};
 use crate::state::AppState;
 
@@ -62,6 +66,70 @@ fn entry_info(entry: &Entry) -> serde_json::Value {
         "symlinkTarget": entry.symlink_target,
         "isSymlink": entry.kind == EntryKind::Symlink,
     })
+}
+
+/// envd's `FilesystemEvent`.
+fn filesystem_event(event: &WatchEvent) -> serde_json::Value {
+    let kind = match event.kind {
+        WatchEventKind::Create => "EVENT_TYPE_CREATE",
+        WatchEventKind::Write => "EVENT_TYPE_WRITE",
+        WatchEventKind::Remove => "EVENT_TYPE_REMOVE",
+        WatchEventKind::Rename => "EVENT_TYPE_RENAME",
+        WatchEventKind::Chmod => "EVENT_TYPE_CHMOD",
+    };
+    serde_json::json!({"name": event.name, "type": kind})
+}
+
+/// A streaming watch as envd's `WatchDirResponse` stream: `start`, then a `filesystem` message
+/// per change, with keep-alives while nothing changes. A caller that goes away ends the watch.
+fn watch_stream(mut changes: WatchStream, keepalive: Duration) -> Response {
+    let (frames, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let message = |m: serde_json::Value| connect::message_frame(&m);
+        if frames
+            .send(message(serde_json::json!({"start": {}})))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                next = changes.recv() => next,
+                _ = tokio::time::sleep(keepalive) => {
+                    if frames.send(message(serde_json::json!({"keepalive": {}}))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(events)) => {
+                    for event in &events {
+                        let frame =
+                            message(serde_json::json!({"filesystem": filesystem_event(event)}));
+                        if frames.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = frames.send(connect::end_frame(Some(&e.into()))).await;
+                    return;
+                }
+                None => {
+                    let _ = frames
+                        .send(connect::end_frame(Some(&ConnectError::new(
+                            Code::Unavailable,
+                            "the watch ended (the sandbox is gone)",
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    connect::stream_response(rx)
 }
 
 fn non_empty(field: &str, value: String) -> Result<String, ConnectError> {
@@ -178,16 +246,7 @@ pub(super) async fn call(
                 .await?
                 {
                     FsResult::Events(events) => Ok(serde_json::json!({
-                        "events": events.iter().map(|e| serde_json::json!({
-                            "name": e.name,
-                            "type": match e.kind {
-                                WatchEventKind::Create => "EVENT_TYPE_CREATE",
-                                WatchEventKind::Write => "EVENT_TYPE_WRITE",
-                                WatchEventKind::Remove => "EVENT_TYPE_REMOVE",
-                                WatchEventKind::Rename => "EVENT_TYPE_RENAME",
-                                WatchEventKind::Chmod => "EVENT_TYPE_CHMOD",
-                            },
-                        })).collect::<Vec<_>>()
+                        "events": events.iter().map(filesystem_event).collect::<Vec<_>>()
                     })),
                     _ => Err(ConnectError::new(Code::Internal, "unexpected answer")),
                 }
@@ -204,12 +263,28 @@ pub(super) async fn call(
             })
             .await
         }
-        "WatchDir" => ConnectError::new(
-            Code::Unimplemented,
-            "filesystem.Filesystem/WatchDir is not supported by this gateway; the sync SDK's \
-             watch_dir (CreateWatcher and GetWatcherEvents) is",
-        )
-        .into_response(),
+        "WatchDir" => {
+            let request: PathRequest = match connect::stream_request(&headers, &body) {
+                Ok(request) => request,
+                Err(e) => return connect::stream_error(e),
+            };
+            let path = match non_empty("path", request.path) {
+                Ok(path) => path,
+                Err(e) => return connect::stream_error(e),
+            };
+            let op = FsOp::Watch {
+                path,
+                recursive: request.recursive,
+            };
+            let action = Action::Filesystem { sandbox, op };
+            match action::execute(&state, &caller, action, Delivery::Stream, None).await {
+                Ok(Outcome::Watch(changes)) => watch_stream(changes, keepalive(&headers)),
+                Ok(_) => {
+                    connect::stream_error(ConnectError::new(Code::Internal, "unexpected answer"))
+                }
+                Err(e) => connect::stream_error(e.into()),
+            }
+        }
         _ => ConnectError::new(
             Code::Unimplemented,
             "no such method of filesystem.Filesystem",

@@ -6,11 +6,12 @@ check asserts; the program prints one JSON line of what it measured and exits 0 
 check passed.
 """
 
+import asyncio
 import json
 import os
 import time
 
-from e2b import CommandExitException, NotFoundException, PtySize, Sandbox as PlainSandbox
+from e2b import AsyncSandbox, CommandExitException, NotFoundException, PtySize, Sandbox as PlainSandbox
 from e2b_code_interpreter import Sandbox
 
 PAN = "4111" + "1111" * 3
@@ -103,6 +104,39 @@ entry = sbx.files.get_info("/home/user/notes.txt")
 check("get_info", entry.size == len("first line\n") and entry.type.value == "file", repr(entry))
 moved = sbx.files.rename("/home/user/notes.txt", "/home/user/data/notes.txt")
 check("rename", moved.path == "/home/user/data/notes.txt", repr(moved))
+
+# watch_dir: the sync SDK polls a watcher; the async SDK reads the WatchDir stream.
+watcher = sbx.files.watch_dir("/home/user/data")
+sbx.files.write("/home/user/data/seen.txt", "x")
+polled = []
+for _ in range(50):
+    polled += watcher.get_new_events()
+    if any(e.name == "seen.txt" and e.type.value == "create" for e in polled):
+        break
+    time.sleep(0.1)
+watcher.stop()
+check("watch_dir (sync, polled)", any(e.name == "seen.txt" for e in polled), repr(polled))
+
+
+async def watch_streamed():
+    async_sbx = await AsyncSandbox.connect(sbx.sandbox_id)
+    streamed = []
+    handle = await async_sbx.files.watch_dir("/home/user/data", on_event=streamed.append)
+    await async_sbx.files.write("/home/user/data/streamed.txt", "y")
+    for _ in range(50):
+        if any(e.name == "streamed.txt" for e in streamed):
+            break
+        await asyncio.sleep(0.1)
+    await handle.stop()
+    return streamed
+
+
+streamed = asyncio.run(watch_streamed())
+check(
+    "watch_dir (async, streamed)",
+    any(e.name == "streamed.txt" and e.type.value == "create" for e in streamed),
+    repr(streamed),
+)
 sbx.files.remove("/home/user/data")
 check("remove", sbx.files.exists("/home/user/data") is False)
 try:

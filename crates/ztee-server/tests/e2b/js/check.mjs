@@ -47,6 +47,23 @@ check('getInfo', info.size === 11, JSON.stringify(info))
 await sbx.files.remove('/home/user/notes.txt')
 check('remove', (await sbx.files.exists('/home/user/notes.txt')) === false)
 
+// watchDir streams the changes (filesystem.Filesystem/WatchDir); a card number in a file name
+// arrives masked.
+const changes = []
+const watch = await sbx.files.watchDir('/home/user/data', (e) => changes.push(e))
+await sbx.files.write('/home/user/data/new.txt', 'x')
+await sbx.commands.run(`touch /home/user/data/card-${PAN.slice(0, 8)}$(echo ${PAN.slice(8)})`)
+for (let i = 0; i < 100 && changes.filter((e) => e.type === 'create').length < 2; i++) {
+  await new Promise((resolve) => setTimeout(resolve, 100))
+}
+await watch.stop()
+const created = changes.filter((e) => e.type === 'create').map((e) => e.name)
+check(
+  'watchDir',
+  created.includes('new.txt') && created.some((n) => n.startsWith('card-') && !n.includes(PAN)),
+  JSON.stringify(changes),
+)
+
 await sbx.runCode('x = 41')
 const ex = await sbx.runCode('x + 1')
 check('runCode keeps state', ex.text === '42', JSON.stringify(ex.results))
