@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ztee_supply::sbom::{self, Catalog, PackageKind};
 use ztee_supply::vuln::db::VulnDb;
-use ztee_supply::vuln::scan::{scan, ScanOptions};
+use ztee_supply::vuln::scan::{scan, ScanOptions, UnscoredPolicy};
 use ztee_supply::Store;
 
 const DEBIAN_RECORDS: usize = 60_000;
@@ -151,6 +151,7 @@ fn main() {
 
     let options = ScanOptions {
         fail_on_cvss: 7.0,
+        unscored: UnscoredPolicy::Block,
         ignore_unfixed: false,
         suppressions: vec![],
         today: ztee_supply::now().date(),

@@ -13,7 +13,7 @@ use ztee_supply::admission::{admit, AdmissionError, Denial, LoadedPolicy};
 use ztee_supply::dsse::{self, PREDICATE_CYCLONEDX, PREDICATE_VULN};
 use ztee_supply::keys::{self, Passphrase};
 use ztee_supply::vuln::db::VulnDb;
-use ztee_supply::vuln::scan::{cosign_vuln_predicate, scan, ScanOptions};
+use ztee_supply::vuln::scan::{cosign_vuln_predicate, scan, ScanOptions, UnscoredPolicy};
 use ztee_supply::{sbom, sign, Reference, Store};
 
 struct Fixture {
@@ -79,6 +79,7 @@ fn vuln_predicate(
         &VulnDb::open(db_dir.path()),
         &ScanOptions {
             fail_on_cvss: 7.0,
+            unscored: UnscoredPolicy::Block,
             ignore_unfixed: false,
             suppressions: vec![],
             today,

@@ -13,7 +13,7 @@ use ztee_supply::build::{build, load_recipe};
 use ztee_supply::dsse::{self, PREDICATE_CYCLONEDX, PREDICATE_VULN};
 use ztee_supply::sbom::{self, PackageKind};
 use ztee_supply::vuln::db::VulnDb;
-use ztee_supply::vuln::scan::{cosign_vuln_predicate, scan, ScanOptions};
+use ztee_supply::vuln::scan::{cosign_vuln_predicate, scan, ScanOptions, UnscoredPolicy};
 use ztee_supply::{sign, Store};
 
 fn cache_dir() -> PathBuf {
@@ -98,6 +98,7 @@ fn builds_the_default_image_and_admits_it() {
         &db,
         &ScanOptions {
             fail_on_cvss: 7.0,
+            unscored: UnscoredPolicy::Block,
             ignore_unfixed: false,
             suppressions: vec![],
             today,

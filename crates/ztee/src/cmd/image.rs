@@ -5,6 +5,7 @@
 //!   ztee image ls
 //!   ztee image sbom python:bookworm --sbom-format spdx-json > python.spdx.json
 //!   ztee image scan python:bookworm --fail-on-cvss 7.0 --vex accepted-risks.yaml
+//!   ztee image scan python:bookworm --unscored warn      # report unscored findings, pass
 //!   ztee image sign python:bookworm --key signing.key
 //!   ztee image attest python:bookworm --key signing.key --type cyclonedx
 //!   ztee image attest python:bookworm --key signing.key --type vuln
@@ -22,7 +23,9 @@ use ztee_supply::dsse::{self, PREDICATE_CYCLONEDX, PREDICATE_SPDX, PREDICATE_VUL
 use ztee_supply::registry::{self, Credentials, RegistryOptions};
 use ztee_supply::sbom::{self, Catalog};
 use ztee_supply::vuln::db::VulnDb;
-use ztee_supply::vuln::scan::{self, ScanOptions, ScanReport, DEFAULT_FAIL_ON_CVSS};
+use ztee_supply::vuln::scan::{
+    self, ScanOptions, ScanReport, UnscoredPolicy, DEFAULT_FAIL_ON_CVSS,
+};
 use ztee_supply::vuln::vex;
 use ztee_supply::{keys, sign, Reference, Store};
 
@@ -146,6 +149,10 @@ pub struct ScanArgs {
     /// Fail when a finding's CVSS v3 base score is at least this.
     #[arg(long, default_value_t = DEFAULT_FAIL_ON_CVSS)]
     fail_on_cvss: f64,
+    /// What a finding that no source gives a CVSS score does: `block` fails the scan (an
+    /// unknown severity is not known to be harmless), `warn` reports it and passes.
+    #[arg(long, default_value = "block")]
+    unscored: UnscoredPolicy,
     /// Leave out findings that have no fixed version yet.
     #[arg(long)]
     ignore_unfixed: bool,
@@ -223,6 +230,7 @@ fn run_scan(
     }
     let options = ScanOptions {
         fail_on_cvss: args.fail_on_cvss,
+        unscored: args.unscored,
         ignore_unfixed: args.ignore_unfixed,
         suppressions,
         today: ztee_supply::now().date(),
@@ -573,6 +581,29 @@ fn print_transfer(format: Format, t: &registry::Transfer) -> anyhow::Result<u8> 
     Ok(0)
 }
 
+/// The Debian tracker's urgency (and no-DSA reason) per CVE still affecting the package.
+fn debian_column(f: &scan::Finding) -> String {
+    if f.debian_tracker.is_empty() {
+        return "-".into();
+    }
+    f.debian_tracker
+        .iter()
+        .map(|n| {
+            let urgency = n.status.urgency.as_deref().unwrap_or("no urgency");
+            match n
+                .status
+                .nodsa_reason
+                .as_deref()
+                .or(n.status.nodsa.as_deref())
+            {
+                Some(nodsa) => format!("{urgency} (no DSA: {nodsa})"),
+                None => urgency.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_scan(format: Format, report: &ScanReport) -> anyhow::Result<()> {
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(report)?);
@@ -581,7 +612,7 @@ fn print_scan(format: Format, report: &ScanReport) -> anyhow::Result<()> {
     output::print_list(
         format,
         &[
-            "ID", "PACKAGE", "VERSION", "FIXED IN", "CVSS", "RATING", "ALIASES",
+            "ID", "PACKAGE", "VERSION", "FIXED IN", "CVSS", "SOURCE", "RATING", "DEBIAN", "ALIASES",
         ],
         &report.findings,
         |f| {
@@ -591,7 +622,12 @@ fn print_scan(format: Format, report: &ScanReport) -> anyhow::Result<()> {
                 f.version.clone(),
                 f.fixed.clone().unwrap_or_else(|| "-".into()),
                 f.cvss_score.map_or("-".into(), |s| format!("{s:.1}")),
+                match &f.score_cve {
+                    Some(cve) => format!("{} ({cve})", f.score_source),
+                    None => f.score_source.to_string(),
+                },
                 f.rating.clone(),
+                debian_column(f),
                 f.aliases.join(" "),
             ]
         },
@@ -615,6 +651,24 @@ fn print_scan(format: Format, report: &ScanReport) -> anyhow::Result<()> {
             s.expires.map_or("?".into(), |d| d.to_string())
         );
     }
+    if report.unscored > 0 {
+        let ids: Vec<&str> = report
+            .findings
+            .iter()
+            .filter(|f| f.cvss_score.is_none())
+            .map(|f| f.id.as_str())
+            .collect();
+        eprintln!(
+            "{}: {} finding(s) have no CVSS score from any source (unscored = {}): {}",
+            match report.unscored_policy {
+                UnscoredPolicy::Block => "error",
+                UnscoredPolicy::Warn => "warning",
+            },
+            report.unscored,
+            report.unscored_policy,
+            ids.join(" ")
+        );
+    }
     eprintln!(
         "{} packages scanned ({} installed by dpkg under another ecosystem), {} findings, {} unscored, highest CVSS {:.1}: {}",
         report.packages_scanned,
@@ -622,7 +676,7 @@ fn print_scan(format: Format, report: &ScanReport) -> anyhow::Result<()> {
         report.findings.len(),
         report.unscored,
         report.max_cvss,
-        if report.passed { "passed".to_string() } else { format!("FAILED (threshold {:.1})", report.fail_on_cvss) }
+        if report.passed { "passed".to_string() } else { format!("FAILED (threshold {:.1}, unscored = {})", report.fail_on_cvss, report.unscored_policy) }
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //!   ztee vulndb update --url http://mirror.internal/osv --ecosystem Debian
 //!   ztee vulndb import Debian-all.zip PyPI-all.zip       # on an air-gapped host
 //!   ztee vulndb import ./advisory-database/vulns/        # a directory of OSV .json/.yaml files
+//!   ztee vulndb import cvelistV5/cves/ debian-tracker.json  # CVE JSON 5 scores, Debian statuses
 //!   ztee vulndb status
 
 use std::path::PathBuf;
@@ -18,8 +19,10 @@ use crate::output;
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Load OSV records from files: `.json` or `.yaml` records, `.zip` archives (osv.dev's
-    /// `<ecosystem>/all.zip`), or directories holding them. Works offline.
+    /// Load records from files: OSV `.json` or `.yaml` records, CVE JSON 5 records (cvelistV5),
+    /// the Debian security tracker's JSON, `.zip` archives of them (osv.dev's
+    /// `<ecosystem>/all.zip`), or directories holding them. All or nothing: a malformed record
+    /// stops the import and nothing is changed. Works offline.
     Import {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -46,6 +49,11 @@ fn print_report(globals: &GlobalArgs, report: &ImportReport) -> anyhow::Result<(
             ("records added", report.records_added.to_string()),
             ("records updated", report.records_updated.to_string()),
             ("records unchanged", report.records_unchanged.to_string()),
+            ("CVE records read", report.cve_records.to_string()),
+            (
+                "Debian tracker entries read",
+                report.tracker_entries.to_string(),
+            ),
             ("files skipped", report.skipped.len().to_string()),
         ],
     )?;
@@ -60,18 +68,9 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
     match command {
         Command::Import { paths } => {
             let spinner = Spinner::new("vulndb import");
-            let mut total = ImportReport::default();
-            for path in &paths {
-                spinner.set(&format!("reading {}", path.display()));
-                let r = db.import(path)?;
-                total.files_read += r.files_read;
-                total.records_added += r.records_added;
-                total.records_updated += r.records_updated;
-                total.records_unchanged += r.records_unchanged;
-                total.skipped.extend(r.skipped);
-            }
+            let report = db.import_all(&paths)?;
             spinner.finish("done");
-            print_report(globals, &total)?;
+            print_report(globals, &report)?;
             Ok(0)
         }
         Command::Update { url, ecosystems } => {
@@ -88,8 +87,13 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
         }
         Command::Status => {
             let meta = db.meta()?;
-            let rows: Vec<(String, usize)> =
+            let mut rows: Vec<(String, usize)> =
                 meta.records.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            rows.push(("CVE records with CVSS".into(), meta.cve_records));
+            rows.push((
+                "Debian tracker packages".into(),
+                meta.debian_tracker_packages,
+            ));
             match globals.format {
                 crate::globals::Format::Json => {
                     println!("{}", serde_json::to_string_pretty(&meta)?)
