@@ -567,6 +567,10 @@ fn cards(b: &[u8], run: &Run, open_end: bool, out: &mut Vec<Candidate>) {
     let mut g = 0;
     while g < groups {
         let start = run.group_starts[g];
+        if run.digits.len() - start < 12 {
+            // No window from here on reaches the shortest PAN.
+            break;
+        }
         let mut best: Option<(f64, usize)> = None;
         let mut last = g;
         // The separator so far; a window that [`card_score`] rejects for its separators is
