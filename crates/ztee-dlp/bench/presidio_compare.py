@@ -13,7 +13,12 @@ Usage (from the repository root):
     ~/.cache/ztee/venv-dlp-bench/bin/python crates/ztee-dlp/bench/presidio_compare.py
 
 Options: --sizes-mb 1,100  --pan-every 50  --presidio-limit-mb N (scan only the first N MB with
-Presidio and report its throughput on that part; ztee always scans everything).
+Presidio and report its throughput on that part; ztee always scans everything)  --no-presidio
+(ztee, grep and stream rows only; no Python packages needed)  --baseline BINARY (another build of
+`corpus_scan`, e.g. main's, run on the same corpus in the same run, for before/after rows).
+
+Every corpus also gets a GNU grep yardstick (`grep -cE` with a 13-19 digit card pattern, best of
+3, whole process) and a stream row: `StreamScanner` redacting all entities in 4 KiB chunks.
 """
 
 import argparse
@@ -94,6 +99,33 @@ def run_ztee(binary, path, entities):
     return result["seconds"], result["findings"], {tuple(s) for s in result["card_spans"]}
 
 
+def run_stream(binary, path):
+    out = subprocess.run([binary, path, "all", "3", "stream"], check=True, capture_output=True,
+                         text=True)
+    result = json.loads(out.stdout)
+    if "card_spans" in result:
+        return None  # a build whose corpus_scan predates the stream mode
+    return result["seconds"], result["findings"]
+
+
+# What a quick grep for card numbers looks like: 13-19 digits, optionally in groups of four.
+GREP_PATTERN = "[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{1,7}"
+
+
+def run_grep(path):
+    """Best of 3 whole-process times of `grep -cE` (C locale, as byte-oriented as grep gets)."""
+    best = float("inf")
+    count = 0
+    env = dict(os.environ, LC_ALL="C")
+    for _ in range(3):
+        start = time.perf_counter()
+        out = subprocess.run(["grep", "-cE", GREP_PATTERN, path], capture_output=True, text=True,
+                             env=env)
+        best = min(best, time.perf_counter() - start)
+        count = int(out.stdout.strip() or 0)
+    return best, count
+
+
 def presidio_recognizers(entities):
     from presidio_analyzer.predefined_recognizers import (
         AbaRoutingRecognizer, CreditCardRecognizer, EmailRecognizer, IbanRecognizer,
@@ -133,6 +165,8 @@ def main():
     ap.add_argument("--sizes-mb", default="1,100")
     ap.add_argument("--pan-every", type=int, default=50)
     ap.add_argument("--presidio-limit-mb", type=float, default=0)
+    ap.add_argument("--no-presidio", action="store_true")
+    ap.add_argument("--baseline", help="another corpus_scan binary to run side by side")
     args = ap.parse_args()
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
     print("building ztee-dlp (release)...", file=sys.stderr)
@@ -147,23 +181,45 @@ def main():
             print(f"generating {size_mb:g} MB corpus...", file=sys.stderr)
             spans = set(generate(path, int(size_mb * 1_000_000), args.pan_every))
             size = os.path.getsize(path)
+            print(f"scanning {size_mb:g} MB: grep...", file=sys.stderr)
+            gs, gf = run_grep(path)
+            g_mbs = size / gs / 1e6
+            rows.append((f"{size_mb:g} MB", "grep -cE", "grep", size, gs, g_mbs, f"{gf} lines",
+                         0, 0, ""))
+            engines = [("ztee", binary)] + ([("ztee (baseline)", args.baseline)] if args.baseline else [])
             for entities in ["CREDIT_CARD", "all"]:
-                print(f"scanning {size_mb:g} MB, {entities}: ztee...", file=sys.stderr)
-                zs, zf, zc = run_ztee(binary, path, entities)
+                ztee_mbs = []
+                for name, path_bin in engines:
+                    print(f"scanning {size_mb:g} MB, {entities}: {name}...", file=sys.stderr)
+                    zs, zf, zc = run_ztee(path_bin, path, entities)
+                    z_mbs = size / zs / 1e6
+                    ztee_mbs.append(z_mbs)
+                    rows.append((f"{size_mb:g} MB", entities, name, size, zs, z_mbs, zf,
+                                 len(zc & spans), len(spans), f"{z_mbs / g_mbs:.2f}x grep"))
+                if args.no_presidio:
+                    continue
                 limit = int(args.presidio_limit_mb * 1_000_000) if args.presidio_limit_mb else 0
                 print(f"scanning {size_mb:g} MB, {entities}: presidio...", file=sys.stderr)
                 ps, pf, pc, pbytes = run_presidio(path, entities, limit)
                 in_part = {s for s in spans if s[1] <= pbytes}
-                z_mbs = size / zs / 1e6
+                z_mbs = ztee_mbs[0]
                 p_mbs = pbytes / ps / 1e6
-                rows.append((f"{size_mb:g} MB", entities, "ztee", size, zs, z_mbs, zf,
-                             len(zc & spans), len(spans), ""))
                 rows.append((f"{size_mb:g} MB", entities, "presidio", pbytes, ps, p_mbs, pf,
-                             len(pc & in_part), len(in_part), f"{z_mbs / p_mbs:.0f}x"))
+                             len(pc & in_part), len(in_part), f"ztee {z_mbs / p_mbs:.0f}x"))
+            for name, path_bin in engines:
+                print(f"streaming {size_mb:g} MB: {name}...", file=sys.stderr)
+                streamed = run_stream(path_bin, path)
+                if streamed is None:
+                    continue
+                ss, sf = streamed
+                s_mbs = size / ss / 1e6
+                rows.append((f"{size_mb:g} MB", "all, stream 4 KiB", name, size, ss, s_mbs, sf,
+                             0, 0, f"{s_mbs / g_mbs:.2f}x grep"))
     header = ("corpus", "entities", "engine", "bytes scanned", "seconds", "MB/s", "findings",
-              "PAN recall", "ztee/presidio")
+              "PAN recall", "ratio")
     table = [header] + [
-        (c, e, eng, f"{b:,}", f"{s:.3f}", f"{m:.1f}", str(f), f"{hit}/{total} ({100 * hit / max(total, 1):.1f}%)", r)
+        (c, e, eng, f"{b:,}", f"{s:.3f}", f"{m:.1f}", str(f),
+         f"{hit}/{total} ({100 * hit / max(total, 1):.1f}%)" if total else "", r)
         for (c, e, eng, b, s, m, f, hit, total, r) in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

@@ -113,48 +113,128 @@ impl Context {
     }
 
     pub fn adjust(&self, text: &str, c: &Candidate) -> f64 {
-        let words = &self.words[c.entity as usize];
-        let before = lower_window(text, c.start.saturating_sub(BEFORE), c.start);
-        if !words.is_empty() {
-            let after = lower_window(text, c.end, c.end + AFTER);
-            if words
-                .iter()
-                .any(|w| contains_word(&before, w, false) || contains_word(&after, w, false))
-            {
-                return (c.score + BOOST).clamp(MIN_WITH_CONTEXT, 1.0);
-            }
+        let b = text.as_bytes();
+        // At 1.0 a supporting word changes nothing (the boost is capped at 1.0): only a card
+        // labelled as something else can move, so most findings at 1.0 (e-mail addresses, keys,
+        // canonically grouped cards) skip the word search.
+        if c.score >= 1.0 && (c.entity != Entity::CreditCard || !contradicted(b, c)) {
+            return c.score;
         }
-        if c.entity == Entity::CreditCard {
-            let near = lower_window(text, c.start.saturating_sub(NEGATIVE_BEFORE), c.start);
-            if CARD_CONTRADICTIONS
-                .iter()
-                .any(|w| contains_word(&near, w, true))
-            {
-                return c.score.min(CONTRADICTED_SCORE);
-            }
+        if self.supported(b, c) {
+            return (c.score + BOOST).clamp(MIN_WITH_CONTEXT, 1.0);
+        }
+        if c.entity == Entity::CreditCard && contradicted(b, c) {
+            return c.score.min(CONTRADICTED_SCORE);
         }
         c.score
     }
+
+    /// A positive context word of the candidate's entity sits before or after it.
+    fn supported(&self, b: &[u8], c: &Candidate) -> bool {
+        let words = &self.words[c.entity as usize];
+        if words.is_empty() {
+            return false;
+        }
+        let mut before = [0u8; BEFORE];
+        let before = lower_window(b, c.start.saturating_sub(BEFORE), c.start, &mut before);
+        let mut after = [0u8; AFTER];
+        let after = lower_window(b, c.end, c.end.saturating_add(AFTER), &mut after);
+        words
+            .iter()
+            .any(|w| contains_word(before, w, false) || contains_word(after, w, false))
+    }
 }
 
-/// ASCII-lowercased bytes of `text[start..end]`, both ends clamped to the text.
-fn lower_window(text: &str, start: usize, end: usize) -> Vec<u8> {
-    let b = text.as_bytes();
-    let end = end.min(b.len());
+/// A card candidate right after a label that says it is something else.
+fn contradicted(b: &[u8], c: &Candidate) -> bool {
+    let mut near = [0u8; NEGATIVE_BEFORE];
+    let near = lower_window(
+        b,
+        c.start.saturating_sub(NEGATIVE_BEFORE),
+        c.start,
+        &mut near,
+    );
+    CARD_CONTRADICTIONS
+        .iter()
+        .any(|w| contains_word(near, w, true))
+}
+
+/// ASCII-lowercased bytes of `b[start..end]`, both ends clamped to the text, in `buf` (the
+/// window is at most `buf.len()` bytes: a candidate's context is copied on the stack, not the
+/// heap).
+fn lower_window<'a>(b: &[u8], start: usize, end: usize, buf: &'a mut [u8]) -> &'a [u8] {
+    let end = end.min(b.len()).min(start.saturating_add(buf.len()));
     let start = start.min(end);
-    b[start..end].iter().map(u8::to_ascii_lowercase).collect()
+    let window = &mut buf[..end - start];
+    for (dst, src) in window.iter_mut().zip(&b[start..end]) {
+        *dst = src.to_ascii_lowercase();
+    }
+    window
 }
 
 /// `word` occurs in `hay` starting at a word boundary (and, if `whole`, ending at one: "ref"
 /// must not match "refund"; "card" may match "cards").
 fn contains_word(hay: &[u8], word: &str, whole: bool) -> bool {
     let w = word.as_bytes();
-    memchr::memmem::find_iter(hay, w).any(|i| {
+    let Some(&first) = w.first() else {
+        return false;
+    };
+    // Windows are at most 64 bytes: a search for the first byte beats building a searcher.
+    memchr::memchr_iter(first, hay).any(|i| {
         let starts = i == 0 || !hay[i - 1].is_ascii_alphabetic();
         let ends = !whole
             || hay
                 .get(i + w.len())
                 .is_none_or(|c| !c.is_ascii_alphabetic());
-        starts && ends
+        starts && ends && hay[i..].starts_with(w)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::RuleId;
+
+    fn card(text: &str, pan: &str, score: f64) -> f64 {
+        let start = text.find(pan).unwrap_or(0);
+        let c = Candidate {
+            entity: Entity::CreditCard,
+            start,
+            end: start + pan.len(),
+            score,
+            rule: RuleId::Static("credit_card.luhn"),
+        };
+        Context::new(&BTreeMap::new()).adjust(text, &c)
+    }
+
+    #[test]
+    fn a_card_at_full_score_falls_only_when_labelled_otherwise_and_unsupported() {
+        let pan = "4111111111111111";
+        assert_eq!(card(&format!("x {pan}"), pan, 1.0), 1.0);
+        assert_eq!(card(&format!("order #{pan}"), pan, 1.0), CONTRADICTED_SCORE);
+        assert_eq!(card(&format!("card order #{pan}"), pan, 1.0), 1.0);
+        assert_eq!(card(&format!("ORDER {pan} visa"), pan, 1.0), 1.0);
+        assert_eq!(card(&format!("refund {pan}"), pan, 1.0), 1.0);
+        assert_eq!(card(&format!("ordered: {pan}"), pan, 0.6), 0.6);
+        assert_eq!(
+            card(&format!("é order {pan}"), pan, 0.6),
+            CONTRADICTED_SCORE
+        );
+        assert_eq!(
+            card(&format!("{}pan {pan}", "é".repeat(40)), pan, 0.6),
+            0.95
+        );
+    }
+
+    #[test]
+    fn windows_stop_at_the_text_ends_and_at_their_size() {
+        let mut buf = [0u8; 8];
+        assert_eq!(lower_window(b"ABCdef", 2, 100, &mut buf), b"cdef");
+        assert_eq!(lower_window(b"ABCDEFGHIJKL", 0, 12, &mut buf), b"abcdefgh");
+        assert_eq!(lower_window(b"AB", 5, 9, &mut buf), b"");
+        assert!(contains_word(b"x card", "card", true));
+        assert!(!contains_word(b"xcard", "card", false));
+        assert!(!contains_word(b"cardx", "card", true));
+        assert!(!contains_word(b"car", "card", false));
+    }
 }

@@ -22,6 +22,7 @@ mod fail_closed;
 mod finding;
 pub mod json;
 mod operators;
+mod prefilter;
 mod scanner;
 mod stream;
 mod tokens;

@@ -37,9 +37,11 @@ pub struct StreamScanner {
     operators: Operators,
     tokens: TokenMap,
     hold: usize,
-    /// Released text kept as context (unredacted, never released again).
-    lookbehind: String,
-    pending: String,
+    /// Released text kept as context (unredacted, never released again), `buf[..base]`, then
+    /// the text not released yet. One buffer, so a chunk is copied once on its way in and the
+    /// scan reads it in place.
+    buf: String,
+    base: usize,
     /// Bytes of an incomplete UTF-8 sequence at the end of the last byte chunk.
     utf8: Utf8Stream,
     /// A private key block was cut while open: redact until its END line.
@@ -73,8 +75,8 @@ impl StreamScanner {
             operators,
             tokens,
             hold,
-            lookbehind: String::new(),
-            pending: String::new(),
+            buf: String::new(),
+            base: 0,
             utf8: Utf8Stream::default(),
             in_key_block: false,
             next_process: 0,
@@ -84,20 +86,20 @@ impl StreamScanner {
 
     /// Adds a text chunk; returns the redacted output that is ready (possibly empty).
     pub fn feed(&mut self, chunk: &str) -> Result<String, DlpError> {
-        self.pending.push_str(chunk);
+        self.buf.push_str(chunk);
         self.process(false)
     }
 
     /// Adds raw bytes (process output): UTF-8 split across chunks is reassembled; invalid bytes
     /// become U+FFFD.
     pub fn feed_bytes(&mut self, chunk: &[u8]) -> Result<String, DlpError> {
-        self.utf8.push(chunk, &mut self.pending);
+        self.utf8.push(chunk, &mut self.buf);
         self.process(false)
     }
 
     /// Releases everything still held, redacted. The scanner can be fed again afterwards.
     pub fn finish(&mut self) -> Result<String, DlpError> {
-        self.utf8.finish(&mut self.pending);
+        self.utf8.finish(&mut self.buf);
         self.process(true)
     }
 
@@ -112,15 +114,15 @@ impl StreamScanner {
     }
 
     fn process(&mut self, final_: bool) -> Result<String, DlpError> {
-        if !final_ && self.pending.len() < (self.hold + MIN_EMIT).max(self.next_process) {
+        let base = self.base;
+        let pending = self.buf.len() - base;
+        if !final_ && pending < (self.hold + MIN_EMIT).max(self.next_process) {
             return Ok(String::new());
         }
-        let base = self.lookbehind.len();
-        let mut text = std::mem::take(&mut self.lookbehind);
-        text.push_str(&self.pending);
+        let text = self.buf.as_str();
         let mut findings = match &self.exact {
-            Some(exact) => self.scanner.scan_scoped(&text, exact),
-            None => self.scanner.scan(&text),
+            Some(exact) => self.scanner.scan_scoped(text, exact),
+            None => self.scanner.scan(text),
         };
 
         let mut key_block_until = None;
@@ -150,7 +152,7 @@ impl StreamScanner {
         let mut cut = if final_ {
             text.len()
         } else {
-            floor_char_boundary(&text, text.len() - self.hold)
+            floor_char_boundary(text, text.len() - self.hold)
         };
         if !final_ {
             // Never release part of a finding that may still grow.
@@ -160,17 +162,16 @@ impl StreamScanner {
                 }
             }
             if key_block_until.is_some_and(|end| end > cut) {
-                cut = floor_char_boundary(&text, text.len() - self.hold);
+                cut = floor_char_boundary(text, text.len() - self.hold);
             }
-            if cut <= base && self.pending.len() > MAX_PENDING {
+            if cut <= base && pending > MAX_PENDING {
                 // A finding (an open key block) has held back too much: release up to the
                 // hold, redacting the cut finding's released part.
-                cut = floor_char_boundary(&text, text.len() - self.hold);
+                cut = floor_char_boundary(text, text.len() - self.hold);
             }
         }
         if cut <= base {
-            self.lookbehind = text[..base].to_string();
-            self.next_process = (self.pending.len() * 2).min(MAX_PENDING + 1);
+            self.next_process = (pending * 2).min(MAX_PENDING + 1);
             return Ok(String::new());
         }
         self.next_process = 0;
@@ -198,9 +199,9 @@ impl StreamScanner {
         for (entity, n) in out.counts {
             *self.counts.entry(entity).or_insert(0) += n;
         }
-        let keep_from = floor_char_boundary(&text, cut.saturating_sub(self.hold));
-        self.lookbehind = text[keep_from..cut].to_string();
-        self.pending = text[cut..].to_string();
+        let keep_from = floor_char_boundary(text, cut.saturating_sub(self.hold));
+        self.buf.drain(..keep_from);
+        self.base = cut - keep_from;
         Ok(out.text)
     }
 }
@@ -211,4 +212,49 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::anonymize;
+    use crate::scanner::ScannerConfig;
+
+    /// Log text fed in 4 KiB byte chunks (the size a process pipe delivers) comes out exactly as
+    /// the whole text redacted at once, with card numbers and multi-byte characters cut by the
+    /// chunk edges and kept across the buffer's drains.
+    #[test]
+    fn chunked_output_equals_whole_text_redaction() {
+        let scanner =
+            Arc::new(Scanner::new(ScannerConfig::default()).unwrap_or_else(|e| panic!("{e}")));
+        let mut text = String::new();
+        for i in 0..400 {
+            text.push_str(&format!(
+                "2024-03-15T12:30:{:02}Z ü ip=10.0.{}.1 ",
+                i % 60,
+                i % 256
+            ));
+            match i % 7 {
+                0 => text.push_str("card=4111 1111 1111 1111"),
+                3 => text.push_str("card=4111111111111111110 é"),
+                5 => text.push_str("pan \u{ff14}\u{ff11}\u{ff11}\u{ff11}-1111-1111-1111"),
+                _ => {}
+            }
+            text.push('\n');
+        }
+        let ops = Operators::default();
+        let whole = anonymize(&text, &scanner.scan(&text), &ops)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text;
+        for chunk in [4096, 4093, 61] {
+            let mut stream = StreamScanner::new(Arc::clone(&scanner), ops.clone());
+            let mut out = String::new();
+            for part in text.as_bytes().chunks(chunk) {
+                out.push_str(&stream.feed_bytes(part).unwrap_or_else(|e| panic!("{e}")));
+            }
+            out.push_str(&stream.finish().unwrap_or_else(|e| panic!("{e}")));
+            assert_eq!(out, whole, "chunks of {chunk}");
+            assert!(!out.contains("4111"), "chunks of {chunk}");
+        }
+    }
 }

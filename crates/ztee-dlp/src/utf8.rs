@@ -11,9 +11,18 @@ pub struct Utf8Stream {
 impl Utf8Stream {
     /// Appends the text of `chunk` (with any character it completes) to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut String) {
+        if self.partial.is_empty() {
+            // The usual case: no character waits for its end, so decode the chunk in place.
+            self.decode(chunk, out);
+            return;
+        }
         let mut bytes = std::mem::take(&mut self.partial);
         bytes.extend_from_slice(chunk);
-        let mut rest = bytes.as_slice();
+        self.decode(&bytes, out);
+    }
+
+    fn decode(&mut self, bytes: &[u8], out: &mut String) {
+        let mut rest = bytes;
         loop {
             match std::str::from_utf8(rest) {
                 Ok(text) => {

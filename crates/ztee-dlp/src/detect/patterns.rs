@@ -14,6 +14,7 @@ use crate::finding::{Candidate, RuleId};
 
 use super::card::{luhn_valid, CardBrand};
 use super::iban;
+use crate::prefilter::b64_runs;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -298,19 +299,14 @@ impl Patterns {
     }
 
     /// Base64 blobs (24+ characters from the standard alphabet, starting at a word boundary,
-    /// optional `=` padding), decoded, with their byte spans. A table-driven pass, so it costs
-    /// little when only digit entities are wanted.
+    /// optional `=` padding), decoded, with their byte spans. Runs of the alphabet too short to
+    /// be a blob (nearly every word) are skipped a block at a time.
     pub fn base64_blobs(&self, text: &str, mut on_blob: impl FnMut(usize, usize, &[u8])) {
         const MIN_BLOB: usize = 24;
         let b = text.as_bytes();
         let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
-        let mut i = 0;
-        while i < b.len() {
-            if !is_b64(b[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
+        b64_runs(b, MIN_BLOB, |start| {
+            let mut i = start;
             while i < b.len() && is_b64(b[i]) {
                 i += 1;
             }
@@ -321,13 +317,12 @@ impl Patterns {
             let word_start =
                 start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
             let body = i - start;
-            if word_start && body >= MIN_BLOB && body % 4 != 1 {
+            if word_start && body % 4 != 1 {
                 if let Ok(decoded) = self.base64.decode(&b[start..i]) {
                     on_blob(start, end, &decoded);
                 }
             }
-            i = end.max(i);
-        }
+        });
     }
 }
 
