@@ -28,14 +28,21 @@ def check(name, condition, detail=""):
     report.setdefault("passed", []).append(name)
 
 
+def run(code, **kwargs):
+    # Generous bounds: this runs under a software CPU, where a first pandas import takes tens of
+    # seconds and more when the machine is busy.
+    return sbx.run_code(code, timeout=240, request_timeout=240, **kwargs)
+
+
 def timed(label, code, **kwargs):
     started = time.monotonic()
-    execution = sbx.run_code(code, timeout=240, **kwargs)
+    execution = run(code, **kwargs)
     report.setdefault("seconds", {})[label] = round(time.monotonic() - started, 2)
     return execution
 
 
-sbx = Sandbox.create(timeout=600)
+# The first create of an image builds its root file system (hundreds of MB): allow minutes.
+sbx = Sandbox.create(timeout=600, request_timeout=480)
 report["sandbox"] = sbx.sandbox_id
 
 # A DataFrame: HTML and text, a card number in a cell masked in both.
@@ -55,7 +62,7 @@ check(
 )
 
 # State lives across runs.
-ex = sbx.run_code("df['amount'].sum()")
+ex = run("df['amount'].sum()")
 check("state across runs", ex.text == "37.5", ex.text)
 
 # A line chart: a PNG and its data.
@@ -83,7 +90,7 @@ check(
 )
 
 # A bar chart and a pie chart, and two charts in one figure.
-ex = sbx.run_code(
+ex = run(
     "plt.bar(['Author A', 'Author B'], [100, 200], label='Books Sold')\nplt.title('Books')\nplt.show()"
 )
 chart = ex.results[0].chart if ex.results else None
@@ -94,14 +101,14 @@ check(
     == [("Author A", 100, "Books Sold"), ("Author B", 200, "Books Sold")],
     chart and chart.to_dict(),
 )
-ex = sbx.run_code("plt.pie([1, 2, 3], labels=['a', 'b', 'c'])\nplt.show()")
+ex = run("plt.pie([1, 2, 3], labels=['a', 'b', 'c'])\nplt.show()")
 chart = ex.results[0].chart if ex.results else None
 check(
     "pie chart data",
     isinstance(chart, PieChart) and [(p.label, p.angle) for p in chart.elements] == [("a", 60), ("b", 120), ("c", 180)],
     chart and chart.to_dict(),
 )
-ex = sbx.run_code(
+ex = run(
     "fig, (left, right) = plt.subplots(1, 2)\nleft.plot([1, 2], [3, 4])\nright.bar(['x', 'y'], [1, 2])\n"
     "fig.suptitle('Both')\nplt.show()"
 )
@@ -115,31 +122,31 @@ check(
 )
 
 # An exception, with its traceback.
-ex = sbx.run_code("1 / 0")
+ex = run("1 / 0")
 check("error", ex.error is not None and ex.error.name == "ZeroDivisionError", ex.error)
 
 # JavaScript, where the image has node: its own context, state kept, output masked.
 ex = timed("first JavaScript run", "const n = 6 * 7; n", language="js")
 check("JavaScript result", ex.error is None and ex.text == "42", (ex.error, ex.text))
-ex = sbx.run_code("n + 1", language="js")
+ex = run("n + 1", language="js")
 check("JavaScript state across runs", ex.text == "43", (ex.error, ex.text))
-ex = sbx.run_code(f"console.log('card', {PAN_EXPR_JS}); 'done'", language="js")
+ex = run(f"console.log('card', {PAN_EXPR_JS}); 'done'", language="js")
 stdout = "".join(ex.logs.stdout)
 check("JavaScript output masked", PAN not in stdout and "card" in stdout and "1111" in stdout, stdout)
-ex = sbx.run_code("missing + 1", language="js")
+ex = run("missing + 1", language="js")
 check(
     "JavaScript error",
     ex.error is not None and ex.error.name == "ReferenceError" and "missing" in ex.error.value,
     ex.error,
 )
-context = sbx.create_code_context(language="js")
-ex = sbx.run_code("typeof n", context=context)
+context = sbx.create_code_context(language="js", request_timeout=240)
+ex = run("typeof n", context=context)
 check(
     "a new JavaScript context starts empty",
     context.language == "javascript" and ex.text == "'undefined'",
     (context.language, ex.text),
 )
-ex = sbx.run_code("df.shape")
+ex = run("df.shape")
 check("the Python context is untouched", ex.text == "(2, 2)", ex.text)
 
 sbx.kill()
