@@ -326,10 +326,18 @@ async fn load() {
         String::new(),
         String::new(),
     ]);
-    for clients in LEVELS {
+    // ZTEE_BENCH_LEVELS=64 ZTEE_BENCH_SECS=2 narrows the run (for a profiler).
+    let levels: Vec<usize> = match std::env::var("ZTEE_BENCH_LEVELS") {
+        Ok(v) => v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+        Err(_) => LEVELS.to_vec(),
+    };
+    let secs: f64 = std::env::var("ZTEE_BENCH_SECS")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(LEVEL_SECS);
+    for clients in levels {
         // Warm-up: connections opened, caches and the writer thread warm.
-        load_level(&url, &key, &body, clients, LEVEL_SECS / 4.0).await;
-        let (s, rate) = load_level(&url, &key, &body, clients, LEVEL_SECS).await;
+        load_level(&url, &key, &body, clients, secs / 4.0).await;
+        let (s, rate) = load_level(&url, &key, &body, clients, secs).await;
         let p99 = s.pct(0.99);
         let over50 = s.pct(0.5).as_secs_f64() - f50.as_secs_f64();
         let over = p99.as_secs_f64() - f50.as_secs_f64();
