@@ -8,6 +8,10 @@
 //! and a durable audit append, over real HTTP on loopback. `GET /healthz` is measured in the
 //! same run, interleaved, as the HTTP baseline. Part 2 runs `POST /v1/run` on real microVMs,
 //! from a warm pool and from a cold boot, side by side.
+//!
+//! Part 1 also runs a load generator: `POST /v1/run` from 1, 8, 64 and 256 concurrent keep-alive
+//! clients, with the disk's raw fsync latency (200 bytes + fdatasync in the audit directory)
+//! measured in the same run as the floor every audited request pays at least once.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -135,15 +139,22 @@ fn body_4k() -> serde_json::Value {
     serde_json::json!({"cmd": ["python3", "-c", code]})
 }
 
-async fn overhead() {
-    let dir = tempfile::tempdir().unwrap();
+fn unlimited_config() -> ServerConfig {
     let mut config = ServerConfig::default();
     config.quotas.requests_per_second = 1e9;
     config.quotas.burst = u32::MAX;
     // One loopback address sends everything: lift the per-source limit too.
     config.quotas.source_requests_per_second = 1e9;
     config.quotas.source_burst = u32::MAX;
-    let (url, key) = start(dir.path(), Arc::new(Instant0), config).await;
+    // Up to 256 runs of one tenant are in flight at once under load.
+    config.quotas.max_sandboxes_per_tenant = u32::MAX;
+    config.quotas.max_memory_mib_per_tenant = u64::MAX;
+    config
+}
+
+async fn overhead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, key) = start(dir.path(), Arc::new(Instant0), unlimited_config()).await;
     let client = reqwest::Client::new();
     let body = body_4k();
     let (mut health, mut run) = (Vec::new(), Vec::new());
@@ -203,6 +214,149 @@ async fn overhead() {
         String::new(),
     ]);
     println!("{table}");
+}
+
+const LEVELS: [usize; 4] = [1, 8, 64, 256];
+/// Measured time per concurrency level, after a warm-up of a quarter of it.
+const LEVEL_SECS: f64 = 4.0;
+const FSYNC_ROUNDS: usize = 1000;
+
+/// The disk's floor: 200 bytes appended and fdatasync'd, on a file in the audit directory.
+fn fsync_floor(dir: &std::path::Path) -> Samples {
+    use std::io::Write;
+    let path = dir.join("fsync-floor.bench");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let line = [b'x'; 200];
+    let mut v = Vec::with_capacity(FSYNC_ROUNDS);
+    for i in 0..WARMUP + FSYNC_ROUNDS {
+        let t = Instant::now();
+        f.write_all(&line).unwrap();
+        f.sync_data().unwrap();
+        if i >= WARMUP {
+            v.push(t.elapsed());
+        }
+    }
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    Samples(v)
+}
+
+/// `clients` keep-alive clients each sending `POST /v1/run` back to back for `secs`.
+async fn load_level(
+    url: &str,
+    key: &str,
+    body: &Arc<Vec<u8>>,
+    clients: usize,
+    secs: f64,
+) -> (Samples, f64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (client, url, key, body) = (
+            client.clone(),
+            format!("{url}/v1/run"),
+            key.to_owned(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut v = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.as_ref().clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+                r.bytes().await.unwrap();
+                v.push(t.elapsed());
+            }
+            v
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let rate = all.len() as f64 / elapsed;
+    (Samples(all), rate)
+}
+
+async fn load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, key) = start(dir.path(), Arc::new(Instant0), unlimited_config()).await;
+    let body = Arc::new(serde_json::to_vec(&body_4k()).unwrap());
+    let audit_dir = dir.path().join("audit");
+    assert!(
+        audit_dir.is_dir(),
+        "no audit directory in {}",
+        dir.path().display()
+    );
+    let floor = tokio::task::block_in_place(|| fsync_floor(&audit_dir));
+    let (f50, f99) = (floor.pct(0.5), floor.pct(0.99));
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "POST /v1/run under load (VM excluded)",
+        "n",
+        "p50 ms",
+        "p99 ms",
+        "req/s",
+        "p50 - fsync p50 ms",
+        "p99 - fsync p50 ms",
+    ]);
+    table.add_row(vec![
+        "raw fsync, 200 B + fdatasync (floor)".into(),
+        FSYNC_ROUNDS.to_string(),
+        ms(f50),
+        ms(f99),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
+    // ZTEE_BENCH_LEVELS=64 ZTEE_BENCH_SECS=2 narrows the run (for a profiler).
+    let levels: Vec<usize> = match std::env::var("ZTEE_BENCH_LEVELS") {
+        Ok(v) => v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+        Err(_) => LEVELS.to_vec(),
+    };
+    let secs: f64 = std::env::var("ZTEE_BENCH_SECS")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(LEVEL_SECS);
+    for clients in levels {
+        // Warm-up: connections opened, caches and the writer thread warm.
+        load_level(&url, &key, &body, clients, secs / 4.0).await;
+        let (s, rate) = load_level(&url, &key, &body, clients, secs).await;
+        let p99 = s.pct(0.99);
+        let over50 = s.pct(0.5).as_secs_f64() - f50.as_secs_f64();
+        let over = p99.as_secs_f64() - f50.as_secs_f64();
+        table.add_row(vec![
+            format!("{clients} concurrent clients"),
+            s.0.len().to_string(),
+            ms(s.pct(0.5)),
+            ms(p99),
+            format!("{rate:.0}"),
+            format!("{:.3}", over50 * 1000.0),
+            format!("{:.3}", over * 1000.0),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "fsync floor p50 {} ms, p99 {} ms; targets: p99 - fsync p50 <= 0.3 ms, >= 5000 req/s at 64",
+        ms(f50),
+        ms(f99)
+    );
 }
 
 /// The stages one at a time, in process, on the same 4 KiB input.
@@ -394,8 +548,16 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        overhead().await;
-        stages().await;
+        let only = std::env::var("ZTEE_BENCH_ONLY").unwrap_or_default();
+        if only.is_empty() || only == "overhead" {
+            overhead().await;
+        }
+        if only.is_empty() || only == "load" {
+            load().await;
+        }
+        if only.is_empty() || only == "stages" {
+            stages().await;
+        }
         if std::env::var_os("ZTEE_BENCH_VM").is_some() {
             vm_latency().await;
         }
