@@ -334,20 +334,7 @@ pub(super) async fn run(
         .pipeline
         .record_admitted(&ctx, &admitted, done)
         .await?;
-    let value = match answer? {
-        Answer::Ok(value) => value,
-        Answer::Error { kind, message } => {
-            let dlp = state.pipeline.dlp.as_ref();
-            let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
-            return Err(refused(kind, dlp.redact_in(scope.as_ref(), &message).text));
-        }
-    };
-    let dlp = state.pipeline.dlp.clone();
-    let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
-    // Every string of the answer (names, paths, owners, link targets, event names) is masked
-    // before it is parsed: nothing the helper says leaves unscanned, whatever its shape.
-    let value =
-        crate::dlp::mask_json_strings(value, &mut |s| dlp.redact_in(scope.as_ref(), s).text);
+    let value = masked(state.pipeline.dlp.as_ref(), &sandbox, answer)?;
     let result = match op {
         FsOp::Stat { .. } | FsOp::Move { .. } => FsResult::Entry(parse(value)?),
         FsOp::List { .. } => {
@@ -379,6 +366,25 @@ pub(super) async fn run(
         FsOp::WatchStop { .. } => FsResult::Unwatched,
     };
     Ok(Outcome::Filesystem(result))
+}
+
+/// A helper's answer with every string in it masked (names, paths, owners, link targets, event
+/// names, its error message) before anything parses it: nothing the helper says leaves
+/// unscanned, whatever its shape.
+fn masked(
+    dlp: &dyn crate::dlp::DlpEngine,
+    sandbox: &LiveSandbox,
+    answer: Result<Answer, ActionError>,
+) -> Result<serde_json::Value, ActionError> {
+    let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
+    match answer? {
+        Answer::Ok(value) => Ok(crate::dlp::mask_json_strings(value, &mut |s| {
+            dlp.redact_in(scope.as_ref(), s).text
+        })),
+        Answer::Error { kind, message } => {
+            Err(refused(kind, dlp.redact_in(scope.as_ref(), &message).text))
+        }
+    }
 }
 
 fn parse_watcher(value: serde_json::Value) -> Result<String, ActionError> {
@@ -415,7 +421,6 @@ fn stream_watch(
     let (tx, rx) = mpsc::channel(16);
     let dlp = state.pipeline.dlp.clone();
     tokio::spawn(async move {
-        let scope = sandbox.secrets.as_ref().and_then(|s| s.scope());
         let poll = FsOp::WatchPoll {
             watcher: watcher.clone(),
         }
@@ -427,17 +432,8 @@ fn stream_watch(
                 _ = tx.closed() => break,
                 _ = ticks.tick() => {}
             }
-            let events = match sandbox.fs.call(&sandbox, limit, poll.clone()).await {
-                Ok(Answer::Ok(value)) => {
-                    parse_events(crate::dlp::mask_json_strings(value, &mut |s| {
-                        dlp.redact_in(scope.as_ref(), s).text
-                    }))
-                }
-                Ok(Answer::Error { kind, message }) => {
-                    Err(refused(kind, dlp.redact_in(scope.as_ref(), &message).text))
-                }
-                Err(e) => Err(e),
-            };
+            let answer = sandbox.fs.call(&sandbox, limit, poll.clone()).await;
+            let events = masked(dlp.as_ref(), &sandbox, answer).and_then(parse_events);
             match events {
                 Ok(events) if events.is_empty() => {}
                 Ok(events) => {

@@ -83,24 +83,9 @@ pub(crate) fn render(outcome: Outcome) -> Response {
         Outcome::Context(context) => Json(context).into_response(),
         Outcome::Contexts(contexts) => Json(contexts).into_response(),
         Outcome::Filesystem(result) => Json(result).into_response(),
-        Outcome::Watch(changes) => {
-            // One line per batch of changes; an error that ends the watch is its last line.
-            let (lines, rx) = tokio::sync::mpsc::channel(16);
-            tokio::spawn(async move {
-                let mut changes = changes;
-                while let Some(next) = changes.recv().await {
-                    let line = match next {
-                        Ok(events) => serde_json::json!({"events": events}),
-                        Err(e) => {
-                            serde_json::json!({"error": {"code": e.code, "message": e.message}})
-                        }
-                    };
-                    if lines.send(line).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            ndjson(rx)
+        // No REST route starts a streaming watch (the E2B door's WatchDir does).
+        Outcome::Watch(_) => {
+            ActionError::internal("a streaming watch is not served over REST").into_response()
         }
         Outcome::Held(ticket) => (
             StatusCode::ACCEPTED,

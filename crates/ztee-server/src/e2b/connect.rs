@@ -270,6 +270,47 @@ pub fn stream_response(frames: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
         .into_response()
 }
 
+/// A server stream that starts with `first`, then sends the frames `frames` makes of each item
+/// of `items` (given `None` once `items` ends), and `keepalive` whenever `interval` passes
+/// without an item. `frames` also says whether the stream is over (its last frame then an
+/// [`end_frame`]); it is over anyway once `items` ends. A caller that goes away ends it.
+pub fn keepalive_stream<T: Send + 'static>(
+    first: Bytes,
+    mut items: tokio::sync::mpsc::Receiver<T>,
+    interval: std::time::Duration,
+    keepalive: Bytes,
+    mut frames: impl FnMut(Option<T>) -> (Vec<Bytes>, bool) + Send + 'static,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                next = items.recv() => next,
+                _ = tokio::time::sleep(interval) => {
+                    if tx.send(keepalive.clone()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let ended = next.is_none();
+            let (out, over) = frames(next);
+            for frame in out {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            if over || ended {
+                return;
+            }
+        }
+    });
+    stream_response(rx)
+}
+
 /// A server stream that failed before its first message.
 pub fn stream_error(error: ConnectError) -> Response {
     (

@@ -404,96 +404,70 @@ async fn start(
 fn relay(
     pid: u32,
     terminal: bool,
-    mut events: mpsc::Receiver<StreamEvent>,
+    events: mpsc::Receiver<StreamEvent>,
     keepalive: Duration,
 ) -> Response {
-    let (frames, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let event = |e: serde_json::Value| connect::message_frame(&serde_json::json!({"event": e}));
-        if frames
-            .send(event(serde_json::json!({"start": {"pid": pid}})))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-        loop {
-            let next = tokio::select! {
-                next = events.recv() => next,
-                _ = tokio::time::sleep(keepalive) => {
-                    if frames.send(event(serde_json::json!({"keepalive": {}}))).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let (frame, last) = match next {
-                Some(StreamEvent::Stdout { data }) => {
-                    let stream = if terminal { "pty" } else { "stdout" };
-                    (
-                        event(serde_json::json!({"data": {stream: b64(&data)}})),
-                        None,
-                    )
-                }
-                Some(StreamEvent::Stderr { data }) => (
-                    event(serde_json::json!({"data": {"stderr": b64(&data)}})),
-                    None,
-                ),
-                Some(StreamEvent::Exit {
-                    exit_code,
-                    timed_out,
-                    ..
-                }) => {
-                    let (code, status) = match (exit_code, timed_out) {
-                        (_, true) => (-1, "killed: time limit reached".to_owned()),
-                        (Some(code), false) => (code, format!("exit status {code}")),
-                        (None, false) => (-1, "killed".to_owned()),
-                    };
-                    let mut end = serde_json::json!({
-                        "exitCode": code,
-                        "exited": exit_code.is_some() && !timed_out,
-                        "status": status,
-                    });
-                    if timed_out {
-                        end["error"] = "the process reached its time limit".into();
-                    }
-                    (event(serde_json::json!({"end": end})), Some(None))
-                }
-                Some(StreamEvent::Error { error }) => (
-                    connect::end_frame(Some(&ConnectError::new(
-                        Code::Internal,
-                        format!(
-                            "{} ({}; request {})",
-                            error.message, error.code, error.request_id
-                        ),
-                    ))),
-                    Some(Some(())),
-                ),
-                None => (
-                    connect::end_frame(Some(&ConnectError::new(
-                        Code::Unavailable,
-                        "the process's stream ended without its exit (the sandbox is gone)",
-                    ))),
-                    Some(Some(())),
-                ),
-            };
-            if frames.send(frame).await.is_err() {
-                return;
+    let event = |e: serde_json::Value| connect::message_frame(&serde_json::json!({"event": e}));
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    connect::keepalive_stream(
+        event(serde_json::json!({"start": {"pid": pid}})),
+        events,
+        keepalive,
+        event(serde_json::json!({"keepalive": {}})),
+        move |next| match next {
+            Some(StreamEvent::Stdout { data }) => {
+                let stream = if terminal { "pty" } else { "stdout" };
+                let data = serde_json::json!({"data": {stream: b64(&data)}});
+                (vec![event(data)], false)
             }
-            match last {
-                None => continue,
+            Some(StreamEvent::Stderr { data }) => {
+                let data = serde_json::json!({"data": {"stderr": b64(&data)}});
+                (vec![event(data)], false)
+            }
+            Some(StreamEvent::Exit {
+                exit_code,
+                timed_out,
+                ..
+            }) => {
+                let (code, status) = match (exit_code, timed_out) {
+                    (_, true) => (-1, "killed: time limit reached".to_owned()),
+                    (Some(code), false) => (code, format!("exit status {code}")),
+                    (None, false) => (-1, "killed".to_owned()),
+                };
+                let mut end = serde_json::json!({
+                    "exitCode": code,
+                    "exited": exit_code.is_some() && !timed_out,
+                    "status": status,
+                });
+                if timed_out {
+                    end["error"] = "the process reached its time limit".into();
+                }
                 // An exit: the stream ends cleanly after it.
-                Some(None) => {
-                    let _ = frames.send(connect::end_frame(None)).await;
-                    return;
-                }
-                // An error was the end frame itself.
-                Some(Some(())) => return,
+                let frames = vec![
+                    event(serde_json::json!({"end": end})),
+                    connect::end_frame(None),
+                ];
+                (frames, true)
             }
-        }
-    });
-    connect::stream_response(rx)
+            Some(StreamEvent::Error { error }) => {
+                let error = ConnectError::new(
+                    Code::Internal,
+                    format!(
+                        "{} ({}; request {})",
+                        error.message, error.code, error.request_id
+                    ),
+                );
+                (vec![connect::end_frame(Some(&error))], true)
+            }
+            None => {
+                let error = ConnectError::new(
+                    Code::Unavailable,
+                    "the process's stream ended without its exit (the sandbox is gone)",
+                );
+                (vec![connect::end_frame(Some(&error))], true)
+            }
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

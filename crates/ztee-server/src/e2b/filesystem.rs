@@ -9,7 +9,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use super::connect::{self, Code, ConnectError};
 use super::envd::{keepalive, unary};
@@ -82,54 +81,29 @@ fn filesystem_event(event: &WatchEvent) -> serde_json::Value {
 
 /// A streaming watch as envd's `WatchDirResponse` stream: `start`, then a `filesystem` message
 /// per change, with keep-alives while nothing changes. A caller that goes away ends the watch.
-fn watch_stream(mut changes: WatchStream, keepalive: Duration) -> Response {
-    let (frames, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let message = |m: serde_json::Value| connect::message_frame(&m);
-        if frames
-            .send(message(serde_json::json!({"start": {}})))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            let next = tokio::select! {
-                next = changes.recv() => next,
-                _ = tokio::time::sleep(keepalive) => {
-                    if frames.send(message(serde_json::json!({"keepalive": {}}))).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            match next {
-                Some(Ok(events)) => {
-                    for event in &events {
-                        let frame =
-                            message(serde_json::json!({"filesystem": filesystem_event(event)}));
-                        if frames.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    let _ = frames.send(connect::end_frame(Some(&e.into()))).await;
-                    return;
-                }
-                None => {
-                    let _ = frames
-                        .send(connect::end_frame(Some(&ConnectError::new(
-                            Code::Unavailable,
-                            "the watch ended (the sandbox is gone)",
-                        ))))
-                        .await;
-                    return;
-                }
+fn watch_stream(changes: WatchStream, keepalive: Duration) -> Response {
+    let message = |m: serde_json::Value| connect::message_frame(&m);
+    connect::keepalive_stream(
+        message(serde_json::json!({"start": {}})),
+        changes,
+        keepalive,
+        message(serde_json::json!({"keepalive": {}})),
+        move |next| match next {
+            Some(Ok(events)) => {
+                let frames = events
+                    .iter()
+                    .map(|e| message(serde_json::json!({"filesystem": filesystem_event(e)})))
+                    .collect();
+                (frames, false)
             }
-        }
-    });
-    connect::stream_response(rx)
+            Some(Err(e)) => (vec![connect::end_frame(Some(&e.into()))], true),
+            None => {
+                let error =
+                    ConnectError::new(Code::Unavailable, "the watch ended (the sandbox is gone)");
+                (vec![connect::end_frame(Some(&error))], true)
+            }
+        },
+    )
 }
 
 fn non_empty(field: &str, value: String) -> Result<String, ConnectError> {
