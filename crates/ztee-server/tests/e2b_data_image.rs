@@ -69,14 +69,15 @@ fn cache_dir() -> PathBuf {
         .join("e2b-data-image")
 }
 
-/// Builds the recipe into the cached store (a no-op when it is built from this recipe already).
+/// Builds the recipe into the cached store (a no-op when it is built from this recipe already),
+/// with the work directory `ztee image build` uses there.
 fn build_data_image() -> PathBuf {
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/images/data.toml");
     let recipe = load_recipe(&recipe).unwrap();
     let cache = cache_dir();
     let store = Store::open(&cache).unwrap();
     let mut log = |m: &str| eprintln!("build: {m}");
-    let built = build(&store, &recipe, &cache.join("work"), &mut log).unwrap();
+    let built = build(&store, &recipe, &cache.join("build"), &mut log).unwrap();
     assert_eq!(built.reference, IMAGE);
     cache
 }
@@ -164,30 +165,19 @@ async fn the_code_interpreter_runs_pandas_matplotlib_and_javascript_on_the_data_
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b");
     let python = common::venv::python(&dir.join("requirements.txt"));
     let acme = gw.key("acme", "agent");
-    let output = tokio::time::timeout(
+    let mut data_check = tokio::process::Command::new(python);
+    data_check
+        .arg(dir.join("data_check.py"))
+        .env("E2B_API_URL", &gw.url)
+        .env("E2B_SANDBOX_URL", &gw.url)
+        .env("E2B_API_KEY", &acme)
+        .env_remove("E2B_DOMAIN");
+    let report = common::checks::report(
+        data_check,
         Duration::from_secs(540),
-        tokio::process::Command::new(python)
-            .arg(dir.join("data_check.py"))
-            .env("E2B_API_URL", &gw.url)
-            .env("E2B_SANDBOX_URL", &gw.url)
-            .env("E2B_API_KEY", &acme)
-            .env_remove("E2B_DOMAIN")
-            .kill_on_drop(true)
-            .output(),
+        "the data image checks",
     )
-    .await
-    .expect("the data image checks did not finish within 9 minutes")
-    .unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert!(
-        output.status.success(),
-        "data image checks failed:\n{err}\n{out}"
-    );
-    let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap())
-        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    .await;
     let passed = report["passed"].as_array().unwrap();
     assert_eq!(passed.len(), 21, "{report}");
     eprintln!("{report}");

@@ -45,39 +45,16 @@ async fn the_official_python_and_javascript_sdks_run_unchanged_against_real_vms(
     let python = common::venv::python(&dir.join("requirements.txt"));
     let acme = gw.key("acme", "agent");
     let globex = gw.key("globex", "agent");
-    let mut child = tokio::process::Command::new(python)
+    let mut sdk_check = tokio::process::Command::new(python);
+    sdk_check
         .arg(dir.join("sdk_check.py"))
         .env("E2B_API_URL", &gw.url)
         .env("E2B_SANDBOX_URL", &gw.url)
         .env("E2B_API_KEY", &acme)
         .env("OTHER_TENANT_KEY", &globex)
-        .env_remove("E2B_DOMAIN")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let read = |mut pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| async move {
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut text)
-            .await
-            .unwrap();
-        text
-    };
-    let (out, err) = (
-        tokio::spawn(read(Box::new(stdout))),
-        tokio::spawn(read(Box::new(stderr))),
-    );
-    let status = tokio::time::timeout(Duration::from_secs(420), child.wait())
-        .await
-        .expect("the SDK checks did not finish within 7 minutes")
-        .unwrap();
-    let (out, err) = (out.await.unwrap(), err.await.unwrap());
-    assert!(status.success(), "SDK checks failed:\n{err}\n{out}");
-    let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap())
-        .unwrap_or_else(|e| panic!("{e}: {out}"));
+        .env_remove("E2B_DOMAIN");
+    let report =
+        common::checks::report(sdk_check, Duration::from_secs(420), "the Python SDK checks").await;
     let passed = report["passed"].as_array().unwrap();
     assert!(passed.len() >= 40, "{report}");
     eprintln!(
@@ -92,31 +69,20 @@ async fn the_official_python_and_javascript_sdks_run_unchanged_against_real_vms(
         &["package.json", "package-lock.json", "check.mjs"],
     )
     .unwrap();
-    let output = tokio::time::timeout(
+    let mut js_check = tokio::process::Command::new("node");
+    js_check
+        .arg("check.mjs")
+        .current_dir(&js)
+        .env("E2B_API_URL", &gw.url)
+        .env("E2B_SANDBOX_URL", &gw.url)
+        .env("E2B_API_KEY", &acme)
+        .env("OTHER_TENANT_KEY", &globex);
+    let js_report = common::checks::report(
+        js_check,
         Duration::from_secs(300),
-        tokio::process::Command::new("node")
-            .arg("check.mjs")
-            .current_dir(&js)
-            .env("E2B_API_URL", &gw.url)
-            .env("E2B_SANDBOX_URL", &gw.url)
-            .env("E2B_API_KEY", &acme)
-            .env("OTHER_TENANT_KEY", &globex)
-            .kill_on_drop(true)
-            .output(),
+        "the JavaScript SDK checks",
     )
-    .await
-    .expect("the JavaScript SDK checks did not finish within 5 minutes")
-    .unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert!(
-        output.status.success(),
-        "JS SDK checks failed:\n{err}\n{out}"
-    );
-    let js_report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap())
-        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    .await;
     assert_eq!(
         js_report["passed"].as_array().unwrap().len(),
         20,

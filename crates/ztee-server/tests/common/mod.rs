@@ -1,6 +1,7 @@
 //! Shared test scaffolding: a gateway on a loopback port with its own data directory.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod checks;
 pub mod npm;
 pub mod oidc;
 pub mod venv;
