@@ -887,18 +887,7 @@ mod tests {
 
     fn found(text: &str) -> Vec<(Entity, String, f64)> {
         let mut out = Vec::new();
-        scan(
-            text,
-            DigitEntities {
-                card: true,
-                ssn: true,
-                phone: true,
-                aba: true,
-                bank: true,
-                ipv4: true,
-            },
-            &mut out,
-        );
+        scan(text, all(), &mut out);
         out.into_iter()
             .map(|c| (c.entity, text[c.start..c.end].to_string(), c.score))
             .collect()
