@@ -29,6 +29,8 @@ pub mod code;
 pub mod error;
 pub mod fs;
 mod helper;
+pub mod llm;
+mod mcp;
 pub mod process;
 mod provision;
 pub mod request;
@@ -45,6 +47,7 @@ pub use process::{Attachment, ProcessInfo, ProcessSelector};
 pub use request::{Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView};
 pub use sandbox::policy_input;
 pub use transfer::FileContent;
+pub(crate) use mcp::safe_name as mcp_safe_name;
 
 use crate::approvals::inputs::Bound;
 use crate::auth::Caller;
@@ -155,6 +158,20 @@ pub enum Action {
         sandbox: String,
         op: fs::FsOp,
     },
+    /// A request for a model's answer, through the LLM proxy.
+    LlmExchange(llm::LlmExchange),
+    /// A call to a tool of a third-party MCP server, through the MCP guard.
+    McpToolCall(McpToolCall),
+}
+
+/// A tool call on its way to a third-party MCP server: decided and recorded by the core; the
+/// guard relays it only when the core allows it.
+#[derive(Clone)]
+pub struct McpToolCall {
+    /// The configured upstream's name (`[[mcp.upstreams]]`).
+    pub upstream: String,
+    pub tool: String,
+    pub arguments: serde_json::Value,
 }
 
 /// The signals a caller may send to a process.
@@ -208,12 +225,17 @@ impl Action {
             Action::RemoveContext { .. } => "context.remove",
             Action::RestartContext { .. } => "context.restart",
             Action::Filesystem { op, .. } => op.name(),
+            Action::LlmExchange(_) => "llm.chat",
+            Action::McpToolCall(_) => "tool.call",
         }
     }
 
     /// What the caller must hold to ask for it at all (policy decides after that).
     fn permission(&self) -> Permission {
-        Permission::SandboxRun
+        match self {
+            Action::LlmExchange(_) => Permission::LlmChat,
+            _ => Permission::SandboxRun,
+        }
     }
 }
 
@@ -285,6 +307,8 @@ pub enum Outcome {
     Filesystem(fs::FsResult),
     /// A streaming watch's changes, masked, as they are seen.
     Watch(fs::WatchStream),
+    /// A model's answer, masked.
+    Llm(llm::LlmAnswer),
     /// Done; nothing to show.
     Done,
 }
@@ -368,5 +392,22 @@ pub async fn execute(
         Action::ReadFile { sandbox, path } => {
             sandbox::read_file(state, caller, &sandbox, path).await
         }
+        Action::LlmExchange(request) => llm::exchange(state, caller, request).await,
+        Action::McpToolCall(call) => mcp::tool_call(state, caller, call).await,
+    }
+}
+
+/// The principal as every policy input names it: subject, tenant, roles, and the tenant's tier
+/// (`[llm] default_tier` and `tenant_tiers`), the same for every action and door.
+pub fn policy_principal(state: &AppState, caller: &Caller) -> ztee_policy::PolicyPrincipal {
+    ztee_policy::PolicyPrincipal {
+        subject: caller.principal.subject.clone(),
+        tenant: caller.principal.tenant.clone(),
+        roles: caller.principal.roles.clone(),
+        tier: state
+            .llm
+            .config
+            .tier_of(&caller.principal.tenant)
+            .to_owned(),
     }
 }

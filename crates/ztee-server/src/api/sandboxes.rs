@@ -83,9 +83,13 @@ pub(crate) fn render(outcome: Outcome) -> Response {
         Outcome::Context(context) => Json(context).into_response(),
         Outcome::Contexts(contexts) => Json(contexts).into_response(),
         Outcome::Filesystem(result) => Json(result).into_response(),
-        // No REST route starts a streaming watch (the E2B door's WatchDir does).
+        // No REST route starts a streaming watch (the E2B door's WatchDir does) or an LLM
+        // exchange (the LLM door renders its own).
         Outcome::Watch(_) => {
             ActionError::internal("a streaming watch is not served over REST").into_response()
+        }
+        Outcome::Llm(_) => {
+            ActionError::internal("a model's answer is not served over REST").into_response()
         }
         Outcome::Held(ticket) => (
             StatusCode::ACCEPTED,

@@ -174,6 +174,9 @@ pub fn held_bytes(held: &HeldAction) -> u64 {
         | Action::SignalProcess { sandbox, .. }
         | Action::SetTimeout { sandbox, .. } => s(sandbox),
         Action::ListSandboxes => 0,
+        // Never parked (the caller waits on the answer), sized like any other content.
+        Action::LlmExchange(exchange) => exchange.body.to_string().len() as u64,
+        Action::McpToolCall(call) => s(&call.tool) + call.arguments.to_string().len() as u64,
     };
     content + ENTRY_OVERHEAD
 }

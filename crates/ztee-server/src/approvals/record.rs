@@ -217,6 +217,15 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
         | Action::RestartContext { sandbox, context } => {
             serde_json::json!({"sandbox": sandbox, "context": context})
         }
+        // Never parked: a model's caller and a relayed tool call wait on their answer.
+        Action::LlmExchange(exchange) => serde_json::json!({
+            "format": format!("{:?}", exchange.format),
+            "provider": exchange.provider,
+        }),
+        Action::McpToolCall(call) => serde_json::json!({
+            "upstream": call.upstream,
+            "tool": crate::action::mcp_safe_name(&call.tool),
+        }),
         Action::Filesystem { sandbox, op } => {
             serde_json::json!({"sandbox": sandbox, "operation": op.name()})
         }

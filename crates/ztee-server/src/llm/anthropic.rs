@@ -5,14 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 use ztee_dlp::{Scanner, TokenMap};
 
 use super::openai::error_type;
 use super::sse::SseEvent;
 use super::tokenize::{outbound_raw_event, outbound_rest, OutboundStream, SlotKind};
-use super::{walk, walk_strings, Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
+use super::{
+    walk, walk_strings, Dialect, FoundToolCall, ProviderApi, ProviderHeaders, StreamRewriter, Visit,
+    WireFormat,
+};
 
 pub struct Anthropic;
 
@@ -82,6 +85,7 @@ fn blocks(
 
 impl Dialect for Anthropic {
     const API: ProviderApi = ProviderApi::Anthropic;
+    const FORMAT: WireFormat = WireFormat::Messages;
 
     fn error_body(status: StatusCode, message: &str) -> Value {
         json!({"type": "error", "error": {"type": error_type(status), "message": message}})
@@ -193,17 +197,14 @@ impl Dialect for Anthropic {
     fn upstream_request(
         request: reqwest::RequestBuilder,
         key: Option<&str>,
-        client_headers: &HeaderMap,
+        headers: &ProviderHeaders,
     ) -> reqwest::RequestBuilder {
-        let version = client_headers
-            .get("anthropic-version")
-            .and_then(|v| v.to_str().ok())
+        let version = headers
+            .anthropic_version
+            .as_deref()
             .unwrap_or(DEFAULT_VERSION);
         let mut request = request.header("anthropic-version", version);
-        if let Some(beta) = client_headers
-            .get("anthropic-beta")
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(beta) = headers.anthropic_beta.as_deref() {
             request = request.header("anthropic-beta", beta);
         }
         match key {

@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 use ztee_dlp::{Scanner, TokenMap};
 
 use super::sse::SseEvent;
 use super::tokenize::{outbound_raw_event, outbound_text, OutboundStream, SlotKind};
-use super::{Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
+use super::{
+    Dialect, FoundToolCall, ProviderApi, ProviderHeaders, StreamRewriter, Visit, WireFormat,
+};
 
 pub struct OpenAi;
 
@@ -59,6 +61,7 @@ fn content_texts(
 
 impl Dialect for OpenAi {
     const API: ProviderApi = ProviderApi::Openai;
+    const FORMAT: WireFormat = WireFormat::ChatCompletions;
 
     fn error_body(status: StatusCode, message: &str) -> Value {
         json!({"error": {
@@ -178,7 +181,7 @@ impl Dialect for OpenAi {
     fn upstream_request(
         request: reqwest::RequestBuilder,
         key: Option<&str>,
-        _client_headers: &HeaderMap,
+        _headers: &ProviderHeaders,
     ) -> reqwest::RequestBuilder {
         match key {
             Some(key) => request.bearer_auth(key),

@@ -11,14 +11,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 use ztee_dlp::{Scanner, TokenMap};
 
 use super::openai::OpenAi;
 use super::sse::SseEvent;
 use super::tokenize::{outbound_raw_event, outbound_rest, outbound_text, OutboundStream, SlotKind};
-use super::{Dialect, FoundToolCall, ProviderApi, StreamRewriter, Visit};
+use super::{
+    Dialect, FoundToolCall, ProviderApi, ProviderHeaders, StreamRewriter, Visit, WireFormat,
+};
 
 pub struct OpenAiResponses;
 
@@ -142,6 +144,7 @@ fn walk_input_item(item: &mut Value, field: &str, visit: &mut Visit<'_>) -> Resu
 
 impl Dialect for OpenAiResponses {
     const API: ProviderApi = ProviderApi::Openai;
+    const FORMAT: WireFormat = WireFormat::Responses;
 
     fn error_body(status: StatusCode, message: &str) -> Value {
         OpenAi::error_body(status, message)
@@ -233,9 +236,9 @@ impl Dialect for OpenAiResponses {
     fn upstream_request(
         request: reqwest::RequestBuilder,
         key: Option<&str>,
-        client_headers: &HeaderMap,
+        headers: &ProviderHeaders,
     ) -> reqwest::RequestBuilder {
-        OpenAi::upstream_request(request, key, client_headers)
+        OpenAi::upstream_request(request, key, headers)
     }
 
     fn upstream_path() -> &'static str {

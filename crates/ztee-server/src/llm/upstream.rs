@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
 
-use super::{Dialect, ProviderConfig};
+use super::{Dialect, ProviderConfig, ProviderHeaders};
 
 pub struct Upstream {
     client: reqwest::Client,
@@ -16,10 +15,10 @@ pub struct Upstream {
 
 pub enum UpstreamReply {
     /// A complete body: a non-streaming answer, or an error the provider answered with.
-    Whole { status: StatusCode, body: Bytes },
+    Whole { status: u16, body: Bytes },
     /// A successful streamed answer, read chunk by chunk by the caller.
     Stream {
-        status: StatusCode,
+        status: u16,
         response: reqwest::Response,
     },
 }
@@ -78,7 +77,7 @@ impl Upstream {
         &self,
         provider: &ProviderConfig,
         body: Vec<u8>,
-        client_headers: &HeaderMap,
+        headers: &ProviderHeaders,
         max_response_bytes: usize,
     ) -> Result<UpstreamReply, UpstreamError> {
         let url = format!(
@@ -95,21 +94,20 @@ impl Upstream {
         let request = D::upstream_request(
             request,
             self.keys.get(&provider.name).map(String::as_str),
-            client_headers,
+            headers,
         );
         // Connection errors name the URL, never a key: the key is in a header.
         let mut response = request
             .send()
             .await
             .map_err(|e| UpstreamError::Connect(e.without_url().to_string()))?;
-        let status =
-            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status = response.status().as_u16();
         let is_stream = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        if is_stream && status.is_success() {
+        if is_stream && response.status().is_success() {
             return Ok(UpstreamReply::Stream { status, response });
         }
         let mut body = Vec::new();

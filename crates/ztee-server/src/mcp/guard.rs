@@ -28,10 +28,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use ztee_audit::{EventType, Outcome};
-use ztee_policy::{Action, PolicyPrincipal, PolicyRequest, Verdict};
+use ztee_policy::{Action, PolicyRequest, Verdict};
 
-use crate::audit;
 use crate::auth::Caller;
 use crate::error::ActionError;
 use crate::llm::sse::{SseEvent, SseParser};
@@ -225,33 +223,31 @@ pub async fn relay(
                     .pointer("/params/arguments")
                     .cloned()
                     .unwrap_or(Value::Null);
-                // Decided on the arguments as the caller sent them: a raw card number there is
-                // the policy's to refuse (`pci.raw_pan_in_tool_call`), not the mask's to hide.
-                let decision = decide_call(&state, &caller, &tool, &args);
-                let allowed = decision.verdict == Verdict::Allow;
-                record(&state, &caller, &name, &tool, &decision, allowed).await?;
-                if !allowed {
-                    let what = if decision.verdict == Verdict::RequireApproval {
-                        "needs a human approval, which this relay cannot hold"
-                    } else {
-                        "was denied"
-                    };
-                    refused.push(jsonrpc_error(
-                        &id,
-                        REFUSED,
-                        format!(
-                            "ztee policy: the call to tool {:?} {what}: {} (request id {})",
-                            safe_name(&tool),
-                            decision
-                                .reasons
-                                .iter()
-                                .map(|r| format!("{} ({})", r.message, r.rule))
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                            caller.request_id.as_str()
-                        ),
-                    ));
-                    continue;
+                // Decided and recorded by the core; refused calls are answered here.
+                let call = crate::action::McpToolCall {
+                    upstream: name.clone(),
+                    tool: tool.clone(),
+                    arguments: args,
+                };
+                let decided = crate::action::execute(
+                    &state,
+                    &caller,
+                    crate::action::Action::McpToolCall(call),
+                    crate::action::Delivery::Whole,
+                    None,
+                )
+                .await;
+                match decided {
+                    Ok(_) => {}
+                    Err(e) if e.kind == crate::action::ErrorKind::Forbidden => {
+                        refused.push(jsonrpc_error(
+                            &id,
+                            REFUSED,
+                            format!("{} (request id {})", e.message, caller.request_id.as_str()),
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
                 tool_names.insert(id.to_string(), tool);
             }
@@ -405,86 +401,6 @@ fn summary(scan: ztee_policy::injection::Scan) -> ztee_policy::InjectionSummary 
     }
 }
 
-fn principal(state: &AppState, caller: &Caller) -> PolicyPrincipal {
-    PolicyPrincipal {
-        subject: caller.principal.subject.clone(),
-        tenant: caller.principal.tenant.clone(),
-        roles: caller.principal.roles.clone(),
-        tier: state
-            .llm
-            .config
-            .tier_of(&caller.principal.tenant)
-            .to_owned(),
-    }
-}
-
-fn decide_call(
-    state: &AppState,
-    caller: &Caller,
-    tool: &str,
-    args: &Value,
-) -> ztee_policy::Decision {
-    let text = args.to_string();
-    let findings = state.llm.scanner().scan(&text);
-    let dlp = crate::policy::dlp_summary(findings.iter().map(|f| f.entity_type.as_str()));
-    let input = ztee_policy::PolicyInput {
-        principal: principal(state, caller),
-        action: Action::ToolCall,
-        request: PolicyRequest {
-            tool: Some(ztee_policy::ToolCall {
-                name: tool.to_owned(),
-                args: args.clone(),
-            }),
-            ..Default::default()
-        },
-        dlp,
-        // Arguments are the model's own output; injections arrive in results, scored there.
-        injection: Default::default(),
-    };
-    state.llm.decide(&input)
-}
-
-/// A tool name as it may appear in the audit trail and in messages: a few safe characters, and
-/// never something that reads as a card number.
-fn safe_name(tool: &str) -> String {
-    let name: String = tool
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .take(64)
-        .collect();
-    if crate::llm::walk::card_like_run(&name).is_some() {
-        "(withheld: the name holds a card number)".into()
-    } else {
-        name
-    }
-}
-
-async fn record(
-    state: &AppState,
-    caller: &Caller,
-    upstream: &str,
-    tool: &str,
-    decision: &ztee_policy::Decision,
-    allowed: bool,
-) -> Result<(), ActionError> {
-    let record = audit::decision_record(&crate::policy::Decision::from(decision));
-    let safe_tool = safe_name(tool);
-    let event = audit::event(
-        EventType::ToolCall,
-        if allowed {
-            Outcome::Success
-        } else {
-            Outcome::Denied
-        },
-        audit::audit_principal(&caller.principal),
-        caller.request_id.as_str(),
-        caller.origin_ip,
-        Some(&format!("mcp/{upstream}/{safe_tool}")),
-    )
-    .with_decision(record);
-    state.pipeline.record(event).await
-}
-
 /// Masks and scores tool results on their way back.
 struct ResultGuard {
     state: Arc<AppState>,
@@ -562,7 +478,7 @@ impl ResultGuard {
         };
         let scan = ztee_policy::injection::scan(&text);
         let input = ztee_policy::PolicyInput {
-            principal: principal(&self.state, &self.caller),
+            principal: crate::action::policy_principal(&self.state, &self.caller),
             action: Action::ToolCall,
             request: PolicyRequest {
                 tool: Some(ztee_policy::ToolCall {
@@ -582,7 +498,7 @@ impl ResultGuard {
             .filter(|r| r.starts_with("injection."))
             .collect();
         if !injection_rules.is_empty() && decision.verdict != Verdict::Allow {
-            tracing::info!(tool = %safe_name(&tool), rules = ?injection_rules, "MCP tool result withheld");
+            tracing::info!(tool = %crate::action::mcp_safe_name(&tool), rules = ?injection_rules, "MCP tool result withheld");
             *result = json!({
                 "content": [{"type": "text", "text": format!(
                     "ztee withheld this tool result: {} (request id {})",
