@@ -168,3 +168,142 @@ async fn a_direct_run_and_an_approved_run_pass_the_same_stages() {
         "{approved_record}"
     );
 }
+
+/// A model provider and an MCP tool server on loopback. The model answers every chat with a
+/// tool call whose arguments hold a card verification code; the tool server echoes calls.
+async fn start_upstreams() -> String {
+    async fn chat() -> axum::Json<Value> {
+        axum::Json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                    "name": "charge", "arguments": "{\"order\": 7, \"cvv\": \"737\"}"}}]}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        }))
+    }
+    async fn mcp(axum::Json(message): axum::Json<Value>) -> axum::Json<Value> {
+        axum::Json(json!({"jsonrpc": "2.0", "id": message["id"],
+            "result": {"content": [{"type": "text", "text": "done"}]}}))
+    }
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .route("/mcp", axum::routing::post(mcp));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_and_mcp_doors_hand_their_actions_to_the_same_core() {
+    let upstream = start_upstreams().await;
+    let config = ServerConfig::from_toml(&format!(
+        r#"
+[llm]
+tenant_tiers = {{ acme = "pci" }}
+
+[[llm.providers]]
+name = "local"
+api = "openai"
+base_url = "{upstream}/v1"
+external = false
+
+[[mcp.upstreams]]
+name = "tools"
+url = "{upstream}/mcp"
+"#
+    ))
+    .unwrap();
+    let gw = Gateway::start_with_policy(
+        config,
+        Arc::new(EchoExecutor::default()),
+        tempfile::tempdir().unwrap(),
+        Some(common::repository_policy(|_| {})),
+    )
+    .await;
+    let agent = gw.key("acme", "agent");
+
+    // A REST run: the record every other door's records are compared with.
+    post(
+        &gw,
+        &agent,
+        "/v1/run",
+        "core-run",
+        &json!({"cmd": ["true"]}),
+    )
+    .await;
+    let run = record(&gw, "core-run", "run").await;
+
+    // The LLM door: the model's tool call carries a CVV. The one DLP summary marks it as
+    // sensitive authentication data, so `pci.sad_present` denies the call and the answer is
+    // withheld, in OpenAI's error shape.
+    let answer = client()
+        .post(format!("{}/v1/openai/chat/completions", gw.url))
+        .bearer_auth(&agent)
+        .header("x-request-id", "core-llm")
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "charge order 7"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    let body: Value = answer.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("pci.sad_present"), "{message}");
+    assert!(!message.contains("737"), "{message}");
+    let llm = record(&gw, "core-llm", "llm.chat").await;
+    assert_eq!(llm["outcome"], "denied", "{llm}");
+    assert!(
+        llm["decision"]["rule_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("pci.sad_present")),
+        "{llm}"
+    );
+
+    // The MCP guard: a tool call with a CVV in its arguments, decided by the same core.
+    let refused = client()
+        .post(format!("{}/v1/mcp-guard/tools", gw.url))
+        .bearer_auth(&agent)
+        .header("x-request-id", "core-mcp")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "charge", "arguments": {"cvv": "737"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 200);
+    let refused: Value = refused.json().await.unwrap();
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("pci.sad_present"), "{refused}");
+    let tool = record(&gw, "core-mcp", "tool.call").await;
+    assert_eq!(tool["outcome"], "denied", "{tool}");
+
+    // The records are built by one conversion: the same principal, the same decision shape,
+    // and no field a run's record lacks beyond what the action carries (content digests).
+    for other in [&llm, &tool] {
+        assert_eq!(other["principal"], run["principal"], "{other}");
+        assert_eq!(keys(&other["decision"]), keys(&run["decision"]), "{other}");
+        let extra: Vec<String> = keys(other)
+            .into_iter()
+            .filter(|k| !keys(&run).contains(k) && k != "redactions")
+            .collect();
+        assert!(extra.is_empty(), "{extra:?} in {other}");
+    }
+
+    // Provider protocol headers are tokens, never free text carried upstream.
+    let rejected = client()
+        .post(format!("{}/v1/anthropic/v1/messages", gw.url))
+        .header("x-api-key", &agent)
+        .header("anthropic-beta", "4111111111111111")
+        .json(&json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejected.status(), 400);
+    let text = rejected.text().await.unwrap();
+    assert!(
+        text.contains("anthropic-beta") && !text.contains("4111111111111111"),
+        "{text}"
+    );
+    gw.stop().await;
+}

@@ -516,7 +516,21 @@ async fn whole<D: Dialect>(
     let mut blocked = Vec::new();
     if let Some(masked) = &answer_masked {
         if success {
-            blocked = tool_call_decisions::<D>(state, &mut exchange, masked);
+            // What DLP found in each call's arguments before they were masked.
+            let found: Vec<ztee_policy::DlpSummary> =
+                match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(raw) => D::tool_calls(&raw)
+                        .iter()
+                        .map(|call| {
+                            let findings = scanner.scan(&call.arguments.to_string());
+                            answer_dlp(findings.iter().map(|f| f.entity_type.as_str()))
+                        })
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+            blocked = tool_call_decisions::<D>(state, &mut exchange, masked, |i| {
+                found.get(i).cloned().unwrap_or_default()
+            });
         }
     }
     let client_body = match &answer_for_client {
@@ -557,18 +571,27 @@ async fn whole<D: Dialect>(
     })
 }
 
-/// Evaluates `tool.call` for every tool call in the (masked) answer; returns the denials.
-/// `require_approval` is annotated but not enforced here: the tool runs on the caller's side, and
-/// ztee's own tools (REST, MCP) enforce approval when they are actually called.
+/// The DLP summary of what a model's answer carried: built like every other summary
+/// (`policy::dlp_summary`, SAD defined once), except that a card number in an answer is masked
+/// or tokenized before the caller, or any tool, sees it, so no raw PAN reaches the action.
+fn answer_dlp<'a>(entities: impl IntoIterator<Item = &'a str>) -> ztee_policy::DlpSummary {
+    let mut dlp = crate::policy::dlp_summary(entities);
+    dlp.raw_pan = false;
+    dlp
+}
+
+/// Evaluates `tool.call` for every tool call in the (masked) answer, with `found(i)` the DLP
+/// summary of call `i` before masking; returns the denials. `require_approval` is annotated but
+/// not enforced here: the tool runs on the caller's side, and ztee's own tools (REST, MCP)
+/// enforce approval when they are actually called.
 fn tool_call_decisions<D: Dialect>(
     state: &AppState,
     exchange: &mut Exchange,
     answer: &serde_json::Value,
+    found: impl Fn(usize) -> ztee_policy::DlpSummary,
 ) -> Vec<String> {
-    let scanner = state.llm.scanner();
     let mut denied = Vec::new();
-    for call in D::tool_calls(answer) {
-        let findings = scanner.scan(&call.arguments.to_string());
+    for (i, call) in D::tool_calls(answer).into_iter().enumerate() {
         let input = ztee_policy::PolicyInput {
             principal: super::policy_principal(state, &exchange.caller),
             action: ztee_policy::Action::ToolCall,
@@ -579,7 +602,7 @@ fn tool_call_decisions<D: Dialect>(
                 }),
                 ..Default::default()
             },
-            dlp: crate::policy::dlp_summary(findings.iter().map(|f| f.entity_type.as_str())),
+            dlp: found(i),
             injection: Default::default(),
         };
         let decision = state.llm.decide(&input);
@@ -678,7 +701,13 @@ fn streamed<D: Dialect>(
         state.metrics.redactions("outbound", &outbound);
         // One tool-call reader serves every format's stream: the assembled message is OpenAI's.
         let answer = serde_json::json!({"choices": [{"index": 0, "message": assistant}]});
-        let blocked = tool_call_decisions::<OpenAi>(&state, &mut exchange, &answer);
+        // A stream's calls are assembled from masked deltas: what the whole answer carried
+        // stands for each call (SAD anywhere in it is enough to refuse acting on it).
+        let carried = answer_dlp(outbound.iter().flat_map(|(entity, n)| {
+            std::iter::repeat_n(entity.as_str(), usize::try_from(*n).unwrap_or(usize::MAX))
+        }));
+        let blocked =
+            tool_call_decisions::<OpenAi>(&state, &mut exchange, &answer, |_| carried.clone());
         let outcome = match (&failed, (200..300).contains(&status)) {
             _ if !blocked.is_empty() => AuditOutcome::Denied,
             (None, true) => AuditOutcome::Success,

@@ -43,11 +43,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use error::{ActionError, ErrorKind};
+pub(crate) use mcp::safe_name as mcp_safe_name;
 pub use process::{Attachment, ProcessInfo, ProcessSelector};
 pub use request::{Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView};
 pub use sandbox::policy_input;
 pub use transfer::FileContent;
-pub(crate) use mcp::safe_name as mcp_safe_name;
 
 use crate::approvals::inputs::Bound;
 use crate::auth::Caller;

@@ -13,8 +13,8 @@ use super::openai::error_type;
 use super::sse::SseEvent;
 use super::tokenize::{outbound_raw_event, outbound_rest, OutboundStream, SlotKind};
 use super::{
-    walk, walk_strings, Dialect, FoundToolCall, ProviderApi, ProviderHeaders, StreamRewriter, Visit,
-    WireFormat,
+    walk, walk_strings, Dialect, FoundToolCall, ProviderApi, ProviderHeaders, StreamRewriter,
+    Visit, WireFormat,
 };
 
 pub struct Anthropic;

@@ -172,7 +172,6 @@ async fn x_api_key_as_bearer(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-
 /// A chat text visited in a request or response: where it is, what it is.
 pub type Visit<'v> = dyn FnMut(&mut String, SlotKind, &str) + 'v;
 
@@ -338,10 +337,10 @@ fn render_answer(answer: LlmAnswer) -> Response {
             (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
         }
         LlmAnswer::Stream { status, events } => {
-            let body = Body::from_stream(futures_util::stream::unfold(
-                events,
-                |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
-            ));
+            let body =
+                Body::from_stream(futures_util::stream::unfold(events, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                }));
             let mut response = Response::new(body);
             *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             response.headers_mut().insert(
