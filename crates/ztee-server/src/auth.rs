@@ -59,6 +59,24 @@ impl Caller {
         }
     }
 
+    /// The requester of a held request parked by an earlier process, as it was then (its
+    /// credential is checked again before the request runs).
+    pub fn restored(
+        principal: Principal,
+        request_id: &str,
+        origin_ip: Option<IpAddr>,
+        credential_expires_at: Option<u64>,
+        audit: Arc<dyn AuditSink>,
+    ) -> Self {
+        Self {
+            principal,
+            request_id: RequestId::from_caller(request_id).unwrap_or_else(RequestId::generate),
+            origin_ip,
+            credential_expires_at,
+            denials: Some(DenialTrail(audit)),
+        }
+    }
+
     /// The operator at a terminal: no network peer, a fresh request id, no expiring credential.
     pub fn local(principal: Principal) -> Self {
         Self {

@@ -11,10 +11,10 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A permission checked by the gateway before any stage that needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Permission {
     /// Create and use own tenant's sandboxes, run code.
     #[serde(rename = "sandbox:run")]
@@ -139,7 +139,7 @@ pub fn known_role_names() -> Vec<&'static str> {
 }
 
 /// How the caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     Oidc,
@@ -150,7 +150,7 @@ pub enum AuthMethod {
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Principal {
     /// `oidc:<sub>` or `apikey:<key id>`: unique across both methods.
     pub subject: String,

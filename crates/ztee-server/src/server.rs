@@ -204,11 +204,12 @@ pub async fn build(
         tracing::info!(events = drained, "moved queued audit events into the log");
     }
     crate::audit_outbox::spawn_drainer(store.clone(), Arc::downgrade(&pipeline.audit));
-    let (approvals, stale_approvals) = crate::approvals::Approvals::open(
+    let (approvals, stale_approvals, approved_while_down) = crate::approvals::Approvals::open(
         config.approvals.clone(),
         store.clone(),
         data_dir,
         config.listen,
+        pipeline.audit.clone(),
     )
     .map_err(ServerError::Approvals)?;
     let llm = Arc::new(crate::llm::LlmProxy::new(
@@ -248,6 +249,7 @@ pub async fn build(
     for id in &stale_approvals {
         crate::approvals::record_expiry(&state, id).await;
     }
+    crate::approvals::resume_approved(&state, approved_while_down);
     crate::approvals::spawn_expiry(Arc::downgrade(&state));
     source_guard::spawn_flusher(Arc::downgrade(&state), state.auth_failures.window());
     Ok((state, Bootstrap { admin_key }))

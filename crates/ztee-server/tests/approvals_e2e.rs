@@ -326,9 +326,20 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
         assert!(types.contains(&t), "{t} missing from {types:?}");
     }
 
-    // A restart keeps the records, results included.
+    // A restart keeps the records, results included, and the held request itself: sealed
+    // beside its record (the database holds no card number), parked again, and run once
+    // approved.
     let fresh = hold(&gw, &agent).await;
     let data_dir = gw.stop().await;
+    for file in ["state.db", "state.db-wal"] {
+        if let Ok(bytes) = std::fs::read(data_dir.path().join(file)) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains("4111111111111111"),
+                "a card number in {file}"
+            );
+        }
+    }
     let gw = Gateway::start_with_policy(
         config(&hooks, &bob_subject),
         Arc::new(EchoExecutor::default()),
@@ -339,13 +350,39 @@ async fn held_requests_are_approved_denied_expired_and_survive_a_restart() {
     let kept = get(&gw, &agent, &apr).await;
     assert_eq!(kept["status"], "executed");
     assert_eq!(kept["result"]["stdout"], "16\n");
-    let lost = get(&gw, &agent, &format!("/v1/approvals/{fresh}")).await;
+    let waiting = format!("/v1/approvals/{fresh}");
+    assert_eq!(get(&gw, &agent, &waiting).await["status"], "pending");
+    for approver in [&alice, &bob] {
+        let r = gw
+            .post(approver, &format!("{waiting}/approve"), &json!({}))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    // This gateway's executor echoes the command: the held command itself ran, masked.
+    let done = get(&gw, &agent, &format!("{waiting}?wait=60")).await;
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(done["result"]["exit_code"], 0, "{done}");
+    let stdout = done["result"]["stdout"].as_str().unwrap();
+    assert!(
+        stdout.contains("wc -c") && !stdout.contains("4111111111111111"),
+        "{done}"
+    );
+
+    // A gateway whose seal key is another cannot open a held request: it ends, saying why.
+    let orphan = hold(&gw, &agent).await;
+    let data_dir = gw.stop().await;
+    std::fs::write(data_dir.path().join("approvals-seal.key"), "ab".repeat(32)).unwrap();
+    let gw = Gateway::start_with_policy(
+        config(&hooks, &bob_subject),
+        Arc::new(EchoExecutor::default()),
+        data_dir,
+        Some(default_policy()),
+    )
+    .await;
+    let lost = get(&gw, &agent, &format!("/v1/approvals/{orphan}")).await;
     assert_eq!(lost["status"], "expired", "{lost}");
     assert!(
-        lost["status_reason"]
-            .as_str()
-            .unwrap()
-            .contains("restarted"),
+        lost["status_reason"].as_str().unwrap().contains("seal key"),
         "{lost}"
     );
 }

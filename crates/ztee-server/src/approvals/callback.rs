@@ -50,6 +50,12 @@ fn refused(message: &str) -> ActionError {
 impl CallbackKey {
     /// Reads the key file (created with 32 random bytes, mode 0600, on first start).
     pub fn load_or_create(path: &Path) -> Result<Self, String> {
+        Self::read_or_create_bytes(path).map(Self)
+    }
+
+    /// A 32-byte key kept as 64 hex digits in `path`, created (mode 0600, written then renamed
+    /// into place) when the file does not exist yet.
+    pub(super) fn read_or_create_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let bytes = hex::decode(text.trim())
@@ -57,7 +63,7 @@ impl CallbackKey {
                 if bytes.len() != 32 {
                     return Err(format!("{}: the key must be 32 bytes", path.display()));
                 }
-                Ok(Self(Zeroizing::new(bytes)))
+                Ok(Zeroizing::new(bytes))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = vec![0u8; 32];
@@ -75,7 +81,7 @@ impl CallbackKey {
                     std::fs::rename(&temp, path)
                 };
                 write().map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Self(Zeroizing::new(bytes)))
+                Ok(Zeroizing::new(bytes))
             }
             Err(e) => Err(format!("{}: {e}", path.display())),
         }

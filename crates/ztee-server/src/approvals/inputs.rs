@@ -58,7 +58,8 @@ pub struct InputRecord {
 }
 
 /// What a path was when it was read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 enum Seen {
     File {
         digest: String,
@@ -80,8 +81,9 @@ impl Seen {
     }
 }
 
-/// One path a held command names, as it was at the hold. Memory only: the path is unmasked.
-#[derive(Debug, Clone)]
+/// One path a held command names, as it was at the hold. The path is unmasked: it stays in
+/// memory or sealed with the held request ([`super::sealed`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bound {
     path: String,
     seen: Seen,

@@ -17,14 +17,17 @@
 //! ([`record::replace`]): of an approve and a deny that race, exactly one lands, and the other
 //! is answered 409 with the final state.
 //! Records (status, masked request, decisions, result) are kept in the state database and
-//! survive a restart. The request itself (code, env, files: possibly card data) is kept in
-//! memory only, so it never reaches a disk; a request still pending when the gateway stops
-//! cannot run after the restart and is marked expired with that reason.
+//! survive a restart. The request itself (code, env, files: possibly card data) is kept beside
+//! its record sealed with AES-256-GCM under a key that is not in the database ([`sealed`]): a
+//! gateway that restarts parks its pending requests again, runs the ones approved while it was
+//! down, and drops the content the moment a request runs or ends. A request whose sealed content
+//! does not open (another seal key) cannot run and ends with that reason.
 
 pub mod callback;
 pub mod hold;
 pub mod inputs;
 pub mod record;
+pub mod sealed;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -66,6 +69,10 @@ pub struct ApprovalsConfig {
     /// total: `[approvals.hold_limits]`.
     #[serde(default)]
     pub hold_limits: hold::HoldLimits,
+    /// The key held requests are sealed under (default `approvals-seal.key` in the data
+    /// directory, created on first start). Gateways that share a state database share it.
+    #[serde(default)]
+    pub seal_key_file: Option<PathBuf>,
 }
 
 fn default_ttl() -> u64 {
@@ -78,6 +85,7 @@ impl Default for ApprovalsConfig {
             ttl_s: default_ttl(),
             two_person_rules: Vec::new(),
             public_url: None,
+            seal_key_file: None,
             webhooks: Vec::new(),
             hold_limits: hold::HoldLimits::default(),
         }
@@ -122,6 +130,8 @@ pub struct Approvals {
     /// Bumped on every change, for long-polls.
     changed: tokio::sync::watch::Sender<u64>,
     callback_key: callback::CallbackKey,
+    /// Seals held requests kept beside their records.
+    seal: sealed::SealKey,
     webhooks: Vec<webhook::Webhook>,
     public_url: String,
 }
@@ -146,16 +156,26 @@ fn conflict(message: impl Into<String>) -> ActionError {
 }
 
 impl Approvals {
-    /// Opens the approvals table, loads (or creates) the callback key and marks requests left
-    /// pending by a previous run as expired.
+    /// Opens the approvals tables and loads (or creates) the callback and seal keys. Requests
+    /// left pending or approved by a previous run are parked again when their sealed content
+    /// opens; the others end. Returns the approvals, the ids of those that ended, and the ids
+    /// of approved requests to run now ([`resume_approved`]).
     pub fn open(
         config: ApprovalsConfig,
         store: Store,
         data_dir: &Path,
         listen: std::net::SocketAddr,
-    ) -> Result<(Self, Vec<String>), String> {
+        audit: Arc<dyn crate::audit::AuditSink>,
+    ) -> Result<(Self, Vec<String>, Vec<String>), String> {
         record::create_table(&store).map_err(|e| e.to_string())?;
+        sealed::create_table(&store).map_err(|e| e.to_string())?;
         let callback_key = callback::CallbackKey::load_or_create(&key_path(data_dir))?;
+        let seal_path = config
+            .seal_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("approvals-seal.key"));
+        let seal = sealed::SealKey::load_or_create(&seal_path)?;
+        let restored = restore(&store, &seal, audit)?;
         let webhooks = config
             .webhooks
             .iter()
@@ -169,29 +189,57 @@ impl Approvals {
             .to_owned();
         let stale = record::expire_all_pending(
             &store,
-            "the gateway restarted while this request waited; request content is kept in memory only (so card data never reaches a disk): submit it again",
+            "the gateway restarted and this request's content could not be opened (its seal key is not this gateway's): submit it again",
+            &|id| restored.iter().any(|(kept, _, _)| kept == id),
         )
         .map_err(|e| e.to_string())?;
+        sealed::remove_ended(&store).map_err(|e| e.to_string())?;
         if !stale.is_empty() {
             tracing::info!(
                 stale = stale.len(),
-                "expired approvals left pending by a previous run"
+                "ended approvals left by a previous run whose content cannot be opened"
             );
         }
         let holds = hold::Ledger::new(config.hold_limits.clone());
+        let mut parked = HashMap::new();
+        let mut approved = Vec::new();
+        for (id, entry, status) in restored {
+            // Admitted once already: a restart does not refuse what the caps let in.
+            if let Ok(slot) = holds.reserve(
+                &id,
+                &entry.caller.principal.tenant,
+                &entry.caller.principal.subject,
+                hold::held_bytes(&entry.held),
+            ) {
+                slot.keep();
+            }
+            if status == Status::Approved {
+                approved.push(id.clone());
+            }
+            parked.insert(id, entry);
+        }
+        if !parked.is_empty() {
+            tracing::info!(
+                parked = parked.len(),
+                approved = approved.len(),
+                "held requests of a previous run parked again"
+            );
+        }
         let (changed, _) = tokio::sync::watch::channel(0);
         Ok((
             Self {
                 config,
                 store,
-                parked: Mutex::new(HashMap::new()),
+                parked: Mutex::new(parked),
                 holds,
                 changed,
                 callback_key,
+                seal,
                 webhooks,
                 public_url,
             },
             stale,
+            approved,
         ))
     }
 
@@ -320,8 +368,13 @@ impl Approvals {
         Ok(Some(record))
     }
 
+    /// Drops a held request, in memory and its sealed copy: it ran, or it never will.
     fn forget(&self, id: &str) -> Option<Parked> {
         self.holds.release(id);
+        if let Err(e) = sealed::remove(&self.store, id) {
+            // Left behind, it is removed at the next start (`sealed::remove_ended`).
+            tracing::error!(approval = %id, error = %e, "removing a sealed held request");
+        }
         self.parked.lock().ok()?.remove(id)
     }
 
@@ -424,6 +477,20 @@ pub async fn park(
         Ok(slot) => slot,
         Err(cap) => return Err(hold::refuse(state, caller, cap).await),
     };
+    // Sealed beside the record before anything is announced, so the request survives this
+    // process; nothing sealable (no door parks such an action) is refused rather than kept
+    // where a restart would lose it.
+    let sealed = sealed::Sealed::of(caller, &held)
+        .ok_or_else(|| ActionError::internal(format!("a {} cannot be held", held.action.name())))
+        .and_then(|s| approvals.seal.seal(&id, &s).map_err(ActionError::internal))?;
+    {
+        let key = id.clone();
+        approvals
+            .store
+            .run(move |s| sealed::put(s, &key, &sealed))
+            .await
+            .map_err(store_error)?;
+    }
     if let Ok(mut parked) = approvals.parked.lock() {
         // One pending command per sandbox, checked and parked under the one lock: the files a
         // held command is bound to must not be changed through the gateway by another hold.
@@ -432,7 +499,10 @@ pub async fn park(
                 Action::Exec { sandbox: s, .. } if s == sandbox => Some(other),
                 _ => None,
             }) {
-                return Err(inputs::sandbox_held(sandbox, other));
+                let refusal = inputs::sandbox_held(sandbox, other);
+                drop(parked);
+                approvals.forget(&id);
+                return Err(refusal);
             }
         }
         parked.insert(
@@ -915,4 +985,42 @@ pub async fn decide_by_callback(
 /// Where the key of the signed decision links lives in a data directory.
 fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("approvals-callback.key")
+}
+
+/// The held requests of a previous run that open with this gateway's seal key, with the
+/// status their approval is in (pending or approved).
+fn restore(
+    store: &Store,
+    seal: &sealed::SealKey,
+    audit: Arc<dyn crate::audit::AuditSink>,
+) -> Result<Vec<(String, Parked, Status)>, String> {
+    let open = store
+        .with_connection(|c| {
+            record::versioned_where(c, "status IN ('pending', 'approved')", rusqlite::params![])
+        })
+        .map_err(|e| e.to_string())?;
+    let mut restored = Vec::new();
+    for read in open {
+        let id = read.record.id.clone();
+        let bytes = match sealed::get(store, &id) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        match seal.open(&id, &bytes) {
+            Ok(content) => {
+                let (caller, held) = content.restore(audit.clone());
+                restored.push((id, Parked { caller, held }, read.record.status));
+            }
+            Err(e) => tracing::warn!(approval = %id, error = %e, "a held request cannot be opened"),
+        }
+    }
+    Ok(restored)
+}
+
+/// Runs the requests approved while no gateway held them (restored by [`Approvals::open`]).
+pub fn resume_approved(state: &Arc<AppState>, ids: Vec<String>) {
+    for id in ids {
+        tokio::spawn(execute(state.clone(), id));
+    }
 }

@@ -360,7 +360,7 @@ pub fn due(store: &Store, now: u64) -> Result<Vec<Versioned>, StoreError> {
     })
 }
 
-fn versioned_where(
+pub(super) fn versioned_where(
     c: &rusqlite::Connection,
     condition: &str,
     params: impl rusqlite::Params,
@@ -378,12 +378,17 @@ fn versioned_where(
     .collect()
 }
 
-/// At start-up: nothing pending or approved from a previous run can still run.
-pub fn expire_all_pending(store: &Store, reason: &str) -> Result<Vec<String>, StoreError> {
+/// At start-up: ends every approval a previous run left pending or approved, except those
+/// `kept` (their held request was restored and can still run).
+pub fn expire_all_pending(
+    store: &Store,
+    reason: &str,
+    kept: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, StoreError> {
     let stale = store
         .with_connection(|c| versioned_where(c, "status IN ('pending', 'approved')", params![]))?;
     let mut ids = Vec::new();
-    for read in stale {
+    for read in stale.into_iter().filter(|r| !kept(&r.record.id)) {
         let mut r = read.record.clone();
         r.status = if r.status == Status::Approved {
             Status::Failed
