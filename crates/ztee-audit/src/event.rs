@@ -65,6 +65,13 @@ pub enum EventType {
     LlmChat,
     #[serde(rename = "tool.call")]
     ToolCall,
+    /// A tool server's list of tools was examined: poisoned definitions withheld, a new or
+    /// changed set held for approval.
+    #[serde(rename = "tool.list")]
+    ToolList,
+    /// A tool server's tool definitions were pinned (approved, or trusted on first use).
+    #[serde(rename = "tool.pin")]
+    ToolPin,
     #[serde(rename = "image.admit")]
     ImageAdmit,
     #[serde(rename = "egress")]
@@ -88,7 +95,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 28] = [
+    pub const ALL: [EventType; 30] = [
         EventType::AuthLogin,
         EventType::AuthFailure,
         EventType::AuthzDenied,
@@ -108,6 +115,8 @@ impl EventType {
         EventType::ApprovalReject,
         EventType::LlmChat,
         EventType::ToolCall,
+        EventType::ToolList,
+        EventType::ToolPin,
         EventType::ImageAdmit,
         EventType::Egress,
         EventType::SecretUse,
@@ -141,6 +150,8 @@ impl EventType {
             EventType::ApprovalReject => "approval.reject",
             EventType::LlmChat => "llm.chat",
             EventType::ToolCall => "tool.call",
+            EventType::ToolList => "tool.list",
+            EventType::ToolPin => "tool.pin",
             EventType::ImageAdmit => "image.admit",
             EventType::Egress => "egress",
             EventType::SecretUse => "secret.use",

@@ -162,6 +162,23 @@ pub enum Action {
     LlmExchange(llm::LlmExchange),
     /// A call to a tool of a third-party MCP server, through the MCP guard.
     McpToolCall(McpToolCall),
+    /// A tool server's new or changed tool definitions: held for a person; once approved (or
+    /// trusted on first use, where configured) the upstream is pinned to exactly that set.
+    PinMcpTools(McpToolSet),
+}
+
+/// A set of tool definitions one MCP upstream offered, by digest.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct McpToolSet {
+    pub upstream: String,
+    /// `sha256:<hex>` over the definitions (see `mcp/definitions.rs`).
+    pub digest: String,
+    /// The tools' names, sorted.
+    pub tools: Vec<String>,
+    /// The digest the upstream was pinned to before, if any.
+    pub previous: Option<String>,
+    /// Pin without a person when the upstream has no pin yet (`pin = "first_use"`).
+    pub trust_first_use: bool,
 }
 
 /// A tool call on its way to a third-party MCP server: decided and recorded by the core; the
@@ -227,6 +244,7 @@ impl Action {
             Action::Filesystem { op, .. } => op.name(),
             Action::LlmExchange(_) => "llm.chat",
             Action::McpToolCall(_) => "tool.call",
+            Action::PinMcpTools(_) => "tool.pin",
         }
     }
 
@@ -309,6 +327,8 @@ pub enum Outcome {
     Watch(fs::WatchStream),
     /// A model's answer, masked.
     Llm(llm::LlmAnswer),
+    /// An upstream's tool definitions are pinned to this set.
+    ToolsPinned(McpToolSet),
     /// Done; nothing to show.
     Done,
 }
@@ -394,6 +414,7 @@ pub async fn execute(
         }
         Action::LlmExchange(request) => llm::exchange(state, caller, request).await,
         Action::McpToolCall(call) => mcp::tool_call(state, caller, call).await,
+        Action::PinMcpTools(set) => mcp::pin_tools(state, caller, set, approved).await,
     }
 }
 

@@ -91,6 +91,7 @@ pub(crate) fn render(outcome: Outcome) -> Response {
         Outcome::Llm(_) => {
             ActionError::internal("a model's answer is not served over REST").into_response()
         }
+        Outcome::ToolsPinned(set) => Json(set).into_response(),
         Outcome::Held(ticket) => (
             StatusCode::ACCEPTED,
             [(header::LOCATION, ticket.link.clone())],

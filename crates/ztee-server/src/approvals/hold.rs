@@ -177,6 +177,7 @@ pub fn held_bytes(held: &HeldAction) -> u64 {
         // Never parked (the caller waits on the answer), sized like any other content.
         Action::LlmExchange(exchange) => exchange.body.to_string().len() as u64,
         Action::McpToolCall(call) => s(&call.tool) + call.arguments.to_string().len() as u64,
+        Action::PinMcpTools(set) => s(&set.upstream) + list(&set.tools) + s(&set.digest),
     };
     content + ENTRY_OVERHEAD
 }

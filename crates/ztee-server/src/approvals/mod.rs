@@ -879,6 +879,11 @@ fn result_of(outcome: ActionOutcome) -> Result<serde_json::Value, ActionError> {
         ActionOutcome::Created(view) | ActionOutcome::Sandbox(view) => {
             Ok(serde_json::to_value(view).unwrap_or_default())
         }
+        ActionOutcome::ToolsPinned(set) => Ok(serde_json::json!({
+            "upstream": set.upstream,
+            "digest": set.digest,
+            "tools": set.tools,
+        })),
         _ => Err(ActionError::internal(
             "an approved action ended without a result to keep",
         )),
@@ -1016,6 +1021,27 @@ fn restore(
         }
     }
     Ok(restored)
+}
+
+/// The ticket of a pending approval whose held action `matches`, if one is parked.
+pub async fn pending_ticket(
+    state: &Arc<AppState>,
+    matches: &(dyn Fn(&Action) -> bool + Sync),
+) -> Result<Option<Ticket>, ActionError> {
+    let approvals = &state.approvals;
+    let found = approvals.parked.lock().ok().and_then(|parked| {
+        parked
+            .iter()
+            .find(|(_, p)| matches(&p.held.action))
+            .map(|(id, _)| id.clone())
+    });
+    let Some(id) = found else { return Ok(None) };
+    let record = approvals.load(&id).await?;
+    if record.status != Status::Pending {
+        return Ok(None);
+    }
+    let link = approvals.link(&id);
+    Ok(Some(Ticket { record, link }))
 }
 
 /// Runs the requests approved while no gateway held them (restored by [`Approvals::open`]).

@@ -226,6 +226,14 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
             "upstream": call.upstream,
             "tool": crate::action::mcp_safe_name(&call.tool),
         }),
+        // Names and digests only: a definition's text is the upstream's, not the requester's,
+        // and it is what the approver is asked to trust.
+        Action::PinMcpTools(set) => serde_json::json!({
+            "upstream": set.upstream,
+            "digest": set.digest,
+            "previous": set.previous,
+            "tools": set.tools,
+        }),
         Action::Filesystem { sandbox, op } => {
             serde_json::json!({"sandbox": sandbox, "operation": op.name()})
         }

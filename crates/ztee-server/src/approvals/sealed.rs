@@ -121,6 +121,7 @@ enum ParkedAction {
         sandbox: String,
         command: RunCommand,
     },
+    PinMcpTools(crate::action::McpToolSet),
 }
 
 /// Everything needed to run a held request later: who asked (looked up again before it runs),
@@ -145,6 +146,7 @@ impl Sealed {
                 sandbox: sandbox.clone(),
                 command: command.clone(),
             },
+            Action::PinMcpTools(set) => ParkedAction::PinMcpTools(set.clone()),
             _ => return None,
         };
         Some(Self {
@@ -173,6 +175,7 @@ impl Sealed {
             ParkedAction::Run(run) => Action::Run(run),
             ParkedAction::CreateSandbox(create) => Action::CreateSandbox(create),
             ParkedAction::Exec { sandbox, command } => Action::Exec { sandbox, command },
+            ParkedAction::PinMcpTools(set) => Action::PinMcpTools(set),
         };
         (
             caller,

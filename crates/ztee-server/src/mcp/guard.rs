@@ -44,6 +44,20 @@ pub struct GuardUpstream {
     pub name: String,
     /// The upstream's streamable HTTP endpoint, e.g. `http://127.0.0.1:9000/mcp`.
     pub url: String,
+    /// How its tool definitions come to be trusted: `approval` (the default: a person approves
+    /// the first set and every change) or `first_use` (the first set is pinned as seen; every
+    /// change still needs a person).
+    #[serde(default)]
+    pub pin: PinMode,
+}
+
+/// See [`GuardUpstream::pin`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinMode {
+    #[default]
+    Approval,
+    FirstUse,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -206,6 +220,7 @@ pub async fn relay(
     };
     let limit = state.config.limits.max_json_body_bytes;
     let mut tool_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut lists: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut forward_body = Bytes::new();
     let mut refused: Vec<Value> = Vec::new();
     if let Some((mut messages, batch)) = read_messages(&method, &headers, body, limit).await? {
@@ -250,6 +265,15 @@ pub async fn relay(
                     Err(e) => return Err(e),
                 }
                 tool_names.insert(id.to_string(), tool);
+            }
+            if message.get("method").and_then(Value::as_str) == Some("tools/list") {
+                lists.insert(
+                    message
+                        .get("id")
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                        .to_string(),
+                );
             }
             // Everything else in the message (`_meta`, other methods' params, notifications,
             // answers to the server's requests) is masked before it is relayed.
@@ -317,6 +341,9 @@ pub async fn relay(
         state: state.clone(),
         caller: caller.clone(),
         tools: tool_names,
+        lists,
+        upstream: upstream.name.clone(),
+        trust_first_use: upstream.pin == PinMode::FirstUse,
     });
     if content_type.starts_with("text/event-stream") {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
@@ -332,7 +359,7 @@ pub async fn relay(
                 };
                 let mut out = Vec::new();
                 for ev in events {
-                    guard.event(ev).encode(&mut out);
+                    guard.event(ev).await.encode(&mut out);
                 }
                 if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
                     return;
@@ -340,7 +367,7 @@ pub async fn relay(
             }
             if let Some(ev) = parser.finish() {
                 let mut out = Vec::new();
-                guard.event(ev).encode(&mut out);
+                guard.event(ev).await.encode(&mut out);
                 let _ = tx.send(Ok(Bytes::from(out))).await;
             }
         });
@@ -377,7 +404,7 @@ pub async fn relay(
         // Not JSON (an error page, plain text): masked as one text.
         return Ok((status, out_headers, guard.raw(&bytes)).into_response());
     };
-    let mut value = guard.message(value);
+    let mut value = guard.message(value).await;
     if !refused.is_empty() {
         value = match value {
             Value::Array(mut items) => {
@@ -407,18 +434,103 @@ struct ResultGuard {
     caller: Caller,
     /// JSON-RPC id (as JSON text) -> tool name, for the calls of this request.
     tools: BTreeMap<String, String>,
+    /// JSON-RPC ids (as JSON text) of this request's `tools/list` calls.
+    lists: std::collections::BTreeSet<String>,
+    upstream: String,
+    trust_first_use: bool,
 }
 
 impl ResultGuard {
-    fn event(&self, event: SseEvent) -> SseEvent {
+    async fn event(&self, event: SseEvent) -> SseEvent {
         let data = match serde_json::from_str::<Value>(&event.data) {
-            Ok(v) => self.message(v).to_string(),
+            Ok(v) => self.message(v).await.to_string(),
             Err(_) => self.raw(event.data.as_bytes()),
         };
         SseEvent {
             event: event.event,
             data,
         }
+    }
+
+    /// A `tools/list` answer: poisoned definitions withheld (and recorded), the rest passed only
+    /// when they are the set the upstream is pinned to. A new or changed set is held for a
+    /// person (`Err`: the refusal the caller gets, naming the approval).
+    async fn review_tools(&self, tools: &mut Value) -> Result<(), String> {
+        let rid = self.caller.request_id.as_str();
+        let Some(list) = tools.as_array() else {
+            return Err(format!(
+                "ztee withheld the tool list of MCP upstream {:?}: `tools` is not an array (request id {rid})",
+                self.upstream
+            ));
+        };
+        let review = super::definitions::review(list);
+        if !review.flagged.is_empty() {
+            self.record_withheld(&review.flagged).await?;
+        }
+        *tools = Value::Array(review.kept);
+        let set = crate::action::McpToolSet {
+            upstream: self.upstream.clone(),
+            digest: review.digest,
+            tools: review.names,
+            previous: None,
+            trust_first_use: self.trust_first_use,
+        };
+        let pinned = crate::action::execute(
+            &self.state,
+            &self.caller,
+            crate::action::Action::PinMcpTools(set),
+            crate::action::Delivery::Whole,
+            None,
+        )
+        .await;
+        match pinned {
+            Ok(crate::action::Outcome::Held(ticket)) => Err(format!(
+                "ztee holds the tool definitions of MCP upstream {:?}: {} They wait for approval {} ({}); list the tools again once it is approved (request id {rid})",
+                self.upstream,
+                ticket.record.reasons.join("; "),
+                ticket.record.id,
+                ticket.link
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{} (request id {rid})", e.message)),
+        }
+    }
+
+    /// One `tool.list` record naming the withheld definitions and the rules they broke.
+    async fn record_withheld(&self, flagged: &[(String, Vec<&'static str>)]) -> Result<(), String> {
+        let mut rules: Vec<String> = flagged
+            .iter()
+            .flat_map(|(_, r)| r.iter().map(|r| (*r).to_owned()))
+            .collect();
+        rules.sort();
+        rules.dedup();
+        tracing::warn!(upstream = %self.upstream, withheld = flagged.len(), "MCP tool definitions withheld");
+        let ctx = crate::pipeline::ActionContext {
+            caller: &self.caller,
+            event_type: ztee_audit::EventType::ToolList,
+            resource: Some(format!("mcp/{}", self.upstream)),
+            policy: crate::action::policy_input(&self.caller, "tool.list"),
+            approval: None,
+        };
+        let record = ztee_audit::DecisionRecord {
+            decision: ztee_audit::DecisionKind::Deny,
+            risk: "HIGH".into(),
+            rule_ids: rules,
+            reasons: flagged
+                .iter()
+                .map(|(name, r)| format!("withheld tool {name}: {}", r.join(", ")))
+                .collect(),
+        };
+        let event = self
+            .state
+            .pipeline
+            .event(&ctx, ztee_audit::Outcome::Denied)
+            .with_decision(record);
+        self.state
+            .pipeline
+            .record(event)
+            .await
+            .map_err(|e| e.message)
     }
 
     /// An answer that is not JSON, masked as one text.
@@ -434,15 +546,28 @@ impl ResultGuard {
         masked
     }
 
-    fn message(&self, value: Value) -> Value {
+    async fn message(&self, value: Value) -> Value {
         match value {
-            Value::Array(items) => Value::Array(items.into_iter().map(|m| self.one(m)).collect()),
-            one => self.one(one),
+            Value::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for m in items {
+                    out.push(self.one(m).await);
+                }
+                Value::Array(out)
+            }
+            one => self.one(one).await,
         }
     }
 
-    fn one(&self, mut message: Value) -> Value {
+    async fn one(&self, mut message: Value) -> Value {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
+        if self.lists.contains(&id.to_string()) {
+            if let Some(tools) = message.pointer_mut("/result/tools") {
+                if let Err(refusal) = self.review_tools(tools).await {
+                    return jsonrpc_error(&id, REFUSED, refusal);
+                }
+            }
+        }
         // What the tool returned, read before masking, for the injection score: its text as
         // the LLM proxy reads a tool result (no `type` tags, base64 blobs or bare URLs).
         let mut text = String::new();

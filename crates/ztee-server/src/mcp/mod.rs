@@ -14,7 +14,9 @@
 //! | `write_file` | `PUT /v1/sandboxes/{id}/files?path=` |
 //! | `sandbox_close` | `DELETE /v1/sandboxes/{id}` |
 
+pub mod definitions;
 pub mod guard;
+pub mod pins;
 
 use std::sync::Arc;
 
