@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use common::{client, EchoExecutor, Gateway};
 use serde_json::{json, Value};
-use ztee_server::policy::{Decision, PolicyEngine, PolicyInput};
 use ztee_server::ServerConfig;
+use ztee_server::{Decision, PolicyEngine, PolicyInput};
 
 /// The repository's policy, remembering every input it was asked to decide.
 struct Recording {

@@ -40,9 +40,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use error::{ActionError, ErrorKind};
-pub use process::{Attachment, ProcessInfo, ProcessSelector};
-pub use request::{Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView};
+pub use error::ActionError;
+pub use process::ProcessSelector;
+pub use request::{Cmd, CreateSandbox, OneShotRun, RunCommand, SandboxView};
 pub use sandbox::policy_input;
 pub use transfer::FileContent;
 
@@ -162,7 +162,6 @@ pub enum Action {
 pub enum Signal {
     Terminate,
     Kill,
-    Interrupt,
 }
 
 impl Signal {
@@ -170,14 +169,12 @@ impl Signal {
         match self {
             Signal::Terminate => libc_signal::SIGTERM,
             Signal::Kill => libc_signal::SIGKILL,
-            Signal::Interrupt => libc_signal::SIGINT,
         }
     }
 }
 
 /// Linux signal numbers (the guest is Linux whatever the host is).
 mod libc_signal {
-    pub const SIGINT: i32 = 2;
     pub const SIGKILL: i32 = 9;
     pub const SIGTERM: i32 = 15;
 }
