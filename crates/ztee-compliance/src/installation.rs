@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use ztee_server::config::ServerConfig;
+use ztee_state::ServerConfig;
 
 use crate::ComplianceError;
 

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 fn pct(samples: &[f64], p: f64) -> f64 {
     let mut v = samples.to_vec();
@@ -49,11 +49,11 @@ fn main() {
         let executor = VmExecutor::new(engine).with_admission(data_dir.path());
         let d = &config.sandbox_defaults;
         executor.start_pool(d.memory_mib, d.vcpus, 2).unwrap();
-        let policy = Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+        let policy = Arc::new(ztee_server::RegoPolicy::new(
             ztee_policy::PolicyEngine::builtin().unwrap(),
             Default::default(),
         ));
-        let dlp = ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
+        let dlp = ztee_server::ZteeDlp::new(Default::default()).unwrap();
         let engines = ztee_server::Engines {
             executor: Arc::new(executor),
             dlp: Arc::new(dlp),

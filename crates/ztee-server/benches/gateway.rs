@@ -106,13 +106,13 @@ async fn start(
     config: ServerConfig,
 ) -> (String, String) {
     let bundle = ztee_policy::Bundle::builtin().unwrap();
-    let policy = ztee_server::rego_policy::RegoPolicy::new(
+    let policy = ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
         config.dlp.inbound,
     );
     let engines = ztee_server::Engines {
         executor,
-        dlp: Arc::new(ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap()),
+        dlp: Arc::new(ztee_server::ZteeDlp::new(Default::default()).unwrap()),
         policy: Some(Arc::new(policy)),
         dlp_api: None,
     };
@@ -361,15 +361,15 @@ async fn load() {
 
 /// The stages one at a time, in process, on the same 4 KiB input.
 async fn stages() {
-    use ztee_server::dlp::DlpEngine as _;
-    use ztee_server::policy::PolicyEngine as _;
+    use ztee_server::DlpEngine as _;
+    use ztee_server::PolicyEngine as _;
     let dir = tempfile::tempdir().unwrap();
-    let store = ztee_server::store::Store::open_for_server(&dir.path().join("s.db")).unwrap();
+    let store = ztee_state::Store::open_for_server(&dir.path().join("s.db")).unwrap();
     let key = ztee_server::apikey::create(&store, "bench", "agent", "")
         .unwrap()
         .key;
-    let dlp = ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
-    let policy = ztee_server::rego_policy::RegoPolicy::new(
+    let dlp = ztee_server::ZteeDlp::new(Default::default()).unwrap();
+    let policy = ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::builtin().unwrap(),
         Default::default(),
     );
@@ -379,7 +379,7 @@ async fn stages() {
     )
     .unwrap();
     let code = body_4k()["cmd"][2].as_str().unwrap().to_owned();
-    let input = ztee_server::policy::PolicyInput {
+    let input = ztee_server::PolicyInput {
         action: "run",
         subject: "apikey:x".into(),
         tenant: "bench".into(),
@@ -498,7 +498,7 @@ async fn vm_latency() {
             vmm: ztee_vm::VmmSettings::default(),
         })
         .unwrap();
-        let executor = ztee_server::vm::VmExecutor::new(engine);
+        let executor = ztee_server::VmExecutor::new(engine);
         let config = ServerConfig::default();
         if pool > 0 {
             let d = &config.sandbox_defaults;

@@ -88,7 +88,7 @@ async fn over_http() -> Vec<(String, Samples)> {
     config.quotas.source_burst = 1_000_000;
     config.listen = "127.0.0.1:0".parse().unwrap();
     let bundle = ztee_policy::Bundle::builtin().unwrap();
-    let policy = ztee_server::rego_policy::RegoPolicy::new(
+    let policy = ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
         config.dlp.inbound,
     );
@@ -118,7 +118,7 @@ async fn over_http() -> Vec<(String, Samples)> {
     }
     let engines = ztee_server::Engines {
         executor: Arc::new(NoVm),
-        dlp: Arc::new(ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap()),
+        dlp: Arc::new(ztee_server::ZteeDlp::new(Default::default()).unwrap()),
         policy: Some(Arc::new(policy)),
         dlp_api: None,
     };

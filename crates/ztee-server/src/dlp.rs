@@ -5,20 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-/// What the gateway does when the inbound scan finds something.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InboundAction {
-    /// Refuse the request (422) before it reaches a VM.
-    #[default]
-    Block,
-    /// Replace the finding with its masked form and go on.
-    Redact,
-    /// Hold the request for a human approver.
-    RequireApproval,
-}
+use serde::Serialize;
+pub use ztee_state::config::InboundAction;
 
 /// One thing found in a field, without the matched text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

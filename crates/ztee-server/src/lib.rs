@@ -1,8 +1,9 @@
 //! ztee's gateway: the one process an operator deploys in front of the microVMs.
 //!
 //! Every request goes through the same stages, in the order spelled out in [`pipeline`]:
-//! authentication ([`auth`]), inbound DLP, policy, the VM ([`exec`]), outbound DLP and the audit
-//! trail. State (API keys, sandbox ownership, quotas) lives in SQLite under the data directory.
+//! authentication (`auth`), inbound DLP, policy, the VM ([`exec`]), outbound DLP and the audit
+//! trail. State (API keys, sandbox ownership, quotas) lives in SQLite under the data directory; its
+//! store and the configuration schema are `ztee-state`'s.
 //!
 //! ```no_run
 //! # async fn example(engines: ztee_server::Engines) -> Result<(), ztee_server::ServerError> {
@@ -19,39 +20,53 @@
 //! # }
 //! ```
 
-pub mod action;
+pub(crate) mod action;
 pub(crate) mod api;
 pub mod apikey;
 pub(crate) mod approvals;
 pub mod audit;
-pub mod audit_outbox;
-pub mod auth;
-pub mod config;
-pub mod dlp;
-pub mod dlp_engine;
+pub(crate) mod audit_outbox;
+pub(crate) mod auth;
+pub(crate) mod dlp;
+pub(crate) mod dlp_engine;
 pub(crate) mod e2b;
-pub mod egress;
+pub(crate) mod egress;
 pub(crate) mod error;
 pub mod exec;
 pub(crate) mod image_admission;
 pub mod launcher;
 pub mod llm;
 pub(crate) mod mcp;
-pub mod metrics;
+pub(crate) mod metrics;
 pub(crate) mod oidc;
 pub(crate) mod openapi;
 pub mod pipeline;
-pub mod policy;
-pub mod principal;
+pub(crate) mod policy;
+pub(crate) mod principal;
 pub(crate) mod quota;
-pub mod rego_policy;
+pub(crate) mod rego_policy;
 pub(crate) mod request_id;
 pub(crate) mod secrets;
-pub mod server;
+pub(crate) mod server;
 pub(crate) mod source_guard;
-pub mod state;
-pub mod store;
-pub mod vm;
+pub(crate) mod state;
+pub(crate) mod vm;
 
-pub use config::ServerConfig;
-pub use server::{app, bind, build, serve, state_db_path, Bootstrap, Engines, ServerError};
+// The configuration schema and the state store live in ztee-state; these paths keep the
+// gateway's modules reading them where they always have.
+pub(crate) use ztee_state::{config, store};
+
+pub use action::policy_input;
+pub use audit_outbox::{record_from_cli, Recorded};
+pub use auth::Caller;
+pub use dlp::{DlpEngine, InboundAction, SecretScope};
+pub use dlp_engine::ZteeDlp;
+pub use egress::authorize_without_approvals;
+pub use metrics::Metrics;
+pub use policy::{Decision, PolicyEngine, PolicyInput};
+pub use principal::{validate_tenant, Principal};
+pub use rego_policy::RegoPolicy;
+pub use server::{app, bind, build, serve, Bootstrap, Engines, ServerError};
+pub use state::AppState;
+pub use vm::VmExecutor;
+pub use ztee_state::ServerConfig;

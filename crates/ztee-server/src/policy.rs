@@ -4,7 +4,7 @@
 //! Rego engine plugs in through the same [`PolicyEngine`] trait.
 
 use serde::Serialize;
-use std::collections::BTreeMap;
+pub use ztee_state::config::TenantTiers;
 
 use crate::dlp::{Detection, InboundAction};
 
@@ -255,33 +255,6 @@ pub fn dlp_summary<'a>(entities: impl IntoIterator<Item = &'a str>) -> ztee_poli
     dlp
 }
 
-/// Which tier each tenant is in (`[llm] default_tier` and `tenant_tiers`); the bundle routes
-/// providers, and may route anything else, by tier.
-#[derive(Debug, Clone)]
-pub struct TenantTiers {
-    default: String,
-    tenants: BTreeMap<String, String>,
-}
-
-impl TenantTiers {
-    pub fn new(default: String, tenants: BTreeMap<String, String>) -> Self {
-        Self { default, tenants }
-    }
-
-    pub fn tier_of(&self, tenant: &str) -> &str {
-        self.tenants
-            .get(tenant)
-            .map_or(self.default.as_str(), String::as_str)
-    }
-}
-
-impl Default for TenantTiers {
-    /// Every tenant in the tier `standard`.
-    fn default() -> Self {
-        Self::new("standard".into(), BTreeMap::new())
-    }
-}
-
 #[cfg(test)]
 mod summary_tests {
     use super::*;
@@ -307,15 +280,5 @@ mod summary_tests {
         ] {
             assert!(dlp_summary([sad]).sad, "{sad}");
         }
-    }
-
-    #[test]
-    fn a_tenant_without_a_tier_has_the_default() {
-        let tiers = TenantTiers::new(
-            "standard".into(),
-            [("pay".to_string(), "pci".to_string())].into(),
-        );
-        assert_eq!(tiers.tier_of("pay"), "pci");
-        assert_eq!(tiers.tier_of("other"), "standard");
     }
 }

@@ -2,7 +2,7 @@
 //! HTTP) and shutdown.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +24,7 @@ use crate::request_id;
 use crate::source_guard::{self, AuthFailures};
 use crate::state::{AppState, LiveSandboxes};
 use crate::store::Store;
+use ztee_state::state_db_path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -109,10 +110,6 @@ pub struct Engines {
 pub struct Bootstrap {
     /// An admin API key created because no key existed yet. Shown once, stored only hashed.
     pub admin_key: Option<apikey::NewApiKey>,
-}
-
-pub fn state_db_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("state.db")
 }
 
 /// Opens (and on first start, initialises) everything under `data_dir`.

@@ -320,7 +320,7 @@ async fn card_data_in_input_is_blocked_before_any_vm_and_output_is_masked() {
 #[tokio::test]
 async fn redact_mode_masks_input_before_the_vm_sees_it() {
     let mut config = ServerConfig::default();
-    config.dlp.inbound = ztee_server::dlp::InboundAction::Redact;
+    config.dlp.inbound = ztee_server::InboundAction::Redact;
     let exec = Arc::new(EchoExecutor::default());
     let gw = Gateway::start(config, exec.clone()).await;
     let key = gw.key("acme", "agent");

@@ -15,8 +15,8 @@ use ztee_server::ServerConfig;
 /// Held by the default policy: raw card data in the code.
 const PAN_CMD: &str = "echo 4111111111111111 | wc -c";
 
-fn default_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
-    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+fn default_policy() -> Arc<dyn ztee_server::PolicyEngine> {
+    Arc::new(ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::builtin().unwrap(),
         Default::default(),
     ))

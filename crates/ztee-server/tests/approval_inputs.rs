@@ -19,8 +19,8 @@ use bytes::Bytes;
 use common::{client, error_body, EchoExecutor, Gateway};
 use serde_json::json;
 use sha2::Digest;
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 const HOOK_SECRET: &str = "webhook-signing-secret-0123456789";
 const PAN: &str = "4111111111111111";
@@ -70,8 +70,8 @@ async fn delivery(got: &Received, path: &str, kind: &str, id: &str) -> String {
     panic!("no {kind} webhook for {id} at /{path}");
 }
 
-fn default_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
-    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+fn default_policy() -> Arc<dyn ztee_server::PolicyEngine> {
+    Arc::new(ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::builtin().unwrap(),
         Default::default(),
     ))
@@ -106,9 +106,7 @@ async fn setup(
 ) -> Setup {
     use ztee_server::apikey::create;
     let (hooks_url, hooks) = receiver().await;
-    let store =
-        ztee_server::store::Store::open(&ztee_server::server::state_db_path(data_dir.path()))
-            .unwrap();
+    let store = ztee_state::Store::open(&ztee_state::state_db_path(data_dir.path())).unwrap();
     let admin = create(&store, "default", "platform-admin", "test").unwrap();
     let agent = create(&store, "acme", "agent", "agent").unwrap();
     let acme_admin = create(&store, "acme", "admin", "acme admin").unwrap();

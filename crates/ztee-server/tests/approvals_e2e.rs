@@ -16,8 +16,8 @@ use axum::http::HeaderMap;
 use common::{client, error_body, EchoExecutor, Gateway};
 use hmac::{Hmac, Mac};
 use serde_json::json;
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 const HOOK_SECRET: &str = "webhook-signing-secret-0123456789";
 const PAN_CMD: &str = "echo 4111111111111111 | tr -d '\\n' | wc -c";
@@ -73,15 +73,14 @@ fn keys_before_start(
     ztee_server::apikey::NewApiKey,
     ztee_server::apikey::NewApiKey,
 ) {
-    let store =
-        ztee_server::store::Store::open(&ztee_server::server::state_db_path(data_dir)).unwrap();
+    let store = ztee_state::Store::open(&ztee_state::state_db_path(data_dir)).unwrap();
     let admin = ztee_server::apikey::create(&store, "default", "platform-admin", "test").unwrap();
     let approver = ztee_server::apikey::create(&store, "acme", "approver", "bob").unwrap();
     (admin, approver)
 }
 
-fn default_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
-    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+fn default_policy() -> Arc<dyn ztee_server::PolicyEngine> {
+    Arc::new(ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::builtin().unwrap(),
         Default::default(),
     ))
@@ -465,9 +464,7 @@ async fn echo_gateway(two_person: bool) -> EchoGateway {
     use ztee_server::apikey::create;
     let (hooks, got) = receiver().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let store =
-        ztee_server::store::Store::open(&ztee_server::server::state_db_path(data_dir.path()))
-            .unwrap();
+    let store = ztee_state::Store::open(&ztee_state::state_db_path(data_dir.path())).unwrap();
     let admin = create(&store, "default", "platform-admin", "test").unwrap();
     let agent = create(&store, "acme", "agent", "agent").unwrap();
     let acme_admin = create(&store, "acme", "admin", "acme admin").unwrap();

@@ -366,8 +366,8 @@ async fn failed_logins_are_recorded_per_address_and_reason_with_a_count() {
 #[tokio::test]
 async fn card_numbers_in_sandbox_metadata_are_not_stored_in_clear() {
     for inbound in [
-        ztee_server::dlp::InboundAction::Block,
-        ztee_server::dlp::InboundAction::Redact,
+        ztee_server::InboundAction::Block,
+        ztee_server::InboundAction::Redact,
     ] {
         let mut config = ServerConfig::default();
         config.dlp.inbound = inbound;

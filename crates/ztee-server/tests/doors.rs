@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use common::{client, EchoExecutor, Gateway};
 use serde_json::{json, Value};
-use ztee_server::policy::{Decision, PolicyEngine, PolicyInput};
 use ztee_server::ServerConfig;
+use ztee_server::{Decision, PolicyEngine, PolicyInput};
 
 /// The repository's policy, remembering every input it was asked to decide.
 struct Recording {
@@ -183,6 +183,11 @@ async fn start_upstreams() -> String {
         }))
     }
     async fn mcp(axum::Json(message): axum::Json<Value>) -> axum::Json<Value> {
+        if message["method"] == "tools/list" {
+            return axum::Json(json!({"jsonrpc": "2.0", "id": message["id"], "result": {
+                "tools": [{"name": "charge", "description": "Charge an order.",
+                           "inputSchema": {"type": "object"}}]}}));
+        }
         axum::Json(json!({"jsonrpc": "2.0", "id": message["id"],
             "result": {"content": [{"type": "text", "text": "done"}]}}))
     }
@@ -212,6 +217,7 @@ external = false
 [[mcp.upstreams]]
 name = "tools"
 url = "{upstream}/mcp"
+pin = "first_use"
 "#
     ))
     .unwrap();
@@ -261,7 +267,17 @@ url = "{upstream}/mcp"
         "{llm}"
     );
 
-    // The MCP guard: a tool call with a CVV in its arguments, decided by the same core.
+    // The MCP guard: a tool call with a CVV in its arguments, decided by the same core (once
+    // the upstream's tools are pinned, here on first use).
+    let listed = client()
+        .post(format!("{}/v1/mcp-guard/tools", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["result"]["tools"][0]["name"], "charge", "{listed}");
     let refused = client()
         .post(format!("{}/v1/mcp-guard/tools", gw.url))
         .bearer_auth(&agent)

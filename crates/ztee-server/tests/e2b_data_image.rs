@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Gateway;
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 use ztee_supply::build::{build, load_recipe};
 use ztee_supply::dsse::{self, PREDICATE_CYCLONEDX};
 use ztee_supply::keys::{self, Passphrase};
@@ -148,7 +148,7 @@ async fn the_code_interpreter_runs_pandas_matplotlib_and_javascript_on_the_data_
     let executor = VmExecutor::new(engine)
         .with_admission(data_dir.path())
         .with_rootfs_builder(rootfs_builder());
-    let policy = Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+    let policy = Arc::new(ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::builtin().unwrap(),
         Default::default(),
     ));

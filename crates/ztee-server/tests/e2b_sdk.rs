@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Gateway;
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 async fn vm_gateway() -> Option<Gateway> {
     if !common::vm::available("E2B SDK tests") {
@@ -23,7 +23,7 @@ async fn vm_gateway() -> Option<Gateway> {
     let engine = common::vm::engine(data_dir.path());
     let executor = VmExecutor::new(engine).with_admission(data_dir.path());
     // The policy bundle `ztee serve` ships: every E2B call is an action it knows.
-    let policy = Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+    let policy = Arc::new(ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::builtin().unwrap(),
         Default::default(),
     ));

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use common::{client, error_body, Gateway};
 use serde_json::json;
 use ztee_egress::testing::{Origin, TestDns};
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 const FETCH: &str = "import sys, urllib.request, urllib.error
 for url in sys.argv[1:]:
@@ -69,9 +69,9 @@ async fn egress_requested_through_the_api_is_decided_relayed_and_audited() {
         &[("mirror.test", port)],
     );
     let bundle = ztee_policy::Bundle::from_dir(&policy_dir).unwrap();
-    let policy = ztee_server::rego_policy::RegoPolicy::new(
+    let policy = ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
-        ztee_server::dlp::InboundAction::Block,
+        ztee_server::InboundAction::Block,
     );
     let engine = common::vm::engine(data_dir.path());
     let config = ServerConfig {

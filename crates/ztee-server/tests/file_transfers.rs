@@ -249,8 +249,8 @@ async fn a_card_number_split_between_chunks_of_a_large_download_is_masked() {
     // Three masked numbers (a PCI mask keeps the last four digits).
     let original = String::from_utf8(file).unwrap();
     // Streamed, it is masked exactly as the whole file at once would be.
-    let dlp = ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
-    let whole = ztee_server::dlp::DlpEngine::redact(&dlp, &original).text;
+    let dlp = ztee_server::ZteeDlp::new(Default::default()).unwrap();
+    let whole = ztee_server::DlpEngine::redact(&dlp, &original).text;
     assert!(
         text == whole,
         "the streamed masking differs from the whole file's"
@@ -434,7 +434,7 @@ async fn a_real_guest_file_streams_masked_across_its_chunks() {
     }
     let data_dir = common::vm::data_dir("ztee-ft");
     let engine = common::vm::engine(data_dir.path());
-    let executor = ztee_server::vm::VmExecutor::new(engine).with_admission(data_dir.path());
+    let executor = ztee_server::VmExecutor::new(engine).with_admission(data_dir.path());
     let gw = Gateway::start_in(ServerConfig::default(), Arc::new(executor), data_dir).await;
     let key = gw.key("acme", "agent");
     let sbx: serde_json::Value = gw.post_json(&key, "/v1/sandboxes", &json!({})).await;

@@ -17,7 +17,7 @@ const DIGEST: &str = "sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e
 const OTHER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 /// The repository's bundle, with acme's agents granted one secret.
-fn repository_policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
+fn repository_policy() -> Arc<dyn ztee_server::PolicyEngine> {
     common::repository_policy(|config| {
         config["secret_grants"] =
             json!([{"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]}]);

@@ -556,9 +556,9 @@ deny contains {"rule": "ops.no_agent_refunds", "message": "agents do not issue r
     )
     .unwrap();
     let bundle = ztee_policy::Bundle::from_dir(&bundle_dir).unwrap();
-    let policy = ztee_server::rego_policy::RegoPolicy::new(
+    let policy = ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
-        ztee_server::dlp::InboundAction::Block,
+        ztee_server::InboundAction::Block,
     );
     let (up, _received) = start_upstream().await;
     let gw = Gateway::start_with_policy(

@@ -16,6 +16,69 @@ use axum::response::{IntoResponse, Response};
 use common::{EchoExecutor, Gateway};
 use ztee_server::ServerConfig;
 
+/// Starts `upstream.py` on `port` (`changed`: the same server with one definition changed).
+async fn start_upstream(
+    python: &Path,
+    dir: &Path,
+    port: u16,
+    calls: &Path,
+    changed: bool,
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(dir.join("upstream.py"))
+        .arg(port.to_string())
+        .arg(calls)
+        .kill_on_drop(true);
+    if changed {
+        command.arg("changed");
+    }
+    let upstream = command.spawn().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return upstream;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the upstream MCP server did not start");
+}
+
+/// Runs `guard_client.py` with `args` as the holder of `key`; returns its JSON output.
+async fn guard_client(
+    python: &Path,
+    dir: &Path,
+    gw: &Gateway,
+    key: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let out = tokio::process::Command::new(python)
+        .arg(dir.join("guard_client.py"))
+        .args(args)
+        .env("ZTEE_URL", &gw.url)
+        .env("ZTEE_KEY", key)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "guard_client.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The approval id a held tool list names.
+fn approval_in(message: &str) -> String {
+    let at = message.find("apr_").expect(message);
+    message[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_calls_are_checked_before_and_results_after() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
@@ -27,25 +90,7 @@ async fn tool_calls_are_checked_before_and_results_after() {
         .port();
     let work = tempfile::tempdir().unwrap();
     let calls = work.path().join("calls.txt");
-    let mut upstream = tokio::process::Command::new(&python)
-        .arg(dir.join("upstream.py"))
-        .arg(port.to_string())
-        .arg(&calls)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the upstream MCP server did not start");
+    let mut upstream = start_upstream(&python, &dir, port, &calls, false).await;
 
     let config = ServerConfig::from_toml(&format!(
         "[[mcp.upstreams]]\nname = \"records\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"
@@ -53,22 +98,57 @@ async fn tool_calls_are_checked_before_and_results_after() {
     .unwrap();
     let gw = Gateway::start(config, Arc::new(EchoExecutor::default())).await;
     let agent = gw.key("default", "agent");
-    let out = tokio::process::Command::new(&python)
-        .arg(dir.join("guard_client.py"))
-        .env("ZTEE_URL", &gw.url)
-        .env("ZTEE_KEY", &agent)
-        .output()
-        .await
-        .unwrap();
+    let approver = gw.key("default", "approver");
+
+    // A new upstream's tool definitions wait for a person: the list is held, and no tool is
+    // called before it is approved.
+    let first = guard_client(&python, &dir, &gw, &agent, &["list"]).await;
+    let held = first["held"].as_str().expect("the first list was not held");
+    assert!(held.contains("not been approved yet"), "{held}");
+    let id = approval_in(held);
+    let early = guard_client(&python, &dir, &gw, &agent, &["call", "lookup_customer"]).await;
     assert!(
-        out.status.success(),
-        "guard_client.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        early["call"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("mcp.tool_not_pinned"),
+        "{early}"
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The approver sees the set by name and digest; the poisoned definition is not in it.
+    let approval = gw.get_json(&approver, &format!("/v1/approvals/{id}")).await;
+    assert_eq!(approval["action"], "tool.pin", "{approval}");
+    assert_eq!(
+        approval["request"]["tools"],
+        serde_json::json!(["delete_file", "fetch_page", "lookup_customer"]),
+        "{approval}"
+    );
+    let r = gw
+        .post(
+            &approver,
+            &format!("/v1/approvals/{id}/approve"),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let done = gw
+        .get_json(&agent, &format!("/v1/approvals/{id}?wait=30"))
+        .await;
+    assert_eq!(done["status"], "executed", "{done}");
+
+    let r = guard_client(&python, &dir, &gw, &agent, &["full"]).await;
     assert_eq!(
         r["tools"],
         serde_json::json!(["delete_file", "fetch_page", "lookup_customer"])
+    );
+    // The tool whose description hides instructions never reached the model, nor runs.
+    let poisoned = &r["poisoned"];
+    assert_eq!(poisoned["refused"], true, "{poisoned}");
+    assert!(
+        poisoned["text"]
+            .as_str()
+            .unwrap()
+            .contains("mcp.tool_not_pinned"),
+        "{poisoned}"
     );
     // The result passed, with the card number masked.
     let lookup = &r["lookup"];
@@ -136,6 +216,43 @@ async fn tool_calls_are_checked_before_and_results_after() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+
+    // The poisoned definition was recorded, with the rules it broke.
+    let listed = gw
+        .get(&gw.admin_key, "/v1/audit?type=tool.list&limit=100")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains("add_numbers") && listed.contains("mcp.definition.sensitive_file"),
+        "{listed}"
+    );
+
+    // A rug pull: the same server, one definition quietly changed. The new set is held, and
+    // the upstream's tools are not called until a person approves it.
+    upstream.kill().await.unwrap();
+    let _ = upstream.wait().await;
+    let mut upstream = start_upstream(&python, &dir, port, &calls, true).await;
+    let changed = guard_client(&python, &dir, &gw, &agent, &["list"]).await;
+    let held = changed["held"]
+        .as_str()
+        .expect("a changed list was not held");
+    assert!(held.contains("changed since they were approved"), "{held}");
+    let after = guard_client(&python, &dir, &gw, &agent, &["call", "lookup_customer"]).await;
+    assert!(
+        after["call"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("mcp.tools_changed"),
+        "{after}"
+    );
+    let ran = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ["lookup_customer", "fetch_page"],
+        "nothing more reached the upstream"
+    );
     gw.stop().await;
     upstream.kill().await.unwrap();
 }
@@ -173,6 +290,14 @@ async fn recording_upstream(
     let Ok(message) = serde_json::from_str::<serde_json::Value>(&text) else {
         return (axum::http::StatusCode::ACCEPTED, "").into_response();
     };
+    if message["method"] == "tools/list" {
+        return axum::Json(
+            serde_json::json!({"jsonrpc": "2.0", "id": message["id"], "result": {
+            "tools": [{"name": "lookup", "description": "Look a record up.",
+                       "inputSchema": {"type": "object"}}]}}),
+        )
+        .into_response();
+    }
     if message["method"] == "ping" {
         return (
             [(header::CONTENT_TYPE, "text/plain")],
@@ -198,7 +323,7 @@ async fn every_string_of_a_relayed_message_is_scanned_and_bad_bodies_are_refused
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let config = ServerConfig::from_toml(&format!(
-        "[[mcp.upstreams]]\nname = \"rec\"\nurl = \"http://{addr}/mcp\"\n"
+        "[[mcp.upstreams]]\nname = \"rec\"\nurl = \"http://{addr}/mcp\"\npin = \"first_use\"\n"
     ))
     .unwrap();
     let gw = Gateway::start(config, Arc::new(EchoExecutor::default())).await;
@@ -276,6 +401,25 @@ async fn every_string_of_a_relayed_message_is_scanned_and_bad_bodies_are_refused
         "a refused body reached the upstream: {:?}",
         received.lock().unwrap()
     );
+
+    // Trusted on first use (`pin = "first_use"`): the first list pins the upstream's tools.
+    let listed = post(
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#.to_vec(),
+    )
+    .send()
+    .await
+    .unwrap();
+    let listed: serde_json::Value = listed.json().await.unwrap();
+    assert_eq!(listed["result"]["tools"][0]["name"], "lookup", "{listed}");
+    let pinned = gw
+        .get(&gw.admin_key, "/v1/audit?type=tool.pin&limit=10")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(pinned.contains("mcp.tools_first_use"), "{pinned}");
+    received.lock().unwrap().clear();
 
     // Card numbers outside a tool's arguments are masked before the message is relayed:
     // `_meta` of a tools/call, a prompt's arguments, a key, a notification.

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::Gateway;
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 async fn vm_gateway() -> Option<Gateway> {
     if !common::vm::available("MCP VM test") {

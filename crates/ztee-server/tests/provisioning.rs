@@ -12,7 +12,7 @@ use serde_json::json;
 use ztee_server::ServerConfig;
 
 /// The repository's bundle with pypi.org pre-approved, so egress to it is allowed outright.
-fn policy() -> Arc<dyn ztee_server::policy::PolicyEngine> {
+fn policy() -> Arc<dyn ztee_server::PolicyEngine> {
     common::repository_policy(|config| {
         config["egress_preapproved"] = json!([{"host": "pypi.org", "port": 443}]);
     })

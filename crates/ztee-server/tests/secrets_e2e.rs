@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use common::{client, error_body, EchoExecutor, Gateway};
 use serde_json::json;
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 const DB_PASSWORD: &str = "pg-Pa55/word+with spaces&more";
 const API_TOKEN: &str = "tok_live_51HqLyjWDarjtT1zdp7dc";
 
 /// The repository's policy with grants: acme's agents may use both secrets; nobody else any.
-fn policy_with_grants() -> Arc<dyn ztee_server::policy::PolicyEngine> {
+fn policy_with_grants() -> Arc<dyn ztee_server::PolicyEngine> {
     common::repository_policy(|config| {
         config["secret_grants"] = json!([
             {"secret": "DB_PASSWORD", "tenants": ["acme"], "roles": ["agent"]},
@@ -371,7 +371,7 @@ async fn a_wrong_master_key_stops_the_gateway_with_a_clear_error() {
     );
     let engines = ztee_server::Engines {
         executor: Arc::new(EchoExecutor::default()),
-        dlp: Arc::new(ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap()),
+        dlp: Arc::new(ztee_server::ZteeDlp::new(Default::default()).unwrap()),
         policy: None,
         dlp_api: None,
     };

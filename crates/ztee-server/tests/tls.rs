@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{EchoExecutor, Gateway};
-use ztee_server::config::TlsConfig;
 use ztee_server::ServerConfig;
+use ztee_state::config::TlsConfig;
 
 /// Writes a fresh self-signed certificate for 127.0.0.1 to `cert`/`key`; returns its PEM.
 fn write_cert(cert: &Path, key: &Path) -> String {
@@ -94,7 +94,7 @@ async fn an_unreadable_certificate_is_a_clear_start_up_error() {
     };
     let engines = ztee_server::Engines {
         executor: Arc::new(EchoExecutor::default()),
-        dlp: Arc::new(ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap()),
+        dlp: Arc::new(ztee_server::ZteeDlp::new(Default::default()).unwrap()),
         policy: None,
         dlp_api: None,
     };

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use common::{client, error_body, Gateway};
 use serde_json::json;
-use ztee_server::vm::VmExecutor;
 use ztee_server::ServerConfig;
+use ztee_server::VmExecutor;
 
 /// A gateway over the real VM engine, or `None` (after a loud SKIPPED line) when QEMU cannot
 /// start here. Missing guest assets fail the test: `scripts/guest.sh` builds them.

@@ -53,6 +53,16 @@ impl From<VmmArg> for ztee_vm::VmmChoice {
     }
 }
 
+/// The gateway configuration's `sandbox_defaults.vmm` as the VM engine's choice.
+pub fn vmm_from_config(choice: ztee_state::config::VmmChoice) -> ztee_vm::VmmChoice {
+    use ztee_state::config::VmmChoice;
+    match choice {
+        VmmChoice::Auto => ztee_vm::VmmChoice::Auto,
+        VmmChoice::Qemu => ztee_vm::VmmChoice::Qemu,
+        VmmChoice::Firecracker => ztee_vm::VmmChoice::Firecracker,
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Tables for people (`ztee compliance report` prints Markdown; `md` is accepted for it).

@@ -14,10 +14,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use ztee_audit::{AuditEvent, EventType, Outcome};
 use ztee_server::audit::{AuditSink, MaskingSink};
-use ztee_server::auth::Caller;
 use ztee_server::pipeline::{ActionContext, Admitted, Pipeline, Work};
-use ztee_server::principal::Principal;
-use ztee_server::store::Store;
+use ztee_server::Caller;
+use ztee_server::Principal;
+use ztee_state::store::Store;
 
 use crate::globals::GlobalArgs;
 
@@ -59,18 +59,17 @@ impl LocalCore {
             .map(std::path::PathBuf::from);
         let config = ztee_server::ServerConfig::load(config_file.as_deref())?;
         let bundle = ztee_policy::Bundle::resolve(None, data_dir)?;
-        let policy = ztee_server::rego_policy::RegoPolicy::new(
+        let policy = ztee_server::RegoPolicy::new(
             ztee_policy::PolicyEngine::compile(&bundle)?,
             config.dlp.inbound,
         )
         .with_tenant_tiers(config.llm.tenant_tiers());
-        let dlp: Arc<dyn ztee_server::dlp::DlpEngine> = Arc::new(
-            ztee_server::dlp_engine::ZteeDlp::new(Default::default())
-                .context("starting the DLP engine")?,
+        let dlp: Arc<dyn ztee_server::DlpEngine> = Arc::new(
+            ztee_server::ZteeDlp::new(Default::default()).context("starting the DLP engine")?,
         );
         let node_key = ztee_audit::NodeKey::load_or_generate(data_dir)
             .context("loading the node's audit key")?;
-        let store = Store::open(&ztee_server::state_db_path(data_dir))?;
+        let store = Store::open(&ztee_state::state_db_path(data_dir))?;
         let trail: Arc<dyn AuditSink> = Arc::new(NodeTrail {
             store,
             data_dir: data_dir.clone(),
@@ -81,7 +80,7 @@ impl LocalCore {
             executor,
             audit: Arc::new(MaskingSink::new(trail, dlp)),
             content_key: Arc::new(node_key.content_key()),
-            metrics: Arc::new(ztee_server::metrics::Metrics::new()),
+            metrics: Arc::new(ztee_server::Metrics::new()),
         };
         Ok(Self {
             pipeline,
@@ -123,7 +122,7 @@ impl LocalCore {
         if allowlist.is_empty() {
             return Ok(());
         }
-        ztee_server::egress::authorize_without_approvals(&self.pipeline, ctx, allowlist)
+        ztee_server::authorize_without_approvals(&self.pipeline, ctx, allowlist)
             .await
             .map_err(|e| Refusal {
                 message: e.message,
@@ -168,7 +167,7 @@ impl LocalCore {
             caller: &self.caller,
             event_type,
             resource: Some(resource),
-            policy: ztee_server::action::policy_input(&self.caller, action),
+            policy: ztee_server::policy_input(&self.caller, action),
             approval: None,
         }
     }
@@ -216,13 +215,11 @@ impl AuditSink for NodeTrail {
     async fn append(&self, event: AuditEvent) -> Result<(), String> {
         let store = self.store.clone();
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            ztee_server::audit_outbox::record_from_cli(&store, &data_dir, &event)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || ztee_server::record_from_cli(&store, &data_dir, &event))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

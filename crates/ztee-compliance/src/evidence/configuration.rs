@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 use ztee_policy::{run_tests, Bundle, BundleSource, TestStatus};
-use ztee_server::dlp::InboundAction;
-use ztee_server::store::Store;
+use ztee_state::config::InboundAction;
+use ztee_state::Store;
 
 use crate::{ComplianceError, Installation};
 
@@ -115,7 +115,7 @@ pub fn gather(installation: &Installation) -> Result<ConfigurationEvidence, Comp
 }
 
 fn api_keys(data_dir: &Path) -> Result<ApiKeyEvidence, ComplianceError> {
-    let path = ztee_server::state_db_path(data_dir);
+    let path = ztee_state::state_db_path(data_dir);
     let mut evidence = ApiKeyEvidence::default();
     if !path.is_file() {
         return Ok(evidence);

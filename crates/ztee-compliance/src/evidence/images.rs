@@ -168,12 +168,12 @@ fn attestation_types(store: &Store, repository: &str, digest: &ztee_supply::Dige
 
 /// The image of every sandbox the gateway's state database says is running.
 fn images_in_use(installation: &Installation) -> Result<Vec<String>, ComplianceError> {
-    let path = ztee_server::state_db_path(&installation.data_dir);
+    let path = ztee_state::state_db_path(&installation.data_dir);
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let store = ztee_server::store::Store::open(&path)
-        .map_err(|e| ComplianceError::State(e.to_string()))?;
+    let store =
+        ztee_state::Store::open(&path).map_err(|e| ComplianceError::State(e.to_string()))?;
     let sandboxes = store
         .sandboxes(None)
         .map_err(|e| ComplianceError::State(e.to_string()))?;

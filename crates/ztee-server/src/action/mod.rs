@@ -44,8 +44,8 @@ use bytes::Bytes;
 
 pub use error::{ActionError, ErrorKind};
 pub(crate) use mcp::safe_name as mcp_safe_name;
-pub use process::{Attachment, ProcessInfo, ProcessSelector};
-pub use request::{Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView};
+pub use process::ProcessSelector;
+pub use request::{Cmd, CreateSandbox, OneShotRun, RunCommand, SandboxView};
 pub use sandbox::policy_input;
 pub use transfer::FileContent;
 
@@ -196,7 +196,6 @@ pub struct McpToolCall {
 pub enum Signal {
     Terminate,
     Kill,
-    Interrupt,
 }
 
 impl Signal {
@@ -204,14 +203,12 @@ impl Signal {
         match self {
             Signal::Terminate => libc_signal::SIGTERM,
             Signal::Kill => libc_signal::SIGKILL,
-            Signal::Interrupt => libc_signal::SIGINT,
         }
     }
 }
 
 /// Linux signal numbers (the guest is Linux whatever the host is).
 mod libc_signal {
-    pub const SIGINT: i32 = 2;
     pub const SIGKILL: i32 = 9;
     pub const SIGTERM: i32 = 15;
 }

@@ -15,72 +15,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Deserialize;
 use ztee_audit::{EventType, Outcome};
+use ztee_state::config::HoldLimits;
 
 use crate::action::{Action, HeldAction};
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::ActionError;
 use crate::state::AppState;
-
-/// `[approvals.hold_limits]`: how much pending held requests may keep in memory.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct HoldLimits {
-    /// Pending held requests one principal may have (default 16).
-    #[serde(default = "default_per_principal")]
-    pub max_per_principal: usize,
-    /// Bytes of held request content one principal may have pending (default 16 MiB).
-    #[serde(default = "default_per_principal_bytes")]
-    pub max_bytes_per_principal: u64,
-    /// Pending held requests one tenant may have, all its principals together (default 64).
-    #[serde(default = "default_per_tenant")]
-    pub max_per_tenant: usize,
-    /// Bytes of held request content one tenant may have pending (default 64 MiB).
-    #[serde(default = "default_per_tenant_bytes")]
-    pub max_bytes_per_tenant: u64,
-    /// Pending held requests on this gateway, all tenants together (default 1024).
-    #[serde(default = "default_total")]
-    pub max_total: usize,
-    /// Bytes of held request content on this gateway (default 256 MiB).
-    #[serde(default = "default_total_bytes")]
-    pub max_total_bytes: u64,
-}
-
-const MIB: u64 = 1024 * 1024;
-
-fn default_per_principal() -> usize {
-    16
-}
-fn default_per_principal_bytes() -> u64 {
-    16 * MIB
-}
-fn default_per_tenant() -> usize {
-    64
-}
-fn default_per_tenant_bytes() -> u64 {
-    64 * MIB
-}
-fn default_total() -> usize {
-    1024
-}
-fn default_total_bytes() -> u64 {
-    256 * MIB
-}
-
-impl Default for HoldLimits {
-    fn default() -> Self {
-        Self {
-            max_per_principal: default_per_principal(),
-            max_bytes_per_principal: default_per_principal_bytes(),
-            max_per_tenant: default_per_tenant(),
-            max_bytes_per_tenant: default_per_tenant_bytes(),
-            max_total: default_total(),
-            max_total_bytes: default_total_bytes(),
-        }
-    }
-}
 
 /// Fixed cost counted for every held request on top of its content: the caller, the ids, the
 /// map entry.

@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde::Deserialize;
 use ztee_audit::{EventType, Outcome};
+use ztee_state::config::ApprovalsConfig;
 
 use crate::action::{Action, Approved, Delivery, HeldAction, Outcome as ActionOutcome};
 use crate::audit;
@@ -48,51 +48,8 @@ use crate::state::AppState;
 use crate::store::{Store, StoreError};
 pub use record::{ApprovalRecord, DecisionEntry, Status};
 
-/// `[approvals]` in the gateway configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApprovalsConfig {
-    /// Seconds a request waits for its approvals before it expires (default 3600).
-    #[serde(default = "default_ttl")]
-    pub ttl_s: u64,
-    /// Policy rule ids (e.g. `pci.raw_pan_in_code`) whose hold needs two distinct approvers.
-    #[serde(default)]
-    pub two_person_rules: Vec<String>,
-    /// Base URL approvers and webhooks reach the gateway at, for links
-    /// (default `http://<listen>`).
-    #[serde(default)]
-    pub public_url: Option<String>,
-    /// Where notifications go.
-    #[serde(default)]
-    pub webhooks: Vec<webhook::WebhookConfig>,
-    /// Bounds on pending held requests (count and bytes), per principal, per tenant and in
-    /// total: `[approvals.hold_limits]`.
-    #[serde(default)]
-    pub hold_limits: hold::HoldLimits,
-    /// The key held requests are sealed under (default `approvals-seal.key` in the data
-    /// directory, created on first start). Gateways that share a state database share it.
-    #[serde(default)]
-    pub seal_key_file: Option<PathBuf>,
-}
-
-fn default_ttl() -> u64 {
-    3600
-}
-
-impl Default for ApprovalsConfig {
-    fn default() -> Self {
-        Self {
-            ttl_s: default_ttl(),
-            two_person_rules: Vec::new(),
-            public_url: None,
-            seal_key_file: None,
-            webhooks: Vec::new(),
-            hold_limits: hold::HoldLimits::default(),
-        }
-    }
-}
-
-/// The request a pending approval will run, with the identity it runs as. Memory only.
+/// The request a pending approval will run, with the identity it runs as (sealed in the
+/// database too, see [`sealed`]).
 struct Parked {
     caller: Caller,
     held: HeldAction,

@@ -5,45 +5,14 @@
 //! `X-Ztee-Signature: sha256=<hex>`, the HMAC-SHA-256 under the webhook's secret of
 //! `<timestamp>.<body>`. Delivery is attempted three times (1 s, 5 s apart) and logged.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
+use ztee_state::config::{WebhookConfig, WebhookFormat};
 
 use super::record::ApprovalRecord;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookFormat {
-    /// The JSON payload documented in docs/approvals.md.
-    #[default]
-    Json,
-    /// A Slack incoming-webhook message (`text` plus `blocks`).
-    Slack,
-}
-
-/// `[[approvals.webhooks]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    /// Environment variable holding the signing secret.
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    /// File holding the signing secret.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    #[serde(default)]
-    pub format: WebhookFormat,
-    /// The approver this webhook's signed approve/deny links act for: an API key subject
-    /// (`apikey:<id>`, role `approver` or `admin` in the approval's tenant). Without it the
-    /// notifications carry no decision links (only `view`).
-    #[serde(default)]
-    pub approver: Option<String>,
-}
 
 pub struct Webhook {
     url: String,

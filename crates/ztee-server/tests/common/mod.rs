@@ -16,7 +16,7 @@ use ztee_server::exec::{
     AdmittedImage, CreateSpec, ExecError, ExecSpec, Executor, OutputEvent, OutputStream,
     SandboxHandle,
 };
-use ztee_server::state::AppState;
+use ztee_server::AppState;
 use ztee_server::ServerConfig;
 
 pub struct Gateway {
@@ -48,10 +48,10 @@ impl Gateway {
         mut config: ServerConfig,
         executor: Arc<dyn Executor>,
         data_dir: tempfile::TempDir,
-        policy: Option<Arc<dyn ztee_server::policy::PolicyEngine>>,
+        policy: Option<Arc<dyn ztee_server::PolicyEngine>>,
     ) -> Gateway {
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let dlp = ztee_server::dlp_engine::ZteeDlp::new(Default::default()).unwrap();
+        let dlp = ztee_server::ZteeDlp::new(Default::default()).unwrap();
         let dlp_api = Arc::new(ztee_dlp::http::DlpState::new(dlp.scanner()));
         let listener = ztee_server::bind(config.listen).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -326,7 +326,7 @@ impl SandboxHandle for EchoSandbox {
 /// `data.ztee.config` (grants, pre-approved egress, ...), as the gateway's Rego policy.
 pub fn repository_policy(
     configure: impl FnOnce(&mut serde_json::Value),
-) -> Arc<dyn ztee_server::policy::PolicyEngine> {
+) -> Arc<dyn ztee_server::PolicyEngine> {
     let dir = tempfile::tempdir().unwrap();
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     std::fs::create_dir_all(dir.path().join("ztee")).unwrap();
@@ -340,7 +340,7 @@ pub fn repository_policy(
     configure(&mut data["ztee"]["config"]);
     std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
     let bundle = ztee_policy::Bundle::from_dir(dir.path()).unwrap();
-    Arc::new(ztee_server::rego_policy::RegoPolicy::new(
+    Arc::new(ztee_server::RegoPolicy::new(
         ztee_policy::PolicyEngine::compile(&bundle).unwrap(),
         Default::default(),
     ))

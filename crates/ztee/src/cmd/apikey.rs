@@ -3,8 +3,8 @@
 use clap::Subcommand;
 use ztee_audit::{EventType, Outcome};
 use ztee_server::apikey;
-use ztee_server::audit_outbox::{record_from_cli, Recorded};
-use ztee_server::store::{ApiKeyRecord, Store};
+use ztee_server::{record_from_cli, Recorded};
+use ztee_state::store::{ApiKeyRecord, Store};
 
 use crate::globals::GlobalArgs;
 use crate::output;
@@ -52,7 +52,7 @@ pub enum Command {
 
 pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
     std::fs::create_dir_all(&globals.data_dir)?;
-    let store = Store::open(&ztee_server::state_db_path(&globals.data_dir))?;
+    let store = Store::open(&ztee_state::state_db_path(&globals.data_dir))?;
     match command {
         Command::Create {
             tenant,

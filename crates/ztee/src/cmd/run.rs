@@ -103,7 +103,7 @@ impl RunSecrets {
 
     /// The run's secret values for the outbound stage, which masks them in this run's output
     /// only; `None` when there are none.
-    pub fn scope(&self) -> anyhow::Result<Option<ztee_server::dlp::SecretScope>> {
+    pub fn scope(&self) -> anyhow::Result<Option<ztee_server::SecretScope>> {
         if self.files.is_empty() {
             return Ok(None);
         }
@@ -113,7 +113,7 @@ impl RunSecrets {
             .zip(&self.files)
             .map(|(label, (_, value))| (label.as_str(), value.as_slice()))
             .collect();
-        ztee_server::dlp::SecretScope::new(&values)
+        ztee_server::SecretScope::new(&values)
             .map(Some)
             .map_err(|e| {
                 anyhow::anyhow!("a secret cannot be masked in the output, so the run stops: {e}")
@@ -230,7 +230,7 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
     let egress = args.egress.proxy()?;
     vm::block_on(async {
         let engine = vm::engine(globals)?;
-        let executor = std::sync::Arc::new(ztee_server::vm::VmExecutor::new(engine.clone()));
+        let executor = std::sync::Arc::new(ztee_server::VmExecutor::new(engine.clone()));
         let core = LocalCore::open(globals, executor)?;
         // The same stages as `POST /v1/run`: inbound DLP and policy, then the image, then the
         // secrets, then the VM; the audit record closes it.

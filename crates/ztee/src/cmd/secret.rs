@@ -249,7 +249,7 @@ fn read_value(name: &SecretName, keep_newline: bool) -> anyhow::Result<SecretVal
 /// the log).
 fn audit(globals: &GlobalArgs, name: &SecretName) -> anyhow::Result<()> {
     std::fs::create_dir_all(&globals.data_dir)?;
-    let store = ztee_server::store::Store::open(&ztee_server::state_db_path(&globals.data_dir))?;
+    let store = ztee_state::Store::open(&ztee_state::state_db_path(&globals.data_dir))?;
     let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     let principal = ztee_audit::Principal::new(
         ztee_audit::PrincipalKind::User,
@@ -264,6 +264,6 @@ fn audit(globals: &GlobalArgs, name: &SecretName) -> anyhow::Result<()> {
         None,
         Some(&format!("secret/{name}")),
     );
-    ztee_server::audit_outbox::record_from_cli(&store, &globals.data_dir, &event)?;
+    ztee_server::record_from_cli(&store, &globals.data_dir, &event)?;
     Ok(())
 }

@@ -76,11 +76,11 @@ pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
                 crate::vm::engine_config(globals, data_dir).map_err(|e| e.to_string())?;
             // The config file's choice, unless `--vmm` or `ZTEE_VMM` made one.
             if let (None, Some(vmm)) = (globals.vmm, config.sandbox_defaults.vmm) {
-                engine_config.vmm.choice = vmm;
+                engine_config.vmm.choice = crate::globals::vmm_from_config(vmm);
             }
             let engine = ztee_vm::Engine::new(engine_config).map_err(|e| e.to_string())?;
             let rootfs = crate::rootfs_helper::builder().map_err(|e| format!("{e:#}"))?;
-            let executor = ztee_server::vm::VmExecutor::new(engine)
+            let executor = ztee_server::VmExecutor::new(engine)
                 .with_admission(data_dir)
                 .with_rootfs_builder(rootfs)
                 .with_egress_config(config.egress.clone())

@@ -48,7 +48,7 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
     let store = TraceStore::at(&dir);
     let tenants = match &args.tenant {
         Some(t) => {
-            ztee_server::principal::validate_tenant(t).map_err(anyhow::Error::msg)?;
+            ztee_server::validate_tenant(t).map_err(anyhow::Error::msg)?;
             vec![t.clone()]
         }
         None => store

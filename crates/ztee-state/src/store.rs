@@ -127,8 +127,9 @@ impl Store {
         })
     }
 
-    /// One statement (or a few) on the connection, for tables other modules own.
-    pub(crate) fn with_connection<T>(
+    /// One statement (or a few) on the connection, for tables the gateway's own modules keep
+    /// in this file (approval records).
+    pub fn with_connection<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
@@ -287,7 +288,7 @@ impl Store {
     }
 
     /// Queues an audit event (JSON) written while another process holds the audit log; the
-    /// server moves queued events into the log (see `audit_outbox::drain`).
+    /// gateway moves queued events into the log.
     pub fn queue_audit_event(&self, event_json: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(

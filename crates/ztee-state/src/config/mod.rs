@@ -5,11 +5,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::dlp::InboundAction;
-use crate::oidc::OidcConfig;
-use crate::quota::QuotaConfig;
+mod approvals;
+mod llm;
+mod mcp;
+mod oidc;
+mod quota;
+
+pub use approvals::{ApprovalsConfig, HoldLimits, WebhookConfig, WebhookFormat};
+pub use llm::{LlmConfig, ProviderApi, ProviderConfig, TenantTiers};
+pub use mcp::{GuardUpstream, McpConfig, PinMode};
+pub use oidc::OidcConfig;
+pub use quota::QuotaConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,13 +50,13 @@ pub struct ServerConfig {
     pub secrets: SecretsConfig,
     /// Human approval of held requests (see docs/approvals.md).
     #[serde(default)]
-    pub approvals: crate::approvals::ApprovalsConfig,
-    /// The LLM proxy's providers and tenant tiers (`[llm]`, see `llm/config.rs`).
+    pub approvals: ApprovalsConfig,
+    /// The LLM proxy's providers and tenant tiers (`[llm]`, see `llm.rs`).
     #[serde(default)]
-    pub llm: crate::llm::LlmConfig,
+    pub llm: LlmConfig,
     /// Third-party MCP servers behind the MCP guard (`[[mcp.upstreams]]`).
     #[serde(default)]
-    pub mcp: crate::mcp::guard::McpConfig,
+    pub mcp: McpConfig,
     /// The E2B-compatible API (`[e2b]`, see docs/e2b.md).
     #[serde(default)]
     pub e2b: E2bConfig,
@@ -167,7 +175,7 @@ pub struct SandboxDefaults {
     /// The VMM sandboxes run on: `auto` (Firecracker where it can run, else QEMU), `qemu` or
     /// `firecracker`. `--vmm` and `ZTEE_VMM` take precedence; unset means `auto`.
     #[serde(default)]
-    pub vmm: Option<ztee_vm::VmmChoice>,
+    pub vmm: Option<VmmChoice>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -176,6 +184,32 @@ pub struct DlpConfig {
     /// What to do when card data or secrets are found in code, arguments, env or files going in.
     #[serde(default)]
     pub inbound: InboundAction,
+}
+
+/// What the gateway does when the inbound scan finds something.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundAction {
+    /// Refuse the request (422) before it reaches a VM.
+    #[default]
+    Block,
+    /// Replace the finding with its masked form and go on.
+    Redact,
+    /// Hold the request for a human approver.
+    RequireApproval,
+}
+
+/// Which VMM sandboxes run on (`sandbox_defaults.vmm`), as an operator writes it. The VM crate
+/// has its own choice type; the binary maps this one onto it, so the schema does not pull in
+/// the VM engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    /// Firecracker where it is installed and KVM boots guests, else QEMU.
+    #[default]
+    Auto,
+    Qemu,
+    Firecracker,
 }
 
 fn default_listen() -> SocketAddr {
@@ -254,9 +288,9 @@ impl Default for ServerConfig {
             dlp: DlpConfig::default(),
             egress: ztee_egress::EgressConfig::default(),
             secrets: SecretsConfig::default(),
-            approvals: crate::approvals::ApprovalsConfig::default(),
-            llm: crate::llm::LlmConfig::default(),
-            mcp: crate::mcp::guard::McpConfig::default(),
+            approvals: ApprovalsConfig::default(),
+            llm: LlmConfig::default(),
+            mcp: McpConfig::default(),
             e2b: E2bConfig::default(),
         }
     }
@@ -473,10 +507,7 @@ mod tests {
     #[test]
     fn the_vmm_is_a_sandbox_default() {
         let c = ServerConfig::from_toml("[sandbox_defaults]\nvmm = \"firecracker\"").unwrap();
-        assert_eq!(
-            c.sandbox_defaults.vmm,
-            Some(ztee_vm::VmmChoice::Firecracker)
-        );
+        assert_eq!(c.sandbox_defaults.vmm, Some(VmmChoice::Firecracker));
         assert_eq!(ServerConfig::default().sandbox_defaults.vmm, None);
         let err = ServerConfig::from_toml("[sandbox_defaults]\nvmm = \"kvm\"").unwrap_err();
         assert!(err.contains("kvm") && err.contains("firecracker"), "{err}");
