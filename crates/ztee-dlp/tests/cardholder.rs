@@ -291,3 +291,28 @@ fn stream_in_4k_chunks_equals_whole_text() {
         assert_eq!(stream(&s, &ops, &chunks), whole, "chunks of {size}");
     }
 }
+
+/// The examples in docs/dlp.md, redacted with the default operator.
+#[test]
+fn documented_examples() {
+    let s = scanner();
+    let ops = Operators::default();
+    let redact = |t: &str| {
+        anonymize(t, &s.scan(t), &ops)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text
+    };
+    assert_eq!(
+        redact(
+            r#"{"card":"4111111111111111","cardholder_name":"Jane A. Doe","billing_address":{"line1":"500 Oak Avenue","city":"Portland","postal_code":"97201"}}"#
+        ),
+        r#"{"card":"<CREDIT_CARD>","cardholder_name":"<CARDHOLDER_NAME>","billing_address":{"line1":"<POSTAL_ADDRESS>","city":"<POSTAL_ADDRESS>","postal_code":"<POSTAL_ADDRESS>"}}"#
+    );
+    assert_eq!(
+        redact("name,card_number,address\nAnn Lee,4111111111111111,12 Elm Rd\n"),
+        "name,card_number,address\n<CARDHOLDER_NAME>,<CREDIT_CARD>,<POSTAL_ADDRESS>\n"
+    );
+    assert!(s
+        .scan("Yesterday John Smith met Mary Jones on Main Street.")
+        .is_empty());
+}

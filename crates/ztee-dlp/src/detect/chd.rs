@@ -1045,9 +1045,8 @@ fn address_at(text: &str, start: usize) -> Option<usize> {
     }
     i += 1;
     // Street words, then a street suffix.
-    let mut words = 0;
     let mut street_end = None;
-    for _ in 0..6 {
+    for words in 0..6 {
         if i >= limit {
             break;
         }
@@ -1070,10 +1069,8 @@ fn address_at(text: &str, start: usize) -> Option<usize> {
                 e += 1;
             }
             street_end = Some(e);
-            // "Main Street North": a direction may follow; otherwise the street ends here.
             break;
         }
-        words += 1;
         match b.get(we) {
             Some(b' ') => i = we + 1,
             _ => break,
