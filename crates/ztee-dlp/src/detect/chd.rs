@@ -139,12 +139,22 @@ const KEY_WORDS: &[&str] = &[
     "postal",
 ];
 
+/// The key words as written in lower case, capitalised (also inside camelCase keys such as
+/// `cardHolderName`) and in capitals: a case-sensitive search over these runs on the SIMD literal
+/// search, several times faster than a case-insensitive one over the text.
 #[allow(clippy::expect_used)] // constant patterns, built by every test run
 static KEY_SEARCH: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let mut variants = Vec::new();
+    for w in KEY_WORDS {
+        let mut cap = w.to_string();
+        cap[..1].make_ascii_uppercase();
+        variants.push(w.to_string());
+        variants.push(cap);
+        variants.push(w.to_ascii_uppercase());
+    }
     AhoCorasickBuilder::new()
-        .ascii_case_insensitive(true)
         .match_kind(MatchKind::LeftmostLongest)
-        .build(KEY_WORDS)
+        .build(variants)
         .expect("key words build")
 });
 
