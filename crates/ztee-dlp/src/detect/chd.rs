@@ -1216,20 +1216,25 @@ fn postal_like(v: &str) -> bool {
     if words.len() < 2 {
         return false;
     }
-    let alpha_word = words.iter().any(|w| {
-        w.chars().filter(|c| c.is_alphabetic()).count() >= 2
-            && w.chars().all(|c| c.is_alphabetic() || c == '.')
-    });
-    let digit = v.chars().any(|c| c.is_ascii_digit());
-    let street = words
+    let alpha_words = words
         .iter()
-        .any(|w| one_of(STREET_SUFFIXES, w.trim_end_matches('.')));
+        .filter(|w| {
+            w.chars().filter(|c| c.is_alphabetic()).count() >= 2
+                && w.chars().all(|c| c.is_alphabetic() || c == '.')
+        })
+        .count();
+    let digit = v.chars().any(|c| c.is_ascii_digit());
+    // A street or unit word; a single word and a number ("localhost 8080") is not enough.
+    let street = words.iter().any(|w| {
+        let w = w.trim_end_matches('.');
+        one_of(STREET_SUFFIXES, w) || one_of(UNITS, w)
+    });
     // Dotted or coloned numbers are network addresses, versions or times.
     let network = words.iter().any(|w| {
         w.chars().filter(|&c| c == '.' || c == ':').count() >= 2
             && w.chars().any(|c| c.is_ascii_digit())
     });
-    alpha_word && (digit || street) && !network
+    alpha_words >= 1 && ((digit && alpha_words >= 2) || street) && !network
 }
 
 // ---- near a card ----------------------------------------------------------------------------
@@ -1421,5 +1426,7 @@ mod tests {
         assert!(!postal_like("10.0.0.1:443 host"));
         assert!(!postal_like("0x52908400098527886E0F7030069857D2E4169EE7"));
         assert!(!postal_like("ops@example.com x"));
+        assert!(!postal_like("localhost 8080"));
+        assert!(postal_like("Apt 3"));
     }
 }
