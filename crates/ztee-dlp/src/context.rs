@@ -176,7 +176,7 @@ fn lower_window<'a>(b: &[u8], start: usize, end: usize, buf: &'a mut [u8]) -> &'
 
 /// `word` occurs in `hay` starting at a word boundary (and, if `whole`, ending at one: "ref"
 /// must not match "refund"; "card" may match "cards").
-pub(crate) fn contains_word(hay: &[u8], word: &str, whole: bool) -> bool {
+fn contains_word(hay: &[u8], word: &str, whole: bool) -> bool {
     let w = word.as_bytes();
     let Some(&first) = w.first() else {
         return false;

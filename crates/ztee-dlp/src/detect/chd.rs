@@ -9,11 +9,12 @@
 //! Every finding depends only on text within [`REACH`] bytes of it, which is what lets the
 //! streaming scanner hold back a bounded amount and still decide exactly as a whole-text scan.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
-use crate::context::contains_word;
 use crate::detect::digits::MAX_CARD_BYTES;
 use crate::entity::Entity;
 use crate::finding::{Candidate, RuleId};
@@ -133,6 +134,9 @@ const KEYS: &[(&str, Field)] = &[
     ("billingpostalcode", Field::Postcode),
 ];
 
+static KEY_MAP: LazyLock<HashMap<&'static [u8], Field, BuildHasherDefault<Fnv>>> =
+    LazyLock::new(|| KEYS.iter().map(|&(k, f)| (k.as_bytes(), f)).collect());
+
 /// Words every key above contains; hits are expanded to the whole key and looked up.
 const KEY_WORDS: &[&str] = &[
     "name", "holder", "addr", "street", "line1", "line2", "city", "town", "zip", "postcode",
@@ -144,33 +148,11 @@ const KEY_WORDS: &[&str] = &[
 /// search, several times faster than a case-insensitive one over the text.
 #[allow(clippy::expect_used)] // constant patterns, built by every test run
 static KEY_SEARCH: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    let mut variants = Vec::new();
-    for w in KEY_WORDS {
-        let mut cap = w.to_string();
-        cap[..1].make_ascii_uppercase();
-        variants.push(w.to_string());
-        variants.push(cap);
-        variants.push(w.to_ascii_uppercase());
-    }
     AhoCorasickBuilder::new()
         .match_kind(MatchKind::LeftmostLongest)
-        .build(variants)
+        .build(KEY_WORDS.iter().flat_map(|w| case_forms(w)))
         .expect("key words build")
 });
-
-/// Words near a labelled value that make it card data even without a card number in the window.
-const CARD_WORDS: &[(&str, bool)] = &[
-    ("card", false),
-    ("pan", true),
-    ("cvv", false),
-    ("cvc", false),
-    ("expir", false),
-    ("payment", false),
-    ("billing", false),
-    ("visa", true),
-    ("mastercard", true),
-    ("amex", true),
-];
 
 /// Capitalised words that are not names: labels, card and log words, street words.
 const STOP_WORDS: &[&str] = &[
@@ -396,8 +378,79 @@ const UNITS: &[&str] = &[
     "bldg",
 ];
 
-fn one_of(list: &[&str], word: &str) -> bool {
-    list.iter().any(|w| w.eq_ignore_ascii_case(word))
+const LONGEST_CARD_SPAN: usize = 4096;
+
+const STOP: u8 = 1;
+const HONORIFIC: u8 = 2;
+const SUFFIX: u8 = 4;
+const PARTICLE: u8 = 8;
+const STREET: u8 = 16;
+const UNIT: u8 = 32;
+
+/// Every listed word (ASCII-lowercased) with the lists it is in: one hash lookup per word
+/// instead of a walk through every list.
+static WORDS: LazyLock<HashMap<&'static [u8], u8, BuildHasherDefault<Fnv>>> = LazyLock::new(|| {
+    let mut map: HashMap<&'static [u8], u8, BuildHasherDefault<Fnv>> = HashMap::default();
+    for (list, flag) in [
+        (STOP_WORDS, STOP),
+        (HONORIFICS, HONORIFIC),
+        (SUFFIXES, SUFFIX),
+        (PARTICLES, PARTICLE),
+        (STREET_SUFFIXES, STREET),
+        (UNITS, UNIT),
+    ] {
+        for w in list {
+            *map.entry(w.as_bytes()).or_default() |= flag;
+        }
+    }
+    map
+});
+
+/// FNV-1a: the keys are a few short words, which SipHash spends most of a lookup on.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// The lists `word` is in (ASCII case-insensitive); no listed word is longer than 16 bytes.
+fn word_flags(word: &str) -> u8 {
+    let mut buf = [0u8; 16];
+    let Some(lower) = buf.get_mut(..word.len()) else {
+        return 0;
+    };
+    lower.copy_from_slice(word.as_bytes());
+    lower.make_ascii_lowercase();
+    WORDS.get(&*lower).copied().unwrap_or(0)
+}
+
+fn one_of(flags: u8, word: &str) -> bool {
+    word_flags(word) & flags != 0
+}
+
+/// Whether a card span in `cards` (sorted by start) overlaps `from..to`. Card numbers and track
+/// data are far shorter than [`LONGEST_CARD_SPAN`], so only the spans starting that close are read.
+fn overlaps(cards: &[(usize, usize)], from: usize, to: usize) -> bool {
+    let i = cards.partition_point(|&(s, _)| s < to);
+    cards[..i]
+        .iter()
+        .rev()
+        .take_while(|&&(s, _)| s + LONGEST_CARD_SPAN > from)
+        .any(|&(_, e)| e > from)
 }
 
 /// Finds cardholder names and postal addresses. `cards` are the spans of card numbers and track
@@ -409,6 +462,9 @@ pub(crate) fn scan(
     addresses: bool,
     out: &mut Vec<Candidate>,
 ) {
+    let mut cards = cards.to_vec();
+    cards.sort_unstable();
+    let cards = &cards[..];
     let mut found = Vec::new();
     labelled(text, cards, &mut found);
     for &(start, end) in cards {
@@ -489,14 +545,81 @@ fn lookup(key: &[u8]) -> Option<Field> {
         norm[n] = c.to_ascii_lowercase();
         n += 1;
     }
-    let norm = &norm[..n];
-    KEYS.iter()
-        .find(|(k, _)| k.as_bytes() == norm)
-        .map(|&(_, f)| f)
+    KEY_MAP.get(&norm[..n]).copied()
+}
+
+/// A key and where its values are.
+struct Label {
+    key_start: usize,
+    field: Field,
+    /// The value after `key:` / `key=`, or `None` for a CSV header field.
+    value: Option<(usize, usize)>,
+}
+
+/// What makes a labelled value card or address data, found once per scan: card words and the
+/// address keys, both sorted by position.
+struct Near<'a> {
+    cards: &'a [(usize, usize)],
+    card_words: Vec<usize>,
+    address_keys: Vec<usize>,
+}
+
+impl Near<'_> {
+    /// A card number, track data or a card word within [`NEAR_PAN`] bytes of `start..end`.
+    fn card(&self, start: usize, end: usize) -> bool {
+        let from = start.saturating_sub(NEAR_PAN);
+        let to = end.saturating_add(NEAR_PAN);
+        overlaps(self.cards, from, to) || any_in(&self.card_words, from, to)
+    }
+
+    /// Another address key (street, city, postcode...) within [`NEAR_PAN`] bytes.
+    fn address(&self, key_start: usize, end: usize) -> bool {
+        let from = key_start.saturating_sub(NEAR_PAN);
+        let to = end.saturating_add(NEAR_PAN);
+        let i = self.address_keys.partition_point(|&k| k < from);
+        self.address_keys[i..]
+            .iter()
+            .take_while(|&&k| k < to)
+            .any(|&k| k != key_start)
+    }
+}
+
+/// A position of the sorted `positions` in `from..to`.
+fn any_in(positions: &[usize], from: usize, to: usize) -> bool {
+    let i = positions.partition_point(|&p| p < from);
+    positions.get(i).is_some_and(|&p| p < to)
 }
 
 fn labelled(text: &str, cards: &[(usize, usize)], out: &mut Vec<Candidate>) {
+    let labels = labels(text);
+    if labels.is_empty() {
+        return;
+    }
+    let near = Near {
+        cards,
+        card_words: card_words(text),
+        address_keys: labels
+            .iter()
+            .filter(|l| matches!(l.field, Field::Address | Field::Locality | Field::Postcode))
+            .map(|l| l.key_start)
+            .collect(),
+    };
+    for l in &labels {
+        match l.value {
+            Some((vs, ve)) => {
+                let card = near.card(l.key_start, ve);
+                let address = near.address(l.key_start, ve);
+                labelled_value(text, vs, ve, l.field, card, address, Rule::Labelled, out);
+            }
+            None => csv_column(text, l.key_start, l.field, &near, out),
+        }
+    }
+}
+
+/// Every key followed by a value or heading a CSV column, in order.
+fn labels(text: &str) -> Vec<Label> {
     let b = text.as_bytes();
+    let mut labels = Vec::new();
     let mut next_from = 0;
     for hit in KEY_SEARCH.find_iter(text) {
         if hit.start() < next_from {
@@ -530,7 +653,11 @@ fn labelled(text: &str, cards: &[(usize, usize)], out: &mut Vec<Candidate>) {
             }
             Some(b'>') if xml => i += 1,
             Some(b',' | b'\t' | b';' | b'|' | b'\r' | b'\n') | None => {
-                csv_column(text, key_start, field, cards, out);
+                labels.push(Label {
+                    key_start,
+                    field,
+                    value: None,
+                });
                 continue;
             }
             _ => continue,
@@ -539,10 +666,67 @@ fn labelled(text: &str, cards: &[(usize, usize)], out: &mut Vec<Candidate>) {
             i += 1;
         }
         if let Some((vs, ve)) = value_at(text, i, xml) {
-            labelled_value(text, vs, ve, key_start, field, cards, Rule::Labelled, out);
+            labels.push(Label {
+                key_start,
+                field,
+                value: Some((vs, ve)),
+            });
             next_from = next_from.max(ve);
         }
     }
+    labels
+}
+
+/// Card words as written in lower case, capitalised and in capitals, and whether they must end
+/// at a word boundary ("pan" must not match "panel"; "card" may match "cards", "cardholder").
+const CARD_WORDS: &[(&str, bool)] = &[
+    ("card", false),
+    ("pan", true),
+    ("cvv", false),
+    ("cvc", false),
+    ("expir", false),
+    ("payment", false),
+    ("billing", false),
+    ("visa", true),
+    ("mastercard", true),
+    ("amex", true),
+];
+
+#[allow(clippy::expect_used)] // constant patterns, built by every test run
+static CARD_SEARCH: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasickBuilder::new()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(CARD_WORDS.iter().flat_map(|(w, _)| case_forms(w)))
+        .expect("card words build")
+});
+
+fn case_forms(w: &str) -> [String; 3] {
+    let mut cap = w.to_string();
+    cap[..1].make_ascii_uppercase();
+    [w.to_string(), cap, w.to_ascii_uppercase()]
+}
+
+/// Where a card word starts: at a word start (or a camelCase hump: `creditCard`).
+fn card_words(text: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    CARD_SEARCH
+        .find_iter(text)
+        .filter(|m| {
+            let (_, whole) = CARD_WORDS[m.pattern().as_usize() / 3];
+            let starts = m.start() == 0 || {
+                let p = b[m.start() - 1];
+                !p.is_ascii_alphabetic()
+                    || (p.is_ascii_lowercase() && b[m.start()].is_ascii_uppercase())
+            };
+            let ends = !whole
+                || b.get(m.end()).is_none_or(|c| {
+                    !c.is_ascii_lowercase()
+                        && (!c.is_ascii_uppercase() || b[m.end() - 1].is_ascii_lowercase())
+                });
+            starts && ends
+        })
+        .map(|m| m.start())
+        .collect()
 }
 
 /// The value starting at `i`: quoted (up to its closing quote) or bare (up to the end of the
@@ -588,13 +772,12 @@ fn labelled_value(
     text: &str,
     vs: usize,
     ve: usize,
-    key_start: usize,
     field: Field,
-    cards: &[(usize, usize)],
+    card: bool,
+    address: bool,
     rule: Rule,
     out: &mut Vec<Candidate>,
 ) {
-    let card = card_context(text, key_start, ve, cards);
     let (name_rule, address_rule) = match rule {
         Rule::Labelled => ("cardholder_name.labelled", "postal_address.labelled"),
         Rule::Csv => ("cardholder_name.csv_column", "postal_address.csv_column"),
@@ -638,7 +821,7 @@ fn labelled_value(
             } else {
                 name_at(text, vs, ve, 1, false) == Some(ve)
             };
-            if ok && (card || address_context(text, key_start, ve)) {
+            if ok && (card || address) {
                 push(
                     out,
                     Entity::PostalAddress,
@@ -650,45 +833,6 @@ fn labelled_value(
             }
         }
     }
-}
-
-/// A card number, track data or a card word within [`NEAR_PAN`] bytes of `start..end`.
-fn card_context(text: &str, start: usize, end: usize, cards: &[(usize, usize)]) -> bool {
-    let from = start.saturating_sub(NEAR_PAN);
-    let to = end.saturating_add(NEAR_PAN);
-    if cards.iter().any(|&(s, e)| s < to && e > from) {
-        return true;
-    }
-    any_word(text.as_bytes(), from, to, |w| {
-        CARD_WORDS
-            .iter()
-            .any(|&(c, whole)| contains_word(w, c, whole))
-    })
-}
-
-/// Another address key (street, city, postcode...) within [`NEAR_PAN`] bytes.
-fn address_context(text: &str, start: usize, end: usize) -> bool {
-    let b = text.as_bytes();
-    let from = floor_boundary(text, start.saturating_sub(NEAR_PAN));
-    let to = floor_boundary(text, end.saturating_add(NEAR_PAN));
-    KEY_SEARCH
-        .find_iter(&text[from..to])
-        .filter_map(|h| key_at(b, from + h.start(), from + h.end()))
-        .any(|(ks, _, f)| {
-            ks != start && matches!(f, Field::Address | Field::Locality | Field::Postcode)
-        })
-}
-
-/// `f` over the ASCII-lowercased bytes of `b[from..to]` (at most 2 * NEAR_PAN + MAX_VALUE).
-fn any_word(b: &[u8], from: usize, to: usize, f: impl Fn(&[u8]) -> bool) -> bool {
-    let mut buf = [0u8; 2 * NEAR_PAN + MAX_VALUE + MAX_KEY + 16];
-    let to = to.min(b.len()).min(from + buf.len());
-    let from = from.min(to);
-    let w = &mut buf[..to - from];
-    for (d, s) in w.iter_mut().zip(&b[from..to]) {
-        *d = s.to_ascii_lowercase();
-    }
-    f(w)
 }
 
 fn floor_boundary(text: &str, mut i: usize) -> usize {
@@ -704,7 +848,7 @@ fn csv_column(
     text: &str,
     key_start: usize,
     field: Field,
-    cards: &[(usize, usize)],
+    near: &Near<'_>,
     out: &mut Vec<Candidate>,
 ) {
     let b = text.as_bytes();
@@ -743,11 +887,13 @@ fn csv_column(
         return;
     }
     let column = before.iter().filter(|&&c| c == delim).count();
-    let header_card = any_word(b, line_start, line_end, |w| {
-        CARD_WORDS
-            .iter()
-            .any(|&(c, whole)| contains_word(w, c, whole))
-    });
+    // A card column in the header makes every row card context; another address column makes
+    // a city or postcode column part of an address.
+    let header_card = any_in(&near.card_words, line_start, line_end);
+    let header_address = near
+        .address_keys
+        .iter()
+        .any(|&k| k != key_start && (line_start..line_end).contains(&k));
     let limit = (line_start + CSV_SPAN).min(b.len());
     let mut row = line_end + 1;
     while row < limit {
@@ -761,23 +907,13 @@ fn csv_column(
         if vs >= limit {
             break;
         }
-        let row_cards: Vec<(usize, usize)> = if header_card {
-            // The header names a card column: the whole row is card context.
-            vec![(row, row_end)]
-        } else {
-            cards
-                .iter()
-                .copied()
-                .filter(|&(s, e)| s < row_end && e > row)
-                .map(|_| (row, row_end))
-                .collect()
-        };
+        let card = header_card || overlaps(near.cards, row, row_end);
         let mut ve = ve;
         while ve > vs && !text.is_char_boundary(ve) {
             ve -= 1;
         }
         if text.is_char_boundary(vs) {
-            labelled_value(text, vs, ve, vs, field, &row_cards, Rule::Csv, out);
+            labelled_value(text, vs, ve, field, card, header_address, Rule::Csv, out);
         }
         row = row_end + 1;
     }
@@ -857,22 +993,23 @@ fn classify(word: &str, dotted: bool) -> Tok {
     let Some(first) = chars.next() else {
         return Tok::Other;
     };
-    if one_of(PARTICLES, word) && word.chars().all(char::is_lowercase) {
+    let flags = word_flags(word);
+    if flags & PARTICLE != 0 && word.chars().all(char::is_lowercase) {
         return Tok::Particle;
     }
     if !first.is_uppercase() {
         return Tok::Other;
     }
-    if one_of(HONORIFICS, word) {
+    if flags & HONORIFIC != 0 {
         return Tok::Honorific;
     }
-    if one_of(SUFFIXES, word) && (dotted || word.len() <= 3) {
+    if flags & SUFFIX != 0 && (dotted || word.len() <= 3) {
         return Tok::Suffix;
     }
     if word.chars().count() == 1 {
         return Tok::Initial;
     }
-    if one_of(STOP_WORDS, word) {
+    if flags & STOP != 0 {
         return Tok::Other;
     }
     if word
@@ -1072,7 +1209,7 @@ fn address_at(text: &str, start: usize) -> Option<usize> {
         if !(first.is_uppercase() || ordinal) {
             break;
         }
-        if words > 0 && one_of(STREET_SUFFIXES, w) {
+        if words > 0 && one_of(STREET, w) {
             let mut e = we;
             // "St." abbreviates; "Street." ends a sentence.
             if b.get(e) == Some(&b'.') && w.len() <= 4 {
@@ -1117,7 +1254,7 @@ fn unit_after(text: &str, i: usize) -> Option<usize> {
         j + 1
     } else {
         let we = word_end(text, j);
-        if we == j || !one_of(UNITS, &text[j..we]) {
+        if we == j || !one_of(UNIT, &text[j..we]) {
             return None;
         }
         let mut k = we;
@@ -1227,7 +1364,7 @@ fn postal_like(v: &str) -> bool {
     // A street or unit word; a single word and a number ("localhost 8080") is not enough.
     let street = words.iter().any(|w| {
         let w = w.trim_end_matches('.');
-        one_of(STREET_SUFFIXES, w) || one_of(UNITS, w)
+        one_of(STREET, w) || one_of(UNIT, w)
     });
     // Dotted or coloned numbers are network addresses, versions or times.
     let network = words.iter().any(|w| {
@@ -1247,7 +1384,7 @@ fn near_card(
     out: &mut Vec<Candidate>,
 ) {
     let b = text.as_bytes();
-    let overlaps_card = |s: usize, e: usize| cards.iter().any(|&(cs, ce)| s < ce && cs < e);
+    let overlaps_card = |s: usize, e: usize| overlaps(cards, s, e);
     // Names and addresses before the card end within NEAR_PAN of it; after it, they start within.
     let from = floor_boundary(text, start.saturating_sub(NEAR_PAN + MAX_ADDRESS));
     let to = floor_boundary(text, end.saturating_add(NEAR_PAN));
