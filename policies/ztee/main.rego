@@ -17,8 +17,9 @@
 #               pre-approved the destination), a secret whose grant asks for approval,
 #               destructive tools, a suspected prompt injection.
 #   MEDIUM    - runs and is logged: code execution, file transfers, granted secrets, pre-approved egress,
-#               tools not known to be read-only, content with (masked) DLP findings, images,
-#               audio or files to a local model.
+#               tools not known to be read-only, content with (masked) DLP findings, a
+#               cardholder name or address together with a raw PAN, images, audio or files to
+#               a local model.
 # Secrets: a secret reaches a sandbox only when a grant in data.ztee.config.secret_grants
 # matches the caller, the secret's name and the sandbox's image (deny by default).
 #   LOW       - runs: read-only tools, plain chat, sandbox creation.
@@ -220,6 +221,20 @@ medium contains {"rule": "dlp.findings", "message": sprintf("content has %d DLP 
 medium contains {"rule": "llm.unscanned_content", "message": sprintf("%d part(s) of the request could not be scanned (images, audio, files)", [count(input.request.attachments)])} if {
 	input.action == "llm.chat"
 	count(object.get(input.request, "attachments", [])) > 0
+}
+
+# The cardholder's name or postal address is cardholder data only together with a card number
+# (PCI DSS); alone it is personal data, counted by dlp.findings. Neither is ever SAD.
+cardholder_entities := {"CARDHOLDER_NAME", "POSTAL_ADDRESS"}
+
+cardholder_data_with_pan if {
+	input.dlp.raw_pan
+	some entity in cardholder_entities
+	object.get(object.get(input.dlp, "counts", {}), entity, 0) > 0
+}
+
+medium contains {"rule": "pci.cardholder_data_with_pan", "message": "the cardholder's name or address goes with a raw card number"} if {
+	cardholder_data_with_pan
 }
 
 medium contains {"rule": "pci.raw_pan_local_model", "message": "raw card numbers sent to a local model"} if {

@@ -216,6 +216,22 @@ test_raw_pan_never_goes_to_an_external_model if {
 	"pci.raw_pan_external_model" in rule_ids(d)
 }
 
+test_a_name_with_a_pan_is_cardholder_data_but_not_sad if {
+	inp := with_dlp(req("llm.chat", {"provider": local_model, "messages": []}), {"counts": {"CREDIT_CARD": 1, "CARDHOLDER_NAME": 1}, "raw_pan": true, "sad": false})
+	d := main.decision with input as inp
+	d.verdict == "allow"
+	"pci.cardholder_data_with_pan" in rule_ids(d)
+	not "pci.sad_present" in rule_ids(d)
+}
+
+test_a_name_or_address_without_a_pan_is_not_cardholder_data if {
+	inp := with_dlp(req("llm.chat", {"provider": local_model, "messages": []}), {"counts": {"CARDHOLDER_NAME": 1, "POSTAL_ADDRESS": 1}, "raw_pan": false, "sad": false})
+	d := main.decision with input as inp
+	d.verdict == "allow"
+	not "pci.cardholder_data_with_pan" in rule_ids(d)
+	"dlp.findings" in rule_ids(d)
+}
+
 test_raw_pan_to_local_model_is_logged if {
 	inp := with_dlp(req("llm.chat", {"provider": local_model, "messages": []}), {"counts": {"CREDIT_CARD": 1}, "raw_pan": true, "sad": false})
 	d := main.decision with input as inp

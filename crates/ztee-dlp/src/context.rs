@@ -69,6 +69,8 @@ fn default_words(entity: Entity) -> &'static [&'static str] {
         ],
         Entity::IpAddress => &["ip", "ipv4", "ipv6", "address", "host"],
         Entity::Secret => &[],
+        // Scored by their detector: a label or a nearby card decides, not a word.
+        Entity::CardholderName | Entity::PostalAddress => &[],
     }
 }
 

@@ -16,6 +16,8 @@ pub enum Entity {
     CardVerificationCode,
     CardExpiry,
     CardPinBlock,
+    CardholderName,
+    PostalAddress,
     IbanCode,
     UsSsn,
     EmailAddress,
@@ -27,12 +29,14 @@ pub enum Entity {
 }
 
 impl Entity {
-    pub const ALL: [Entity; 13] = [
+    pub const ALL: [Entity; 15] = [
         Entity::CreditCard,
         Entity::CardTrackData,
         Entity::CardVerificationCode,
         Entity::CardExpiry,
         Entity::CardPinBlock,
+        Entity::CardholderName,
+        Entity::PostalAddress,
         Entity::IbanCode,
         Entity::UsSsn,
         Entity::EmailAddress,
@@ -50,6 +54,8 @@ impl Entity {
             Entity::CardVerificationCode => "CARD_VERIFICATION_CODE",
             Entity::CardExpiry => "CARD_EXPIRY",
             Entity::CardPinBlock => "CARD_PIN_BLOCK",
+            Entity::CardholderName => "CARDHOLDER_NAME",
+            Entity::PostalAddress => "POSTAL_ADDRESS",
             Entity::IbanCode => "IBAN_CODE",
             Entity::UsSsn => "US_SSN",
             Entity::EmailAddress => "EMAIL_ADDRESS",
@@ -71,6 +77,12 @@ impl Entity {
                 | Entity::CardExpiry
                 | Entity::CardPinBlock
         )
+    }
+
+    /// Cardholder data only together with a card number: the cardholder name (PCI DSS) and the
+    /// postal address are personal data on their own, cardholder data next to a PAN. Never SAD.
+    pub fn is_card_data_with_pan(self) -> bool {
+        matches!(self, Entity::CardholderName | Entity::PostalAddress)
     }
 
     /// Sensitive authentication data (PCI DSS 3.3.1): full track data, card verification codes

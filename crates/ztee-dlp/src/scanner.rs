@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
+use crate::detect::chd;
 use crate::detect::digits::{self, DigitEntities};
 use crate::detect::exact::{ExactSecrets, ExactValues};
 use crate::detect::near;
@@ -167,8 +168,9 @@ impl Scanner {
     ) -> Vec<Candidate> {
         let mut out = Vec::new();
         let near_wanted = set.has(Entity::CardExpiry) || set.has(Entity::CardVerificationCode);
+        let chd_wanted = set.has(Entity::CardholderName) || set.has(Entity::PostalAddress);
         let want_digits = DigitEntities {
-            card: set.has(Entity::CreditCard) || near_wanted,
+            card: set.has(Entity::CreditCard) || near_wanted || chd_wanted,
             ssn: set.has(Entity::UsSsn),
             phone: set.has(Entity::PhoneNumber),
             aba: set.has(Entity::AbaRoutingNumber),
@@ -204,8 +206,33 @@ impl Scanner {
             Entity::CardExpiry,
             Entity::CardPinBlock,
         ];
-        if pattern_entities.iter().any(|&e| set.has(e)) {
-            self.patterns.scan(text, |e| set.has(e), &mut out);
+        if pattern_entities.iter().any(|&e| set.has(e)) || chd_wanted {
+            let track = chd_wanted;
+            self.patterns.scan(
+                text,
+                |e| set.has(e) || (track && e == Entity::CardTrackData),
+                &mut out,
+            );
+        }
+        if chd_wanted {
+            // Card numbers as the scanner will report them (context applied: "order #4111..."
+            // is not a card), and track data, which holds one.
+            let cards: Vec<(usize, usize)> = out
+                .iter()
+                .filter(|c| match c.entity {
+                    Entity::CreditCard => self.context.adjust(text, c) >= 0.5,
+                    Entity::CardTrackData => true,
+                    _ => false,
+                })
+                .map(|c| (c.start, c.end))
+                .collect();
+            chd::scan(
+                text,
+                &cards,
+                set.has(Entity::CardholderName),
+                set.has(Entity::PostalAddress),
+                &mut out,
+            );
         }
         if decode {
             self.patterns

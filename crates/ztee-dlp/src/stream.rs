@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::detect::chd;
 use crate::detect::digits::MAX_CARD_BYTES;
 use crate::detect::exact::ExactValues;
 use crate::entity::Entity;
@@ -20,11 +21,14 @@ use crate::tokens::TokenMap;
 use crate::utf8::Utf8Stream;
 
 /// Longer than any card number with separators ([`MAX_CARD_BYTES`]: 19 digits of up to four bytes,
-/// three separators of up to four bytes between every two) and than the near-PAN window.
-const DEFAULT_HOLD: usize = 320;
+/// three separators of up to four bytes between every two), than the near-PAN window, and than
+/// the text a cardholder name or address depends on ([`chd::REACH`]: a card number up to
+/// [`chd::NEAR_PAN`] bytes away, with its own context), kept on both sides of what is released.
+const DEFAULT_HOLD: usize = 512;
 const _: () = assert!(DEFAULT_HOLD >= MAX_CARD_BYTES);
+const _: () = assert!(DEFAULT_HOLD >= chd::REACH);
 /// Release in batches of at least this much, so tiny chunks do not rescan the held text each time.
-/// With the hold, this bounds the delay at 512 bytes.
+/// With the hold, this bounds the delay at 704 bytes.
 const MIN_EMIT: usize = 192;
 /// A finding still open after this much pending text (an unterminated private key block) is
 /// released redacted up to the cut, and redaction continues until the block ends.

@@ -3,6 +3,7 @@
 
 pub mod card;
 pub(crate) mod chars;
+pub(crate) mod chd;
 pub(crate) mod digits;
 pub(crate) mod exact;
 mod iban;
