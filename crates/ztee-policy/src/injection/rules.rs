@@ -104,7 +104,7 @@ const RULES: &[Rule] = &[
     Rule {
         id: "role_play.stay_in_character",
         weight: 0.6,
-        pattern: r"\b(stay in character|never refuses?|without any filters|no content policy|(break|breaking|broke|drop|leave) (out of )?character)\b",
+        pattern: r"\b(stay in character|never refuses?|(respond|answer|reply|speak|write|talk)[^.\n]{0,20}without any filters|no content policy|(break|breaking|broke|drop|leave) (out of )?character)\b",
     },
     Rule {
         id: "role_play.grandmother",
@@ -119,18 +119,13 @@ const RULES: &[Rule] = &[
         pattern: r"\b(not bound by|free (of|from)|break(s|ing)? free (of|from)|no longer (bound|restricted)|without (any )?(regard (for|to)|concern for)|(does not|doesn't|do not|don't|will not|won't|never) (have to |need to )?(follow|abide by|adhere to|obey|care about|have|comply with|respect))\b[^.\n]{0,40}\b(any |the |their |its |your )?(ethical|moral|ethics|morals|content|safety|openai|openai's|anthropic|usage)\b[^.\n]{0,20}\b(guidelines|policies|policy|restrictions|rules|filters|principles|constraints|boundaries|limitations|standards)\b",
     },
     Rule {
-        id: "role_play.vendor_policy",
-        weight: 0.5,
-        pattern: r"\b(openai|anthropic|chatgpt)('s|s)? (content |usage |safety )?(polic(y|ies)|guidelines|rules|restrictions|filters)\b",
-    },
-    Rule {
         id: "role_play.mode_switch",
         weight: 0.75,
-        pattern: r"\b(god ?mode|jailbreak(ed)?|jailbroken|dan mode|developer mode (enabled|output|response)|evil (mode|confidant)|opposite mode|unfiltered mode)\b|\b(safety|content|ethics|ethical) (filters?|restrictions|mode|guidelines|policies|protocols)\W{0,4}(are |is )?(now )?(disabled|off|suspended|lifted|removed|deactivated|none)\b",
+        pattern: r"\b(god ?mode|jailbreak (mode|prompt)|jailbroken|dan mode|developer mode (enabled|output|response)|evil (mode|confidant)|opposite mode|unfiltered mode)\b|\b(safety|content|ethics|ethical) (filters?|restrictions|mode|guidelines|policies|protocols)\W{0,4}(are |is )?(now )?(disabled|off|suspended|lifted|removed|deactivated|none)\b",
     },
     Rule {
         id: "role_play.never_refuse",
-        weight: 0.6,
+        weight: 0.45,
         pattern: r"\b(never|not|don't|do not|will not|won't|cannot|can't|must not|should not|shouldn't) (ever )?(refuse|decline|reject|deny)( (to answer|a request|any request|any question|my request|the request|anything))?\b|\b(never|don't|do not|will not|won't|must not) (apologi[sz]e|add (any )?(warnings|disclaimers)|include (any )?(warnings|disclaimers|notes))\b",
     },
     Rule {
