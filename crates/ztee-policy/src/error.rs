@@ -16,6 +16,12 @@ pub enum PolicyError {
     Compile { bundle: String, reason: String },
     #[error("{path}: not a valid policy input: {reason}")]
     Input { path: PathBuf, reason: String },
+    #[error("{path}:{line}: {reason}")]
+    Corpus {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("the injection model {what} is invalid: {reason}")]
     Model { what: &'static str, reason: String },
 }

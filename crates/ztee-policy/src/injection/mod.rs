@@ -12,6 +12,7 @@
 //! assert!(scan.rules.iter().any(|r| r.starts_with("instruction_override")));
 //! ```
 
+pub mod eval;
 mod model;
 mod normalize;
 mod rules;

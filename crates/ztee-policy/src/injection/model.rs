@@ -1,6 +1,7 @@
 //! The statistical half of the detector: logistic regression over hashed word unigrams and
 //! bigrams of the normalized text. Trained offline by `examples/train_injection.rs` on the
-//! project's own labelled corpus (`data/injection/`), shipped as `model.bin`:
+//! project's own labelled corpus and the public development sets (`data/injection/`, the
+//! held-out set excepted), shipped as `model.bin`:
 //!
 //! ```text
 //! "ZTIM0001"   8 bytes magic and version
