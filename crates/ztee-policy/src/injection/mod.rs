@@ -40,6 +40,12 @@ const CONCEALED_BONUS: f64 = 0.08;
 /// their own: suspicious, never enough alone.
 const SIGNAL_WEIGHT: f64 = 0.15;
 
+/// Below this many words a bag-of-words model has too little to go on (a tool call's
+/// `{"q": "x"}`, a one-word answer): its probability is capped under the threshold, so only a
+/// rule can flag such a text.
+const MODEL_MIN_WORDS: usize = 5;
+const SHORT_TEXT_MODEL_CAP: f64 = 0.45;
+
 /// The result of a scan; this is also `ztee guard scan`'s JSON output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scan {
@@ -122,7 +128,15 @@ impl Detector {
             benign_odds *= 1.0 - SIGNAL_WEIGHT;
             rules.push((*signal).to_string());
         }
-        let model = self.model_probability(&normalized);
+        let mut model = self.model_probability(&normalized);
+        let words = text
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .take(MODEL_MIN_WORDS)
+            .count();
+        if words < MODEL_MIN_WORDS {
+            model = model.min(SHORT_TEXT_MODEL_CAP);
+        }
         let score = 1.0 - benign_odds * (1.0 - model);
         let score = (score * 1000.0).round() / 1000.0;
         Scan {
