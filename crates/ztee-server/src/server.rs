@@ -201,6 +201,7 @@ pub async fn build(
         tracing::info!(events = drained, "moved queued audit events into the log");
     }
     crate::audit_outbox::spawn_drainer(store.clone(), Arc::downgrade(&pipeline.audit));
+    crate::mcp::pins::create_table(&store)?;
     let (approvals, stale_approvals, approved_while_down) = crate::approvals::Approvals::open(
         config.approvals.clone(),
         store.clone(),

@@ -262,7 +262,8 @@ async fn exchange_in<D: Dialect>(
         injection: Default::default(),
         injection_field: None,
         inbound: BTreeMap::new(),
-        request_digest: Sha256::digest(request.to_string().as_bytes()).to_vec(),
+        // Set once the body is known: the forwarded body, or what was read of a refused one.
+        request_digest: Vec::new(),
         started: Instant::now(),
     };
 
@@ -287,6 +288,7 @@ async fn exchange_in<D: Dialect>(
             .push(DecisionNote::new("llm.chat", None, &refusal));
         exchange.chat_decision = Some(refusal);
         exchange.inbound = guard.counts().clone();
+        exchange.request_digest = Sha256::digest(request.to_string().as_bytes()).to_vec();
         exchange.record(state, AuditOutcome::Denied, None).await?;
         return Err(ActionError::new(
             ErrorKind::BadRequest,
@@ -488,9 +490,21 @@ async fn whole<D: Dialect>(
     let proxy = &state.llm;
     let scanner = proxy.scanner();
     let mut outbound = BTreeMap::new();
+    let success = (200..300).contains(&status);
+    // What DLP finds in each tool call's arguments before they are masked, for `tool.call`.
+    let mut found: Vec<ztee_policy::DlpSummary> = Vec::new();
     let (answer_for_client, answer_masked) =
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(mut answer) => {
+                if success {
+                    found = D::tool_calls(&answer)
+                        .iter()
+                        .map(|call| {
+                            let findings = scanner.scan(&call.arguments.to_string());
+                            answer_dlp(findings.iter().map(|f| f.entity_type.as_str()))
+                        })
+                        .collect();
+                }
                 // First mask (placeholders kept): this is what policy and the trace see.
                 D::walk_response(&mut answer, &mut |text, _, _| {
                     *text = tokenize::outbound_text(&scanner, None, text, &mut outbound);
@@ -512,22 +526,9 @@ async fn whole<D: Dialect>(
         };
     state.metrics.redactions("outbound", &outbound);
 
-    let success = (200..300).contains(&status);
     let mut blocked = Vec::new();
     if let Some(masked) = &answer_masked {
         if success {
-            // What DLP found in each call's arguments before they were masked.
-            let found: Vec<ztee_policy::DlpSummary> =
-                match serde_json::from_slice::<serde_json::Value>(&body) {
-                    Ok(raw) => D::tool_calls(&raw)
-                        .iter()
-                        .map(|call| {
-                            let findings = scanner.scan(&call.arguments.to_string());
-                            answer_dlp(findings.iter().map(|f| f.entity_type.as_str()))
-                        })
-                        .collect(),
-                    Err(_) => Vec::new(),
-                };
             blocked = tool_call_decisions::<D>(state, &mut exchange, masked, |i| {
                 found.get(i).cloned().unwrap_or_default()
             });

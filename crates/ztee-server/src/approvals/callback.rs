@@ -47,44 +47,44 @@ fn refused(message: &str) -> ActionError {
     )
 }
 
+/// A 32-byte key kept as 64 hex digits in `path`, created (mode 0600, written then renamed
+/// into place) when the file does not exist yet.
+pub(super) fn read_or_create_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let bytes = hex::decode(text.trim())
+                .map_err(|_| format!("{}: not a hex key", path.display()))?;
+            if bytes.len() != 32 {
+                return Err(format!("{}: the key must be 32 bytes", path.display()));
+            }
+            Ok(Zeroizing::new(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = vec![0u8; 32];
+            rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
+            let temp = path.with_extension("key.tmp");
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&temp)?;
+                f.write_all(hex::encode(&bytes).as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&temp, path)
+            };
+            write().map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(Zeroizing::new(bytes))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 impl CallbackKey {
     /// Reads the key file (created with 32 random bytes, mode 0600, on first start).
     pub fn load_or_create(path: &Path) -> Result<Self, String> {
-        Self::read_or_create_bytes(path).map(Self)
-    }
-
-    /// A 32-byte key kept as 64 hex digits in `path`, created (mode 0600, written then renamed
-    /// into place) when the file does not exist yet.
-    pub(super) fn read_or_create_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let bytes = hex::decode(text.trim())
-                    .map_err(|_| format!("{}: not a hex key", path.display()))?;
-                if bytes.len() != 32 {
-                    return Err(format!("{}: the key must be 32 bytes", path.display()));
-                }
-                Ok(Zeroizing::new(bytes))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = vec![0u8; 32];
-                rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
-                let temp = path.with_extension("key.tmp");
-                let write = || -> std::io::Result<()> {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&temp)?;
-                    f.write_all(hex::encode(&bytes).as_bytes())?;
-                    f.sync_all()?;
-                    std::fs::rename(&temp, path)
-                };
-                write().map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(Zeroizing::new(bytes))
-            }
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        read_or_create_key(path).map(Self)
     }
 
     fn mac(&self, id: &str, decision: &str, expires: u64, approver: &str) -> HmacSha256 {

@@ -38,11 +38,11 @@ pub struct SealKey(Zeroizing<Vec<u8>>);
 impl SealKey {
     /// Reads the key (64 hex digits), or creates it (mode 0600) on first use.
     pub fn load_or_create(path: &Path) -> Result<Self, String> {
-        super::callback::CallbackKey::read_or_create_bytes(path).map(Self)
+        super::callback::read_or_create_key(path).map(Self)
     }
 
     fn cipher(&self) -> Aes256Gcm {
-        // The key is 32 bytes by construction (read_or_create_bytes checks it).
+        // The key is 32 bytes by construction (read_or_create_key checks it).
         Aes256Gcm::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("an AES-256 key is 32 bytes"))
     }

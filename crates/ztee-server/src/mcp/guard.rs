@@ -447,15 +447,16 @@ impl ResultGuard {
             policy: crate::action::policy_input(&self.caller, "tool.list"),
             approval: None,
         };
-        let record = ztee_audit::DecisionRecord {
-            decision: ztee_audit::DecisionKind::Deny,
-            risk: "HIGH".into(),
-            rule_ids: rules,
-            reasons: flagged
+        let record = crate::audit::decision_record(&crate::policy::Decision {
+            kind: crate::policy::DecisionKind::Deny,
+            reasons: rules,
+            messages: flagged
                 .iter()
                 .map(|(name, r)| format!("withheld tool {name}: {}", r.join(", ")))
                 .collect(),
-        };
+            risk: "HIGH",
+            redact_inbound: false,
+        });
         let event = self
             .state
             .pipeline

@@ -34,9 +34,13 @@ impl Pin {
     }
 }
 
+/// Creates the pins table; the gateway calls it once at start.
+pub fn create_table(store: &Store) -> Result<(), StoreError> {
+    store.with_connection(|c| c.execute_batch(TABLE))
+}
+
 pub fn get(store: &Store, upstream: &str) -> Result<Option<Pin>, StoreError> {
     store.with_connection(|c| {
-        c.execute_batch(TABLE)?;
         c.query_row(
             "SELECT digest, tools, approval, seen FROM mcp_tool_pins WHERE upstream = ?1",
             params![upstream],
@@ -58,7 +62,6 @@ pub fn get(store: &Store, upstream: &str) -> Result<Option<Pin>, StoreError> {
 pub fn put(store: &Store, upstream: &str, pin: &Pin) -> Result<(), StoreError> {
     let tools = serde_json::to_string(&pin.tools).unwrap_or_else(|_| "[]".into());
     store.with_connection(|c| {
-        c.execute_batch(TABLE)?;
         c.execute(
             "INSERT INTO mcp_tool_pins (upstream, digest, tools, approval, pinned_at, seen)
              VALUES (?1, ?2, ?3, ?4, ?5, ?2)
@@ -79,7 +82,6 @@ pub fn put(store: &Store, upstream: &str, pin: &Pin) -> Result<(), StoreError> {
 /// Notes the set `upstream` offered last (nothing when it has no pin yet).
 pub fn saw(store: &Store, upstream: &str, digest: &str) -> Result<(), StoreError> {
     store.with_connection(|c| {
-        c.execute_batch(TABLE)?;
         c.execute(
             "UPDATE mcp_tool_pins SET seen = ?2 WHERE upstream = ?1",
             params![upstream, digest],
