@@ -378,6 +378,10 @@ pub struct ApprovalGrant {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkRecord {
+    /// `CONNECT` for a tunnel, else the HTTP method of a plain request; absent when the request
+    /// could not be parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     /// Host name (or IP literal) the sandbox asked for.
     pub host: String,
     pub port: u16,
@@ -448,7 +452,15 @@ impl AuditEvent {
     /// Attaches the connection an `egress` event is about. The host is checked like other text.
     pub fn with_network(mut self, network: NetworkRecord) -> Result<Self, AuditError> {
         let host = checked_text("network host", network.host)?;
-        self.network = Some(NetworkRecord { host, ..network });
+        let method = network
+            .method
+            .map(|m| checked_text("network method", m))
+            .transpose()?;
+        self.network = Some(NetworkRecord {
+            host,
+            method,
+            ..network
+        });
         Ok(self)
     }
 

@@ -123,6 +123,7 @@ async fn write_trail(data_dir: &Path) {
         .with_resource("run/run_1")
         .unwrap()
         .with_network(NetworkRecord {
+            method: Some("GET".into()),
             host: "169.254.169.254".into(),
             port: 80,
             address: Some("169.254.169.254".parse().unwrap()),
@@ -136,6 +137,7 @@ async fn write_trail(data_dir: &Path) {
     for phase in [ConnectionPhase::Opened, ConnectionPhase::Closed] {
         let connection = AuditEvent::new(EventType::Egress, Outcome::Success, user("alice"))
             .with_network(NetworkRecord {
+                method: Some("CONNECT".into()),
                 host: "pypi.org".into(),
                 port: 443,
                 address: Some("151.101.0.223".parse().unwrap()),

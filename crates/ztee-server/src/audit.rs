@@ -98,6 +98,9 @@ pub fn mask_event(dlp: &dyn DlpEngine, mut event: AuditEvent) -> AuditEvent {
     }
     if let Some(network) = event.network.as_mut() {
         network.host = caller_text(dlp, &network.host);
+        if let Some(method) = network.method.as_mut() {
+            *method = caller_text(dlp, method);
+        }
     }
     if let Some(decision) = event.decision.as_mut() {
         for reason in &mut decision.reasons {
@@ -217,6 +220,7 @@ mod tests {
         });
         event = event
             .with_network(ztee_audit::NetworkRecord {
+                method: Some(PAN.to_owned()),
                 host: format!("{PAN}.example.com"),
                 port: 443,
                 address: None,

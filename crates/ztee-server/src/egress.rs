@@ -83,33 +83,7 @@ pub async fn authorize(
     allowlist: &Allowlist,
     approved: bool,
 ) -> Result<EgressGate, ActionError> {
-    let holds = if approved {
-        Holds::Approved
-    } else {
-        Holds::Park
-    };
-    authorize_with(pipeline, ctx, allowlist, holds).await
-}
-
-/// [`authorize`] at a door where nobody can approve (the command line): a decision that
-/// requires approval is recorded and answered as a denial (`approval.unavailable`).
-pub async fn authorize_without_approvals(
-    pipeline: &Pipeline,
-    ctx: &ActionContext<'_>,
-    allowlist: &Allowlist,
-) -> Result<(), ActionError> {
-    match authorize_with(pipeline, ctx, allowlist, Holds::Refuse).await? {
-        EgressGate::Allowed => Ok(()),
-        EgressGate::Held(decision) => Err(crate::pipeline::approval_required(&decision)),
-    }
-}
-
-async fn authorize_with(
-    pipeline: &Pipeline,
-    ctx: &ActionContext<'_>,
-    allowlist: &Allowlist,
-    holds: Holds,
-) -> Result<EgressGate, ActionError> {
+    let holds = pipeline.holds_for(approved);
     let mut input = ctx.policy.clone();
     input.action = "egress";
     input.findings = Vec::new();
@@ -144,6 +118,9 @@ async fn authorize_with(
             "policy denied the requested egress: {}",
             decision.reasons.join(", ")
         ))),
+        DecisionKind::RequireApproval if holds == Holds::Refuse => {
+            Err(crate::pipeline::approval_unavailable(&decision))
+        }
         DecisionKind::RequireApproval => Ok(EgressGate::Held(decision)),
     }
 }
@@ -232,6 +209,7 @@ impl GatewayEgressAudit {
             reasons: vec![record.reason.clone()],
         });
         let network = NetworkRecord {
+            method: (!record.method.is_empty()).then(|| record.method.clone()),
             host: if record.host.is_empty() {
                 "-".to_owned()
             } else {

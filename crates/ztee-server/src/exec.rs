@@ -82,6 +82,10 @@ pub struct CreateSpec {
     pub image: Option<AdmittedImage>,
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// The writable scratch space in MiB; `None`: the engine's default for the memory.
+    pub scratch_mib: Option<u32>,
+    /// The guest user's process limit; `None`: the engine's default.
+    pub max_processes: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,20 @@ pub enum ImageGate {
     Held(Decision),
 }
 
+/// The stage alone, for a door that boots the VM elsewhere (the command line's sandbox
+/// supervisor, which boots exactly the digest admitted here): the admitted image, or why not,
+/// recorded as at the gateway. A hold is refused: such a door has nobody to approve it.
+pub async fn admit_unattended(
+    state: &AppState,
+    request_ctx: &ActionContext<'_>,
+    image: Option<&str>,
+) -> Result<Option<AdmittedImage>, ActionError> {
+    match admit(state, request_ctx, image, false).await? {
+        ImageGate::Admitted(image) => Ok(image),
+        ImageGate::Held(decision) => Err(crate::pipeline::approval_unavailable(&decision)),
+    }
+}
+
 /// Admits the image `request` names for the action in `request_ctx`. `approved` is true when a
 /// human approved exactly this request: a hold is then passed, a denial never is.
 pub async fn admit(

@@ -56,17 +56,24 @@ pub(crate) mod vm;
 // gateway's modules reading them where they always have.
 pub(crate) use ztee_state::{config, store};
 
-pub use action::policy_input;
+// The action core, for doors outside this crate (the command line).
+pub use action::{
+    execute, policy_input, Action, ActionError, Cmd, Delivery, ErrorKind, FileUpload, OneShotRun,
+    Outcome,
+};
 pub use audit_outbox::{record_from_cli, Recorded};
 pub use auth::Caller;
 pub use dlp::{DlpEngine, InboundAction, SecretScope};
 pub use dlp_engine::ZteeDlp;
-pub use egress::authorize_without_approvals;
+pub use egress::{authorize as authorize_egress, EgressGate};
+pub use image_admission::admit_unattended as admit_image;
 pub use metrics::Metrics;
 pub use policy::{Decision, PolicyEngine, PolicyInput};
 pub use principal::{validate_tenant, Principal};
 pub use rego_policy::RegoPolicy;
-pub use server::{app, bind, build, serve, Bootstrap, Engines, ServerError};
+pub use server::{
+    app, bind, build, build_local, serve, Bootstrap, Engines, LocalEngines, ServerError,
+};
 pub use state::AppState;
 pub use vm::VmExecutor;
 pub use ztee_state::ServerConfig;

@@ -266,9 +266,13 @@ pub fn document() -> Value {
                 "Run": {"type": "object", "additionalProperties": false, "properties": {
                     "cmd": cmd, "language": {"type": "string", "enum": ["python", "sh"]}, "code": {"type": "string"},
                     "files": {"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["path", "content"],
-                        "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}},
-                    "env": string_map, "stdin": {"type": "string"}, "timeout_s": {"type": "integer", "minimum": 1},
+                        "properties": {"path": {"type": "string"},
+                            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}}]},
+                            "mode": {"type": "integer", "minimum": 0, "maximum": 511}}}},
+                    "env": string_map, "stdin": {"type": "string"}, "cwd": {"type": "string"},
+                    "timeout_s": {"type": "integer", "minimum": 1},
                     "image": {"type": "string"}, "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"},
+                    "disk_mib": {"type": "integer", "minimum": 8}, "max_processes": {"type": "integer", "minimum": 16, "maximum": 65536},
                     "egress": egress, "secrets": secret_requests}},
                 "CommandResult": {"type": "object", "properties": {
                     "stdout": {"type": "string"}, "stderr": {"type": "string"},

@@ -39,6 +39,38 @@ pub struct Pipeline {
     /// their digests are keyed so a short input cannot be recovered by guessing).
     pub content_key: Arc<ContentKey>,
     pub metrics: Arc<Metrics>,
+    /// What a decision that requires approval becomes on this host.
+    pub holds: HoldPolicy,
+}
+
+/// What a decision that requires approval becomes on a host.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HoldPolicy {
+    /// A gateway: the action is recorded as pending and parked for an approver.
+    Park,
+    /// A host where nobody can approve (the command line): the decision is recorded as a denial
+    /// with the rule `approval.unavailable` added, and refused.
+    Refuse,
+}
+
+/// A file the action writes into the VM before it runs.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: String,
+    pub content: Bytes,
+    /// Unix permission bits (0o644 unless the caller asked otherwise).
+    pub mode: u32,
+}
+
+impl InputFile {
+    /// A file of mode 0o644.
+    pub fn new(path: String, content: Bytes) -> Self {
+        Self {
+            path,
+            content,
+            mode: 0o644,
+        }
+    }
 }
 
 /// Everything a caller sends into a VM for one action, as the inbound stage sees it.
@@ -48,8 +80,8 @@ pub struct Work {
     pub env: BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub stdin: Option<String>,
-    /// Files to write before running (path, content).
-    pub files: Vec<(String, Bytes)>,
+    /// Files to write before running.
+    pub files: Vec<InputFile>,
     /// Caller-chosen labels stored with a sandbox and returned to callers: scanned and masked
     /// like every other input, but never sent into the VM nor shown to policy as a command.
     pub metadata: BTreeMap<String, String>,
@@ -73,9 +105,9 @@ impl Work {
         if let Some(stdin) = &self.stdin {
             h.update(stdin.as_bytes());
         }
-        for (path, content) in &self.files {
-            h.update(path.as_bytes());
-            h.update(content);
+        for file in &self.files {
+            h.update(file.path.as_bytes());
+            h.update(&file.content);
         }
         for (k, v) in &self.metadata {
             h.update(k.as_bytes());
@@ -100,11 +132,11 @@ impl Work {
         if let Some(stdin) = &self.stdin {
             fields.push(("stdin".into(), stdin.as_str().into()));
         }
-        for (i, (path, content)) in self.files.iter().enumerate() {
-            fields.push((format!("files[{i}].path"), path.as_str().into()));
+        for (i, file) in self.files.iter().enumerate() {
+            fields.push((format!("files[{i}].path"), file.path.as_str().into()));
             fields.push((
                 format!("files[{i}].content"),
-                String::from_utf8_lossy(content),
+                String::from_utf8_lossy(&file.content),
             ));
         }
         // Keys are caller text too: named by position, so a key is never copied into a name.
@@ -136,15 +168,15 @@ impl Work {
                 (k, v)
             })
             .collect();
-        for (i, (path, content)) in self.files.iter_mut().enumerate() {
-            apply(path);
-            match std::str::from_utf8(content) {
+        for (i, file) in self.files.iter_mut().enumerate() {
+            apply(&mut file.path);
+            match std::str::from_utf8(&file.content) {
                 Ok(text) => {
                     let mut text = text.to_owned();
                     apply(&mut text);
-                    *content = Bytes::from(text);
+                    file.content = Bytes::from(text);
                 }
-                Err(_) if !dlp.scan(&String::from_utf8_lossy(content)).is_empty() => {
+                Err(_) if !dlp.scan(&String::from_utf8_lossy(&file.content)).is_empty() => {
                     return Err(ActionError::dlp_blocked(format!(
                         "files[{i}] is binary and holds sensitive data that cannot be masked in place"
                     )));
@@ -188,6 +220,20 @@ pub fn unapprovable(decision: &Decision) -> ztee_audit::DecisionRecord {
 pub enum Gate {
     Admitted(Admitted),
     Held(Decision),
+}
+
+/// The answer to a held action on a host where nobody can approve it.
+pub fn approval_unavailable(decision: &Decision) -> ActionError {
+    ActionError::new(
+        crate::error::ErrorKind::Forbidden,
+        "approval_required",
+        format!(
+            "policy requires a human approval for this request, and nobody can approve here; it \
+             was not run ({}). Approvals are decided through a gateway (ztee serve): submit the \
+             request there",
+            decision.reasons.join(", ")
+        ),
+    )
 }
 
 /// The answer to a held request that is not parked: a stream (it cannot wait for a human) or a
@@ -236,25 +282,16 @@ impl Pipeline {
         work: Work,
         approved: bool,
     ) -> Result<Gate, ActionError> {
-        let holds = if approved {
-            Holds::Approved
-        } else {
-            Holds::Park
-        };
-        self.gate(ctx, work, holds).await
+        self.gate(ctx, work, self.holds_for(approved)).await
     }
 
-    /// As [`Pipeline::admit`], for a door where nobody can approve (the command line): a
-    /// decision that requires approval is recorded and answered as a denial, with the rule
-    /// `approval.unavailable` added, rather than left pending forever.
-    pub async fn admit_without_approvals(
-        &self,
-        ctx: &mut ActionContext<'_>,
-        work: Work,
-    ) -> Result<Admitted, ActionError> {
-        match self.gate(ctx, work, Holds::Refuse).await? {
-            Gate::Admitted(admitted) => Ok(admitted),
-            Gate::Held(decision) => Err(approval_required(&decision)),
+    /// What a decision that requires approval becomes: with `approved`, a human approved exactly
+    /// this request; otherwise the host's [`HoldPolicy`].
+    pub(crate) fn holds_for(&self, approved: bool) -> Holds {
+        match (approved, self.holds) {
+            (true, _) => Holds::Approved,
+            (false, HoldPolicy::Park) => Holds::Park,
+            (false, HoldPolicy::Refuse) => Holds::Refuse,
         }
     }
 
@@ -290,7 +327,7 @@ impl Pipeline {
                     .with_decision(unapprovable(&decision))
                     .with_code(&input_digest);
                 self.record(event).await?;
-                return Ok(Gate::Held(decision));
+                return Err(approval_unavailable(&decision));
             }
             DecisionKind::Deny => {
                 let event = self
@@ -491,8 +528,10 @@ impl Pipeline {
     ) -> Result<Box<dyn OutputStream>, ActionError> {
         let work = &admitted.work;
         let started = async {
-            for (path, content) in &work.files {
-                sandbox.write_file(path, content.clone(), 0o644).await?;
+            for file in &work.files {
+                sandbox
+                    .write_file(&file.path, file.content.clone(), file.mode)
+                    .await?;
             }
             sandbox
                 .exec(ExecSpec {
@@ -617,9 +656,11 @@ pub fn create_failure_decision(
 pub fn exec_error(e: crate::exec::ExecError) -> ActionError {
     match e {
         crate::exec::ExecError::Guest(m) => ActionError::bad_request(m),
-        refused @ crate::exec::ExecError::Refused { .. } => {
-            ActionError::forbidden(refused.to_string())
-        }
+        refused @ crate::exec::ExecError::Refused { .. } => ActionError::new(
+            crate::error::ErrorKind::Forbidden,
+            "image_refused",
+            refused.to_string(),
+        ),
         crate::exec::ExecError::NotFound(m) => ActionError::not_found(m),
         crate::exec::ExecError::Engine(m) => {
             tracing::error!(error = %m, "VM engine failure");

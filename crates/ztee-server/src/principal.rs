@@ -180,14 +180,20 @@ impl Principal {
     }
 
     /// The operator running the CLI as OS account `account`: subject `local:<account>` (a
-    /// prefix no API caller's subject has), tenant `system`, role `operator`, no API permission.
+    /// prefix no API caller's subject has), tenant `system`, role `operator`. It may run and
+    /// manage sandboxes on this host (policy still decides each action), and nothing else: no
+    /// audit reading, approving or administration through the core.
     pub fn local_operator(account: &str) -> Self {
-        Self::new(
+        let mut principal = Self::new(
             format!("local:{account}"),
             "system".into(),
             vec!["operator".into()],
             AuthMethod::Local,
-        )
+        );
+        principal
+            .permissions
+            .extend([Permission::SandboxRun, Permission::SandboxAdmin]);
+        principal
     }
 
     /// Makes this principal a platform admin: for an OIDC token whose operator-configured

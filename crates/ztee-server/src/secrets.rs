@@ -206,24 +206,23 @@ pub async fn checkout(
     let pipeline = &state.pipeline;
     let decision = pipeline.policy.decide(&input);
     let record = audit::decision_record(&decision);
-    let audit_all = |outcome: Outcome| {
-        let record = record.clone();
-        async move {
-            for name in &names {
-                let event = audit::event(
-                    EventType::SecretUse,
-                    outcome,
-                    audit::audit_principal(&target.caller.principal),
-                    target.caller.request_id.as_str(),
-                    target.caller.origin_ip,
-                    Some(&format!("secret/{name}@{}", target.resource)),
-                )
-                .with_decision(record.clone());
-                pipeline.record(event).await?;
-            }
-            Ok::<(), ActionError>(())
+    let names = &names;
+    let audit_as = |outcome: Outcome, record: ztee_audit::DecisionRecord| async move {
+        for name in names {
+            let event = audit::event(
+                EventType::SecretUse,
+                outcome,
+                audit::audit_principal(&target.caller.principal),
+                target.caller.request_id.as_str(),
+                target.caller.origin_ip,
+                Some(&format!("secret/{name}@{}", target.resource)),
+            )
+            .with_decision(record.clone());
+            pipeline.record(event).await?;
         }
+        Ok::<(), ActionError>(())
     };
+    let audit_all = |outcome: Outcome| audit_as(outcome, record.clone());
     match decision.kind {
         DecisionKind::Allow => {}
         DecisionKind::RequireApproval if target.approved => {}
@@ -233,6 +232,10 @@ pub async fn checkout(
                 "policy does not let this caller give these secrets to this sandbox: {}",
                 decision.reasons.join(", ")
             )));
+        }
+        DecisionKind::RequireApproval if pipeline.holds == crate::pipeline::HoldPolicy::Refuse => {
+            audit_as(Outcome::Denied, crate::pipeline::unapprovable(&decision)).await?;
+            return Err(crate::pipeline::approval_unavailable(&decision));
         }
         DecisionKind::RequireApproval => {
             audit_all(Outcome::PendingApproval).await?;

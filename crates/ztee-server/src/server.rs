@@ -176,6 +176,7 @@ pub async fn build(
         audit: audit_sink,
         content_key,
         metrics: metrics.clone(),
+        holds: crate::pipeline::HoldPolicy::Park,
     });
     if let Some(key) = &admin_key {
         let event = audit::event(
@@ -216,21 +217,12 @@ pub async fn build(
         pipeline.dlp.as_ref(),
         pipeline.policy.clone(),
     )?);
+    let (limiter, source_limiter, transfers, auth_failures) = request_guards(&config);
     let state = Arc::new(AppState {
-        limiter: RateLimiter::new(config.quotas.requests_per_second, config.quotas.burst),
-        source_limiter: SourceLimiter::new(
-            config.quotas.source_requests_per_second,
-            config.quotas.source_burst,
-            config.quotas.max_tracked_sources,
-        ),
-        transfers: crate::quota::TransferLimiter::new(
-            config.quotas.max_transfers_per_principal,
-            config.quotas.max_transfers,
-        ),
-        auth_failures: AuthFailures::new(
-            Duration::from_secs(config.quotas.auth_failure_window_s),
-            config.quotas.max_tracked_sources,
-        ),
+        limiter,
+        source_limiter,
+        transfers,
+        auth_failures,
         config,
         store,
         oidc,
@@ -251,6 +243,98 @@ pub async fn build(
     crate::approvals::spawn_expiry(Arc::downgrade(&state));
     source_guard::spawn_flusher(Arc::downgrade(&state), state.auth_failures.window());
     Ok((state, Bootstrap { admin_key }))
+}
+
+/// The per-principal and per-source limits `[quotas]` sets, fresh for a new host.
+fn request_guards(
+    config: &ServerConfig,
+) -> (
+    RateLimiter,
+    SourceLimiter,
+    crate::quota::TransferLimiter,
+    AuthFailures,
+) {
+    let q = &config.quotas;
+    (
+        RateLimiter::new(q.requests_per_second, q.burst),
+        SourceLimiter::new(
+            q.source_requests_per_second,
+            q.source_burst,
+            q.max_tracked_sources,
+        ),
+        crate::quota::TransferLimiter::new(q.max_transfers_per_principal, q.max_transfers),
+        AuthFailures::new(
+            Duration::from_secs(q.auth_failure_window_s),
+            q.max_tracked_sources,
+        ),
+    )
+}
+
+/// The parts of a host at a terminal (`ztee run`), chosen by the command line.
+pub struct LocalEngines {
+    pub executor: Arc<dyn Executor>,
+    pub dlp: Arc<dyn DlpEngine>,
+    pub policy: Arc<dyn PolicyEngine>,
+    /// Where records go: the node's trail, or its queue while a gateway holds the trail. Every
+    /// event passes DLP on its way there, as at the gateway.
+    pub audit: Arc<dyn AuditSink>,
+    /// The secrets broker, when the command asks for secrets.
+    pub secrets: Option<Arc<ztee_secrets::SecretBroker>>,
+}
+
+/// The state of a host at a terminal: the same core as the gateway's ([`build`]), opened
+/// without what only a server has. Nobody can approve there, so a decision that requires
+/// approval is refused ([`HoldPolicy::Refuse`](crate::pipeline::HoldPolicy)); the state
+/// database is shared with a gateway on the same data directory, whose sandboxes, held
+/// requests and keys are left alone.
+pub fn build_local(
+    config: ServerConfig,
+    data_dir: &Path,
+    engines: LocalEngines,
+) -> Result<Arc<AppState>, ServerError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let store = Store::open(&state_db_path(data_dir))?;
+    let node_key = NodeKey::load_or_generate(data_dir)?;
+    let metrics = Arc::new(Metrics::new());
+    let pipeline = Arc::new(Pipeline {
+        audit: Arc::new(audit::MaskingSink::new(engines.audit, engines.dlp.clone())),
+        dlp: engines.dlp,
+        policy: engines.policy,
+        executor: engines.executor,
+        content_key: Arc::new(node_key.content_key()),
+        metrics: metrics.clone(),
+        holds: crate::pipeline::HoldPolicy::Refuse,
+    });
+    let llm = Arc::new(crate::llm::LlmProxy::new(
+        config.llm.clone(),
+        data_dir,
+        pipeline.dlp.as_ref(),
+        pipeline.policy.clone(),
+    )?);
+    let approvals =
+        crate::approvals::Approvals::unavailable(config.approvals.clone(), store.clone());
+    let (limiter, source_limiter, transfers, auth_failures) = request_guards(&config);
+    Ok(Arc::new(AppState {
+        limiter,
+        source_limiter,
+        transfers,
+        auth_failures,
+        audit_dir: AuditConfig::new(data_dir).dir,
+        config,
+        store,
+        oidc: None,
+        pipeline,
+        metrics,
+        sandboxes: LiveSandboxes::default(),
+        dlp_api: None,
+        secrets: engines.secrets,
+        approvals,
+        llm,
+        e2b: Default::default(),
+    }))
 }
 
 /// The full HTTP application: routes plus the per-source rate limit (before authentication),

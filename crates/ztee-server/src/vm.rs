@@ -18,6 +18,8 @@ pub struct VmExecutor {
     engine: ztee_vm::Engine,
     /// Where the OCI store and `admission.yaml` live; `None` accepts only the default image.
     admission_dir: Option<std::path::PathBuf>,
+    /// The admission policy, when not `<admission_dir>/admission.yaml`.
+    admission_policy: Option<std::path::PathBuf>,
     /// Starts the jailed helper that builds an admitted image's root filesystem; without one,
     /// an image whose root filesystem is not built yet is refused (never built in-process).
     rootfs_builder: Option<ztee_supply::rootfs::RootfsBuilder>,
@@ -41,6 +43,7 @@ impl VmExecutor {
         Self {
             engine,
             admission_dir: None,
+            admission_policy: None,
             rootfs_builder: None,
             egress,
         }
@@ -59,6 +62,12 @@ impl VmExecutor {
     /// `<data_dir>/admission.yaml`.
     pub fn with_admission(mut self, data_dir: &Path) -> Self {
         self.admission_dir = Some(data_dir.to_path_buf());
+        self
+    }
+
+    /// Admits images with the policy at `path` instead of `<data_dir>/admission.yaml`.
+    pub fn with_admission_policy(mut self, path: std::path::PathBuf) -> Self {
+        self.admission_policy = Some(path);
         self
     }
 
@@ -86,11 +95,12 @@ impl VmExecutor {
 
 fn admit_image(
     dir: &Path,
+    policy: Option<&Path>,
     builder: Option<&ztee_supply::rootfs::RootfsBuilder>,
     image: &str,
 ) -> Result<ztee_vm::BootImage, ExecError> {
     use ztee_supply::admission::{admit_from_data_dir, DataDirAdmissionError as E};
-    match admit_from_data_dir(dir, None, image, builder, ztee_supply::now()) {
+    match admit_from_data_dir(dir, policy, image, builder, ztee_supply::now()) {
         Ok(verified) => Ok(ztee_vm::BootImage::from(&verified)),
         Err(E::Reference { source, .. }) => {
             Err(ExecError::Guest(format!("image {image:?}: {source}")))
@@ -157,10 +167,12 @@ impl Executor for VmExecutor {
         };
         let reference = image.to_string();
         let builder = self.rootfs_builder.clone();
-        let boot =
-            tokio::task::spawn_blocking(move || admit_image(&dir, builder.as_ref(), &reference))
-                .await
-                .map_err(|e| ExecError::Engine(format!("admission task: {e}")))??;
+        let policy = self.admission_policy.clone();
+        let boot = tokio::task::spawn_blocking(move || {
+            admit_image(&dir, policy.as_deref(), builder.as_ref(), &reference)
+        })
+        .await
+        .map_err(|e| ExecError::Engine(format!("admission task: {e}")))??;
         Ok(AdmittedImage::verified(image, boot))
     }
 
@@ -168,6 +180,12 @@ impl Executor for VmExecutor {
         let vcpus = u8::try_from(spec.vcpus)
             .map_err(|_| ExecError::Guest(format!("vcpus = {} is too many", spec.vcpus)))?;
         let mut vm_spec = self::spec(spec.memory_mib, vcpus);
+        if let Some(scratch_mib) = spec.scratch_mib {
+            vm_spec.scratch_mib = scratch_mib;
+        }
+        if let Some(max_processes) = spec.max_processes {
+            vm_spec.max_processes = max_processes;
+        }
         if let Some(image) = &spec.image {
             let boot = image.boot_image().ok_or_else(|| {
                 ExecError::Engine(format!(

@@ -142,7 +142,7 @@ async fn an_image_is_admitted_by_the_bundle_and_the_engine_before_anything_is_le
         json!({"image": format!("tiny@{OTHER}"), "secrets": ["DB_PASSWORD"]}),
     )
     .await;
-    let body = error_body(r, 403, "forbidden").await;
+    let body = error_body(r, 403, "image_refused").await;
     assert!(
         body["error"]["message"]
             .as_str()

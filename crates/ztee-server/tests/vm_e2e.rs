@@ -215,6 +215,36 @@ async fn sandboxes_commands_files_and_one_shot_runs_in_real_vms() {
     let r: serde_json::Value = gw.post_json(&acme, "/v1/run", &json!({"language": "python", "code": "import sys\nprint(sum(range(10)))\nprint(open('/tmp/data.txt').read())", "files": [{"path": "/tmp/data.txt", "content": "payload"}]})).await;
     assert_eq!(r["exit_code"], 0, "{r}");
     assert_eq!(r["stdout"], "45\npayload\n");
+    // The working directory, a file's mode and the VM's scratch and process limits, as the
+    // command line sends them.
+    let r: serde_json::Value = gw
+        .post_json(
+            &acme,
+            "/v1/run",
+            &json!({"cmd": ["sh", "-c", "pwd; stat -c %a job.sh; ./job.sh; python3 -c 'import resource; print(resource.getrlimit(resource.RLIMIT_NPROC)[0])'; df -m /tmp | tail -1 | tr -s ' ' | cut -d' ' -f2"],
+                    "cwd": "/tmp", "disk_mib": 32, "max_processes": 64,
+                    "files": [{"path": "/tmp/job.sh", "content": "#!/bin/sh\necho ran", "mode": 493}]}),
+        )
+        .await;
+    assert_eq!(r["stdout"], "/tmp\n755\nran\n64\n32\n", "{r}");
+    for (body, field) in [
+        (
+            json!({"cmd": ["true"], "files": [{"path": "/tmp/x", "content": "", "mode": 4096}]}),
+            "mode",
+        ),
+        (json!({"cmd": ["true"], "cwd": "tmp"}), "cwd"),
+        (
+            json!({"cmd": ["true"], "memory_mib": 128, "disk_mib": 100}),
+            "disk_mib",
+        ),
+        (
+            json!({"cmd": ["true"], "max_processes": 1}),
+            "max_processes",
+        ),
+    ] {
+        let body = error_body(gw.post(&acme, "/v1/run", &body).await, 400, "bad_request").await;
+        assert!(body.to_string().contains(field), "{field}: {body}");
+    }
     assert_eq!(gw.state.store.tenant_usage("acme").unwrap().sandboxes, 0);
     let data_dir = gw.stop().await;
     let leftover: Vec<_> = std::fs::read_dir(data_dir.path().join("run/vms"))

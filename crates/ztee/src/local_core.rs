@@ -13,10 +13,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use ztee_audit::{AuditEvent, EventType, Outcome};
-use ztee_server::audit::{AuditSink, MaskingSink};
+use ztee_server::audit::AuditSink;
 use ztee_server::pipeline::{ActionContext, Admitted, Pipeline, Work};
-use ztee_server::Caller;
 use ztee_server::Principal;
+use ztee_server::{ActionError, Caller};
 use ztee_state::store::Store;
 
 use crate::globals::GlobalArgs;
@@ -24,9 +24,9 @@ use crate::globals::GlobalArgs;
 /// The exit code of a request the policy denied or would hold for approval.
 pub const EXIT_POLICY: u8 = 4;
 
-/// The pipeline's stages, set up for this host's data directory, and the operator who acts.
+/// The action core, set up for this host's data directory, and the operator who acts.
 pub struct LocalCore {
-    pub pipeline: Pipeline,
+    pub state: Arc<ztee_server::AppState>,
     pub caller: Caller,
 }
 
@@ -44,12 +44,32 @@ impl Refusal {
     }
 }
 
+impl From<ActionError> for Refusal {
+    /// The exit code says who refused: the image's admission policy (3), the policy bundle or
+    /// DLP (4), anything else (1).
+    fn from(e: ActionError) -> Self {
+        let exit_code = match e.code {
+            "image_refused" => crate::vm::EXIT_REFUSED,
+            "policy_denied" | "approval_required" | "dlp_blocked" => EXIT_POLICY,
+            _ => 1,
+        };
+        Self {
+            message: e.message,
+            exit_code,
+        }
+    }
+}
+
 impl LocalCore {
     /// Loads the configuration (`ZTEE_CONFIG`, as `ztee serve` does), the policy bundle of the
-    /// data directory and the node's keys. `executor` is the VM engine the command runs on.
+    /// data directory and the node's keys. `executor` is the VM engine commands run on;
+    /// `secrets` the broker for the secrets a command asks for; `observe` also sees every
+    /// record written (masked), after the trail has it.
     pub fn open(
         globals: &GlobalArgs,
         executor: Arc<dyn ztee_server::exec::Executor>,
+        secrets: Option<Arc<ztee_secrets::SecretBroker>>,
+        observe: Option<Arc<dyn AuditSink>>,
     ) -> anyhow::Result<Self> {
         let data_dir = &globals.data_dir;
         std::fs::create_dir_all(data_dir)
@@ -67,49 +87,42 @@ impl LocalCore {
         let dlp: Arc<dyn ztee_server::DlpEngine> = Arc::new(
             ztee_server::ZteeDlp::new(Default::default()).context("starting the DLP engine")?,
         );
-        let node_key = ztee_audit::NodeKey::load_or_generate(data_dir)
-            .context("loading the node's audit key")?;
         let store = Store::open(&ztee_state::state_db_path(data_dir))?;
         let trail: Arc<dyn AuditSink> = Arc::new(NodeTrail {
             store,
             data_dir: data_dir.clone(),
+            observe,
         });
-        let pipeline = Pipeline {
-            dlp: dlp.clone(),
-            policy: Arc::new(policy),
-            executor,
-            audit: Arc::new(MaskingSink::new(trail, dlp)),
-            content_key: Arc::new(node_key.content_key()),
-            metrics: Arc::new(ztee_server::Metrics::new()),
-        };
+        let state = ztee_server::build_local(
+            config,
+            data_dir,
+            ztee_server::LocalEngines {
+                executor,
+                dlp,
+                policy: Arc::new(policy),
+                audit: trail,
+                secrets,
+            },
+        )?;
         Ok(Self {
-            pipeline,
+            state,
             caller: Caller::local(Principal::local_operator(&operator_name())),
         })
     }
 
-    /// Inbound DLP and the policy decision for `ctx`'s action over `work`; a denial is recorded
-    /// by the pipeline, a hold is recorded and refused.
+    /// The stages every action passes, for the commands that drive them one by one.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.state.pipeline
+    }
+
+    /// Inbound DLP and the policy decision for `ctx`'s action over `work`; a denial, or a
+    /// decision that needs an approver nobody here can be, is recorded and refused.
     pub async fn admit(
         &self,
         ctx: &mut ActionContext<'_>,
         work: Work,
     ) -> Result<Admitted, Refusal> {
-        self.pipeline
-            .admit_without_approvals(ctx, work)
-            .await
-            .map_err(|e| Refusal {
-                message: if e.code == "approval_required" {
-                    format!(
-                        "{}. Approvals are decided through a gateway (ztee serve): submit the \
-                         request there",
-                        e.message
-                    )
-                } else {
-                    e.message
-                },
-                exit_code: EXIT_POLICY,
-            })
+        Ok(self.pipeline().admit(ctx, work).await?)
     }
 
     /// The policy decision for the egress `allowlist` the operator asked for (action `egress`,
@@ -122,17 +135,18 @@ impl LocalCore {
         if allowlist.is_empty() {
             return Ok(());
         }
-        ztee_server::authorize_without_approvals(&self.pipeline, ctx, allowlist)
-            .await
-            .map_err(|e| Refusal {
-                message: e.message,
-                exit_code: EXIT_POLICY,
-            })
+        match ztee_server::authorize_egress(self.pipeline(), ctx, allowlist, false).await? {
+            ztee_server::EgressGate::Allowed => Ok(()),
+            // A pipeline that refuses holds never returns one.
+            ztee_server::EgressGate::Held(decision) => {
+                Err(ztee_server::pipeline::approval_unavailable(&decision).into())
+            }
+        }
     }
 
     /// Appends `event` to the node's trail.
     pub async fn record(&self, event: AuditEvent) -> anyhow::Result<()> {
-        self.pipeline
+        self.pipeline()
             .record(event)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message))
@@ -153,7 +167,7 @@ impl LocalCore {
 
     /// The audit event of `ctx` with `outcome`.
     pub fn event(&self, ctx: &ActionContext<'_>, outcome: Outcome) -> AuditEvent {
-        self.pipeline.event(ctx, outcome)
+        self.pipeline().event(ctx, outcome)
     }
 
     /// The action context for `action`, recorded as `event_type` on `resource`.
@@ -208,6 +222,7 @@ impl ztee_server::exec::Executor for HeldBySupervisor {
 struct NodeTrail {
     store: Store,
     data_dir: std::path::PathBuf,
+    observe: Option<Arc<dyn AuditSink>>,
 }
 
 #[async_trait]
@@ -215,11 +230,17 @@ impl AuditSink for NodeTrail {
     async fn append(&self, event: AuditEvent) -> Result<(), String> {
         let store = self.store.clone();
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || ztee_server::record_from_cli(&store, &data_dir, &event))
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let observed = self.observe.as_ref().map(|_| event.clone());
+        tokio::task::spawn_blocking(move || {
+            ztee_server::record_from_cli(&store, &data_dir, &event)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if let (Some(observe), Some(event)) = (&self.observe, observed) {
+            observe.append(event).await?;
+        }
+        Ok(())
     }
 }
 

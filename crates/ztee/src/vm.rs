@@ -19,8 +19,9 @@ pub struct ShapeArgs {
     pub vcpus: u8,
 
     /// Size of the writable scratch space (tmpfs, held in guest memory) in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 128)]
-    pub disk: u32,
+    /// Default: 128, at most the memory less 64.
+    #[arg(long, value_name = "MIB")]
+    pub disk: Option<u32>,
 
     /// Most processes the sandbox user may run at once.
     #[arg(long, value_name = "N", default_value_t = 256)]
@@ -28,11 +29,17 @@ pub struct ShapeArgs {
 }
 
 impl ShapeArgs {
+    /// The scratch space when `--disk` is not given: it is held in guest memory, so smaller
+    /// VMs get less (as at the gateway).
+    pub fn default_disk(&self) -> u32 {
+        128u32.min(self.memory.saturating_sub(64)).max(8)
+    }
+
     pub fn spec(&self) -> ztee_vm::SandboxSpec {
         ztee_vm::SandboxSpec {
             memory_mib: self.memory,
             vcpus: self.vcpus,
-            scratch_mib: self.disk,
+            scratch_mib: self.disk.unwrap_or_else(|| self.default_disk()),
             max_processes: self.max_processes,
             image: None,
         }
@@ -80,17 +87,21 @@ impl EgressArgs {
         if self.allow_egress.is_empty() {
             return Ok(None);
         }
-        let config = ztee_egress::EgressConfig {
-            allowed_networks: self.allow_networks.clone(),
-            dns_servers: self.dns.clone(),
-            ..ztee_egress::EgressConfig::default()
-        };
-        let proxy = ztee_egress::EgressProxy::from_config(config)
+        let proxy = ztee_egress::EgressProxy::from_config(self.config())
             .context("cannot set up the egress proxy")?;
         Ok(Some((
             std::sync::Arc::new(proxy),
             ztee_egress::Allowlist::new(self.allow_egress.clone()),
         )))
+    }
+
+    /// The egress proxy's settings from these flags.
+    pub fn config(&self) -> ztee_egress::EgressConfig {
+        ztee_egress::EgressConfig {
+            allowed_networks: self.allow_networks.clone(),
+            dns_servers: self.dns.clone(),
+            ..ztee_egress::EgressConfig::default()
+        }
     }
 
     /// The same flags for a child `ztee` process.
@@ -165,6 +176,23 @@ pub fn admit(globals: &GlobalArgs, args: &ImageArgs) -> anyhow::Result<Admission
         Err(E::Policy(err) | E::Store(err) | E::Failed(err)) => Err(err.into()),
         Err(err @ E::NoBuilder) => Err(err.into()),
     }
+}
+
+/// The VM executor for a command's `--image`: admission with the data directory's policy (or
+/// `--policy`), the image's root filesystem built by the jailed helper.
+pub fn executor(
+    globals: &GlobalArgs,
+    image: &ImageArgs,
+) -> anyhow::Result<ztee_server::VmExecutor> {
+    let mut executor =
+        ztee_server::VmExecutor::new(engine(globals)?).with_admission(&globals.data_dir);
+    if let Some(policy) = &image.policy {
+        executor = executor.with_admission_policy(policy.clone());
+    }
+    if image.image.is_some() {
+        executor = executor.with_rootfs_builder(crate::rootfs_helper::builder()?);
+    }
+    Ok(executor)
 }
 
 /// Exit code of a command whose image was refused (as `ztee image verify`).

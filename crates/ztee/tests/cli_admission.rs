@@ -103,6 +103,11 @@ fn only_admitted_images_boot() {
     let reference: Reference = "tiny:1".parse().unwrap();
     sign::sign(&store, &reference, &key, None, BTreeMap::new()).unwrap();
     let digest = store.resolve(&reference).unwrap().digest;
+    let pinned = format!("tiny@{digest}");
+    let unsigned = format!(
+        "tiny@{}",
+        store.resolve(&"tiny:2".parse().unwrap()).unwrap().digest
+    );
     let catalog = sbom::catalog_image(&store, "tiny", &digest).unwrap();
     dsse::attest(
         &store,
@@ -116,13 +121,31 @@ fn only_admitted_images_boot() {
     std::fs::write(&policy, POLICY).unwrap();
     let policy = policy.to_str().unwrap();
 
-    // Signed and inventoried: it boots, and the program from the image runs.
+    // The data directory's policy bundle decides first, as at the gateway: its `image.admit`
+    // rule wants images named by digest, so a tag is refused before admission looks at it.
     let out = ztee(
         data.path(),
         &[
             "run",
             "--image",
             "tiny:1",
+            "--policy",
+            policy,
+            "--",
+            "/bin/hello",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("image.not_pinned"), "{err}");
+
+    // Signed and inventoried: it boots, and the program from the image runs.
+    let out = ztee(
+        data.path(),
+        &[
+            "run",
+            "--image",
+            &pinned,
             "--policy",
             policy,
             "--",
@@ -143,7 +166,7 @@ fn only_admitted_images_boot() {
         &[
             "run",
             "--image",
-            "tiny:2",
+            &unsigned,
             "--policy",
             policy,
             "--",
@@ -153,7 +176,7 @@ fn only_admitted_images_boot() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("tiny:2") && err.contains("signed-and-inventoried"),
+        err.contains(&unsigned) && err.contains("signed-and-inventoried"),
         "{err}"
     );
     assert!(out.stdout.is_empty());
@@ -165,20 +188,93 @@ fn only_admitted_images_boot() {
     // No policy: nothing boots by default.
     let out = ztee(
         data.path(),
-        &["run", "--image", "tiny:1", "--", "/bin/hello"],
+        &["run", "--image", &pinned, "--", "/bin/hello"],
     );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no admission policy"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("no admission policy"), "{err}");
 
     // Sandboxes are admitted the same way.
     let out = ztee(
         data.path(),
-        &["sandbox", "create", "--image", "tiny:2", "--policy", policy],
+        &[
+            "sandbox", "create", "--image", &unsigned, "--policy", policy,
+        ],
     );
     assert_eq!(
         out.status.code(),
         Some(3),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ztee(
+        data.path(),
+        &["sandbox", "create", "--image", "tiny:1", "--policy", policy],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("image.not_pinned"), "{err}");
+    let out = ztee(
+        data.path(),
+        &["sandbox", "create", "--image", &pinned, "--policy", policy],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = ztee(data.path(), &["sandbox", "exec", &id, "--", "/bin/hello"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from an admitted image\n"
+    );
+    assert_eq!(
+        ztee(data.path(), &["sandbox", "rm", &id]).status.code(),
+        Some(0)
+    );
+
+    // Every decision on an image is an `image.admit` record, as at the gateway: refused by the
+    // bundle, refused by the admission policy, or admitted naming the digest that boots.
+    let found = ztee(
+        data.path(),
+        &[
+            "--format",
+            "json",
+            "audit",
+            "search",
+            "--type",
+            "image.admit",
+        ],
+    );
+    assert_eq!(found.status.code(), Some(0));
+    let records: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    let events: Vec<(String, String)> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["event"]["outcome"].as_str().unwrap().to_owned(),
+                r["event"]["resource"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        events.contains(&("denied".into(), "image/tiny:1".into())),
+        "{records}"
+    );
+    assert!(
+        events.contains(&("denied".into(), format!("image/{unsigned}"))),
+        "{records}"
+    );
+    assert!(
+        events.contains(&("success".into(), format!("image/{pinned}"))),
+        "{records}"
+    );
+    assert_eq!(
+        ztee(data.path(), &["audit", "verify"]).status.code(),
+        Some(0)
     );
 }

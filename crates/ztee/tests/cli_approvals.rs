@@ -3,86 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ZTEE_GUEST_DIR").filter(|d| !d.is_empty()) {
-        return dir.into();
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/ztee/guest")
-}
-
-fn ztee(data_dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ztee"));
-    command
-        .args(args)
-        .env("ZTEE_DATA_DIR", data_dir)
-        .env("ZTEE_GUEST_DIR", guest_dir())
-        .env_remove("ZTEE_LOG")
-        .env_remove("ZTEE_API_KEY_FILE")
-        .env_remove("ZTEE_CONFIG")
-        .stdin(Stdio::null());
-    command
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{qemu_available, text, ztee, Serve};
 
 #[test]
 fn an_approver_decides_with_the_cli_and_the_requester_gets_the_result() {
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
-    if !qemu.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: qemu-system-x86_64 cannot start on this machine; VM tests did not run");
+    if !qemu_available() {
         return;
     }
     let dir = tempfile::Builder::new()
         .prefix("ztee-p")
         .tempdir_in("/tmp")
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = ztee(dir.path(), &["serve", "--listen", &listen])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let serve = Serve(child);
-    let admin_key = BufReader::new(stdout).lines().next().unwrap().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines.next().expect("serve ended before listening").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    assert!(admin_key.starts_with("ztee_"), "{admin_key}");
+    let serve = Serve::start(dir.path());
     let key = |role: &str| {
         let o = ztee(
             dir.path(),
@@ -95,7 +29,7 @@ fn an_approver_decides_with_the_cli_and_the_requester_gets_the_result() {
     };
     let agent = key("agent");
     let approver = key("approver");
-    let gateway = format!("http://{listen}");
+    let gateway = serve.url();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

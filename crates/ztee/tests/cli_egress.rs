@@ -124,6 +124,28 @@ fn run_with_allow_egress_reaches_only_the_allowed_host_and_prints_a_summary() {
         stderr.contains(&format!("ztee: egress: denied GET other.test:{port}: other.test:{port} is not on this sandbox's egress allowlist")),
         "{stderr}"
     );
+    // The summary is what the node's trail holds: each connection is recorded as it opens and
+    // as it ends, as at the gateway.
+    let found = f.ztee(&["--format", "json", "audit", "search", "--type", "egress"]);
+    assert!(found.status.success(), "{}", text(&found.stderr));
+    let records: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    let hosts: Vec<(String, String)> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let e = &r["event"];
+            Some((
+                e["network"]["host"].as_str()?.to_owned(),
+                e["outcome"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert!(
+        hosts.contains(&("mirror.test".into(), "success".into()))
+            && hosts.contains(&("other.test".into(), "denied".into())),
+        "{records}"
+    );
     assert_eq!(f.origin.received().len(), 1);
     assert!(f.origin.received()[0]
         .head

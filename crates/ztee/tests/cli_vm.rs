@@ -43,6 +43,19 @@ impl Cli {
         self.command(args).output().unwrap()
     }
 
+    /// `ztee ARGS` with `input` piped to its stdin.
+    fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     fn vm_dirs_left(&self) -> usize {
         std::fs::read_dir(self.data_dir.path().join("run/vms"))
             .map(|d| d.count())
@@ -214,30 +227,34 @@ fn run_copies_files_in_and_forwards_stdin() {
         "import sys\nprint('job read', sys.stdin.read().upper())\n",
     )
     .unwrap();
-    let mut child = cli
-        .command(&[
+    let out = cli.run_with_stdin(
+        &[
             "run",
             "--file",
             &format!("{}:/home/user/job.py", job.display()),
             "--",
             "python3",
             "/home/user/job.py",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"card data stays here")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ],
+        b"card data stays here",
+    );
     assert_eq!(
         text(&out.stdout),
         "job read CARD DATA STAYS HERE\n",
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Stdin is input like any other: scanned and decided before anything runs, so a card
+    // number piped in is held for an approver a terminal cannot give, and nothing runs.
+    let out = cli.run_with_stdin(
+        &["run", "--", "sh", "-c", "cat > /tmp/got; wc -c < /tmp/got"],
+        b"pay 4111111111111111 now",
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("pci.raw_pan_in_code"),
         "{}",
         text(&out.stderr)
     );

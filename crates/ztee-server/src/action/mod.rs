@@ -45,7 +45,7 @@ use bytes::Bytes;
 pub use error::{ActionError, ErrorKind};
 pub(crate) use mcp::safe_name as mcp_safe_name;
 pub use process::ProcessSelector;
-pub use request::{Cmd, CreateSandbox, OneShotRun, RunCommand, SandboxView};
+pub use request::{Cmd, CreateSandbox, FileUpload, OneShotRun, RunCommand, SandboxView};
 pub use sandbox::policy_input;
 pub use transfer::FileContent;
 

@@ -94,8 +94,38 @@ pub struct RunCommand {
 #[serde(deny_unknown_fields)]
 pub struct FileUpload {
     pub path: String,
-    /// UTF-8 text content.
-    pub content: String,
+    /// The content: UTF-8 text in the REST API; the command line may send any bytes.
+    #[serde(with = "text_or_bytes")]
+    pub content: bytes::Bytes,
+    /// Unix permission bits, e.g. `0o755` (493) for a script to execute; default 0o644.
+    pub mode: Option<u32>,
+}
+
+/// File content as JSON: a string when it is UTF-8 text (what REST callers send), otherwise an
+/// array of bytes, so a held action's binary file survives its sealing intact.
+mod text_or_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(content: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(content) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_bytes(content),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+        Ok(match Content::deserialize(d)? {
+            Content::Text(text) => bytes::Bytes::from(text),
+            Content::Bytes(bytes) => bytes::Bytes::from(bytes),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -110,10 +140,17 @@ pub struct OneShotRun {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub stdin: Option<String>,
+    /// Working directory in the guest (default: the guest user's home).
+    pub cwd: Option<String>,
     pub timeout_s: Option<u64>,
     pub image: Option<String>,
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u32>,
+    /// Size of the writable scratch space (held in guest memory), in MiB; default: the
+    /// engine's, at most half the memory.
+    pub disk_mib: Option<u32>,
+    /// Most processes the guest user may run at once; default: the engine's.
+    pub max_processes: Option<u32>,
     /// Destinations the command may reach through the egress proxy, as for sandboxes.
     #[serde(default)]
     pub egress: Vec<String>,

@@ -12,7 +12,7 @@ use super::{Action, ActionError, Approved, Delivery, HeldAction, OneShotRun, Out
 use crate::auth::Caller;
 use crate::exec::{CreateSpec, SandboxHandle};
 use crate::image_admission::ImageGate;
-use crate::pipeline::{ActionContext, Gate, StreamContext, Work};
+use crate::pipeline::{ActionContext, Gate, InputFile, StreamContext, Work};
 use crate::state::AppState;
 use crate::store::{now_rfc3339, SandboxRecord};
 
@@ -94,17 +94,50 @@ pub(super) async fn run(
         l.max_memory_mib,
     )?;
     let vcpus = bounded("vcpus", req.vcpus, d.vcpus, 1, l.max_vcpus)?;
+    // Held in guest memory: at most what the guest can spare, as the engine requires.
+    let scratch_mib = req
+        .disk_mib
+        .map(|v| {
+            bounded(
+                "disk_mib",
+                Some(v),
+                v,
+                8,
+                memory_mib.saturating_sub(64).max(8),
+            )
+        })
+        .transpose()?;
+    let max_processes = req
+        .max_processes
+        .map(|v| bounded("max_processes", Some(v), v, 16, 65536))
+        .transpose()?;
     let limit = timeout(state, req.timeout_s, d.command_timeout_s)?;
+    if let Some(cwd) = &req.cwd {
+        check_guest_path("cwd", cwd)?;
+    }
     let mut files = Vec::with_capacity(req.files.len() + 1);
     for (i, f) in req.files.into_iter().enumerate() {
         check_guest_path(&format!("files[{i}].path"), &f.path)?;
-        files.push((f.path, Bytes::from(f.content)));
+        let mode = match f.mode {
+            Some(mode) if mode > 0o777 => {
+                return Err(ActionError::bad_request(format!(
+                    "files[{i}].mode {mode:#o} is not a permission mode (0 to 0o777)"
+                )))
+            }
+            Some(mode) => mode,
+            None => 0o644,
+        };
+        files.push(InputFile {
+            path: f.path,
+            content: f.content,
+            mode,
+        });
     }
     let argv = match (req.cmd, req.language, req.code) {
         (Some(cmd), None, None) => cmd.into_argv().map_err(ActionError::bad_request)?,
         (None, Some(language), Some(code)) => {
             let (path, argv) = program_for(&language)?;
-            files.push((path.to_owned(), Bytes::from(code)));
+            files.push(InputFile::new(path.to_owned(), Bytes::from(code)));
             argv
         }
         (None, None, Some(_)) => return Err(ActionError::bad_request("code needs a language")),
@@ -139,7 +172,7 @@ pub(super) async fn run(
     let work = Work {
         argv,
         env: req.env,
-        cwd: None,
+        cwd: req.cwd,
         stdin: req.stdin,
         files,
         ..Work::default()
@@ -211,6 +244,8 @@ pub(super) async fn run(
                 image,
                 memory_mib,
                 vcpus,
+                scratch_mib,
+                max_processes,
             },
             egress,
             secrets: injected.as_ref(),

@@ -379,6 +379,8 @@ pub(super) async fn create(
                 image,
                 memory_mib,
                 vcpus,
+                scratch_mib: None,
+                max_processes: None,
             },
             egress: egress.clone(),
             secrets: injected.as_ref(),
@@ -771,18 +773,21 @@ pub(super) async fn write_file(
     // A file a held command is bound to is not replaced through the gateway.
     crate::approvals::inputs::ensure_not_held(state, &record.id)?;
     let work = Work {
-        files: vec![(path, content)],
+        files: vec![crate::pipeline::InputFile::new(path, content)],
         ..Work::default()
     };
     let admitted = super::transfer::admit_upload(state, &mut ctx, work).await?;
-    let (path, content) = admitted
+    let file = admitted
         .work
         .files
         .first()
         .cloned()
         .ok_or_else(|| ActionError::internal("admitted upload lost its file"))?;
-    let size = content.len();
-    let written = sandbox.handle.write_file(&path, content, 0o644).await;
+    let (path, size) = (file.path, file.content.len());
+    let written = sandbox
+        .handle
+        .write_file(&path, file.content, file.mode)
+        .await;
     state
         .pipeline
         .record_admitted(&ctx, &admitted, written.is_ok())

@@ -110,7 +110,7 @@ pub async fn admit_upload(
     ctx: &mut ActionContext<'_>,
     work: Work,
 ) -> Result<Admitted, ActionError> {
-    let size: usize = work.files.iter().map(|(_, content)| content.len()).sum();
+    let size: usize = work.files.iter().map(|f| f.content.len()).sum();
     if size <= INLINE_SCAN_BYTES {
         return state.pipeline.admit(ctx, work).await;
     }

@@ -49,6 +49,13 @@ fn refused(message: &str) -> ActionError {
 
 /// A 32-byte key kept as 64 hex digits in `path`, created (mode 0600, written then renamed
 /// into place) when the file does not exist yet.
+/// 32 random bytes that live in memory only.
+pub(super) fn ephemeral_key() -> Zeroizing<Vec<u8>> {
+    let mut bytes = Zeroizing::new(vec![0u8; 32]);
+    rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
+    bytes
+}
+
 pub(super) fn read_or_create_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
@@ -85,6 +92,11 @@ impl CallbackKey {
     /// Reads the key file (created with 32 random bytes, mode 0600, on first start).
     pub fn load_or_create(path: &Path) -> Result<Self, String> {
         read_or_create_key(path).map(Self)
+    }
+
+    /// A key for a host that issues no links: it never leaves memory.
+    pub fn ephemeral() -> Self {
+        Self(ephemeral_key())
     }
 
     fn mac(&self, id: &str, decision: &str, expires: u64, approver: &str) -> HmacSha256 {

@@ -56,10 +56,11 @@ pub fn held_bytes(held: &HeldAction) -> u64 {
                 + opt(&r.code)
                 + r.files
                     .iter()
-                    .map(|f| s(&f.path) + s(&f.content))
+                    .map(|f| s(&f.path) + f.content.len() as u64)
                     .sum::<u64>()
                 + map(&r.env)
                 + opt(&r.stdin)
+                + opt(&r.cwd)
                 + opt(&r.image)
                 + list(&r.egress)
                 + r.secrets.len() as u64 * SECRET_REQUEST_BYTES

@@ -200,6 +200,25 @@ impl Approvals {
         ))
     }
 
+    /// The approvals of a host where nobody can approve (the command line, whose pipeline
+    /// refuses what needs approval, see [`crate::pipeline::HoldPolicy::Refuse`]): nothing is
+    /// parked, so the state database and its key files are not touched, and a gateway sharing
+    /// the data directory keeps its held requests.
+    pub fn unavailable(config: ApprovalsConfig, store: Store) -> Self {
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Self {
+            holds: hold::Ledger::new(config.hold_limits.clone()),
+            config,
+            store,
+            parked: Mutex::new(HashMap::new()),
+            changed,
+            callback_key: callback::CallbackKey::ephemeral(),
+            seal: sealed::SealKey::ephemeral(),
+            webhooks: Vec::new(),
+            public_url: String::new(),
+        }
+    }
+
     fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -392,6 +411,9 @@ pub async fn park(
     held: HeldAction,
     decision: &Decision,
 ) -> Result<Ticket, ActionError> {
+    if state.pipeline.holds == crate::pipeline::HoldPolicy::Refuse {
+        return Err(crate::pipeline::approval_unavailable(decision));
+    }
     let approvals = &state.approvals;
     let id = format!("apr_{}", uuid::Uuid::new_v4().simple());
     let created_at = now();

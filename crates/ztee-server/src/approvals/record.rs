@@ -122,6 +122,7 @@ pub fn masked_view(dlp: &dyn DlpEngine, held: &HeldAction) -> serde_json::Value 
             "files": request.files,
             "env": env_names(&request.env),
             "stdin": request.stdin,
+            "cwd": request.cwd,
             "timeout_s": request.timeout_s,
             "image": request.image,
             "memory_mib": request.memory_mib,

@@ -41,6 +41,11 @@ impl SealKey {
         super::callback::read_or_create_key(path).map(Self)
     }
 
+    /// A key for a host that seals nothing: it never leaves memory.
+    pub fn ephemeral() -> Self {
+        Self(super::callback::ephemeral_key())
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         // The key is 32 bytes by construction (read_or_create_key checks it).
         Aes256Gcm::new_from_slice(&self.0)

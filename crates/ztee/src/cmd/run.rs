@@ -2,14 +2,15 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::AsyncReadExt;
-use ztee_vm::{CommandStream, ExecEvent, ExecSpec, ExitStatus, Sandbox};
+use ztee_vm::{CommandStream, ExecEvent, ExitStatus};
 
 use ztee_audit::{EventType, Outcome};
-use ztee_server::pipeline::{Outbound, Work};
+use ztee_server::pipeline::Outbound;
 
 use crate::globals::GlobalArgs;
 use crate::local_core::LocalCore;
@@ -99,25 +100,6 @@ impl RunSecrets {
             names: self.names,
             redactor,
         })
-    }
-
-    /// The run's secret values for the outbound stage, which masks them in this run's output
-    /// only; `None` when there are none.
-    pub fn scope(&self) -> anyhow::Result<Option<ztee_server::SecretScope>> {
-        if self.files.is_empty() {
-            return Ok(None);
-        }
-        let labels: Vec<String> = (0..self.files.len()).map(|i| format!("run/{i}")).collect();
-        let values: Vec<(&str, &[u8])> = labels
-            .iter()
-            .zip(&self.files)
-            .map(|(label, (_, value))| (label.as_str(), value.as_slice()))
-            .collect();
-        ztee_server::SecretScope::new(&values)
-            .map(Some)
-            .map_err(|e| {
-                anyhow::anyhow!("a secret cannot be masked in the output, so the run stops: {e}")
-            })
     }
 
     fn none() -> Self {
@@ -217,139 +199,244 @@ pub fn parse_env(text: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), value.to_string()))
 }
 
+/// The most of our stdin a run takes: it is scanned and decided whole before anything runs.
+const STDIN_LIMIT: u64 = 16 * 1024 * 1024;
+
 pub fn run(args: Args, globals: &GlobalArgs) -> anyhow::Result<u8> {
     // Read inputs before booting anything: a missing file is the caller's error, found in
     // microseconds, not after a VM boot.
-    let mut uploads = Vec::new();
+    let mut files = Vec::new();
     for copy in &args.files {
         let data = std::fs::read(&copy.local)
             .with_context(|| format!("--file {}", copy.local.display()))?;
-        uploads.push((copy.remote.clone(), data, file_mode(&copy.local)));
+        files.push(ztee_server::FileUpload {
+            path: copy.remote.clone(),
+            content: bytes::Bytes::from(data),
+            mode: Some(file_mode(&copy.local)),
+        });
     }
-    let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
-    let egress = args.egress.proxy()?;
+    let timeout_s = args.timeout.map(whole_seconds).transpose()?;
+    // Input is scanned and decided like the rest of the request, so it is read whole first.
+    let stdin = if args.interactive || !std::io::stdin().is_terminal() {
+        read_stdin()?
+    } else {
+        None
+    };
+    let secrets = if args.secrets.is_empty() {
+        None
+    } else {
+        let store = args.secret_store.open(globals)?;
+        Some(Arc::new(ztee_secrets::SecretBroker::new(Some(store), None)))
+    };
     vm::block_on(async {
-        let engine = vm::engine(globals)?;
-        let executor = std::sync::Arc::new(ztee_server::VmExecutor::new(engine.clone()));
-        let core = LocalCore::open(globals, executor)?;
-        // The same stages as `POST /v1/run`: inbound DLP and policy, then the image, then the
-        // secrets, then the VM; the audit record closes it.
-        let id = format!("run_{}", uuid::Uuid::new_v4().simple());
-        let mut ctx = core.context("run", EventType::Run, format!("run/{id}"));
-        let spec = args.shape.spec();
-        ctx.policy.image = args.image.image.clone();
-        ctx.policy.memory_mib = Some(spec.memory_mib);
-        ctx.policy.vcpus = Some(u32::from(spec.vcpus));
-        ctx.policy.timeout_s = args.timeout.map(|t| t.as_secs());
-        ctx.policy.secrets = args.secrets.iter().map(|r| r.name.to_string()).collect();
-        let modes: Vec<u32> = uploads.iter().map(|(_, _, mode)| *mode).collect();
-        let work = Work {
-            argv: args.command.clone(),
-            env: args.env.iter().cloned().collect(),
-            cwd: args.cwd.clone(),
-            files: uploads
-                .into_iter()
-                .map(|(remote, data, _)| (remote, bytes::Bytes::from(data)))
+        let mut executor = vm::executor(globals, &args.image)?;
+        if !args.egress.allow_egress.is_empty() {
+            executor = executor
+                .with_egress_config(args.egress.config())
+                .context("cannot set up the egress proxy")?;
+        }
+        let connections = Arc::new(EgressSummary::default());
+        let core = LocalCore::open(
+            globals,
+            Arc::new(executor),
+            secrets,
+            Some(connections.clone()),
+        )?;
+        let request = ztee_server::OneShotRun {
+            cmd: Some(ztee_server::Cmd::Argv(args.command)),
+            language: None,
+            code: None,
+            files,
+            env: args.env.into_iter().collect(),
+            stdin,
+            cwd: args.cwd,
+            // An operator's own run is bounded by the host's longest timeout, not the API's
+            // default for a request.
+            timeout_s: Some(timeout_s.unwrap_or(core.state.config.limits.max_timeout_s)),
+            image: args.image.image,
+            memory_mib: Some(args.shape.memory),
+            vcpus: Some(u32::from(args.shape.vcpus)),
+            disk_mib: args.shape.disk,
+            max_processes: Some(args.shape.max_processes),
+            egress: args
+                .egress
+                .allow_egress
+                .iter()
+                .map(ToString::to_string)
                 .collect(),
-            ..Work::default()
+            secrets: args.secrets,
         };
-        let admitted = match core.admit(&mut ctx, work).await {
-            Ok(admitted) => admitted,
-            Err(refusal) => return Ok(refusal.report()),
-        };
-        if let Some((_, allowlist)) = &egress {
-            if let Err(refusal) = core.authorize_egress(&ctx, allowlist).await {
-                return Ok(refusal.report());
-            }
-        }
-        let mut spec = spec;
-        match vm::admit(globals, &args.image)? {
-            vm::Admission::Default => {}
-            vm::Admission::Admitted(image) => spec.image = Some(image),
-            vm::Admission::Refused(why) => {
-                let event =
-                    core.event(&ctx, Outcome::Denied)
-                        .with_decision(ztee_audit::DecisionRecord {
-                            decision: ztee_audit::DecisionKind::Deny,
-                            risk: "HIGH".into(),
-                            rule_ids: vec!["admission.refused".into()],
-                            reasons: vec![why.clone()],
-                        });
-                core.record(event).await?;
-                eprintln!("error: {why}");
-                return Ok(vm::EXIT_REFUSED);
-            }
-        }
-        let secrets = RunSecrets::load(&args.secrets, &args.secret_store, globals)?;
-        let decision = ztee_server::audit::decision_record(&admitted.decision);
-        let sandbox = match engine.create(spec).await {
-            Ok(sandbox) => sandbox,
-            Err(e) => {
-                let event = core
-                    .event(&ctx, Outcome::Failure)
-                    .with_decision(decision.clone());
-                core.record(event).await?;
-                return Err(anyhow::Error::new(e).context("cannot start a sandbox"));
+        // The same core as `POST /v1/run`: inbound DLP and policy, the image's admission, the
+        // secrets, the VM, outbound DLP and one audit record, in that order.
+        let run = async {
+            let outcome = ztee_server::execute(
+                &core.state,
+                &core.caller,
+                ztee_server::Action::Run(request),
+                ztee_server::Delivery::Stream,
+                None,
+            )
+            .await;
+            match outcome {
+                Ok(ztee_server::Outcome::Streaming(events)) => {
+                    print_events(events, timeout_s).await
+                }
+                Ok(_) => Err(anyhow::anyhow!(
+                    "a run answered with something other than its output"
+                )),
+                Err(e) => Ok(crate::local_core::Refusal::from(e).report()),
             }
         };
-        let egress_log = std::sync::Arc::new(ztee_egress::EgressLog::default());
-        if let Some((proxy, allowlist)) = egress {
-            let grant = ztee_egress::EgressGrant {
-                sandbox: sandbox.id().to_string(),
-                allowlist,
-                audit: egress_log.clone(),
-            };
-            if let Err(err) = sandbox.enable_egress(proxy, grant).await {
-                let _ = sandbox.destroy().await;
-                return Err(anyhow::Error::new(err).context("cannot grant egress"));
+        let code = tokio::select! {
+            code = run => code?,
+            signal = vm::interrupted() => {
+                // Dropping the run destroys its VM; wait for that before leaving.
+                wait_for_teardown(&core.state).await;
+                anyhow::bail!("interrupted by {signal}; the sandbox was destroyed")
             }
-        }
-        let mut outbound = Outbound::new(core.pipeline.dlp.as_ref(), secrets.scope()?.as_ref());
-        let mut output_digest = core.pipeline.content_key.hasher();
-        let result = tokio::select! {
-            result = run_in(&sandbox, &admitted.work, &modes, &args, &secrets, forward_stdin, &mut outbound, &mut output_digest) => result,
-            signal = vm::interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; the sandbox was destroyed")),
         };
-        let egressed = sandbox.egress().is_some();
-        let destroyed = sandbox.destroy().await;
-        if egressed {
-            print_egress_summary(&egress_log.records());
+        wait_for_teardown(&core.state).await;
+        if !args.egress.allow_egress.is_empty() {
+            connections.print();
         }
-        let event = core
-            .ran(&ctx, &admitted, result.is_ok())
-            .with_output(&output_digest.finalize())
-            .with_redactions(&outbound.counts());
-        core.record(event).await?;
-        destroyed.context("cannot destroy the sandbox")?;
-        result
+        Ok(code)
     })
 }
 
-/// One line per connection on stderr, after the command's own output.
-fn print_egress_summary(records: &[ztee_egress::EgressRecord]) {
-    use ztee_egress::Decision;
-    let denied = records
-        .iter()
-        .filter(|r| r.decision == Decision::Denied)
-        .count();
-    eprintln!(
-        "ztee: egress: {} connection(s), {} allowed, {denied} denied",
-        records.len(),
-        records.len() - denied
-    );
-    for r in records {
-        let target = if r.host.is_empty() {
-            "(no request)".to_string()
-        } else {
-            format!("{} {}:{}", r.method, r.host, r.port)
-        };
-        let address = r.resolved.map(|ip| format!(" [{ip}]")).unwrap_or_default();
-        match r.decision {
-            Decision::Allowed => eprintln!(
-                "ztee: egress: allowed {target}{address}: {} B up, {} B down",
-                r.bytes_up, r.bytes_down
-            ),
-            Decision::Denied => eprintln!("ztee: egress: denied {target}{address}: {}", r.reason),
+/// `--timeout` in whole seconds, as the core takes it.
+fn whole_seconds(timeout: Duration) -> anyhow::Result<u64> {
+    if timeout.subsec_nanos() != 0 {
+        bail!(
+            "--timeout {}: give a whole number of seconds",
+            timeout.as_secs_f64()
+        );
+    }
+    Ok(timeout.as_secs())
+}
+
+/// Our stdin, whole, as text; nothing when it is empty.
+fn read_stdin() -> anyhow::Result<Option<String>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::io::stdin()
+        .take(STDIN_LIMIT + 1)
+        .read_to_end(&mut data)
+        .context("reading stdin")?;
+    if data.len() as u64 > STDIN_LIMIT {
+        bail!(
+            "stdin is larger than {} MiB; copy large inputs in with --file",
+            STDIN_LIMIT / (1024 * 1024)
+        );
+    }
+    if data.is_empty() {
+        return Ok(None);
+    }
+    String::from_utf8(data)
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("stdin is not UTF-8 text; copy binary input in with --file"))
+}
+
+/// Prints a run's masked output as it arrives; the exit code to end with.
+async fn print_events(
+    mut events: tokio::sync::mpsc::Receiver<ztee_server::pipeline::StreamEvent>,
+    timeout_s: Option<u64>,
+) -> anyhow::Result<u8> {
+    use ztee_server::pipeline::StreamEvent;
+    while let Some(event) = events.recv().await {
+        match event {
+            StreamEvent::Stdout { data } => write_all(&mut std::io::stdout(), data.as_bytes())?,
+            StreamEvent::Stderr { data } => write_all(&mut std::io::stderr(), data.as_bytes())?,
+            StreamEvent::Exit {
+                timed_out: true, ..
+            } => {
+                let after = timeout_s
+                    .map(|t| format!(" after {t}s"))
+                    .unwrap_or_default();
+                eprintln!("error: the command timed out{after} and was killed");
+                return Ok(124);
+            }
+            StreamEvent::Exit {
+                exit_code: Some(code),
+                ..
+            } => {
+                if code == 125 {
+                    eprintln!("error: the command's output passed the limit and it was killed");
+                }
+                return Ok(code.clamp(0, 255) as u8);
+            }
+            StreamEvent::Exit { .. } => bail!("the command ended without an exit status"),
+            StreamEvent::Error { error } => bail!("{}", error.message),
+        }
+    }
+    bail!("the command's output ended without an exit status")
+}
+
+/// Waits (at most ten seconds) until the run's VM is destroyed and its quota released: the
+/// core does that as the run ends or is dropped, on tasks of this runtime.
+async fn wait_for_teardown(state: &ztee_server::AppState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state.metrics.sandboxes_active.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The run's connections through the egress proxy, as the trail records them (masked), for the
+/// summary that follows the command's output.
+#[derive(Default)]
+struct EgressSummary {
+    closed: std::sync::Mutex<Vec<ztee_audit::AuditEvent>>,
+}
+
+#[async_trait::async_trait]
+impl ztee_server::audit::AuditSink for EgressSummary {
+    async fn append(&self, event: ztee_audit::AuditEvent) -> Result<(), String> {
+        let closed = event.network.as_ref().is_some_and(|n| n.phase.is_closed());
+        if event.event_type == EventType::Egress && closed {
+            self.closed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(event);
+        }
+        Ok(())
+    }
+}
+
+impl EgressSummary {
+    /// One line per connection on stderr, after the command's own output.
+    fn print(&self) {
+        let events = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        let denied = events
+            .iter()
+            .filter(|e| e.outcome == Outcome::Denied)
+            .count();
+        eprintln!(
+            "ztee: egress: {} connection(s), {} allowed, {denied} denied",
+            events.len(),
+            events.len() - denied
+        );
+        for event in events.iter() {
+            let Some(n) = &event.network else { continue };
+            let address = n.address.map(|ip| format!(" [{ip}]")).unwrap_or_default();
+            let method = n
+                .method
+                .as_deref()
+                .map(|m| format!("{m} "))
+                .unwrap_or_default();
+            let target = format!("{method}{}:{}{address}", n.host, n.port);
+            if event.outcome == Outcome::Denied {
+                let reason = event
+                    .decision
+                    .as_ref()
+                    .and_then(|d| d.reasons.first())
+                    .map(String::as_str)
+                    .unwrap_or("refused");
+                eprintln!("ztee: egress: denied {target}: {reason}");
+            } else {
+                eprintln!(
+                    "ztee: egress: allowed {target}: {} B up, {} B down",
+                    n.bytes_up, n.bytes_down
+                );
+            }
         }
     }
 }
@@ -359,44 +446,6 @@ fn file_mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644)
-}
-
-#[allow(clippy::too_many_arguments)] // one call site; the pieces are the run's own state
-async fn run_in(
-    sandbox: &Sandbox,
-    work: &Work,
-    modes: &[u32],
-    args: &Args,
-    secrets: &RunSecrets,
-    forward_stdin: bool,
-    outbound: &mut Outbound,
-    output_digest: &mut ztee_audit::ContentHasher,
-) -> anyhow::Result<u8> {
-    for ((remote, data), mode) in work.files.iter().zip(modes) {
-        sandbox
-            .write_file(remote, data, *mode)
-            .await
-            .with_context(|| format!("cannot copy a file to {remote}"))?;
-    }
-    for (path, value) in &secrets.files {
-        sandbox
-            .write_file(path, value, 0o400)
-            .await
-            .with_context(|| format!("cannot write the secret file {path}"))?;
-    }
-    let mut spec = ExecSpec::new(work.argv.clone());
-    spec.env = work
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    spec.env.extend(secrets.env.iter().cloned());
-    spec.cwd = work.cwd.clone();
-    spec.timeout = args.timeout;
-    spec.stdin = forward_stdin;
-    let execution = sandbox.exec(spec).await?;
-    let status = stream_masked(execution, forward_stdin, outbound, output_digest).await?;
-    exit_code(status, args.timeout)
 }
 
 /// Copies the command's output to ours as it arrives, through the outbound DLP stage (card

@@ -165,7 +165,7 @@ pub fn run(command: Command, globals: &GlobalArgs) -> anyhow::Result<u8> {
 /// the gateway.
 fn remove(client: LocalClient, id: &str, globals: &GlobalArgs) -> anyhow::Result<()> {
     vm::block_on(async {
-        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor), None, None)?;
         let mut ctx = core.context(
             "sandbox.delete",
             EventType::SandboxClose,
@@ -184,9 +184,15 @@ fn remove(client: LocalClient, id: &str, globals: &GlobalArgs) -> anyhow::Result
 
 /// Decides the creation like the gateway does (`sandbox.create`: inbound DLP, the data
 /// directory's policy), starts the supervisor, and records the outcome in the node's trail.
-fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
+fn create(mut args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
     vm::block_on(async {
-        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+        // The image's admission runs here, in the core, before the supervisor boots anything;
+        // the supervisor boots exactly the admitted digest.
+        let executor: Arc<dyn ztee_server::exec::Executor> = match &args.image.image {
+            Some(_) => Arc::new(vm::executor(globals, &args.image)?),
+            None => Arc::new(HeldBySupervisor),
+        };
+        let core = LocalCore::open(globals, executor, None, None)?;
         let mut ctx = core.context(
             "sandbox.create",
             EventType::SandboxCreate,
@@ -205,6 +211,15 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
         if let Some((_, allowlist)) = args.egress.proxy()? {
             if let Err(refusal) = core.authorize_egress(&ctx, &allowlist).await {
                 return Ok(refusal.report());
+            }
+        }
+        if let Some(image) = args.image.image.clone() {
+            match ztee_server::admit_image(&core.state, &ctx, Some(&image)).await {
+                // The supervisor admits it again (it is the process that boots), by digest, so
+                // a tag moved in between cannot change what boots.
+                Ok(Some(admitted)) => args.image.image = Some(pinned(&image, admitted.digest())),
+                Ok(None) => {}
+                Err(e) => return Ok(crate::local_core::Refusal::from(e).report()),
             }
         }
         let decision = ztee_server::audit::decision_record(&admitted.decision);
@@ -244,6 +259,17 @@ fn create(args: CreateArgs, globals: &GlobalArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// `reference` named by `digest`: `name:tag` and `name@sha256:…` become `name@<digest>`.
+fn pinned(reference: &str, digest: &str) -> String {
+    let name = reference.split('@').next().unwrap_or(reference);
+    // A tag is what follows the last `:` after the last `/` (a registry's port comes before it).
+    let name = match name.rfind(':') {
+        Some(colon) if colon > name.rfind('/').unwrap_or(0) => &name[..colon],
+        _ => name,
+    };
+    format!("{name}@{digest}")
+}
+
 /// What the supervisor reported.
 enum Supervised {
     Created(String),
@@ -274,7 +300,12 @@ fn start_supervisor(args: &CreateArgs, globals: &GlobalArgs) -> anyhow::Result<S
         .arg(args.timeout.as_secs_f64().to_string())
         .args(["--memory", &args.shape.memory.to_string()])
         .args(["--vcpus", &args.shape.vcpus.to_string()])
-        .args(["--disk", &args.shape.disk.to_string()])
+        .args(
+            args.shape
+                .disk
+                .iter()
+                .flat_map(|mib| ["--disk".to_owned(), mib.to_string()]),
+        )
         .args(["--max-processes", &args.shape.max_processes.to_string()])
         .args(
             args.image
@@ -404,7 +435,7 @@ fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Res
     let client = LocalClient::open(registry, &args.id)?;
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
     vm::block_on(async {
-        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+        let core = LocalCore::open(globals, Arc::new(HeldBySupervisor), None, None)?;
         let mut ctx = core.context(
             "sandbox.exec",
             EventType::SandboxExec,
@@ -432,8 +463,8 @@ fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Res
         spec.timeout = args.timeout;
         spec.stdin = forward_stdin;
         // The sandbox's own secrets are masked by its supervisor; card numbers here.
-        let mut outbound = Outbound::new(core.pipeline.dlp.as_ref(), None);
-        let mut output_digest = core.pipeline.content_key.hasher();
+        let mut outbound = Outbound::new(core.pipeline().dlp.as_ref(), None);
+        let mut output_digest = core.pipeline().content_key.hasher();
         let status = match client.exec(spec).await {
             Ok(execution) => {
                 stream_masked(execution, forward_stdin, &mut outbound, &mut output_digest).await
@@ -482,7 +513,7 @@ fn copy(
             let record = registry.get(id)?;
             let client = LocalClient::open(registry, id)?;
             vm::block_on(async {
-                let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+                let core = LocalCore::open(globals, Arc::new(HeldBySupervisor), None, None)?;
                 let mut ctx = core.context(
                     "file.write",
                     EventType::FileWrite,
@@ -490,20 +521,26 @@ fn copy(
                 );
                 ctx.policy.secrets = secret_names(&record);
                 let work = Work {
-                    files: vec![(path.to_owned(), bytes::Bytes::from(data))],
+                    files: vec![ztee_server::pipeline::InputFile {
+                        path: path.to_owned(),
+                        content: bytes::Bytes::from(data),
+                        mode,
+                    }],
                     ..Work::default()
                 };
                 let admitted = match core.admit(&mut ctx, work).await {
                     Ok(admitted) => admitted,
                     Err(refusal) => return Ok(refusal.report()),
                 };
-                let (path, content) = admitted
+                let file = admitted
                     .work
                     .files
                     .first()
                     .cloned()
                     .context("the admitted upload lost its file")?;
-                let written = client.write_file(&path, &content, mode).await;
+                let written = client
+                    .write_file(&file.path, &file.content, file.mode)
+                    .await;
                 let event = core
                     .ran(&ctx, &admitted, written.is_ok())
                     .with_redactions(&admitted.inbound_redactions);
@@ -516,7 +553,7 @@ fn copy(
             let record = registry.get(id)?;
             let client = LocalClient::open(registry, id)?;
             vm::block_on(async {
-                let core = LocalCore::open(globals, Arc::new(HeldBySupervisor))?;
+                let core = LocalCore::open(globals, Arc::new(HeldBySupervisor), None, None)?;
                 let mut ctx = core.context(
                     "file.read",
                     EventType::FileRead,
@@ -544,7 +581,7 @@ fn copy(
                 };
                 // Outbound DLP as for a gateway download: text is masked, binary with
                 // findings is refused (it cannot be masked in place).
-                let dlp = core.pipeline.dlp.as_ref();
+                let dlp = core.pipeline().dlp.as_ref();
                 let (data, counts) = match std::str::from_utf8(&data) {
                     Ok(text) => {
                         let redacted = dlp.redact(text);
@@ -556,7 +593,7 @@ fn copy(
                             let event = core
                                 .event(&ctx, Outcome::Denied)
                                 .with_decision(decision)
-                                .with_output(&core.pipeline.content_key.digest(&data));
+                                .with_output(&core.pipeline().content_key.digest(&data));
                             core.record(event).await?;
                             eprintln!(
                                 "error: {path} is binary and holds sensitive data ({}) that cannot be masked in place",
@@ -570,7 +607,7 @@ fn copy(
                 let event = core
                     .event(&ctx, Outcome::Success)
                     .with_decision(decision)
-                    .with_output(&core.pipeline.content_key.digest(&data))
+                    .with_output(&core.pipeline().content_key.digest(&data))
                     .with_redactions(&counts);
                 core.record(event).await?;
                 write_atomically(destination, &data)?;
@@ -732,6 +769,22 @@ fn until(at: u64) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admitted_image_is_named_by_its_digest() {
+        let d = "sha256:ab";
+        assert_eq!(pinned("tiny:1", d), "tiny@sha256:ab");
+        assert_eq!(pinned("tiny", d), "tiny@sha256:ab");
+        assert_eq!(pinned("tiny@sha256:ab", d), "tiny@sha256:ab");
+        assert_eq!(
+            pinned("localhost:5000/team/tiny:2", d),
+            "localhost:5000/team/tiny@sha256:ab"
+        );
+        assert_eq!(
+            pinned("localhost:5000/tiny", d),
+            "localhost:5000/tiny@sha256:ab"
+        );
+    }
 
     /// #21: a local user who pre-creates a symlink at the temporary name the copy used to write
     /// to (`.NAME.ztee-PID` next to the destination) must not redirect the write.
