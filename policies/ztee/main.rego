@@ -9,11 +9,14 @@
 # file.write (upload), file.read (download), file.stat, file.list, file.watch, file.mkdir,
 # file.move, file.remove, llm.chat, tool.call, egress, secret.use, image.admit.
 # Routing, strongest first:
-#   deny      - never allowed: no allow rule for the action, SAD present, raw PAN to an external model, a provider the tenant's
+#   deny      - never allowed: no allow rule for the action, SAD present, raw PAN to an external model,
+#               a tool that sends data out after a tool result with an injection, a secret or
+#               the card data it carries (flow rules over input.trace), a provider the tenant's
 #               tier may not use, images/audio/files to an external model (DLP cannot read
 #               them; unless the tier is in unscanned_content_tiers), egress outside the
 #               allowlist, an unpinned image, a near-certain prompt injection.
-#   HIGH      - needs a human approver: code with raw card data, egress (unless the operator
+#   HIGH      - needs a human approver: code with raw card data, a tool that sends data out after
+#               reading an untrusted source, egress (unless the operator
 #               pre-approved the destination), a secret whose grant asks for approval,
 #               destructive tools, a suspected prompt injection.
 #   MEDIUM    - runs and is logged: code execution, file transfers, granted secrets, pre-approved egress,
@@ -123,6 +126,52 @@ deny contains {"rule": "secret.not_granted", "message": sprintf("no grant lets t
 deny contains {"rule": "image.not_pinned", "message": "images must be referenced by digest (name@sha256:...)"} if {
 	input.action == "image.admit"
 	not pinned_image
+}
+
+# ----------------------------------------------------------------------------------------------
+# Flow rules over the trace: what happened earlier in the same conversation or tool session
+# (input.trace, oldest first: tool calls and tool results with their DLP findings and injection
+# scores, never their text). A tool that sends data out of the organisation (cfg.flow.sink_tools)
+# is refused after a tool result that carried a likely injection, a secret, or card data the
+# call passes on; after a result from an untrusted source (cfg.flow.untrusted_sources) it needs
+# a human.
+
+trace := object.get(input, "trace", [])
+
+sink_call if {
+	input.action == "tool.call"
+	input.request.tool.name in cfg.flow.sink_tools
+}
+
+earlier_results contains step if {
+	some step in trace
+	step.kind == "tool_result"
+}
+
+deny contains {"rule": "flow.injection_then_sink", "message": sprintf("tool %q sends data out after a result of %q that looked like a prompt injection (score %.2f)", [input.request.tool.name, step.tool, step.injection.score])} if {
+	sink_call
+	some step in earlier_results
+	step.injection.score >= cfg.flow.taint_score
+}
+
+deny contains {"rule": "flow.secret_then_sink", "message": sprintf("tool %q sends data out after a result of %q that held a secret", [input.request.tool.name, step.tool])} if {
+	sink_call
+	some step in earlier_results
+	some entity in cfg.flow.secret_entities
+	object.get(step.dlp.counts, entity, 0) > 0
+}
+
+deny contains {"rule": "flow.card_data_then_sink", "message": sprintf("tool %q would send card data that a result of %q carried", [input.request.tool.name, step.tool])} if {
+	sink_call
+	object.get(input.dlp.counts, "CREDIT_CARD", 0) > 0
+	some step in earlier_results
+	object.get(step.dlp.counts, "CREDIT_CARD", 0) > 0
+}
+
+high contains {"rule": "flow.untrusted_then_sink", "message": sprintf("tool %q sends data out after reading from %q, an untrusted source", [input.request.tool.name, step.tool])} if {
+	sink_call
+	some step in earlier_results
+	step.tool in cfg.flow.untrusted_sources
 }
 
 deny contains {"rule": "injection.detected", "message": sprintf("prompt injection detected (score %.2f)", [input.injection.score])} if {

@@ -456,3 +456,57 @@ test_a_file_transfer_with_granted_secrets_is_logged if {
 		"risk.file_transfer_with_secrets" in rule_ids(d)
 	}
 }
+
+# Flow rules over the trace.
+
+call(tool, args) := {"kind": "tool_call", "tool": tool, "dlp": {"counts": {}, "raw_pan": false, "sad": false}, "injection": {"score": 0, "rules": []}}
+
+result(tool, counts, score) := {"kind": "tool_result", "tool": tool, "dlp": {"counts": counts, "raw_pan": false, "sad": false}, "injection": {"score": score, "rules": []}}
+
+with_trace(inp, steps) := object.union(inp, {"trace": steps})
+
+send_email := req("tool.call", {"tool": {"name": "send_email", "args": {"to": "x@example.com"}}})
+
+test_a_sink_after_an_injected_result_is_denied if {
+	d := main.decision with input as with_trace(send_email, [call("lookup_order", {}), result("lookup_order", {}, 0.4)])
+	d.verdict == "deny"
+	"flow.injection_then_sink" in rule_ids(d)
+}
+
+test_a_sink_after_a_clean_result_is_not_refused_by_flow if {
+	d := main.decision with input as with_trace(send_email, [call("lookup_order", {}), result("lookup_order", {}, 0.1)])
+	d.verdict == "require_approval"
+	not "flow.injection_then_sink" in rule_ids(d)
+	not "flow.untrusted_then_sink" in rule_ids(d)
+}
+
+test_a_sink_after_a_result_with_a_secret_is_denied if {
+	d := main.decision with input as with_trace(send_email, [result("read_config", {"SECRET": 1}, 0)])
+	d.verdict == "deny"
+	"flow.secret_then_sink" in rule_ids(d)
+}
+
+test_card_data_from_a_result_into_a_sink_is_denied if {
+	inp := with_dlp(send_email, {"counts": {"CREDIT_CARD": 1}, "raw_pan": false, "sad": false})
+	d := main.decision with input as with_trace(inp, [result("lookup_customer", {"CREDIT_CARD": 1}, 0)])
+	d.verdict == "deny"
+	"flow.card_data_then_sink" in rule_ids(d)
+}
+
+test_a_sink_without_the_card_data_is_not_refused_by_the_card_rule if {
+	d := main.decision with input as with_trace(send_email, [result("lookup_customer", {"CREDIT_CARD": 1}, 0)])
+	not "flow.card_data_then_sink" in rule_ids(d)
+}
+
+test_a_sink_after_an_untrusted_source_needs_a_human if {
+	post := req("tool.call", {"tool": {"name": "post_message", "args": {}}})
+	d := main.decision with input as with_trace(post, [result("fetch_page", {}, 0)])
+	d.verdict == "require_approval"
+	"flow.untrusted_then_sink" in rule_ids(d)
+}
+
+test_a_read_only_tool_after_an_injected_result_is_not_refused_by_flow if {
+	look := req("tool.call", {"tool": {"name": "read_file", "args": {}}})
+	d := main.decision with input as with_trace(look, [result("fetch_page", {}, 0.45)])
+	d.verdict == "allow"
+}

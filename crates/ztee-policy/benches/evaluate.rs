@@ -29,6 +29,7 @@ fn inputs() -> Vec<(&'static str, PolicyInput)> {
         },
         dlp: DlpSummary::default(),
         injection: Default::default(),
+        trace: Vec::new(),
     };
     let mut chat_pan = PolicyInput {
         principal: principal("pci"),
@@ -52,6 +53,7 @@ fn inputs() -> Vec<(&'static str, PolicyInput)> {
         },
         dlp: DlpSummary::default(),
         injection: Default::default(),
+        trace: Vec::new(),
     };
     chat_pan.dlp.raw_pan = true;
     chat_pan.dlp.counts.insert("CREDIT_CARD".into(), 1);
@@ -71,6 +73,7 @@ fn inputs() -> Vec<(&'static str, PolicyInput)> {
         },
         dlp: DlpSummary::default(),
         injection: Default::default(),
+        trace: Vec::new(),
     };
     vec![
         ("run_allow", run),

@@ -208,4 +208,37 @@ pub struct PolicyInput {
     pub dlp: DlpSummary,
     #[serde(default)]
     pub injection: InjectionSummary,
+    /// What happened before this action in the same conversation or tool session, oldest
+    /// first and at most [`TRACE_WINDOW`] steps: for rules over sequences ("a tool result with an
+    /// injection, then a tool that sends data out"). Facts only, never the content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<TraceStep>,
+}
+
+/// The most steps of a trace a policy input carries (the newest).
+pub const TRACE_WINDOW: usize = 32;
+
+/// One earlier step of an agent's conversation or tool session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceStep {
+    pub kind: TraceKind,
+    /// The tool called, or whose result this is (empty when the conversation does not say).
+    pub tool: String,
+    /// What DLP found in the call's arguments or in the result.
+    #[serde(default)]
+    pub dlp: DlpSummary,
+    /// The prompt-injection detector's verdict on a result.
+    #[serde(default)]
+    pub injection: InjectionSummary,
+}
+
+/// What a [`TraceStep`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceKind {
+    /// A tool the model called.
+    ToolCall,
+    /// What a tool returned, which the model then read.
+    ToolResult,
 }

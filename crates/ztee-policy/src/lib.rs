@@ -17,6 +17,7 @@
 //!     request: PolicyRequest { code: Some("print(1 + 1)".into()), ..Default::default() },
 //!     dlp: Default::default(),
 //!     injection: Default::default(),
+//!     trace: Vec::new(),
 //! };
 //! let decision = engine.evaluate(&input);
 //! assert_eq!(decision.verdict, Verdict::Allow);
@@ -37,6 +38,6 @@ pub use engine::{PolicyEngine, ENTRY_POINT};
 pub use error::PolicyError;
 pub use input::{
     Action, Attachment, DlpSummary, EgressTarget, InjectionSummary, Message, PolicyInput,
-    PolicyPrincipal, PolicyRequest, Provider, ToolCall,
+    PolicyPrincipal, PolicyRequest, Provider, ToolCall, TraceKind, TraceStep, TRACE_WINDOW,
 };
 pub use testing::{run_tests, TestResult, TestStatus};

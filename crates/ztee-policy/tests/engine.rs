@@ -24,6 +24,7 @@ fn input(action: Action, request: PolicyRequest) -> PolicyInput {
         request,
         dlp: DlpSummary::default(),
         injection: Default::default(),
+        trace: Vec::new(),
     }
 }
 

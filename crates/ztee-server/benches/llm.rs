@@ -214,6 +214,7 @@ async fn stages() -> Vec<(String, Samples)> {
             },
             dlp: guard.dlp_summary(),
             injection: guard.injection(),
+            trace: Vec::new(),
         };
         let t = Instant::now();
         let d = engine.evaluate(&input);

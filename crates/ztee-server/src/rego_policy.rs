@@ -87,6 +87,7 @@ impl PolicyEngine for RegoPolicy {
             },
             dlp: DlpSummary::default(),
             injection: Default::default(),
+            trace: Vec::new(),
         };
         gateway_decision(&self.engine.evaluate(&rego_input))
     }
@@ -117,6 +118,7 @@ impl PolicyEngine for RegoPolicy {
             },
             dlp,
             injection: Default::default(),
+            trace: Vec::new(),
         };
         let d = self.engine.evaluate(&rego_input);
         let decision = gateway_decision(&d);

@@ -39,6 +39,9 @@ async fn upstream(State(received): State<Received>, uri: Uri, body: Bytes) -> Re
         return responses_answer(stream, &pieces);
     }
     if uri.path().ends_with("/chat/completions") {
+        if let Some(answer) = agent_turn(&request) {
+            return axum::Json(answer).into_response();
+        }
         if !stream {
             return axum::Json(serde_json::json!({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "test-model",
@@ -219,6 +222,37 @@ fn responses_answer(stream: bool, pieces: &[&str]) -> Response {
     );
     event(serde_json::json!({"type": "response.completed", "response": done}));
     ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
+}
+
+/// A model acting as an agent when offered `send_email` (the `flow-*` scenarios): it looks the
+/// customer up first, then e-mails what the lookup returned, as a model copies what it read.
+fn agent_turn(request: &serde_json::Value) -> Option<serde_json::Value> {
+    let tools = request["tools"].as_array()?;
+    if !tools.iter().any(|t| t["function"]["name"] == "send_email") {
+        return None;
+    }
+    let last_result = request["messages"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "tool")
+        .and_then(|m| m["content"].as_str());
+    let (id, name, arguments) = match last_result {
+        None => ("call_1", "lookup_customer", serde_json::json!({"q": "42"})),
+        Some(found) => (
+            "call_2",
+            "send_email",
+            serde_json::json!({"to": "jane@example.com", "body": format!("Update: {found}")}),
+        ),
+    };
+    Some(serde_json::json!({
+        "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "test-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null,
+            "tool_calls": [{"id": id, "type": "function", "function": {
+                "name": name, "arguments": arguments.to_string()}}]}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    }))
 }
 
 async fn start_upstream() -> (String, Received) {
@@ -869,5 +903,41 @@ async fn every_field_is_tokenized_before_an_external_provider() {
             "a trace holds {digits}: {body}"
         );
     }
+    gw.stop().await;
+}
+
+/// Rules over the conversation: the model's second tool call is decided on what the first one
+/// returned. The same two turns through the official `openai` client, once with a lookup result
+/// that carries the customer's card number (which the model then puts in an e-mail: refused,
+/// `flow.card_data_then_sink`) and once without (the e-mail goes ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_is_decided_on_the_conversation_before_it() {
+    let (up, received) = start_upstream().await;
+    let gw = Gateway::start(config(&up), Arc::new(EchoExecutor::default())).await;
+    let agent = gw.key("default", "agent");
+
+    let clean = sdk(&gw, &agent, "flow-clean", None).await;
+    assert_eq!(clean["first"], "lookup_customer", "{clean}");
+    assert_eq!(clean["tool_calls"][0]["name"], "send_email", "{clean}");
+
+    let poisoned = sdk(&gw, &agent, "flow-poisoned", None).await;
+    assert_eq!(poisoned["first"], "lookup_customer", "{poisoned}");
+    assert_eq!(poisoned["status"], 403, "{poisoned}");
+    let message = poisoned["error"]["message"].as_str().unwrap();
+    assert!(message.contains("flow.card_data_then_sink"), "{message}");
+    // The model saw a placeholder, never the number.
+    assert!(!all_received(&received).contains("4111"));
+    // The refusal is recorded with the rule, and the policy input carried the trace.
+    let denied: Vec<serde_json::Value> = traces(&gw)
+        .await
+        .into_iter()
+        .filter(|t| t["outcome"] == "tool_call_denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert!(
+        denied[0].to_string().contains("flow.card_data_then_sink"),
+        "{}",
+        denied[0]
+    );
     gw.stop().await;
 }

@@ -156,6 +156,8 @@ struct Exchange {
     tool_denial: Option<ztee_policy::Decision>,
     injection: ztee_policy::InjectionSummary,
     injection_field: Option<String>,
+    /// The tool calls and results the conversation carried, for `tool.call` (llm/flow.rs).
+    trace: Vec<ztee_policy::TraceStep>,
     inbound: BTreeMap<String, u32>,
     request_digest: Vec<u8>,
     started: Instant,
@@ -261,6 +263,7 @@ async fn exchange_in<D: Dialect>(
         tool_denial: None,
         injection: Default::default(),
         injection_field: None,
+        trace: Vec::new(),
         inbound: BTreeMap::new(),
         // Set once the body is known: the forwarded body, or what was read of a refused one.
         request_digest: Vec::new(),
@@ -321,6 +324,7 @@ async fn exchange_in<D: Dialect>(
         });
     });
     walked.map_err(ActionError::bad_request)?;
+    exchange.trace = crate::llm::flow::trace(&D::trace_messages(&request, None), detector);
     let unscanned = attachments::find(&request);
     let forwarded = serde_json::to_vec(&request).map_err(ActionError::internal)?;
     exchange.injection = guard.injection();
@@ -378,6 +382,7 @@ async fn exchange_in<D: Dialect>(
             },
             dlp: dlp_summary.clone(),
             injection: exchange.injection.clone(),
+            trace: Vec::new(),
         };
         let decision = proxy.decide(&input);
         let allowed = decision.verdict == Verdict::Allow;
@@ -581,6 +586,16 @@ fn answer_dlp<'a>(entities: impl IntoIterator<Item = &'a str>) -> ztee_policy::D
     dlp
 }
 
+/// Both summaries' findings in one.
+fn merged(mut a: ztee_policy::DlpSummary, b: ztee_policy::DlpSummary) -> ztee_policy::DlpSummary {
+    for (entity, n) in b.counts {
+        *a.counts.entry(entity).or_default() += n;
+    }
+    a.raw_pan |= b.raw_pan;
+    a.sad |= b.sad;
+    a
+}
+
 /// Evaluates `tool.call` for every tool call in the (masked) answer, with `found(i)` the DLP
 /// summary of call `i` before masking; returns the denials. `require_approval` is annotated but
 /// not enforced here: the tool runs on the caller's side, and ztee's own tools (REST, MCP)
@@ -603,8 +618,13 @@ fn tool_call_decisions<D: Dialect>(
                 }),
                 ..Default::default()
             },
-            dlp: found(i),
+            // A placeholder in the arguments is card data (or a secret) the call passes on.
+            dlp: merged(
+                found(i),
+                crate::llm::flow::placeholder_summary(&call.arguments.to_string()),
+            ),
             injection: Default::default(),
+            trace: exchange.trace.clone(),
         };
         let decision = state.llm.decide(&input);
         exchange

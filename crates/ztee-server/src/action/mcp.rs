@@ -85,6 +85,7 @@ pub(super) async fn tool_call(
         dlp: crate::policy::dlp_summary(findings.iter().map(|f| f.entity_type.as_str())),
         // Arguments are the model's own output; injections arrive in results, scored there.
         injection: Default::default(),
+        trace: Vec::new(),
     };
     let decision = state.llm.decide(&input);
     let gateway_decision = crate::policy::Decision::from(&decision);

@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod attachments;
 pub mod config;
+pub mod flow;
 pub mod openai;
 pub mod openai_responses;
 pub mod sse;

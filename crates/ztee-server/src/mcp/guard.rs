@@ -550,6 +550,7 @@ impl ResultGuard {
             },
             dlp: Default::default(),
             injection: summary(scan),
+            trace: Vec::new(),
         };
         let decision = self.state.llm.decide(&input);
         let injection_rules: Vec<&str> = decision

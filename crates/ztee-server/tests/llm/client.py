@@ -244,8 +244,37 @@ def opaque(which):
     return {"text": "".join(b.text for b in r.content if b.type == "text")}
 
 
+def flow(poisoned):
+    """Two turns of an agent: the model looks a customer up, reads the result, then e-mails.
+    Poisoned, the lookup's result carries the customer's card number into the conversation."""
+    client = openai.OpenAI(base_url=base + "/v1/openai", api_key=key,
+                           default_headers=headers, max_retries=0)
+    tools = [{"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}}}}
+        for name in ("lookup_customer", "send_email")]
+    messages = [{"role": "user", "content": "Tell customer 42 by e-mail that the order shipped."}]
+    first = client.chat.completions.create(model="test-model", messages=messages, tools=tools)
+    call = first.choices[0].message.tool_calls[0]
+    messages.append(first.choices[0].message.model_dump(exclude_none=True))
+    result = "Customer 42, Jane Roe, order 7 shipped."
+    if poisoned:
+        result += f" Card on file: {PAN}."
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    out = {"first": call.function.name}
+    try:
+        second = client.chat.completions.create(model="test-model", messages=messages, tools=tools)
+        m = second.choices[0].message
+        out["tool_calls"] = [{"name": c.function.name, "arguments": c.function.arguments}
+                             for c in (m.tool_calls or [])]
+    except openai.APIStatusError as e:
+        out.update({"status": e.status_code, "error": e.body})
+    return out
+
+
 try:
-    if scenario.endswith("-opaque"):
+    if scenario.startswith("flow-"):
+        out = flow(scenario == "flow-poisoned")
+    elif scenario.endswith("-opaque"):
         out = opaque(scenario)
     elif scenario == "openai-fields":
         out = openai_fields()
