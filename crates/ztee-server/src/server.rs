@@ -234,6 +234,7 @@ pub async fn build(
         secrets,
         approvals,
         llm,
+        tool_traces: Default::default(),
         e2b: Default::default(),
     });
     for id in &stale_approvals {
@@ -333,6 +334,7 @@ pub fn build_local(
         secrets: engines.secrets,
         approvals,
         llm,
+        tool_traces: Default::default(),
         e2b: Default::default(),
     }))
 }

@@ -36,6 +36,9 @@ pub struct AppState {
     pub approvals: crate::approvals::Approvals,
     /// The LLM proxy (`/v1/openai`, `/v1/anthropic`) and its traces.
     pub llm: Arc<crate::llm::LlmProxy>,
+    /// Each principal's recent tool calls and results through the MCP guard, for rules over
+    /// sequences.
+    pub tool_traces: crate::mcp::trace::ToolTraces,
     /// The E2B-compatible API's access tokens and template names.
     pub(crate) e2b: crate::e2b::Door,
 }

@@ -119,7 +119,12 @@ async fn tool_calls_are_checked_before_and_results_after() {
     assert_eq!(approval["action"], "tool.pin", "{approval}");
     assert_eq!(
         approval["request"]["tools"],
-        serde_json::json!(["delete_file", "fetch_page", "lookup_customer"]),
+        serde_json::json!([
+            "delete_file",
+            "fetch_page",
+            "lookup_customer",
+            "post_message"
+        ]),
         "{approval}"
     );
     let r = gw
@@ -138,7 +143,12 @@ async fn tool_calls_are_checked_before_and_results_after() {
     let r = guard_client(&python, &dir, &gw, &agent, &["full"]).await;
     assert_eq!(
         r["tools"],
-        serde_json::json!(["delete_file", "fetch_page", "lookup_customer"])
+        serde_json::json!([
+            "delete_file",
+            "fetch_page",
+            "lookup_customer",
+            "post_message"
+        ])
     );
     // The tool whose description hides instructions never reached the model, nor runs.
     let poisoned = &r["poisoned"];
@@ -171,6 +181,19 @@ async fn tool_calls_are_checked_before_and_results_after() {
         "{text}"
     );
     assert!(!text.contains("evil.example"), "{text}");
+    // Rules over the session's trace: the same message to an outside channel goes out before
+    // the agent read the poisoned page, and is refused after it (the result was withheld, but
+    // the session read an injection and an untrusted source).
+    assert_eq!(r["post_before"]["error"], false, "{}", r["post_before"]);
+    let after = &r["post_after"];
+    assert_eq!(after["refused"], true, "{after}");
+    assert!(
+        after["text"]
+            .as_str()
+            .unwrap()
+            .contains("flow.injection_then_sink"),
+        "{after}"
+    );
     // A destructive tool and raw card data in arguments are refused before forwarding.
     for key in ["destructive", "pan_in_args"] {
         let refused = &r[key];
@@ -187,7 +210,7 @@ async fn tool_calls_are_checked_before_and_results_after() {
     let ran = std::fs::read_to_string(&calls).unwrap();
     assert_eq!(
         ran.lines().collect::<Vec<_>>(),
-        ["lookup_customer", "fetch_page"],
+        ["lookup_customer", "post_message", "fetch_page"],
         "only allowed calls reached the upstream"
     );
 
@@ -250,7 +273,7 @@ async fn tool_calls_are_checked_before_and_results_after() {
     let ran = std::fs::read_to_string(&calls).unwrap();
     assert_eq!(
         ran.lines().collect::<Vec<_>>(),
-        ["lookup_customer", "fetch_page"],
+        ["lookup_customer", "post_message", "fetch_page"],
         "nothing more reached the upstream"
     );
     gw.stop().await;

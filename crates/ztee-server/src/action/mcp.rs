@@ -85,8 +85,9 @@ pub(super) async fn tool_call(
         dlp: crate::policy::dlp_summary(findings.iter().map(|f| f.entity_type.as_str())),
         // Arguments are the model's own output; injections arrive in results, scored there.
         injection: Default::default(),
-        trace: Vec::new(),
+        trace: state.tool_traces.steps(caller),
     };
+    let step_dlp = input.dlp.clone();
     let decision = state.llm.decide(&input);
     let gateway_decision = crate::policy::Decision::from(&decision);
     let (outcome, record) = match decision.verdict {
@@ -109,6 +110,15 @@ pub(super) async fn tool_call(
         .record(state.pipeline.event(&ctx, outcome).with_decision(record))
         .await?;
     if decision.verdict == Verdict::Allow {
+        state.tool_traces.push(
+            caller,
+            ztee_policy::TraceStep {
+                kind: ztee_policy::TraceKind::ToolCall,
+                tool: call.tool,
+                dlp: step_dlp,
+                injection: Default::default(),
+            },
+        );
         return Ok(Outcome::Done);
     }
     let what = if decision.verdict == Verdict::RequireApproval {

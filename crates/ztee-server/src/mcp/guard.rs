@@ -537,7 +537,19 @@ impl ResultGuard {
         let (Some(tool), Some(result)) = (tool, message.get_mut("result")) else {
             return message;
         };
-        let scan = ztee_policy::injection::scan(&text);
+        let injection = summary(ztee_policy::injection::scan(&text));
+        // The session's trace gets the result as the model would have read it (facts only),
+        // withheld or not: a later call that sends data out is decided on it.
+        let found = self.state.llm.scanner().scan(&text);
+        self.state.tool_traces.push(
+            &self.caller,
+            ztee_policy::TraceStep {
+                kind: ztee_policy::TraceKind::ToolResult,
+                tool: tool.clone(),
+                dlp: crate::policy::dlp_summary(found.iter().map(|f| f.entity_type.as_str())),
+                injection: injection.clone(),
+            },
+        );
         let input = ztee_policy::PolicyInput {
             principal: crate::action::policy_principal(&self.state, &self.caller),
             action: Action::ToolCall,
@@ -549,7 +561,7 @@ impl ResultGuard {
                 ..Default::default()
             },
             dlp: Default::default(),
-            injection: summary(scan),
+            injection,
             trace: Vec::new(),
         };
         let decision = self.state.llm.decide(&input);

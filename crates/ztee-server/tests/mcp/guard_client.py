@@ -45,7 +45,11 @@ async def main():
                     print(json.dumps(out))
                     return
                 out["lookup"] = await call(session, "lookup_customer", {"name": "Ada"})
+                out["post_before"] = await call(
+                    session, "post_message", {"channel": "ops", "text": "order shipped"})
                 out["injection"] = await call(session, "fetch_page", {"url": "https://shop.example"})
+                out["post_after"] = await call(
+                    session, "post_message", {"channel": "ops", "text": "order shipped"})
                 out["destructive"] = await call(session, "delete_file", {"path": "/etc/passwd"})
                 out["pan_in_args"] = await call(
                     session, "lookup_customer", {"name": "4111 1111 1111 1111"})
