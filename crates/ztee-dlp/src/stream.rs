@@ -91,20 +91,30 @@ impl StreamScanner {
     /// Adds a text chunk; returns the redacted output that is ready (possibly empty).
     pub fn feed(&mut self, chunk: &str) -> Result<String, DlpError> {
         self.buf.push_str(chunk);
-        self.process(false)
+        self.process(Release::Held)
     }
 
     /// Adds raw bytes (process output): UTF-8 split across chunks is reassembled; invalid bytes
     /// become U+FFFD.
     pub fn feed_bytes(&mut self, chunk: &[u8]) -> Result<String, DlpError> {
         self.utf8.push(chunk, &mut self.buf);
-        self.process(false)
+        self.process(Release::Held)
     }
 
     /// Releases everything still held, redacted. The scanner can be fed again afterwards.
     pub fn finish(&mut self) -> Result<String, DlpError> {
         self.utf8.finish(&mut self.buf);
-        self.process(true)
+        self.process(Release::All)
+    }
+
+    /// For a source that has paused (an interactive program waiting for input): releases the
+    /// complete lines held back, redacted, up to the last line break that no card number can
+    /// run across (the last character before it, separators aside, is not a digit). A finding
+    /// that may still grow is never cut, and the hold is kept as context for what follows.
+    /// What a pause can cost: context for a cardholder name printed before it and a card
+    /// number printed after it.
+    pub fn flush_lines(&mut self) -> Result<String, DlpError> {
+        self.process(Release::Lines)
     }
 
     /// What was redacted so far, per entity.
@@ -117,10 +127,18 @@ impl StreamScanner {
         &self.tokens
     }
 
-    fn process(&mut self, final_: bool) -> Result<String, DlpError> {
+    fn process(&mut self, release: Release) -> Result<String, DlpError> {
         let base = self.base;
         let pending = self.buf.len() - base;
-        if !final_ && pending < (self.hold + MIN_EMIT).max(self.next_process) {
+        let final_ = release == Release::All;
+        let line_cut = match release {
+            Release::Lines => match safe_line_end(&self.buf[base..]) {
+                Some(end) => Some(base + end),
+                None => return Ok(String::new()),
+            },
+            _ => None,
+        };
+        if release == Release::Held && pending < (self.hold + MIN_EMIT).max(self.next_process) {
             return Ok(String::new());
         }
         let text = self.buf.as_str();
@@ -153,10 +171,10 @@ impl StreamScanner {
             });
         }
 
-        let mut cut = if final_ {
-            text.len()
-        } else {
-            floor_char_boundary(text, text.len() - self.hold)
+        let mut cut = match (final_, line_cut) {
+            (true, _) => text.len(),
+            (false, Some(end)) => end,
+            (false, None) => floor_char_boundary(text, text.len().saturating_sub(self.hold)),
         };
         if !final_ {
             // Never release part of a finding that may still grow.
@@ -166,7 +184,10 @@ impl StreamScanner {
                 }
             }
             if key_block_until.is_some_and(|end| end > cut) {
-                cut = floor_char_boundary(text, text.len() - self.hold);
+                // The open block is redacted up to the cut, whatever the cut.
+                cut = line_cut.unwrap_or_else(|| {
+                    floor_char_boundary(text, text.len().saturating_sub(self.hold))
+                });
             }
             if cut <= base && pending > MAX_PENDING {
                 // A finding (an open key block) has held back too much: release up to the
@@ -175,7 +196,9 @@ impl StreamScanner {
             }
         }
         if cut <= base {
-            self.next_process = (pending * 2).min(MAX_PENDING + 1);
+            if release == Release::Held {
+                self.next_process = (pending * 2).min(MAX_PENDING + 1);
+            }
             return Ok(String::new());
         }
         self.next_process = 0;
@@ -210,6 +233,33 @@ impl StreamScanner {
     }
 }
 
+/// How much of the pending text a pass may release.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// All but the hold.
+    Held,
+    /// Complete lines, at a break no card number runs across.
+    Lines,
+    /// Everything: the stream has ended.
+    All,
+}
+
+/// The end (just after the line break) of the longest prefix of `text` made of complete lines
+/// whose last character before the break, separators aside, is not a digit: no card number can
+/// continue across it.
+fn safe_line_end(text: &str) -> Option<usize> {
+    let mut end = text.len();
+    while let Some(at) = text[..end].rfind('\n') {
+        let before =
+            text[..at].trim_end_matches(|c: char| c.is_whitespace() || "-./(),+_".contains(c));
+        match before.chars().next_back() {
+            Some(c) if c.is_numeric() => end = at,
+            _ => return Some(at + 1),
+        }
+    }
+    None
+}
+
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i = i.min(s.len());
     while !s.is_char_boundary(i) {
@@ -223,6 +273,37 @@ mod tests {
     use super::*;
     use crate::operators::anonymize;
     use crate::scanner::ScannerConfig;
+
+    /// A paused program's complete lines come out at once, masked; a card number that may go on
+    /// across the line break is held until it is complete.
+    #[test]
+    fn a_pause_releases_complete_lines_but_never_half_a_card() {
+        let scanner =
+            Arc::new(Scanner::new(ScannerConfig::default()).unwrap_or_else(|e| panic!("{e}")));
+        let mut s = StreamScanner::new(scanner, Operators::default());
+        assert_eq!(s.feed("{\"id\": 1}\n{\"id\"").unwrap(), "");
+        assert_eq!(s.flush_lines().unwrap(), "{\"id\": 1}\n");
+        assert_eq!(s.flush_lines().unwrap(), "");
+        // Digits before the break may continue on the next line: nothing is released.
+        assert_eq!(s.feed(": 2, \"card\": \"4111 1111\n").unwrap(), "");
+        assert_eq!(s.flush_lines().unwrap(), "");
+        s.feed("1111 1111\"}\n").unwrap();
+        assert_eq!(
+            s.flush_lines().unwrap(),
+            "{\"id\": 2, \"card\": \"<CREDIT_CARD>\"}\n"
+        );
+        assert_eq!(s.finish().unwrap(), "");
+        assert_eq!(s.counts()[&Entity::CreditCard], 1);
+    }
+
+    #[test]
+    fn safe_line_ends() {
+        assert_eq!(safe_line_end("a\nb"), Some(2));
+        assert_eq!(safe_line_end("a\n12\n"), Some(2));
+        assert_eq!(safe_line_end("12 -\n"), None);
+        assert_eq!(safe_line_end("no break"), None);
+        assert_eq!(safe_line_end("x}\n"), Some(3));
+    }
 
     /// Log text fed in 4 KiB byte chunks (the size a process pipe delivers) comes out exactly as
     /// the whole text redacted at once, with card numbers and multi-byte characters cut by the

@@ -122,6 +122,11 @@ pub trait StreamRedactor: Send {
     fn push(&mut self, chunk: &str) -> String;
     /// Flushes what is held back at the end of the stream.
     fn finish(&mut self) -> String;
+    /// The source has paused: releases what can be released safely before it goes on (complete
+    /// lines, see `ztee_dlp::StreamScanner::flush_lines`). Nothing, unless the engine can.
+    fn pause(&mut self) -> String {
+        String::new()
+    }
     fn counts(&self) -> RedactionCounts;
 }
 

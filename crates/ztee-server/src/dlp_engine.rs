@@ -138,6 +138,11 @@ impl StreamRedactor for ZteeStream {
         self.guard(r)
     }
 
+    fn pause(&mut self) -> String {
+        let r = self.inner.flush_lines();
+        self.guard(r)
+    }
+
     fn counts(&self) -> RedactionCounts {
         to_counts(self.inner.counts())
     }

@@ -463,7 +463,26 @@ impl Pipeline {
                 let tx = tx.clone();
                 async move { tx.send(event).await.is_err() }
             };
-            while let Some(ev) = stream.next_event().await {
+            // A program that waits for input (a REPL, a tool server answering a request) gets
+            // its complete lines out after a short pause instead of when more output comes.
+            let mut paused = false;
+            loop {
+                let ev = if paused {
+                    stream.next_event().await
+                } else {
+                    match tokio::time::timeout(PAUSE, stream.next_event()).await {
+                        Ok(ev) => ev,
+                        Err(_) => {
+                            paused = true;
+                            for event in outbound.pause().into_events() {
+                                client_gone |= send(event, &tx).await;
+                            }
+                            continue;
+                        }
+                    }
+                };
+                let Some(ev) = ev else { break };
+                paused = false;
                 let released = match ev {
                     OutputEvent::Stdout(b) => outbound.stdout(&b),
                     OutputEvent::Stderr(b) => outbound.stderr(&b),
@@ -669,6 +688,9 @@ pub fn exec_error(e: crate::exec::ExecError) -> ActionError {
     }
 }
 
+/// How long a streamed command's output may stop before its complete lines are released.
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One event of a streamed command, in the order the caller receives them: masked output, then
 /// one `exit` (once the command's record is durable) or one `error`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -824,6 +846,13 @@ impl Outbound {
 
     pub fn counts(&self) -> RedactionCounts {
         self.redactor.counts()
+    }
+
+    /// The command has paused (an interactive program waiting for input): what can be released
+    /// safely before it goes on.
+    pub fn pause(&mut self) -> Released {
+        let lines = self.redactor.pause();
+        self.route(&lines)
     }
 
     fn feed(&mut self, kind: OutputStreamKind, text: &str) -> Released {

@@ -235,6 +235,7 @@ pub async fn build(
         approvals,
         llm,
         tool_traces: Default::default(),
+        stdio_mcp: Default::default(),
         e2b: Default::default(),
     });
     for id in &stale_approvals {
@@ -335,6 +336,7 @@ pub fn build_local(
         approvals,
         llm,
         tool_traces: Default::default(),
+        stdio_mcp: Default::default(),
         e2b: Default::default(),
     }))
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     /// Each principal's recent tool calls and results through the MCP guard, for rules over
     /// sequences.
     pub tool_traces: crate::mcp::trace::ToolTraces,
+    /// The stdio MCP servers the guard runs in microVMs.
+    pub stdio_mcp: crate::mcp::stdio::StdioServers,
     /// The E2B-compatible API's access tokens and template names.
     pub(crate) e2b: crate::e2b::Door,
 }

@@ -34,6 +34,7 @@ use crate::error::ActionError;
 use crate::llm::sse::{SseEvent, SseParser};
 use crate::principal::Permission;
 use crate::state::AppState;
+use ztee_state::config::Transport;
 
 /// Headers of the MCP transport that pass through in both directions.
 const PASSED: &[&str] = &[
@@ -157,6 +158,8 @@ pub async fn relay(
     let mut tool_names: BTreeMap<String, String> = BTreeMap::new();
     let mut lists: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut forward_body = Bytes::new();
+    // The messages relayed, for a stdio server (which gets them one by one).
+    let mut forwarded: Vec<Value> = Vec::new();
     let mut refused: Vec<Value> = Vec::new();
     if let Some((mut messages, batch)) = read_messages(&method, &headers, body, limit).await? {
         let mut kept = Vec::new();
@@ -231,12 +234,58 @@ pub async fn relay(
             kept.pop().unwrap_or(Value::Null)
         };
         forward_body = Bytes::from(out.to_string());
+        forwarded = match out {
+            Value::Array(items) => items,
+            one => vec![one],
+        };
     }
 
+    let guard = Arc::new(ResultGuard {
+        state: state.clone(),
+        caller: caller.clone(),
+        tools: tool_names,
+        lists,
+        upstream: upstream.name.clone(),
+        trust_first_use: upstream.pin == ztee_state::config::PinMode::FirstUse,
+    });
+    let url = match upstream.transport() {
+        Some(Transport::Http(url)) => url,
+        Some(Transport::Stdio { command, image }) => {
+            if method != Method::POST {
+                // No stream for the server's own messages: a client's GET listens for none.
+                return Ok(
+                    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response()
+                );
+            }
+            let answers = state
+                .stdio_mcp
+                .exchange(&state, &caller, &upstream.name, command, image, forwarded)
+                .await?;
+            let mut answers = match guard.message(Value::Array(answers)).await {
+                Value::Array(items) => items,
+                one => vec![one],
+            };
+            answers.extend(refused);
+            if answers.is_empty() {
+                return Ok(StatusCode::ACCEPTED.into_response());
+            }
+            let answer = if answers.len() == 1 {
+                answers.pop().unwrap_or(Value::Null)
+            } else {
+                Value::Array(answers)
+            };
+            return Ok(axum::Json(answer).into_response());
+        }
+        None => {
+            return Err(ActionError::internal(format!(
+                "MCP upstream {name:?} has neither a url nor a command"
+            )))
+        }
+    };
     let mut request = client().request(
         reqwest::Method::from_bytes(method.as_str().as_bytes())
             .map_err(|e| ActionError::bad_request(e.to_string()))?,
-        &upstream.url,
+        url,
     );
     for name in PASSED {
         if let Some(v) = headers.get(*name) {
@@ -272,14 +321,6 @@ pub async fn relay(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let guard = Arc::new(ResultGuard {
-        state: state.clone(),
-        caller: caller.clone(),
-        tools: tool_names,
-        lists,
-        upstream: upstream.name.clone(),
-        trust_first_use: upstream.pin == ztee_state::config::PinMode::FirstUse,
-    });
     if content_type.starts_with("text/event-stream") {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
         tokio::spawn(async move {

@@ -17,6 +17,7 @@
 pub mod definitions;
 pub mod guard;
 pub mod pins;
+pub mod stdio;
 pub mod trace;
 
 use std::sync::Arc;

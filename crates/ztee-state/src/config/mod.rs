@@ -15,7 +15,7 @@ mod quota;
 
 pub use approvals::{ApprovalsConfig, HoldLimits, WebhookConfig, WebhookFormat};
 pub use llm::{LlmConfig, ProviderApi, ProviderConfig, TenantTiers};
-pub use mcp::{GuardUpstream, McpConfig, PinMode};
+pub use mcp::{GuardUpstream, McpConfig, PinMode, Transport};
 pub use oidc::OidcConfig;
 pub use quota::QuotaConfig;
 
