@@ -85,7 +85,7 @@ pub(super) async fn tool_call(
         dlp: crate::policy::dlp_summary(findings.iter().map(|f| f.entity_type.as_str())),
         // Arguments are the model's own output; injections arrive in results, scored there.
         injection: Default::default(),
-        trace: state.tool_traces.steps(caller),
+        trace: state.tool_traces.steps(&caller.principal),
     };
     let step_dlp = input.dlp.clone();
     let decision = state.llm.decide(&input);
@@ -111,7 +111,7 @@ pub(super) async fn tool_call(
         .await?;
     if decision.verdict == Verdict::Allow {
         state.tool_traces.push(
-            caller,
+            &caller.principal,
             ztee_policy::TraceStep {
                 kind: ztee_policy::TraceKind::ToolCall,
                 tool: call.tool,

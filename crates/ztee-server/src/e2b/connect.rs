@@ -320,6 +320,37 @@ pub fn stream_error(error: ConnectError) -> Response {
         .into_response()
 }
 
+/// How often a process stream sends a keep-alive when the caller asks for none.
+const KEEPALIVE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Parses a unary call's request, runs `call`, and answers its message or error.
+pub async fn unary<T, F, Fut>(headers: &HeaderMap, body: &[u8], call: F) -> Response
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(T) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, ConnectError>>,
+{
+    let request = match unary_request(headers, body) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    match call(request).await {
+        Ok(message) => unary_response(&message),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The keep-alive interval the caller asked for (`Keepalive-Ping-Interval`, seconds), within
+/// 1 s to 5 min.
+pub fn keepalive(headers: &HeaderMap) -> std::time::Duration {
+    headers
+        .get("keepalive-ping-interval")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| std::time::Duration::from_secs(s.clamp(1, 300)))
+        .unwrap_or(KEEPALIVE_DEFAULT)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::connect::{self, Code, ConnectError};
+use super::connect::{self, keepalive, unary, Code, ConnectError};
 use super::{guest_path, E2bError, SandboxCaller};
 use crate::action::{
     self, Action, ActionError, Cmd, Delivery, FileContent, Outcome, ProcessSelector, RunCommand,
@@ -26,9 +26,6 @@ use crate::action::{
 use crate::auth::Caller;
 use crate::pipeline::{Stdin, StreamEvent};
 use crate::state::AppState;
-
-/// How often a process stream sends a keep-alive when the caller asks for none.
-const KEEPALIVE_DEFAULT: Duration = Duration::from_secs(30);
 
 pub(super) fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let json_limit = state.config.limits.max_json_body_bytes;
@@ -318,34 +315,6 @@ fn unexpected() -> ConnectError {
 fn done(result: Result<Outcome, ActionError>) -> Result<serde_json::Value, ConnectError> {
     result?;
     Ok(serde_json::json!({}))
-}
-
-/// Parses a unary call's request, runs `call`, and answers its message or error.
-pub(super) async fn unary<T, F, Fut>(headers: &HeaderMap, body: &[u8], call: F) -> Response
-where
-    T: serde::de::DeserializeOwned,
-    F: FnOnce(T) -> Fut,
-    Fut: std::future::Future<Output = Result<serde_json::Value, ConnectError>>,
-{
-    let request = match connect::unary_request(headers, body) {
-        Ok(request) => request,
-        Err(e) => return e.into_response(),
-    };
-    match call(request).await {
-        Ok(message) => connect::unary_response(&message),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// The keep-alive interval the caller asked for (`Keepalive-Ping-Interval`, seconds), within
-/// 1 s to 5 min.
-pub(super) fn keepalive(headers: &HeaderMap) -> Duration {
-    headers
-        .get("keepalive-ping-interval")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.clamp(1, 300)))
-        .unwrap_or(KEEPALIVE_DEFAULT)
 }
 
 async fn start(

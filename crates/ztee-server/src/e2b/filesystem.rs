@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::connect::{self, Code, ConnectError};
-use super::envd::{keepalive, unary};
+use super::connect::{keepalive, unary};
 use super::{guest_path, SandboxCaller};
 use crate::action::fs::{
     Entry, EntryKind, FsOp, FsResult, WatchEvent, WatchEventKind, WatchStream,

@@ -583,7 +583,7 @@ impl ResultGuard {
         // withheld or not: a later call that sends data out is decided on it.
         let found = self.state.llm.scanner().scan(&text);
         self.state.tool_traces.push(
-            &self.caller,
+            &self.caller.principal,
             ztee_policy::TraceStep {
                 kind: ztee_policy::TraceKind::ToolResult,
                 tool: tool.clone(),

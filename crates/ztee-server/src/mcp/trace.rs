@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ztee_policy::{TraceStep, TRACE_WINDOW};
 
-use crate::auth::Caller;
+use crate::principal::Principal;
 
 /// How long a step counts.
 pub const STEP_TTL: Duration = Duration::from_secs(30 * 60);
@@ -35,19 +35,16 @@ struct Steps {
     steps: VecDeque<(Instant, TraceStep)>,
 }
 
-fn key(caller: &Caller) -> Key {
-    (
-        caller.principal.tenant.clone(),
-        caller.principal.subject.clone(),
-    )
+fn key(principal: &Principal) -> Key {
+    (principal.tenant.clone(), principal.subject.clone())
 }
 
 impl ToolTraces {
-    /// The caller's recent steps, oldest first.
-    pub fn steps(&self, caller: &Caller) -> Vec<TraceStep> {
+    /// The principal's recent steps, oldest first.
+    pub fn steps(&self, principal: &Principal) -> Vec<TraceStep> {
         let now = Instant::now();
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&key(caller))
+        map.get(&key(principal))
             .map(|s| {
                 s.steps
                     .iter()
@@ -58,11 +55,11 @@ impl ToolTraces {
             .unwrap_or_default()
     }
 
-    /// Appends `step` to the caller's trace.
-    pub fn push(&self, caller: &Caller, step: TraceStep) {
+    /// Appends `step` to the principal's trace.
+    pub fn push(&self, principal: &Principal, step: TraceStep) {
         let now = Instant::now();
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let k = key(caller);
+        let k = key(principal);
         if !map.contains_key(&k) && map.len() >= MAX_PRINCIPALS {
             if let Some(oldest) = map
                 .iter()
@@ -93,16 +90,16 @@ impl ToolTraces {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::principal::{AuthMethod, Principal};
+    use crate::principal::AuthMethod;
     use ztee_policy::TraceKind;
 
-    fn caller(subject: &str) -> Caller {
-        Caller::local(Principal::new(
+    fn caller(subject: &str) -> Principal {
+        Principal::new(
             subject.into(),
             "acme".into(),
             vec!["agent".into()],
             AuthMethod::ApiKey,
-        ))
+        )
     }
 
     fn step(tool: &str) -> TraceStep {
