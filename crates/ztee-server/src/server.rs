@@ -310,8 +310,12 @@ pub fn build_local(
         metrics: metrics.clone(),
         holds: crate::pipeline::HoldPolicy::Refuse,
     });
+    // No model is called from a terminal: the providers (and their keys, which the operator's
+    // shell need not hold) are left out.
+    let mut llm_config = config.llm.clone();
+    llm_config.providers.clear();
     let llm = Arc::new(crate::llm::LlmProxy::new(
-        config.llm.clone(),
+        llm_config,
         data_dir,
         pipeline.dlp.as_ref(),
         pipeline.policy.clone(),

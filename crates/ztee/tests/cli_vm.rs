@@ -204,6 +204,27 @@ fn run_is_decided_by_policy_masked_and_audited() {
     }
 }
 
+/// The gateway's configuration serves the command line too, but a terminal calls no model: a
+/// provider whose API key only the gateway's environment holds does not stop `ztee run`.
+#[test]
+fn run_needs_no_model_provider_key() {
+    let Some(cli) = Cli::new() else { return };
+    let config = cli.data_dir.path().join("ztee.toml");
+    std::fs::write(
+        &config,
+        "[[llm.providers]]\nname = \"openai\"\napi = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\nexternal = true\napi_key_env = \"ZTEE_TEST_KEY_ONLY_THE_GATEWAY_HAS\"\n",
+    )
+    .unwrap();
+    let out = cli
+        .command(&["run", "--", "echo", "ok"])
+        .env("ZTEE_CONFIG", &config)
+        .env_remove("ZTEE_TEST_KEY_ONLY_THE_GATEWAY_HAS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ok\n");
+}
+
 #[test]
 fn run_stops_at_the_timeout_with_a_clear_message() {
     let Some(cli) = Cli::new() else { return };

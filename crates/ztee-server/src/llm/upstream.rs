@@ -8,7 +8,9 @@ use axum::body::Bytes;
 use super::{Dialect, ProviderConfig, ProviderHeaders};
 
 pub struct Upstream {
-    client: reqwest::Client,
+    /// Built on first use: loading the host's root certificates costs tens of milliseconds,
+    /// which a host that never calls a provider (the command line) should not pay.
+    client: std::sync::OnceLock<reqwest::Client>,
     /// Provider name -> API key (never logged).
     keys: BTreeMap<String, String>,
 }
@@ -64,13 +66,23 @@ impl Upstream {
                 keys.insert(p.name.clone(), key);
             }
         }
+        Ok(Self {
+            client: std::sync::OnceLock::new(),
+            keys,
+        })
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, UpstreamError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("building the upstream HTTP client: {e}"))?;
-        Ok(Self { client, keys })
+            .map_err(|e| UpstreamError::Connect(format!("building the HTTP client: {e}")))?;
+        Ok(self.client.get_or_init(|| client))
     }
 
     pub async fn send<D: Dialect>(
@@ -86,7 +98,7 @@ impl Upstream {
             D::upstream_path()
         );
         let request = self
-            .client
+            .client()?
             .post(url)
             .timeout(Duration::from_secs(provider.timeout_s))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
