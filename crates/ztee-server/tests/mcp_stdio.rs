@@ -29,26 +29,11 @@ async fn a_stdio_server_runs_in_a_microvm_behind_the_guard() {
     let gw = Gateway::start_in(config, Arc::new(executor), data_dir).await;
     let agent = gw.key("default", "agent");
 
-    let run = || async {
-        let out = tokio::process::Command::new(&python)
-            .arg(dir.join("stdio_client.py"))
-            .env("ZTEE_URL", &gw.url)
-            .env("ZTEE_KEY", &agent)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "stdio_client.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
-    let first = run().await;
+    let first = client(&python, &dir, &gw.url, &agent, &[]).await;
     assert_eq!(first["server"], "stdio-records", "{first}");
     assert_eq!(
         first["tools"],
-        serde_json::json!(["lookup_customer", "where"]),
+        serde_json::json!(["crash", "lookup_customer", "where"]),
         "{first}"
     );
     // It runs in the guest, on the guest's own kernel, not on this host's.
@@ -65,9 +50,36 @@ async fn a_stdio_server_runs_in_a_microvm_behind_the_guard() {
     assert!(!lookup.contains("4111 1111 1111 1111"), "{lookup}");
 
     // A second client shares the tenant's server process, initialized once.
-    let second = run().await;
+    let second = client(&python, &dir, &gw.url, &agent, &["crash"]).await;
     let place = second["where"].as_str().unwrap();
     assert!(place.contains("initialized 1 time(s)"), "{place}");
+    // A server that ends without answering fails the request that waits, clearly...
+    let crash = second["crash"].as_str().unwrap();
+    assert!(crash.contains("ended before it answered"), "{crash}");
+    // ...and the next request gets a new one, in a new sandbox in place of the old.
+    let third = client(&python, &dir, &gw.url, &agent, &[]).await;
+    let place = third["where"].as_str().unwrap();
+    assert!(place.contains("initialized 1 time(s)"), "{place}");
+    let process = |answer: &serde_json::Value| {
+        let text = answer["where"].as_str().unwrap().to_owned();
+        text.split("process ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        process(&first),
+        process(&second),
+        "one process for both clients"
+    );
+    assert_ne!(
+        process(&second),
+        process(&third),
+        "a new process after the crash"
+    );
     assert_eq!(
         gw.state.store.tenant_usage("default").unwrap().sandboxes,
         1,
@@ -83,6 +95,30 @@ async fn a_stdio_server_runs_in_a_microvm_behind_the_guard() {
         .unwrap();
     assert!(audit.contains("sandbox.input"), "{audit}");
     gw.stop().await;
+}
+
+/// Runs `stdio_client.py` with `args` as the holder of `key`; returns its JSON output.
+async fn client(
+    python: &Path,
+    dir: &Path,
+    url: &str,
+    key: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let out = tokio::process::Command::new(python)
+        .arg(dir.join("stdio_client.py"))
+        .args(args)
+        .env("ZTEE_URL", url)
+        .env("ZTEE_KEY", key)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stdio_client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `text` as a TOML basic string.

@@ -28,6 +28,9 @@ use crate::state::AppState;
 /// How long a request waits for the server's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest line (one JSON-RPC message) a server may write.
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The tag the server's process is started with in its sandbox.
 const PROCESS_TAG: &str = "mcp-stdio";
 
@@ -103,6 +106,9 @@ impl StdioServers {
             {
                 return Ok(server.clone());
             }
+            // Its process ended or misbehaved: its sandbox goes before a new one starts, so a
+            // broken server never holds two of the tenant's sandboxes.
+            server.retire(state, caller).await;
         }
         let server = start(state, caller, upstream, command, image).await?;
         servers.insert(key, server.clone());
@@ -197,6 +203,14 @@ async fn route_answers(
             return;
         };
         line.push_str(&data);
+        if line.len() > MAX_LINE_BYTES && !line.contains('\n') {
+            // A server that writes without end is cut off, not buffered without bound.
+            tracing::warn!(
+                upstream,
+                "a stdio MCP server wrote a line longer than the limit; it is stopped"
+            );
+            break;
+        }
         while let Some(end) = line.find('\n') {
             let text: String = line.drain(..=end).collect();
             let Ok(answer) = serde_json::from_str::<Value>(text.trim()) else {
@@ -226,6 +240,27 @@ async fn route_answers(
 }
 
 impl Server {
+    /// Deletes the server's sandbox (if it still runs), as its owner.
+    async fn retire(&self, state: &Arc<AppState>, caller: &Caller) {
+        if state.sandboxes.get(&self.sandbox).is_none() {
+            return;
+        }
+        let as_owner = caller.with_principal(self.owner.principal.clone());
+        if let Err(e) = crate::action::execute(
+            state,
+            &as_owner,
+            Action::DeleteSandbox {
+                sandbox: self.sandbox.clone(),
+            },
+            Delivery::Whole,
+            None,
+        )
+        .await
+        {
+            tracing::warn!(sandbox = %self.sandbox, error = %e.message, "deleting a stdio MCP server's sandbox");
+        }
+    }
+
     /// Writes one message to the server's stdin, through the core (`sandbox.input`), under the
     /// owner of its sandbox and the current request.
     async fn send(

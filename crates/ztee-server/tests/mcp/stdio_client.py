@@ -1,10 +1,12 @@
 """Calls the stdio MCP server behind ztee's MCP guard with the official `mcp` client.
 
-Usage: stdio_client.py   (ZTEE_URL, ZTEE_KEY in the environment); prints one JSON object.
+Usage: stdio_client.py [crash]   (ZTEE_URL, ZTEE_KEY in the environment); prints one JSON object.
+`crash` also calls the tool that ends the server without an answer.
 """
 import asyncio
 import json
 import os
+import sys
 
 from mcp import ClientSession
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
@@ -23,6 +25,12 @@ async def main():
                 for name, args in (("where", {}), ("lookup_customer", {"name": "Ada"})):
                     r = await session.call_tool(name, args)
                     out[name] = "".join(c.text for c in r.content if getattr(c, "text", None))
+                if sys.argv[1:] == ["crash"]:
+                    try:
+                        await session.call_tool("crash", {})
+                        out["crash"] = "answered"
+                    except Exception as e:  # the guard's JSON-RPC error
+                        out["crash"] = str(e)
     print(json.dumps(out))
 
 

@@ -2,12 +2,18 @@
 the guard runs it inside a microVM. Its tools say where they run, and return a card number."""
 import json
 import sys
+import uuid
+
+# Which process answers: a new one gets a new name.
+PROCESS = uuid.uuid4().hex[:12]
 
 TOOLS = [
     {"name": "where", "description": "Say where this server runs.",
      "inputSchema": {"type": "object", "properties": {}}},
     {"name": "lookup_customer", "description": "Find a customer record.",
      "inputSchema": {"type": "object", "properties": {"name": {"type": "string"}}}},
+    {"name": "crash", "description": "Stop the server without an answer.",
+     "inputSchema": {"type": "object", "properties": {}}},
 ]
 initialized = 0
 
@@ -31,9 +37,12 @@ for line in sys.stdin:
         answer(id, {"tools": TOOLS})
     elif method == "tools/call":
         name = message["params"]["name"]
+        if name == "crash":
+            sys.exit(3)
         if name == "where":
             import os
-            text = f"kernel {os.uname().release}; initialized {initialized} time(s)"
+            text = (f"kernel {os.uname().release}; process {PROCESS}; "
+                    f"initialized {initialized} time(s)")
         else:
             # Built at run time: a card number in the command itself is refused by inbound DLP.
             card = " ".join(["4111"] + ["1111"] * 3)
