@@ -432,6 +432,18 @@ fn sandbox_commands_are_decided_masked_and_audited() {
     let out = cli.run(&["sandbox", "exec", &id, "--", "echo", "5500000000000004"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
+    // Piped stdin is input like the command: scanned and decided before anything runs.
+    let out = cli.run_with_stdin(
+        &["sandbox", "exec", &id, "--", "tr", "a-z", "A-Z"],
+        b"shipped",
+    );
+    assert_eq!(text(&out.stdout), "SHIPPED", "{}", text(&out.stderr));
+    let out = cli.run_with_stdin(
+        &["sandbox", "exec", &id, "--", "tee", "/home/user/in.txt"],
+        b"pay 5500000000000004",
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
     let copied = cli.data_dir.path().join("card.txt");
     let out = cli.run(&[
         "sandbox",
@@ -469,6 +481,8 @@ fn sandbox_commands_are_decided_masked_and_audited() {
         .collect();
     let expected: Vec<(String, String)> = [
         ("sandbox.create", "success"),
+        ("sandbox.exec", "success"),
+        ("sandbox.exec", "denied"),
         ("sandbox.exec", "success"),
         ("sandbox.exec", "denied"),
         ("file.read", "success"),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::AsyncReadExt;
 use ztee_vm::{CommandStream, ExecEvent, ExitStatus};
 
 use ztee_audit::{EventType, Outcome};
@@ -315,7 +314,7 @@ fn whole_seconds(timeout: Duration) -> anyhow::Result<u64> {
 }
 
 /// Our stdin, whole, as text; nothing when it is empty.
-fn read_stdin() -> anyhow::Result<Option<String>> {
+pub fn read_stdin() -> anyhow::Result<Option<String>> {
     use std::io::Read;
     let mut data = Vec::new();
     std::io::stdin()
@@ -448,18 +447,20 @@ fn file_mode(path: &std::path::Path) -> u32 {
         .unwrap_or(0o644)
 }
 
-/// Copies the command's output to ours as it arrives, through the outbound DLP stage (card
-/// numbers masked, the run's secret values too; stdout and stderr are scanned as one stream),
-/// and our stdin to it. What is printed is what the audit record's output digest covers.
+/// Gives the command `input` (already scanned and decided with the rest of the request), then
+/// copies its output to ours as it arrives, through the outbound DLP stage (card numbers
+/// masked; stdout and stderr are scanned as one stream). What is printed is what the audit
+/// record's output digest covers.
 pub async fn stream_masked(
     mut execution: impl CommandStream,
-    forward_stdin: bool,
+    input: Option<&str>,
     outbound: &mut Outbound,
     output_digest: &mut ztee_audit::ContentHasher,
 ) -> anyhow::Result<ExitStatus> {
-    let mut stdin_open = forward_stdin;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 64 * 1024];
+    if let Some(input) = input {
+        execution.write_stdin(input.as_bytes()).await?;
+        execution.close_stdin().await?;
+    }
     let mut print = |released: ztee_server::pipeline::Released| -> anyhow::Result<()> {
         output_digest.update(released.stdout.as_bytes());
         output_digest.update(released.stderr.as_bytes());
@@ -467,23 +468,14 @@ pub async fn stream_masked(
         write_all(&mut std::io::stderr(), released.stderr.as_bytes())
     };
     loop {
-        tokio::select! {
-            event = execution.next_event() => match event? {
-                Some(ExecEvent::Stdout(data)) => print(outbound.stdout(&data))?,
-                Some(ExecEvent::Stderr(data)) => print(outbound.stderr(&data))?,
-                Some(ExecEvent::Exit(status)) => {
-                    print(outbound.finish())?;
-                    return Ok(status);
-                }
-                None => bail!("the command's output ended without an exit status"),
-            },
-            read = stdin.read(&mut buf), if stdin_open => match read {
-                Ok(0) | Err(_) => {
-                    stdin_open = false;
-                    execution.close_stdin().await?;
-                }
-                Ok(n) => execution.write_stdin(&buf[..n]).await?,
-            },
+        match execution.next_event().await? {
+            Some(ExecEvent::Stdout(data)) => print(outbound.stdout(&data))?,
+            Some(ExecEvent::Stderr(data)) => print(outbound.stderr(&data))?,
+            Some(ExecEvent::Exit(status)) => {
+                print(outbound.finish())?;
+                return Ok(status);
+            }
+            None => bail!("the command's output ended without an exit status"),
         }
     }
 }

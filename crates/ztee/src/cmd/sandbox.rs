@@ -433,7 +433,12 @@ fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Res
     use std::io::IsTerminal;
     let record = registry.get(&args.id)?;
     let client = LocalClient::open(registry, &args.id)?;
-    let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
+    // Input is scanned and decided like the rest of the request, so it is read whole first.
+    let input = if args.interactive || !std::io::stdin().is_terminal() {
+        crate::cmd::run::read_stdin()?
+    } else {
+        None
+    };
     vm::block_on(async {
         let core = LocalCore::open(globals, Arc::new(HeldBySupervisor), None, None)?;
         let mut ctx = core.context(
@@ -446,6 +451,7 @@ fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Res
             argv: args.command.clone(),
             env: args.env.iter().cloned().collect(),
             cwd: args.cwd.clone(),
+            stdin: input,
             ..Work::default()
         };
         let admitted = match core.admit(&mut ctx, work).await {
@@ -461,13 +467,19 @@ fn exec(args: ExecArgs, globals: &GlobalArgs, registry: Registry) -> anyhow::Res
             .collect();
         spec.cwd = admitted.work.cwd.clone();
         spec.timeout = args.timeout;
-        spec.stdin = forward_stdin;
+        spec.stdin = admitted.work.stdin.is_some();
         // The sandbox's own secrets are masked by its supervisor; card numbers here.
         let mut outbound = Outbound::new(core.pipeline().dlp.as_ref(), None);
         let mut output_digest = core.pipeline().content_key.hasher();
         let status = match client.exec(spec).await {
             Ok(execution) => {
-                stream_masked(execution, forward_stdin, &mut outbound, &mut output_digest).await
+                stream_masked(
+                    execution,
+                    admitted.work.stdin.as_deref(),
+                    &mut outbound,
+                    &mut output_digest,
+                )
+                .await
             }
             Err(e) => Err(e.into()),
         };
