@@ -292,6 +292,20 @@ async fn access_tokens_open_only_their_own_sandbox() {
     let r = call(&mine.id, Some(&mine.token)).await.unwrap();
     assert_eq!(r.status(), 200);
 
+    // A token lives no longer than its API key: revoked, the key's tokens stop working too.
+    let revoked = ztee_server::apikey::create(&gw.state.store, "acme", "agent", "test").unwrap();
+    let short_lived = create(&gw, &revoked.key).await;
+    let r = call(&short_lived.id, Some(&short_lived.token))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    ztee_server::apikey::revoke(&gw.state.store, &revoked.record.id).unwrap();
+    let r = call(&short_lived.id, Some(&short_lived.token))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("no longer valid"));
+
     // The control plane: another tenant's key finds nothing.
     for (method, path) in [
         ("GET", format!("/sandboxes/{}", mine.id)),

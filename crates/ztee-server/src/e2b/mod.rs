@@ -202,6 +202,29 @@ impl FromRequestParts<Arc<AppState>> for SandboxCaller {
                     ),
                 ))
             });
+        // A token lives no longer than the API key it was issued under: a revoked key's
+        // tokens stop working with it.
+        let principal = match principal {
+            Ok(principal) if principal.method == crate::principal::AuthMethod::ApiKey => {
+                let subject = principal.subject.clone();
+                let current = state
+                    .store
+                    .run(move |s| crate::apikey::resolve(s, &subject))
+                    .await
+                    .map_err(|e| E2bError(ActionError::internal(e)))?;
+                match current {
+                    Ok(_) => Ok(principal),
+                    Err(rejection) => Err((
+                        rejection.as_str(),
+                        ActionError::unauthenticated(
+                            "X-Access-Token not accepted: the API key it was issued under is \
+                             no longer valid (revoked or removed)",
+                        ),
+                    )),
+                }
+            }
+            other => other,
+        };
         let principal = match principal {
             Ok(principal) => principal,
             Err((reason, err)) => {
