@@ -770,6 +770,15 @@ async fn tiers_injection_and_malformed_requests() {
         };
         assert!(message.contains(expect), "{body}: {message}");
     }
+    // Those the wire format's check refused (the last three; the first two never became a
+    // request) are in the trail, with the rule and the field that was wrong.
+    let audit = gw
+        .get(&gw.admin_key, "/v1/audit?type=llm.chat&limit=1000")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(audit.matches("llm.malformed_request").count(), 3, "{audit}");
     // No key: 401; auditor role: no llm:chat.
     let resp = client
         .post(format!("{}/v1/openai/chat/completions", gw.url))

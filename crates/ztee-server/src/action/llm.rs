@@ -49,6 +49,8 @@ use crate::state::AppState;
 /// The rule id of a request the inbound DLP walk refuses (card data inside an opaque value, keys
 /// that collide once tokenized), in the error and the audit trail.
 pub const DLP_REFUSAL_RULE: &str = "dlp.untokenizable_card_data";
+/// The rule a request refused for its shape is recorded with.
+pub const SHAPE_REFUSAL_RULE: &str = "llm.malformed_request";
 
 /// The wire format a caller spoke, which is the one the provider is spoken to in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,7 +325,26 @@ async fn exchange_in<D: Dialect>(
             content: text.clone(),
         });
     });
-    walked.map_err(ActionError::bad_request)?;
+    if let Err(e) = walked {
+        // A request of the wrong shape is refused before any model sees it, and recorded like
+        // any refusal (the message names the field, never its content).
+        let refusal = ztee_policy::Decision {
+            verdict: Verdict::Deny,
+            risk: ztee_policy::Risk::Low,
+            reasons: vec![ztee_policy::Reason {
+                rule: SHAPE_REFUSAL_RULE.into(),
+                message: e.clone(),
+            }],
+        };
+        exchange
+            .decisions
+            .push(DecisionNote::new("llm.chat", None, &refusal));
+        exchange.chat_decision = Some(refusal);
+        exchange.inbound = guard.counts().clone();
+        exchange.request_digest = Sha256::digest(request.to_string().as_bytes()).to_vec();
+        exchange.record(state, AuditOutcome::Denied, None).await?;
+        return Err(ActionError::bad_request(e));
+    }
     exchange.trace = crate::llm::flow::trace(&D::trace_messages(&request, None), detector);
     let unscanned = attachments::find(&request);
     let forwarded = serde_json::to_vec(&request).map_err(ActionError::internal)?;
