@@ -166,6 +166,32 @@ struct Exchange {
 }
 
 impl Exchange {
+    /// Records the exchange as refused before any provider saw it: one `llm.chat` decision
+    /// with `rule` and `message` (which names a field, never a value), the inbound counts and
+    /// the digest of what was read of `request`.
+    async fn refuse_before_provider(
+        &mut self,
+        state: &AppState,
+        (rule, risk, message): (&str, ztee_policy::Risk, String),
+        inbound: &BTreeMap<String, u32>,
+        request: &serde_json::Value,
+    ) -> Result<(), ActionError> {
+        let refusal = ztee_policy::Decision {
+            verdict: Verdict::Deny,
+            risk,
+            reasons: vec![ztee_policy::Reason {
+                rule: rule.into(),
+                message,
+            }],
+        };
+        self.decisions
+            .push(DecisionNote::new("llm.chat", None, &refusal));
+        self.chat_decision = Some(refusal);
+        self.inbound = inbound.clone();
+        self.request_digest = Sha256::digest(request.to_string().as_bytes()).to_vec();
+        self.record(state, AuditOutcome::Denied, None).await
+    }
+
     /// The one record of the exchange, through the core's conversion (`Pipeline::event`,
     /// `audit::decision_record`). Fails closed: the caller gets no answer without it.
     async fn record(
@@ -279,22 +305,11 @@ async fn exchange_in<D: Dialect>(
     let mut guard = InboundGuard::new(&scanner, detector);
     if let Err(e) = guard.request(&mut request) {
         // Card data where it cannot be tokenized: refused by the gateway itself, and audited
-        // like a policy denial (the message names the field, never the value).
-        let refusal = ztee_policy::Decision {
-            verdict: Verdict::Deny,
-            risk: ztee_policy::Risk::High,
-            reasons: vec![ztee_policy::Reason {
-                rule: DLP_REFUSAL_RULE.into(),
-                message: e.to_string(),
-            }],
-        };
+        // like a policy denial.
+        let why = (DLP_REFUSAL_RULE, ztee_policy::Risk::High, e.to_string());
         exchange
-            .decisions
-            .push(DecisionNote::new("llm.chat", None, &refusal));
-        exchange.chat_decision = Some(refusal);
-        exchange.inbound = guard.counts().clone();
-        exchange.request_digest = Sha256::digest(request.to_string().as_bytes()).to_vec();
-        exchange.record(state, AuditOutcome::Denied, None).await?;
+            .refuse_before_provider(state, why, guard.counts(), &request)
+            .await?;
         return Err(ActionError::new(
             ErrorKind::BadRequest,
             "dlp_untokenizable",
@@ -327,22 +342,11 @@ async fn exchange_in<D: Dialect>(
     });
     if let Err(e) = walked {
         // A request of the wrong shape is refused before any model sees it, and recorded like
-        // any refusal (the message names the field, never its content).
-        let refusal = ztee_policy::Decision {
-            verdict: Verdict::Deny,
-            risk: ztee_policy::Risk::Low,
-            reasons: vec![ztee_policy::Reason {
-                rule: SHAPE_REFUSAL_RULE.into(),
-                message: e.clone(),
-            }],
-        };
+        // any refusal.
+        let why = (SHAPE_REFUSAL_RULE, ztee_policy::Risk::Low, e.clone());
         exchange
-            .decisions
-            .push(DecisionNote::new("llm.chat", None, &refusal));
-        exchange.chat_decision = Some(refusal);
-        exchange.inbound = guard.counts().clone();
-        exchange.request_digest = Sha256::digest(request.to_string().as_bytes()).to_vec();
-        exchange.record(state, AuditOutcome::Denied, None).await?;
+            .refuse_before_provider(state, why, guard.counts(), &request)
+            .await?;
         return Err(ActionError::bad_request(e));
     }
     exchange.trace = crate::llm::flow::trace(&D::trace_messages(&request, None), detector);

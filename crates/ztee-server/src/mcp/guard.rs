@@ -580,14 +580,17 @@ impl ResultGuard {
         };
         let injection = summary(ztee_policy::injection::scan(&text));
         // The session's trace gets the result as the model would have read it (facts only),
-        // withheld or not: a later call that sends data out is decided on it.
-        let found = self.state.llm.scanner().scan(&text);
+        // withheld or not: a later call that sends data out is decided on it. What DLP found
+        // is what the masking above replaced.
+        let found = counts
+            .iter()
+            .flat_map(|(entity, n)| std::iter::repeat_n(entity.as_str(), *n as usize));
         self.state.tool_traces.push(
             &self.caller.principal,
             ztee_policy::TraceStep {
                 kind: ztee_policy::TraceKind::ToolResult,
                 tool: tool.clone(),
-                dlp: crate::policy::dlp_summary(found.iter().map(|f| f.entity_type.as_str())),
+                dlp: crate::policy::dlp_summary(found),
                 injection: injection.clone(),
             },
         );
